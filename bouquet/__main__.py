@@ -1,0 +1,5 @@
+"""``python -m bouquet`` runs the CLI."""
+
+from bouquet.cli import app
+
+app()

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``bouquet`` CLI; each module exposes ``register(app)``."""

