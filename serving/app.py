@@ -1,0 +1,84 @@
+"""The FastAPI application: built once per process from the settings.
+
+Routers are discovered: every module ``bouquet.serving.routes_*`` exposing ``router`` is
+included, so a new group of endpoints never edits this file. Shared objects (settings,
+catalog, Redis pool, key names) are put on ``app.state`` and reached through
+:mod:`bouquet.serving.deps`. Routers that need start-up work (loading a model, say)
+expose ``async def startup(app)`` / ``async def shutdown(app)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import pkgutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from types import ModuleType
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from bouquet import __version__, serving
+from bouquet.core.catalog import load_catalog
+from bouquet.core.keys import Keys
+from bouquet.core.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """
+Tailored bundles of urban services for residents, in real time.
+
+* **Front-end apps** (`app` key): send interactions (`POST /v1/events`), ask for bundles
+  (`GET /v1/residents/{id}/bundles`).
+* **Operators** (`operator` key): engagement frequency, funnel, dashboard.
+* **Administrators** (`admin` key): erasure, export, model promotion.
+
+Authenticate with the `X-API-Key` header.
+"""
+
+
+def _route_modules() -> list[ModuleType]:
+    names = sorted(m.name for m in pkgutil.iter_modules(serving.__path__)
+                   if m.name.startswith("routes_"))
+    return [importlib.import_module(f"{serving.__name__}.{name}") for name in names]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the API for ``settings`` (default: from the environment)."""
+    settings = settings or get_settings()
+    modules = _route_modules()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for module in modules:
+            if hasattr(module, "startup"):
+                await module.startup(app)
+        try:
+            yield
+        finally:
+            for module in reversed(modules):
+                if hasattr(module, "shutdown"):
+                    await module.shutdown(app)
+            await app.state.redis.aclose()
+
+    app = FastAPI(title="Bouquet", version=__version__, description=DESCRIPTION,
+                  lifespan=lifespan)
+    app.state.settings = settings
+    app.state.catalog = load_catalog(settings.catalog_path)
+    app.state.keys = Keys(settings.redis_key_prefix)
+    app.state.redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2,
+                                              socket_connect_timeout=2, max_connections=64)
+
+    @app.exception_handler(RequestValidationError)
+    async def _clear_422(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [{"where": ".".join(str(p) for p in err["loc"]), "problem": err["msg"]}
+                    for err in exc.errors()]
+        return JSONResponse(status_code=422, content={"detail": "invalid request",
+                                                      "problems": problems})
+
+    for module in modules:
+        app.include_router(module.router)
+    return app
