@@ -12,6 +12,7 @@ The local broker keeps topics in memory only; durability is the event log's job.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -132,10 +133,8 @@ def ensure_topics(settings: Settings, timeout_s: float = 20.0) -> None:
         wanted = [NewTopic(name, num_partitions=settings.topic_partitions, replication_factor=1)
                   for name in (settings.topic_events, settings.topic_dlq) if name not in existing]
         if wanted:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(wanted)
-            except TopicAlreadyExistsError:
-                pass
             log.info("created topics %s with %d partitions", [t.name for t in wanted],
                      settings.topic_partitions)
     finally:
@@ -325,10 +324,8 @@ def _terminate_group(proc: psutil.Process, timeout_s: float) -> None:
         return
     _, alive = psutil.wait_procs(members, timeout=timeout_s)
     for straggler in alive:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             straggler.kill()
-        except psutil.NoSuchProcess:
-            pass
     psutil.wait_procs(alive, timeout=timeout_s)
 
 

@@ -182,7 +182,8 @@ def read_events(
     event date (UTC, inclusive); erasures are looked up across the whole log.
     """
     wanted = list(columns) if columns is not None else list(COLUMNS)
-    needed = list(dict.fromkeys([*wanted, "event_id", "ingested_at", "resident_id", "ts"]))
+    needed = list(dict.fromkeys([*wanted, "event_id", "ingested_at", "resident_id", "ts",
+                                 "type"]))
     table = read_table(root, start=start, end=end, columns=needed)
     frame = table.to_pandas()
     if len(frame):

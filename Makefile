@@ -1,0 +1,71 @@
+# Bouquet — the two commands a newcomer needs are `make demo` and `make test`;
+# both do all set-up on a fresh machine (venv, Python deps, redis-server and Chromium
+# via apt when missing and run as root).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+APT_PACKAGES_TEST := redis-server chromium
+APT_PACKAGES_BENCH := wrk
+
+.PHONY: help setup system-deps demo demo-quick test test-unit bench soak lint format clean
+
+help:
+	@echo "make demo        full demo on the embedded local stack (serves until Ctrl-C)"
+	@echo "make demo-quick  small demo that exits when done"
+	@echo "make test        the whole test suite (starts and stops its own services)"
+	@echo "make test-unit   tests that need no services"
+	@echo "make bench       every benchmark; writes results/bench.json"
+	@echo "make lint        ruff"
+	@echo "make clean       stop the local stack, remove state and results"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+# Debian packages the services and browser tests need; installed only when missing.
+system-deps:
+	@missing=""; \
+	for pkg in $(APT_PACKAGES); do dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "missing Debian packages:$$missing — run: sudo apt-get install -y$$missing"; exit 1; \
+	  fi; \
+	fi
+
+setup: $(VENV)/.installed
+	@$(MAKE) --no-print-directory system-deps APT_PACKAGES="$(APT_PACKAGES_TEST)"
+
+demo: setup
+	$(BIN)/bouquet demo
+
+demo-quick: setup
+	$(BIN)/bouquet demo --quick
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-unit: setup
+	$(BIN)/python -m pytest -m "not integration and not browser"
+
+bench: setup
+	@$(MAKE) --no-print-directory system-deps APT_PACKAGES="$(APT_PACKAGES_BENCH)"
+	$(BIN)/bouquet bench all --json results/bench.json
+
+lint: setup
+	$(BIN)/ruff check .
+
+format: setup
+	$(BIN)/ruff format .
+
+clean:
+	-[ -x $(BIN)/bouquet ] && $(BIN)/bouquet stack down
+	rm -rf .state results .pytest_cache .ruff_cache

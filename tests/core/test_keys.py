@@ -1,0 +1,40 @@
+"""Redis key names: one prefix everywhere, and resident ids that cannot escape their keys."""
+
+from __future__ import annotations
+
+import pytest
+
+from bouquet.core.keys import Keys, UnsafeKeyPart
+from bouquet.core.recommendation import make_recommendation_id, parse_recommendation_id
+
+
+def test_per_resident_keys_share_a_cluster_hash_tag() -> None:
+    keys = Keys("city:")
+    names = [keys.recent("r1"), keys.profile("r1"), keys.holdings("r1"), keys.dismissed("r1")]
+    assert all(name.startswith("city:r:{r1}:") for name in names)
+    assert keys.resident_pattern("r1") == "city:r:{r1}:*"
+
+
+@pytest.mark.parametrize("hostile", ["", "a" * 65, "r1*", "r1}:x", "r 1", "r1\r\nFLUSHALL",
+                                     "../r1", "r1:profile", None, 42])
+def test_hostile_resident_ids_are_refused(hostile) -> None:
+    with pytest.raises(UnsafeKeyPart):
+        Keys().recent(hostile)
+
+
+def test_active_keys_name_period_bucket_and_dimension() -> None:
+    assert Keys().active("week", "2026-W09", "nb", "north") == \
+        "bq:eng:active:week:2026-W09:nb=north"
+    with pytest.raises(UnsafeKeyPart):
+        Keys().active("year", "2026")
+
+
+def test_recommendation_ids_round_trip() -> None:
+    rid = make_recommendation_id("v7", "champion")
+    attribution = parse_recommendation_id(rid)
+    assert attribution is not None
+    assert (attribution.model_version, attribution.variant) == ("v7", "champion")
+    assert parse_recommendation_id("external-campaign-42") is None
+    assert parse_recommendation_id(None) is None
+    with pytest.raises(ValueError):
+        make_recommendation_id("v7.1", "a")
