@@ -1,0 +1,402 @@
+"""Training data: the event log → resident × service and resident × bundle confidences.
+
+Two steps, so one read of the log serves the hold-out split *and* the final fit:
+
+1. :meth:`EventArrays.from_frame` turns the events returned by
+   :func:`bouquet.core.eventlog.read_events` (de-duplicated, erasures applied) into compact
+   numeric columns — resident codes, type codes, catalog indices, nanosecond timestamps —
+   plus each resident's current state: consent (their latest ``consent`` event has value
+   1; no consent event means *not* consenting, personalisation is opt-in) and declared
+   attributes (their latest ``profile`` event).
+2. :func:`build_dataset` selects the events before a cut-off, from consenting residents,
+   and builds the matrices with ``scipy.sparse.coo_matrix`` (duplicates summed): no Python
+   loop runs per event, which is what lets a million residents and tens of millions of
+   events fit in a couple of minutes.
+
+Confidence of a pair (see :func:`bouquet.models.artifact.confidence`)::
+
+    strength   = Σ_events weight[type] · 0.5 ** (age_days / half_life_days)
+    confidence = 1 + log_alpha · log1p(strength)          (pairs with strength > 0 only)
+
+``weight`` comes from ``settings.event_weights`` (configuration, not code); ages are
+measured from ``as_of`` (the cut-off). Administrative events (consent, profile, erase)
+never weigh. Items no longer in the catalog are dropped and counted in ``stats``.
+Holdings are per (resident, item) the latest of ``subscribe``/``unsubscribe`` being a
+subscribe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.json as pajson
+import scipy.sparse as sp
+
+from bouquet.core.catalog import Catalog
+from bouquet.core.eventlog import read_events
+from bouquet.core.events import ADMIN_TYPES, EventType
+from bouquet.core.settings import Settings
+from bouquet.models.artifact import NS_PER_DAY, confidence, decay_factor
+
+log = logging.getLogger(__name__)
+
+#: The only columns training reads from the log.
+EVENT_COLUMNS: tuple[str, ...] = (
+    "resident_id", "type", "service_id", "bundle_id", "ts", "value", "context",
+)
+#: Event type codes used in :class:`EventArrays` (index = code).
+TYPES: tuple[str, ...] = tuple(t.value for t in EventType)
+_CODE = {name: i for i, name in enumerate(TYPES)}
+PROFILE_FIELDS: tuple[str, ...] = ("neighbourhood", "age_band", "household", "student",
+                                   "low_income")
+
+
+@dataclass(frozen=True)
+class DatasetParams:
+    """How events become confidences; logged to MLflow and copied into the artifact."""
+
+    event_weights: Mapping[str, float]
+    half_life_days: float | None = 120.0
+    log_alpha: float = 2.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> DatasetParams:
+        values: dict[str, Any] = {"event_weights": dict(settings.event_weights)}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def weight_vector(self) -> np.ndarray:
+        """Weight per type code; administrative types never weigh, whatever the config."""
+        return np.array([0.0 if t in ADMIN_TYPES else float(self.event_weights.get(t, 0.0))
+                         for t in TYPES])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "event_weights": {k: float(v) for k, v in sorted(self.event_weights.items())},
+            "half_life_days": None if not self.half_life_days else float(self.half_life_days),
+            "log_alpha": float(self.log_alpha),
+        }
+
+
+@dataclass
+class EventArrays:
+    """The event log as numeric columns (one entry per event, in time order) plus the
+    current state of every resident seen. Built once per training run."""
+
+    resident_ids: np.ndarray  # code → resident id (str)
+    resident: np.ndarray  # int32 code per event
+    kind: np.ndarray  # int8 index into TYPES
+    service: np.ndarray  # int16 catalog service index, -1 none/unknown
+    bundle: np.ndarray  # int16 catalog bundle index, -1 none/unknown
+    ts: np.ndarray  # int64 ns since epoch, UTC, non-decreasing
+    consent: np.ndarray  # bool per resident code: latest consent event has value 1
+    profiles: pd.DataFrame  # per resident code (index), PROFILE_FIELDS; neighbourhood_code
+    service_ids: tuple[str, ...]
+    bundle_ids: tuple[str, ...]
+    neighbourhoods: tuple[str, ...]
+    catalog_version: str
+    catalog_fingerprint: str
+    stats: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def n_events(self) -> int:
+        return int(self.resident.shape[0])
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, catalog: Catalog) -> EventArrays:
+        """Encode events as returned by ``read_events(columns=EVENT_COLUMNS)``."""
+        frame = frame.sort_values("ts", kind="stable") if not frame["ts"].is_monotonic_increasing \
+            else frame
+        codes, uniques = pd.factorize(frame["resident_id"], sort=False)
+        resident = codes.astype(np.int32)
+        kind = pd.Categorical(frame["type"], categories=list(TYPES)).codes.astype(np.int8)
+        service = pd.Categorical(frame["service_id"],
+                                 categories=list(catalog.service_ids)).codes.astype(np.int16)
+        bundle = pd.Categorical(frame["bundle_id"],
+                                categories=list(catalog.bundle_ids)).codes.astype(np.int16)
+        ts = _ts_ns(frame["ts"])
+        n_res = len(uniques)
+        stats = {
+            "events": len(frame),
+            "residents_seen": n_res,
+            "unknown_service_events": int(((service < 0) & frame["service_id"].notna()
+                                           .to_numpy()).sum()),
+            "unknown_bundle_events": int(((bundle < 0) & frame["bundle_id"].notna()
+                                          .to_numpy()).sum()),
+            "unknown_type_events": int((kind < 0).sum()),
+        }
+        # Consent: the latest consent event per resident decides (events are in time order).
+        consent = np.zeros(n_res, dtype=bool)
+        is_consent = kind == _CODE["consent"]
+        if is_consent.any():
+            who = resident[is_consent]
+            value = frame["value"].to_numpy(dtype=np.float64, na_value=np.nan)[is_consent]
+            last = _last_index(who)
+            consent[who[last]] = value[last] == 1.0
+        stats["residents_consenting"] = int(consent.sum())
+        profiles = _latest_profiles(frame, resident, kind, catalog)
+        return cls(
+            resident_ids=np.asarray(uniques, dtype=object), resident=resident, kind=kind,
+            service=service, bundle=bundle, ts=ts, consent=consent, profiles=profiles,
+            service_ids=tuple(catalog.service_ids), bundle_ids=tuple(catalog.bundle_ids),
+            neighbourhoods=tuple(catalog.neighbourhood_ids), catalog_version=catalog.version,
+            catalog_fingerprint=catalog.fingerprint, stats=stats,
+        )
+
+    def neighbourhood_codes(self, codes: np.ndarray) -> np.ndarray:
+        """Catalog neighbourhood index of residents ``codes`` (-1 when undeclared)."""
+        out = np.full(len(codes), -1, dtype=np.int16)
+        if len(self.profiles):
+            lookup = np.full(len(self.resident_ids), -1, dtype=np.int16)
+            lookup[self.profiles.index.to_numpy()] = self.profiles["neighbourhood_code"]
+            out[:] = lookup[codes]
+        return out
+
+    def digest(self, selection: np.ndarray) -> str:
+        """Content hash of the selected events (resident, type, items, time)."""
+        h = hashlib.sha256()
+        for column in (self.resident, self.kind, self.service, self.bundle, self.ts):
+            h.update(np.ascontiguousarray(column[selection]).tobytes())
+        used = np.unique(self.resident[selection])
+        h.update("\n".join(map(str, self.resident_ids[used])).encode())
+        return h.hexdigest()
+
+
+@dataclass
+class Dataset:
+    """Confidence matrices for consenting residents with at least one weighted event.
+
+    Rows follow ``resident_ids``; columns follow the catalog's ``service_ids`` and
+    ``bundle_ids`` (every catalog item has a column, even without events, so a model's
+    item axis always matches the catalog it is deployed with).
+    """
+
+    resident_ids: np.ndarray  # str, row order
+    service_ids: tuple[str, ...]
+    bundle_ids: tuple[str, ...]
+    neighbourhoods: tuple[str, ...]
+    services: sp.csr_matrix  # float32 confidences
+    bundles: sp.csr_matrix
+    held_services: sp.csr_matrix  # float32 0/1
+    held_bundles: sp.csr_matrix
+    neighbourhood: np.ndarray  # int16 per row, -1 undeclared
+    params: DatasetParams
+    as_of: pd.Timestamp
+    until: pd.Timestamp | None
+    catalog_version: str
+    catalog_fingerprint: str
+    codes: np.ndarray  # EventArrays resident code per row (for aligning test data)
+    stats: dict[str, Any] = field(default_factory=dict)
+    fingerprint: str = ""
+
+    @property
+    def n_residents(self) -> int:
+        return int(self.services.shape[0])
+
+    def row_of(self, resident_ids: list[str] | np.ndarray) -> np.ndarray:
+        """Row index of each resident id, -1 when absent."""
+        index = pd.Index(self.resident_ids)
+        return index.get_indexer(pd.Index(np.asarray(resident_ids, dtype=object)))
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "residents": self.n_residents,
+            "services": len(self.service_ids),
+            "bundles": len(self.bundle_ids),
+            "service_pairs": int(self.services.nnz),
+            "bundle_pairs": int(self.bundles.nnz),
+            "as_of": self.as_of.isoformat(),
+            "fingerprint": self.fingerprint,
+            **self.stats,
+        }
+
+
+def load_event_arrays(settings: Settings, catalog: Catalog) -> EventArrays:
+    """Read the event log (only the columns training needs) and encode it."""
+    started = time.perf_counter()
+    frame = read_events(settings.event_log_path, columns=list(EVENT_COLUMNS))
+    read_s = time.perf_counter() - started
+    arrays = EventArrays.from_frame(frame, catalog)
+    del frame
+    log.info("read %d events of %d residents (%d consenting) in %.1f s, encoded in %.1f s",
+             arrays.n_events, len(arrays.resident_ids), arrays.stats["residents_consenting"],
+             read_s, time.perf_counter() - started - read_s)
+    return arrays
+
+
+def build_dataset(
+    arrays: EventArrays,
+    params: DatasetParams,
+    *,
+    until: pd.Timestamp | None = None,
+    as_of: pd.Timestamp | None = None,
+) -> Dataset:
+    """Confidence matrices from events strictly before ``until`` (all events when None).
+
+    Decay ages are measured from ``as_of`` (default: ``until``, else the latest event).
+    """
+    select = arrays.consent[arrays.resident]
+    if until is not None:
+        select &= arrays.ts < _ts_value(until)
+    if as_of is None:
+        if until is not None:
+            as_of = until
+        else:
+            last = arrays.ts[select].max() if select.any() else 0
+            as_of = pd.Timestamp(int(last), tz="UTC")
+    weights = params.weight_vector()
+    kind = arrays.kind.astype(np.int16)
+    weighted = select & (kind >= 0)
+    weighted[weighted] &= weights[kind[weighted]] > 0
+    strength = np.zeros(arrays.n_events, dtype=np.float64)
+    ages = (_ts_value(as_of) - arrays.ts[weighted]) / NS_PER_DAY
+    strength[weighted] = weights[kind[weighted]] * decay_factor(ages, params.half_life_days)
+    on_service = weighted & (arrays.service >= 0)
+    on_bundle = weighted & (arrays.bundle >= 0)
+
+    codes = np.unique(np.concatenate([arrays.resident[on_service],
+                                      arrays.resident[on_bundle]]))
+    row = np.full(len(arrays.resident_ids), -1, dtype=np.int64)
+    row[codes] = np.arange(len(codes))
+    n = len(codes)
+    n_s, n_b = len(arrays.service_ids), len(arrays.bundle_ids)
+
+    services = _summed(row[arrays.resident[on_service]], arrays.service[on_service],
+                       strength[on_service], (n, n_s))
+    bundles = _summed(row[arrays.resident[on_bundle]], arrays.bundle[on_bundle],
+                      strength[on_bundle], (n, n_b))
+    for matrix in (services, bundles):
+        matrix.data = confidence(matrix.data, params.log_alpha).astype(np.float32)
+
+    held_services = _holdings(arrays, select, row, arrays.service, (n, n_s))
+    held_bundles = _holdings(arrays, select, row, arrays.bundle, (n, n_b))
+    stats = {
+        "events_used_services": int(on_service.sum()),
+        "events_used_bundles": int(on_bundle.sum()),
+        "residents_excluded_no_consent": int((~arrays.consent).sum()),
+    }
+    dataset = Dataset(
+        resident_ids=np.asarray(arrays.resident_ids[codes], dtype=str),
+        service_ids=arrays.service_ids, bundle_ids=arrays.bundle_ids,
+        neighbourhoods=arrays.neighbourhoods,
+        services=services, bundles=bundles,
+        held_services=held_services, held_bundles=held_bundles,
+        neighbourhood=arrays.neighbourhood_codes(codes),
+        params=params, as_of=pd.Timestamp(as_of), until=None if until is None
+        else pd.Timestamp(until), catalog_version=arrays.catalog_version,
+        catalog_fingerprint=arrays.catalog_fingerprint, codes=codes, stats=stats,
+    )
+    dataset.fingerprint = fingerprint(dataset)
+    return dataset
+
+
+def fingerprint(dataset: Dataset) -> str:
+    """Hash of everything a model sees: parameters, catalog, cut-off, residents, matrices.
+
+    Two builds with the same fingerprint train identical models (given a seed), however
+    the log files happen to be laid out (compaction, re-ingestion) — the hash is of the
+    content, not of file names.
+    """
+    h = hashlib.sha256()
+    header = {
+        "params": dataset.params.to_dict(),
+        "catalog": dataset.catalog_fingerprint,
+        "as_of": dataset.as_of.isoformat(),
+        "until": None if dataset.until is None else dataset.until.isoformat(),
+        "services": list(dataset.service_ids),
+        "bundles": list(dataset.bundle_ids),
+    }
+    h.update(json.dumps(header, sort_keys=True).encode())
+    h.update("\n".join(dataset.resident_ids.tolist()).encode())
+    h.update(dataset.neighbourhood.tobytes())
+    for matrix in (dataset.services, dataset.bundles, dataset.held_services,
+                   dataset.held_bundles):
+        matrix.sort_indices()
+        for part in (matrix.indptr, matrix.indices, matrix.data):
+            h.update(np.ascontiguousarray(part).tobytes())
+    return h.hexdigest()[:16]
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+def _summed(rows: np.ndarray, cols: np.ndarray, values: np.ndarray,
+            shape: tuple[int, int]) -> sp.csr_matrix:
+    """CSR of ``values`` summed per (row, col)."""
+    matrix = sp.coo_matrix((values, (rows, cols.astype(np.int32))), shape=shape).tocsr()
+    matrix.sum_duplicates()
+    matrix.eliminate_zeros()
+    return matrix
+
+
+def _holdings(arrays: EventArrays, select: np.ndarray, row: np.ndarray, items: np.ndarray,
+              shape: tuple[int, int]) -> sp.csr_matrix:
+    """1 where the latest subscribe/unsubscribe of (row, item) is a subscribe."""
+    sub, unsub = _CODE["subscribe"], _CODE["unsubscribe"]
+    mask = select & (items >= 0) & ((arrays.kind == sub) | (arrays.kind == unsub))
+    mask[mask] &= row[arrays.resident[mask]] >= 0
+    r = row[arrays.resident[mask]]
+    i = items[mask].astype(np.int64)
+    last = _last_index(r * shape[1] + i)
+    held = arrays.kind[mask][last] == sub
+    rows, cols = r[last][held], i[last][held]
+    return sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=shape)
+
+
+def _last_index(keys: np.ndarray) -> np.ndarray:
+    """Positions of the last occurrence of each distinct key (keys in time order)."""
+    if len(keys) == 0:
+        return np.zeros(0, dtype=np.int64)
+    _, first_in_reversed = np.unique(keys[::-1], return_index=True)
+    return len(keys) - 1 - first_in_reversed
+
+
+def _ts_ns(column: pd.Series) -> np.ndarray:
+    """Nanoseconds since the epoch (UTC) of a timestamp column, without Python objects."""
+    index = pd.DatetimeIndex(pd.to_datetime(column, utc=True))
+    return index.as_unit("ns").asi8.astype(np.int64, copy=False)
+
+
+def _ts_value(moment: pd.Timestamp | Any) -> int:
+    stamp = pd.Timestamp(moment)
+    if stamp.tzinfo is None:
+        stamp = stamp.tz_localize("UTC")
+    return int(stamp.as_unit("ns").value)
+
+
+def _latest_profiles(frame: pd.DataFrame, resident: np.ndarray, kind: np.ndarray,
+                     catalog: Catalog) -> pd.DataFrame:
+    """Declared attributes from each resident's latest profile event, indexed by code."""
+    columns = [*PROFILE_FIELDS, "neighbourhood_code"]
+    is_profile = kind == _CODE["profile"]
+    if not is_profile.any():
+        return pd.DataFrame(columns=columns, index=pd.Index([], dtype=np.int64))
+    who = resident[is_profile]
+    last = _last_index(who)
+    contexts = frame["context"].to_numpy(dtype=object, na_value=None)[is_profile][last]
+    lines = "\n".join(c if isinstance(c, str) and c.startswith("{") else "{}" for c in contexts)
+    table = pajson.read_json(io.BytesIO(lines.encode()),
+                             parse_options=pajson.ParseOptions(newlines_in_values=False))
+    out = pd.DataFrame(index=pd.Index(who[last].astype(np.int64)))
+    for name in PROFILE_FIELDS:
+        if name in table.column_names:
+            values = table[name]
+            if pa.types.is_null(values.type):
+                out[name] = None
+            else:
+                out[name] = values.to_numpy(zero_copy_only=False)
+        else:
+            out[name] = None
+    out["neighbourhood_code"] = pd.Categorical(
+        out["neighbourhood"], categories=list(catalog.neighbourhood_ids)).codes.astype(np.int16)
+    return out
