@@ -55,6 +55,12 @@ class Keys:
         """SET of bundle ids the resident dismissed (never shown again)."""
         return f"{self.prefix}r:{{{_resident(resident_id)}}}:dismissed"
 
+    def holdings_ts(self, resident_id: str) -> str:
+        """HASH ``b:<id>``/``s:<id>`` → epoch seconds of the latest subscribe/unsubscribe
+        applied to ``holdings``, so an older event arriving late cannot undo a newer one
+        (added by ingestion, issue 4)."""
+        return f"{self.prefix}r:{{{_resident(resident_id)}}}:holdings_ts"
+
     def resident_pattern(self, resident_id: str) -> str:
         """SCAN pattern of every per-resident key (used by erasure)."""
         return f"{self.prefix}r:{{{_resident(resident_id)}}}:*"
@@ -99,6 +105,11 @@ class Keys:
         """HASH of dead-letter reason → count."""
         return f"{self.prefix}ingest:dlq"
 
+    def dlq_seen(self, topic: str, partition: int, offset: int) -> str:
+        """STRING marker that a dead letter from this source position was counted, with TTL
+        (so a redelivered bad message is not counted twice; added by ingestion, issue 4)."""
+        return f"{self.prefix}ingest:dlqseen:{_part(topic)}:{int(partition)}:{int(offset)}"
+
     # --- published recommendations (versioned keyspace) --------------------------------
     def current_version(self) -> str:
         """STRING: the keyspace version serving reads; switched atomically by publish."""
@@ -120,6 +131,17 @@ class Keys:
     def versions(self) -> str:
         """ZSET of published versions by publish time (for expiry and audit)."""
         return f"{self.prefix}rec:versions"
+
+    def version_model(self, version: str) -> str:
+        """STRING (npz bytes): what serving needs of the model that produced a keyspace
+        (service factors, bundle matrix, Gram matrix), so a serving process loads the model
+        and the lists of one version from one place (added by serving, issue 6)."""
+        return f"{self.prefix}rec:{_part(version)}:model"
+
+    def variant_pointer(self, name: str) -> str:
+        """STRING: the keyspace version an experiment variant reads (``bouquet publish
+        --pointer NAME``); the champion reads :meth:`current_version`."""
+        return f"{self.prefix}rec:ptr:{_part(name)}"
 
     # --- administration -----------------------------------------------------------------
     def audit(self) -> str:

@@ -109,6 +109,15 @@ class Settings(BaseSettings):
     max_future_skew_s: int = Field(default=300, ge=0)
     max_event_bytes: int = Field(default=8192, ge=256)
 
+    # --- ingestion (streaming/, issue 4; see docs/ingestion.md) ---------------------------
+    ingest_batch_max_events: int = Field(default=5000, ge=1, le=100_000)
+    ingest_batch_max_ms: int = Field(default=1000, ge=10)
+    ingest_session_timeout_ms: int = Field(default=10_000, ge=1000)
+    ingest_heartbeat_interval_ms: int = Field(default=3000, ge=100)
+    ingest_recent_cap: int = Field(default=50, ge=1, le=1000)
+    ingest_dedup_ttl_s: int = Field(default=3 * 86400, ge=60)
+    ingest_counter_ttl_days: int = Field(default=120, ge=1)
+
     # --- serving and privacy -----------------------------------------------------------
     api_host: str = "127.0.0.1"
     api_port: int = 8000
@@ -117,6 +126,33 @@ class Settings(BaseSettings):
     )
     pseudonym_secret: str = DEV_PSEUDONYM_SECRET
     small_cell_k: int = Field(default=5, ge=1)
+
+    # --- publish and real-time serving (issue 6; owner: serving) ------------------------
+    # How many bundles / services are precomputed per resident by `bouquet publish`.
+    publish_top_n: int = Field(default=50, ge=1, le=1000)
+    # Residents scored and written per Redis pipeline.
+    publish_chunk: int = Field(default=2000, ge=1, le=100_000)
+    # Keys of a keyspace being written expire after this unless the publish completes, so a
+    # crashed publish leaves nothing behind; versions older than the previous one get
+    # `publish_old_version_ttl_s` when the pointer switches (serving processes that still
+    # read them have that long to notice the switch).
+    publish_staging_ttl_s: int = Field(default=6 * 3600, ge=60)
+    publish_old_version_ttl_s: int = Field(default=3600, ge=1)
+    # A serving process re-reads the version pointers at most this often.
+    serving_pointer_poll_ms: int = Field(default=500, ge=10)
+    # Real-time re-ranking by fold-in of the resident's recent events, and its weight.
+    serving_rerank: bool = True
+    serving_rerank_weight: float = Field(default=1.0, ge=0)
+    serving_recent_n: int = Field(default=20, ge=1, le=200)
+    # POST /v1/events: largest batch, and how long to wait for the broker's acks.
+    serving_max_batch: int = Field(default=500, ge=1, le=10_000)
+    serving_intake_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    # Online experiment (BOUQUET_EXPERIMENTS, JSON): {"salt": "...", "variants": [{"name":
+    # "champion", "share": 0.9}, {"name": "popular", "share": 0.1}]}; a variant is
+    # `champion`, `popular`, or any name published with `bouquet publish --pointer NAME`.
+    experiments: dict[str, Any] | None = None
+    # Adds GET /v1/_bench/bare/{id} (one Redis GET, the benchmark's floor). Off by default.
+    serving_bench_endpoints: bool = False
 
     # --- local stack (embedded default) ------------------------------------------------
     # The broker and Redis ports come from KAFKA_BOOTSTRAP_SERVERS and REDIS_URL when they

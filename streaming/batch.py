@@ -1,0 +1,255 @@
+"""Turning Kafka records into one ingestion batch: validate, de-duplicate, lay out.
+
+This is the consumer's hot path (every record passes here once), so it builds the three
+outputs of a batch directly instead of going through intermediate objects:
+
+* columns of the event-log table (:data:`bouquet.core.eventlog.COLUMNS`), to become one
+  Arrow table per batch;
+* the flat argument list of the Redis batch script (:mod:`bouquet.streaming.state`);
+* dead letters (original bytes + reason) for the dead-letter topic.
+
+Validation is exactly :func:`bouquet.core.events.parse_event` followed by
+:func:`bouquet.core.events.check_against_catalog`, so the reason codes are the shared
+ones; a record that fails, or that trips an unexpected error, becomes a dead letter and
+the batch goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import pyarrow as pa
+
+from bouquet.core.catalog import Catalog
+from bouquet.core.eventlog import SCHEMA
+from bouquet.core.events import (
+    CONTACT_TYPES,
+    EventRejected,
+    InteractionEvent,
+    check_against_catalog,
+    parse_event,
+)
+from bouquet.core.keys import Keys
+from bouquet.core.recommendation import parse_recommendation_id
+from bouquet.streaming.state import FUNNEL_STAGES, PROFILE_BOOLEANS
+
+log = logging.getLogger(__name__)
+
+#: Reason codes the consumer adds to those of ``parse_event`` / ``check_against_catalog``.
+REASON_EMPTY = "empty_message"
+REASON_INTERNAL = "internal_error"
+
+_LOG_COLUMNS = ("event_id", "resident_id", "type", "service_id", "bundle_id", "ts",
+                "channel", "value", "recommendation_id", "context", "schema_version")
+
+
+@dataclass
+class DeadLetter:
+    """A record that cannot be ingested, with where it came from and why."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int | None
+    key: bytes | None
+    value: bytes | None
+    reason: str
+    detail: str
+
+
+@dataclass
+class Batch:
+    """What one flush writes: log columns, Redis script slots, dead letters, offsets."""
+
+    columns: dict[str, list[Any]] = field(default_factory=lambda: {c: [] for c in _LOG_COLUMNS})
+    slots: list[str] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    #: (topic, partition) → next offset to commit (last offset in the batch + 1)
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: produce timestamps (ms) of the valid events, for the produce→visible delay
+    produced_ms: list[int] = field(default_factory=list)
+    event_ids: set[str] = field(default_factory=set)
+    records: int = 0
+    in_batch_duplicates: int = 0
+    started: float = 0.0
+
+    @property
+    def events(self) -> int:
+        return len(self.columns["event_id"])
+
+    def table(self) -> pa.Table:
+        """The valid events as an event-log Arrow table (``ingested_at`` left to the log)."""
+        return pa.table({name: pa.array(self.columns[name], SCHEMA.field(name).type)
+                         for name in _LOG_COLUMNS})
+
+
+def iso_week(day: date) -> str:
+    year, week, _ = day.isocalendar()
+    return f"{year}-W{week:02d}"
+
+
+class BatchBuilder:
+    """Validates records and appends them to a :class:`Batch` (one builder per consumer)."""
+
+    def __init__(self, catalog: Catalog, keys: Keys, *, max_event_bytes: int = 8192,
+                 max_future_skew_s: int = 300) -> None:
+        self.catalog = catalog
+        self.keys = keys
+        self.max_event_bytes = max_event_bytes
+        self.max_future_skew = timedelta(seconds=max_future_skew_s)
+        self._buckets: dict[date, tuple[str, str]] = {}
+        self._targets: dict[tuple[str | None, str | None], tuple[str, str]] = {}
+        self._funnels: dict[tuple[str, str], tuple[str, str, str]] = {}
+
+    def add(self, batch: Batch, record: Any, now: datetime | None = None) -> None:
+        """Add one ``ConsumerRecord`` to ``batch`` (as an event or as a dead letter)."""
+        batch.records += 1
+        key = (record.topic, record.partition)
+        batch.offsets[key] = record.offset + 1
+        value = record.value
+        try:
+            if not value:
+                raise EventRejected(REASON_EMPTY, "the message has no value")
+            event = parse_event(value, max_bytes=self.max_event_bytes)
+            check_against_catalog(event, self.catalog, now=now,
+                                  max_future_skew=self.max_future_skew)
+            if event.event_id in batch.event_ids:
+                batch.in_batch_duplicates += 1
+                return
+            self._append(batch, event)
+        except EventRejected as exc:
+            batch.dead_letters.append(self._letter(record, exc.reason, exc.detail))
+            return
+        except Exception as exc:  # a bug must not stop ingestion: dead-letter and go on
+            log.exception("unexpected error validating %s[%d]@%d", record.topic,
+                          record.partition, record.offset)
+            batch.dead_letters.append(self._letter(record, REASON_INTERNAL,
+                                                   f"{type(exc).__name__}: {exc}"[:300]))
+            return
+        batch.event_ids.add(event.event_id)
+        if record.timestamp is not None and record.timestamp > 0:
+            batch.produced_ms.append(record.timestamp)
+
+    @staticmethod
+    def _letter(record: Any, reason: str, detail: str) -> DeadLetter:
+        return DeadLetter(record.topic, record.partition, record.offset, record.timestamp,
+                          record.key, record.value, reason, detail)
+
+    def _bucket(self, day: date) -> tuple[str, str]:
+        found = self._buckets.get(day)
+        if found is None:
+            found = self._buckets[day] = (day.isoformat(), iso_week(day))
+        return found
+
+    def _target(self, service_id: str | None, bundle_id: str | None) -> tuple[str, str]:
+        found = self._targets.get((service_id, bundle_id))
+        if found is None:
+            found = (self.catalog.domain_of(service_id, bundle_id) or "",
+                     self.catalog.aggregation_factor_of(service_id, bundle_id) or "")
+            self._targets[(service_id, bundle_id)] = found
+        return found
+
+    def _funnel(self, kind: str, recommendation_id: str | None) -> tuple[str, str, str]:
+        stage = FUNNEL_STAGES.get(kind)
+        if stage is None or recommendation_id is None:
+            return "", "", ""
+        attribution = parse_recommendation_id(recommendation_id)
+        if attribution is None:
+            return "", "", ""
+        pair = (attribution.model_version, attribution.variant)
+        found = self._funnels.get(pair)
+        if found is None:
+            found = self._funnels[pair] = (self.keys.funnel(*pair), "",
+                                           f"{pair[0]}:{pair[1]}")
+        return found[0], stage, found[2]
+
+    def _append(self, batch: Batch, event: InteractionEvent) -> None:
+        cols = batch.columns
+        kind = event.type.value
+        channel = event.channel.value
+        ts = event.ts
+        cols["event_id"].append(event.event_id)
+        cols["resident_id"].append(event.resident_id)
+        cols["type"].append(kind)
+        cols["service_id"].append(event.service_id)
+        cols["bundle_id"].append(event.bundle_id)
+        cols["ts"].append(ts)
+        cols["channel"].append(channel)
+        cols["value"].append(event.value)
+        cols["recommendation_id"].append(event.recommendation_id)
+        cols["context"].append(json.dumps(event.context, separators=(",", ":"), sort_keys=True)
+                               if event.context else None)
+        cols["schema_version"].append(event.schema_version)
+
+        epoch = f"{ts.timestamp():.6f}"
+        day, week = self._bucket(ts.date())
+        domain = factor = members = funnel_key = stage = funnel_member = ""
+        if kind in CONTACT_TYPES:
+            domain, factor = self._target(event.service_id, event.bundle_id)
+            payload = recent_item(event, epoch)
+            if kind in ("subscribe", "unsubscribe"):
+                members = holding_members(event.service_id, event.bundle_id)
+            elif kind == "dismiss":
+                members = event.bundle_id or ""
+            funnel_key, stage, funnel_member = self._funnel(kind, event.recommendation_id)
+        elif kind == "profile":
+            payload = profile_payload(event.context)
+        elif kind == "consent":
+            payload = "1" if event.value == 1 else "0"
+        else:  # erase
+            payload = ""
+        batch.slots += (event.event_id, event.resident_id, kind, epoch, day, week, channel,
+                        domain, factor, payload, members, funnel_key, stage, funnel_member)
+
+
+def holding_members(service_id: str | None, bundle_id: str | None) -> str:
+    """Holdings SET members touched by a subscribe/unsubscribe: ``b:<bundle>``, ``s:<service>``."""
+    parts = []
+    if bundle_id:
+        parts.append(f"b:{bundle_id}")
+    if service_id:
+        parts.append(f"s:{service_id}")
+    return " ".join(parts)
+
+
+def recent_item(event: InteractionEvent, epoch: str | None = None) -> str:
+    """The JSON item pushed on the resident's ``recent`` list (see docs/redis-keys.md).
+
+    Built by hand because it is on the hot path; every value is from a validated
+    charset (ids, enums, a finite float), so no escaping is needed.
+    """
+    if epoch is None:
+        epoch = f"{event.ts.timestamp():.6f}"
+    parts = [f'{{"event_id":"{event.event_id}","type":"{event.type.value}","ts":{epoch}',
+             f',"channel":"{event.channel.value}"']
+    if event.service_id:
+        parts.append(f',"service_id":"{event.service_id}"')
+    if event.bundle_id:
+        parts.append(f',"bundle_id":"{event.bundle_id}"')
+    if event.recommendation_id:
+        parts.append(f',"recommendation_id":"{event.recommendation_id}"')
+    if event.value is not None:
+        parts.append(f',"value":{event.value!r}')
+    parts.append("}")
+    return "".join(parts)
+
+
+def profile_payload(context: dict[str, Any]) -> str:
+    """``field\\tvalue\\t…`` of the declared attributes a profile event sets (booleans as
+    "1"/"0"; attributes given as null are left as they were)."""
+    parts: list[str] = []
+    for name, value in context.items():
+        if value is None:
+            continue
+        if name in PROFILE_BOOLEANS:
+            value = "1" if value else "0"
+        parts += (name, str(value))
+    return "\t".join(parts)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,514 @@
+"""The ingestion consumer: Kafka → validated → event log (durable) → Redis → committed.
+
+One :class:`IngestConsumer` is one member of the consumer group ``settings.consumer_group``
+on ``settings.topic_events``; run as many processes as there are partitions to scale out.
+Each batch (up to ``ingest_batch_max_events`` records or ``ingest_batch_max_ms``) goes
+through, in this order:
+
+1. validation (:mod:`bouquet.streaming.batch`); bad records are sent to the dead-letter
+   topic with their original bytes and a reason;
+2. :meth:`bouquet.core.eventlog.EventLog.append` — durable when it returns;
+3. the Redis batch script (:mod:`bouquet.streaming.state`), which applies each event's
+   effects once (per-event marker set atomically with the effects);
+4. dead-letter acknowledgements awaited, dead-letter counters updated;
+5. offsets committed.
+
+A crash anywhere before 5 means the batch is delivered again: the log then holds a second
+physical copy (readers de-duplicate on ``event_id``) and Redis skips every event whose
+marker is set, so the outcome equals a single delivery. Nothing is committed that is not
+durable. Broker, Redis and disk failures are retried with exponential backoff, within a
+bound (``IngestOptions.retry_*``), after which the process exits non-zero *without*
+committing, to be restarted by its supervisor.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import redis
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import (
+    CommitFailedError,
+    IllegalGenerationError,
+    KafkaError,
+    RebalanceInProgressError,
+    UnknownMemberIdError,
+)
+from kafka.structs import OffsetAndMetadata
+
+from bouquet.core.catalog import Catalog, load_catalog
+from bouquet.core.eventlog import EventLog
+from bouquet.core.keys import Keys
+from bouquet.core.settings import Settings
+from bouquet.streaming import metrics
+from bouquet.streaming.batch import Batch, BatchBuilder, DeadLetter
+from bouquet.streaming.state import StateConfig, StateWriter
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Commit errors that mean "the group moved on": retrying the same commit cannot succeed;
+#: the records will be delivered again (to us or to another member) and de-duplicated.
+_REBALANCE_ERRORS = (CommitFailedError, RebalanceInProgressError, IllegalGenerationError,
+                     UnknownMemberIdError)
+
+
+class IngestError(RuntimeError):
+    """A failure that outlasted the retries; the current batch was not committed."""
+
+
+@dataclass
+class IngestOptions:
+    """How one consumer process runs. Defaults come from :class:`Settings`; tests and the
+    benchmark override them."""
+
+    batch_max_events: int = 5000
+    batch_max_ms: int = 1000
+    #: A batch is written early once the consumer has caught up and it is this old: low
+    #: latency when traffic is light, large batches (few files) when there is a backlog.
+    batch_min_ms: int = 200
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 3000
+    max_poll_interval_ms: int = 300_000
+    #: fetch sizes: large fetches keep kafka-python's decoder busy (see docs/ingestion.md)
+    fetch_max_bytes: int = 64 << 20
+    max_partition_fetch_bytes: int = 16 << 20
+    fetch_max_wait_ms: int = 200
+    #: stop when caught up and nothing arrived for this many seconds (None: run forever)
+    idle_seconds: float | None = None
+    #: stop after this many records (valid or not); offsets are committed exactly there
+    max_events: int | None = None
+    retry_attempts: int = 8
+    retry_base_s: float = 0.25
+    retry_max_s: float = 8.0
+    log_every_s: float = 10.0
+    #: keep every produce→Redis delay (ms) in :attr:`IngestStats.visible_delays_ms`
+    record_delays: bool = False
+    install_signal_handlers: bool = True
+    client_id: str = field(default_factory=lambda: f"bouquet-ingest-{uuid.uuid4().hex[:6]}")
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> IngestOptions:
+        values: dict[str, Any] = {
+            "batch_max_events": settings.ingest_batch_max_events,
+            "batch_max_ms": settings.ingest_batch_max_ms,
+            "session_timeout_ms": settings.ingest_session_timeout_ms,
+            "heartbeat_interval_ms": settings.ingest_heartbeat_interval_ms,
+        }
+        values.update(overrides)
+        return cls(**values)
+
+
+@dataclass
+class IngestStats:
+    """What one run did (also returned by :meth:`IngestConsumer.run`)."""
+
+    received: int = 0
+    logged: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    batches: int = 0
+    commits: int = 0
+    commit_failures: int = 0
+    rebalances: int = 0
+    first_record_at: float | None = None  # wall clock (time.time())
+    last_commit_at: float | None = None
+    visible_delays_ms: list[int] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out["dead_letter_total"] = sum(self.dead_letters.values())
+        return out
+
+
+def state_config(settings: Settings) -> StateConfig:
+    return StateConfig(recent_cap=settings.ingest_recent_cap,
+                       dedup_ttl_s=settings.ingest_dedup_ttl_s,
+                       counter_ttl_s=settings.ingest_counter_ttl_days * 86400)
+
+
+class _Listener(ConsumerRebalanceListener):
+    """Flush and commit what we hold before partitions move to another member."""
+
+    def __init__(self, owner: IngestConsumer) -> None:
+        self.owner = owner
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        self.owner._on_revoked(revoked)
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self.owner._positions.clear()
+        log.info("%s assigned %s", self.owner.options.client_id,
+                 sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
+
+
+class IngestConsumer:
+    """One member of the ingestion consumer group (see the module docstring)."""
+
+    def __init__(self, settings: Settings, catalog: Catalog | None = None,
+                 options: IngestOptions | None = None) -> None:
+        self.settings = settings
+        self.options = options or IngestOptions.from_settings(settings)
+        self.catalog = catalog or load_catalog(settings.catalog_path)
+        self.keys = Keys(settings.redis_key_prefix)
+        self.builder = BatchBuilder(self.catalog, self.keys,
+                                    max_event_bytes=settings.max_event_bytes,
+                                    max_future_skew_s=settings.max_future_skew_s)
+        self.event_log = EventLog(settings.event_log_path)
+        self.stats = IngestStats()
+        self._stop = threading.Event()
+        self._batch = Batch()
+        self._fatal: BaseException | None = None
+        self._consumer: KafkaConsumer | None = None
+        self._producer: KafkaProducer | None = None
+        self._redis: redis.Redis | None = None
+        self._state: StateWriter | None = None
+        #: (topic, partition) → next offset we will see (tracked from polled records)
+        self._positions: dict[tuple[str, int], int] = {}
+
+    # --- lifecycle ----------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the loop to finish: the current batch is written and committed first."""
+        self._stop.set()
+
+    def _connect(self) -> None:
+        o = self.options
+        self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=30,
+                                           socket_connect_timeout=5, health_check_interval=30)
+        self._state = StateWriter(self._redis, self.keys, state_config(self.settings))
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            group_id=self.settings.consumer_group,
+            client_id=o.client_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=o.session_timeout_ms,
+            heartbeat_interval_ms=o.heartbeat_interval_ms,
+            max_poll_interval_ms=o.max_poll_interval_ms,
+            max_poll_records=o.batch_max_events,
+            fetch_max_bytes=o.fetch_max_bytes,
+            max_partition_fetch_bytes=o.max_partition_fetch_bytes,
+            fetch_max_wait_ms=o.fetch_max_wait_ms,
+            request_timeout_ms=max(30_000, o.session_timeout_ms + 5000),
+        )
+        self._consumer.subscribe([self.settings.topic_events], listener=_Listener(self))
+
+    def _dlq_producer(self) -> KafkaProducer:
+        if self._producer is None:
+            self._producer = KafkaProducer(
+                bootstrap_servers=self.settings.kafka_bootstrap_servers,
+                acks="all", enable_idempotence=True, linger_ms=5,
+                request_timeout_ms=10_000, delivery_timeout_ms=30_000, max_block_ms=10_000,
+            )
+        return self._producer
+
+    def _close(self) -> None:
+        if self._consumer is not None:
+            try:
+                self._consumer.close(autocommit=False)
+            except Exception:  # closing must not hide the real outcome
+                log.warning("error closing the consumer", exc_info=True)
+        if self._producer is not None:
+            try:
+                self._producer.close(timeout=10)
+            except Exception:
+                log.warning("error closing the dead-letter producer", exc_info=True)
+        if self._redis is not None:
+            self._redis.close()
+
+    def run(self) -> IngestStats:
+        """Consume until stopped (signal, :meth:`stop`, idle, max events); return stats."""
+        previous = self._install_signals()
+        self._connect()
+        o = self.options
+        started = last_record = last_log = time.monotonic()
+        last_logged_count = 0
+        try:
+            while not self._stop.is_set():
+                self._poll_once()
+                if self._fatal is not None:
+                    raise self._fatal
+                now = time.monotonic()
+                if self._batch.records:
+                    last_record = now
+                if self._should_flush(now):
+                    self._flush()
+                if o.log_every_s and now - last_log >= o.log_every_s:
+                    rate = (self.stats.received - last_logged_count) / (now - last_log)
+                    log.info("ingest %s: %.0f records/s, %d received, %d applied, %d duplicate,"
+                             " %d dead letters, lag %s", o.client_id, rate, self.stats.received,
+                             self.stats.applied, self.stats.duplicates,
+                             sum(self.stats.dead_letters.values()), self._lag())
+                    last_log, last_logged_count = now, self.stats.received
+                if o.max_events is not None and self.stats.received >= o.max_events \
+                        and not self._batch.records:
+                    break
+                if o.idle_seconds is not None and not self._batch.records \
+                        and now - last_record >= o.idle_seconds and self._idle(now - started):
+                    log.info("ingest %s: caught up and idle for %.1f s, stopping",
+                             o.client_id, o.idle_seconds)
+                    break
+            if self._batch.records:
+                self._flush()
+        finally:
+            self._close()
+            self._restore_signals(previous)
+        return self.stats
+
+    def _install_signals(self) -> dict[int, Any]:
+        if not self.options.install_signal_handlers or \
+                threading.current_thread() is not threading.main_thread():
+            return {}
+        previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, lambda *_: self._stop.set())
+        return previous
+
+    @staticmethod
+    def _restore_signals(previous: dict[int, Any]) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    # --- the loop -----------------------------------------------------------------------
+    def _poll_once(self) -> None:
+        assert self._consumer is not None
+        o = self.options
+        room = o.batch_max_events - self._batch.records
+        if o.max_events is not None:
+            room = min(room, o.max_events - self.stats.received)
+        if room <= 0:
+            return
+        polled = self._consumer.poll(timeout_ms=100, max_records=room)
+        if not polled:
+            return
+        now = datetime.now(UTC)
+        batch = self._batch
+        if not batch.records:
+            batch.started = time.monotonic()
+            if self.stats.first_record_at is None:
+                self.stats.first_record_at = time.time()
+        add = self.builder.add
+        count = 0
+        for records in polled.values():
+            for record in records:
+                add(batch, record, now)
+            count += len(records)
+        self.stats.received += count
+        metrics.EVENTS.labels("received").inc(count)
+        self._positions.update(batch.offsets)
+
+    def _should_flush(self, now: float) -> bool:
+        batch = self._batch
+        if not batch.records:
+            return False
+        o = self.options
+        age_ms = (now - batch.started) * 1000
+        if batch.records >= o.batch_max_events or age_ms >= o.batch_max_ms:
+            return True
+        if o.max_events is not None and self.stats.received >= o.max_events:
+            return True
+        return age_ms >= o.batch_min_ms and self._lag() == 0
+
+    def _lag(self) -> int | None:
+        """Records behind the high-water marks of our partitions (None: not known yet).
+
+        Positions come from the records we polled; ``consumer.position`` (which may ask the
+        broker) only for a partition we have not received anything from yet.
+        """
+        consumer = self._consumer
+        if consumer is None:
+            return None
+        assignment = consumer.assignment()
+        if not assignment:
+            return None
+        total = 0
+        for tp in assignment:
+            high = consumer.highwater(tp)
+            if high is None:
+                return None
+            position = self._positions.get((tp.topic, tp.partition))
+            if position is None:
+                try:
+                    position = consumer.position(tp, timeout_ms=500)
+                except KafkaError:
+                    return None
+                if position is None:
+                    return None
+                self._positions[(tp.topic, tp.partition)] = position
+            total += max(0, high - position)
+        metrics.LAG.set(total)
+        return total
+
+    def _idle(self, running_s: float) -> bool:
+        lag = self._lag()
+        if lag == 0:
+            return True
+        # a member with no partitions (more members than partitions) is idle too, once
+        # the group has had time to assign them
+        assert self._consumer is not None
+        return not self._consumer.assignment() and running_s > 30 + (self.options.idle_seconds
+                                                                      or 0)
+
+    def _on_revoked(self, revoked: Any) -> None:
+        if not revoked:
+            return
+        self.stats.rebalances += 1
+        metrics.REBALANCES.inc()
+        log.info("%s: partitions revoked (%d); flushing %d records before handing them over",
+                 self.options.client_id, len(revoked), self._batch.records)
+        try:
+            if self._batch.records:
+                self._flush()
+        except BaseException as exc:  # kafka-python swallows listener errors: keep it
+            self._fatal = exc
+
+    # --- writing a batch ----------------------------------------------------------------
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, Batch()
+        began = time.monotonic()
+        self._write(batch)
+        metrics.BATCH_SECONDS.observe(time.monotonic() - began)
+        metrics.BATCH_EVENTS.observe(batch.records)
+        self.stats.batches += 1
+        self._commit(batch)
+
+    def _write(self, batch: Batch) -> None:
+        """Make the batch durable: DLQ sends, event log, Redis, DLQ acks and counters."""
+        assert self._state is not None
+        futures = self._send_dead_letters(batch.dead_letters)
+        if batch.events:
+            table = batch.table()
+            self._retry("eventlog", lambda: self.event_log.append(table))
+            self.stats.logged += batch.events
+            metrics.EVENTS.labels("logged").inc(batch.events)
+            applied, dups, erased = self._retry("redis", lambda: self._state.apply(batch.slots))
+            dups += batch.in_batch_duplicates
+            self.stats.applied += applied
+            self.stats.duplicates += dups
+            metrics.EVENTS.labels("applied").inc(applied)
+            metrics.EVENTS.labels("duplicate").inc(dups)
+            if erased:
+                log.info("erased %d resident(s) from the real-time state", len(erased))
+            visible_ms = time.time() * 1000
+            delays = [visible_ms - t for t in batch.produced_ms]
+            if delays:
+                metrics.VISIBLE_DELAY.observe(max(delays) / 1000)
+                if self.options.record_delays:
+                    self.stats.visible_delays_ms.extend(int(d) for d in delays)
+        elif batch.in_batch_duplicates:
+            self.stats.duplicates += batch.in_batch_duplicates
+        if batch.dead_letters:
+            self._await_dead_letters(batch.dead_letters, futures)
+            letters = [(d.topic, d.partition, d.offset, d.reason) for d in batch.dead_letters]
+            self._retry("redis", lambda: self._state.count_dead_letters(letters))
+            for letter in batch.dead_letters:
+                self.stats.dead_letters[letter.reason] = \
+                    self.stats.dead_letters.get(letter.reason, 0) + 1
+                metrics.DEAD_LETTERS.labels(letter.reason).inc()
+            metrics.EVENTS.labels("dead_letter").inc(len(batch.dead_letters))
+
+    def _send_dead_letters(self, letters: list[DeadLetter]) -> list[Any]:
+        if not letters:
+            return []
+        producer = self._dlq_producer()
+        return [producer.send(self.settings.topic_dlq, key=d.key, value=d.value or b"",
+                              headers=dead_letter_headers(d)) for d in letters]
+
+    def _await_dead_letters(self, letters: list[DeadLetter], futures: list[Any]) -> None:
+        """Wait for the broker's acks; re-send what failed, within the retry bound."""
+        pending = list(zip(letters, futures, strict=True))
+        for attempt in range(self.options.retry_attempts + 1):
+            failed: list[DeadLetter] = []
+            for letter, future in pending:
+                try:
+                    future.get(timeout=30)
+                except KafkaError as exc:
+                    log.warning("dead letter %s[%d]@%d not acknowledged: %s", letter.topic,
+                                letter.partition, letter.offset, exc)
+                    failed.append(letter)
+            if not failed:
+                return
+            if attempt == self.options.retry_attempts:
+                break
+            metrics.RETRIES.labels("dlq").inc()
+            time.sleep(self._backoff(attempt))
+            pending = list(zip(failed, self._send_dead_letters(failed), strict=True))
+        raise IngestError(f"{len(failed)} dead letters not acknowledged by the broker after "
+                          f"{self.options.retry_attempts} retries; nothing committed")
+
+    def _backoff(self, attempt: int) -> float:
+        return min(self.options.retry_max_s, self.options.retry_base_s * 2 ** attempt)
+
+    def _retry(self, target: str, action: Callable[[], T]) -> T:
+        """Run ``action``, retrying transient Redis/disk failures with exponential backoff.
+
+        Retrying the Redis script is safe even when the failed call did run: its
+        per-event markers make the second run a no-op for what the first applied.
+        """
+        for attempt in range(self.options.retry_attempts + 1):
+            try:
+                return action()
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError,
+                    OSError) as exc:
+                if attempt == self.options.retry_attempts:
+                    raise IngestError(f"{target} still failing after "
+                                      f"{self.options.retry_attempts} retries: {exc}") from exc
+                delay = self._backoff(attempt)
+                log.warning("%s failed (%s); retry %d/%d in %.2f s", target, exc, attempt + 1,
+                            self.options.retry_attempts, delay)
+                metrics.RETRIES.labels(target).inc()
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _commit(self, batch: Batch) -> None:
+        """Commit the batch's offsets. A rebalance-related failure is not retried: the
+        group has moved on and the records come back (de-duplicated). Other failures are
+        retried; if they persist the next batch's commit covers these offsets."""
+        assert self._consumer is not None
+        offsets = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
+                   for (t, p), o in batch.offsets.items()}
+        for attempt in range(self.options.retry_attempts + 1):
+            try:
+                self._consumer.commit(offsets)
+            except _REBALANCE_ERRORS as exc:
+                self.stats.commit_failures += 1
+                metrics.COMMITS.labels("rebalance").inc()
+                log.info("commit skipped, the group is rebalancing (%s): %d records will be "
+                         "delivered again and de-duplicated", type(exc).__name__, batch.records)
+                return
+            except KafkaError as exc:
+                self.stats.commit_failures += 1
+                metrics.COMMITS.labels("error").inc()
+                if attempt == self.options.retry_attempts:
+                    log.error("commit failed %d times (%s); continuing, the next commit covers "
+                              "these offsets", attempt + 1, exc)
+                    return
+                metrics.RETRIES.labels("commit").inc()
+                time.sleep(self._backoff(attempt))
+            else:
+                self.stats.commits += 1
+                self.stats.last_commit_at = time.time()
+                metrics.COMMITS.labels("ok").inc()
+                return
+
+
+def dead_letter_headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
+    """Headers of a dead-letter message (the value is the original bytes, untouched)."""
+    return [
+        ("reason", letter.reason.encode()),
+        ("detail", letter.detail.encode("utf-8", "replace")[:1000]),
+        ("source_topic", letter.topic.encode()),
+        ("source_partition", str(letter.partition).encode()),
+        ("source_offset", str(letter.offset).encode()),
+        ("source_timestamp", str(letter.timestamp if letter.timestamp is not None else "")
+         .encode()),
+    ]

@@ -1,0 +1,343 @@
+"""Real-time state in Redis: what the consumer writes, exactly once per event.
+
+Every Redis effect of a batch is applied by **one Lua script** (:data:`_APPLY_LUA`), which
+for each event first sets the event's de-duplication marker (``Keys.seen_event``, ``SET NX
+EX``) and applies the event's effects only when the marker was new. A script runs
+atomically, so the marker and the effects are either both written or neither: a batch
+redelivered after a crash, a rebalance, or a client that re-sent an event, has no second
+effect — including the counters (``HINCRBY``) that are not idempotent by construction.
+One script per batch also means one round trip per 5,000 events.
+
+Order matters within a resident (erase, then new contacts; subscribe, then unsubscribe):
+the script processes events in the order given, which is partition order, and partitions
+are keyed by resident. Holdings and profile updates are additionally *last-writer-wins by
+event time* (``holdings_ts`` hash, ``profile_ts``/``consent_ts`` fields), so an old event
+arriving late (or re-sent after its marker expired) cannot undo a newer one.
+
+Key names come from :class:`bouquet.core.keys.Keys`; the script receives the fixed parts of
+each name and :func:`_templates` checks at start-up that what the script will build is
+exactly what ``Keys`` builds. Every key is documented in ``docs/redis-keys.md``.
+
+Redis Cluster: the batch script touches many slots, so it needs a single primary (that is
+where the throughput is: one Redis core does well over 100k events/s of these effects); see
+``docs/ingestion.md`` for the Cluster plan.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from bouquet.core.keys import Keys
+
+log = logging.getLogger(__name__)
+
+#: Event-type → funnel stage credited when the event carries a Bouquet recommendation id.
+FUNNEL_STAGES: dict[str, str] = {
+    "view": "shown",
+    "click": "opened",
+    "subscribe": "subscribed",
+    "use": "used",
+}
+#: Active-resident dimensions (``Keys.active`` ``dimension`` values) written per contact.
+ACTIVE_DIMENSIONS: tuple[str, ...] = ("all", "nb", "domain", "factor", "channel")
+#: Neighbourhood bucket of a resident with no declared neighbourhood.
+UNKNOWN_NEIGHBOURHOOD = "_unknown"
+#: Per-resident key kinds the consumer writes (``Keys`` method names).
+RESIDENT_KEY_KINDS: tuple[str, ...] = ("recent", "profile", "holdings", "holdings_ts",
+                                       "dismissed")
+#: Number of ARGV slots per event in the batch script.
+STRIDE = 14
+#: Fields of the profile hash that hold booleans, stored as "1"/"0".
+PROFILE_BOOLEANS = ("student", "low_income")
+
+# The erasure routine shared by the batch script and :func:`erase_resident`: delete the
+# resident's own keys, take them out of every active-resident set (listed in the index,
+# so no SCAN is needed) and out of the last-contact ZSET. Index entries whose set has
+# expired are pruned on the way.
+_ERASE_FN = """
+local function erase(rid)
+  local base = R_PRE .. rid .. R_SUF
+  for _, kind in ipairs(KINDS) do redis.call('DEL', base .. kind) end
+  redis.call('ZREM', LAST, rid)
+  for _, k in ipairs(redis.call('SMEMBERS', AIDX)) do
+    if redis.call('SREM', k, rid) == 0 and redis.call('EXISTS', k) == 0 then
+      redis.call('SREM', AIDX, k)
+    end
+  end
+end
+"""
+
+_HEADER = """
+local SEEN_PRE, R_PRE, R_SUF, A_PRE, C_PRE = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local LAST, AIDX, FIDX = ARGV[6], ARGV[7], ARGV[8]
+local SEEN_TTL, CAP, COUNTER_TTL = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+local RECENT_TTL = tonumber(ARGV[12])
+local KINDS = {}
+for kind in string.gmatch(ARGV[13], '[^,]+') do KINDS[#KINDS + 1] = kind end
+local FIRST = 14
+"""
+
+#: Apply a batch of events. ARGV: the header above, then STRIDE slots per event:
+#: event_id, resident_id, type, ts (epoch s), day, week, channel, domain, factor,
+#: payload (recent item JSON | profile "k\\tv\\t…" | consent "0"/"1"), members
+#: (holdings "b:x s:y" | dismissed bundle id), funnel key, funnel stage, funnel index
+#: member ("<model_version>:<variant>").
+#: Returns {applied, duplicates, erased resident ids...}.
+_APPLY_LUA = _HEADER + _ERASE_FN + """
+local applied, dups = 0, 0
+local erased = {}
+local nb_cache = {}
+local seen_active = {}     -- active key -> {rid -> true} already added by this script
+local touched = {}         -- active / contacts keys written by this script
+local counts = {}          -- hash key -> {field -> increment}
+local funnel_members = {}
+
+local function bump(key, field)
+  local h = counts[key]
+  if not h then h = {}; counts[key] = h end
+  h[field] = (h[field] or 0) + 1
+end
+
+local function add_active(key, rid)
+  local s = seen_active[key]
+  if not s then
+    s = {}; seen_active[key] = s
+    if not touched[key] then touched[key] = true; redis.call('SADD', AIDX, key) end
+  end
+  if not s[rid] then s[rid] = true; redis.call('SADD', key, rid) end
+end
+
+for i = FIRST, #ARGV, 14 do
+  local eid, rid, typ = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  if redis.call('SET', SEEN_PRE .. eid, '1', 'NX', 'EX', SEEN_TTL) then
+    applied = applied + 1
+    local base = R_PRE .. rid .. R_SUF
+    local ts = tonumber(ARGV[i + 3])
+    if typ == 'erase' then
+      erase(rid)
+      nb_cache[rid] = nil
+      for _, s in pairs(seen_active) do s[rid] = nil end
+      erased[#erased + 1] = rid
+    elseif typ == 'profile' then
+      local pk = base .. 'profile'
+      local cur = tonumber(redis.call('HGET', pk, 'profile_ts') or '-1e300')
+      if ts >= cur then
+        local args = {}
+        for part in string.gmatch(ARGV[i + 9], '[^\\t]+') do args[#args + 1] = part end
+        args[#args + 1] = 'profile_ts'; args[#args + 1] = ARGV[i + 3]
+        redis.call('HSET', pk, unpack(args))
+        nb_cache[rid] = nil
+      end
+    elseif typ == 'consent' then
+      local pk = base .. 'profile'
+      local cur = tonumber(redis.call('HGET', pk, 'consent_ts') or '-1e300')
+      if ts >= cur then
+        redis.call('HSET', pk, 'consent', ARGV[i + 9], 'consent_ts', ARGV[i + 3])
+      end
+    else
+      -- a contact
+      local rk = base .. 'recent'
+      redis.call('LPUSH', rk, ARGV[i + 9])
+      redis.call('LTRIM', rk, 0, CAP - 1)
+      redis.call('EXPIRE', rk, RECENT_TTL)
+      redis.call('ZADD', LAST, 'GT', ts, rid)
+      local nb = nb_cache[rid]
+      if not nb then
+        nb = redis.call('HGET', base .. 'profile', 'neighbourhood') or '_unknown'
+        nb_cache[rid] = nb
+      end
+      local day, week = ARGV[i + 4], ARGV[i + 5]
+      local dims = {'all=all', 'nb=' .. nb, 'channel=' .. ARGV[i + 6]}
+      if ARGV[i + 7] ~= '' then dims[#dims + 1] = 'domain=' .. ARGV[i + 7] end
+      if ARGV[i + 8] ~= '' then dims[#dims + 1] = 'factor=' .. ARGV[i + 8] end
+      for _, d in ipairs(dims) do
+        add_active(A_PRE .. 'day:' .. day .. ':' .. d, rid)
+        add_active(A_PRE .. 'week:' .. week .. ':' .. d, rid)
+      end
+      local cd, cw = C_PRE .. 'day:' .. day, C_PRE .. 'week:' .. week
+      bump(cd, typ); bump(cd, 'all'); bump(cw, typ); bump(cw, 'all')
+      touched[cd] = true; touched[cw] = true
+      if typ == 'subscribe' or typ == 'unsubscribe' then
+        local hk, htk = base .. 'holdings', base .. 'holdings_ts'
+        for m in string.gmatch(ARGV[i + 10], '%S+') do
+          local cur = tonumber(redis.call('HGET', htk, m) or '-1e300')
+          if ts >= cur then
+            redis.call('HSET', htk, m, ARGV[i + 3])
+            if typ == 'subscribe' then redis.call('SADD', hk, m)
+            else redis.call('SREM', hk, m) end
+          end
+        end
+      elseif typ == 'dismiss' and ARGV[i + 10] ~= '' then
+        redis.call('SADD', base .. 'dismissed', ARGV[i + 10])
+      end
+      if ARGV[i + 11] ~= '' then
+        bump(ARGV[i + 11], ARGV[i + 12])
+        funnel_members[#funnel_members + 1] = ARGV[i + 13]
+      end
+    end
+  else
+    dups = dups + 1
+  end
+end
+
+for key, fields in pairs(counts) do
+  for field, n in pairs(fields) do redis.call('HINCRBY', key, field, n) end
+end
+for key, _ in pairs(touched) do redis.call('EXPIRE', key, COUNTER_TTL) end
+if #funnel_members > 0 then
+  local uniq = {}
+  for _, fk in ipairs(funnel_members) do uniq[fk] = true end
+  for fk, _ in pairs(uniq) do redis.call('SADD', FIDX, fk) end
+end
+local out = {applied, dups}
+for _, rid in ipairs(erased) do out[#out + 1] = rid end
+return out
+"""
+
+#: Erase one resident (ARGV: header, then the resident id).
+_ERASE_LUA = _HEADER + _ERASE_FN + """
+erase(ARGV[FIRST])
+return 1
+"""
+
+#: Count each dead letter once per source position (ARGV: ttl, dlq-counts key, then pairs
+#: of marker key, reason).
+_DLQ_LUA = """
+local ttl, hk = tonumber(ARGV[1]), ARGV[2]
+local counted = 0
+for i = 3, #ARGV, 2 do
+  if redis.call('SET', ARGV[i], '1', 'NX', 'EX', ttl) then
+    redis.call('HINCRBY', hk, ARGV[i + 1], 1)
+    counted = counted + 1
+  end
+end
+return counted
+"""
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    """Retention and caps of the real-time state (from ``Settings.ingest_*``)."""
+
+    recent_cap: int = 50
+    recent_ttl_s: int = 90 * 86400
+    dedup_ttl_s: int = 3 * 86400
+    counter_ttl_s: int = 120 * 86400
+
+
+class KeyFormatChanged(RuntimeError):
+    """``Keys`` builds a name the Lua script would not: the script must be updated."""
+
+
+def _templates(keys: Keys) -> dict[str, str]:
+    """Fixed parts of the key names the Lua script builds, checked against ``Keys``."""
+    rid, eid = "R0", "E0"
+    sample_resident = keys.recent(rid)
+    r_pre = sample_resident[: sample_resident.rindex("{" + rid + "}") + 1]
+    r_suf = "}:"
+    parts = {
+        "seen_pre": keys.seen_event(eid)[: -len(eid)],
+        "r_pre": r_pre,
+        "r_suf": r_suf,
+        "a_pre": keys.active("day", "B", "D", "V")[: -len("day:B:D=V")],
+        "c_pre": keys.contacts("day", "B")[: -len("day:B")],
+    }
+    checks = [
+        (keys.seen_event(eid), parts["seen_pre"] + eid),
+        (keys.active("week", "2026-W01", "nb", "x"), parts["a_pre"] + "week:2026-W01:nb=x"),
+        (keys.contacts("week", "2026-W01"), parts["c_pre"] + "week:2026-W01"),
+    ]
+    for kind in RESIDENT_KEY_KINDS:
+        checks.append((getattr(keys, kind)(rid), r_pre + rid + r_suf + kind))
+    for built, scripted in checks:
+        if built != scripted:
+            raise KeyFormatChanged(f"Keys builds {built!r} but the ingest script would "
+                                   f"write {scripted!r}")
+    return parts
+
+
+class StateWriter:
+    """Applies batches of validated events to Redis through the batch script."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, config: StateConfig | None = None):
+        self.redis = client
+        self.keys = keys
+        self.config = config or StateConfig()
+        t = _templates(keys)
+        self._header = [
+            t["seen_pre"], t["r_pre"], t["r_suf"], t["a_pre"], t["c_pre"],
+            keys.last_contact(), keys.active_index(), keys.funnel_index(),
+            str(self.config.dedup_ttl_s), str(self.config.recent_cap),
+            str(self.config.counter_ttl_s), str(self.config.recent_ttl_s),
+            ",".join(RESIDENT_KEY_KINDS),
+        ]
+        self._apply = client.register_script(_APPLY_LUA)
+        self._dlq = client.register_script(_DLQ_LUA)
+
+    def apply(self, slots: Sequence[str]) -> tuple[int, int, list[str]]:
+        """Apply events given as flat ARGV slots (:data:`STRIDE` per event, built by the
+        consumer). Returns (applied, duplicates, erased resident ids)."""
+        if not slots:
+            return 0, 0, []
+        out = self._apply(args=self._header + list(slots))
+        erased = [r.decode() if isinstance(r, bytes) else r for r in out[2:]]
+        for rid in erased:
+            sweep_resident_keys(self.redis, self.keys, rid, keep=RESIDENT_KEY_KINDS)
+        return int(out[0]), int(out[1]), erased
+
+    def count_dead_letters(self, letters: Iterable[tuple[str, int, int, str]]) -> int:
+        """Count dead letters ``(topic, partition, offset, reason)`` once per position."""
+        args: list[Any] = [str(self.config.dedup_ttl_s), self.keys.dlq_counts()]
+        for topic, partition, offset, reason in letters:
+            args += [self.keys.dlq_seen(topic, partition, offset), reason]
+        if len(args) == 2:
+            return 0
+        return int(self._dlq(args=args))
+
+
+def sweep_resident_keys(client: redis.Redis, keys: Keys, resident_id: str,
+                        keep: Iterable[str] = ()) -> int:
+    """Delete every ``r:{rid}:*`` key except the kinds in ``keep`` (SCAN; for keys other
+    components add per resident). Returns how many were deleted."""
+    pattern = keys.resident_pattern(resident_id)
+    kept = {getattr(keys, kind)(resident_id) for kind in keep}
+    doomed = [k for k in client.scan_iter(match=pattern, count=1000)
+              if (k.decode() if isinstance(k, bytes) else k) not in kept]
+    if doomed:
+        client.delete(*doomed)
+    return len(doomed)
+
+
+def erase_resident(client: redis.Redis, keys: Keys, resident_id: str) -> None:
+    """Forget a resident in the real-time state: delete all their per-resident keys, take
+    them out of every active-resident set and of the last-contact ZSET.
+
+    Idempotent, and safe to call from the admin API (issue 8) as well as from the
+    consumer. Aggregate counters (contact counts, funnel) hold no resident id and stay.
+    Reuses the consumer's erase routine, then sweeps ``Keys.resident_pattern`` for
+    per-resident keys written by other components.
+    """
+    writer_header = StateWriter(client, keys)._header
+    client.eval(_ERASE_LUA, 0, *writer_header, resident_id)
+    sweep_resident_keys(client, keys, resident_id)
+
+
+def read_profile(client: redis.Redis, keys: Keys, resident_id: str) -> dict[str, Any]:
+    """The resident's profile hash decoded for :func:`bouquet.core.catalog.eligibility_failure`:
+    booleans as bool, ``consent`` as bool (False when never given), bookkeeping fields
+    (``*_ts``) dropped."""
+    raw = client.hgetall(keys.profile(resident_id))
+    out: dict[str, Any] = {}
+    for k, v in raw.items():
+        key = k.decode() if isinstance(k, bytes) else k
+        value = v.decode() if isinstance(v, bytes) else v
+        if key.endswith("_ts"):
+            continue
+        out[key] = value == "1" if key in (*PROFILE_BOOLEANS, "consent") else value
+    out.setdefault("consent", False)
+    return out
