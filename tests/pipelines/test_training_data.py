@@ -1,0 +1,208 @@
+"""Dataset building and splits on tiny hand-made event logs, with exact expected values."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from bouquet.core.catalog import load_catalog
+from bouquet.core.eventlog import EventLog, read_events
+from bouquet.pipelines.dataset import (
+    EVENT_COLUMNS,
+    DatasetParams,
+    EventArrays,
+    build_dataset,
+)
+from bouquet.pipelines.split import random_split, temporal_split
+
+CATALOG = load_catalog()
+S = CATALOG.service_ids
+B = CATALOG.bundle_ids
+NB = CATALOG.neighbourhood_ids
+T = datetime(2025, 6, 1, tzinfo=UTC)
+WEIGHTS = {"view": 0.5, "click": 1.0, "use": 2.0, "subscribe": 4.0, "pay": 3.0,
+           "dismiss": 0.0, "unsubscribe": 0.0, "consent": 100.0, "profile": 100.0}
+PARAMS = DatasetParams(event_weights=WEIGHTS, half_life_days=10.0, log_alpha=2.0)
+_ids = itertools.count()
+
+
+def ev(resident: str, kind: str, days_before: float, *, service: str | None = None,
+       bundle: str | None = None, value: float | None = None, context: str | None = None,
+       event_id: str | None = None) -> dict:
+    """An event-log record ``days_before`` the reference time T (negative: after T)."""
+    return {"event_id": event_id or f"e{next(_ids)}", "resident_id": resident, "type": kind,
+            "service_id": service, "bundle_id": bundle, "ts": T - timedelta(days=days_before),
+            "channel": "app", "value": value, "context": context, "schema_version": 1}
+
+
+def conf(strength: float) -> float:
+    return 1.0 + 2.0 * np.log1p(strength)
+
+
+def arrays_of(root: Path, records: list[dict]) -> EventArrays:
+    EventLog(root).append(records)
+    return EventArrays.from_frame(read_events(root, columns=list(EVENT_COLUMNS)), CATALOG)
+
+
+@pytest.fixture
+def log_root(tmp_path: Path) -> Path:
+    return tmp_path / "eventlog"
+
+
+def hand_made_log() -> list[dict]:
+    profile = json.dumps({"neighbourhood": NB[2], "student": True})
+    return [
+        # a: consents, two decayed bus uses, a tram view, a dismissed service
+        ev("a", "consent", 30, value=1),
+        ev("a", "profile", 30, context=profile),
+        ev("a", "use", 10, service=S[0]),  # 2 · 0.5
+        ev("a", "use", 20, service=S[0]),  # 2 · 0.25
+        ev("a", "view", 0.0001, service=S[1], event_id="dup"),
+        ev("a", "view", 0.0001, service=S[1], event_id="dup"),  # redelivered copy
+        ev("a", "dismiss", 1, service=S[2]),
+        # bundle 0 subscribed then unsubscribed, bundle 1 subscribed and kept
+        ev("a", "subscribe", 5, bundle=B[0]),
+        ev("a", "unsubscribe", 3, bundle=B[0]),
+        ev("a", "subscribe", 10, bundle=B[1]),
+        ev("a", "use", -1, service=S[3]),  # after the cut-off: not training data
+        ev("a", "use", 1, service="no-such-service"),
+        # b: never consented
+        ev("b", "use", 1, service=S[0]),
+        # c: consented, then withdrew
+        ev("c", "consent", 20, value=1),
+        ev("c", "use", 1, service=S[0]),
+        ev("c", "consent", 2, value=0),
+        # d: refused, then consented: the latest consent decides
+        ev("d", "consent", 20, value=0),
+        ev("d", "consent", 15, value=1),
+        ev("d", "click", 0.0001, bundle=B[2], service=CATALOG.bundle_by_id[B[2]].services[0]),
+        # e: consented, used, then asked to be erased
+        ev("e", "consent", 20, value=1),
+        ev("e", "use", 5, service=S[0]),
+        ev("e", "erase", 4),
+        # f: consenting, but only weightless events: not a training row
+        ev("f", "consent", 20, value=1),
+        ev("f", "dismiss", 3, bundle=B[0]),
+    ]
+
+
+def test_confidences_decay_log_scaling_consent_and_erasure(log_root: Path) -> None:
+    arrays = arrays_of(log_root, hand_made_log())
+    data = build_dataset(arrays, PARAMS, until=pd.Timestamp(T))
+
+    assert data.resident_ids.tolist() == ["a", "d"]
+    assert arrays.stats["unknown_service_events"] == 1
+    services = data.services.toarray()
+    expected_a = np.zeros(len(S))
+    expected_a[0] = conf(2 * 0.5 + 2 * 0.25)
+    expected_a[1] = conf(0.5 * 2 ** (-0.0001 / 10))  # counted once despite the duplicate
+    np.testing.assert_allclose(services[0], expected_a, rtol=1e-6)
+    d_service = S.index(CATALOG.bundle_by_id[B[2]].services[0])
+    assert services[1, d_service] == pytest.approx(conf(1.0 * 2 ** (-0.0001 / 10)), rel=1e-6)
+    assert services[1].sum() == pytest.approx(services[1, d_service])
+
+    bundles = data.bundles.toarray()
+    assert bundles[0, 0] == pytest.approx(conf(4 * 2 ** (-0.5)), rel=1e-6)
+    assert bundles[0, 1] == pytest.approx(conf(4 * 2 ** (-1.0)), rel=1e-6)
+    assert bundles[1, 2] == pytest.approx(conf(1.0 * 2 ** (-0.0001 / 10)), rel=1e-6)
+    assert data.bundles.nnz == 3
+    # holdings: latest subscribe/unsubscribe per pair
+    assert data.held_bundles.toarray()[0].nonzero()[0].tolist() == [1]
+    assert data.held_services.nnz == 0
+    # declared neighbourhood from the latest profile, -1 when none was declared
+    assert data.neighbourhood.tolist() == [2, -1]
+    assert data.as_of == pd.Timestamp(T)
+
+
+def test_erased_resident_never_appears(log_root: Path) -> None:
+    arrays = arrays_of(log_root, hand_made_log())
+    assert "e" not in set(arrays.resident_ids)  # read_events dropped them
+    assert "e" not in set(build_dataset(arrays, PARAMS).resident_ids)
+
+
+def test_weights_come_from_params_and_fingerprint_tracks_them(log_root: Path) -> None:
+    arrays = arrays_of(log_root, hand_made_log())
+    base = build_dataset(arrays, PARAMS, until=pd.Timestamp(T))
+    again = build_dataset(arrays, PARAMS, until=pd.Timestamp(T))
+    no_views = DatasetParams(event_weights={**WEIGHTS, "view": 0.0}, half_life_days=10.0,
+                             log_alpha=2.0)
+    changed = build_dataset(arrays, no_views, until=pd.Timestamp(T))
+    assert base.fingerprint == again.fingerprint
+    assert changed.fingerprint != base.fingerprint
+    assert changed.services[0, 1] == 0  # the view no longer weighs
+    no_decay = build_dataset(arrays, DatasetParams(WEIGHTS, None, 2.0), until=pd.Timestamp(T))
+    assert no_decay.services[0, 0] == pytest.approx(conf(4.0), rel=1e-6)
+
+
+def test_all_events_when_no_cutoff(log_root: Path) -> None:
+    arrays = arrays_of(log_root, hand_made_log())
+    data = build_dataset(arrays, PARAMS)
+    assert data.services[0, 3] > 0  # the event after T is included
+    assert data.as_of == pd.Timestamp(T + timedelta(days=1))  # decay from the latest event
+
+
+def test_temporal_split_boundaries_masking_and_cold_start(log_root: Path) -> None:
+    nb_code = 5
+    records = [
+        ev("a", "consent", 40, value=1),
+        ev("a", "use", 10, service=S[0]),
+        ev("a", "subscribe", 10, bundle=B[1]),
+        ev("a", "use", 1e-6, service=S[4]),  # 1 µs-ish before T: training
+        ev("a", "use", 0, service=S[1]),  # exactly T: test
+        ev("a", "use", -13.9, service=S[2]),  # inside the 2-week window
+        ev("a", "use", -14, service=S[3]),  # exactly T + 2 weeks: outside
+        ev("a", "use", -1, service=S[0]),  # already a training positive: masked
+        ev("a", "subscribe", -2, bundle=B[1]),  # held at T: masked
+        ev("a", "view", -2, bundle=B[3]),  # not a positive type
+        ev("a", "subscribe", -3, bundle=B[4]),
+        ev("n", "consent", 40, value=1),  # new resident: cold start
+        ev("n", "profile", 40, context=json.dumps({"neighbourhood": NB[nb_code]})),
+        ev("n", "subscribe", -1, bundle=B[0]),
+        ev("x", "use", -1, service=S[5]),  # no consent: nowhere
+    ]
+    arrays = arrays_of(log_root, records)
+    split = temporal_split(arrays, PARAMS, cutoff=pd.Timestamp(T), test_weeks=2)
+
+    assert split.train.resident_ids.tolist() == ["a"]
+    assert split.train.services[0, 4] > 0 and split.train.services[0, 1] == 0
+    assert split.test_services.toarray()[0].nonzero()[0].tolist() == [1, 2]
+    assert split.test_bundles.toarray()[0].nonzero()[0].tolist() == [4]
+    assert split.mask_bundles.toarray()[0].nonzero()[0].tolist() == [1]
+    assert split.cold is not None and split.cold.n_residents == 1
+    assert split.cold.bundles.toarray()[0].nonzero()[0].tolist() == [0]
+    assert split.cold.neighbourhood.tolist() == [nb_code]
+    assert split.definition["cutoff"] == pd.Timestamp(T).isoformat()
+    again = temporal_split(arrays, PARAMS, cutoff=pd.Timestamp(T), test_weeks=2)
+    later = temporal_split(arrays, PARAMS, cutoff=pd.Timestamp(T) + pd.Timedelta(days=1),
+                           test_weeks=2)
+    assert split.id == again.id and split.id != later.id
+
+
+def test_default_cutoff_is_weeks_before_the_last_day(log_root: Path) -> None:
+    arrays = arrays_of(log_root, [ev("a", "consent", 60, value=1),
+                                  ev("a", "use", 30, service=S[0]),
+                                  ev("a", "use", 0.5, service=S[1])])
+    split = temporal_split(arrays, PARAMS, test_weeks=2)
+    assert split.definition["cutoff"] == (pd.Timestamp(T) - pd.Timedelta(weeks=2)).isoformat()
+
+
+def test_random_split_holds_out_a_fraction_of_each_user() -> None:
+    matrix = sp.random(200, 50, density=0.2, random_state=1, format="csr")
+    train, test = random_split(matrix, test_fraction=0.25, seed=3)
+    assert (train + test - matrix).nnz == 0  # a partition of the pairs
+    assert train.multiply(test).nnz == 0
+    counts = np.diff(matrix.indptr)
+    held = np.diff(test.indptr)
+    eligible = counts >= 2
+    np.testing.assert_array_equal(held[eligible],
+                                  np.maximum(1, np.round(counts[eligible] * 0.25)))
+    assert held[~eligible].sum() == 0
+    again = random_split(matrix, test_fraction=0.25, seed=3)[1]
+    assert (again != test).nnz == 0
