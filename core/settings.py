@@ -154,6 +154,14 @@ class Settings(BaseSettings):
     # Adds GET /v1/_bench/bare/{id} (one Redis GET, the benchmark's floor). Off by default.
     serving_bench_endpoints: bool = False
 
+    # --- engagement analytics (issue 7; owner: analytics; see docs/engagement.md) ---------
+    # Trailing window of the cadence classes, whole weeks (daily = 5 days a week of it,
+    # weekly = 3 weeks in 4, scaled to the window).
+    engagement_window_days: int = Field(default=28, ge=7, le=364, multiple_of=7)
+    # The operator API re-checks the event log's file list at most this often; an
+    # unchanged log is never re-read.
+    engagement_cache_ttl_s: float = Field(default=30.0, ge=0)
+
     # --- local stack (embedded default) ------------------------------------------------
     # The broker and Redis ports come from KAFKA_BOOTSTRAP_SERVERS and REDIS_URL when they
     # point at this machine; only the optional MLflow UI needs a port of its own.
