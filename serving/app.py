@@ -4,7 +4,8 @@ Routers are discovered: every module ``bouquet.serving.routes_*`` exposing ``rou
 included, so a new group of endpoints never edits this file. Shared objects (settings,
 catalog, Redis pool, key names) are put on ``app.state`` and reached through
 :mod:`bouquet.serving.deps`. Routers that need start-up work (loading a model, say)
-expose ``async def startup(app)`` / ``async def shutdown(app)``.
+expose ``async def startup(app)`` / ``async def shutdown(app)``; those that add middleware
+or exception handlers expose ``configure(app)``, called once when the app is built.
 """
 
 from __future__ import annotations
@@ -81,4 +82,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for module in modules:
         app.include_router(module.router)
+        if hasattr(module, "configure"):  # middleware, exception handlers
+            module.configure(app)
     return app

@@ -83,6 +83,18 @@ def require_role(needed: Role):
     return check
 
 
+def require_any_role(settings: SettingsDep,
+                     api_key: Annotated[str | None, Security(api_key_header)] = None) -> str:
+    """Any valid key (catalog reads): 401 without one."""
+    role = role_of(settings, api_key)
+    if role is None:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED,
+                            detail="missing or unknown API key (header X-API-Key)",
+                            headers={"WWW-Authenticate": "X-API-Key"})
+    return role
+
+
+AnyRole = Annotated[str, Depends(require_any_role)]
 AppRole = Annotated[str, Depends(require_role("app"))]
 OperatorRole = Annotated[str, Depends(require_role("operator"))]
 AdminRole = Annotated[str, Depends(require_role("admin"))]

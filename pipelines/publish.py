@@ -1,0 +1,440 @@
+"""``bouquet publish``: the champion model → every resident's lists → a new Redis keyspace.
+
+The batch side of the Feast-style split (STYLE.md): training writes MLflow, serving reads
+Redis only, and this step moves results across.
+
+1. Load the model the registry alias (``champion``) names and note its version and run.
+2. Pick a new keyspace version ``<model_version>-<UTC timestamp>``; write its meta hash
+   (``state=writing``) and the **serving model** (service factors, bundle matrix) so a
+   serving process loads model and lists of one version from one place.
+3. Score residents in chunks (one matrix product per chunk, ``argpartition`` for the top N),
+   pack each resident's top bundles and services (8 bytes an entry, see
+   :func:`bouquet.serving.online.pack_list`) and write them with pipelined ``SET``s; then the
+   per-neighbourhood popular lists (the cold-start and no-consent answers).
+   Every key is written with a *staging TTL*: if the process dies anywhere before the
+   switch, the half-written keyspace disappears by itself and the pointer never moved.
+4. ``PERSIST`` what was written, record counts and ``published_at`` in the meta hash, then
+   switch the pointer with one Lua check-and-set (it fails if another publish switched it
+   meanwhile), and give versions older than the previous one a TTL — the previous one is
+   kept for ``bouquet publish rollback``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import numpy as np
+import redis
+
+from bouquet.core.keys import Keys
+from bouquet.core.settings import Settings
+from bouquet.serving.online import ServingModel, decode_meta, pack_list, pack_rows
+
+log = logging.getLogger(__name__)
+
+#: Largest catalog a packed list can index (uint16 item indices).
+MAX_ITEMS = 65_535
+
+
+class PublishError(RuntimeError):
+    """A publish that did not switch the pointer; the previous version still serves."""
+
+
+@dataclass
+class ScoredChunk:
+    """Top-N lists of a chunk of residents (rows), best first; reasons index the vocabulary."""
+
+    bundle_items: np.ndarray  # (n, kb) int
+    bundle_scores: np.ndarray  # (n, kb) float
+    bundle_reasons: np.ndarray  # (n, kb) int
+    service_items: np.ndarray  # (n, ks) int
+    service_scores: np.ndarray  # (n, ks) float
+    service_reasons: np.ndarray  # (n, ks) int
+
+
+class PublishableModel(Protocol):
+    """What publish needs of a trained model (the artifact is adapted to this)."""
+
+    resident_ids: Sequence[str]
+    bundle_ids: Sequence[str]
+    service_ids: Sequence[str]
+    reason_vocab: list[str]
+
+    def score_chunk(self, start: int, stop: int, top_n: int) -> ScoredChunk:
+        """Top-N bundles and services of residents ``start:stop`` (vectorised)."""
+
+    def popular(self, kind: str) -> Mapping[str, tuple[np.ndarray, np.ndarray]]:
+        """Neighbourhood (``_all`` = city) → (item indices best first, scores)."""
+
+    def serving_model(self, version: str, model_version: str, run_id: str) -> ServingModel:
+        """The serving part: factors and bundle matrix for the real-time fold-in."""
+
+
+def top_n(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise top ``n`` (indices, scores), best first, without a full sort."""
+    n = min(n, scores.shape[1])
+    if n < scores.shape[1]:
+        part = np.argpartition(-scores, n - 1, axis=1)[:, :n]
+    else:
+        part = np.broadcast_to(np.arange(scores.shape[1]), scores.shape).copy()
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-part_scores, axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1), np.take_along_axis(part_scores, order, axis=1)
+
+
+@dataclass
+class FactorModel:
+    """A matrix-factorisation model as publish and serving see it.
+
+    ``bundle_score = u · b`` with ``b`` the bundle matrix; the reason of a bundle is the
+    member service with the largest ``u · y_s`` ("because you use …"). The adapter of the
+    MLflow artifact and the benchmark's synthetic model are both this class.
+    """
+
+    resident_ids: Sequence[str]
+    bundle_ids: Sequence[str]
+    service_ids: Sequence[str]
+    resident_factors: np.ndarray  # (n_residents, f)
+    service_factors: np.ndarray  # (n_services, f)
+    bundle_matrix: np.ndarray  # (n_bundles, f)
+    bundle_services: Sequence[Sequence[str]]  # services of each bundle
+    popular_bundles: Mapping[str, np.ndarray] = field(default_factory=dict)  # nb → scores
+    popular_services: Mapping[str, np.ndarray] = field(default_factory=dict)
+    regularization: float = 0.01
+    alpha: float = 1.0
+    log_alpha: float | None = None
+    half_life_days: float | None = None
+    #: Optional custom bundle scorer (e.g. the artifact's bundle scoring with reasons):
+    #: (resident rows) → (scores (n, n_bundles), reason codes (n, n_bundles) as vocab index).
+    bundle_scorer: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
+    reason_vocab: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.reason_vocab:
+            self.reason_vocab = ["cf", *(f"uses:{s}" for s in self.service_ids)]
+        index = {s: i for i, s in enumerate(self.service_ids)}
+        width = max((len(m) for m in self.bundle_services), default=1)
+        # Members of each bundle as a padded index matrix (-1 = none) for vectorised reasons.
+        members = np.full((len(self.bundle_ids), width), -1, dtype=np.int64)
+        for row, services in enumerate(self.bundle_services):
+            ids = [index[s] for s in services if s in index]
+            members[row, :len(ids)] = ids
+        self._members = members
+        self._uses_base = self.reason_vocab.index(f"uses:{self.service_ids[0]}") \
+            if f"uses:{self.service_ids[0]}" in self.reason_vocab else None
+
+    def score_chunk(self, start: int, stop: int, top_n_: int) -> ScoredChunk:
+        users = np.asarray(self.resident_factors[start:stop], dtype=np.float32)
+        service_scores = users @ self.service_factors.T
+        if self.bundle_scorer is not None:
+            bundle_scores, bundle_reasons_all = self.bundle_scorer(np.arange(start, stop))
+        else:
+            bundle_scores = users @ self.bundle_matrix.T
+            bundle_reasons_all = None
+        b_idx, b_sc = top_n(bundle_scores, top_n_)
+        s_idx, s_sc = top_n(service_scores, top_n_)
+        if bundle_reasons_all is not None:
+            b_reason = np.take_along_axis(bundle_reasons_all, b_idx, axis=1)
+        elif self._uses_base is not None:
+            # The member service the resident likes most explains the bundle.
+            members = self._members[b_idx]  # (n, kb, width)
+            valid = members >= 0
+            member_scores = np.take_along_axis(
+                service_scores[:, None, :].repeat(members.shape[1], axis=1),
+                np.where(valid, members, 0), axis=2)
+            member_scores = np.where(valid, member_scores, -np.inf)
+            best = np.take_along_axis(members, member_scores.argmax(axis=2)[..., None],
+                                      axis=2)[..., 0]
+            b_reason = np.where(best >= 0, self._uses_base + best, 0)
+        else:
+            b_reason = np.zeros_like(b_idx)
+        s_reason = np.zeros_like(s_idx)
+        return ScoredChunk(b_idx, b_sc, b_reason, s_idx, s_sc, s_reason)
+
+    def popular(self, kind: str) -> Mapping[str, tuple[np.ndarray, np.ndarray]]:
+        source = self.popular_bundles if kind == "b" else self.popular_services
+        out = {}
+        for nb, scores in source.items():
+            scores = np.asarray(scores, dtype=np.float64)
+            order = np.argsort(-scores, kind="stable")
+            out[nb] = (order, scores[order])
+        return out
+
+    def serving_model(self, version: str, model_version: str, run_id: str) -> ServingModel:
+        return ServingModel(version=version, model_version=model_version, run_id=run_id,
+                            bundle_ids=list(self.bundle_ids), service_ids=list(self.service_ids),
+                            reason_vocab=list(self.reason_vocab),
+                            service_factors=self.service_factors,
+                            bundle_matrix=self.bundle_matrix,
+                            regularization=self.regularization, alpha=self.alpha,
+                            log_alpha=self.log_alpha, half_life_days=self.half_life_days)
+
+
+# --- the keyspace switch ------------------------------------------------------------------
+#: KEYS: pointer, versions zset, new meta. ARGV: expected old version ("" = none), new
+#: version, score (epoch s), published_at. Returns {1, old} on success, {0, actual} if
+#: the pointer moved since the publish started.
+_SWITCH_LUA = """
+local cur = redis.call('GET', KEYS[1])
+local expected = ARGV[1]
+if (cur or '') ~= expected then return {0, cur or ''} end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+redis.call('HSET', KEYS[3], 'state', 'live', 'published_at', ARGV[4], 'previous', expected)
+return {1, expected}
+"""
+
+
+@dataclass
+class PublishReport:
+    version: str
+    model_version: str
+    run_id: str
+    pointer: str
+    previous: str | None
+    residents: int
+    bytes_written: int
+    seconds: float
+    expired: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def new_version(model_version: str, now: datetime | None = None) -> str:
+    now = now or datetime.now(UTC)
+    return f"{model_version}-{now.strftime('%Y%m%dT%H%M%S')}{now.microsecond // 1000:03d}Z"
+
+
+def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, n, size):
+        yield start, min(start + size, n)
+
+
+class Publisher:
+    """Writes one model's lists under a new version and switches a pointer to it."""
+
+    def __init__(self, settings: Settings, client: redis.Redis | None = None,
+                 neighbourhoods: Sequence[str] = ()) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.redis_key_prefix)
+        self.redis = client or redis.Redis.from_url(settings.redis_url, socket_timeout=30)
+        self.neighbourhoods = list(neighbourhoods)
+
+    def _pointer_key(self, pointer: str) -> str:
+        return (self.keys.current_version() if pointer == "current"
+                else self.keys.variant_pointer(pointer))
+
+    def publish(self, model: PublishableModel, *, model_version: str, run_id: str = "",
+                pointer: str = "current", progress: bool = False,
+                on_chunk: Callable[[int], None] | None = None) -> PublishReport:
+        """Publish ``model`` and switch ``pointer``; raise :class:`PublishError` (or the
+        scoring error) on failure, leaving the previous version serving."""
+        started = time.perf_counter()
+        k = self.keys
+        for name, ids in (("bundles", model.bundle_ids), ("services", model.service_ids)):
+            if len(ids) > MAX_ITEMS:
+                raise PublishError(f"{len(ids)} {name}: packed lists index at most {MAX_ITEMS}")
+        pointer_key = self._pointer_key(pointer)
+        previous_raw = self.redis.get(pointer_key)
+        previous = previous_raw.decode() if previous_raw else None
+        version = new_version(model_version)
+        ttl = self.settings.publish_staging_ttl_s
+        top = self.settings.publish_top_n
+        serving = model.serving_model(version, model_version, run_id)
+        meta_key = k.version_meta(version)
+        written: list[str] = []  # keys of this version other than resident lists
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(meta_key, mapping={**serving.meta_fields(), "state": "writing",
+                                     "pointer": pointer, "started_at": _now_iso()})
+        pipe.expire(meta_key, ttl)
+        pipe.set(k.version_model(version), serving.to_blob(), ex=ttl)
+        written += [meta_key, k.version_model(version)]
+        popular_counts = {}
+        for kind in ("b", "s"):
+            lists = model.popular(kind)
+            popular_counts[kind] = len(lists)
+            for nb, (items, scores) in lists.items():
+                key = k.popular(version, nb, kind)
+                pipe.set(key, pack_list(items[:top], scores[:top]), ex=ttl)
+                written.append(key)
+        pipe.execute()
+
+        residents = list(model.resident_ids)
+        size = self.settings.publish_chunk
+        total_bytes = 0
+        bar = _progress(len(residents), progress, f"publish {version}")
+        try:
+            for n_chunk, (start, stop) in enumerate(_chunks(len(residents), size)):
+                scored = model.score_chunk(start, stop, top)
+                b_vals = pack_rows(scored.bundle_items, scored.bundle_scores,
+                                   scored.bundle_reasons)
+                s_vals = pack_rows(scored.service_items, scored.service_scores,
+                                   scored.service_reasons)
+                pipe = self.redis.pipeline(transaction=False)
+                for rid, b_val, s_val in zip(residents[start:stop], b_vals, s_vals,
+                                             strict=True):
+                    pipe.set(k.recs(version, rid, "b"), b_val, ex=ttl)
+                    pipe.set(k.recs(version, rid, "s"), s_val, ex=ttl)
+                    total_bytes += len(b_val) + len(s_val)
+                pipe.execute()
+                bar(stop - start)
+                if on_chunk is not None:
+                    on_chunk(n_chunk)
+            # Make the keyspace permanent before anything can point at it.
+            for start, stop in _chunks(len(residents), size * 4):
+                pipe = self.redis.pipeline(transaction=False)
+                for rid in residents[start:stop]:
+                    pipe.persist(k.recs(version, rid, "b"))
+                    pipe.persist(k.recs(version, rid, "s"))
+                pipe.execute()
+            pipe = self.redis.pipeline(transaction=False)
+            for key in written:
+                pipe.persist(key)
+            pipe.hset(meta_key, mapping={
+                "residents": str(len(residents)), "bytes": str(total_bytes),
+                "top_n": str(top), "popular_neighbourhoods": json.dumps(popular_counts),
+                "bundles": str(len(model.bundle_ids)), "services": str(len(model.service_ids)),
+            })
+            pipe.execute()
+        except BaseException:
+            # The staging TTL would remove it anyway; a shorter TTL frees memory sooner.
+            try:
+                self._expire_version(version)
+            except redis.RedisError:
+                log.warning("could not shorten the TTL of the failed keyspace %s", version)
+            raise
+        finally:
+            bar(None)
+        published_at = _now_iso()
+        switched, actual = self.redis.eval(_SWITCH_LUA, 3, pointer_key, k.versions(), meta_key,
+                                           previous or "", version, f"{time.time():.3f}",
+                                           published_at)
+        if not int(switched):
+            self._expire_version(version)
+            raise PublishError(f"pointer {pointer!r} moved to {actual.decode()!r} during the "
+                               f"publish (expected {previous!r}); {version} was not switched "
+                               "to and will expire")
+        expired = self.expire_old(keep={version, previous} - {None})
+        seconds = time.perf_counter() - started
+        log.info("published %s (model %s) for %d residents in %.1f s; %s -> %s", version,
+                 model_version, len(residents), seconds, pointer, version)
+        return PublishReport(version, model_version, run_id, pointer, previous, len(residents),
+                             total_bytes, seconds, expired)
+
+    # --- expiry and rollback ----------------------------------------------------------------
+    def _pointed(self) -> set[str]:
+        """Versions some pointer names now, plus each pointer's recorded previous version."""
+        names = [self.keys.current_version()]
+        pattern = self.keys.variant_pointer("x")[:-1] + "*"
+        names += [key.decode() for key in self.redis.scan_iter(match=pattern, count=1000)]
+        out = set()
+        for value in self.redis.mget(names):
+            if value:
+                version = value.decode()
+                out.add(version)
+                prev = self.redis.hget(self.keys.version_meta(version), "previous")
+                if prev:
+                    out.add(prev.decode())
+        return out
+
+    def expire_old(self, keep: set[str]) -> list[str]:
+        """TTL on every version not kept and not named by any pointer (or as a pointer's
+        previous); forget versions whose keys are gone."""
+        keep = keep | self._pointed()
+        expired = []
+        for raw in self.redis.zrange(self.keys.versions(), 0, -1):
+            version = raw.decode()
+            if version in keep:
+                continue
+            meta_key = self.keys.version_meta(version)
+            if not self.redis.exists(meta_key):
+                self.redis.zrem(self.keys.versions(), version)
+                continue
+            if self.redis.ttl(meta_key) >= 0:
+                continue  # already expiring
+            self._expire_version(version)
+            self.redis.hset(meta_key, "state", "expiring")
+            expired.append(version)
+        return expired
+
+    def _expire_version(self, version: str) -> None:
+        """Give every key of ``version`` the old-version TTL (one SCAN of the database)."""
+        ttl = self.settings.publish_old_version_ttl_s
+        pipe = self.redis.pipeline(transaction=False)
+        pattern = self.keys.version_meta(version)[:-len("meta")] + "*"
+        for n, key in enumerate(self.redis.scan_iter(match=pattern, count=5000), 1):
+            pipe.expire(key, ttl)
+            if n % 10_000 == 0:
+                pipe.execute()
+        pipe.execute()
+
+    def status(self) -> dict[str, Any]:
+        """Pointers, their versions' meta, and every version on record."""
+        current = self.redis.get(self.keys.current_version())
+        versions = []
+        for raw in self.redis.zrange(self.keys.versions(), 0, -1):
+            version = raw.decode()
+            meta = decode_meta(self.redis.hgetall(self.keys.version_meta(version)))
+            versions.append({
+                "version": version, "state": meta.get("state", "gone"),
+                "model_version": meta.get("model_version"), "run_id": meta.get("run_id"),
+                "published_at": meta.get("published_at"), "residents": meta.get("residents"),
+                "ttl_s": self.redis.ttl(self.keys.version_meta(version)),
+            })
+        return {"current": current.decode() if current else None, "versions": versions}
+
+    def rollback(self, pointer: str = "current") -> tuple[str, str]:
+        """Point back at the previous version (kept without TTL); returns (from, to)."""
+        pointer_key = self._pointer_key(pointer)
+        current_raw = self.redis.get(pointer_key)
+        if not current_raw:
+            raise PublishError(f"pointer {pointer!r} names no version: nothing to roll back")
+        current = current_raw.decode()
+        previous_raw = self.redis.hget(self.keys.version_meta(current), "previous")
+        previous = previous_raw.decode() if previous_raw else ""
+        if not previous or not self.redis.exists(self.keys.version_meta(previous)):
+            raise PublishError(f"{current} has no previous version still in Redis")
+        if self.redis.ttl(self.keys.version_meta(previous)) >= 0:
+            raise PublishError(f"previous version {previous} is already expiring")
+        switched, actual = self.redis.eval(
+            """
+local cur = redis.call('GET', KEYS[1])
+if (cur or '') ~= ARGV[1] then return {0, cur or ''} end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('HSET', KEYS[2], 'state', 'live', 'previous', ARGV[1])
+redis.call('HSET', KEYS[3], 'state', 'rolled-back', 'previous', '')
+return {1, ARGV[1]}
+""", 3, pointer_key, self.keys.version_meta(previous), self.keys.version_meta(current),
+            current, previous)
+        if not int(switched):
+            raise PublishError(f"pointer moved to {actual.decode()!r} during the rollback")
+        log.info("rolled %s back from %s to %s", pointer, current, previous)
+        return current, previous
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _progress(total: int, enabled: bool, label: str) -> Callable[[int | None], None]:
+    """A tqdm bar fed by ``step(n)``; ``step(None)`` closes it."""
+    if not enabled:
+        return lambda n: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=label, unit="residents", unit_scale=True, mininterval=0.5)
+
+    def step(n: int | None) -> None:
+        if n is None:
+            bar.close()
+        else:
+            bar.update(n)
+
+    return step

@@ -1,0 +1,321 @@
+"""From a resident's state and a loaded version to the ranked, filtered answer.
+
+Pure logic (no I/O), so every rule is unit-testable and the route stays a few lines:
+
+1. **Personalised** when the resident consents (profile ``consent=1``), the variant is not
+   the popular baseline and the version has a precomputed list for them: that list,
+   re-ranked by ``score + w · (bundle · u_recent)`` where ``u_recent`` is the ALS fold-in of
+   the resident's recent events (see :mod:`bouquet.serving.online`).
+2. Otherwise **popular** in the resident's neighbourhood (or city-wide), said so in the answer.
+3. **Always** excluded, whatever the source: bundles (services) the resident holds, bundles
+   dismissed, offers not available in the zone, eligibility the resident lacks
+   (:func:`bouquet.core.catalog.eligibility_failure` on the profile hash).
+4. A personalised list that filters leave short is back-filled from popular.
+
+Static parts of every answer (names, services, prices) are built once per catalog.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bouquet.core.catalog import Catalog, available_in, eligibility_failure
+from bouquet.serving.online import ENTRY, ServingModel
+from bouquet.serving.store import RecentEvent, ResidentState
+
+#: Fallback kinds (also the label of the ``bouquet_fallbacks_total`` metric).
+FALLBACK_NEIGHBOURHOOD = "popular_neighbourhood"
+FALLBACK_CITY = "popular_city"
+FALLBACK_CATALOG = "catalog"
+FALLBACK_BACKFILL = "backfill"
+
+
+@dataclass
+class Ranked:
+    """One answer before serialisation."""
+
+    items: list[dict[str, Any]]
+    personalised: bool
+    reranked: bool = False
+    fallback: str | None = None
+    notice: str | None = None
+    backfilled: int = 0
+    fallbacks: list[str] = field(default_factory=list)
+
+
+class Recommender:
+    """Catalog-derived look-ups and the ranking rules; one per app."""
+
+    def __init__(self, catalog: Catalog, event_weights: Mapping[str, float],
+                 rerank_weight: float = 1.0) -> None:
+        self.catalog = catalog
+        self.weights = dict(event_weights)
+        self.rerank_weight = rerank_weight
+        self.neighbourhood_names = {n.id: n.name for n in catalog.neighbourhoods}
+        self.service_names = {s.id: s.name for s in catalog.services}
+        self._bundle_static = {b.id: self._static_bundle(b) for b in catalog.bundles}
+        self._service_static = {s.id: self._static_service(s) for s in catalog.services}
+        self._reason_cache: dict[tuple[str, str], str] = {}
+
+    # --- static parts --------------------------------------------------------------------
+    def _static_bundle(self, bundle: Any) -> dict[str, Any]:
+        return {
+            "bundle_id": bundle.id,
+            "name": bundle.name,
+            "description": bundle.description,
+            "domain": bundle.domain.value,
+            "price": bundle.price.model_dump(exclude_none=True),
+            "services": [{"service_id": s, "name": self.service_names.get(s, s),
+                          "domain": self.catalog.service_by_id[s].domain.value}
+                         for s in bundle.services if s in self.catalog.service_by_id],
+        }
+
+    def _static_service(self, service: Any) -> dict[str, Any]:
+        return {
+            "service_id": service.id,
+            "name": service.name,
+            "domain": service.domain.value,
+            "partner": service.partner,
+            "price": service.price.model_dump(exclude_none=True),
+        }
+
+    # --- reasons ---------------------------------------------------------------------------
+    def reason_text(self, code: str) -> str:
+        """Human-readable reason for a reason code (``uses:bike-share`` → "Because you use
+        Self-service bike share"). Unknown codes get a neutral sentence, never an error."""
+        key = ("", code)
+        text = self._reason_cache.get(key)
+        if text is None:
+            text = self._render_reason(code)
+            self._reason_cache[key] = text
+        return text
+
+    def _render_reason(self, code: str) -> str:
+        kind, _, arg = code.partition(":")
+        if kind in ("uses", "service", "svc", "affinity") and arg:
+            return f"Because you use {self.service_names.get(arg, arg)}"
+        if kind == "recent" and arg:
+            return f"Because you just used {self.service_names.get(arg, arg)}"
+        if kind in ("bundle", "like") and arg:
+            bundle = self.catalog.bundle_by_id.get(arg)
+            return f"Because you like {bundle.name if bundle else arg}"
+        if kind == "popular" and arg and arg != "_all":
+            return f"Popular in {self.neighbourhood_names.get(arg, arg)}"
+        if kind == "popular":
+            return f"Popular in {self.catalog.city.split(' (')[0]}"
+        if kind in ("cf", "similar", "collaborative"):
+            return "Chosen by residents with habits like yours"
+        if kind == "completes" and arg:
+            return f"Completes what you already have ({self.service_names.get(arg, arg)})"
+        return "Recommended for you"
+
+    # --- filters -----------------------------------------------------------------------------
+    def bundle_allowed(self, bundle_id: str, state: ResidentState, zone: str | None,
+                       domain: str | None) -> bool:
+        bundle = self.catalog.bundle_by_id.get(bundle_id)
+        if bundle is None:  # published before the catalog dropped it
+            return False
+        if f"b:{bundle_id}" in state.holdings or bundle_id in state.dismissed:
+            return False
+        if domain is not None and bundle.domain.value != domain:
+            return False
+        if not available_in(bundle.zones, zone or state.neighbourhood):
+            return False
+        return eligibility_failure(bundle.eligibility, state.profile) is None
+
+    def service_allowed(self, service_id: str, state: ResidentState, zone: str | None,
+                        domain: str | None) -> bool:
+        service = self.catalog.service_by_id.get(service_id)
+        if service is None:
+            return False
+        if f"s:{service_id}" in state.holdings or f"s:{service_id}" in state.dismissed:
+            return False
+        if domain is not None and service.domain.value != domain:
+            return False
+        if not available_in(service.zones, zone or state.neighbourhood):
+            return False
+        return eligibility_failure(service.eligibility, state.profile) is None
+
+    # --- fold-in input ------------------------------------------------------------------------
+    def confidences(self, recent: list[RecentEvent], model: ServingModel,
+                    now: float | None = None) -> dict[int, float]:
+        """Recent events as ``{service_index: strength}``: Σ weight(type) · decay(age), the
+        training rule's strength (the model turns it into a confidence). A bundle-level
+        event spreads its weight over the bundle's services."""
+        out: dict[int, float] = {}
+        index = model.service_index
+        half_life = model.half_life_days
+        if half_life:
+            now = time.time() if now is None else now
+        for event in recent:
+            weight = self.weights.get(event.type, 0.0)
+            if weight <= 0:
+                continue
+            if half_life and event.ts is not None:
+                weight *= 0.5 ** (max(now - event.ts, 0.0) / 86400.0 / half_life)
+            if event.service_id is not None:
+                i = index.get(event.service_id)
+                if i is not None:
+                    out[i] = out.get(i, 0.0) + weight
+            elif event.bundle_id is not None:
+                bundle = self.catalog.bundle_by_id.get(event.bundle_id)
+                if bundle is None:
+                    continue
+                share = weight / len(bundle.services)
+                for s in bundle.services:
+                    i = index.get(s)
+                    if i is not None:
+                        out[i] = out.get(i, 0.0) + share
+        return out
+
+    # --- ranking -------------------------------------------------------------------------------
+    def rank(self, kind: str, state: ResidentState, model: ServingModel | None, *, k: int,
+             personalise: bool, rerank: bool, zone: str | None = None,
+             domain: str | None = None, baseline_variant: bool = False) -> Ranked:
+        """The answer for one resident: ``kind`` ``b`` (bundles) or ``s`` (services).
+
+        ``personalise``: the resident consents and their variant personalises;
+        ``baseline_variant``: they are in the non-personalised experiment variant.
+        """
+        allowed = self.bundle_allowed if kind == "b" else self.service_allowed
+        static = self._bundle_static if kind == "b" else self._service_static
+        id_key = "bundle_id" if kind == "b" else "service_id"
+        out: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        result = Ranked(items=out, personalised=False)
+        if model is None:
+            # Nothing published yet: the catalog itself, filtered, in catalog order.
+            result.fallback = FALLBACK_CATALOG
+            result.fallbacks.append(FALLBACK_CATALOG)
+            result.notice = "No recommendations are published yet: showing the catalog."
+            ids = self.catalog.bundle_ids if kind == "b" else self.catalog.service_ids
+            for item_id in ids:
+                if len(out) >= k:
+                    break
+                if allowed(item_id, state, zone, domain):
+                    out.append({**static[item_id], "score": 0.0,
+                                "reason": "Available to you", "reason_code": "catalog",
+                                "source": "catalog"})
+            return result
+
+        ids = model.bundle_ids if kind == "b" else model.service_ids
+        entries = state.precomputed
+        user = None
+        conf: dict[int, float] = {}
+        if personalise and rerank and state.recent:
+            conf = self.confidences(state.recent, model)
+            user = model.fold_in(conf)
+        if personalise and not len(entries) and user is not None:
+            # Seen for the first time a moment ago: no precomputed list yet, but what they
+            # just did is enough to rank every item by the fold-in alone.
+            entries = np.zeros(len(ids), dtype=ENTRY)
+            entries["i"] = np.arange(len(ids))
+            entries["r"] = len(model.reason_vocab)  # no precomputed reason
+        if personalise and len(entries):
+            result.personalised = True
+            idx = entries["i"].astype(np.intp)
+            scores = entries["s"].astype(np.float64)
+            boost = None
+            recent_in: dict[int, str] = {}
+            if user is not None:
+                rt = model.bundle_scores(user) if kind == "b" else model.service_scores(user)
+                valid = idx < len(rt)
+                boost = np.zeros(len(idx))
+                boost[valid] = self.rerank_weight * rt[idx[valid]]
+                scores = scores + boost
+                result.reranked = True
+                recent_in = {i: model.service_ids[i] for i in conf}
+            order = np.argsort(-scores, kind="stable")
+            vocab = model.reason_vocab
+            for j in order.tolist():
+                if len(out) >= k:
+                    break
+                item_index = int(idx[j])
+                if item_index >= len(ids):
+                    continue
+                item_id = ids[item_index]
+                if item_id in seen or not allowed(item_id, state, zone, domain):
+                    continue
+                seen.add(item_id)
+                r = int(entries["r"][j])
+                code = vocab[r] if r < len(vocab) else ""
+                if boost is not None and boost[j] > 0 and boost[j] >= 0.5 * abs(entries["s"][j]):
+                    code = self._recent_reason(kind, item_id, recent_in) or code
+                out.append({**static[item_id], "score": round(float(scores[j]), 6),
+                            "reason": self.reason_text(code), "reason_code": code,
+                            "source": "model"})
+            if len(out) >= k:
+                return result
+            result.backfilled = k - len(out)
+            result.fallbacks.append(FALLBACK_BACKFILL)
+        self._popular_into(kind, state, model, k, zone, domain, result, seen, allowed, static,
+                           id_key)
+        if not result.personalised:
+            result.notice = self._notice(state, baseline_variant)
+        return result
+
+    def _recent_reason(self, kind: str, item_id: str, recent_in: dict[int, str]) -> str | None:
+        """``recent:<service>`` when one of the recently touched services explains the boost."""
+        recent = set(recent_in.values())
+        if kind == "s":
+            return f"recent:{item_id}" if item_id in recent else None
+        bundle = self.catalog.bundle_by_id.get(item_id)
+        if bundle is None:
+            return None
+        for service in bundle.services:
+            if service in recent:
+                return f"recent:{service}"
+        return None
+
+    def _popular_into(self, kind: str, state: ResidentState, model: ServingModel, k: int,
+                      zone: str | None, domain: str | None, result: Ranked, seen: set[str],
+                      allowed: Any, static: dict[str, dict[str, Any]], id_key: str) -> None:
+        ids = model.bundle_ids if kind == "b" else model.service_ids
+        nb = zone or state.neighbourhood
+        sources = []
+        if nb is not None and (kind, nb) in model.popular:
+            sources.append((FALLBACK_NEIGHBOURHOOD, nb, model.popular[(kind, nb)]))
+        if (kind, "_all") in model.popular:
+            sources.append((FALLBACK_CITY, "_all", model.popular[(kind, "_all")]))
+        out = result.items
+        for label, where, entries in sources:
+            used = False
+            for entry in entries.tolist():
+                if len(out) >= k:
+                    break
+                item_index, _, score = entry
+                if item_index >= len(ids):
+                    continue
+                item_id = ids[item_index]
+                if item_id in seen or not allowed(item_id, state, zone, domain):
+                    continue
+                seen.add(item_id)
+                used = True
+                code = f"popular:{where}"
+                out.append({**static[item_id], "score": round(float(score), 6),
+                            "reason": self.reason_text(code), "reason_code": code,
+                            "source": "popular"})
+            if used and not result.personalised and result.fallback is None:
+                result.fallback = label
+            if used:
+                result.fallbacks.append(label)
+            if len(out) >= k:
+                break
+
+    def _notice(self, state: ResidentState, baseline_variant: bool) -> str:
+        where = "where they live" if state.neighbourhood else "in the city"
+        if baseline_variant:
+            return ("Not personalised: this resident is in the experiment's non-personalised "
+                    f"variant, so these are the most popular offers {where}.")
+        if not state.known:
+            return ("Not personalised: nothing is known about this resident yet, so these "
+                    f"are the most popular offers {where}.")
+        if not state.consent:
+            return ("Not personalised: the resident has not consented to personalisation, "
+                    f"so these are the most popular offers {where}.")
+        return f"Not personalised: no list for this resident yet; most popular offers {where}."

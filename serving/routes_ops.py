@@ -1,0 +1,70 @@
+"""Operations: ``/readyz``, ``/metrics``, request metrics and the last-resort error handler.
+
+``/readyz`` is what a load balancer asks before sending traffic: Redis answers and a
+published version is loaded. It says what is degraded rather than just failing.
+``/metrics`` is Prometheus text (no resident data, so no key needed; expose it on the
+internal network only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+
+from bouquet.serving import metrics
+from bouquet.serving.runtime import RuntimeDep
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/readyz", summary="Readiness probe",
+            responses={503: {"description": "Not ready; `checks` says what is missing"}})
+async def readyz(runtime: RuntimeDep) -> JSONResponse:
+    """Ready when Redis answers and a published version is loaded in this process."""
+    checks: dict[str, dict[str, object]] = {}
+    try:
+        await asyncio.wait_for(runtime.store.ping(), timeout=1.0)
+        checks["redis"] = {"ok": True}
+    except (RedisError, OSError, TimeoutError) as exc:
+        checks["redis"] = {"ok": False, "detail": f"{exc.__class__.__name__}: {exc}"}
+    holder = runtime.holder
+    loaded = {name: {"keyspace_version": m.version, "model_version": m.model_version,
+                     "published_at": m.published_at} for name, m in holder.models.items()}
+    current = holder.get("current")
+    checks["model"] = {"ok": current is not None, "loaded": loaded}
+    if current is None:
+        checks["model"]["detail"] = (holder.last_error or
+                                     "no published version yet: run `bouquet publish`")
+    missing = sorted(p for p in holder.pointer_names if p not in holder.models)
+    if missing:
+        checks["experiment"] = {"ok": True, "detail": "variants without a published version "
+                                f"serve the champion: {', '.join(missing)}"}
+    ready = all(c["ok"] for c in checks.values())
+    return JSONResponse(status_code=200 if ready else 503,
+                        content={"status": "ready" if ready else "degraded", "checks": checks})
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def prometheus_metrics() -> Response:
+    body, content_type = metrics.render()
+    return Response(body, media_type=content_type)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    """A true bug: log it with an id the client can quote, answer a clean JSON 500."""
+    error_id = secrets.token_hex(6)
+    log.error("unhandled error %s on %s %s", error_id, request.method, request.url.path,
+              exc_info=exc)
+    return JSONResponse(status_code=500, content={"detail": "internal error",
+                                                  "error_id": error_id})
+
+
+def configure(app: FastAPI) -> None:
+    app.add_middleware(metrics.MetricsMiddleware)
+    app.add_exception_handler(Exception, _unexpected)

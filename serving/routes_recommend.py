@@ -1,0 +1,202 @@
+"""Recommendations: ``GET /v1/residents/{id}/bundles`` and ``…/services``.
+
+One Redis round trip per request (:meth:`OnlineStore.resident`), the ranking rules in
+:mod:`bouquet.serving.recommend`, the answer serialised once with ``json.dumps`` (the
+pydantic models below document it in OpenAPI; returning a ready ``Response`` skips a
+second validation pass on the hot path).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, FastAPI, Path, Query, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field
+from redis.exceptions import RedisError
+
+from bouquet.core.catalog import Domain
+from bouquet.core.events import ID_RE
+from bouquet.core.recommendation import make_recommendation_id
+from bouquet.serving import metrics
+from bouquet.serving.deps import AppRole, SettingsDep
+from bouquet.serving.online import unpack_list
+from bouquet.serving.runtime import Runtime, RuntimeDep, runtime_of
+from bouquet.serving.store import ResidentState
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["recommendations"])
+
+ResidentId = Annotated[str, Path(
+    pattern=ID_RE, min_length=1, max_length=64,
+    description="Pseudonymous resident id: 1–64 characters of A–Z a–z 0–9 _ -",
+    examples=["r_5b1d0c8e2f"])]
+K = Annotated[int, Query(ge=1, le=50, description="How many to return")]
+Zone = Annotated[str | None, Query(
+    pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$",
+    description="Only offers available in this neighbourhood (default: the resident's own)",
+    examples=["gare"])]
+Rerank = Annotated[bool, Query(description="Re-rank with the resident's recent events "
+                                            "(ALS fold-in). `false` returns the precomputed "
+                                            "order (diagnostics, benchmarks).")]
+
+
+class ServiceRef(BaseModel):
+    service_id: str
+    name: str
+    domain: str
+
+
+class Recommended(BaseModel):
+    score: float = Field(description="Higher is better; comparable within one answer only")
+    reason: str = Field(description="Why this is recommended, for the resident",
+                        examples=["Because you just used Self-service bike share"])
+    reason_code: str = Field(examples=["recent:bike-share", "uses:tram", "popular:gare"])
+    source: str = Field(description="`model`, `popular` (fallback/back-fill) or `catalog`")
+
+
+class BundleItem(Recommended):
+    bundle_id: str
+    name: str
+    description: str
+    domain: str
+    price: dict
+    services: list[ServiceRef]
+
+
+class ServiceItem(Recommended):
+    service_id: str
+    name: str
+    domain: str
+    partner: str
+    price: dict
+
+
+class _Answer(BaseModel):
+    resident_id: str
+    recommendation_id: str = Field(description="Echo it in later events (click, subscribe…) "
+                                               "so the funnel is attributed",
+                                   examples=["v3.champion.9f2c41aa07b1"])
+    model_version: str = Field(examples=["v3"])
+    keyspace_version: str | None = Field(examples=["v3-20261127T081500123Z"])
+    variant: str = Field(description="Experiment variant the resident is assigned to",
+                         examples=["champion"])
+    personalised: bool
+    reranked: bool = Field(description="True when recent events re-ranked the list")
+    fallback: str | None = Field(description="popular_neighbourhood, popular_city or "
+                                             "catalog when not personalised")
+    notice: str | None = Field(description="Why the answer is not personalised, or degraded")
+
+
+class BundlesAnswer(_Answer):
+    bundles: list[BundleItem]
+
+
+class ServicesAnswer(_Answer):
+    services: list[ServiceItem]
+
+
+def _check_zone(runtime: Runtime, zone: str | None) -> None:
+    if zone is not None and zone not in runtime.recommender.neighbourhood_names:
+        raise RequestValidationError([{
+            "loc": ("query", "zone"), "type": "value_error",
+            "msg": f"unknown neighbourhood {zone!r}; known: "
+                   + ", ".join(runtime.recommender.neighbourhood_names)}])
+
+
+async def _answer(runtime: Runtime, rerank_enabled: bool, kind: str, resident_id: str, k: int,
+                  domain: Domain | None, zone: str | None, rerank: bool) -> Response:
+    _check_zone(runtime, zone)
+    variant = runtime.experiment.assign(resident_id)
+    personalise = variant.pointer is not None
+    holder = runtime.holder
+    model = holder.get(variant.pointer or "current")
+    notice = None
+    if model is None and variant.pointer not in (None, "current"):
+        model = holder.get("current")
+        notice = f"variant {variant.name!r} has no published version; served the champion"
+    use_recent = personalise and rerank and rerank_enabled
+    try:
+        state = await runtime.store.resident(model.version if model and personalise else None,
+                                             resident_id, kind, with_recent=use_recent)
+    except RedisError as exc:
+        log.warning("redis unavailable, answering from the loaded popular lists: %s", exc)
+        state = ResidentState(precomputed=unpack_list(None))
+        notice = "degraded: resident state unavailable, showing popular offers"
+        metrics.FALLBACKS.labels("redis_unavailable").inc()
+    ranked = runtime.recommender.rank(
+        kind, state, model, k=k, personalise=personalise and state.consent,
+        rerank=use_recent, zone=zone, domain=domain.value if domain else None,
+        baseline_variant=not personalise)
+    for label in ranked.fallbacks:
+        metrics.FALLBACKS.labels(label).inc()
+    metrics.ANSWERS.labels(kind, variant.name, str(ranked.personalised).lower(),
+                           str(ranked.reranked).lower()).inc()
+    model_version = model.model_version if model else "none"
+    body = {
+        "resident_id": resident_id,
+        "recommendation_id": make_recommendation_id(model_version, variant.name),
+        "model_version": model_version,
+        "keyspace_version": model.version if model else None,
+        "variant": variant.name,
+        "personalised": ranked.personalised,
+        "reranked": ranked.reranked,
+        "fallback": ranked.fallback,
+        "notice": notice or ranked.notice,
+        "bundles" if kind == "b" else "services": ranked.items,
+    }
+    return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
+
+
+_RESPONSES = {
+    401: {"description": "Missing or unknown API key"},
+    403: {"description": "The key's role may not call this endpoint"},
+    422: {"description": "Invalid resident id, k, domain or zone (the message says which)"},
+}
+
+
+@router.get("/v1/residents/{resident_id}/bundles", response_model=BundlesAnswer,
+            summary="Bundles for a resident, now", responses=_RESPONSES)
+async def resident_bundles(resident_id: ResidentId, runtime: RuntimeDep, settings: SettingsDep,
+                           _role: AppRole, k: K = 10, domain: Domain | None = None,
+                           zone: Zone = None, rerank: Rerank = True) -> Response:
+    """The resident's precomputed bundles re-ranked by what they did in the last moments,
+    without bundles they hold or dismissed, offers not available in their zone, or
+    eligibility they lack. No consent, or unknown resident: popular in the neighbourhood,
+    said so in `personalised`, `fallback` and `notice`."""
+    return await _answer(runtime, settings.serving_rerank, "b", resident_id, k, domain, zone,
+                         rerank)
+
+
+@router.get("/v1/residents/{resident_id}/services", response_model=ServicesAnswer,
+            summary="Single services for a resident, now", responses=_RESPONSES)
+async def resident_services(resident_id: ResidentId, runtime: RuntimeDep,
+                            settings: SettingsDep, _role: AppRole, k: K = 10,
+                            domain: Domain | None = None, zone: Zone = None,
+                            rerank: Rerank = True) -> Response:
+    """Like the bundles endpoint, for single services (held services excluded)."""
+    return await _answer(runtime, settings.serving_rerank, "s", resident_id, k, domain, zone,
+                         rerank)
+
+
+@router.get("/v1/_bench/bare/{resident_id}", include_in_schema=False)
+async def bare_redis_get(resident_id: ResidentId, runtime: RuntimeDep,
+                         settings: SettingsDep) -> Response:
+    """The benchmark's floor: one Redis GET of the precomputed list, returned as it is."""
+    if not settings.serving_bench_endpoints:
+        return Response(status_code=404)
+    model = runtime.holder.get("current")
+    if model is None:
+        return Response(status_code=503)
+    value = await runtime.store.bare_get(model.version, resident_id)
+    return Response(value or b"", media_type="application/octet-stream")
+
+
+async def startup(app: FastAPI) -> None:
+    await runtime_of(app).holder.start()
+
+
+async def shutdown(app: FastAPI) -> None:
+    await runtime_of(app).holder.stop()

@@ -1,0 +1,172 @@
+"""The online store: every Redis read the serving routes make, behind one small class.
+
+Routes never build keys or pipelines themselves (STYLE.md: "Redis access behind a small
+store class"). A recommendation request is **one round trip**: one non-transactional
+pipeline fetching the resident's precomputed list of the version being served together with
+the real-time state the consumer keeps (profile, holdings, dismissed, recent events).
+The formats of the per-resident keys are the consumer's (docs/redis-keys.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from bouquet.core.keys import Keys
+from bouquet.serving.online import ServingModel, decode_meta, unpack_list
+
+log = logging.getLogger(__name__)
+
+_TRUE = {"1", "true", "yes", "y", "t"}
+_FALSE = {"0", "false", "no", "n", "f", ""}
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def parse_profile(raw: dict[Any, Any]) -> dict[str, Any]:
+    """The profile hash as the dict :func:`bouquet.core.catalog.eligibility_failure` reads:
+    booleans for ``student``/``low_income``, ``consent`` as a bool, strings otherwise."""
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name, text = _text(key), _text(value)
+        if name in ("student", "low_income", "consent"):
+            lowered = text.strip().lower()
+            out[name] = True if lowered in _TRUE else False if lowered in _FALSE else None
+        else:
+            out[name] = text
+    return out
+
+
+@dataclass
+class RecentEvent:
+    type: str
+    service_id: str | None
+    bundle_id: str | None
+    ts: float | None = None
+
+
+def parse_recent(items: Iterable[Any]) -> list[RecentEvent]:
+    """Items of the ``recent`` list (JSON objects, newest first); bad items are skipped.
+
+    Accepts the consumer's compact field names and the event's own names, so the list
+    format can grow without breaking serving.
+    """
+    out = []
+    for item in items:
+        try:
+            obj = json.loads(item)
+        except (ValueError, TypeError):
+            continue
+        if not isinstance(obj, dict):
+            continue
+        kind = obj.get("type", obj.get("t"))
+        service = obj.get("service_id", obj.get("s"))
+        bundle = obj.get("bundle_id", obj.get("b"))
+        ts = obj.get("ts")
+        if not isinstance(kind, str):
+            continue
+        out.append(RecentEvent(kind, service if isinstance(service, str) else None,
+                               bundle if isinstance(bundle, str) else None,
+                               ts if isinstance(ts, (int, float)) else None))
+    return out
+
+
+@dataclass
+class ResidentState:
+    """What one request knows about one resident."""
+
+    precomputed: Any  # packed entries (numpy structured array), maybe empty
+    profile: dict[str, Any] = field(default_factory=dict)
+    holdings: set[str] = field(default_factory=set)
+    dismissed: set[str] = field(default_factory=set)
+    recent: list[RecentEvent] = field(default_factory=list)
+
+    @property
+    def consent(self) -> bool:
+        return self.profile.get("consent") is True
+
+    @property
+    def neighbourhood(self) -> str | None:
+        return self.profile.get("neighbourhood") or None
+
+    @property
+    def known(self) -> bool:
+        return bool(len(self.precomputed) or self.profile or self.holdings or self.recent)
+
+
+class OnlineStore:
+    """Keyed reads of the published keyspace and the per-resident real-time state."""
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys, recent_n: int = 20) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.recent_n = recent_n
+
+    async def pointers(self, names: Iterable[str]) -> dict[str, str | None]:
+        """Current keyspace version of ``current`` and of each named experiment pointer."""
+        names = list(names)
+        keys = [self.keys.current_version() if n == "current" else self.keys.variant_pointer(n)
+                for n in names]
+        values = await self.redis.mget(keys)
+        return {n: (_text(v) if v is not None else None) for n, v in zip(names, values,
+                                                                         strict=True)}
+
+    async def load_version(self, version: str, neighbourhoods: Iterable[str]) -> ServingModel:
+        """Load the serving model and popular lists of one published version."""
+        neighbourhoods = ["_all", *neighbourhoods]
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(self.keys.version_meta(version))
+        pipe.get(self.keys.version_model(version))
+        for kind in ("b", "s"):
+            for nb in neighbourhoods:
+                pipe.get(self.keys.popular(version, nb, kind))
+        meta_raw, blob, *popular = await pipe.execute()
+        if not meta_raw or blob is None:
+            raise LookupError(f"keyspace {version!r} has no meta or model (expired?)")
+        meta = decode_meta(meta_raw)
+        model = ServingModel.from_stored(version, meta, blob)
+        lists = iter(popular)
+        for kind in ("b", "s"):
+            for nb in neighbourhoods:
+                entries = unpack_list(next(lists))
+                if len(entries):
+                    model.popular[(kind, nb)] = entries
+        return model
+
+    async def resident(self, version: str | None, resident_id: str, kind: str = "b",
+                       *, with_recent: bool = True) -> ResidentState:
+        """One round trip: precomputed list + profile + holdings + dismissed (+ recent)."""
+        k = self.keys
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(k.profile(resident_id))
+        pipe.smembers(k.holdings(resident_id))
+        pipe.smembers(k.dismissed(resident_id))
+        if with_recent:
+            pipe.lrange(k.recent(resident_id), 0, self.recent_n - 1)
+        if version is not None:
+            pipe.get(k.recs(version, resident_id, kind))
+        replies = await pipe.execute()
+        profile, holdings, dismissed = replies[0], replies[1], replies[2]
+        recent = replies[3] if with_recent else []
+        packed = replies[-1] if version is not None else None
+        return ResidentState(
+            precomputed=unpack_list(packed),
+            profile=parse_profile(profile),
+            holdings={_text(h) for h in holdings},
+            dismissed={_text(d) for d in dismissed},
+            recent=parse_recent(recent),
+        )
+
+    async def bare_get(self, version: str, resident_id: str) -> bytes | None:
+        """One GET of a precomputed list: the benchmark's floor."""
+        return await self.redis.get(self.keys.recs(version, resident_id, "b"))
+
+    async def ping(self) -> bool:
+        return bool(await self.redis.ping())
