@@ -1,0 +1,82 @@
+"""``bouquet publish``: the champion → every resident's lists → Redis, one atomic switch.
+
+``bouquet publish`` publishes the registry alias (default ``champion``) and switches the
+``current`` pointer; ``--pointer challenger --model-version 7`` publishes an experiment
+variant's keyspace instead. ``bouquet publish status`` lists versions; ``bouquet publish
+rollback`` points back at the previous version (kept for that).
+"""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from bouquet.core.settings import get_settings
+
+console = Console()
+publish_app = typer.Typer(help="Publish the champion model's recommendations to Redis.",
+                          invoke_without_command=True, no_args_is_help=False)
+
+
+@publish_app.callback()
+def publish(
+    ctx: typer.Context,
+    alias: str = typer.Option("champion", help="Registry alias to publish."),
+    model_version: str = typer.Option(None, "--model-version",
+                                      help="Publish this registry version instead of the alias."),
+    pointer: str = typer.Option("current", help="Pointer to switch: `current` (what the "
+                                "champion variant serves) or an experiment variant's name."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Score every resident with the registered model and switch the pointer atomically."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from bouquet.core.catalog import load_catalog
+    from bouquet.pipelines.publish import Publisher, PublishError, load_registered
+
+    settings = get_settings()
+    catalog = load_catalog(settings.catalog_path)
+    try:
+        model, version, run_id = load_registered(settings, catalog, alias=alias,
+                                                 version=model_version)
+        report = Publisher(settings, neighbourhoods=catalog.neighbourhood_ids).publish(
+            model, model_version=version, run_id=run_id, pointer=pointer, progress=progress)
+    except (PublishError, LookupError) as exc:
+        console.print(f"[red]publish failed:[/] {exc}")
+        console.print("the previous version (if any) is still serving")
+        raise typer.Exit(1) from None
+    console.print_json(json.dumps(report.as_dict()))
+
+
+@publish_app.command()
+def status() -> None:
+    """Pointers and every published version (state, model, run, TTL)."""
+    from bouquet.pipelines.publish import Publisher
+
+    info = Publisher(get_settings()).status()
+    console.print(f"current: {info['current'] or '(nothing published)'}")
+    table = Table("version", "state", "model", "run", "published_at", "residents", "ttl_s")
+    for v in info["versions"]:
+        table.add_row(v["version"], v["state"], str(v["model_version"]), str(v["run_id"])[:12],
+                      str(v["published_at"]), str(v["residents"]), str(v["ttl_s"]))
+    console.print(table)
+
+
+@publish_app.command()
+def rollback(pointer: str = typer.Option("current", help="Pointer to roll back.")) -> None:
+    """Switch the pointer back to the version it named before the last publish."""
+    from bouquet.pipelines.publish import Publisher, PublishError
+
+    try:
+        old, new = Publisher(get_settings()).rollback(pointer)
+    except PublishError as exc:
+        console.print(f"[red]rollback failed:[/] {exc}")
+        raise typer.Exit(1) from None
+    console.print(f"{pointer}: {old} -> {new}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(publish_app, name="publish")

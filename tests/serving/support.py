@@ -1,0 +1,96 @@
+"""Helpers for the serving tests: a small deterministic model, publishing it, an app client."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import numpy as np
+import redis
+
+from bouquet.core.catalog import Catalog, load_catalog
+from bouquet.core.keys import Keys
+from bouquet.core.settings import Settings
+from bouquet.pipelines.publish import FactorModel, Publisher, PublishReport
+from bouquet.serving.app import create_app
+from bouquet.serving.online import composition_matrix
+
+APP = {"X-API-Key": "dev-app-key"}
+OPERATOR = {"X-API-Key": "dev-operator-key"}
+ADMIN = {"X-API-Key": "dev-admin-key"}
+
+
+def small_model(catalog: Catalog, n: int = 50, factors: int = 16, seed: int = 7,
+                prefix: str = "r") -> FactorModel:
+    """A seeded factor model over the demo catalog; residents ``r0 … r{n-1}``.
+
+    Services of one domain share a direction (plus noise), as trained factors do, so that
+    using a service pulls its domain's bundles up.
+    """
+    rng = np.random.default_rng(seed)
+    sids, bids = list(catalog.service_ids), list(catalog.bundle_ids)
+    domains = sorted({s.domain.value for s in catalog.services})
+    base = {d: rng.normal(size=factors) for d in domains}
+    services = np.stack([base[catalog.service_by_id[s].domain.value]
+                         + 0.3 * rng.normal(size=factors) for s in sids])
+    services = (services / np.sqrt(factors)).astype(np.float32)
+    residents = rng.normal(size=(n, factors)).astype(np.float32) / np.sqrt(factors)
+    members = [catalog.bundle_by_id[b].services for b in bids]
+    bundles = composition_matrix(members, sids, services)
+    areas = ["_all", *catalog.neighbourhood_ids]
+    pop_b = {nb: rng.random(len(bids)) for nb in areas}
+    pop_s = {nb: rng.random(len(sids)) for nb in areas}
+    return FactorModel([f"{prefix}{i}" for i in range(n)], bids, sids, residents, services,
+                       bundles, members, pop_b, pop_s, regularization=0.05)
+
+
+def publish(settings: Settings, model: FactorModel, model_version: str = "v1",
+            pointer: str = "current") -> PublishReport:
+    catalog = load_catalog(settings.catalog_path)
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        return Publisher(settings, client, catalog.neighbourhood_ids).publish(
+            model, model_version=model_version, run_id=f"run-{model_version}", pointer=pointer)
+    finally:
+        client.close()
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(settings.redis_url)
+
+
+def set_profile(settings: Settings, rid: str, **fields: str) -> None:
+    """Write a profile hash the way the consumer does (booleans as "1"/"0")."""
+    r = redis_client(settings)
+    r.hset(Keys(settings.redis_key_prefix).profile(rid), mapping=fields)
+    r.close()
+
+
+def push_recent(settings: Settings, rid: str, *events: tuple[str, str]) -> None:
+    """Push ``(type, service_id)`` contacts on the resident's recent list (newest first)."""
+    r = redis_client(settings)
+    key = Keys(settings.redis_key_prefix).recent(rid)
+    for kind, service in events:
+        r.lpush(key, json.dumps({"event_id": f"e{time.time_ns()}", "type": kind,
+                                 "ts": time.time(), "channel": "app", "service_id": service}))
+    r.close()
+
+
+@asynccontextmanager
+async def client_for(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client on the ASGI app, with the app's lifespan (model holder) running."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://bouquet",
+                                     headers=APP) as client:
+            client.app = app  # type: ignore[attr-defined]
+            yield client
+
+
+def ids(answer: dict, kind: str = "bundles") -> list[str]:
+    key = "bundle_id" if kind == "bundles" else "service_id"
+    return [item[key] for item in answer[kind]]
