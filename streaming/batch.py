@@ -202,8 +202,9 @@ class BatchBuilder:
             payload = "1" if event.value == 1 else "0"
         else:  # erase
             payload = ""
-        batch.slots += (event.event_id, event.resident_id, kind, epoch, day, week, channel,
-                        domain, factor, payload, members, funnel_key, stage, funnel_member)
+        batch.slots.append("\x1f".join((
+            event.event_id, event.resident_id, kind, epoch, day, week, channel, domain, factor,
+            payload, members, funnel_key, stage, funnel_member)))
 
 
 def holding_members(service_id: str | None, bundle_id: str | None) -> str:

@@ -123,6 +123,8 @@ class IngestStats:
     first_record_at: float | None = None  # wall clock (time.time())
     last_commit_at: float | None = None
     visible_delays_ms: list[int] = field(default_factory=list)
+    #: (wall-clock time a batch was durable and its commit attempted, records in it)
+    batch_log: list[tuple[float, int]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
@@ -380,6 +382,7 @@ class IngestConsumer:
         metrics.BATCH_EVENTS.observe(batch.records)
         self.stats.batches += 1
         self._commit(batch)
+        self.stats.batch_log.append((time.time(), batch.records))
 
     def _write(self, batch: Batch) -> None:
         """Make the batch durable: DLQ sends, event log, Redis, DLQ acks and counters."""

@@ -1,0 +1,248 @@
+"""Helpers for the ingestion tests: produce, dump Redis state, and an independent reference.
+
+:class:`ReferenceState` recomputes, in plain Python and event by event, what the consumer
+must leave in Redis according to docs/redis-keys.md. It shares no code with the Lua
+script, so a test that compares the two checks the script, not itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from bouquet.core.catalog import Catalog
+from bouquet.core.keys import Keys
+from bouquet.core.recommendation import parse_recommendation_id
+from bouquet.core.settings import Settings
+from bouquet.localstack import ensure_topics
+from bouquet.streaming.producer import EventProducer
+
+CONTACTS = {"view", "click", "subscribe", "use", "pay", "rate", "dismiss", "unsubscribe"}
+STAGES = {"view": "shown", "click": "opened", "subscribe": "subscribed", "use": "used"}
+MARKERS = ("ingest:seen:", "ingest:dlqseen:")
+
+
+def produce(settings: Settings, messages: list[tuple[bytes | None, bytes]]) -> None:
+    """Send (key, value) pairs in order and wait for every acknowledgement."""
+    ensure_topics(settings)
+    with EventProducer(settings, throughput=True) as producer:
+        for key, value in messages:
+            producer.send_raw(value, key=key)
+        producer.flush()
+
+
+def _ts(event: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(event["ts"]).astimezone(UTC)
+
+
+def _round(value: float) -> float:
+    return round(float(value), 3)
+
+
+class ReferenceState:
+    """What Redis must hold after ``events`` (valid, in partition order) were ingested."""
+
+    def __init__(self, catalog: Catalog, prefix: str, cap: int = 50) -> None:
+        self.catalog = catalog
+        self.keys = Keys(prefix)
+        self.cap = cap
+        self.seen: set[str] = set()
+        self.recent: dict[str, list[dict]] = defaultdict(list)
+        self.profile: dict[str, dict[str, str]] = defaultdict(dict)
+        self.holdings: dict[str, set[str]] = defaultdict(set)
+        self.holdings_ts: dict[str, dict[str, float]] = defaultdict(dict)
+        self.dismissed: dict[str, set[str]] = defaultdict(set)
+        self.last: dict[str, float] = {}
+        self.active: dict[str, set[str]] = defaultdict(set)
+        self.contacts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.funnel: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.funnel_index: set[str] = set()
+
+    def apply_all(self, events: list[dict[str, Any]]) -> ReferenceState:
+        for event in events:
+            self.apply(event)
+        return self
+
+    def apply(self, e: dict[str, Any]) -> None:
+        if e["event_id"] in self.seen:
+            return
+        self.seen.add(e["event_id"])
+        rid, kind, ts = e["resident_id"], e["type"], _ts(e)
+        epoch = ts.timestamp()
+        if kind == "erase":
+            for table in (self.recent, self.profile, self.holdings, self.holdings_ts,
+                          self.dismissed):
+                table.pop(rid, None)
+            self.last.pop(rid, None)
+            for members in self.active.values():
+                members.discard(rid)
+            return
+        if kind == "profile":
+            prof = self.profile[rid]
+            if epoch >= float(prof.get("profile_ts", "-inf")):
+                for name, value in e.get("context", {}).items():
+                    if value is not None:
+                        prof[name] = ("1" if value else "0") if isinstance(value, bool) \
+                            else str(value)
+                prof["profile_ts"] = epoch
+            return
+        if kind == "consent":
+            prof = self.profile[rid]
+            if epoch >= float(prof.get("consent_ts", "-inf")):
+                prof["consent"] = "1" if e["value"] == 1 else "0"
+                prof["consent_ts"] = epoch
+            return
+        item = {"event_id": e["event_id"], "type": kind, "ts": _round(epoch),
+                "channel": e["channel"]}
+        for name in ("service_id", "bundle_id", "recommendation_id", "value"):
+            if e.get(name) is not None:
+                item[name] = float(e[name]) if name == "value" else e[name]
+        self.recent[rid] = ([item] + self.recent[rid])[: self.cap]
+        self.last[rid] = max(self.last.get(rid, float("-inf")), epoch)
+        nb = self.profile.get(rid, {}).get("neighbourhood", "_unknown")
+        day = ts.date()
+        year, week, _ = day.isocalendar()
+        buckets = {"day": day.isoformat(), "week": f"{year}-W{week:02d}"}
+        sid, bid = e.get("service_id"), e.get("bundle_id")
+        dims = [("all", "all"), ("nb", nb), ("channel", e["channel"])]
+        domain = self.catalog.domain_of(sid, bid)
+        factor = self.catalog.aggregation_factor_of(sid, bid)
+        if domain:
+            dims.append(("domain", domain))
+        if factor:
+            dims.append(("factor", factor))
+        for period, bucket in buckets.items():
+            for dim, value in dims:
+                self.active[self.keys.active(period, bucket, dim, value)].add(rid)
+            counts = self.contacts[self.keys.contacts(period, bucket)]
+            counts[kind] += 1
+            counts["all"] += 1
+        if kind in ("subscribe", "unsubscribe"):
+            for member in ([f"b:{bid}"] if bid else []) + ([f"s:{sid}"] if sid else []):
+                if epoch >= self.holdings_ts[rid].get(member, float("-inf")):
+                    self.holdings_ts[rid][member] = epoch
+                    if kind == "subscribe":
+                        self.holdings[rid].add(member)
+                    else:
+                        self.holdings[rid].discard(member)
+        if kind == "dismiss" and bid:
+            self.dismissed[rid].add(bid)
+        attribution = parse_recommendation_id(e.get("recommendation_id"))
+        if kind in STAGES and attribution:
+            self.funnel[self.keys.funnel(attribution.model_version, attribution.variant)][
+                STAGES[kind]] += 1
+            self.funnel_index.add(f"{attribution.model_version}:{attribution.variant}")
+
+    def dump(self) -> dict[str, Any]:
+        """The expected state in :func:`dump_state`'s normalised form."""
+        k = self.keys
+        out: dict[str, Any] = {}
+        for rid, items in self.recent.items():
+            if items:
+                out[k.recent(rid)] = items
+        for rid, prof in self.profile.items():
+            if prof:
+                out[k.profile(rid)] = {f: _round(v) if f.endswith("_ts") else v
+                                       for f, v in prof.items()}
+        for table, method in ((self.holdings, k.holdings), (self.dismissed, k.dismissed)):
+            for rid, members in table.items():
+                if members:
+                    out[method(rid)] = set(members)
+        for rid, stamps in self.holdings_ts.items():
+            if stamps:
+                out[k.holdings_ts(rid)] = {m: _round(v) for m, v in stamps.items()}
+        if self.last:
+            out[k.last_contact()] = {r: _round(v) for r, v in self.last.items()}
+        index = set()
+        for key, members in self.active.items():
+            index.add(key)
+            if members:
+                out[key] = set(members)
+        if index:
+            out[k.active_index()] = index
+        for table in (self.contacts, self.funnel):
+            for key, counts in table.items():
+                out[key] = {f: str(n) for f, n in counts.items()}
+        if self.funnel_index:
+            out[k.funnel_index()] = set(self.funnel_index)
+        return {key[len(k.prefix):]: value for key, value in out.items()}
+
+
+def dump_state(client: redis.Redis, prefix: str) -> dict[str, Any]:
+    """Every key under ``prefix`` except de-duplication markers, normalised for comparison
+    (prefix stripped; timestamps rounded to ms; recent items decoded)."""
+    out: dict[str, Any] = {}
+    for raw in client.scan_iter(match=f"{prefix}*", count=5000):
+        key = raw.decode()
+        name = key[len(prefix):]
+        if name.startswith(MARKERS):
+            continue
+        kind = client.type(key).decode()
+        if kind == "list":
+            value: Any = [json.loads(v) for v in client.lrange(key, 0, -1)]
+            for item in value:
+                item["ts"] = _round(item["ts"])
+        elif kind == "hash":
+            value = {f.decode(): v.decode() for f, v in client.hgetall(key).items()}
+            if name.endswith(":holdings_ts") or name.endswith(":profile"):
+                value = {f: _round(v) if (f.endswith("_ts") or name.endswith("_ts")) else v
+                         for f, v in value.items()}
+        elif kind == "set":
+            value = {m.decode() for m in client.smembers(key)}
+        elif kind == "zset":
+            value = {m.decode(): _round(s) for m, s in client.zrange(key, 0, -1, withscores=True)}
+        else:
+            value = client.get(key)
+        out[name] = value
+    return out
+
+
+def ingest_env(settings: Settings) -> dict[str, str]:
+    """Environment for a ``bouquet ingest`` subprocess using ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BOUQUET_")}
+    env.update({
+        "BOUQUET_ENV": "test",
+        "BOUQUET_STATE_DIR": str(settings.state_dir),
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "REDIS_URL": settings.redis_url,
+        "BOUQUET_TOPIC_EVENTS": settings.topic_events,
+        "BOUQUET_TOPIC_DLQ": settings.topic_dlq,
+        "BOUQUET_TOPIC_PARTITIONS": str(settings.topic_partitions),
+        "BOUQUET_CONSUMER_GROUP": settings.consumer_group,
+        "BOUQUET_REDIS_KEY_PREFIX": settings.redis_key_prefix,
+        "BOUQUET_EVENT_LOG_DIR": str(settings.event_log_path),
+        "BOUQUET_INGEST_SESSION_TIMEOUT_MS": "6000",
+        "BOUQUET_INGEST_HEARTBEAT_INTERVAL_MS": "1000",
+    })
+    if settings.catalog_path is not None:
+        env["BOUQUET_CATALOG_PATH"] = str(settings.catalog_path)
+    return env
+
+
+def start_ingest(settings: Settings, log_path: Path, *args: str,
+                 batch_max_events: int = 5000) -> subprocess.Popen[bytes]:
+    """``bouquet ingest`` as a subprocess, its output in ``log_path``."""
+    handle = open(log_path, "ab")  # noqa: SIM115 - closed when the process is reaped
+    return subprocess.Popen(
+        [sys.executable, "-m", "bouquet", "ingest", "--log-every", "1",
+         "--batch-max-events", str(batch_max_events), *args],
+        env=ingest_env(settings), stdout=handle, stderr=subprocess.STDOUT)
+
+
+def wait_for_text(path: Path, text: str, timeout_s: float = 60, count: int = 1) -> bool:
+    """Wait until ``text`` appears ``count`` times in the file at ``path``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text(errors="replace").count(text) >= count:
+            return True
+        time.sleep(0.05)
+    return False
