@@ -176,6 +176,78 @@ class FactorModel:
                             log_alpha=self.log_alpha, half_life_days=self.half_life_days)
 
 
+# --- the registered model ------------------------------------------------------------------
+class ArtifactLike(Protocol):
+    """What publish reads of the deployable artifact (:mod:`bouquet.models.artifact`)."""
+
+    resident_ids: Sequence[str]
+    service_ids: Sequence[str]
+    bundle_ids: Sequence[str]
+    resident_factors: np.ndarray
+    service_factors: np.ndarray
+
+
+def adapt_artifact(artifact: Any, catalog: Any) -> FactorModel:
+    """The artifact as a :class:`FactorModel`: its factors, its bundle vectors (learned, or the
+    mean of the member services' factors), its popularity fallbacks, its confidence rule."""
+    from bouquet.serving.online import composition_matrix
+
+    service_ids = list(artifact.service_ids)
+    bundle_ids = list(artifact.bundle_ids)
+    composition = getattr(artifact, "bundle_services", None) or {
+        b: catalog.bundle_by_id[b].services for b in bundle_ids if b in catalog.bundle_by_id}
+    members = [list(composition.get(b, ())) for b in bundle_ids]
+    service_factors = np.asarray(artifact.service_factors, dtype=np.float32)
+    bundle_matrix = getattr(artifact, "bundle_factors", None)
+    if bundle_matrix is None:
+        bundle_matrix = composition_matrix(members, service_ids, service_factors)
+    popular = getattr(artifact, "popular", None) or {}
+    return FactorModel(
+        resident_ids=list(artifact.resident_ids), bundle_ids=bundle_ids,
+        service_ids=service_ids, resident_factors=np.asarray(artifact.resident_factors),
+        service_factors=service_factors, bundle_matrix=np.asarray(bundle_matrix),
+        bundle_services=members, popular_bundles=popular.get("b", {}),
+        popular_services=popular.get("s", {}),
+        regularization=float(getattr(artifact, "regularization", 0.01)),
+        alpha=float(getattr(artifact, "alpha", 1.0)),
+        log_alpha=getattr(artifact, "log_alpha", None),
+        half_life_days=getattr(artifact, "half_life_days", None))
+
+
+def load_registered(settings: Settings, catalog: Any, *, alias: str = "champion",
+                    version: str | None = None) -> tuple[FactorModel, str, str]:
+    """The registered model an alias (or a version) names, as (model, ``v<N>``, run id).
+
+    Raises :class:`LookupError` when the registry has no such alias or version.
+    """
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from bouquet.models.artifact import load_artifact
+
+    client = MlflowClient(tracking_uri=settings.mlflow_uri)
+    name = settings.registered_model
+    try:
+        found = (client.get_model_version(name, version) if version
+                 else client.get_model_version_by_alias(name, alias))
+    except MlflowException as exc:
+        what = f"version {version}" if version else f"alias {alias!r}"
+        raise LookupError(f"registered model {name!r} has no {what} in {settings.mlflow_uri}: "
+                          f"train one with `bouquet train` ({exc.message[:200]})") from None
+    with tempfile.TemporaryDirectory(prefix="bouquet-publish-") as tmp:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=found.source, dst_path=tmp,
+                                                    tracking_uri=settings.mlflow_uri)
+        artifact = load_artifact(Path(local))
+        model = adapt_artifact(artifact, catalog)
+    log.info("loaded %s version %s (run %s) from %s", name, found.version, found.run_id,
+             found.source)
+    return model, f"v{found.version}", found.run_id or ""
+
+
 # --- the keyspace switch ------------------------------------------------------------------
 #: KEYS: pointer, versions zset, new meta. ARGV: expected old version ("" = none), new
 #: version, score (epoch s), published_at. Returns {1, old} on success, {0, actual} if
