@@ -1,0 +1,217 @@
+"""The operator figures: selection (dimension, value, last N weeks), derived shares and
+small-cell suppression, turning :class:`~bouquet.analytics.engagement.Engagement` tables
+into :class:`~bouquet.analytics.tables.Table` objects.
+
+One function per figure family, all used by the API, the CLI and (through the API) the
+dashboard, so a number is computed and suppressed in exactly one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from bouquet.analytics.engagement import (
+    CADENCES,
+    DIMENSIONS,
+    FUNNEL_STAGES,
+    HISTOGRAM,
+    QUANTILES,
+    Engagement,
+)
+from bouquet.analytics.privacy import SuppressionSpec, suppress
+from bouquet.analytics.tables import Table
+
+#: ``by`` values accepted everywhere.
+BREAKDOWNS: tuple[str, ...] = ("all", *DIMENSIONS)
+BUCKETS = [name for _, _, name in HISTOGRAM]
+PCTS = [name for _, name in QUANTILES]
+SHARES = [f"share_{c}" for c in CADENCES]
+
+
+@dataclass(frozen=True)
+class FigureDef:
+    title: str
+    columns: list[str]
+    spec: SuppressionSpec
+    period: str  # "week" | "month" | "day" | "cohort"
+
+
+_KEYS = ["dimension", "value"]
+FIGURES: dict[str, FigureDef] = {
+    "cadence": FigureDef(
+        title="Residents by cadence, as of the end of each ISO week",
+        columns=[*_KEYS, "week", "week_start", "known", *CADENCES, "active_window",
+                 *SHARES, "share_weekly_plus", "window_complete", "week_complete"],
+        spec=SuppressionSpec(
+            counts=["known", *CADENCES, "active_window"],
+            gates=[("known", [*CADENCES, "active_window"])],
+            partitions=[("known", list(CADENCES)),
+                        ("known", ["active_window", "yearly", "dormant"]),
+                        ("active_window", ["daily", "weekly", "monthly"])],
+            across=["week"],
+            derived={**{f"share_{c}": [c, "known"] for c in CADENCES},
+                     "share_weekly_plus": ["daily", "weekly", "known"]},
+        ),
+        period="week",
+    ),
+    "stickiness": FigureDef(
+        title="Stickiness: daily and weekly actives over 28-day actives, per ISO week",
+        columns=[*_KEYS, "week", "week_start", "days_observed", "dau_mean", "wau", "mau",
+                 "dau_mau", "wau_mau", "window_complete", "week_complete"],
+        spec=SuppressionSpec(
+            counts=["dau_mean", "wau", "mau"],
+            gates=[("mau", ["dau_mean", "wau"])],
+            derived={"dau_mau": ["dau_mean", "mau"], "wau_mau": ["wau", "mau"]},
+        ),
+        period="week",
+    ),
+    "contacts": FigureDef(
+        title="Contacts per resident per week: histogram, means and percentiles",
+        columns=[*_KEYS, "week", "week_start", "known", "active", "contacts",
+                 "mean_per_known", "mean_per_active", *PCTS, *BUCKETS, "week_complete"],
+        spec=SuppressionSpec(
+            counts=["known", "active", "contacts", *BUCKETS],
+            gates=[("known", ["active", "contacts", *BUCKETS]),
+                   ("active", ["contacts", *PCTS])],
+            partitions=[("known", BUCKETS), ("known", ["h0", "active"]),
+                        ("active", BUCKETS[1:])],
+            across=["week"],
+            derived={"mean_per_known": ["contacts", "known"],
+                     "mean_per_active": ["contacts", "active"]},
+            quantiles={p: (f"{p}_n_le", f"{p}_n_ge") for p in PCTS},
+        ),
+        period="week",
+    ),
+    "cohorts": FigureDef(
+        title="Cohorts by month of first contact: share still in contact N months later",
+        columns=[*_KEYS, "cohort", "months_since", "cohort_size", "retained", "retention"],
+        spec=SuppressionSpec(
+            counts=["cohort_size", "retained"],
+            gates=[("cohort_size", ["retained"])],
+            derived={"retention": ["retained", "cohort_size"]},
+        ),
+        period="cohort",
+    ),
+    "monthly": FigureDef(
+        title="Calendar months: monthly actives, mean daily and weekly actives, stickiness",
+        columns=[*_KEYS, "month", "days_observed", "weeks", "mau", "dau_mean", "wau_mean",
+                 "dau_mau", "wau_mau"],
+        spec=SuppressionSpec(
+            counts=["mau", "dau_mean", "wau_mean"],
+            gates=[("mau", ["dau_mean", "wau_mean"])],
+            derived={"dau_mau": ["dau_mean", "mau"], "wau_mau": ["wau_mean", "mau"]},
+        ),
+        period="month",
+    ),
+    "daily": FigureDef(
+        title="Daily active residents",
+        columns=[*_KEYS, "day", "dau"],
+        spec=SuppressionSpec(counts=["dau"]),
+        period="day",
+    ),
+}
+
+FUNNEL_COLUMNS = ["model_version", "variant", "arm",
+                  *[f"{s}_events" for s in FUNNEL_STAGES], "residents_shown",
+                  *[f"{s}_residents" for s in FUNNEL_STAGES[1:]],
+                  *[f"{s}_rate" for s in FUNNEL_STAGES[1:]]]
+FUNNEL_SPEC = SuppressionSpec(
+    counts=[*[f"{s}_events" for s in FUNNEL_STAGES], "residents_shown",
+            *[f"{s}_residents" for s in FUNNEL_STAGES[1:]]],
+    gates=[("residents_shown", [*[f"{s}_events" for s in FUNNEL_STAGES],
+                                *[f"{s}_residents" for s in FUNNEL_STAGES[1:]]])],
+    derived={f"{s}_rate": [f"{s}_residents", "residents_shown"] for s in FUNNEL_STAGES[1:]},
+)
+UPLIFT_COLUMNS = ["arm", "baseline", "stage", "residents", "converted", "rate",
+                  "baseline_residents", "baseline_converted", "baseline_rate", "difference",
+                  "ci_low", "ci_high", "relative_uplift", "significant"]
+_UPLIFT_INPUTS = ["converted", "baseline_converted", "residents", "baseline_residents"]
+UPLIFT_SPEC = SuppressionSpec(
+    counts=["residents", "converted", "baseline_residents", "baseline_converted"],
+    gates=[("residents", ["converted"]), ("baseline_residents", ["baseline_converted"])],
+    derived={"rate": ["converted", "residents"],
+             "baseline_rate": ["baseline_converted", "baseline_residents"],
+             **{c: _UPLIFT_INPUTS for c in ["difference", "ci_low", "ci_high",
+                                            "relative_uplift", "significant"]}},
+)
+
+
+class BadQuery(ValueError):
+    """A selection that cannot be answered (unknown figure, dimension or value)."""
+
+
+def select(frame: pd.DataFrame, by: str, value: str | None) -> pd.DataFrame:
+    if by not in BREAKDOWNS:
+        raise BadQuery(f"by must be one of {', '.join(BREAKDOWNS)}, not {by!r}")
+    if frame.empty:
+        return frame
+    out = frame[frame["dimension"] == by]
+    if value is not None and by != "all":
+        known = set(out["value"])
+        if value not in known:
+            raise BadQuery(f"{by} {value!r} has no data; values: {', '.join(sorted(known))}")
+        out = out[out["value"] == value]
+    return out
+
+
+def _last(frame: pd.DataFrame, column: str, n: int | None) -> pd.DataFrame:
+    if n is None or frame.empty:
+        return frame
+    if n < 1:
+        raise BadQuery("weeks/months/days must be at least 1")
+    keep = sorted(frame[column].unique())[-n:]
+    return frame[frame[column].isin(keep)]
+
+
+def engagement_figure(eng: Engagement, figure: str, k: int, *, by: str = "all",
+                      value: str | None = None, last: int | None = None) -> Table:
+    """One engagement figure for ``by`` (all, or every value of one dimension, or one
+    ``value``), limited to the ``last`` weeks (months, days, cohorts), suppressed."""
+    if figure not in FIGURES:
+        raise BadQuery(f"figure must be one of {', '.join(FIGURES)}, not {figure!r}")
+    fig = FIGURES[figure]
+    frame = select(getattr(eng, figure), by, value)
+    period_col = {"week": "week_start", "month": "month", "day": "day",
+                  "cohort": "cohort"}[fig.period]
+    if not frame.empty:
+        frame = _last(frame, period_col, last).copy()
+    if figure == "cadence" and not frame.empty:
+        frame["active_window"] = frame[["daily", "weekly", "monthly"]].sum(axis=1)
+        known = frame["known"].to_numpy(dtype=float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for c in CADENCES:
+                frame[f"share_{c}"] = np.where(known > 0, frame[c] / known, np.nan)
+            frame["share_weekly_plus"] = np.where(
+                known > 0, (frame["daily"] + frame["weekly"]) / known, np.nan)
+    shown = suppress(frame, fig.spec, k) if not frame.empty else frame
+    rules = eng.rules
+    return Table.from_frame(
+        figure, fig.title, shown, k, columns=fig.columns, by=by, value=value,
+        rules={"window_days": rules.window_days, "daily_min_days": rules.daily_min_days,
+               "weekly_min_weeks": rules.weekly_min_weeks,
+               "yearly_weeks": rules.yearly_weeks},
+        source=eng.summary,
+    )
+
+
+def funnel_figure(arms: pd.DataFrame, k: int, **meta: object) -> Table:
+    shown = suppress(arms, FUNNEL_SPEC, k) if not arms.empty else arms
+    return Table.from_frame("funnel", "Recommendation funnel per model version and variant "
+                            "(residents; attributed through recommendation_id)", shown, k,
+                            columns=FUNNEL_COLUMNS, **meta)
+
+
+def funnel_weekly_figure(weekly: pd.DataFrame, k: int, **meta: object) -> Table:
+    shown = suppress(weekly, FUNNEL_SPEC, k) if not weekly.empty else weekly
+    return Table.from_frame("funnel_weekly", "Recommendation funnel per arm and ISO week",
+                            shown, k, columns=["week", *FUNNEL_COLUMNS], **meta)
+
+
+def uplift_figure(table: pd.DataFrame, k: int, **meta: object) -> Table:
+    shown = suppress(table, UPLIFT_SPEC, k) if not table.empty else table
+    return Table.from_frame("uplift", "Uplift of each arm over the baseline: difference of "
+                            "conversion rates with a 95% Newcombe interval", shown, k,
+                            columns=UPLIFT_COLUMNS, **meta)

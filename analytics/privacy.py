@@ -1,0 +1,169 @@
+"""Small-cell suppression: no operator view may single out a resident.
+
+Every table an operator sees (API JSON, CSV, ``bouquet report``, the dashboard) passes
+through :func:`suppress`, with ``k = Settings.small_cell_k`` (default 5). The rules, also in
+``docs/engagement.md``:
+
+1. **Primary**: a count of residents ``n`` with ``0 < n < k`` is hidden (``null`` in JSON,
+   empty in CSV, and its column name listed in the row's ``suppressed`` flag). A zero is
+   shown: it describes nobody, and hiding zeros would leave charts unreadable. Event
+   counts get the same rule (fewer than k events means fewer than k residents).
+2. **Gates**: when a row's population (e.g. the known residents of a neighbourhood, the
+   residents shown a variant) is below k, every figure of the row is hidden; a rate or
+   mean is hidden when any count it is computed from is hidden.
+3. **Complementary, within a row**: when the cells of a row add up to a published total
+   (the five cadence classes add up to the known residents; the histogram buckets too)
+   and exactly one of them is hidden, the smallest other non-zero cell is hidden too, so
+   the hidden one cannot be recovered by subtraction.
+4. **Complementary, across a partition**: the neighbourhoods partition the residents, so
+   a neighbourhood's cell could be recovered from the city figure minus the other
+   neighbourhoods; in each column, if exactly one neighbourhood is hidden, the smallest
+   other non-zero one is hidden too (a whole row when the hidden cell is the row total).
+   Rules 3 and 4 are applied until nothing changes.
+5. **Percentiles** of contacts per resident are shown only when at least k residents lie
+   at or below *and* at or above the value, so a high percentile never describes one
+   heavy user; the maximum is never published.
+
+Domain, factor and channel slices overlap (a resident is active in several domains), so
+no exact subtraction exists across their values and rule 4 does not apply to them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+#: The flag column listing the hidden cells of each row.
+FLAG = "suppressed"
+
+
+@dataclass(frozen=True)
+class SuppressionSpec:
+    """What the rules mean for one table.
+
+    ``counts``: columns of resident (or event) counts, rule 1. ``gates``: (column,
+    dependents): when the column is in (0, k), it and its dependents are hidden.
+    ``partitions``: (total, cells) whose cells add up to the total (rule 3).
+    ``across``: key columns identifying the same cell across the values of a partitioning
+    dimension (rule 4; applied only to rows of a dimension in ``partition_dimensions``).
+    ``derived``: column → the columns it is computed from. ``quantiles``: column → its
+    (n at or below, n at or above) columns (rule 5).
+    """
+
+    counts: Sequence[str] = ()
+    gates: Sequence[tuple[str, Sequence[str]]] = ()
+    partitions: Sequence[tuple[str, Sequence[str]]] = ()
+    across: Sequence[str] = ()
+    partition_dimensions: Sequence[str] = ("neighbourhood",)
+    derived: dict[str, Sequence[str]] = field(default_factory=dict)
+    quantiles: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+
+def _small(values: np.ndarray, k: int) -> np.ndarray:
+    """Rule 1: strictly between zero and k."""
+    v = np.nan_to_num(values, nan=0.0)
+    return (v > 0) & (v < k)
+
+
+def suppress(frame: pd.DataFrame, spec: SuppressionSpec, k: int) -> pd.DataFrame:
+    """Return a copy of ``frame`` with hidden cells set to missing and a ``suppressed``
+    column listing, per row, the names of the hidden cells (empty list when none)."""
+    out = frame.copy()
+    if out.empty:
+        out[FLAG] = pd.Series([], dtype=object)
+        return out
+    cols = list(out.columns)
+    pos = {c: i for i, c in enumerate(cols)}
+    numeric = out.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    hidden = np.zeros(numeric.shape, bool)
+
+    def col(name: str) -> int:
+        return pos[name]
+
+    for name in spec.counts:
+        hidden[:, col(name)] |= _small(numeric[:, col(name)], k)
+    for gate, dependents in spec.gates:
+        small = _small(numeric[:, col(gate)], k)
+        for name in (gate, *dependents):
+            hidden[small, col(name)] = True
+    for name, (n_le, n_ge) in spec.quantiles.items():
+        ok = (numeric[:, col(n_le)] >= k) & (numeric[:, col(n_ge)] >= k)
+        hidden[~ok & ~np.isnan(numeric[:, col(name)]), col(name)] = True
+
+    across_rows = None
+    if spec.across and "dimension" in out.columns:
+        in_partition = out["dimension"].isin(list(spec.partition_dimensions)).to_numpy()
+        if in_partition.any():
+            keys = out.loc[in_partition, ["dimension", *spec.across]].astype(str)
+            group_ids = keys.groupby(list(keys.columns), sort=False).ngroup().to_numpy()
+            across_rows = (np.flatnonzero(in_partition), group_ids)
+
+    for _ in range(20):
+        changed = False
+        for total, cells in spec.partitions:
+            changed |= _complement_rows(numeric, hidden, col(total), [col(c) for c in cells])
+        if across_rows is not None:
+            rows, groups = across_rows
+            for total, cells in spec.partitions:
+                all_cells = [col(c) for c in cells]
+                for c in all_cells:
+                    changed |= _complement_column(numeric, hidden, rows, groups, c, None)
+                changed |= _complement_column(numeric, hidden, rows, groups, col(total),
+                                              all_cells)
+        if not changed:
+            break
+
+    for name, sources in spec.derived.items():
+        for source in sources:
+            hidden[:, col(name)] |= hidden[:, col(source)]
+
+    flags = [[cols[j] for j in np.flatnonzero(row)] for row in hidden]
+    for j, name in enumerate(cols):
+        if hidden[:, j].any():
+            series = out[name].astype(object)
+            series[hidden[:, j]] = None
+            out[name] = series
+    out[FLAG] = flags
+    return out
+
+
+def _complement_rows(values: np.ndarray, hidden: np.ndarray, total: int,
+                     cells: list[int]) -> bool:
+    """Rule 3: rows whose total is visible and exactly one cell hidden get a second one."""
+    sub_hidden = hidden[:, cells]
+    rows = np.flatnonzero((sub_hidden.sum(axis=1) == 1) & ~hidden[:, total])
+    if rows.size == 0:
+        return False
+    sub = np.nan_to_num(values[np.ix_(rows, cells)], nan=0.0)
+    candidate = np.where(hidden[np.ix_(rows, cells)] | (sub <= 0), np.inf, sub)
+    pick = np.argmin(candidate, axis=1)
+    has = np.isfinite(candidate[np.arange(rows.size), pick])
+    hidden[rows[has], np.asarray(cells)[pick[has]]] = True
+    return bool(has.any())
+
+
+def _complement_column(values: np.ndarray, hidden: np.ndarray, rows: np.ndarray,
+                       groups: np.ndarray, column: int, whole_row: list[int] | None) -> bool:
+    """Rule 4: in each group of partition rows, one hidden cell in ``column`` gets a second
+    (with ``whole_row``, the second row is hidden entirely: it is the row total)."""
+    h = hidden[rows, column]
+    v = np.nan_to_num(values[rows, column], nan=0.0)
+    n_groups = int(groups.max()) + 1 if groups.size else 0
+    hidden_per_group = np.bincount(groups, weights=h, minlength=n_groups)
+    lonely = hidden_per_group[groups] == 1
+    if not lonely.any():
+        return False
+    candidate = np.where(lonely & ~h & (v > 0), v, np.inf)
+    frame = pd.DataFrame({"g": groups, "c": candidate})
+    best = frame[np.isfinite(candidate)].groupby("g")["c"].idxmin()
+    if best.empty:
+        return False
+    chosen = rows[best.to_numpy()]
+    hidden[chosen, column] = True
+    if whole_row:
+        for c in whole_row:
+            hidden[chosen, c] = True
+    return True

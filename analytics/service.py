@@ -1,0 +1,238 @@
+"""Engagement figures on demand, cached per event-log state: what the API and CLI call.
+
+Reading and reducing the event log is the expensive part (seconds for millions of
+events); the figures are cheap slices of it. :class:`EngagementService` therefore keeps
+the reduced log and every computed table in process, keyed on a fingerprint of the log's
+files (name, size, modification time). The fingerprint is re-checked at most every
+``ttl_s`` seconds (``Settings.engagement_cache_ttl_s``): a new file written by the consumer
+shows up within that delay, and an unchanged log is never re-read. Concurrent requests
+for a cold cache wait for one computation instead of starting several.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import redis
+
+from bouquet.analytics import figures, funnel, live
+from bouquet.analytics.engagement import (
+    CADENCES,
+    DIMENSIONS,
+    CadenceRules,
+    Engagement,
+    EngagementData,
+    compute_engagement,
+    load_engagement_data,
+)
+from bouquet.analytics.privacy import SuppressionSpec, suppress
+from bouquet.analytics.tables import Table, plain
+from bouquet.core.catalog import Catalog, load_catalog
+from bouquet.core.eventlog import EventLog
+from bouquet.core.keys import Keys
+from bouquet.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+LIVE_ACTIVE_SPEC = SuppressionSpec(counts=["active"])
+LIVE_CONTACTS_SPEC = SuppressionSpec(counts=["contacts"])
+LIVE_FUNNEL_SPEC = SuppressionSpec(counts=[f"{s}_events" for s in
+                                           ("shown", "opened", "subscribed", "used")])
+
+
+def rules_from_settings(settings: Settings) -> CadenceRules:
+    return CadenceRules.for_window(settings.engagement_window_days)
+
+
+class EngagementService:
+    """Engagement, funnel and live figures for one deployment (one per process)."""
+
+    def __init__(self, settings: Settings, catalog: Catalog | None = None, *,
+                 rules: CadenceRules | None = None, ttl_s: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.catalog = catalog or load_catalog(settings.catalog_path)
+        self.rules = rules or rules_from_settings(settings)
+        self.ttl_s = settings.engagement_cache_ttl_s if ttl_s is None else ttl_s
+        self.k = settings.small_cell_k
+        self.keys = Keys(settings.redis_key_prefix)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._fingerprint: tuple | None = None
+        self._checked_at = -float("inf")
+        self._data: EngagementData | None = None
+        self._memo: dict[tuple, Any] = {}
+        self.computations = 0  # how many times the log was read (tests check the cache)
+
+    # --- cache ---------------------------------------------------------------------------
+    @property
+    def root(self) -> Path:
+        return self.settings.event_log_path
+
+    def fingerprint(self) -> tuple:
+        """(relative name, size, mtime) of every complete file of the log."""
+        out = []
+        for path in EventLog(self.root).files():
+            try:
+                st = path.stat()
+            except FileNotFoundError:  # compaction replaced it between listing and stat
+                continue
+            out.append((str(path.relative_to(self.root)), st.st_size, st.st_mtime_ns))
+        return tuple(out)
+
+    def _current(self) -> EngagementData:
+        """The reduced log, re-read only when the files changed (checked every ttl_s)."""
+        with self._lock:
+            now = self._clock()
+            if self._data is None or now - self._checked_at >= self.ttl_s:
+                found = self.fingerprint()
+                self._checked_at = now
+                if found != self._fingerprint or self._data is None:
+                    self._data = load_engagement_data(self.root, self.catalog)
+                    self._fingerprint = found
+                    self._memo = {}
+                    self.computations += 1
+            return self._data
+
+    def _cached(self, key: tuple, build: Callable[[], Any]) -> Any:
+        self._current()
+        with self._lock:
+            if key in self._memo:
+                return self._memo[key]
+        value = build()
+        with self._lock:
+            self._memo[key] = value
+        return value
+
+    def data(self) -> EngagementData:
+        return self._current()
+
+    def engagement(self) -> Engagement:
+        return self._cached(("engagement", self.rules),
+                            lambda: compute_engagement(self._current(), self.rules))
+
+    def invalidate(self) -> None:
+        """Forget everything (the next call re-reads the log)."""
+        with self._lock:
+            self._data, self._fingerprint, self._memo = None, None, {}
+            self._checked_at = -float("inf")
+
+    # --- figures -------------------------------------------------------------------------
+    def figure(self, name: str, *, by: str = "all", value: str | None = None,
+               last: int | None = None) -> Table:
+        """An engagement figure (see :data:`bouquet.analytics.figures.FIGURES`)."""
+        return self._cached(("figure", name, by, value, last, self.k),
+                            lambda: figures.engagement_figure(self.engagement(), name, self.k,
+                                                              by=by, value=value, last=last))
+
+    def _since_day(self, weeks: int | None) -> int | None:
+        data = self._current()
+        if weeks is None or data.last_event_day is None:
+            return None
+        if weeks < 1:
+            raise figures.BadQuery("weeks must be at least 1")
+        last_monday = data.last_event_day - (data.last_event_day + 3) % 7
+        return last_monday - 7 * (weeks - 1)
+
+    def funnel_arms(self, weeks: int | None = None) -> pd.DataFrame:
+        return self._cached(("arms", weeks), lambda: funnel.funnel_by_arm(
+            self._current().funnel_events, since_day=self._since_day(weeks)))
+
+    def funnel(self, weeks: int | None = None) -> Table:
+        return figures.funnel_figure(self.funnel_arms(weeks), self.k, weeks=weeks)
+
+    def funnel_weekly(self, weeks: int | None = None) -> Table:
+        frame = self._cached(("arms_weekly", weeks), lambda: funnel.funnel_by_arm(
+            self._current().funnel_events, since_day=self._since_day(weeks), weekly=True))
+        return figures.funnel_weekly_figure(frame, self.k, weeks=weeks)
+
+    def uplift(self, baseline: str | None = None, weeks: int | None = None) -> Table:
+        arms = self.funnel_arms(weeks)
+        try:
+            table = funnel.uplift(arms, baseline)
+        except ValueError as exc:
+            raise figures.BadQuery(str(exc)) from None
+        chosen = table["baseline"].iloc[0] if len(table) else funnel.choose_baseline(arms)
+        return figures.uplift_figure(table, self.k, weeks=weeks, baseline=chosen,
+                                     method="Newcombe hybrid score (method 10), 95%")
+
+    # --- live ----------------------------------------------------------------------------
+    def live(self, client: redis.Redis, now: datetime | None = None) -> dict[str, Table]:
+        """Today's and this week's counters from Redis, suppressed like everything else."""
+        snap = live.snapshot(client, self.keys, now)
+        meta = {"day": snap.day, "week": snap.week, "taken_at": snap.taken_at}
+        return {
+            "active": Table.from_frame(
+                "live_active", "Distinct active residents today, yesterday and this week "
+                "(Redis)", suppress(snap.active, LIVE_ACTIVE_SPEC, self.k), self.k, **meta),
+            "contacts": Table.from_frame(
+                "live_contacts", "Contact events per type today, yesterday and this week "
+                "(Redis)", suppress(snap.contacts, LIVE_CONTACTS_SPEC, self.k), self.k,
+                **meta),
+            "funnel": Table.from_frame(
+                "live_funnel", "Attributed funnel events per arm since ingestion began "
+                "(Redis)", suppress(snap.funnel, LIVE_FUNNEL_SPEC, self.k), self.k, **meta),
+            "rolling": Table.from_frame(
+                "live_rolling", "Residents whose latest contact is in the trailing window "
+                "(Redis)", suppress(snap.rolling, LIVE_ACTIVE_SPEC, self.k), self.k, **meta),
+        }
+
+    # --- summary -------------------------------------------------------------------------
+    def summary(self, client: redis.Redis | None = None) -> dict[str, Any]:
+        """Headline figures of the latest week with data, the dimension values (for
+        filters), the definitions' parameters and, with a Redis client, the live counters."""
+        eng = self.engagement()
+        data = self._current()
+        out: dict[str, Any] = {
+            "source": eng.summary,
+            "small_cell_k": self.k,
+            "rules": {"window_days": self.rules.window_days,
+                      "daily_min_days": self.rules.daily_min_days,
+                      "weekly_min_weeks": self.rules.weekly_min_weeks,
+                      "yearly_weeks": self.rules.yearly_weeks},
+            "dimensions": {d: list(data.dimension_values(d)) for d in DIMENSIONS},
+            "cadences": list(CADENCES),
+            "headline": None,
+        }
+        cadence = self.figure("cadence", last=6).rows
+        stick = self.figure("stickiness", last=6).rows
+        contacts = self.figure("contacts", last=6).rows
+        if cadence:
+            # the latest complete week (the week in progress is what the live counters show)
+            complete = [i for i, r in enumerate(cadence) if r["week_complete"]]
+            i = complete[-1] if complete else len(cadence) - 1
+            now_row = cadence[i]
+            before = cadence[i - 4] if i >= 4 else None
+            out["headline"] = {
+                "week": now_row["week"],
+                "week_complete": now_row["week_complete"],
+                "known": now_row["known"],
+                **{c: now_row[c] for c in CADENCES},
+                **{f"share_{c}": now_row[f"share_{c}"] for c in CADENCES},
+                "share_weekly_plus": now_row["share_weekly_plus"],
+                "share_weekly_plus_4_weeks_before": before["share_weekly_plus"]
+                if before else None,
+                "dau_mau": stick[i]["dau_mau"], "wau_mau": stick[i]["wau_mau"],
+                "mean_contacts_per_known": contacts[i]["mean_per_known"],
+                "p50_contacts_per_active": contacts[i]["p50"],
+                "suppressed": sorted(set(now_row["suppressed"]) | set(stick[i]["suppressed"])
+                                     | set(contacts[i]["suppressed"])),
+            }
+        if client is not None:
+            out["live"] = {name: t.to_json() for name, t in self.live(client).items()}
+        return plain_dict(out)
+
+
+def plain_dict(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: plain_dict(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain_dict(v) for v in value]
+    return plain(value)
