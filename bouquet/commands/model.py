@@ -1,0 +1,102 @@
+"""``bouquet model list | promote VERSION | rollback``: the registry's champion, by hand.
+
+Each command wires the settings to :class:`~bouquet.pipelines.registry.ModelRegistry` and
+calls one method; an unreachable MLflow or an impossible request prints one line and exits 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from bouquet.core.settings import get_settings
+
+model_app = typer.Typer(help="Registered model versions and the serving alias 'champion'.",
+                        no_args_is_help=True)
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    from bouquet.pipelines.registry import RegistryError
+    from bouquet.pipelines.tracking import TrackingUnavailable
+
+    try:
+        yield
+    except (TrackingUnavailable, RegistryError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _registry() -> object:
+    from bouquet.pipelines.registry import ModelRegistry
+    from bouquet.pipelines.tracking import connect
+
+    settings = get_settings()
+    return ModelRegistry(connect(settings), settings.registered_model)
+
+
+def _guarded(action: Callable[[], None]) -> None:
+    with _user_errors():
+        action()
+
+
+@model_app.command("list")
+def list_versions() -> None:
+    """Every registered version, newest first, with its aliases and primary metric."""
+
+    def run() -> None:
+        registry = _registry()
+        versions = registry.versions()
+        if not versions:
+            typer.echo(f"no version of {registry.name!r} yet: run `bouquet train`")
+            return
+        table = Table(title=f"{registry.name} (champion history: "
+                      f"{' → '.join(registry.history()[-6:]) or '-'})", title_justify="left")
+        for column in ("version", "aliases", "created", "model", "primary metric", "value",
+                       "split", "dataset", "run"):
+            table.add_column(column)
+        for info in versions:
+            value = info.primary_value
+            table.add_row(info.version, ", ".join(info.aliases), info.created,
+                          info.tags.get("model_kind", ""), info.tags.get("primary_metric", ""),
+                          "" if value is None else f"{value:.4f}",
+                          info.tags.get("split_id", ""), info.tags.get("dataset_fingerprint", ""),
+                          info.run_id[:12])
+        Console().print(table)
+
+    _guarded(run)
+
+
+@model_app.command("promote")
+def promote(
+    version: str = typer.Argument(..., help="Registered version number to serve."),
+    reason: str = typer.Option("manual promotion", help="Recorded on the version."),
+) -> None:
+    """Point 'champion' at VERSION (the current champion becomes 'previous-champion')."""
+
+    def run() -> None:
+        registry = _registry()
+        info = registry.promote(version, reason)
+        typer.echo(f"{registry.name}: champion is now version {info.version}")
+
+    _guarded(run)
+
+
+@model_app.command("rollback")
+def rollback() -> None:
+    """Give 'champion' back to the version that held it before the current one."""
+
+    def run() -> None:
+        registry = _registry()
+        old, new = registry.rollback()
+        typer.echo(f"{registry.name}: champion rolled back from version {old} to {new}")
+
+    _guarded(run)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(model_app, name="model")
