@@ -20,7 +20,10 @@ Confidence of a pair (see :func:`bouquet.models.artifact.confidence`)::
 
 ``weight`` comes from ``settings.event_weights`` (configuration, not code); ages are
 measured from ``as_of`` (the cut-off). Administrative events (consent, profile, erase)
-never weigh. Items no longer in the catalog are dropped and counted in ``stats``.
+never weigh. An event naming a service counts for that service; an event naming a bundle
+counts for the bundle and, when it names no service (``spread_bundle_events``), for each
+of the bundle's services with an equal share of its strength — as serving's fold-in reads
+the same events. Items no longer in the catalog are dropped and counted in ``stats``.
 Holdings are per (resident, item) the latest of ``subscribe``/``unsubscribe`` being a
 subscribe.
 """
@@ -68,6 +71,9 @@ class DatasetParams:
     event_weights: Mapping[str, float]
     half_life_days: float | None = 120.0
     log_alpha: float = 2.0
+    #: A bundle-level event (no service) also counts for the bundle's services, each
+    #: receiving an equal share of its strength — what serving's fold-in does with them.
+    spread_bundle_events: bool = True
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> DatasetParams:
@@ -85,6 +91,7 @@ class DatasetParams:
             "event_weights": {k: float(v) for k, v in sorted(self.event_weights.items())},
             "half_life_days": None if not self.half_life_days else float(self.half_life_days),
             "log_alpha": float(self.log_alpha),
+            "spread_bundle_events": bool(self.spread_bundle_events),
         }
 
 
@@ -106,6 +113,7 @@ class EventArrays:
     neighbourhoods: tuple[str, ...]
     catalog_version: str
     catalog_fingerprint: str
+    composition: sp.csr_matrix  # bundles × services, 1/len(bundle) per member
     stats: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -150,7 +158,8 @@ class EventArrays:
             service=service, bundle=bundle, ts=ts, consent=consent, profiles=profiles,
             service_ids=tuple(catalog.service_ids), bundle_ids=tuple(catalog.bundle_ids),
             neighbourhoods=tuple(catalog.neighbourhood_ids), catalog_version=catalog.version,
-            catalog_fingerprint=catalog.fingerprint, stats=stats,
+            catalog_fingerprint=catalog.fingerprint, composition=composition_matrix(catalog),
+            stats=stats,
         )
 
     def neighbourhood_codes(self, codes: np.ndarray) -> np.ndarray:
@@ -275,6 +284,11 @@ def build_dataset(
                        strength[on_service], (n, n_s))
     bundles = _summed(row[arrays.resident[on_bundle]], arrays.bundle[on_bundle],
                       strength[on_bundle], (n, n_b))
+    if params.spread_bundle_events:
+        only_bundle = on_bundle & (arrays.service < 0)
+        spread = _summed(row[arrays.resident[only_bundle]], arrays.bundle[only_bundle],
+                         strength[only_bundle], (n, n_b)) @ arrays.composition
+        services = sp.csr_matrix(services + spread)
     for matrix in (services, bundles):
         matrix.data = confidence(matrix.data, params.log_alpha).astype(np.float32)
 
@@ -325,6 +339,19 @@ def fingerprint(dataset: Dataset) -> str:
         for part in (matrix.indptr, matrix.indices, matrix.data):
             h.update(np.ascontiguousarray(part).tobytes())
     return h.hexdigest()[:16]
+
+
+def composition_matrix(catalog: Catalog) -> sp.csr_matrix:
+    """Bundles × services, ``1/len(bundle.services)`` for each member service."""
+    index = {s: i for i, s in enumerate(catalog.service_ids)}
+    rows, cols, vals = [], [], []
+    for b, bundle in enumerate(catalog.bundles):
+        members = [index[s] for s in bundle.services if s in index]
+        rows += [b] * len(members)
+        cols += members
+        vals += [1.0 / len(members)] * len(members)
+    return sp.csr_matrix((vals, (rows, cols)), shape=(len(catalog.bundle_ids),
+                                                       len(catalog.service_ids)))
 
 
 # --- helpers -----------------------------------------------------------------------------

@@ -29,7 +29,8 @@ NB = CATALOG.neighbourhood_ids
 T = datetime(2025, 6, 1, tzinfo=UTC)
 WEIGHTS = {"view": 0.5, "click": 1.0, "use": 2.0, "subscribe": 4.0, "pay": 3.0,
            "dismiss": 0.0, "unsubscribe": 0.0, "consent": 100.0, "profile": 100.0}
-PARAMS = DatasetParams(event_weights=WEIGHTS, half_life_days=10.0, log_alpha=2.0)
+PARAMS = DatasetParams(event_weights=WEIGHTS, half_life_days=10.0, log_alpha=2.0,
+                       spread_bundle_events=False)
 _ids = itertools.count()
 
 
@@ -121,6 +122,22 @@ def test_confidences_decay_log_scaling_consent_and_erasure(log_root: Path) -> No
     assert data.as_of == pd.Timestamp(T)
 
 
+def test_bundle_events_spread_over_the_bundle_services(log_root: Path) -> None:
+    bundle = CATALOG.bundle_by_id[B[0]]
+    arrays = arrays_of(log_root, [ev("a", "consent", 30, value=1),
+                                  ev("a", "subscribe", 10, bundle=B[0]),
+                                  ev("a", "use", 10, service=bundle.services[0])])
+    spread = DatasetParams(WEIGHTS, 10.0, 2.0, spread_bundle_events=True)
+    data = build_dataset(arrays, spread, until=pd.Timestamp(T))
+    share = 4 * 0.5 / len(bundle.services)
+    expected = np.zeros(len(S))
+    for service in bundle.services:
+        expected[S.index(service)] = conf(share)
+    expected[S.index(bundle.services[0])] = conf(share + 2 * 0.5)
+    np.testing.assert_allclose(data.services.toarray()[0], expected, rtol=1e-6)
+    assert data.bundles[0, 0] == pytest.approx(conf(4 * 0.5), rel=1e-6)
+
+
 def test_erased_resident_never_appears(log_root: Path) -> None:
     arrays = arrays_of(log_root, hand_made_log())
     assert "e" not in set(arrays.resident_ids)  # read_events dropped them
@@ -132,12 +149,13 @@ def test_weights_come_from_params_and_fingerprint_tracks_them(log_root: Path) ->
     base = build_dataset(arrays, PARAMS, until=pd.Timestamp(T))
     again = build_dataset(arrays, PARAMS, until=pd.Timestamp(T))
     no_views = DatasetParams(event_weights={**WEIGHTS, "view": 0.0}, half_life_days=10.0,
-                             log_alpha=2.0)
+                             log_alpha=2.0, spread_bundle_events=False)
     changed = build_dataset(arrays, no_views, until=pd.Timestamp(T))
     assert base.fingerprint == again.fingerprint
     assert changed.fingerprint != base.fingerprint
     assert changed.services[0, 1] == 0  # the view no longer weighs
-    no_decay = build_dataset(arrays, DatasetParams(WEIGHTS, None, 2.0), until=pd.Timestamp(T))
+    no_decay = build_dataset(arrays, DatasetParams(WEIGHTS, None, 2.0, False),
+                             until=pd.Timestamp(T))
     assert no_decay.services[0, 0] == pytest.approx(conf(4.0), rel=1e-6)
 
 
