@@ -8,6 +8,7 @@ the two checks the module, not itself.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -21,6 +22,7 @@ from bouquet.core.eventlog import EventLog
 
 CONTACTS = {"view", "click", "subscribe", "use", "pay", "rate", "dismiss", "unsubscribe"}
 DAY0 = date(2024, 1, 1)  # a Monday
+_EVENT_IDS = itertools.count()
 
 
 class Log:
@@ -36,7 +38,7 @@ class Log:
         ts = datetime(when.year, when.month, when.day, hour, tzinfo=UTC)
         if kind in CONTACTS and not (fields.get("service_id") or fields.get("bundle_id")):
             fields["service_id"] = "bus"
-        event = {"event_id": fields.pop("event_id", f"e{len(self.events):07d}"),
+        event = {"event_id": fields.pop("event_id", f"e{next(_EVENT_IDS):08d}"),
                  "resident_id": rid, "type": kind, "ts": ts,
                  "channel": fields.pop("channel", "app"), "schema_version": 1, **fields}
         if isinstance(event.get("context"), dict):

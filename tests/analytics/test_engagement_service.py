@@ -1,0 +1,89 @@
+"""The engagement service: cached on the event log's files, and the report command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from engagement_helpers import Log
+from typer.testing import CliRunner
+
+from bouquet.analytics.service import EngagementService
+from bouquet.core.settings import Settings
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def settings_for(root: Path, **extra: object) -> Settings:
+    return Settings(env="test", state_dir=root / "state", event_log_dir=root / "log",
+                    redis_url="redis://127.0.0.1:1/0", **extra)
+
+
+def sample_log(root: Path, residents: int = 8, day: int = 0) -> None:
+    log = Log()
+    for i in range(residents):
+        log.add(f"r{day}_{i}", "use", day)
+    log.write(root)
+
+
+def test_the_log_is_read_once_until_its_files_change(tmp_path: Path) -> None:
+    sample_log(tmp_path / "log")
+    clock = Clock()
+    svc = EngagementService(settings_for(tmp_path), ttl_s=30, clock=clock)
+    first = svc.figure("cadence")
+    assert svc.figure("cadence") is first
+    svc.figure("stickiness", by="channel")
+    svc.summary()
+    assert svc.computations == 1
+    sample_log(tmp_path / "log", day=1)  # the consumer writes a new file
+    clock.now = 10  # within the TTL the cached figures are served
+    assert svc.figure("cadence").rows[0]["known"] == 8
+    assert svc.computations == 1
+    clock.now = 31  # after it, the file list is checked and has changed
+    assert svc.figure("cadence").rows[0]["known"] == 16
+    assert svc.computations == 2
+    clock.now = 100  # checked again, unchanged: nothing is re-read
+    svc.figure("cadence")
+    assert svc.computations == 2
+
+
+def test_report_engagement_prints_the_same_figures_as_the_service(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    from bouquet.cli import app
+    from bouquet.core import settings as settings_module
+
+    sample_log(tmp_path / "log", residents=12)
+    sample_log(tmp_path / "log", residents=3, day=8)
+    monkeypatch.setenv("BOUQUET_EVENT_LOG_DIR", str(tmp_path / "log"))
+    monkeypatch.setenv("BOUQUET_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+    settings_module.get_settings.cache_clear()
+    try:
+        runner = CliRunner()
+        result = runner.invoke(app, ["report", "engagement", "--json", "--no-live"])
+        assert result.exit_code == 0, result.output
+        payload = json.loads(result.output)
+        service = EngagementService(settings_module.get_settings())
+        assert payload["cadence"]["rows"] == service.figure("cadence", last=12).to_json()["rows"]
+        assert payload["summary"]["source"]["contacts"] == 15
+        assert payload["cadence"]["rows"][1]["known"] == 15
+        second_week = payload["stickiness"]["rows"][1]
+        assert second_week["wau"] is None  # 3 residents active in the second week: hidden
+        assert "wau" in second_week["suppressed"]
+
+        table = runner.invoke(app, ["report", "engagement", "--by", "neighbourhood",
+                                    "--weeks", "2", "--no-live"])
+        assert table.exit_code == 0, table.output
+        assert "Residents by cadence" in table.output and "_unknown" in table.output
+        assert "◌" in table.output
+        bad = runner.invoke(app, ["report", "engagement", "--by", "domain", "--value",
+                                  "nowhere", "--no-live"])
+        assert bad.exit_code == 2 and "no data" in bad.output
+    finally:
+        settings_module.get_settings.cache_clear()

@@ -1,0 +1,134 @@
+"""The recommendation funnel: attribution, resident-level conversion and Newcombe uplift."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from engagement_helpers import Log
+
+from bouquet.analytics.engagement import load_engagement_data, parse_recommendation_ids
+from bouquet.analytics.figures import funnel_figure, uplift_figure
+from bouquet.analytics.funnel import (
+    choose_baseline,
+    funnel_by_arm,
+    newcombe_difference,
+    uplift,
+    wilson,
+)
+from bouquet.core.catalog import load_catalog
+from bouquet.core.recommendation import make_recommendation_id, parse_recommendation_id
+
+CATALOG = load_catalog(None)
+
+
+def test_wilson_and_newcombe_match_the_published_examples() -> None:
+    # Newcombe (1998), Stat Med 17:873, table II, example (a): 56/70 vs 48/80, method 10
+    d, low, high = newcombe_difference(56, 70, 48, 80)
+    assert d == pytest.approx(0.2)
+    assert (round(float(low), 4), round(float(high), 4)) == (0.0524, 0.3339)
+    # example (e): 0/10 vs 0/20 → (−0.1611, 0.2775)
+    d, low, high = newcombe_difference(0, 10, 0, 20)
+    assert (round(float(low), 4), round(float(high), 4)) == (-0.1611, 0.2775)
+    lo, hi = wilson(0, 10)
+    assert (float(lo), round(float(hi), 4)) == (0.0, 0.2775)
+
+
+def test_recommendation_ids_parse_like_the_core_parser() -> None:
+    samples = [make_recommendation_id("v3", "champion"), "v1.a.b", "v1.a", "v1.a.b.c",
+               "x-y.z_1.tok", "a b.c.d", "...", "v" * 41 + ".a.b", "v1..t"]
+    parsed = parse_recommendation_ids(pd.Series(samples, dtype=object))
+    for text, (_, got) in zip(samples, parsed.iterrows(), strict=True):
+        want = parse_recommendation_id(text)
+        if want is None:
+            assert pd.isna(got["model_version"]), text
+        else:
+            assert (got["model_version"], got["variant"]) == (want.model_version,
+                                                               want.variant), text
+
+
+def funnel_log(root: Path) -> Path:
+    log = Log()
+    # control: 10 residents shown, 4 open, 2 subscribe, 1 uses
+    for i in range(10):
+        rid = f"c{i}"
+        rec = f"v1.control.t{i}"
+        log.add(rid, "view", 1, bundle_id="compte-mobilite", recommendation_id=rec)
+        log.add(rid, "view", 2, bundle_id="compte-mobilite", recommendation_id=rec)  # twice
+        if i < 4:
+            log.add(rid, "click", 2, bundle_id="compte-mobilite", recommendation_id=rec)
+        if i < 2:
+            log.add(rid, "subscribe", 3, bundle_id="compte-mobilite", recommendation_id=rec)
+        if i < 1:
+            log.add(rid, "use", 4, service_id="bus", recommendation_id=rec)
+    # personal: 12 shown, 9 open, 6 subscribe
+    for i in range(12):
+        rid = f"p{i}"
+        rec = f"v2.personal.t{i}"
+        log.add(rid, "view", 1, bundle_id="compte-mobilite", recommendation_id=rec)
+        if i < 9:
+            log.add(rid, "click", 2, bundle_id="compte-mobilite", recommendation_id=rec)
+        if i < 6:
+            log.add(rid, "subscribe", 3, bundle_id="compte-mobilite", recommendation_id=rec)
+    # not attributable: a foreign id, a click of someone never shown, a pay (no stage)
+    log.add("x", "click", 2, bundle_id="compte-mobilite", recommendation_id="partner-123")
+    log.add("y", "click", 2, bundle_id="compte-mobilite", recommendation_id="v2.personal.zz")
+    log.add("c0", "pay", 4, service_id="bus", recommendation_id="v1.control.t0")
+    return log.write(root)
+
+
+def test_funnel_counts_residents_and_events_per_arm(tmp_path: Path) -> None:
+    data = load_engagement_data(funnel_log(tmp_path), CATALOG)
+    arms = funnel_by_arm(data.funnel_events).set_index("arm")
+    c = arms.loc["v1:control"]
+    assert (c["shown_events"], c["residents_shown"]) == (20, 10)
+    assert (c["opened_residents"], c["subscribed_residents"], c["used_residents"]) == (4, 2, 1)
+    assert c["subscribed_rate"] == pytest.approx(0.2)
+    p = arms.loc["v2:personal"]
+    assert (p["residents_shown"], p["opened_events"], p["opened_residents"]) == (12, 10, 9)
+    assert list(arms.index) == ["v1:control", "v2:personal"]
+
+
+def test_uplift_against_the_control_arm(tmp_path: Path) -> None:
+    data = load_engagement_data(funnel_log(tmp_path), CATALOG)
+    arms = funnel_by_arm(data.funnel_events)
+    assert choose_baseline(arms) == "v1:control"
+    table = uplift(arms).set_index("stage")
+    sub = table.loc["subscribed"]
+    d, low, high = newcombe_difference(6, 12, 2, 10)
+    assert (sub["difference"], sub["ci_low"], sub["ci_high"]) == pytest.approx(
+        (float(d), float(low), float(high)))
+    assert sub["relative_uplift"] == pytest.approx(0.5 / 0.2 - 1)
+    assert sub["significant"] == (float(low) > 0)
+    assert uplift(arms, baseline="personal")["arm"].unique().tolist() == ["v1:control"]
+    with pytest.raises(ValueError, match="not an arm"):
+        uplift(arms, baseline="nope")
+
+
+def test_funnel_suppression_hides_small_arms_and_their_uplift(tmp_path: Path) -> None:
+    data = load_engagement_data(funnel_log(tmp_path), CATALOG)
+    arms = funnel_by_arm(data.funnel_events)
+    table = funnel_figure(arms, 5)
+    control = next(r for r in table.rows if r["arm"] == "v1:control")
+    assert control["residents_shown"] == 10
+    assert control["used_residents"] is None and control["used_rate"] is None
+    assert control["subscribed_residents"] is None  # 2 residents
+    lifted = {r["stage"]: r for r in uplift_figure(uplift(arms), 5).rows}
+    assert lifted["opened"]["difference"] is None  # control opened: 4 residents
+    assert all(lifted[s]["ci_low"] is None for s in ("subscribed", "used"))
+    everything = {r["stage"]: r for r in uplift_figure(uplift(arms), 1).rows}
+    assert not math.isnan(everything["opened"]["ci_low"])
+
+
+def test_weeks_restrict_the_funnel_to_the_latest_weeks(tmp_path: Path) -> None:
+    log = Log()
+    log.add("a", "view", 0, bundle_id="compte-mobilite", recommendation_id="v1.x.t")
+    log.add("b", "view", 14, bundle_id="compte-mobilite", recommendation_id="v1.x.u")
+    data = load_engagement_data(log.write(tmp_path), CATALOG)
+    weekly = funnel_by_arm(data.funnel_events, weekly=True)
+    assert weekly["week"].tolist() == ["2024-W01", "2024-W03"]
+    recent = funnel_by_arm(data.funnel_events, since_day=int(np.max(data.day)))
+    assert recent["residents_shown"].tolist() == [1]
