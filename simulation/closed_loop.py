@@ -1,0 +1,301 @@
+"""The closed loop: simulated residents respond, week by week, to what a policy shows them.
+
+:func:`run_policy` builds a city from a seed, writes its history, then for every week asks
+the policy what to show each exposed resident (those who open the app that week, or the
+weekly digest), lets the behaviour model answer (views, clicks, subscriptions that raise
+later use, dismissals and fatigue), hands the week's events to the policy
+(``observe``) and to an optional sink, and finally classifies every resident's cadence.
+:func:`compare` repeats this for several policies over several seeds — the same seeds for
+every policy, so each seed is a paired comparison — and reports mean shares with 95%
+confidence intervals over seeds.
+
+Cadence of a resident at the end of the run (contacts = the eight contact event types;
+the trailing window is the last 28 days, split into four 7-day weeks):
+
+* **daily** — active on at least 20 of the last 28 days (about five days a week);
+* **weekly** — otherwise, active in at least 3 of the last 4 weeks;
+* **monthly** — otherwise, active at least once in the last 28 days;
+* **yearly** — otherwise, at least one contact in the last 52 weeks;
+* **dormant** — no contact in the last 52 weeks.
+
+Residents who asked for erasure are left out of the shares. The thresholds are those of
+the operators' report (:class:`bouquet.analytics.engagement.CadenceRules` defaults; a test
+keeps them equal), computed here on the simulator's own week grid (7-day blocks from the
+first simulated day, local days) rather than ISO weeks of UTC days.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from bouquet.core.catalog import Catalog
+from bouquet.simulation.behaviour import DAY_US, BehaviourParams, Simulation
+from bouquet.simulation.columns import to_arrow
+from bouquet.simulation.policies import (
+    CityView,
+    NoRecommendations,
+    OraclePolicy,
+    Policy,
+    PopularPolicy,
+    RandomPolicy,
+)
+
+log = logging.getLogger(__name__)
+
+CADENCES: tuple[str, ...] = ("daily", "weekly", "monthly", "yearly", "dormant")
+DAILY_MIN_DAYS = 20
+WEEKLY_MIN_WEEKS = 3
+TRAILING_WEEKS = 4
+
+#: Policies by name for the CLI; :func:`register_policy` adds more (e.g. a trained model).
+POLICY_FACTORIES: dict[str, Callable[[int], Policy]] = {
+    "none": lambda seed: NoRecommendations(),
+    "popular": lambda seed: PopularPolicy(),
+    "random": lambda seed: RandomPolicy(seed),
+    "oracle": lambda seed: OraclePolicy(),
+}
+
+
+def register_policy(name: str, factory: Callable[[int], Policy]) -> None:
+    """Make a policy available to :func:`compare` and the CLI by name; ``factory(seed)``
+    returns a fresh policy for one run."""
+    POLICY_FACTORIES[name] = factory
+
+
+def make_policy(name: str, seed: int = 0) -> Policy:
+    try:
+        return POLICY_FACTORIES[name](seed)
+    except KeyError:
+        raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICY_FACTORIES)}"
+                         ) from None
+
+
+def cadence_codes(sim: Simulation) -> np.ndarray:
+    """Index into :data:`CADENCES` per resident after the weeks simulated so far (-1 for
+    erased residents)."""
+    done = sim.week_done
+    recent = sim.active_days[:, max(0, done - TRAILING_WEEKS):done].astype(np.int32)
+    days = recent.sum(1)
+    weeks_active = (recent > 0).sum(1)
+    earlier = sim.active_days[:, :max(0, done - TRAILING_WEEKS)].sum(1) > 0
+    end_us = int(sim.day_start_us[7 * done])
+    year_ago = end_us - 364 * DAY_US
+    history = sim.last_history_contact >= year_ago
+    code = np.full(sim.n, 4, np.int8)
+    code[earlier | history] = 3
+    code[days > 0] = 2
+    code[weeks_active >= WEEKLY_MIN_WEEKS] = 1
+    code[days >= DAILY_MIN_DAYS] = 0
+    code[sim.erased_at < np.iinfo(np.int64).max] = -1
+    return code
+
+
+def cadence_shares(sim: Simulation) -> dict[str, float]:
+    """Share of (non-erased) residents at each cadence."""
+    code = cadence_codes(sim)
+    counted = code >= 0
+    counts = np.bincount(code[counted], minlength=len(CADENCES))
+    return {name: float(c / max(counted.sum(), 1)) for name, c in zip(CADENCES, counts,
+                                                                      strict=True)}
+
+
+@dataclass
+class PolicyRun:
+    """One policy on one seeded city."""
+
+    policy: str
+    seed: int
+    shares: dict[str, float]
+    weekly_active: list[float]  # share of residents with a contact, per week
+    exposed: int = 0
+    shown: int = 0
+    accepted: int = 0
+    events: int = 0
+    events_by_type: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    start: date | None = None
+    end: date | None = None
+    run_tag: str = ""
+
+
+def _adapter(sim: Simulation, policy: Policy) -> Callable[[np.ndarray, int], Any]:
+    index = {b: i for i, b in enumerate(sim.catalog.bundle_ids)}
+    unknown: set[str] = set()
+
+    def recommend(rows: np.ndarray, k: int) -> tuple[np.ndarray, list[str | None] | None]:
+        lists = policy.recommend([str(r) for r in sim.residents.ids[rows]], k)
+        if len(lists) != len(rows):
+            raise ValueError(f"policy {policy.name!r} answered {len(lists)} lists for "
+                             f"{len(rows)} residents")
+        out = np.full((len(rows), k), -1, np.int16)
+        for i, bundles in enumerate(lists):
+            for j, bundle in enumerate(bundles[:k]):
+                if bundle in index:
+                    out[i, j] = index[bundle]
+                elif bundle not in unknown:
+                    unknown.add(bundle)
+                    log.warning("policy %s recommended unknown bundle %r (ignored)",
+                                policy.name, bundle)
+        return out, getattr(policy, "last_recommendation_ids", None)
+
+    return recommend
+
+
+def run_policy(policy: Policy, catalog: Catalog, *, residents: int, weeks: int, seed: int,
+               k: int = 3, end: date | None = None, params: BehaviourParams | None = None,
+               sink: Callable[[pa.Table], None] | None = None,
+               on_week: Callable[[int, int], None] | None = None,
+               simulation: Simulation | None = None) -> tuple[PolicyRun, Simulation]:
+    """Simulate ``weeks`` weeks of a ``residents``-strong city under ``policy``.
+
+    ``sink`` receives the history, then each week's events (Arrow, event-log layout, sorted
+    by time); ``on_week(week, events)`` reports progress. ``NoRecommendations`` shows
+    nothing at all (no digest either), which is the organic baseline.
+    """
+    started = time.perf_counter()
+    sim = simulation or Simulation.create(catalog, residents, weeks, seed, end=end,
+                                          params=params)
+    start_hook = getattr(policy, "start", None)
+    if start_hook is not None:
+        start_hook(CityView(catalog, sim.residents.public_table(catalog), sim))
+    observe = getattr(policy, "observe", None)
+    by_type: dict[str, int] = {}
+
+    def emit(table: pa.Table) -> None:
+        for value, count in zip(*np.unique(table["type"].to_numpy(zero_copy_only=False),
+                                           return_counts=True), strict=True):
+            by_type[str(value)] = by_type.get(str(value), 0) + int(count)
+        if sink is not None:
+            sink(table)
+        if observe is not None:
+            observe(table)
+
+    history = sim.history()
+    emit(to_arrow(history, sim.vocab, first_seq=0))
+    seq = len(history)
+    shows = not isinstance(policy, NoRecommendations)
+    recommender = _adapter(sim, policy) if shows else None
+    tag = None
+    if shows:
+        tag = (f"{getattr(policy, 'model_version', 'sim')}."
+               f"{getattr(policy, 'variant', policy.name)}.")
+    run = PolicyRun(policy.name, seed, {}, [], start=sim.start,
+                    end=sim.start.fromordinal(sim.start.toordinal() + 7 * weeks),
+                    run_tag=sim.run_tag)
+    for week in range(weeks):
+        result = sim.step(recommender, k=k, rec_tag=tag)
+        emit(to_arrow(result.events, sim.vocab, first_seq=seq))
+        seq += len(result.events)
+        run.exposed += result.exposed
+        run.shown += result.shown
+        run.accepted += result.subscribed_from_recs
+        alive = sim.erased_at == np.iinfo(np.int64).max
+        run.weekly_active.append(float((sim.active_days[alive, week] > 0).mean()))
+        if on_week is not None:
+            on_week(week, len(result.events))
+    run.shares = cadence_shares(sim)
+    run.events = seq
+    run.events_by_type = dict(sorted(by_type.items()))
+    run.seconds = time.perf_counter() - started
+    return run, sim
+
+
+# --- comparison over seeds ------------------------------------------------------------
+
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+         9: 2.262, 10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}
+
+
+def t_quantile_975(dof: int) -> float:
+    """Two-sided 95% Student t quantile (table; 1.96 beyond 30 degrees of freedom)."""
+    if dof <= 0:
+        return math.nan
+    for limit in sorted(_T975):
+        if dof <= limit:
+            return _T975[limit]
+    return 1.96
+
+
+@dataclass(frozen=True)
+class Estimate:
+    mean: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Estimate:
+        x = np.asarray(values, float)
+        mean = float(x.mean())
+        if len(x) < 2:
+            return cls(mean, math.nan, math.nan)
+        half = t_quantile_975(len(x) - 1) * float(x.std(ddof=1)) / math.sqrt(len(x))
+        return cls(mean, mean - half, mean + half)
+
+
+@dataclass
+class Comparison:
+    """Cadence shares per policy: estimates over seeds, plus every run."""
+
+    policies: list[str]
+    seeds: list[int]
+    residents: int
+    weeks: int
+    runs: list[PolicyRun]
+
+    def shares(self, policy: str) -> dict[str, Estimate]:
+        runs = [r for r in self.runs if r.policy == policy]
+        out = {c: Estimate.of([r.shares[c] for r in runs]) for c in CADENCES}
+        out["weekly_or_better"] = Estimate.of([r.shares["daily"] + r.shares["weekly"]
+                                               for r in runs])
+        return out
+
+    def uplift(self, policy: str, baseline: str, cadence: str = "weekly_or_better"
+               ) -> Estimate:
+        """Paired difference (same seed) in a cadence share between two policies."""
+        def share(r: PolicyRun) -> float:
+            if cadence == "weekly_or_better":
+                return r.shares["daily"] + r.shares["weekly"]
+            return r.shares[cadence]
+
+        base = {r.seed: share(r) for r in self.runs if r.policy == baseline}
+        diffs = [share(r) - base[r.seed] for r in self.runs
+                 if r.policy == policy and r.seed in base]
+        return Estimate.of(diffs)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "residents": self.residents, "weeks": self.weeks, "seeds": self.seeds,
+            "policies": {p: {c: vars(e) for c, e in self.shares(p).items()}
+                         for p in self.policies},
+            "runs": [{"policy": r.policy, "seed": r.seed, "shares": r.shares,
+                      "shown": r.shown, "accepted": r.accepted, "events": r.events,
+                      "seconds": round(r.seconds, 2)} for r in self.runs],
+        }
+
+
+def compare(policies: Iterable[str], catalog: Catalog, *, residents: int, weeks: int,
+            seeds: Sequence[int], k: int = 3, end: date | None = None,
+            params: BehaviourParams | None = None,
+            on_run: Callable[[PolicyRun], None] | None = None) -> Comparison:
+    """Run every named policy on every seed (see :data:`POLICY_FACTORIES`)."""
+    names = list(policies)
+    for name in names:
+        make_policy(name)  # fail fast on a typo
+    runs = []
+    for seed in seeds:
+        for name in names:
+            run, _ = run_policy(make_policy(name, seed), catalog, residents=residents,
+                                weeks=weeks, seed=seed, k=k, end=end, params=params)
+            runs.append(run)
+            if on_run is not None:
+                on_run(run)
+    return Comparison(names, list(seeds), residents, weeks, runs)

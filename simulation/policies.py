@@ -1,0 +1,288 @@
+"""Recommendation policies the closed loop can run against.
+
+A policy is anything with ``name`` and ``recommend(resident_ids, k) -> list[list[str]]``
+(one list of bundle ids per resident, best first, at most ``k``). Optional hooks, called
+by :func:`bouquet.simulation.closed_loop.run_policy` when present:
+
+* ``start(city)`` once before the first week, with a :class:`CityView` (the catalog and
+  the residents' *public* attributes; ``city.hidden`` is the simulator itself, which only
+  test oracles may read);
+* ``observe(events)`` after the history and after every week, with that period's events
+  as an Arrow table in the event-log layout — the same data a deployed Bouquet sees, so a
+  policy can learn from it (popularity counts) or forward it (to Kafka, for a live
+  serving stack);
+* ``model_version`` and ``variant`` label the ``recommendation_id`` echoed in the events
+  (``<model_version>.<variant>.<token>``); ``last_recommendation_ids`` (one id or None
+  per resident of the last call) overrides them with ids the policy got from elsewhere,
+  e.g. from the serving API's answers.
+
+Implementations: :class:`NoRecommendations`, :class:`PopularPolicy`,
+:class:`RandomPolicy`, :class:`OraclePolicy` (reads hidden tastes: an upper reference for
+tests, never a product), and two adapters for trained models — :class:`ScoringPolicy`
+wraps an in-process scoring function, :class:`HttpPolicy` asks a running serving API.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from bouquet.core.catalog import Catalog
+
+if TYPE_CHECKING:
+    from bouquet.simulation.behaviour import Simulation
+
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """The one method the closed loop needs (see the module docstring for the hooks)."""
+
+    name: str
+
+    def recommend(self, resident_ids: Sequence[str], k: int) -> list[list[str]]: ...
+
+
+@dataclass(frozen=True)
+class CityView:
+    """What a policy may know at the start: the catalog and the public resident table
+    (``resident_id``, ``neighbourhood``, ``age_band``, ``household``, ``student``,
+    ``low_income``, ``consent``). ``hidden`` is for test oracles only."""
+
+    catalog: Catalog
+    residents: pa.Table
+    hidden: Simulation
+
+
+class BasePolicy:
+    """Defaults for the optional hooks; subclasses implement :meth:`recommend`."""
+
+    name = "base"
+    model_version = "sim"
+    variant = "base"
+
+    def start(self, city: CityView) -> None:  # noqa: B027 — optional hook
+        """Called once before the first week."""
+
+    def observe(self, events: pa.Table) -> None:  # noqa: B027 — optional hook
+        """Called with each period's events."""
+
+    def recommend(self, resident_ids: Sequence[str], k: int) -> list[list[str]]:
+        raise NotImplementedError
+
+
+class NoRecommendations(BasePolicy):
+    """Nothing is shown: residents only discover offers by themselves (the baseline)."""
+
+    name = variant = "none"
+
+    def recommend(self, resident_ids: Sequence[str], k: int) -> list[list[str]]:
+        return [[] for _ in resident_ids]
+
+
+class _EventTracking(BasePolicy):
+    """Keeps, from observed events only, what a deployed system would know: each
+    resident's held bundles and declared profile (so it never proposes a bundle the
+    resident holds or may not have)."""
+
+    def start(self, city: CityView) -> None:
+        from bouquet.simulation.residents import ProfileClasses
+
+        self.catalog = city.catalog
+        ids = city.residents["resident_id"].to_numpy(zero_copy_only=False)
+        self._row = {rid: i for i, rid in enumerate(ids)}
+        self._ids = pa.array(ids, pa.string())
+        self._bundle_index = {b: i for i, b in enumerate(city.catalog.bundle_ids)}
+        self.holdings = np.zeros((len(ids), len(city.catalog.bundles)), bool)
+        self.subscriptions = np.zeros(len(city.catalog.bundles), np.int64)
+        self._classes = ProfileClasses.build(city.catalog)
+        self._profile_class = np.full(len(ids), -1, np.int64)
+        self._allowed_unknown = np.array([not b.eligibility.model_dump(exclude_none=True)
+                                          and "*" in b.zones for b in city.catalog.bundles])
+
+    def _rows(self, column: pa.ChunkedArray) -> np.ndarray:
+        return pc.index_in(column, value_set=self._ids).to_numpy(zero_copy_only=False)
+
+    def observe(self, events: pa.Table) -> None:
+        bundles = events.filter(pc.and_(pc.is_valid(events["bundle_id"]),
+                                        pc.is_in(events["type"],
+                                                 pa.array(["subscribe", "unsubscribe"]))))
+        if bundles.num_rows:
+            rows = self._rows(bundles["resident_id"])
+            cols = np.array([self._bundle_index[b] for b in bundles["bundle_id"].to_pylist()])
+            subscribe = (bundles["type"].to_numpy(zero_copy_only=False) == "subscribe")
+            order = np.argsort(bundles["ts"].cast(pa.int64()).to_numpy(), kind="stable")
+            self.holdings[rows[order], cols[order]] = subscribe[order]
+            np.add.at(self.subscriptions, cols[subscribe], 1)
+        profiles = events.filter(pc.equal(events["type"], "profile"))
+        if profiles.num_rows:
+            import json
+
+            from bouquet.core.catalog import AGE_BANDS, HOUSEHOLDS
+            from bouquet.simulation.residents import ProfileClasses
+
+            rows = self._rows(profiles["resident_id"])
+            nbs = self.catalog.neighbourhood_ids
+            for row, text in zip(rows, profiles["context"].to_pylist(), strict=True):
+                ctx = json.loads(text or "{}")
+                try:
+                    self._profile_class[row] = int(ProfileClasses.index(
+                        np.array([nbs.index(ctx["neighbourhood"])]),
+                        np.array([AGE_BANDS.index(ctx["age_band"])]),
+                        np.array([HOUSEHOLDS.index(ctx["household"])]),
+                        np.array([bool(ctx["student"])]), np.array([bool(ctx["low_income"])]))[0])
+                except (KeyError, ValueError):
+                    self._profile_class[row] = -1
+
+    def allowed(self, rows: np.ndarray) -> np.ndarray:
+        """(rows, B) bool: offered in the resident's zone, eligible, not held. A resident
+        without a complete profile may only get bundles open to everyone everywhere."""
+        cls = self._profile_class[rows]
+        ok = np.where(cls[:, None] >= 0, self._classes.bundle_ok[np.maximum(cls, 0)],
+                      self._allowed_unknown[None, :])
+        return ok & ~self.holdings[rows]
+
+    def _top_k(self, resident_ids: Sequence[str], k: int, scores: np.ndarray) -> list[list[str]]:
+        rows = np.array([self._row.get(r, -1) for r in resident_ids])
+        known = rows >= 0
+        out: list[list[str]] = [[] for _ in resident_ids]
+        if not known.any():
+            return out
+        allowed = self.allowed(rows[known])
+        s = np.where(allowed, scores[known] if scores.ndim == 2 else scores[None, :], -np.inf)
+        order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        valid = np.take_along_axis(np.isfinite(s), order, 1)
+        ids = self.catalog.bundle_ids
+        for slot, (o, v) in zip(np.nonzero(known)[0], zip(order, valid, strict=True),
+                                strict=True):
+            out[slot] = [ids[j] for j in o[v]]
+        return out
+
+
+class PopularPolicy(_EventTracking):
+    """The bundles most subscribed to so far (history included), among those the
+    resident may have and does not hold."""
+
+    name = variant = "popular"
+
+    def recommend(self, resident_ids: Sequence[str], k: int) -> list[list[str]]:
+        popularity = self.subscriptions.astype(float)
+        return self._top_k(resident_ids, k, popularity + 1e-6 * -np.arange(len(popularity)))
+
+
+class RandomPolicy(_EventTracking):
+    """Uniformly random allowed bundles (a sanity floor)."""
+
+    name = variant = "random"
+
+    def __init__(self, seed: int = 0) -> None:
+        self._rng = np.random.default_rng(seed)
+
+    def recommend(self, resident_ids: Sequence[str], k: int) -> list[list[str]]:
+        return self._top_k(resident_ids, k,
+                           self._rng.random((len(resident_ids), len(self.catalog.bundles))))
+
+
+class OraclePolicy(_EventTracking):
+    """The bundles each resident truly likes best (reads the hidden tastes): an upper
+    reference that shows the loop rewards better targeting. Tests only."""
+
+    name = variant = "oracle"
+
+    def start(self, city: CityView) -> None:
+        super().start(city)
+        self._sim = city.hidden
+
+    def recommend(self, resident_ids: Sequence[str], k: int) -> list[list[str]]:
+        rows = np.array([self._row.get(r, 0) for r in resident_ids])
+        scores = self._sim.bundle_affinity(self._sim.affinity(rows))
+        return self._top_k(resident_ids, k, scores)
+
+
+class ScoringPolicy(BasePolicy):
+    """Adapter for a trained model scored in-process.
+
+    ``score(resident_ids, k) -> list[list[str]]`` is typically a closure over a loaded
+    model artifact and the serving filters; ``on_events`` (optional) receives each
+    period's events, e.g. to fold recent activity in or to retrain between weeks.
+    """
+
+    def __init__(self, score: Callable[[Sequence[str], int], list[list[str]]], *,
+                 name: str = "model", model_version: str = "model", variant: str | None = None,
+                 on_events: Callable[[pa.Table], None] | None = None) -> None:
+        self.name = name
+        self.model_version = model_version
+        self.variant = variant or name
+        self._score = score
+        self._on_events = on_events
+
+    def observe(self, events: pa.Table) -> None:
+        if self._on_events is not None:
+            self._on_events(events)
+
+    def recommend(self, resident_ids: Sequence[str], k: int) -> list[list[str]]:
+        return [list(r)[:k] for r in self._score(resident_ids, k)]
+
+
+class HttpPolicy(BasePolicy):
+    """Adapter for a running serving API: one GET per resident (threaded).
+
+    ``path`` is formatted with ``resident_id``; ``k`` is passed as the ``k_param`` query
+    parameter; ``parse(json) -> (bundle_ids, recommendation_id | None)`` reads the answer
+    (the default reads ``{"bundles": [{"bundle_id": …}], "recommendation_id": …}``).
+    ``forward`` receives each period's events, typically a Kafka sink, so the stack under
+    test ingests what residents did and its answers can react (the loop waits for
+    ``settle_s`` seconds after forwarding).
+    """
+
+    def __init__(self, base_url: str, *, api_key: str | None = None,
+                 path: str = "/v1/residents/{resident_id}/bundles", k_param: str = "k",
+                 parse: Callable[[Any], tuple[list[str], str | None]] | None = None,
+                 name: str = "model", forward: Callable[[pa.Table], None] | None = None,
+                 settle_s: float = 0.0, workers: int = 8, timeout_s: float = 5.0) -> None:
+        import httpx
+
+        self.name = self.variant = name
+        self.model_version = "http"
+        self._client = httpx.Client(base_url=base_url, timeout=timeout_s,
+                                    headers={"X-API-Key": api_key} if api_key else {})
+        self._path, self._k_param = path, k_param
+        self._parse = parse or self._default_parse
+        self._forward, self._settle_s, self._workers = forward, settle_s, workers
+        self.last_recommendation_ids: list[str | None] | None = None
+
+    @staticmethod
+    def _default_parse(body: Any) -> tuple[list[str], str | None]:
+        return ([b["bundle_id"] for b in body.get("bundles", [])],
+                body.get("recommendation_id"))
+
+    def observe(self, events: pa.Table) -> None:
+        if self._forward is not None:
+            self._forward(events)
+            if self._settle_s:
+                import time
+
+                time.sleep(self._settle_s)
+
+    def _one(self, resident_id: str, k: int) -> tuple[list[str], str | None]:
+        response = self._client.get(self._path.format(resident_id=resident_id),
+                                    params={self._k_param: k})
+        response.raise_for_status()
+        return self._parse(response.json())
+
+    def recommend(self, resident_ids: Sequence[str], k: int) -> list[list[str]]:
+        with ThreadPoolExecutor(self._workers) as pool:
+            answers = list(pool.map(lambda r: self._one(r, k), resident_ids))
+        self.last_recommendation_ids = [rec_id for _, rec_id in answers]
+        return [bundles[:k] for bundles, _ in answers]
+
+    def close(self) -> None:
+        self._client.close()

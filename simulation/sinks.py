@@ -1,0 +1,134 @@
+"""Where simulated and replayed events go: the event log directly, or Kafka.
+
+* :class:`EventLogSink` appends Arrow tables with :meth:`EventLog.append` (durable when
+  it returns) — the path for large batch runs: no JSON, no per-event Python objects.
+* :class:`KafkaSink` sends each event as contract JSON through
+  :class:`~bouquet.streaming.producer.EventProducer` (keyed by resident, ``acks=all``,
+  idempotent), optionally paced to ``rate`` events per second or to the events' own
+  timestamps compressed ``speedup`` times; it checks every acknowledgement, so a run that
+  returns normally lost nothing.
+* :class:`MemorySink` keeps the tables (tests, calibration).
+
+All sinks are callables taking a table, plus ``close()``; ``events`` counts what they took.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from bouquet.core.eventlog import EventLog
+from bouquet.core.settings import Settings
+from bouquet.simulation.columns import table_to_payloads
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int], None]
+
+
+class MemorySink:
+    def __init__(self) -> None:
+        self.tables: list[pa.Table] = []
+        self.events = 0
+
+    def __call__(self, table: pa.Table) -> None:
+        self.tables.append(table)
+        self.events += table.num_rows
+
+    def table(self) -> pa.Table:
+        return pa.concat_tables(self.tables) if self.tables else pa.table({})
+
+    def close(self) -> None:
+        pass
+
+
+class EventLogSink:
+    """Appends to the event log at ``root``, in chunks of at most ``chunk_rows`` rows."""
+
+    def __init__(self, root: Path, *, chunk_rows: int = 4_000_000,
+                 progress: Progress | None = None) -> None:
+        self.log = EventLog(Path(root), writer_id="sim")
+        self.chunk_rows = chunk_rows
+        self.progress = progress
+        self.events = 0
+        self.files = 0
+
+    def __call__(self, table: pa.Table) -> None:
+        for offset in range(0, table.num_rows, self.chunk_rows):
+            chunk = table.slice(offset, self.chunk_rows)
+            self.files += len(self.log.append(chunk))
+            self.events += chunk.num_rows
+            if self.progress is not None:
+                self.progress(chunk.num_rows)
+
+    def close(self) -> None:
+        pass
+
+
+class KafkaSink:
+    """Sends events to the interactions topic, paced and acknowledged.
+
+    ``rate`` caps events per second; ``offsets`` (seconds after the first event, one per
+    row, e.g. from :func:`bouquet.simulation.replay.pacing_offsets`) replays at the
+    events' own rhythm instead. Acknowledgements are checked every ``check_every`` events
+    and at :meth:`close`; a failure raises :class:`~bouquet.streaming.producer.ProduceFailed`.
+    """
+
+    def __init__(self, settings: Settings, *, rate: float | None = None,
+                 progress: Progress | None = None, check_every: int = 20_000,
+                 producer: Any | None = None) -> None:
+        from bouquet.streaming.producer import EventProducer
+
+        self.producer = producer or EventProducer(settings, throughput=True)
+        self.rate = rate if rate and rate > 0 else None
+        self.progress = progress
+        self.check_every = check_every
+        self.events = 0
+        self._pending: list[Any] = []
+        self._t0: float | None = None
+
+    def __call__(self, table: pa.Table, offsets: np.ndarray | None = None) -> None:
+        if self._t0 is None:
+            self._t0 = time.monotonic()
+        reported = 0
+        for i, payload in enumerate(table_to_payloads(table)):
+            due = (offsets[i] if offsets is not None
+                   else (self.events / self.rate if self.rate else None))
+            if due is not None:
+                wait = self._t0 + due - time.monotonic()
+                if wait > 0.002:
+                    time.sleep(wait)
+            self._pending.append(self.producer.send(payload))
+            self.events += 1
+            if len(self._pending) >= self.check_every:
+                self._check()
+            if self.progress is not None and (i + 1) % 1000 == 0:
+                self.progress(i + 1 - reported)
+                reported = i + 1
+        if self.progress is not None:
+            self.progress(table.num_rows - reported)
+
+    def _check(self) -> None:
+        from kafka.errors import KafkaError
+
+        from bouquet.streaming.producer import ProduceFailed
+
+        self.producer.flush()
+        try:
+            for future in self._pending:
+                future.get(timeout=30)
+        except KafkaError as exc:
+            raise ProduceFailed(f"broker did not acknowledge an event: {exc}") from exc
+        self._pending.clear()
+
+    def close(self) -> None:
+        try:
+            self._check()
+        finally:
+            self.producer.close()
