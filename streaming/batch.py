@@ -70,6 +70,8 @@ class Batch:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     #: (topic, partition) → next offset to commit (last offset in the batch + 1)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: (topic, partition) → first offset in the batch (where to rewind if it is dropped)
+    first_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     #: produce timestamps (ms) of the valid events, for the produce→visible delay
     produced_ms: list[int] = field(default_factory=list)
     event_ids: set[str] = field(default_factory=set)
@@ -110,6 +112,8 @@ class BatchBuilder:
         batch.records += 1
         key = (record.topic, record.partition)
         batch.offsets[key] = record.offset + 1
+        if key not in batch.first_offsets:
+            batch.first_offsets[key] = record.offset
         value = record.value
         try:
             if not value:

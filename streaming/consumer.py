@@ -139,7 +139,10 @@ def state_config(settings: Settings) -> StateConfig:
 
 
 class _Listener(ConsumerRebalanceListener):
-    """Flush and commit what we hold before partitions move to another member."""
+    """Hand partitions over cleanly. kafka-python 3 runs listeners on its IO thread, where
+    blocking calls (commit) are refused; so nothing is written or committed here: the
+    unwritten batch is dropped and its records are read again (by us or by the new
+    owner) from the last commit."""
 
     def __init__(self, owner: IngestConsumer) -> None:
         self.owner = owner
@@ -148,9 +151,7 @@ class _Listener(ConsumerRebalanceListener):
         self.owner._on_revoked(revoked)
 
     def on_partitions_assigned(self, assigned: Any) -> None:
-        self.owner._positions.clear()
-        log.info("%s assigned %s", self.owner.options.client_id,
-                 sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
+        self.owner._on_assigned(assigned)
 
 
 class IngestConsumer:
@@ -169,13 +170,14 @@ class IngestConsumer:
         self.stats = IngestStats()
         self._stop = threading.Event()
         self._batch = Batch()
-        self._fatal: BaseException | None = None
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
         self._redis: redis.Redis | None = None
         self._state: StateWriter | None = None
         #: (topic, partition) → next offset we will see (tracked from polled records)
         self._positions: dict[tuple[str, int], int] = {}
+        #: (topic, partition) → offset to seek back to if the partition is re-assigned
+        self._rewind: dict[tuple[str, int], int] = {}
 
     # --- lifecycle ----------------------------------------------------------------------
     def stop(self) -> None:
@@ -237,8 +239,6 @@ class IngestConsumer:
         try:
             while not self._stop.is_set():
                 self._poll_once()
-                if self._fatal is not None:
-                    raise self._fatal
                 now = time.monotonic()
                 if self._batch.records:
                     last_record = now
@@ -361,17 +361,33 @@ class IngestConsumer:
                                                                       or 0)
 
     def _on_revoked(self, revoked: Any) -> None:
+        """Drop the batch that is not written yet (runs inside ``poll``, on kafka-python's
+        IO thread, while the loop waits). Its records are uncommitted, so whoever owns
+        each partition next reads them again; for partitions that come back to us,
+        :meth:`_on_assigned` rewinds to them, because kafka-python keeps the position of
+        a partition that stays assigned."""
+        self._positions.clear()
         if not revoked:
             return
         self.stats.rebalances += 1
         metrics.REBALANCES.inc()
-        log.info("%s: partitions revoked (%d); flushing %d records before handing them over",
-                 self.options.client_id, len(revoked), self._batch.records)
-        try:
-            if self._batch.records:
-                self._flush()
-        except BaseException as exc:  # kafka-python swallows listener errors: keep it
-            self._fatal = exc
+        batch = self._batch
+        if batch.records:
+            self._rewind = dict(batch.first_offsets)
+            self._batch = Batch()
+        log.info("%s: %d partitions revoked; %d unwritten records dropped, to be read again "
+                 "from the last commit", self.options.client_id, len(revoked), batch.records)
+
+    def _on_assigned(self, assigned: Any) -> None:
+        assert self._consumer is not None
+        self._positions.clear()
+        for tp in assigned:
+            offset = self._rewind.get((tp.topic, tp.partition))
+            if offset is not None:
+                self._consumer.seek(tp, offset)
+        self._rewind = {}
+        log.info("%s assigned %s", self.options.client_id,
+                 sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
 
     # --- writing a batch ----------------------------------------------------------------
     def _flush(self) -> None:

@@ -168,7 +168,7 @@ class ReferenceState:
             if members:
                 out[key] = set(members)
         if index:
-            out[k.active_index()] = index
+            out[k.active_index()] = {key[len(k.prefix):] for key in index}
         for table in (self.contacts, self.funnel):
             for key, counts in table.items():
                 out[key] = {f: str(n) for f, n in counts.items()}
@@ -180,33 +180,42 @@ class ReferenceState:
 def dump_state(client: redis.Redis, prefix: str) -> dict[str, Any]:
     """Every key under ``prefix`` except de-duplication markers, normalised for comparison
     (prefix stripped; timestamps rounded to ms; recent items decoded)."""
+    names = [k.decode() for k in client.scan_iter(match=f"{prefix}*", count=10_000)]
+    names = [k for k in names if not k[len(prefix):].startswith(MARKERS)]
+    pipe = client.pipeline(transaction=False)
+    for key in names:
+        pipe.type(key)
+    kinds = [t.decode() for t in pipe.execute()]
+    readers = {"list": lambda k: pipe.lrange(k, 0, -1), "hash": pipe.hgetall,
+               "set": pipe.smembers, "zset": lambda k: pipe.zrange(k, 0, -1, withscores=True),
+               "string": pipe.get}
+    for key, kind in zip(names, kinds, strict=True):
+        readers[kind](key)
     out: dict[str, Any] = {}
-    for raw in client.scan_iter(match=f"{prefix}*", count=5000):
-        key = raw.decode()
+    for key, kind, raw in zip(names, kinds, pipe.execute(), strict=True):
         name = key[len(prefix):]
-        if name.startswith(MARKERS):
-            continue
-        kind = client.type(key).decode()
         if kind == "list":
-            value: Any = [json.loads(v) for v in client.lrange(key, 0, -1)]
+            value: Any = [json.loads(v) for v in raw]
             for item in value:
                 item["ts"] = _round(item["ts"])
         elif kind == "hash":
-            value = {f.decode(): v.decode() for f, v in client.hgetall(key).items()}
+            value = {f.decode(): v.decode() for f, v in raw.items()}
             if name.endswith(":holdings_ts") or name.endswith(":profile"):
                 value = {f: _round(v) if (f.endswith("_ts") or name.endswith("_ts")) else v
                          for f, v in value.items()}
         elif kind == "set":
-            value = {m.decode() for m in client.smembers(key)}
+            value = {m.decode() for m in raw}
+            if name == "eng:active:index":  # members are key names: compare without prefix
+                value = {m[len(prefix):] for m in value}
         elif kind == "zset":
-            value = {m.decode(): _round(s) for m, s in client.zrange(key, 0, -1, withscores=True)}
+            value = {m.decode(): _round(sc) for m, sc in raw}
         else:
-            value = client.get(key)
+            value = raw
         out[name] = value
     return out
 
 
-def ingest_env(settings: Settings) -> dict[str, str]:
+def ingest_env(settings: Settings, session_timeout_ms: int = 6000) -> dict[str, str]:
     """Environment for a ``bouquet ingest`` subprocess using ``settings``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BOUQUET_")}
     env.update({
@@ -220,8 +229,8 @@ def ingest_env(settings: Settings) -> dict[str, str]:
         "BOUQUET_CONSUMER_GROUP": settings.consumer_group,
         "BOUQUET_REDIS_KEY_PREFIX": settings.redis_key_prefix,
         "BOUQUET_EVENT_LOG_DIR": str(settings.event_log_path),
-        "BOUQUET_INGEST_SESSION_TIMEOUT_MS": "6000",
-        "BOUQUET_INGEST_HEARTBEAT_INTERVAL_MS": "1000",
+        "BOUQUET_INGEST_SESSION_TIMEOUT_MS": str(session_timeout_ms),
+        "BOUQUET_INGEST_HEARTBEAT_INTERVAL_MS": str(max(100, session_timeout_ms // 6)),
     })
     if settings.catalog_path is not None:
         env["BOUQUET_CATALOG_PATH"] = str(settings.catalog_path)
@@ -229,13 +238,14 @@ def ingest_env(settings: Settings) -> dict[str, str]:
 
 
 def start_ingest(settings: Settings, log_path: Path, *args: str,
-                 batch_max_events: int = 5000) -> subprocess.Popen[bytes]:
+                 batch_max_events: int = 5000,
+                 session_timeout_ms: int = 6000) -> subprocess.Popen[bytes]:
     """``bouquet ingest`` as a subprocess, its output in ``log_path``."""
     handle = open(log_path, "ab")  # noqa: SIM115 - closed when the process is reaped
     return subprocess.Popen(
         [sys.executable, "-m", "bouquet", "ingest", "--log-every", "1",
          "--batch-max-events", str(batch_max_events), *args],
-        env=ingest_env(settings), stdout=handle, stderr=subprocess.STDOUT)
+        env=ingest_env(settings, session_timeout_ms), stdout=handle, stderr=subprocess.STDOUT)
 
 
 def wait_for_text(path: Path, text: str, timeout_s: float = 60, count: int = 1) -> bool:
