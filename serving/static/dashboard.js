@@ -1,0 +1,411 @@
+/* Bouquet engagement dashboard: fetches the operator API with the operator key and
+ * draws it. Numbers are formatted by fmt() only, so what the page shows can be checked
+ * against the API; every cell keeps the raw value in data-value.
+ */
+(function () {
+  "use strict";
+  const C = window.BouquetCharts;
+  const KEY = "bouquet.operatorKey";
+  const CADENCES = ["daily", "weekly", "monthly", "yearly", "dormant"];
+  const CADENCE_COLORS = ["#1b5e20", "#43a047", "#a5d6a7", "#ffcc80", "#bdbdbd"];
+  const STAGES = ["shown", "opened", "subscribed", "used"];
+  const STAGE_COLORS = ["#90caf9", "#42a5f5", "#1e88e5", "#0d47a1"];
+  const $ = (id) => document.getElementById(id);
+  let summary = null;
+
+  /* --- the key: from #key= or ?key= once, then sessionStorage ------------------------- */
+  function takeKeyFromUrl() {
+    const url = new URL(window.location.href);
+    const fromHash = new URLSearchParams(url.hash.replace(/^#/, "")).get("key");
+    const fromQuery = url.searchParams.get("key");
+    const found = fromHash || fromQuery;
+    if (found) {
+      sessionStorage.setItem(KEY, found);
+      url.searchParams.delete("key");
+      url.hash = "";
+      window.history.replaceState(null, "", url.pathname + url.search);
+    }
+  }
+
+  function key() { return sessionStorage.getItem(KEY); }
+
+  class AuthError extends Error {}
+
+  async function api(path, asText) {
+    const response = await fetch(path, { headers: { "X-API-Key": key() || "" } });
+    if (response.status === 401 || response.status === 403) {
+      throw new AuthError((await response.json()).detail || "not allowed");
+    }
+    if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
+    return asText ? response.text() : response.json();
+  }
+
+  /* --- formatting ------------------------------------------------------------------- */
+  function fmt(value, kind) {
+    if (value === null || value === undefined) return "◌";
+    switch (kind) {
+      case "count": return Math.round(value).toLocaleString("en-US");
+      case "share": return (100 * value).toFixed(1) + "%";
+      case "mean": return Number(value).toFixed(2);
+      case "ci": return (100 * value).toFixed(1) + " pt";
+      case "flag": return value ? "yes" : "no";
+      default: return String(value);
+    }
+  }
+
+  function cell(tr, value, kind, col, tag) {
+    const td = document.createElement(tag || "td");
+    td.textContent = fmt(value, kind);
+    if (col) td.dataset.col = col;
+    if (value === null || value === undefined) {
+      td.classList.add("suppressed");
+      td.title = `hidden: fewer than ${summary ? summary.small_cell_k : "k"} residents, ` +
+        "or would let a hidden cell be recomputed";
+    } else {
+      td.dataset.value = String(value);
+    }
+    if (kind !== "text") td.classList.add("num");
+    tr.appendChild(td);
+    return td;
+  }
+
+  function table(node, columns, rows, rowKey) {
+    node.textContent = "";
+    const head = node.createTHead().insertRow();
+    columns.forEach(([, label]) => {
+      const th = document.createElement("th");
+      th.textContent = label;
+      head.appendChild(th);
+    });
+    const body = node.createTBody();
+    rows.forEach((row) => {
+      const tr = body.insertRow();
+      if (rowKey) tr.dataset.key = rowKey(row);
+      columns.forEach(([col, , kind]) => cell(tr, row[col], kind || "text", col));
+    });
+    if (!rows.length) {
+      const tr = body.insertRow();
+      const td = tr.insertCell();
+      td.colSpan = columns.length;
+      td.textContent = "no data yet";
+      td.className = "empty";
+    }
+  }
+
+  function legend(node, names, colors) {
+    node.textContent = "";
+    names.forEach((name, i) => {
+      const span = document.createElement("span");
+      const sw = document.createElement("i");
+      sw.style.background = colors[i];
+      span.appendChild(sw);
+      span.appendChild(document.createTextNode(name));
+      node.appendChild(span);
+    });
+  }
+
+  function status(text, isError) {
+    const s = $("status");
+    s.textContent = text;
+    s.className = isError ? "error" : "";
+  }
+
+  /* --- sections --------------------------------------------------------------------- */
+  function card(container, id, label, value, kind, note) {
+    const div = document.createElement("div");
+    div.className = "card";
+    const v = document.createElement("div");
+    v.className = "value num";
+    v.id = `headline-${id}`;
+    v.textContent = fmt(value, kind);
+    if (value === null || value === undefined) v.classList.add("suppressed");
+    else v.dataset.value = String(value);
+    const l = document.createElement("div");
+    l.className = "label";
+    l.textContent = label;
+    div.append(v, l);
+    if (note) {
+      const n = document.createElement("div");
+      n.className = "note";
+      n.textContent = note;
+      div.appendChild(n);
+    }
+    container.appendChild(div);
+  }
+
+  function liveValue(live, period, dimension) {
+    if (!live || !live.active) return undefined;
+    const bucket = period === "day" ? live.active.day : live.active.week;
+    const row = live.active.rows.find((r) => r.period === period && r.bucket === bucket &&
+      r.dimension === dimension && r.value === "all");
+    return row ? row.active : 0;
+  }
+
+  function renderHeadline() {
+    const box = $("headline");
+    box.textContent = "";
+    const h = summary.headline;
+    if (!h) {
+      box.textContent = "No events in the log yet.";
+      return;
+    }
+    const before = h.share_weekly_plus_4_weeks_before;
+    let trend = "";
+    if (before !== null && before !== undefined && h.share_weekly_plus !== null) {
+      const d = 100 * (h.share_weekly_plus - before);
+      trend = `${d >= 0 ? "+" : ""}${d.toFixed(1)} pt in 4 weeks`;
+    }
+    card(box, "known", `known residents (${h.week})`, h.known, "count");
+    card(box, "share_weekly_plus", "at a weekly or daily cadence", h.share_weekly_plus,
+      "share", trend);
+    card(box, "share_dormant", "dormant (no contact in a year)", h.share_dormant, "share");
+    card(box, "dau_mau", "DAU / MAU", h.dau_mau, "share");
+    card(box, "wau_mau", "WAU / MAU", h.wau_mau, "share");
+    card(box, "mean_contacts_per_known", "contacts per resident this week",
+      h.mean_contacts_per_known, "mean");
+    const live = summary.live;
+    if (live && live.active) {
+      card(box, "live_today", `active today (${live.active.day}, live)`,
+        liveValue(live, "day", "all"), "count");
+      card(box, "live_week", `active this week (${live.active.week}, live)`,
+        liveValue(live, "week", "all"), "count");
+    }
+  }
+
+  function scope() {
+    const by = $("by").value;
+    const value = $("value").value;
+    return value ? { by, value, label: `${by} = ${value}` } : { by: "all", value: "",
+      label: "whole city" };
+  }
+
+  function query(params) {
+    const q = new URLSearchParams();
+    Object.entries(params).forEach(([k, v]) => { if (v) q.set(k, v); });
+    const s = q.toString();
+    return s ? `?${s}` : "";
+  }
+
+  async function renderCharts() {
+    const s = scope();
+    const weeks = $("weeks").value;
+    const common = { by: s.by, value: s.value, weeks };
+    const [cadence, stick, contacts] = await Promise.all([
+      api(`/v1/operator/engagement/cadence${query(common)}`),
+      api(`/v1/operator/engagement/stickiness${query(common)}`),
+      api(`/v1/operator/engagement/contacts${query(common)}`),
+    ]);
+    $("cadence-scope").textContent = `(${s.label})`;
+    legend($("cadence-legend"), CADENCES, CADENCE_COLORS);
+    C.stackedBars($("cadence-chart"), cadence.rows, {
+      keys: CADENCES, prefix: "share_", colors: CADENCE_COLORS, labelKey: "week",
+    });
+    legend($("stickiness-legend"), ["DAU/MAU", "WAU/MAU"], ["#6a1b9a", "#00897b"]);
+    C.lines($("stickiness-chart"), stick.rows, {
+      series: ["dau_mau", "wau_mau"], colors: ["#6a1b9a", "#00897b"], labelKey: "week",
+      max: 1, format: (v) => `${(100 * v).toFixed(0)}%`,
+    });
+    legend($("contacts-legend"), ["mean per known", "median per active", "p90 per active"],
+      ["#ef6c00", "#3949ab", "#8e24aa"]);
+    C.lines($("contacts-chart"), contacts.rows, {
+      series: ["mean_per_known", "p50", "p90"], colors: ["#ef6c00", "#3949ab", "#8e24aa"],
+      labelKey: "week", format: (v, axis) => (axis ? v.toFixed(1) : Number(v).toFixed(2)),
+    });
+  }
+
+  async function renderBreakdown() {
+    const by = $("by").value;
+    $("breakdown-dimension").textContent = by;
+    const [cadence, stick] = await Promise.all([
+      api(`/v1/operator/engagement/cadence?by=${by}&weeks=1`),
+      api(`/v1/operator/engagement/stickiness?by=${by}&weeks=1`),
+    ]);
+    const byValue = {};
+    stick.rows.forEach((r) => { byValue[r.value] = r; });
+    const rows = cadence.rows.map((r) => ({
+      ...r, dau_mau: (byValue[r.value] || {}).dau_mau, wau_mau: (byValue[r.value] || {}).wau_mau,
+    }));
+    table($("breakdown"), [
+      ["value", by], ["week", "week"], ["known", "known", "count"],
+      ...CADENCES.map((c) => [`share_${c}`, c, "share"]),
+      ["share_weekly_plus", "weekly or better", "share"],
+      ["dau_mau", "DAU/MAU", "share"], ["wau_mau", "WAU/MAU", "share"],
+    ], rows, (r) => r.value);
+  }
+
+  async function renderFunnel() {
+    const weeks = $("weeks").value;
+    const [arms, uplift] = await Promise.all([
+      api(`/v1/operator/funnel${query({ weeks })}`),
+      api(`/v1/operator/funnel/uplift${query({ weeks })}`),
+    ]);
+    C.funnel($("funnel-chart"), arms.rows.map((a) => ({
+      arm: a.arm,
+      values: [a.residents_shown, a.opened_residents, a.subscribed_residents, a.used_residents],
+      labels: [fmt(a.residents_shown, "count"),
+        `${fmt(a.opened_residents, "count")} · ${fmt(a.opened_rate, "share")}`,
+        `${fmt(a.subscribed_residents, "count")} · ${fmt(a.subscribed_rate, "share")}`,
+        `${fmt(a.used_residents, "count")} · ${fmt(a.used_rate, "share")}`],
+    })), STAGES, STAGE_COLORS);
+    table($("funnel"), [
+      ["arm", "arm"], ["residents_shown", "shown", "count"],
+      ["opened_residents", "opened", "count"], ["opened_rate", "open rate", "share"],
+      ["subscribed_residents", "subscribed", "count"],
+      ["subscribed_rate", "subscribe rate", "share"],
+      ["used_residents", "used", "count"], ["used_rate", "use rate", "share"],
+      ["shown_events", "shown (events)", "count"],
+    ], arms.rows, (r) => r.arm);
+    $("uplift-baseline").textContent = uplift.baseline || "the baseline";
+    table($("uplift"), [
+      ["arm", "arm"], ["stage", "stage"], ["rate", "rate", "share"],
+      ["baseline_rate", "baseline rate", "share"], ["difference", "difference", "ci"],
+      ["ci_low", "95% low", "ci"], ["ci_high", "95% high", "ci"],
+      ["significant", "significant", "flag"],
+    ], uplift.rows, (r) => `${r.arm}/${r.stage}`);
+  }
+
+  function renderLive() {
+    const live = summary.live;
+    if (!live || !live.active) {
+      table($("live"), [["what", "live counters"]], [{ what: (live && live.error) ||
+        "unavailable" }]);
+      return;
+    }
+    const rows = live.active.rows.filter((r) => r.dimension === "all").map((r) => ({
+      what: `${r.period} ${r.bucket}`, active: r.active,
+    }));
+    live.rolling.rows.forEach((r) => rows.push({ what: `latest contact ${r.window}`,
+      active: r.active }));
+    table($("live"), [["what", "period"], ["active", "active residents", "count"]], rows,
+      (r) => r.what);
+  }
+
+  async function renderCohorts() {
+    const data = await api("/v1/operator/engagement/cohorts?months=12");
+    const cohorts = [...new Set(data.rows.map((r) => r.cohort))];
+    const maxM = Math.min(12, Math.max(0, ...data.rows.map((r) => r.months_since)) + 1);
+    const node = $("cohorts");
+    node.textContent = "";
+    const head = node.createTHead().insertRow();
+    ["cohort", "size", ...Array.from({ length: maxM }, (_, m) => `+${m}`)].forEach((t) => {
+      const th = document.createElement("th");
+      th.textContent = t;
+      head.appendChild(th);
+    });
+    const body = node.createTBody();
+    cohorts.forEach((cohort) => {
+      const rows = data.rows.filter((r) => r.cohort === cohort);
+      const tr = body.insertRow();
+      tr.dataset.key = cohort;
+      cell(tr, cohort, "text", "cohort");
+      cell(tr, rows[0].cohort_size, "count", "cohort_size");
+      for (let m = 0; m < maxM; m += 1) {
+        const r = rows.find((x) => x.months_since === m);
+        if (!r) { tr.insertCell(); continue; }
+        const td = cell(tr, r.retention, "share", `m${m}`);
+        if (r.retention !== null) td.style.setProperty("--heat", r.retention.toFixed(3));
+      }
+    });
+  }
+
+  function fillValues() {
+    const by = $("by").value;
+    const select = $("value");
+    const previous = select.value;
+    select.textContent = "";
+    const city = document.createElement("option");
+    city.value = "";
+    city.textContent = "whole city";
+    select.appendChild(city);
+    (summary.dimensions[by] || []).forEach((v) => {
+      const o = document.createElement("option");
+      o.value = v;
+      o.textContent = v;
+      select.appendChild(o);
+    });
+    if ([...select.options].some((o) => o.value === previous)) select.value = previous;
+  }
+
+  async function load() {
+    status("loading…");
+    try {
+      summary = await api("/v1/operator/engagement");
+      $("key-form").hidden = true;
+      $("main").hidden = false;
+      $("k").textContent = summary.small_cell_k;
+      $("window-days").textContent = summary.rules.window_days;
+      $("daily-days").textContent = summary.rules.daily_min_days;
+      $("weekly-weeks").textContent = summary.rules.weekly_min_weeks;
+      fillValues();
+      renderHeadline();
+      renderLive();
+      await Promise.all([renderCharts(), renderBreakdown(), renderFunnel(), renderCohorts()]);
+      const src = summary.source;
+      $("source").textContent = `Event log: ${fmt(src.events, "count")} events, ` +
+        `${fmt(src.contacts, "count")} contacts, ${src.first_day || "–"} to ` +
+        `${src.last_day || "–"}.`;
+      document.body.dataset.ready = "true";
+      status(`updated ${new Date().toLocaleTimeString()}`);
+    } catch (err) {
+      if (err instanceof AuthError) {
+        sessionStorage.removeItem(KEY);
+        askKey(err.message);
+      } else {
+        status(String(err.message || err), true);
+      }
+    }
+  }
+
+  function askKey(message) {
+    $("main").hidden = true;
+    $("key-form").hidden = false;
+    const e = $("key-error");
+    e.hidden = !message;
+    e.textContent = message || "";
+    status("");
+    $("key-input").focus();
+  }
+
+  async function downloadCsv(event, path, name) {
+    event.preventDefault();
+    const s = scope();
+    const text = await api(`${path}${query({ by: s.by, value: s.value, format: "csv" })}`,
+      true);
+    const a = document.createElement("a");
+    a.href = URL.createObjectURL(new Blob([text], { type: "text/csv" }));
+    a.download = name;
+    a.click();
+    URL.revokeObjectURL(a.href);
+  }
+
+  function start() {
+    takeKeyFromUrl();
+    $("key-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      sessionStorage.setItem(KEY, $("key-input").value.trim());
+      $("key-input").value = "";
+      load();
+    });
+    $("by").addEventListener("change", () => { fillValues(); load(); });
+    $("value").addEventListener("change", () => { document.body.dataset.ready = "false";
+      renderCharts().then(() => { document.body.dataset.ready = "true"; }); });
+    $("weeks").addEventListener("change", () => { document.body.dataset.ready = "false";
+      Promise.all([renderCharts(), renderFunnel()]).then(() => {
+        document.body.dataset.ready = "true";
+      }); });
+    $("refresh").addEventListener("click", load);
+    $("forget-key").addEventListener("click", () => {
+      sessionStorage.removeItem(KEY);
+      askKey("");
+    });
+    $("csv-cadence").addEventListener("click",
+      (e) => downloadCsv(e, "/v1/operator/engagement/cadence", "cadence.csv"));
+    $("csv-stickiness").addEventListener("click",
+      (e) => downloadCsv(e, "/v1/operator/engagement/stickiness", "stickiness.csv"));
+    $("csv-funnel").addEventListener("click",
+      (e) => downloadCsv(e, "/v1/operator/funnel", "funnel.csv"));
+    if (key()) load(); else askKey("");
+  }
+
+  document.addEventListener("DOMContentLoaded", start);
+})();
