@@ -58,7 +58,8 @@ def test_publish_writes_a_versioned_keyspace_and_switches_once(settings) -> None
         for kind in ("b", "s"):
             assert r.ttl(keys.recs(report.version, rid, kind)) == -1  # permanent once live
     assert r.ttl(keys.version_model(report.version)) == -1
-    assert unpack_list(r.get(keys.popular(report.version, "gare", "b"))).size == len(CATALOG.bundles)
+    popular = unpack_list(r.get(keys.popular(report.version, "gare", "b")))
+    assert popular.size == len(CATALOG.bundles)
     # The stored top list is the model's top list for that resident.
     stored = unpack_list(r.get(keys.recs(report.version, "r5", "b")))
     expected = np.argsort(-(model.bundle_matrix @ model.resident_factors[5]), kind="stable")
