@@ -25,6 +25,8 @@ simulate_app = typer.Typer(help="Simulated residents of the demo city: generate 
                            "the calibration, compare recommendation policies.",
                            no_args_is_help=True)
 console = Console()
+if not console.is_terminal:  # piped or captured: wide enough for the comparison table
+    console = Console(width=160)
 
 
 class Target(StrEnum):
@@ -155,7 +157,7 @@ def compare(
                              on_run=lambda r: status.update(
                                  f"done: {r.policy} seed {r.seed} ({r.seconds:.1f} s)"))
     columns = [*CADENCES, "weekly_or_better"]
-    table = Table("policy", *columns,
+    table = Table("policy", *[c if c != "weekly_or_better" else "weekly+" for c in columns],
                   title=f"cadence after {weeks} weeks — {residents:,} residents, "
                         f"{seeds} seed(s), mean [95% CI]")
     for name in names:
@@ -163,7 +165,9 @@ def compare(
         cells = []
         for c in columns:
             e = shares[c]
-            ci = "" if e.low != e.low else f" [{e.low:.1%}, {e.high:.1%}]"
+            # shares live in [0, 1]; the t interval is clipped there for display
+            ci = ("" if e.low != e.low
+                  else f" [{max(e.low, 0.0):.1%}, {min(e.high, 1.0):.1%}]")
             cells.append(f"{e.mean:.1%}{ci}")
         table.add_row(name, *cells)
     console.print(table)

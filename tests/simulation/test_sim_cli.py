@@ -1,0 +1,83 @@
+"""The CLI: ``bouquet simulate run | calibrate | compare`` and ``bouquet replay valleybike``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bouquet.core.eventlog import read_events
+
+
+@pytest.fixture
+def cli(tmp_path: Path, monkeypatch) -> Iterator[CliRunner]:
+    """A runner whose settings point at a private state directory."""
+    from bouquet.core import settings as settings_module
+
+    monkeypatch.setenv("BOUQUET_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.delenv("BOUQUET_EVENT_LOG_DIR", raising=False)
+    settings_module.get_settings.cache_clear()
+    try:
+        yield CliRunner()
+    finally:
+        settings_module.get_settings.cache_clear()
+
+
+def _invoke(runner: CliRunner, *args: str, code: int = 0):
+    from bouquet.cli import app
+
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == code, result.output
+    return result
+
+
+def test_simulate_run_writes_the_event_log(cli: CliRunner, tmp_path: Path) -> None:
+    out = tmp_path / "run.json"
+    result = _invoke(cli, "simulate", "run", "--residents", "400", "--weeks", "3", "--seed",
+                     "2", "--end", "2025-06-02", "--no-progress", "--json", str(out))
+    summary = json.loads(out.read_text())
+    assert "events" in result.output and summary["residents"] == 400
+    events = read_events(tmp_path / "state" / "eventlog")
+    assert len(events) == summary["events"] == sum(summary["events_by_type"].values())
+    assert events["ts"].max().date().isoformat() < "2025-06-02"
+    assert (tmp_path / "state" / "simulation" / "residents.parquet").exists()
+    assert abs(sum(summary["cadence"].values()) - 1) < 1e-9
+
+
+def test_simulate_compare_prints_shares_with_intervals(cli: CliRunner, tmp_path: Path) -> None:
+    out = tmp_path / "compare.json"
+    result = _invoke(cli, "simulate", "compare", "--policies", "none,popular", "--weeks", "4",
+                     "--seeds", "2", "--residents", "400", "--json", str(out))
+    assert "popular − none" in result.output and "weekly+" in result.output
+    payload = json.loads(out.read_text())
+    for policy in ("none", "popular"):
+        means = [payload["policies"][policy][c]["mean"]
+                 for c in ("daily", "weekly", "monthly", "yearly", "dormant")]
+        assert sum(means) == pytest.approx(1.0)
+    _invoke(cli, "simulate", "compare", "--policies", "none,nonsense", "--weeks", "4",
+            "--seeds", "1", "--residents", "100", code=1)
+
+
+def test_simulate_calibrate(cli: CliRunner, shared_data: Path) -> None:
+    result = _invoke(cli, "simulate", "calibrate", "--valleybike",
+                     str(shared_data / "valleybike" / "trips.tsv.gz"), "--residents", "15000")
+    assert result.output.count(" ok ") >= 5 and "OUT" not in result.output
+    _invoke(cli, "simulate", "calibrate", "--valleybike", "/nonexistent.tsv.gz", code=2)
+
+
+def test_replay_valleybike_into_the_event_log(cli: CliRunner, shared_data: Path,
+                                             tmp_path: Path) -> None:
+    path = shared_data / "valleybike" / "trips.tsv.gz"
+    out = tmp_path / "replay.json"
+    result = _invoke(cli, "replay", "valleybike", str(path), "--to", "eventlog", "--limit",
+                     "2000", "--no-progress", "--json", str(out))
+    assert "kept trips" in result.output
+    summary = json.loads(out.read_text())
+    events = read_events(tmp_path / "state" / "eventlog")
+    assert len(events) == summary["events"]
+    assert (events["type"] == "use").sum() == summary["counts"]["kept"]
+    _invoke(cli, "replay", "valleybike", str(path), "--speedup", "10",
+            "--as-fast-as-possible", code=2)
