@@ -39,8 +39,9 @@
   }
 
   function xLabels(g, labels, x, band, y, every) {
+    const last = labels.length - 1;
     labels.forEach((label, i) => {
-      if (i % every !== 0 && i !== labels.length - 1) return;
+      if (i !== last && (i % every !== 0 || last - i < every)) return;
       const t = el("text", { x: x(i) + band / 2, y, "text-anchor": "middle", class: "tick" }, g);
       t.textContent = label.replace(/^\d{4}-/, "");
     });
@@ -72,7 +73,9 @@
     const x = (i) => m.left + i * step + (step - band) / 2;
     rows.forEach((row, i) => {
       let acc = 0;
-      const bar = el("g", { class: "bar", "data-label": row[opts.labelKey] }, g);
+      const partial = row.week_complete === false;
+      const bar = el("g", { class: partial ? "bar partial" : "bar",
+        "data-label": row[opts.labelKey] }, g);
       opts.keys.forEach((key, j) => {
         const v = row[opts.prefix + key];
         if (v === null || v === undefined) return;
@@ -93,8 +96,13 @@
         tip(r, `${row[opts.labelKey]} · hidden (small cells): ${pct(rest)}`);
       }
     });
-    xLabels(g, rows.map((r) => r[opts.labelKey]), x, band, height - 8,
+    xLabels(g, rows.map(label), x, band, height - 8,
       Math.ceil(n / Math.max(Math.floor(w / 56), 1)));
+  }
+
+  /* "2026-W48*" for a week still in progress. */
+  function label(row) {
+    return row.week_complete === false ? `${row.week}*` : row.week;
   }
 
   /* Lines over weeks; null values break the line. */
@@ -131,13 +139,14 @@
         const v = r[s];
         if (v === null || v === undefined) return;
         const c = el("circle", {
-          cx: x(i), cy: y(v), r: 2.5, fill: opts.colors[j], class: "point",
+          cx: x(i), cy: y(v), r: 2.5, fill: opts.colors[j],
+          class: r.week_complete === false ? "point partial" : "point",
           "data-series": s, "data-label": r[opts.labelKey], "data-value": v,
         }, g);
         tip(c, `${r[opts.labelKey]} · ${s}: ${opts.format(v)}`);
       });
     });
-    xLabels(g, rows.map((r) => r[opts.labelKey]), (i) => x(i) - step / 2, step, height - 8,
+    xLabels(g, rows.map(label), (i) => x(i) - step / 2, step, height - 8,
       Math.ceil(n / Math.max(Math.floor(w / 56), 1)));
   }
 

@@ -41,8 +41,8 @@
   }
 
   /* --- formatting ------------------------------------------------------------------- */
-  function fmt(value, kind) {
-    if (value === null || value === undefined) return "◌";
+  function fmt(value, kind, notSuppressed) {
+    if (value === null || value === undefined) return notSuppressed ? "–" : "◌";
     switch (kind) {
       case "count": return Math.round(value).toLocaleString("en-US");
       case "share": return (100 * value).toFixed(1) + "%";
@@ -53,11 +53,17 @@
     }
   }
 
-  function cell(tr, value, kind, col, tag) {
-    const td = document.createElement(tag || "td");
-    td.textContent = fmt(value, kind);
+  /* A table cell: "◌" for a suppressed value, "–" for one that does not exist (a share
+   * of zero residents). */
+  function cell(tr, value, kind, col, suppressed) {
+    const td = document.createElement("td");
+    const missing = value === null || value === undefined;
+    const na = missing && suppressed !== undefined && !suppressed.includes(col);
+    td.textContent = fmt(value, kind, na);
     if (col) td.dataset.col = col;
-    if (value === null || value === undefined) {
+    if (na) {
+      td.classList.add("na");
+    } else if (missing) {
       td.classList.add("suppressed");
       td.title = `hidden: fewer than ${summary ? summary.small_cell_k : "k"} residents, ` +
         "or would let a hidden cell be recomputed";
@@ -81,7 +87,8 @@
     rows.forEach((row) => {
       const tr = body.insertRow();
       if (rowKey) tr.dataset.key = rowKey(row);
-      columns.forEach(([col, , kind]) => cell(tr, row[col], kind || "text", col));
+      columns.forEach(([col, , kind]) => cell(tr, row[col], kind || "text", col,
+        row.suppressed));
     });
     if (!rows.length) {
       const tr = body.insertRow();
@@ -216,15 +223,23 @@
   async function renderBreakdown() {
     const by = $("by").value;
     $("breakdown-dimension").textContent = by;
+    $("breakdown-week").textContent = "";
     const [cadence, stick] = await Promise.all([
-      api(`/v1/operator/engagement/cadence?by=${by}&weeks=1`),
-      api(`/v1/operator/engagement/stickiness?by=${by}&weeks=1`),
+      api(`/v1/operator/engagement/cadence?by=${by}&weeks=2`),
+      api(`/v1/operator/engagement/stickiness?by=${by}&weeks=2`),
     ]);
+    // the latest complete week (the week in progress is the live counters' business)
+    const weeks = [...new Set(cadence.rows.filter((r) => r.week_complete).map((r) => r.week))];
+    const week = weeks.length ? weeks[weeks.length - 1] :
+      (cadence.rows.length ? cadence.rows[cadence.rows.length - 1].week : null);
+    $("breakdown-week").textContent = week || "";
     const byValue = {};
-    stick.rows.forEach((r) => { byValue[r.value] = r; });
-    const rows = cadence.rows.map((r) => ({
-      ...r, dau_mau: (byValue[r.value] || {}).dau_mau, wau_mau: (byValue[r.value] || {}).wau_mau,
-    }));
+    stick.rows.filter((r) => r.week === week).forEach((r) => { byValue[r.value] = r; });
+    const rows = cadence.rows.filter((r) => r.week === week).map((r) => {
+      const s = byValue[r.value] || {};
+      return { ...r, dau_mau: s.dau_mau, wau_mau: s.wau_mau,
+        suppressed: [...r.suppressed, ...(s.suppressed || [])] };
+    });
     table($("breakdown"), [
       ["value", by], ["week", "week"], ["known", "known", "count"],
       ...CADENCES.map((c) => [`share_${c}`, c, "share"]),
@@ -297,12 +312,12 @@
       const rows = data.rows.filter((r) => r.cohort === cohort);
       const tr = body.insertRow();
       tr.dataset.key = cohort;
-      cell(tr, cohort, "text", "cohort");
-      cell(tr, rows[0].cohort_size, "count", "cohort_size");
+      cell(tr, cohort, "text", "cohort", []);
+      cell(tr, rows[0].cohort_size, "count", "cohort_size", rows[0].suppressed);
       for (let m = 0; m < maxM; m += 1) {
         const r = rows.find((x) => x.months_since === m);
         if (!r) { tr.insertCell(); continue; }
-        const td = cell(tr, r.retention, "share", `m${m}`);
+        const td = cell(tr, r.retention, "share", `m${m}`, r.suppressed);
         if (r.retention !== null) td.style.setProperty("--heat", r.retention.toFixed(3));
       }
     });
