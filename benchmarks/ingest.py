@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -126,13 +127,17 @@ def _pipeline_child(settings: Settings, idle: float, out: Any) -> None:
              "first": stats.first_record_at})
 
 
-def _pipeline(settings: Settings, expected: int, **options: Any) -> Any:
+def _consumer(settings: Settings, expected: int, **options: Any) -> Any:
     from bouquet.streaming.consumer import IngestConsumer, IngestOptions
 
     opts = IngestOptions.from_settings(settings, max_events=expected, session_timeout_ms=6000,
                                        heartbeat_interval_ms=1000, log_every_s=0,
                                        install_signal_handlers=False, **FETCH, **options)
-    return IngestConsumer(settings, options=opts).run()
+    return IngestConsumer(settings, options=opts)
+
+
+def _pipeline(settings: Settings, expected: int, **options: Any) -> Any:
+    return _consumer(settings, expected, **options).run()
 
 
 def _window_rate(runs: list[dict[str, Any]]) -> float | None:
@@ -223,11 +228,16 @@ def run_benchmark(settings: Settings, *, events: int = 150_000, partitions: int 
         prefixes.append(lag_base.redis_key_prefix)
         ensure_topics(lag_base)
         total = int(lag_rate * lag_seconds)
+        consumer = _consumer(lag_base, total, record_delays=True)
+        runner = threading.Thread(target=consumer.run, daemon=True)
+        runner.start()
+        consumer.assigned.wait(60)  # the group join is not part of the delay measured
         producer = ctx.Process(target=_paced_producer, args=(lag_base, lag_rate, lag_seconds, 13),
                                daemon=True)
         producer.start()
-        stats = _pipeline(lag_base, total, record_delays=True)
         producer.join()
+        runner.join(timeout=120)
+        stats = consumer.stats
         delays = sorted(stats.visible_delays_ms)
         if delays:
             result.add("lag_p50_ms", delays[len(delays) // 2], "ms")

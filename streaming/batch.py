@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -28,7 +30,12 @@ from bouquet.core.catalog import Catalog
 from bouquet.core.eventlog import SCHEMA
 from bouquet.core.events import (
     CONTACT_TYPES,
+    EVENT_ID_RE,
+    ID_RE,
+    REFERENCE_RE,
+    Channel,
     EventRejected,
+    EventType,
     InteractionEvent,
     check_against_catalog,
     parse_event,
@@ -89,6 +96,84 @@ class Batch:
                          for name in _LOG_COLUMNS})
 
 
+# --- the fast path ---------------------------------------------------------------------
+# Most events are plain: no context, ids and enums of the expected types. For those, a
+# few dict look-ups and compiled regexes replace the pydantic model (3-4x faster); any
+# event the fast path is not sure about — a context, an unusual type, a failed check —
+# goes to parse_event, which alone decides rejections and their reasons. The fast path
+# only *accepts* what parse_event accepts, with the same values (property-tested in
+# tests/streaming/test_ingest_batch.py).
+_FAST_FIELDS = frozenset({"schema_version", "event_id", "resident_id", "type", "service_id",
+                          "bundle_id", "ts", "channel", "value", "recommendation_id"})
+_EVENT_ID = re.compile(EVENT_ID_RE).fullmatch
+_RESIDENT = re.compile(ID_RE).fullmatch
+_TARGET = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$").fullmatch
+_REFERENCE = re.compile(REFERENCE_RE).fullmatch
+_TS = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?"
+                 r"(Z|[+-][0-9]{2}:[0-9]{2})").fullmatch
+_TYPES = {t.value: t for t in EventType if t.value != "profile"}
+_CHANNELS = {c.value: c for c in Channel}
+
+
+class FastEvent:
+    """The attributes of :class:`InteractionEvent` the consumer reads (fast path only)."""
+
+    __slots__ = ("event_id", "resident_id", "type", "service_id", "bundle_id", "ts",
+                 "channel", "value", "recommendation_id", "context", "schema_version")
+
+    def __init__(self, **values: Any) -> None:
+        for name, value in values.items():
+            setattr(self, name, value)
+
+
+def fast_event(raw: bytes, max_bytes: int) -> FastEvent | None:
+    """The event when it is plainly valid, else None (then ask :func:`parse_event`)."""
+    if len(raw) > max_bytes:
+        return None
+    try:
+        d = json.loads(raw)
+    except ValueError:
+        return None
+    if type(d) is not dict or not d.keys() <= _FAST_FIELDS:
+        return None
+    get = d.get
+    version, event_id, resident_id = get("schema_version"), get("event_id"), get("resident_id")
+    kind, channel, ts = get("type"), get("channel"), get("ts")
+    kind = _TYPES.get(kind) if type(kind) is str else None
+    channel = _CHANNELS.get(channel) if type(channel) is str else None
+    if type(version) is not int or version != 1 or kind is None or channel is None \
+            or type(event_id) is not str or not _EVENT_ID(event_id) \
+            or type(resident_id) is not str or not _RESIDENT(resident_id) \
+            or type(ts) is not str or not _TS(ts):
+        return None
+    service_id, bundle_id, reference = get("service_id"), get("bundle_id"), get("recommendation_id")
+    if service_id is not None and (type(service_id) is not str or not _TARGET(service_id)):
+        return None
+    if bundle_id is not None and (type(bundle_id) is not str or not _TARGET(bundle_id)):
+        return None
+    if reference is not None and (type(reference) is not str or not _REFERENCE(reference)):
+        return None
+    value = get("value")
+    if value is not None:
+        if type(value) not in (int, float) or not math.isfinite(value) \
+                or not -1e9 <= value <= 1e9:
+            return None
+        value = float(value)
+    has_target = service_id is not None or bundle_id is not None
+    if kind in CONTACT_TYPES:
+        if not has_target or (kind == "rate" and (value is None or not 1 <= value <= 5)):
+            return None
+    elif has_target or (kind == "consent" and value not in (0, 1)):
+        return None
+    try:
+        when = datetime.fromisoformat(ts).astimezone(UTC)
+    except ValueError:
+        return None
+    return FastEvent(event_id=event_id, resident_id=resident_id, type=kind,
+                     service_id=service_id, bundle_id=bundle_id, ts=when, channel=channel,
+                     value=value, recommendation_id=reference, context={}, schema_version=1)
+
+
 def iso_week(day: date) -> str:
     year, week, _ = day.isocalendar()
     return f"{year}-W{week:02d}"
@@ -118,7 +203,8 @@ class BatchBuilder:
         try:
             if not value:
                 raise EventRejected(REASON_EMPTY, "the message has no value")
-            event = parse_event(value, max_bytes=self.max_event_bytes)
+            event = fast_event(value, self.max_event_bytes) \
+                or parse_event(value, max_bytes=self.max_event_bytes)
             check_against_catalog(event, self.catalog, now=now,
                                   max_future_skew=self.max_future_skew)
             if event.event_id in batch.event_ids:

@@ -29,6 +29,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -72,8 +73,9 @@ class IngestOptions:
 
     batch_max_events: int = 5000
     batch_max_ms: int = 1000
-    #: A batch is written early once the consumer has caught up and it is this old: low
-    #: latency when traffic is light, large batches (few files) when there is a backlog.
+    #: A batch is written early once it is this old and less than a batch is waiting
+    #: behind it: low latency when traffic is light, large batches (few files) when there
+    #: is a backlog.
     batch_min_ms: int = 200
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3000
@@ -178,6 +180,13 @@ class IngestConsumer:
         self._positions: dict[tuple[str, int], int] = {}
         #: (topic, partition) → offset to seek back to if the partition is re-assigned
         self._rewind: dict[tuple[str, int], int] = {}
+        #: the batch being written by the writer thread: (batch, future, generation)
+        self._inflight: tuple[Batch, Future[None], int] | None = None
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer")
+        #: bumped on every revocation, so a write that straddles a rebalance is not committed
+        self._generation = 0
+        #: set once the group has assigned partitions to this member (tests, benchmark)
+        self.assigned = threading.Event()
 
     # --- lifecycle ----------------------------------------------------------------------
     def stop(self) -> None:
@@ -235,15 +244,18 @@ class IngestConsumer:
         self._connect()
         o = self.options
         started = last_record = last_log = time.monotonic()
-        last_logged_count = 0
+        last_logged_count = last_received = 0
+        clean_exit = False
         try:
             while not self._stop.is_set():
                 self._poll_once()
                 now = time.monotonic()
-                if self._batch.records:
-                    last_record = now
+                if self.stats.received != last_received:
+                    last_record, last_received = now, self.stats.received
                 if self._should_flush(now):
                     self._flush()
+                elif self._inflight is not None and self._inflight[1].done():
+                    self._finish_inflight()
                 if o.log_every_s and now - last_log >= o.log_every_s:
                     rate = (self.stats.received - last_logged_count) / (now - last_log)
                     log.info("ingest %s: %.0f records/s, %d received, %d applied, %d duplicate,"
@@ -261,7 +273,13 @@ class IngestConsumer:
                     break
             if self._batch.records:
                 self._flush()
+            self._finish_inflight()
+            clean_exit = True
         finally:
+            if not clean_exit and self._inflight is not None:
+                # a failure: let the write in flight end, but commit nothing more
+                self._inflight[1].exception()
+            self._writer.shutdown(wait=True)
             self._close()
             self._restore_signals(previous)
         return self.stats
@@ -318,7 +336,10 @@ class IngestConsumer:
             return True
         if o.max_events is not None and self.stats.received >= o.max_events:
             return True
-        return age_ms >= o.batch_min_ms and self._lag() == 0
+        if age_ms < o.batch_min_ms:
+            return False
+        lag = self._lag()  # less than a batch waiting: we are (nearly) caught up
+        return lag is not None and lag < o.batch_max_events
 
     def _lag(self) -> int | None:
         """Records behind the high-water marks of our partitions (None: not known yet).
@@ -370,6 +391,7 @@ class IngestConsumer:
         if not revoked:
             return
         self.stats.rebalances += 1
+        self._generation += 1
         metrics.REBALANCES.inc()
         batch = self._batch
         if batch.records:
@@ -386,18 +408,46 @@ class IngestConsumer:
             if offset is not None:
                 self._consumer.seek(tp, offset)
         self._rewind = {}
+        if assigned:
+            self.assigned.set()
         log.info("%s assigned %s", self.options.client_id,
                  sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
 
     # --- writing a batch ----------------------------------------------------------------
     def _flush(self) -> None:
+        """Hand the current batch to the writer thread, after the previous one is done.
+
+        One batch is written (log fsync, Redis script, DLQ acks — mostly waiting on I/O,
+        which releases the GIL) while the next one is polled and validated; offsets are
+        committed by this thread once the write has returned.
+        """
         batch, self._batch = self._batch, Batch()
+        self._finish_inflight()
+        self._inflight = (batch, self._writer.submit(self._timed_write, batch),
+                          self._generation)
+
+    def _timed_write(self, batch: Batch) -> None:
         began = time.monotonic()
         self._write(batch)
         metrics.BATCH_SECONDS.observe(time.monotonic() - began)
         metrics.BATCH_EVENTS.observe(batch.records)
+
+    def _finish_inflight(self) -> None:
+        """Wait for the batch being written; commit it unless the group rebalanced since."""
+        if self._inflight is None:
+            return
+        batch, future, generation = self._inflight
+        self._inflight = None
+        future.result()  # an IngestError propagates: nothing of this batch is committed
         self.stats.batches += 1
-        self._commit(batch)
+        if generation == self._generation:
+            self._commit(batch)
+        else:
+            # the partitions may belong to another member now: a late commit could move
+            # their offsets back. The batch is durable; the next commit covers it, or the
+            # new owner reads it again and de-duplicates.
+            log.info("batch of %d records written during a rebalance: not committed",
+                     batch.records)
         self.stats.batch_log.append((time.time(), batch.records))
 
     def _write(self, batch: Batch) -> None:

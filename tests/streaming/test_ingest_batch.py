@@ -156,3 +156,70 @@ def test_recent_item_is_json_with_the_documented_fields() -> None:
     assert item == {"event_id": "ev-1", "type": "pay", "ts": pytest.approx(event.ts.timestamp()),
                     "channel": "app", "service_id": SERVICE, "recommendation_id": "v2.champion.x1",
                     "value": 12.5}
+
+
+# --- the fast path accepts only what parse_event accepts, with the same values ------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from bouquet.streaming.batch import fast_event  # noqa: E402
+
+_TS_TEXT = st.one_of(
+    st.from_regex(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?"
+                  r"(Z|[+-][0-9]{2}:[0-9]{2})", fullmatch=True),
+    st.datetimes(timezones=st.timezones()).map(lambda d: d.isoformat()),
+    st.text(max_size=30),
+)
+_ANY = st.one_of(st.none(), st.booleans(), st.integers(-10, 10**10), st.floats(),
+                 st.text(max_size=12), st.lists(st.integers(), max_size=2))
+_FIELD_VALUES = {
+    "schema_version": st.one_of(st.just(1), _ANY),
+    "event_id": st.one_of(st.from_regex(r"[A-Za-z0-9_.:-]{1,80}", fullmatch=True), _ANY),
+    "resident_id": st.one_of(st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True), _ANY),
+    "type": st.one_of(st.sampled_from(["view", "click", "subscribe", "use", "pay", "rate",
+                                       "dismiss", "unsubscribe", "erase", "consent",
+                                       "profile"]), _ANY),
+    "service_id": st.one_of(st.just(SERVICE), st.from_regex(r"[a-z0-9][a-z0-9_-]{0,63}",
+                                                            fullmatch=True), _ANY),
+    "bundle_id": st.one_of(st.just(BUNDLE.id), _ANY),
+    "ts": _TS_TEXT,
+    "channel": st.one_of(st.sampled_from(["app", "web", "kiosk", "system"]), _ANY),
+    "value": st.one_of(st.floats(allow_nan=True), st.integers(-10**12, 10**12), _ANY),
+    "recommendation_id": st.one_of(st.from_regex(r"[A-Za-z0-9_.:-]{1,120}", fullmatch=True),
+                                   _ANY),
+    "context": st.one_of(st.just({}), st.dictionaries(st.text(max_size=5), _ANY, max_size=2)),
+    "extra": _ANY,
+}
+
+
+@settings(max_examples=600, deadline=None)
+@given(changes=st.dictionaries(st.sampled_from(sorted(_FIELD_VALUES)), st.none(), max_size=5)
+       .flatmap(lambda keys: st.fixed_dictionaries({k: _FIELD_VALUES[k] for k in keys})),
+       drop=st.sets(st.sampled_from(sorted(_FIELD_VALUES)), max_size=2))
+def test_fast_path_accepts_only_what_parse_event_accepts(changes: dict, drop: set) -> None:
+    event = {**valid(), **changes}
+    for name in drop:
+        event.pop(name, None)
+    raw = json.dumps(event, default=str).encode()
+    fast = fast_event(raw, 8192)
+    if fast is None:
+        return
+    slow = parse_event(raw)
+    for name in FastEventFields:
+        assert getattr(fast, name) == getattr(slow, name), name
+
+
+FastEventFields = ("event_id", "resident_id", "type", "service_id", "bundle_id", "ts",
+                   "channel", "value", "recommendation_id", "context", "schema_version")
+
+
+def test_fast_path_takes_the_plain_events_of_a_stream() -> None:
+    from bouquet.streaming.synthetic import StreamSpec, encode, stream
+
+    raws = [encode(e)[1] for e in stream(CATALOG, StreamSpec(events=500))]
+    taken = sum(fast_event(r, 8192) is not None for r in raws)
+    assert taken > 0.8 * len(raws)
+    for raw in raws:
+        fast = fast_event(raw, 8192)
+        if fast is not None:
+            assert parse_event(raw).to_record()["ts"] == fast.ts
