@@ -42,6 +42,11 @@ Definitions
     residents who had none). Given as a histogram (0, 1, 2, 3–4, 5–7, 8–14, 15+), the mean
     per known and per active resident, and nearest-rank percentiles (p25 … p99) among the
     active residents.
+*Lifetime contacts* (over the whole log)
+    For every resident with at least one contact (in the slice): their number of
+    contacts. Given as ``share_single`` (residents with exactly one contact), a histogram
+    (1, 2, 3–4, 5–9, 10–19, 20+), nearest-rank percentiles, and ``top10_share``: the share
+    of all contacts made by the most active tenth of residents (⌈N/10⌉ of them).
 *Cohorts*
     A resident's cohort is the calendar month of their first contact (in the slice);
     retention at ``months_since`` = m is the share of the cohort with a contact in month
@@ -105,6 +110,11 @@ HISTOGRAM_CAP = 500
 #: Percentiles of contacts per active resident per week.
 QUANTILES: tuple[tuple[float, str], ...] = (
     (0.25, "p25"), (0.5, "p50"), (0.75, "p75"), (0.9, "p90"), (0.99, "p99"),
+)
+#: Histogram buckets of lifetime contacts per resident.
+LIFETIME: tuple[tuple[int, int | None, str], ...] = (
+    (1, 1, "l1"), (2, 2, "l2"), (3, 4, "l3_4"), (5, 9, "l5_9"), (10, 19, "l10_19"),
+    (20, None, "l20_plus"),
 )
 #: Event type → funnel stage (the consumer credits the same stages, see docs/engagement.md).
 FUNNEL_STAGE_OF_TYPE: dict[str, str] = {
@@ -378,6 +388,7 @@ class Engagement:
     cohorts: pd.DataFrame
     monthly: pd.DataFrame
     daily: pd.DataFrame
+    lifetime: pd.DataFrame
     rules: CadenceRules
     summary: dict[str, object] = field(default_factory=dict)
     compute_seconds: float = 0.0
@@ -404,6 +415,8 @@ class _Grid:
         self.mau_month = np.zeros((g, m), np.int64)
         self.cohort = np.zeros((g, m, m), np.int64)
         self.hist = np.zeros((g, w, self.n_hist_cap + 1), np.int64)
+        #: (group, lifetime contacts) of every slice-resident, one array pair per grouping
+        self.lifetime: list[tuple[np.ndarray, np.ndarray]] = []
 
 
 def _runs(sorted_keys: np.ndarray) -> np.ndarray:
@@ -562,6 +575,12 @@ def _family(grid: _Grid, res: np.ndarray, dayr: np.ndarray, count: np.ndarray,
         for g in group_of(np.zeros_like(everyone), everyone):
             _bincount(grid.known_new, g * n_weeks + fw)
 
+    # --- lifetime contacts per slice-resident
+    res_starts = _runs(sr)
+    total = np.add.reduceat(cnt, res_starts) if res_starts.size else cnt[:0]
+    for g in day_groups:
+        grid.lifetime.append((g[res_starts], total))
+
     # --- months: active months per slice-resident, cohorts by the first one
     k3 = sr * n_months + mon
     ms = _runs(k3)
@@ -698,6 +717,8 @@ def _tables(grid: _Grid, data: EngagementData, rules: CadenceRules, d0: int, w0:
         })
     cohorts = cohorts[cohorts["cohort_size"] > 0].reset_index(drop=True)
 
+    lifetime = _lifetime(grid, dims, vals)
+
     day_labels = [day_of_epoch(d).isoformat() for d in range(d0, d0 + grid.n_days)]
     daily = pd.DataFrame({
         "dimension": np.repeat(dims, grid.n_days), "value": np.repeat(vals, grid.n_days),
@@ -711,13 +732,56 @@ def _tables(grid: _Grid, data: EngagementData, rules: CadenceRules, d0: int, w0:
         "weeks": n_weeks, "load_seconds": round(data.load_seconds, 3),
     }
     return Engagement(cadence=cadence, stickiness=stick, contacts=contacts, cohorts=cohorts,
-                      monthly=monthly, daily=daily, rules=rules, summary=summary)
+                      monthly=monthly, daily=daily, lifetime=lifetime, rules=rules,
+                      summary=summary)
+
+
+def _lifetime(grid: _Grid, dims: list[str], vals: list[str]) -> pd.DataFrame:
+    """One row per group: contacted residents, their lifetime contacts as a histogram,
+    nearest-rank percentiles, the single-contact share and the top-tenth's share."""
+    g_n = len(grid.groups)
+    if grid.lifetime:
+        group = np.concatenate([g for g, _ in grid.lifetime])
+        total = np.concatenate([t for _, t in grid.lifetime]).astype(np.int64)
+    else:
+        group = total = np.zeros(0, np.int64)
+    order = np.lexsort((-total, group))  # by group, most active first
+    group, total = group[order], total[order]
+    n = np.bincount(group, minlength=g_n)
+    contacts = np.bincount(group, weights=total, minlength=g_n)
+    start = np.r_[0, np.cumsum(n)[:-1]]
+    cum = np.cumsum(total)
+    before = np.where(start > 0, cum[np.maximum(start - 1, 0)], 0)
+    columns: dict[str, np.ndarray] = {"residents": n, "contacts": contacts.astype(np.int64)}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        columns["mean"] = np.where(n > 0, contacts / n, np.nan)
+        for q, name in ((0.5, "p50"), (0.9, "p90"), (0.99, "p99")):
+            # ascending rank r (1-based) is descending position n - r within the group
+            rank = np.maximum(np.ceil(q * n), 1).astype(np.int64)
+            pos = np.clip(start + n - rank, 0, max(total.size - 1, 0))
+            value = total[pos] if total.size else np.zeros(g_n, np.int64)
+            columns[name] = np.where(n > 0, value, np.nan)
+            le = np.bincount(group, weights=(total <= np.repeat(value, n)), minlength=g_n)
+            ge = np.bincount(group, weights=(total >= np.repeat(value, n)), minlength=g_n)
+            columns[f"{name}_n_le"] = le.astype(np.int64)
+            columns[f"{name}_n_ge"] = ge.astype(np.int64)
+        top = np.ceil(0.1 * n).astype(np.int64)
+        top_sum = np.where(n > 0, cum[np.clip(start + top - 1, 0, max(total.size - 1, 0))]
+                           - before, 0) if total.size else np.zeros(g_n)
+        columns["top10_residents"] = top
+        columns["top10_share"] = np.where(contacts > 0, top_sum / contacts, np.nan)
+        for low, high, name in LIFETIME:
+            inside = (total >= low) & (total <= (high if high is not None else total.max(
+                initial=0)))
+            columns[name] = np.bincount(group, weights=inside, minlength=g_n).astype(np.int64)
+        columns["share_single"] = np.where(n > 0, columns["l1"] / n, np.nan)
+    return pd.DataFrame({"dimension": dims, "value": vals, **columns})
 
 
 def _empty(rules: CadenceRules) -> Engagement:
     empty = pd.DataFrame({"dimension": [], "value": []})
     return Engagement(cadence=empty, stickiness=empty, contacts=empty, cohorts=empty,
-                      monthly=empty, daily=empty, rules=rules,
+                      monthly=empty, daily=empty, lifetime=empty, rules=rules,
                       summary={"events": 0, "contacts": 0, "residents": 0,
                                "contacted_residents": 0, "first_day": None,
                                "last_day": None, "weeks": 0})

@@ -18,6 +18,7 @@ from bouquet.analytics.engagement import (
     DIMENSIONS,
     FUNNEL_STAGES,
     HISTOGRAM,
+    LIFETIME,
     QUANTILES,
     Engagement,
 )
@@ -27,6 +28,7 @@ from bouquet.analytics.tables import Table
 #: ``by`` values accepted everywhere.
 BREAKDOWNS: tuple[str, ...] = ("all", *DIMENSIONS)
 BUCKETS = [name for _, _, name in HISTOGRAM]
+LIFETIME_BUCKETS = [name for _, _, name in LIFETIME]
 PCTS = [name for _, name in QUANTILES]
 SHARES = [f"share_{c}" for c in CADENCES]
 
@@ -36,7 +38,7 @@ class FigureDef:
     title: str
     columns: list[str]
     spec: SuppressionSpec
-    period: str  # "week" | "month" | "day" | "cohort"
+    period: str  # "week" | "month" | "day" | "cohort" | "none"
 
 
 _KEYS = ["dimension", "value"]
@@ -105,6 +107,22 @@ FIGURES: dict[str, FigureDef] = {
             derived={"dau_mau": ["dau_mean", "mau"], "wau_mau": ["wau_mean", "mau"]},
         ),
         period="month",
+    ),
+    "lifetime": FigureDef(
+        title="Lifetime contacts per resident: single-contact share, distribution, "
+              "concentration",
+        columns=[*_KEYS, "residents", "contacts", "share_single", "mean", "p50", "p90",
+                 "p99", "top10_share", *LIFETIME_BUCKETS],
+        spec=SuppressionSpec(
+            counts=["residents", "contacts", *LIFETIME_BUCKETS],
+            gates=[("residents", ["contacts", *LIFETIME_BUCKETS]),
+                   ("top10_residents", ["top10_share"])],
+            partitions=[("residents", LIFETIME_BUCKETS)],
+            across=["dimension"],
+            derived={"share_single": ["l1", "residents"], "mean": ["contacts", "residents"]},
+            quantiles={p: (f"{p}_n_le", f"{p}_n_ge") for p in ("p50", "p90", "p99")},
+        ),
+        period="none",
     ),
     "daily": FigureDef(
         title="Daily active residents",
@@ -175,9 +193,9 @@ def engagement_figure(eng: Engagement, figure: str, k: int, *, by: str = "all",
     fig = FIGURES[figure]
     frame = select(getattr(eng, figure), by, value)
     period_col = {"week": "week_start", "month": "month", "day": "day",
-                  "cohort": "cohort"}[fig.period]
+                  "cohort": "cohort", "none": None}[fig.period]
     if not frame.empty:
-        frame = _last(frame, period_col, last).copy()
+        frame = (_last(frame, period_col, last) if period_col else frame).copy()
     if figure == "cadence" and not frame.empty:
         frame["active_window"] = frame[["daily", "weekly", "monthly"]].sum(axis=1)
         known = frame["known"].to_numpy(dtype=float)

@@ -97,7 +97,8 @@ def suppress(frame: pd.DataFrame, spec: SuppressionSpec, k: int) -> pd.DataFrame
     if spec.across and "dimension" in out.columns:
         in_partition = out["dimension"].isin(list(spec.partition_dimensions)).to_numpy()
         if in_partition.any():
-            keys = out.loc[in_partition, ["dimension", *spec.across]].astype(str)
+            key_cols = list(dict.fromkeys(["dimension", *spec.across]))
+            keys = out.loc[in_partition, key_cols].astype(str)
             group_ids = keys.groupby(list(keys.columns), sort=False).ngroup().to_numpy()
             across_rows = (np.flatnonzero(in_partition), group_ids)
 

@@ -222,6 +222,7 @@ class EngagementService:
                 "dau_mau": stick[i]["dau_mau"], "wau_mau": stick[i]["wau_mau"],
                 "mean_contacts_per_known": contacts[i]["mean_per_known"],
                 "p50_contacts_per_active": contacts[i]["p50"],
+                "share_single_contact": self.figure("lifetime").rows[0]["share_single"],
                 "suppressed": sorted(set(now_row["suppressed"]) | set(stick[i]["suppressed"])
                                      | set(contacts[i]["suppressed"])),
             }

@@ -62,7 +62,7 @@ class Table:
         rows = []
         for record in records:
             row = {c: plain(record.get(c)) for c in columns}
-            row[FLAG] = list(record.get(FLAG) or [])
+            row[FLAG] = [c for c in (record.get(FLAG) or []) if c in columns]
             rows.append(row)
         return cls(name=name, title=title, columns=columns, rows=rows, small_cell_k=k,
                    meta={k_: plain(v) if not isinstance(v, dict) else v

@@ -6,7 +6,8 @@ Every figure of :mod:`bouquet.analytics` as JSON, or as CSV with ``?format=csv``
 - ``GET /v1/operator/engagement`` — headline of the latest week, dimension values,
   definitions' parameters and the live counters;
 - ``GET /v1/operator/engagement/{figure}`` — ``cadence``, ``stickiness``, ``contacts``
-  (weekly: ``?weeks=``), ``monthly``, ``cohorts`` (``?months=``), ``daily`` (``?days=``);
+  (weekly: ``?weeks=``), ``monthly``, ``cohorts`` (``?months=``), ``daily`` (``?days=``),
+  ``lifetime`` (contacts per resident over the whole log);
   ``?by=all|neighbourhood|domain|factor|channel`` and ``?value=`` to keep one value;
 - ``GET /v1/operator/funnel``, ``/funnel/weekly``, ``/funnel/uplift?baseline=`` — the
   recommendation funnel per model version and variant, and uplift with its 95 % interval;
@@ -43,7 +44,8 @@ from bouquet.serving.deps import OperatorRole
 log = logging.getLogger(__name__)
 router = APIRouter()
 
-Figure = Literal["cadence", "stickiness", "contacts", "monthly", "cohorts", "daily"]
+Figure = Literal["cadence", "stickiness", "contacts", "monthly", "cohorts", "daily",
+                 "lifetime"]
 By = Literal["all", "neighbourhood", "domain", "factor", "channel"]
 Format = Literal["json", "csv"]
 LiveTable = Literal["active", "contacts", "funnel", "rolling"]
@@ -102,7 +104,8 @@ async def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 def _last(figure: str, weeks: int | None, months: int | None, days: int | None) -> int | None:
     period = FIGURES[figure].period
-    return {"week": weeks, "month": months, "cohort": months, "day": days}[period]
+    return {"week": weeks, "month": months, "cohort": months, "day": days,
+            "none": None}[period]
 
 
 @router.get("/v1/operator/engagement", tags=["operator"],

@@ -64,6 +64,10 @@ _VIEWS: dict[str, list[tuple[str, str, str]]] = {
                 ("wau_mau", "WAU/MAU", "share")],
     "cohorts": [("months_since", "+months", "count"), ("cohort_size", "size", "count"),
                 ("retained", "retained", "count"), ("retention", "retention", "share")],
+    "lifetime": [("residents", "residents", "count"), ("contacts", "contacts", "count"),
+                 ("share_single", "single contact", "share"), ("mean", "mean", "mean"),
+                 ("p50", "p50", "count"), ("p90", "p90", "count"), ("p99", "p99", "count"),
+                 ("top10_share", "top 10% share", "share")],
     "funnel": [("arm", "arm", "text"), ("residents_shown", "shown", "count"),
                ("opened_residents", "opened", "count"), ("opened_rate", "open %", "share"),
                ("subscribed_residents", "subscribed", "count"),
@@ -98,7 +102,7 @@ def fmt(value: Any, kind: str) -> str:
 def _print(table: Table, view: str, by: str) -> None:
     columns = _VIEWS[view]
     lead = [] if view in ("funnel", "uplift") else (["value"] if by != "all" else []) + \
-        [_PERIOD[view]]
+        ([_PERIOD[view]] if view in _PERIOD else [])
     out = RichTable(title=table.title, title_justify="left", header_style="bold")
     for name in lead:
         out.add_column(name)
@@ -136,6 +140,7 @@ def build(settings: Settings, *, weeks: int, by: str, value: str | None,
         out[name] = svc.figure(name, by=by, value=value, last=weeks)
     out["monthly"] = svc.figure("monthly", by=by, value=value, last=months)
     out["cohorts"] = svc.figure("cohorts", by=by, value=value, last=months)
+    out["lifetime"] = svc.figure("lifetime", by=by, value=value)
     out["funnel"] = svc.funnel()
     out["uplift"] = svc.uplift()
     out["live"] = None
@@ -168,7 +173,8 @@ def engagement(
     live: bool = typer.Option(True, "--live/--no-live",
                               help="Add today's and this week's Redis counters."),
 ) -> None:
-    """Cadence, stickiness, contacts per resident, months, cohorts and the funnel."""
+    """Cadence, stickiness, contacts per resident, months, cohorts, lifetime contacts and
+    the funnel."""
     settings = get_settings()
     if event_log is not None:
         settings = settings.model_copy(update={"event_log_dir": event_log})
@@ -187,7 +193,8 @@ def engagement(
                   f"{src['residents']:,} known residents, {src['first_day']} → "
                   f"{src['last_day']}. Cells under {summary['small_cell_k']} residents "
                   "are hidden (◌).")
-    for name in ("cadence", "stickiness", "contacts", "monthly", "cohorts", "funnel", "uplift"):
+    for name in ("cadence", "stickiness", "contacts", "monthly", "cohorts", "lifetime",
+                 "funnel", "uplift"):
         _print(tables[name], name, by.value)
     if tables["live"] is not None:
         active = tables["live"]["active"]

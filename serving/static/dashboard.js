@@ -170,6 +170,8 @@
     card(box, "wau_mau", "WAU / MAU", h.wau_mau, "share");
     card(box, "mean_contacts_per_known", "contacts per resident this week",
       h.mean_contacts_per_known, "mean");
+    card(box, "share_single_contact", "only ever one contact", h.share_single_contact,
+      "share");
     const live = summary.live;
     if (live && live.active) {
       card(box, "live_today", `active today (${live.active.day}, live)`,

@@ -165,7 +165,7 @@ def reference(events: list[dict[str, Any]], catalog: Catalog, *, window_days: in
         weeks.append(m)
         m += timedelta(days=7)
     out: dict[str, dict] = {"cadence": {}, "stickiness": {}, "contacts": {}, "monthly": {},
-                            "cohorts": {}}
+                            "cohorts": {}, "lifetime": {}}
     for g, residents in members.items():
         day_sets = {rid: set(days) for rid, days in residents.items()}
         for monday in weeks:
@@ -232,6 +232,15 @@ def reference(events: list[dict[str, Any]], catalog: Catalog, *, window_days: in
             out["monthly"][(*g, label)] = {
                 "mau": mau, "wau_mean": sum(waus) / len(waus) if waus else None}
         del months
+        totals = sorted((len(ds) for ds in residents.values() if ds), reverse=True)
+        if totals:
+            top = math.ceil(len(totals) / 10)
+            out["lifetime"][g] = {
+                "residents": len(totals), "contacts": sum(totals),
+                "l1": totals.count(1), "l20_plus": sum(t >= 20 for t in totals),
+                "p50": nearest_rank(totals, 0.5), "p90": nearest_rank(totals, 0.9),
+                "top10_share": sum(totals[:top]) / sum(totals),
+            }
         cohort_of = {rid: min(ds) for rid, ds in residents.items() if ds}
         for rid, first in cohort_of.items():
             c = (first.year, first.month)

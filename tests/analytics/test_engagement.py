@@ -177,6 +177,26 @@ def test_cohorts_by_month_of_first_contact(tmp_path: Path) -> None:
     assert co.loc[("2024-02", 1), "retained"] == 0
 
 
+def test_lifetime_contacts_single_share_and_concentration(tmp_path: Path) -> None:
+    log = Log()
+    for i in range(8):
+        log.add(f"once{i}", "use", i)  # eight residents with one contact
+    for d in range(30):
+        log.add("heavy", "use", d)  # one with thirty
+    log.add("twice", "use", 1)
+    log.add("twice", "use", 2, service_id="library")
+    log.add("nobody", "profile", 0, context={"neighbourhood": "port"})  # no contact
+    eng = compute(log, tmp_path)
+    life = eng.lifetime.set_index(["dimension", "value"])
+    city = life.loc[("all", "all")]
+    assert (city["residents"], city["contacts"], city["l1"], city["l2"]) == (10, 40, 8, 1)
+    assert city["share_single"] == pytest.approx(0.8)
+    assert city["top10_share"] == pytest.approx(30 / 40)  # the top tenth is "heavy"
+    assert (city["p50"], city["p90"]) == (1, 2)
+    assert city["l20_plus"] == 1
+    assert life.loc[("domain", "culture"), "residents"] == 1
+
+
 def test_rules_are_validated_and_scale_with_the_window() -> None:
     with pytest.raises(ValueError):
         CadenceRules(window_days=30)
@@ -252,3 +272,13 @@ def test_months_and_cohorts_equal_the_reference(random_case) -> None:
         assert cohorts.loc[key, "retained"] == retained, key
     nonzero = cohorts[cohorts["retained"] > 0]
     assert len(nonzero) == len(ref["cohorts"])
+
+
+def test_lifetime_equals_the_reference(random_case) -> None:
+    eng, ref = random_case
+    life = eng.lifetime.set_index(["dimension", "value"])
+    assert len(ref["lifetime"]) > 15
+    for key, want in ref["lifetime"].items():
+        for col, value in want.items():
+            assert life.loc[key, col] == pytest.approx(value), (key, col)
+    assert (life.drop(index=list(ref["lifetime"]))["residents"] == 0).all()
