@@ -166,10 +166,12 @@ def _top_k_gumbel(rng: np.random.Generator, logits: np.ndarray, counts: np.ndarr
                   ) -> tuple[np.ndarray, np.ndarray]:
     """Rows and columns of ``counts[i]`` draws without replacement per row, proportional
     to ``exp(logits)`` (-inf excluded): the Gumbel top-k trick, vectorised."""
-    keys = logits + rng.gumbel(size=logits.shape)
-    order = np.argsort(-keys, axis=1)
     k = int(counts.max()) if len(counts) else 0
-    order = order[:, :k]
+    if k == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    keys = logits - np.log(-np.log(rng.random(logits.shape)))
+    top = np.argpartition(-keys, k - 1, axis=1)[:, :k]
+    order = np.take_along_axis(top, np.argsort(-np.take_along_axis(keys, top, 1), axis=1), 1)
     rank = np.arange(k)[None, :]
     valid = (rank < counts[:, None]) & np.isfinite(np.take_along_axis(keys, order, 1))
     rows, ranks = np.nonzero(valid)

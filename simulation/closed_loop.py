@@ -180,8 +180,11 @@ def run_policy(policy: Policy, catalog: Catalog, *, residents: int, weeks: int, 
             observe(table)
 
     history = sim.history()
-    emit(to_arrow(history, sim.vocab, first_seq=0))
     seq = len(history)
+    table = to_arrow(history, sim.vocab, first_seq=0)
+    del history  # the history is the largest batch: keep only one copy of it in memory
+    emit(table)
+    del table
     shows = not isinstance(policy, NoRecommendations)
     recommender = _adapter(sim, policy) if shows else None
     tag = None

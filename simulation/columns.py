@@ -135,6 +135,8 @@ class Vocabulary:
 
     def recommendation_ids(self, resident: np.ndarray, week: np.ndarray) -> pa.Array:
         """``<model_version>.<variant>.<token>`` per event, null where ``week`` < 0."""
+        if not (week >= 0).any():
+            return pa.nulls(len(resident), pa.string())
         out = np.full(len(resident), None, object)
         for w in np.unique(week[week >= 0]):
             mask = week == w
@@ -148,6 +150,12 @@ class Vocabulary:
             out[mask] = hex_strings(mix64(self.seed, 0x5EC, int(w), resident[mask]), 12,
                                     prefix=tag).astype(str)
         return pa.array(out, pa.string())
+
+
+def _decode(codes: np.ndarray, names: tuple[str, ...]) -> pa.Array:
+    """Small integer codes to strings without a Python object per row."""
+    return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)),
+                                          pa.array(names)).cast(pa.string())
 
 
 def _take_or_null(dictionary: pa.Array, codes: np.ndarray) -> pa.Array:
@@ -169,11 +177,11 @@ def to_arrow(events: EventColumns, vocab: Vocabulary, *, first_seq: int = 0) -> 
     columns = {
         "event_id": event_id,
         "resident_id": vocab.resident_ids.take(pa.array(events.resident, pa.int32())),
-        "type": pa.array(np.asarray(EVENT_TYPES, object)[events.type], pa.string()),
+        "type": _decode(events.type, EVENT_TYPES),
         "service_id": _take_or_null(vocab.service_ids, events.service),
         "bundle_id": _take_or_null(vocab.bundle_ids, events.bundle),
         "ts": pa.array(events.ts, pa.timestamp("us", tz="UTC")),
-        "channel": pa.array(np.asarray(CHANNELS, object)[events.channel], pa.string()),
+        "channel": _decode(events.channel, CHANNELS),
         "value": pa.array(np.where(value_mask, 0.0, events.value), pa.float64(),
                           mask=value_mask),
         "recommendation_id": vocab.recommendation_ids(events.resident, events.rec_week),

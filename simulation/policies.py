@@ -24,6 +24,7 @@ wraps an in-process scoring function, :class:`HttpPolicy` asks a running serving
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +35,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bouquet.core.catalog import Catalog
+from bouquet.core.catalog import AGE_BANDS, HOUSEHOLDS, Catalog
+from bouquet.simulation.residents import ProfileClasses
 
 if TYPE_CHECKING:
     from bouquet.simulation.behaviour import Simulation
@@ -94,8 +96,6 @@ class _EventTracking(BasePolicy):
     resident holds or may not have)."""
 
     def start(self, city: CityView) -> None:
-        from bouquet.simulation.residents import ProfileClasses
-
         self.catalog = city.catalog
         ids = city.residents["resident_id"].to_numpy(zero_copy_only=False)
         self._row = {rid: i for i, rid in enumerate(ids)}
@@ -104,6 +104,7 @@ class _EventTracking(BasePolicy):
         self.holdings = np.zeros((len(ids), len(city.catalog.bundles)), bool)
         self.subscriptions = np.zeros(len(city.catalog.bundles), np.int64)
         self._classes = ProfileClasses.build(city.catalog)
+        self._class_contexts = pa.array(self._classes.context_json, pa.string())
         self._profile_class = np.full(len(ids), -1, np.int64)
         self._allowed_unknown = np.array([not b.eligibility.model_dump(exclude_none=True)
                                           and "*" in b.zones for b in city.catalog.bundles])
@@ -124,23 +125,26 @@ class _EventTracking(BasePolicy):
             np.add.at(self.subscriptions, cols[subscribe], 1)
         profiles = events.filter(pc.equal(events["type"], "profile"))
         if profiles.num_rows:
-            import json
-
-            from bouquet.core.catalog import AGE_BANDS, HOUSEHOLDS
-            from bouquet.simulation.residents import ProfileClasses
-
             rows = self._rows(profiles["resident_id"])
-            nbs = self.catalog.neighbourhood_ids
-            for row, text in zip(rows, profiles["context"].to_pylist(), strict=True):
-                ctx = json.loads(text or "{}")
-                try:
-                    self._profile_class[row] = int(ProfileClasses.index(
-                        np.array([nbs.index(ctx["neighbourhood"])]),
-                        np.array([AGE_BANDS.index(ctx["age_band"])]),
-                        np.array([HOUSEHOLDS.index(ctx["household"])]),
-                        np.array([bool(ctx["student"])]), np.array([bool(ctx["low_income"])]))[0])
-                except (KeyError, ValueError):
-                    self._profile_class[row] = -1
+            # canonical contexts (the simulator's) map to a class without parsing JSON
+            known = pc.index_in(profiles["context"], value_set=self._class_contexts)
+            classes = known.to_numpy(zero_copy_only=False)
+            classes = np.where(np.isnan(classes.astype(float)), -2, classes).astype(np.int64)
+            for i in np.nonzero(classes == -2)[0]:
+                classes[i] = self._class_of(profiles["context"][int(i)].as_py())
+            self._profile_class[rows] = classes
+
+    def _class_of(self, text: str | None) -> int:
+        """Profile class of any profile context (-1 when incomplete or unknown)."""
+        ctx = json.loads(text or "{}")
+        try:
+            return int(ProfileClasses.index(
+                np.array([self.catalog.neighbourhood_ids.index(ctx["neighbourhood"])]),
+                np.array([AGE_BANDS.index(ctx["age_band"])]),
+                np.array([HOUSEHOLDS.index(ctx["household"])]),
+                np.array([bool(ctx["student"])]), np.array([bool(ctx["low_income"])]))[0])
+        except (KeyError, ValueError):
+            return -1
 
     def allowed(self, rows: np.ndarray) -> np.ndarray:
         """(rows, B) bool: offered in the resident's zone, eligible, not held. A resident

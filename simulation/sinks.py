@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from bouquet.core.eventlog import EventLog
 from bouquet.core.settings import Settings
@@ -30,6 +31,7 @@ from bouquet.simulation.columns import table_to_payloads
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]
+DAY_US = 86_400 * 1_000_000
 
 
 class MemorySink:
@@ -60,12 +62,21 @@ class EventLogSink:
         self.files = 0
 
     def __call__(self, table: pa.Table) -> None:
-        for offset in range(0, table.num_rows, self.chunk_rows):
-            chunk = table.slice(offset, self.chunk_rows)
-            self.files += len(self.log.append(chunk))
-            self.events += chunk.num_rows
-            if self.progress is not None:
-                self.progress(chunk.num_rows)
+        # One append per UTC day (the log's partition) of a time-sorted table: the event
+        # log then filters small tables instead of scanning the whole one once per day.
+        ts = table["ts"].cast(pa.int64()).to_numpy()
+        if len(ts) > 1 and (np.diff(ts) < 0).any():
+            table = table.take(pc.sort_indices(table["ts"]))
+            ts = table["ts"].cast(pa.int64()).to_numpy()
+        day = ts // DAY_US
+        cuts = [0, *(np.flatnonzero(np.diff(day)) + 1).tolist(), len(ts)]
+        for lo, hi in zip(cuts[:-1], cuts[1:], strict=True):
+            for offset in range(lo, hi, self.chunk_rows):
+                chunk = table.slice(offset, min(self.chunk_rows, hi - offset))
+                self.files += len(self.log.append(chunk))
+                self.events += chunk.num_rows
+                if self.progress is not None:
+                    self.progress(chunk.num_rows)
 
     def close(self) -> None:
         pass

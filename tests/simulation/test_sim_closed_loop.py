@@ -124,6 +124,22 @@ def test_popular_learns_from_events_only(catalog: Catalog, end_date) -> None:
         row = policy._row[rid]
         assert not any(policy.holdings[row, catalog.bundle_ids.index(b)] for b in answer)
     assert policy.recommend(["unknown-resident"], 3) == [[]]
+    # a profile declared by another front end (keys in another order) is understood
+    import pyarrow as pa
+
+    from bouquet.core.eventlog import SCHEMA
+
+    rid = ids[0]
+    context = ('{"student": false, "low_income": false, "household": "single", '
+               '"age_band": "65+", "neighbourhood": "centre"}')
+    row = {name: None for name in SCHEMA.names}
+    row.update(event_id="x1", resident_id=rid, type="profile", channel="app",
+               ts=end_date, context=context, schema_version=1)
+    policy.observe(pa.Table.from_pylist([row], schema=SCHEMA))
+    allowed = policy.allowed(np.array([policy._row[rid]]))[0]
+    assert allowed[catalog.bundle_ids.index("senior-pass")] or policy.holdings[
+        policy._row[rid], catalog.bundle_ids.index("senior-pass")]
+    assert not allowed[catalog.bundle_ids.index("student-pass")]
 
 
 def test_a_scoring_function_can_be_the_policy(catalog: Catalog, end_date, caplog) -> None:
