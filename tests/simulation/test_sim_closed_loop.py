@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
@@ -134,7 +135,7 @@ def test_popular_learns_from_events_only(catalog: Catalog, end_date) -> None:
                '"age_band": "65+", "neighbourhood": "centre"}')
     row = {name: None for name in SCHEMA.names}
     row.update(event_id="x1", resident_id=rid, type="profile", channel="app",
-               ts=end_date, context=context, schema_version=1)
+               ts=datetime(2025, 6, 1, tzinfo=UTC), context=context, schema_version=1)
     policy.observe(pa.Table.from_pylist([row], schema=SCHEMA))
     allowed = policy.allowed(np.array([policy._row[rid]]))[0]
     assert allowed[catalog.bundle_ids.index("senior-pass")] or policy.holdings[
