@@ -18,7 +18,8 @@ Scoring is linear in a resident vector ``u`` in the service factor space:
     service score(s) = u · y_s
     bundle score(b)  = u · v_b,   v_b = w_cf · x_b + w_aff · mean_{s ∈ b} y_s
 
-(``x_b`` = learned bundle factors in the same space, ``w_cf``/``w_aff`` in meta.json), so
+(``x_b`` = learned bundle factors in the same space, ``w_cf``/``w_aff`` in meta.json; the
+mean may be a size-normalised sum, ``aggregation_norm``), so
 ``bundle_factors`` is all a dot product needs, and a resident seen a second ago gets a
 vector by the ALS fold-in of their recent service confidences (:meth:`Artifact.fold_in`)
 with the precomputed Gram matrix. The reason of a bundle is the member service with the
@@ -144,8 +145,10 @@ class Artifact:
         popular_services: np.ndarray,
         popular_bundles: np.ndarray,
         resident_neighbourhood: np.ndarray | None = None,
+        bundle_factors: np.ndarray | None = None,
         cf_weight: float = 1.0,
         affinity_weight: float = 1.0,
+        aggregation_norm: float = 1.0,
         regularization: float,
         alpha: float = 1.0,
         dataset_params: Mapping[str, Any],
@@ -153,15 +156,20 @@ class Artifact:
         model_params: Mapping[str, Any],
         extra_meta: Mapping[str, Any] | None = None,
     ) -> Artifact:
-        """Assemble an artifact from fitted arrays; computes the scoring vectors and Gram."""
+        """Assemble an artifact from fitted arrays; computes the Gram matrix, and the bundle
+        scoring vectors ``cf_weight · x_b + affinity_weight · Σ_s L_bs y_s`` (``L`` = the
+        composition over ``|b| ** aggregation_norm``) unless ``bundle_factors`` is given."""
         service_factors = np.asarray(service_factors, dtype=np.float32)
         f = service_factors.shape[1]
         n_b = len(bundle_ids)
         cf = np.zeros((n_b, f), np.float32) if bundle_cf_factors is None \
             else np.asarray(bundle_cf_factors, np.float32)
-        mean_members = composition_means(bundle_ids, bundle_services, service_ids,
-                                         service_factors)
-        scoring = float(cf_weight) * cf + float(affinity_weight) * mean_members
+        if bundle_factors is None:
+            members = composition_means(bundle_ids, bundle_services, service_ids,
+                                        service_factors, aggregation_norm)
+            scoring = float(cf_weight) * cf + float(affinity_weight) * members
+        else:
+            scoring = np.asarray(bundle_factors, np.float32)
         y = service_factors.astype(np.float64)
         meta = {
             "format": FORMAT,
@@ -178,9 +186,11 @@ class Artifact:
             "neighbourhoods": list(neighbourhoods),
             "bundle_services": {b: list(bundle_services.get(b, ())) for b in bundle_ids},
             "bundle_scoring": {
-                "formula": "u · (cf_weight · x_b + affinity_weight · mean_{s in b} y_s)",
+                "formula": "u · (cf_weight · x_b + affinity_weight · "
+                           "sum_{s in b} y_s / |b| ** aggregation_norm)",
                 "cf_weight": float(cf_weight),
                 "affinity_weight": float(affinity_weight),
+                "aggregation_norm": float(aggregation_norm),
                 "learned_bundle_factors": bundle_cf_factors is not None,
             },
             **dict(extra_meta or {}),
@@ -440,14 +450,16 @@ def load_artifact(path: Path | str) -> Artifact:
 
 
 def composition_means(bundle_ids: Sequence[str], bundle_services: Mapping[str, Sequence[str]],
-                      service_ids: Sequence[str], service_factors: np.ndarray) -> np.ndarray:
-    """Per bundle the mean of its member services' factors (zeros for an empty bundle)."""
+                      service_ids: Sequence[str], service_factors: np.ndarray,
+                      norm: float = 1.0) -> np.ndarray:
+    """Per bundle the sum of its member services' factors over ``|b| ** norm`` (1: the
+    mean; zeros for an empty bundle)."""
     index = {s: i for i, s in enumerate(service_ids)}
     out = np.zeros((len(bundle_ids), service_factors.shape[1]), dtype=np.float32)
     for row, bundle in enumerate(bundle_ids):
         members = [index[s] for s in bundle_services.get(bundle, ()) if s in index]
         if members:
-            out[row] = service_factors[members].mean(axis=0)
+            out[row] = service_factors[members].sum(axis=0) / len(members) ** float(norm)
     return out
 
 

@@ -114,6 +114,7 @@ class EventArrays:
     catalog_version: str
     catalog_fingerprint: str
     composition: sp.csr_matrix  # bundles × services, 1/len(bundle) per member
+    bundle_services: dict[str, tuple[str, ...]] = field(default_factory=dict)
     stats: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -159,7 +160,7 @@ class EventArrays:
             service_ids=tuple(catalog.service_ids), bundle_ids=tuple(catalog.bundle_ids),
             neighbourhoods=tuple(catalog.neighbourhood_ids), catalog_version=catalog.version,
             catalog_fingerprint=catalog.fingerprint, composition=composition_matrix(catalog),
-            stats=stats,
+            bundle_services={b.id: tuple(b.services) for b in catalog.bundles}, stats=stats,
         )
 
     def neighbourhood_codes(self, codes: np.ndarray) -> np.ndarray:
@@ -205,6 +206,7 @@ class Dataset:
     catalog_version: str
     catalog_fingerprint: str
     codes: np.ndarray  # EventArrays resident code per row (for aligning test data)
+    bundle_services: dict[str, tuple[str, ...]] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
     fingerprint: str = ""
 
@@ -308,7 +310,8 @@ def build_dataset(
         neighbourhood=arrays.neighbourhood_codes(codes),
         params=params, as_of=pd.Timestamp(as_of), until=None if until is None
         else pd.Timestamp(until), catalog_version=arrays.catalog_version,
-        catalog_fingerprint=arrays.catalog_fingerprint, codes=codes, stats=stats,
+        catalog_fingerprint=arrays.catalog_fingerprint, codes=codes,
+        bundle_services=arrays.bundle_services, stats=stats,
     )
     dataset.fingerprint = fingerprint(dataset)
     return dataset
@@ -329,6 +332,7 @@ def fingerprint(dataset: Dataset) -> str:
         "until": None if dataset.until is None else dataset.until.isoformat(),
         "services": list(dataset.service_ids),
         "bundles": list(dataset.bundle_ids),
+        "composition": {b: list(s) for b, s in sorted(dataset.bundle_services.items())},
     }
     h.update(json.dumps(header, sort_keys=True).encode())
     h.update("\n".join(dataset.resident_ids.tolist()).encode())

@@ -56,17 +56,18 @@ def list_versions() -> None:
             return
         table = Table(title=f"{registry.name} (champion history: "
                       f"{' → '.join(registry.history()[-6:]) or '-'})", title_justify="left")
-        for column in ("version", "aliases", "created", "model", "primary metric", "value",
+        metrics = {info.tags.get("primary_metric", "") for info in versions}
+        for column in ("v", "aliases", "created (UTC)", "model", " / ".join(sorted(metrics)),
                        "split", "dataset", "run"):
-            table.add_column(column)
+            table.add_column(column, overflow="fold")
         for info in versions:
             value = info.primary_value
-            table.add_row(info.version, ", ".join(info.aliases), info.created,
-                          info.tags.get("model_kind", ""), info.tags.get("primary_metric", ""),
+            table.add_row(info.version, ", ".join(info.aliases), info.created[:16],
+                          info.tags.get("model_kind", ""),
                           "" if value is None else f"{value:.4f}",
-                          info.tags.get("split_id", ""), info.tags.get("dataset_fingerprint", ""),
-                          info.run_id[:12])
-        Console().print(table)
+                          info.tags.get("split_id", "")[:8],
+                          info.tags.get("dataset_fingerprint", "")[:8], info.run_id[:8])
+        Console(width=max(Console().width, 110)).print(table)
 
     _guarded(run)
 

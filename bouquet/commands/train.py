@@ -1,0 +1,152 @@
+"""``bouquet train``: retrain, evaluate against the baselines, log to MLflow, register.
+
+Flags map onto :class:`~bouquet.pipelines.train.TrainOptions`; the command calls
+:func:`~bouquet.pipelines.train.train` once and prints what happened. A problem the user can
+fix (MLflow unreachable, empty event log, bad flag value) prints one line and exits 1.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from bouquet.core.settings import get_settings
+
+
+def _value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _pairs(items: list[str] | None, flag: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=flag)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _csv(text: str | None) -> list[str]:
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
+def train_command(
+    model: str = typer.Option("als", help="Model kind to train and register."),
+    param: list[str] = typer.Option(None, "--param", "-p",
+                                    help="Model hyper-parameter KEY=VALUE (repeatable)."),
+    half_life_days: float = typer.Option(None, help="Event decay half-life in days "
+                                         "(0 = no decay; default 120)."),
+    log_alpha: float = typer.Option(None, help="Log scaling of repeated events (default 2)."),
+    cutoff: str = typer.Option(None, help="Temporal split date YYYY-MM-DD (default: "
+                               "--test-weeks before the last event)."),
+    test_weeks: int = typer.Option(4, min=1, help="Weeks after the cut-off held out."),
+    positive_types: str = typer.Option("subscribe,use,pay",
+                                       help="Event types that count as test positives."),
+    ks: str = typer.Option("5,10,20", help="Cut-offs K of the ranking metrics."),
+    primary_metric: str = typer.Option("bundles.ndcg_at_10",
+                                       help="Metric that decides promotion."),
+    baselines: str = typer.Option(
+        "popularity,popularity_neighbourhood,ease,itemknn,bpr,crossview",
+        help="Baselines evaluated in the same run ('' for none)."),
+    refit: bool = typer.Option(True, help="Refit on all data for the artifact."),
+    register: bool = typer.Option(True, help="Register a model version."),
+    force: bool = typer.Option(False, "--force", help="Make the new version champion "
+                               "whatever its metric."),
+    search: str = typer.Option(None, help="Hyper-parameter search: grid or random."),
+    trials: int = typer.Option(None, min=1, help="Search trials (random) or grid cap."),
+    space: list[str] = typer.Option(None, "--space", help="Search dimension KEY=V1,V2,... "
+                                    "(repeatable; default: a small ALS grid)."),
+    seed: int = typer.Option(0, help="Seed of the random search."),
+    run_name: str = typer.Option(None, help="MLflow run name."),
+    progress: bool = typer.Option(True, help="Progress bars."),
+    json_path: Path = typer.Option(None, "--json", help="Write the run report here."),
+) -> None:
+    """Train the bundle model on the event log, evaluate it against the baselines on a
+    temporal hold-out, log everything to MLflow and register a new version."""
+    import pandas as pd
+
+    from bouquet.core.catalog import CatalogError
+    from bouquet.pipelines.registry import RegistryError
+    from bouquet.pipelines.tracking import TrackingUnavailable
+    from bouquet.pipelines.train import TrainOptions, train
+
+    dataset: dict[str, Any] = {}
+    if half_life_days is not None:
+        dataset["half_life_days"] = half_life_days or None
+    if log_alpha is not None:
+        dataset["log_alpha"] = log_alpha
+    try:
+        options = TrainOptions(
+            model=model,
+            params={k: _value(v) for k, v in _pairs(param, "--param").items()},
+            dataset=dataset,
+            cutoff=pd.Timestamp(cutoff, tz="UTC") if cutoff else None,
+            test_weeks=test_weeks, positive_types=tuple(_csv(positive_types)),
+            ks=tuple(int(k) for k in _csv(ks)), primary_metric=primary_metric,
+            baselines=tuple(_csv(baselines)), refit=refit, register=register, force=force,
+            search=search, trials=trials,
+            space={k: [_value(v) for v in _csv(values)]
+                   for k, values in _pairs(space, "--space").items()},
+            seed=seed, run_name=run_name, progress=progress)
+        report = train(get_settings(), options)
+    except (TrackingUnavailable, RegistryError, CatalogError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    _print(report)
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(_as_json(report), indent=1, default=str) + "\n")
+
+
+def _print(report: Any) -> None:
+    console = Console(width=max(Console().width, 110))
+    k = report.primary_metric.rpartition("_at_")[2]
+    table = Table(title=f"run {report.run_id} — split {report.split['id']} "
+                  f"(cut-off {report.split['cutoff'][:10]}, {report.split['test_weeks']} weeks)",
+                  title_justify="left")
+    table.add_column("model")
+    for target in ("services", "bundles"):
+        for name in ("recall", "ndcg"):
+            table.add_column(f"{target} {name}@{k}", justify="right")
+    suffixes = [""] + sorted({key.rsplit(".", 1)[1] for key in report.metrics
+                              if key.count(".") == 2 and ".cold." not in key
+                              and not key.startswith("champion.")})
+    for suffix in suffixes:
+        cells = []
+        for target in ("services", "bundles"):
+            for name in ("recall", "ndcg"):
+                value = report.metrics.get(f"{target}.{name}_at_{k}" + (f".{suffix}" if suffix
+                                                                         else ""))
+                cells.append("-" if value is None or value != value else f"{value:.4f}")
+        table.add_row(suffix or report.model, *cells)
+    console.print(table)
+    total = sum(stage["s"] for stage in report.stages.values())
+    console.print(f"{report.primary_metric} = {report.primary_value:.4f}; "
+                  f"{report.dataset['residents']:,} residents; {total:.1f} s")
+    if report.version is not None:
+        decision = report.decision
+        console.print(f"registered version {report.version}: "
+                      f"{'now champion' if decision.promote else 'champion unchanged'} "
+                      f"({decision.reason})")
+    else:
+        console.print("not registered (--no-register)")
+
+
+def _as_json(report: Any) -> dict[str, Any]:
+    out = dict(report.__dict__)
+    out["decision"] = None if report.decision is None else report.decision.__dict__
+    out["primary_value"] = report.primary_value
+    return out
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_command)
