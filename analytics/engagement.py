@@ -292,13 +292,16 @@ def load_engagement_data(root: Path, catalog: Catalog) -> EngagementData:
     if n_events:
         np.minimum.at(first_day, res_codes, day)
 
-    types = frame["type"].to_numpy(dtype=object)
-    is_contact = np.isin(types, list(CONTACT_TYPES))
+    type_codes, type_names = pd.factorize(frame["type"])
+    type_names = [str(t) for t in type_names]
+    is_contact = np.isin(type_codes, [i for i, t in enumerate(type_names)
+                                      if t in CONTACT_TYPES])
+    is_profile = type_codes == (type_names.index("profile") if "profile" in type_names
+                                else -2)
 
     # neighbourhood: the latest profile event that declares one (frame is sorted by ts)
     nb_of_res = np.zeros(n_res, np.int32)
     nb_values = [UNKNOWN]
-    is_profile = types == "profile"
     if is_profile.any():
         ctx = pa.array(frame.loc[is_profile, "context"].to_numpy(dtype=object), pa.string(),
                        from_pandas=True)
@@ -319,7 +322,10 @@ def load_engagement_data(root: Path, catalog: Catalog) -> EngagementData:
     dom, dom_values, fac, fac_values = _catalog_attribute(contacts, catalog)
     chan, chan_values = _codes(contacts["channel"])
 
-    funnel = _funnel_events(contacts, res_codes[is_contact], day[is_contact])
+    stage_of_code = np.array([FUNNEL_STAGE_OF_TYPE.get(t) for t in type_names] + [None],
+                             dtype=object)
+    funnel = _funnel_events(contacts, stage_of_code[type_codes[is_contact]],
+                            res_codes[is_contact], day[is_contact])
     data = EngagementData(
         n_residents=n_res,
         first_day=first_day,
@@ -358,17 +364,19 @@ def parse_recommendation_ids(values: pd.Series) -> pd.DataFrame:
                          "variant": var.to_numpy(zero_copy_only=False)}, index=values.index)
 
 
-def _funnel_events(contacts: pd.DataFrame, res: np.ndarray, day: np.ndarray) -> pd.DataFrame:
-    """Contacts that carry a Bouquet recommendation id and map to a funnel stage."""
-    stage = contacts["type"].map(FUNNEL_STAGE_OF_TYPE)
-    rec = contacts["recommendation_id"]
-    mask = (stage.notna() & rec.notna()).to_numpy() if len(contacts) else np.zeros(0, bool)
-    parsed = parse_recommendation_ids(rec[mask])
+def _funnel_events(contacts: pd.DataFrame, stage: np.ndarray, res: np.ndarray,
+                   day: np.ndarray) -> pd.DataFrame:
+    """Contacts that carry a Bouquet recommendation id and map to a funnel stage
+    (``stage``: the stage of each contact's type, or None)."""
+    has_rec = contacts["recommendation_id"].notna().to_numpy() if len(contacts) else \
+        np.zeros(0, bool)
+    mask = has_rec & (stage != None)  # noqa: E711 - element-wise on an object array
+    parsed = parse_recommendation_ids(contacts["recommendation_id"][mask])
     keep = parsed["model_version"].notna().to_numpy()
     return pd.DataFrame({
         "resident": res[mask][keep],
         "day": day[mask][keep],
-        "stage": stage.to_numpy(dtype=object)[mask][keep],
+        "stage": stage[mask][keep],
         "model_version": parsed["model_version"].to_numpy(dtype=object)[keep],
         "variant": parsed["variant"].to_numpy(dtype=object)[keep],
     })
@@ -512,7 +520,8 @@ def _family(grid: _Grid, res: np.ndarray, dayr: np.ndarray, count: np.ndarray,
     dr = key % n_days
     day_abs = dr + d0
     wk = week_of_day(day_abs) - w0
-    mon = month_of_day(day_abs) - m0
+    # month of each row through a per-day lookup table (n_days entries, not n_rows dates)
+    mon = (month_of_day(np.arange(n_days) + d0) - m0)[dr]
     s_of = sr // n_res
     r_of = sr % n_res
     day_groups = group_of(s_of, r_of)
