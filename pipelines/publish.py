@@ -34,6 +34,7 @@ import redis
 
 from bouquet.core.keys import Keys
 from bouquet.core.settings import Settings
+from bouquet.models.artifact import Artifact, load_artifact
 from bouquet.serving.online import ServingModel, decode_meta, pack_list, pack_rows
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,7 @@ class FactorModel:
     alpha: float = 1.0
     log_alpha: float | None = None
     half_life_days: float | None = None
+    event_weights: dict[str, float] | None = None
     #: Optional custom bundle scorer (e.g. the artifact's bundle scoring with reasons):
     #: (resident rows) → (scores (n, n_bundles), reason codes (n, n_bundles) as vocab index).
     bundle_scorer: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
@@ -173,48 +175,31 @@ class FactorModel:
                             service_factors=self.service_factors,
                             bundle_matrix=self.bundle_matrix,
                             regularization=self.regularization, alpha=self.alpha,
-                            log_alpha=self.log_alpha, half_life_days=self.half_life_days)
+                            log_alpha=self.log_alpha, half_life_days=self.half_life_days,
+                            event_weights=self.event_weights)
 
 
 # --- the registered model ------------------------------------------------------------------
-class ArtifactLike(Protocol):
-    """What publish reads of the deployable artifact (:mod:`bouquet.models.artifact`)."""
-
-    resident_ids: Sequence[str]
-    service_ids: Sequence[str]
-    bundle_ids: Sequence[str]
-    resident_factors: np.ndarray
-    service_factors: np.ndarray
-
-
-def adapt_artifact(artifact: Any, catalog: Any) -> FactorModel:
-    """The artifact as a :class:`FactorModel`: its factors, its bundle vectors (learned, or the
-    mean of the member services' factors), its popularity fallbacks, its confidence rule."""
-    from bouquet.serving.online import composition_matrix
-
-    service_ids = list(artifact.service_ids)
+def adapt_artifact(artifact: Artifact) -> FactorModel:
+    """The deployable artifact (:mod:`bouquet.models.artifact`) as a :class:`FactorModel`:
+    its resident and service factors, its bundle scoring vectors, popularity fallbacks and
+    confidence rule — so publish, the keyspace and the serving fold-in use the training
+    rule exactly."""
     bundle_ids = list(artifact.bundle_ids)
-    composition = getattr(artifact, "bundle_services", None) or {
-        b: catalog.bundle_by_id[b].services for b in bundle_ids if b in catalog.bundle_by_id}
-    members = [list(composition.get(b, ())) for b in bundle_ids]
-    service_factors = np.asarray(artifact.service_factors, dtype=np.float32)
-    bundle_matrix = getattr(artifact, "bundle_factors", None)
-    if bundle_matrix is None:
-        bundle_matrix = composition_matrix(members, service_ids, service_factors)
-    popular = getattr(artifact, "popular", None) or {}
+    composition = artifact.bundle_services
+    popular = artifact.popular
     return FactorModel(
-        resident_ids=list(artifact.resident_ids), bundle_ids=bundle_ids,
-        service_ids=service_ids, resident_factors=np.asarray(artifact.resident_factors),
-        service_factors=service_factors, bundle_matrix=np.asarray(bundle_matrix),
-        bundle_services=members, popular_bundles=popular.get("b", {}),
-        popular_services=popular.get("s", {}),
-        regularization=float(getattr(artifact, "regularization", 0.01)),
-        alpha=float(getattr(artifact, "alpha", 1.0)),
-        log_alpha=getattr(artifact, "log_alpha", None),
-        half_life_days=getattr(artifact, "half_life_days", None))
+        resident_ids=np.asarray(artifact.resident_ids).tolist(), bundle_ids=bundle_ids,
+        service_ids=list(artifact.service_ids), resident_factors=artifact.resident_factors,
+        service_factors=artifact.service_factors, bundle_matrix=artifact.bundle_factors,
+        bundle_services=[list(composition.get(b, ())) for b in bundle_ids],
+        popular_bundles=popular["b"], popular_services=popular["s"],
+        regularization=artifact.regularization, alpha=artifact.alpha,
+        log_alpha=artifact.log_alpha, half_life_days=artifact.half_life_days,
+        event_weights=artifact.event_weights)
 
 
-def load_registered(settings: Settings, catalog: Any, *, alias: str = "champion",
+def load_registered(settings: Settings, *, alias: str = "champion",
                     version: str | None = None) -> tuple[FactorModel, str, str]:
     """The registered model an alias (or a version) names, as (model, ``v<N>``, run id).
 
@@ -226,8 +211,6 @@ def load_registered(settings: Settings, catalog: Any, *, alias: str = "champion"
     import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
-
-    from bouquet.models.artifact import load_artifact
 
     client = MlflowClient(tracking_uri=settings.mlflow_uri)
     name = settings.registered_model
@@ -241,8 +224,7 @@ def load_registered(settings: Settings, catalog: Any, *, alias: str = "champion"
     with tempfile.TemporaryDirectory(prefix="bouquet-publish-") as tmp:
         local = mlflow.artifacts.download_artifacts(artifact_uri=found.source, dst_path=tmp,
                                                     tracking_uri=settings.mlflow_uri)
-        artifact = load_artifact(Path(local))
-        model = adapt_artifact(artifact, catalog)
+        model = adapt_artifact(load_artifact(Path(local)))
     log.info("loaded %s version %s (run %s) from %s", name, found.version, found.run_id,
              found.source)
     return model, f"v{found.version}", found.run_id or ""

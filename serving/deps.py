@@ -1,9 +1,11 @@
 """Request dependencies shared by every router: settings, catalog, Redis, roles.
 
 Routes declare what they need with the ``Annotated`` aliases below, so a route reads like
-"look up, 404/403, return". Objects live on ``app.state`` (built once in
-:func:`bouquet.serving.app.create_app`), never in module globals, so tests can build apps
-with different settings side by side.
+"look up, 404/403, return". The dependencies are ``async def`` although they do not await:
+FastAPI runs plain ``def`` dependencies in a thread pool, a thread hop per dependency per
+request that cost more than the rest of a recommendation. Objects live on ``app.state``
+(built once in :func:`bouquet.serving.app.create_app`), never in module globals, so tests
+can build apps with different settings side by side.
 """
 
 from __future__ import annotations
@@ -32,19 +34,19 @@ api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
                               description="API key; its role is set in BOUQUET_API_KEYS")
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_catalog(request: Request) -> Catalog:
+async def get_catalog(request: Request) -> Catalog:
     return request.app.state.catalog
 
 
-def get_redis(request: Request) -> aioredis.Redis:
+async def get_redis(request: Request) -> aioredis.Redis:
     return request.app.state.redis
 
 
-def get_keys(request: Request) -> Keys:
+async def get_keys(request: Request) -> Keys:
     return request.app.state.keys
 
 
@@ -67,8 +69,8 @@ def role_of(settings: Settings, api_key: str | None) -> str | None:
 def require_role(needed: Role):
     """Dependency factory: 401 without a valid key, 403 when its role is not admitted."""
 
-    def check(settings: SettingsDep,
-              api_key: Annotated[str | None, Security(api_key_header)] = None) -> str:
+    async def check(settings: SettingsDep,
+                    api_key: Annotated[str | None, Security(api_key_header)] = None) -> str:
         role = role_of(settings, api_key)
         if role is None:
             raise HTTPException(status.HTTP_401_UNAUTHORIZED,
@@ -83,8 +85,9 @@ def require_role(needed: Role):
     return check
 
 
-def require_any_role(settings: SettingsDep,
-                     api_key: Annotated[str | None, Security(api_key_header)] = None) -> str:
+async def require_any_role(settings: SettingsDep,
+                           api_key: Annotated[str | None, Security(api_key_header)] = None
+                           ) -> str:
     """Any valid key (catalog reads): 401 without one."""
     role = role_of(settings, api_key)
     if role is None:

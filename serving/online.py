@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy.linalg.lapack import dposv as _dposv
 
 #: One entry of a packed list: index into the version's id list, index into its reason
 #: vocabulary, score. Little-endian, 8 bytes.
@@ -77,6 +78,8 @@ class ServingModel:
     #: folds the raw strengths in as confidences.
     log_alpha: float | None = None
     half_life_days: float | None = None
+    #: The training event weights (None: the serving settings' weights).
+    event_weights: dict[str, float] | None = None
     published_at: str = ""
     meta: dict[str, str] = field(default_factory=dict)
     #: Popular lists of this version: (kind, neighbourhood) -> packed entries.
@@ -88,8 +91,13 @@ class ServingModel:
         f = self.service_factors.shape[1]
         # Solved in float64: the Gram matrix of a few hundred items is well conditioned
         # with λI, and f×f float64 solves are as fast as float32 ones at this size.
-        yty = self.service_factors.T.astype(np.float64) @ self.service_factors.astype(np.float64)
-        self.gram = yty + self.regularization * np.eye(f)
+        y64 = self.service_factors.astype(np.float64)
+        self.gram = y64.T @ y64 + self.regularization * np.eye(f)
+        # (YᵀY + λI)⁻¹ and Y(YᵀY + λI)⁻¹, so a fold-in of m recent services is an m×m solve
+        # (Woodbury identity) instead of an f×f one: m is a handful, f is 64 or more.
+        self.gram_inv = np.linalg.inv(self.gram)
+        self._y64 = y64
+        self._y_ginv = y64 @ self.gram_inv
         self.bundle_index = {b: i for i, b in enumerate(self.bundle_ids)}
         self.service_index = {s: i for i, s in enumerate(self.service_ids)}
 
@@ -111,10 +119,22 @@ class ServingModel:
         idx, s = idx[keep], s[keep]
         c = self.alpha * (1.0 + self.log_alpha * np.log1p(s) if self.log_alpha is not None
                           else s)
-        y = self.service_factors[idx].astype(np.float64)
-        a = self.gram + (y.T * (c - 1.0)) @ y
-        b = y.T @ c
-        return np.linalg.solve(a, b)
+        y = self._y64[idx]  # (m, f)
+        w = self._y_ginv[idx]  # (m, f) = Y_r G⁻¹
+        pb = w.T @ c  # G⁻¹ Y_rᵀ c
+        extra = c - 1.0  # confidence above the unobserved baseline of 1
+        sel = extra > 1e-12
+        if not sel.any():
+            return pb
+        if not sel.all():
+            y, w, extra = y[sel], w[sel], extra[sel]
+        # (G + Y_rᵀ D Y_r)⁻¹ b = G⁻¹b − W ᵀ (D⁻¹ + W Y_rᵀ)⁻¹ W b,  W = Y_r G⁻¹, D = diag(c − 1)
+        small = w @ y.T
+        small[np.diag_indices_from(small)] += 1.0 / extra
+        _, z, info = _dposv(small, y @ pb)  # SPD: Cholesky, without numpy's wrapper cost
+        if info != 0:
+            z = np.linalg.solve(small, y @ pb)
+        return pb - w.T @ z
 
     def bundle_scores(self, user: np.ndarray) -> np.ndarray:
         return self.bundle_matrix @ user.astype(np.float32)
@@ -140,6 +160,7 @@ class ServingModel:
             "alpha": repr(float(self.alpha)),
             "log_alpha": "" if self.log_alpha is None else repr(float(self.log_alpha)),
             "half_life_days": "" if not self.half_life_days else repr(float(self.half_life_days)),
+            "event_weights": json.dumps(self.event_weights) if self.event_weights else "",
             "factors": str(self.service_factors.shape[1]),
         }
 
@@ -160,6 +181,8 @@ class ServingModel:
             alpha=float(meta.get("alpha", 1.0)),
             log_alpha=float(meta["log_alpha"]) if meta.get("log_alpha") else None,
             half_life_days=float(meta["half_life_days"]) if meta.get("half_life_days") else None,
+            event_weights=json.loads(meta["event_weights"]) if meta.get("event_weights")
+            else None,
             published_at=meta.get("published_at", ""),
             meta=dict(meta),
         )

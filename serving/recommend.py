@@ -17,10 +17,11 @@ Static parts of every answer (names, services, prices) are built once per catalo
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -35,11 +36,20 @@ FALLBACK_CATALOG = "catalog"
 FALLBACK_BACKFILL = "backfill"
 
 
+class Pick(NamedTuple):
+    """One recommended item before serialisation."""
+
+    item_id: str
+    score: float
+    reason_code: str
+    source: str  # model, popular, catalog
+
+
 @dataclass
 class Ranked:
     """One answer before serialisation."""
 
-    items: list[dict[str, Any]]
+    items: list[Pick]
     personalised: bool
     reranked: bool = False
     fallback: str | None = None
@@ -61,6 +71,12 @@ class Recommender:
         self._bundle_static = {b.id: self._static_bundle(b) for b in catalog.bundles}
         self._service_static = {s.id: self._static_service(s) for s in catalog.services}
         self._reason_cache: dict[tuple[str, str], str] = {}
+        self._reason_json: dict[str, str] = {}
+        # Each item's static JSON without its closing brace (see items_json).
+        self._bundle_json = {k: json.dumps(v, separators=(",", ":"))[:-1]
+                             for k, v in self._bundle_static.items()}
+        self._service_json = {k: json.dumps(v, separators=(",", ":"))[:-1]
+                              for k, v in self._service_static.items()}
 
     # --- static parts --------------------------------------------------------------------
     def _static_bundle(self, bundle: Any) -> dict[str, Any]:
@@ -83,6 +99,23 @@ class Recommender:
             "partner": service.partner,
             "price": service.price.model_dump(exclude_none=True),
         }
+
+    # --- serialisation -------------------------------------------------------------------
+    def items_json(self, kind: str, items: list[Pick]) -> str:
+        """The JSON array of an answer's items, from fragments serialised once per catalog
+        (an item's names, services and price never change between requests)."""
+        fragments = self._bundle_json if kind == "b" else self._service_json
+        parts = []
+        for pick in items:
+            reason = self._reason_json.get(pick.reason_code)
+            if reason is None:
+                reason = self._reason_json[pick.reason_code] = (
+                    f',"reason":{json.dumps(self.reason_text(pick.reason_code))}'
+                    f',"reason_code":{json.dumps(pick.reason_code)}')
+            score = pick.score if pick.score == pick.score else 0.0  # never emit NaN
+            parts.append(f'{fragments[pick.item_id]},"score":{score:.6f}{reason},'
+                         f'"source":"{pick.source}"}}')
+        return "[" + ",".join(parts) + "]"
 
     # --- reasons ---------------------------------------------------------------------------
     def reason_text(self, code: str) -> str:
@@ -150,10 +183,11 @@ class Recommender:
         out: dict[int, float] = {}
         index = model.service_index
         half_life = model.half_life_days
+        weights = model.event_weights or self.weights
         if half_life:
             now = time.time() if now is None else now
         for event in recent:
-            weight = self.weights.get(event.type, 0.0)
+            weight = weights.get(event.type, 0.0)
             if weight <= 0:
                 continue
             if half_life and event.ts is not None:
@@ -198,9 +232,7 @@ class Recommender:
                 if len(out) >= k:
                     break
                 if allowed(item_id, state, zone, domain):
-                    out.append({**static[item_id], "score": 0.0,
-                                "reason": "Available to you", "reason_code": "catalog",
-                                "source": "catalog"})
+                    out.append(Pick(item_id, 0.0, "catalog", "catalog"))
             return result
 
         ids = model.bundle_ids if kind == "b" else model.service_ids
@@ -246,9 +278,7 @@ class Recommender:
                 code = vocab[r] if r < len(vocab) else ""
                 if boost is not None and boost[j] > 0 and boost[j] >= 0.5 * abs(entries["s"][j]):
                     code = self._recent_reason(kind, item_id, recent_in) or code
-                out.append({**static[item_id], "score": round(float(scores[j]), 6),
-                            "reason": self.reason_text(code), "reason_code": code,
-                            "source": "model"})
+                out.append(Pick(item_id, float(scores[j]), code, "model"))
             if len(out) >= k:
                 return result
             result.backfilled = k - len(out)
@@ -297,9 +327,7 @@ class Recommender:
                 seen.add(item_id)
                 used = True
                 code = f"popular:{where}"
-                out.append({**static[item_id], "score": round(float(score), 6),
-                            "reason": self.reason_text(code), "reason_code": code,
-                            "source": "popular"})
+                out.append(Pick(item_id, float(score), code, "popular"))
             if used and not result.personalised and result.fallback is None:
                 result.fallback = label
             if used:

@@ -135,7 +135,7 @@ async def _answer(runtime: Runtime, rerank_enabled: bool, kind: str, resident_id
     metrics.ANSWERS.labels(kind, variant.name, str(ranked.personalised).lower(),
                            str(ranked.reranked).lower()).inc()
     model_version = model.model_version if model else "none"
-    body = {
+    head = json.dumps({
         "resident_id": resident_id,
         "recommendation_id": make_recommendation_id(model_version, variant.name),
         "model_version": model_version,
@@ -145,9 +145,10 @@ async def _answer(runtime: Runtime, rerank_enabled: bool, kind: str, resident_id
         "reranked": ranked.reranked,
         "fallback": ranked.fallback,
         "notice": notice or ranked.notice,
-        "bundles" if kind == "b" else "services": ranked.items,
-    }
-    return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
+    }, separators=(",", ":"))
+    items = runtime.recommender.items_json(kind, ranked.items)
+    body = f'{head[:-1]},"{"bundles" if kind == "b" else "services"}":{items}}}'
+    return Response(body, media_type="application/json")
 
 
 _RESPONSES = {

@@ -47,7 +47,7 @@ def runtime_of(app: FastAPI) -> Runtime:
     return runtime
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     return runtime_of(request.app)
 
 

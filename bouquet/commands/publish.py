@@ -40,8 +40,7 @@ def publish(
     settings = get_settings()
     catalog = load_catalog(settings.catalog_path)
     try:
-        model, version, run_id = load_registered(settings, catalog, alias=alias,
-                                                 version=model_version)
+        model, version, run_id = load_registered(settings, alias=alias, version=model_version)
         report = Publisher(settings, neighbourhoods=catalog.neighbourhood_ids).publish(
             model, model_version=version, run_id=run_id, pointer=pointer, progress=progress)
     except (PublishError, LookupError) as exc:

@@ -1,0 +1,444 @@
+"""``bouquet bench serve``: recommendation latency at fixed rates, throughput, freshness.
+
+All in one run, against one server (``bouquet serve --workers 2``, uvicorn + uvloop +
+httptools) started as a subprocess, with its own Redis and broker on free ports:
+
+* **Keyspace**: ``--residents`` synthetic residents (default 50,000) published with
+  :class:`~bouquet.pipelines.publish.Publisher` from a synthetic factor model over the demo
+  city (64 factors, 56 services, 24 bundles; services of one domain share a direction, as
+  trained factors do) — the benchmark measures serving, so it does not train. Every
+  resident consents and has a profile; 80 % have 5 recent events, so re-ranking does a real
+  fold-in on most requests.
+* **Fixed-rate latency**: an open-loop generator in its own process (asyncio + uvloop, raw
+  HTTP/1.1 on keep-alive connections) sends at 250, 1,000 and 2,000 req/s for
+  ``--duration`` seconds each and measures every latency from the request's *intended*
+  send time, so a stalled server is charged for the requests it delayed (no coordinated
+  omission). Three endpoints: bundles with re-ranking, bundles without
+  (``rerank=false``), and the bare floor ``/v1/_bench/bare/{id}`` (one Redis GET in the same
+  server).
+* **Maximum throughput**: ``wrk`` (random resident per request, Lua) against the same three
+  endpoints; ``ratio_to_bare_redis`` = re-ranked bundles req/s ÷ bare GET req/s.
+* **Freshness**: a real consumer (``bouquet ingest``) runs; for each trial a resident with
+  no recent events gets one event through ``POST /v1/events`` and the bundles endpoint is
+  polled every 5 ms until the answer is re-ranked by it; time from the POST to that answer.
+
+The machine is shared: the load average before and after is in the notes; compare figures
+within one run (ratios), not across runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import multiprocessing as mp
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import typer
+
+from bouquet.benchmarks.harness import BenchResult, print_result, write_json
+from bouquet.core.catalog import Catalog, load_catalog
+from bouquet.core.keys import Keys
+from bouquet.core.settings import Settings
+from bouquet.localstack import LocalStack, ensure_topics, free_port
+
+log = logging.getLogger(__name__)
+APP_KEY = "bench-app-key"
+RATES = (250, 1000, 2000)
+
+
+# --- the keyspace --------------------------------------------------------------------------
+def synthetic_model(catalog: Catalog, residents: int, factors: int = 64, seed: int = 0):
+    """A factor model of realistic shape over ``catalog`` (see the module docstring)."""
+    from bouquet.pipelines.publish import FactorModel
+    from bouquet.serving.online import composition_matrix
+
+    rng = np.random.default_rng(seed)
+    sids, bids = list(catalog.service_ids), list(catalog.bundle_ids)
+    domains = sorted({s.domain.value for s in catalog.services})
+    base = {d: rng.normal(size=factors) for d in domains}
+    services = np.stack([base[catalog.service_by_id[s].domain.value]
+                         + 0.4 * rng.normal(size=factors) for s in sids])
+    services = (services / np.sqrt(factors)).astype(np.float32)
+    users = (rng.normal(size=(residents, factors)) / np.sqrt(factors)).astype(np.float32)
+    members = [catalog.bundle_by_id[b].services for b in bids]
+    bundles = composition_matrix(members, sids, services)
+    areas = ["_all", *catalog.neighbourhood_ids]
+    return FactorModel([f"r{i}" for i in range(residents)], bids, sids, users, services,
+                       bundles, members, {nb: rng.random(len(bids)) for nb in areas},
+                       {nb: rng.random(len(sids)) for nb in areas}, regularization=0.05,
+                       log_alpha=2.0, half_life_days=30.0)
+
+
+def _resident_state(settings: Settings, catalog: Catalog, residents: int, seed: int) -> None:
+    """Profiles (consent, neighbourhood, attributes) for all, recent events for 80 %."""
+    import redis
+
+    rng = random.Random(seed)
+    keys = Keys(settings.redis_key_prefix)
+    client = redis.Redis.from_url(settings.redis_url)
+    services = list(catalog.service_ids)
+    now = time.time()
+    pipe = client.pipeline(transaction=False)
+    for i in range(residents):
+        rid = f"r{i}"
+        pipe.hset(keys.profile(rid), mapping={
+            "consent": "1", "neighbourhood": rng.choice(catalog.neighbourhood_ids),
+            "age_band": rng.choice(["18-25", "26-40", "41-64", "65+"]),
+            "household": rng.choice(["single", "couple", "family", "shared"]),
+            "student": "0", "low_income": "0"})
+        if rng.random() < 0.8:
+            pipe.lpush(keys.recent(rid), *[json.dumps({
+                "event_id": f"seed-{i}-{j}", "type": rng.choice(["view", "click", "use"]),
+                "ts": now - rng.random() * 86400, "channel": "app",
+                "service_id": rng.choice(services)}) for j in range(5)])
+        if i % 2000 == 1999:
+            pipe.execute()
+    pipe.execute()
+    client.close()
+
+
+# --- the server ------------------------------------------------------------------------------
+def _env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("BOUQUET_", "REDIS_URL", "KAFKA_", "MLFLOW_", "PROMETHEUS_"))}
+    env.update({
+        "BOUQUET_ENV": "test", "REDIS_URL": settings.redis_url,
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "BOUQUET_STATE_DIR": str(settings.state_dir),
+        "BOUQUET_REDIS_KEY_PREFIX": settings.redis_key_prefix,
+        "BOUQUET_API_KEYS": json.dumps({APP_KEY: "app"}),
+        "BOUQUET_SERVING_BENCH_ENDPOINTS": "true",
+        "BOUQUET_TOPIC_EVENTS": settings.topic_events,
+        "BOUQUET_TOPIC_DLQ": settings.topic_dlq,
+        "BOUQUET_CONSUMER_GROUP": settings.consumer_group,
+        "BOUQUET_INGEST_SESSION_TIMEOUT_MS": "6000",
+        "BOUQUET_INGEST_HEARTBEAT_INTERVAL_MS": "1000",
+        "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+    })
+    return env
+
+
+def _start(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    with open(log_path, "ab") as out:
+        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def _wait_ready(base: str, proc: subprocess.Popen[bytes], timeout_s: float = 90) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("the server exited during start-up (see its log)")
+        try:
+            if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise RuntimeError("the server did not become ready")
+
+
+# --- the open-loop generator (runs in its own process) --------------------------------------
+def _fixed_rate(port: int, paths: list[str], rate: float, seconds: float, connections: int,
+                out: Any) -> None:
+    """Send ``rate`` requests/s for ``seconds``; latency from each intended send time."""
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    out.put(asyncio.run(_fixed_rate_async(port, paths, rate, seconds, connections)))
+
+
+async def _fixed_rate_async(port: int, paths: list[str], rate: float, seconds: float,
+                            connections: int) -> dict[str, Any]:
+    idle: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+    for _ in range(connections):
+        idle.put_nowait(await asyncio.open_connection("127.0.0.1", port))
+    requests = [(f"GET {p} HTTP/1.1\r\nHost: bench\r\nX-API-Key: {APP_KEY}\r\n\r\n").encode()
+                for p in paths]
+    latencies: list[float] = []
+    errors = {"status": 0, "network": 0}
+    clock = time.perf_counter  # uvloop's loop.time() ticks in whole milliseconds
+    total = int(rate * seconds)
+    pending: set[asyncio.Task[None]] = set()
+
+    async def one(intended: float, request: bytes) -> None:
+        conn = await idle.get()
+        reader, writer = conn
+        try:
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+            await reader.readexactly(length)
+            if not head.startswith(b"HTTP/1.1 200"):
+                errors["status"] += 1
+            latencies.append(clock() - intended)
+        except (OSError, asyncio.IncompleteReadError, AttributeError):
+            errors["network"] += 1
+            writer.close()
+            conn = await asyncio.open_connection("127.0.0.1", port)
+        idle.put_nowait(conn)
+
+    start = clock() + 0.05
+    for i in range(total):
+        intended = start + i / rate
+        delay = intended - clock()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = asyncio.create_task(one(intended, requests[i % len(requests)]))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+    if pending:
+        await asyncio.wait(pending, timeout=30)
+    achieved = len(latencies) / max(clock() - start, 1e-9)
+    ms = np.array(latencies) * 1000 if latencies else np.array([np.nan])
+    return {"rate": rate, "sent": total, "ok": len(latencies) - errors["status"],
+            "errors": errors["status"] + errors["network"] + (total - len(latencies)
+                                                                - errors["network"]),
+            "achieved_rps": achieved, "p50_ms": float(np.percentile(ms, 50)),
+            "p95_ms": float(np.percentile(ms, 95)), "p99_ms": float(np.percentile(ms, 99)),
+            "max_ms": float(np.max(ms))}
+
+
+def fixed_rate(port: int, paths: list[str], rate: float, seconds: float,
+               connections: int = 64) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_fixed_rate, args=(port, paths, rate, seconds, connections,
+                                                 queue))
+    proc.start()
+    try:
+        return queue.get(timeout=seconds + 120)
+    finally:
+        proc.join(timeout=30)
+
+
+# --- maximum throughput with wrk ------------------------------------------------------------
+_WRK_LUA = """
+math.randomseed(%(seed)d)
+request = function()
+  local path = string.format("%(template)s", math.random(0, %(n)d - 1))
+  return wrk.format("GET", path, {["X-API-Key"] = "%(key)s"})
+end
+"""
+
+
+def max_throughput(port: int, template: str, residents: int, seconds: float,
+                   connections: int, workdir: Path) -> dict[str, float]:
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise RuntimeError("wrk is not installed (apt-get install -y wrk, or `make bench`)")
+    script = workdir / f"wrk-{uuid.uuid4().hex[:6]}.lua"
+    script.write_text(_WRK_LUA % {"seed": 7, "template": template, "n": residents,
+                                  "key": APP_KEY})
+    out = subprocess.run([wrk, "-t1", f"-c{connections}", f"-d{seconds:.0f}s", "--latency",
+                          "-s", str(script), f"http://127.0.0.1:{port}"],
+                         capture_output=True, text=True, timeout=seconds + 60).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), "
+                              r"timeout (\d+)", out)
+    errors = int(non2xx.group(1)) if non2xx else 0
+    if socket_errors:
+        errors += sum(int(g) for g in socket_errors.groups())
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    p99_ms = float(p99.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)] \
+        if p99 else float("nan")
+    return {"rps": rps, "errors": errors, "p99_ms": p99_ms}
+
+
+# --- freshness -----------------------------------------------------------------------------
+def freshness(base: str, catalog: Catalog, residents: list[str], trials: int) -> list[float]:
+    """POST one event for a resident with no recent events; time until an answer shows it."""
+    import httpx
+
+    out = []
+    with httpx.Client(base_url=base, headers={"X-API-Key": APP_KEY}, timeout=10) as client:
+        for i, rid in enumerate(residents[:trials]):
+            assert not client.get(f"/v1/residents/{rid}/bundles").json()["reranked"]
+            event = {"schema_version": 1, "event_id": f"fresh-{uuid.uuid4().hex}",
+                     "resident_id": rid, "type": "use",
+                     "service_id": catalog.service_ids[i % len(catalog.service_ids)],
+                     "ts": datetime.now(UTC).isoformat(), "channel": "app"}
+            began = time.perf_counter()
+            sent = client.post("/v1/events", json=event)
+            if sent.status_code != 202:
+                raise RuntimeError(f"intake answered {sent.status_code}: {sent.text[:200]}")
+            while True:
+                if client.get(f"/v1/residents/{rid}/bundles").json()["reranked"]:
+                    out.append((time.perf_counter() - began) * 1000)
+                    break
+                if time.perf_counter() - began > 10:
+                    out.append(float("inf"))
+                    break
+                time.sleep(0.005)
+            time.sleep(0.05)
+    return out
+
+
+# --- the run -------------------------------------------------------------------------------
+def run_benchmark(settings: Settings, *, residents: int = 50_000, duration: float = 10.0,
+                  rates: tuple[int, ...] = RATES, wrk_seconds: float = 10.0,
+                  wrk_connections: int = 8, freshness_trials: int = 40,
+                  keep_state: bool = False) -> BenchResult:
+    result = BenchResult("serve", params={
+        "residents": residents, "duration_s": duration, "rates": list(rates),
+        "wrk_seconds": wrk_seconds, "wrk_connections": wrk_connections,
+        "freshness_trials": freshness_trials, "workers": 2, "model": "synthetic factors "
+        "(64 factors, demo city: 56 services, 24 bundles); no trained artifact in the "
+        "benchmark's private store"})
+    load_before = os.getloadavg()
+    state = Path(tempfile.mkdtemp(prefix="bouquet-bench-serve-"))
+    bench = Settings(env="test", state_dir=state,
+                     kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
+                     redis_url=f"redis://127.0.0.1:{free_port()}/0", topic_partitions=2,
+                     redis_key_prefix="bq:", catalog_path=settings.catalog_path)
+    catalog = load_catalog(bench.catalog_path)
+    stack = LocalStack(bench)
+    server = consumer = None
+    try:
+        stack.up(timeout_s=60)
+        ensure_topics(bench)
+        from bouquet.pipelines.publish import Publisher
+
+        log.info("publishing %d synthetic residents", residents)
+        model = synthetic_model(catalog, residents)
+        report = Publisher(bench, neighbourhoods=catalog.neighbourhood_ids).publish(
+            model, model_version="v1", run_id="bench", progress=False)
+        result.add("publish_s", report.seconds, "s")
+        result.add("publish_residents_per_s", residents / report.seconds, "residents/s")
+        result.add("bytes_per_resident", report.bytes_written / residents, "bytes")
+        fresh_count = max(freshness_trials, 1)
+        _resident_state(bench, catalog, residents - fresh_count, seed=1)
+        fresh = [f"r{i}" for i in range(residents - fresh_count, residents)]
+        import redis
+
+        client = redis.Redis.from_url(bench.redis_url)
+        keys = Keys(bench.redis_key_prefix)
+        pipe = client.pipeline(transaction=False)
+        for rid in fresh:  # consenting, no recent events yet
+            pipe.hset(keys.profile(rid), mapping={"consent": "1", "neighbourhood": "centre"})
+        pipe.execute()
+        result.add("redis_used_memory_mb", client.info("memory")["used_memory"] / 2**20, "MB")
+        client.close()
+
+        port = free_port()
+        env = _env(bench)
+        server = _start([sys.executable, "-m", "bouquet", "serve", "--workers", "2",
+                         "--port", str(port)], env, state / "server.log")
+        base = f"http://127.0.0.1:{port}"
+        _wait_ready(base, server)
+        time.sleep(1.0)
+
+        rng = random.Random(3)
+        sample = [f"r{rng.randrange(residents - fresh_count)}" for _ in range(5000)]
+        endpoints = {
+            "rerank": [f"/v1/residents/{r}/bundles?k=10" for r in sample],
+            "norerank": [f"/v1/residents/{r}/bundles?k=10&rerank=false" for r in sample],
+            "bare": [f"/v1/_bench/bare/{r}" for r in sample],
+        }
+        errors = 0
+        fixed_rate(port, endpoints["rerank"], 200, 2.0)  # warm-up
+        for rate in rates:
+            for name, paths in endpoints.items():
+                stats = fixed_rate(port, paths, rate, duration)
+                log.info("%s @ %d req/s: %s", name, rate, stats)
+                suffix = "" if name == "rerank" else f"_{name}"
+                for q in ("p50", "p95", "p99"):
+                    result.add(f"{q}_ms@{rate}rps{suffix}", stats[f"{q}_ms"], "ms")
+                result.add(f"achieved_rps@{rate}rps{suffix}", stats["achieved_rps"], "req/s")
+                errors += stats["errors"]
+        wrk = {}
+        templates = {"rerank": "/v1/residents/r%d/bundles?k=10",
+                     "norerank": "/v1/residents/r%d/bundles?k=10&rerank=false",
+                     "bare": "/v1/_bench/bare/r%d"}
+        for name, template in templates.items():
+            wrk[name] = max_throughput(port, template, residents - fresh_count, wrk_seconds,
+                                       wrk_connections, state)
+            log.info("wrk %s: %s", name, wrk[name])
+            errors += wrk[name]["errors"]
+        result.add("max_rps", wrk["rerank"]["rps"], "req/s")
+        result.add("max_rps_norerank", wrk["norerank"]["rps"], "req/s")
+        result.add("max_rps_bare_redis", wrk["bare"]["rps"], "req/s")
+        result.add("ratio_to_bare_redis", wrk["rerank"]["rps"] / wrk["bare"]["rps"], "ratio")
+        result.add("ratio_norerank_to_bare_redis", wrk["norerank"]["rps"] / wrk["bare"]["rps"],
+                   "ratio")
+
+        if freshness_trials:
+            consumer = _start([sys.executable, "-m", "bouquet", "ingest"], env,
+                              state / "consumer.log")
+            times = freshness(base, catalog, fresh, freshness_trials)
+            result.add("freshness_p50_ms", float(np.percentile(times, 50)), "ms")
+            result.add("freshness_p95_ms", float(np.percentile(times, 95)), "ms")
+            result.add("freshness_max_ms", float(np.max(times)), "ms")
+        result.add("errors", errors, "count")
+    finally:
+        _stop(consumer)
+        _stop(server)
+        stack.down()
+        if not keep_state:
+            shutil.rmtree(state, ignore_errors=True)
+    load_after = os.getloadavg()
+    result.notes.append(f"load average (1/5/15 min) before {load_before[0]:.2f}/"
+                        f"{load_before[1]:.2f}/{load_before[2]:.2f}, after {load_after[0]:.2f}/"
+                        f"{load_after[1]:.2f}/{load_after[2]:.2f} on {os.cpu_count()} CPUs: "
+                        "other work shares this machine; compare within the run")
+    result.notes.append("server, Redis, broker, load generator and wrk share the same CPUs")
+    return result
+
+
+def DEFAULT(settings: Settings) -> BenchResult:  # noqa: N802 - the harness contract name
+    return run_benchmark(settings)
+
+
+def register(bench_app: typer.Typer) -> None:
+    @bench_app.command("serve")
+    def serve_command(
+        json_path: Path | None = typer.Option(None, "--json", help="Write contract JSON here."),
+        residents: int = typer.Option(50_000, help="Residents in the published keyspace."),
+        duration: float = typer.Option(10.0, help="Seconds per fixed rate and endpoint."),
+        rates: str = typer.Option(",".join(map(str, RATES)), help="Fixed rates, req/s."),
+        wrk_seconds: float = typer.Option(10.0, help="Seconds of each wrk run."),
+        wrk_connections: int = typer.Option(8, help="wrk connections."),
+        freshness_trials: int = typer.Option(40, help="POST → changed answer trials."),
+    ) -> None:
+        """Serving latency at fixed rates, max throughput vs a bare Redis GET, freshness."""
+        from bouquet.core.settings import get_settings
+
+        result = run_benchmark(get_settings(), residents=residents, duration=duration,
+                               rates=tuple(int(r) for r in rates.split(",")),
+                               wrk_seconds=wrk_seconds, wrk_connections=wrk_connections,
+                               freshness_trials=freshness_trials)
+        print_result(result)
+        if json_path is not None:
+            write_json(result, json_path)
+            typer.echo(f"wrote {json_path}")

@@ -1,0 +1,101 @@
+"""The real path: a model artifact in an MLflow registry (alias champion) → `bouquet publish`
+→ the API serves it, and the serving fold-in is the artifact's own."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import anyio
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from bouquet.core.catalog import load_catalog
+from bouquet.core.keys import Keys
+from bouquet.models.artifact import Artifact
+from bouquet.pipelines.publish import load_registered
+from tests.serving.support import client_for, redis_client, set_profile
+
+CATALOG = load_catalog()
+
+
+def small_artifact(n: int = 40, f: int = 8, seed: int = 5) -> Artifact:
+    rng = np.random.default_rng(seed)
+    sids, bids, nbs = list(CATALOG.service_ids), list(CATALOG.bundle_ids), \
+        list(CATALOG.neighbourhood_ids)
+    return Artifact.build(
+        resident_ids=[f"m{i}" for i in range(n)],
+        resident_factors=rng.normal(size=(n, f)), service_factors=rng.normal(size=(len(sids), f)),
+        bundle_cf_factors=rng.normal(size=(len(bids), f)) * 0.1, service_ids=sids,
+        bundle_ids=bids, bundle_services={b.id: b.services for b in CATALOG.bundles},
+        neighbourhoods=nbs, popular_services=rng.random((1 + len(nbs), len(sids))),
+        popular_bundles=rng.random((1 + len(nbs), len(bids))), regularization=0.1,
+        dataset_params={"log_alpha": 2.0, "half_life_days": 30.0,
+                        "event_weights": {"use": 3.0, "click": 1.0, "view": 0.25}},
+        model_kind="als", model_params={"factors": f})
+
+
+def register_champion(settings, artifact: Artifact, tmp_path) -> str:
+    client = MlflowClient(tracking_uri=settings.mlflow_uri)
+    settings.mlflow_artifact_root.mkdir(parents=True, exist_ok=True)
+    experiment = client.create_experiment(
+        "serving-test", artifact_location=settings.mlflow_artifact_root.resolve().as_uri())
+    run = client.create_run(experiment)
+    artifact.save(tmp_path / "model")
+    client.log_artifacts(run.info.run_id, str(tmp_path / "model"), "model")
+    client.set_terminated(run.info.run_id)
+    client.create_registered_model(settings.registered_model)
+    version = client.create_model_version(settings.registered_model,
+                                          source=f"{run.info.artifact_uri}/model",
+                                          run_id=run.info.run_id)
+    client.set_registered_model_alias(settings.registered_model, "champion", version.version)
+    return run.info.run_id
+
+
+def test_the_champion_is_published_and_served(settings, tmp_path) -> None:
+    artifact = small_artifact()
+    run_id = register_champion(settings, artifact, tmp_path)
+    model, version, found_run = load_registered(settings)
+    assert (version, found_run) == ("v1", run_id)
+    # The serving fold-in is the artifact's, to float precision.
+    serving = model.serving_model("x", version, run_id)
+    strengths = {3: 2.0, 10: 0.5}
+    assert np.allclose(serving.fold_in(strengths), artifact.fold_in(strengths), atol=1e-4)
+
+    env = {**os.environ, "BOUQUET_ENV": "test", "REDIS_URL": settings.redis_url,
+           "BOUQUET_REDIS_KEY_PREFIX": settings.redis_key_prefix,
+           "BOUQUET_STATE_DIR": str(settings.state_dir)}
+    out = subprocess.run([sys.executable, "-m", "bouquet", "publish", "--no-progress"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout[out.stdout.index("{"):])
+    assert report["model_version"] == "v1" and report["residents"] == 40
+    r = redis_client(settings)
+    keys = Keys(settings.redis_key_prefix)
+    assert r.get(keys.current_version()).decode() == report["version"]
+    r.close()
+
+    set_profile(settings, "m7", consent="1", neighbourhood="gare")
+
+    async def ask() -> dict:
+        async with client_for(settings) as c:
+            return (await c.get("/v1/residents/m7/bundles", params={"k": 24})).json()
+
+    answer = anyio.run(ask)
+    assert answer["personalised"] and answer["model_version"] == "v1"
+    scores = artifact.score_bundles(artifact.resident_vector("m7"))
+    expected = [artifact.bundle_ids[i] for i in np.argsort(-scores, kind="stable")]
+    got = [b["bundle_id"] for b in answer["bundles"]]
+    assert got == [b for b in expected if b in got]  # the artifact's order, filtered
+    assert all(b["reason_code"].startswith("uses:") for b in answer["bundles"])
+    reasons = artifact.bundle_reasons(artifact.resident_vector("m7"))[0]
+    first = artifact.bundle_ids.index(got[0])
+    assert answer["bundles"][0]["reason_code"] == f"uses:{artifact.service_ids[reasons[first]]}"
+
+
+def test_publish_without_a_champion_says_so(settings) -> None:
+    with pytest.raises(LookupError, match="no alias 'champion'"):
+        load_registered(settings)
