@@ -55,7 +55,10 @@ def register_champion(settings, artifact: Artifact, tmp_path) -> str:
     return run.info.run_id
 
 
+@pytest.mark.slow  # an MLflow SQLite store to create, and the CLI in a subprocess
 def test_the_champion_is_published_and_served(settings, tmp_path) -> None:
+    with pytest.raises(LookupError, match="no alias 'champion'"):
+        load_registered(settings)  # nothing registered yet: a clear message, no publish
     artifact = small_artifact()
     run_id = register_champion(settings, artifact, tmp_path)
     model, version, found_run = load_registered(settings)
@@ -94,8 +97,3 @@ def test_the_champion_is_published_and_served(settings, tmp_path) -> None:
     reasons = artifact.bundle_reasons(artifact.resident_vector("m7"))[0]
     first = artifact.bundle_ids.index(got[0])
     assert answer["bundles"][0]["reason_code"] == f"uses:{artifact.service_ids[reasons[first]]}"
-
-
-def test_publish_without_a_champion_says_so(settings) -> None:
-    with pytest.raises(LookupError, match="no alias 'champion'"):
-        load_registered(settings)
