@@ -33,6 +33,7 @@ from bouquet.streaming.synthetic import StreamSpec, encode, stream
 
 CATALOG = load_catalog()
 COMPARED = [c for c in COLUMNS if c != "ingested_at"]
+ASSIGNED = "assigned ['"  # the log line of a non-empty assignment
 
 
 def run_in_process(settings: Settings, **options: object) -> IngestStats:
@@ -158,14 +159,15 @@ def test_a_second_consumer_joining_mid_stream_loses_and_doubles_nothing(
     produce(settings, [encode(e) for e in events[:20_000]])
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     stats_files = [tmp_path / "a.json", tmp_path / "b.json"]
-    a = start_ingest(settings, logs[0], "--until-idle", "--idle-seconds", "4",
+    # A idles out later than B so that it is still there when B joins, even on a busy box
+    a = start_ingest(settings, logs[0], "--until-idle", "--idle-seconds", "8",
                      "--stats-json", str(stats_files[0]), batch_max_events=1000)
     try:
-        assert wait_for_text(logs[0], "assigned"), logs[0].read_text()
+        assert wait_for_text(logs[0], ASSIGNED), logs[0].read_text()
         b = start_ingest(settings, logs[1], "--until-idle", "--idle-seconds", "4",
                          "--stats-json", str(stats_files[1]), batch_max_events=1000)
         try:
-            assert wait_for_text(logs[1], "assigned", timeout_s=60), logs[1].read_text()
+            assert wait_for_text(logs[1], ASSIGNED, timeout_s=60), logs[1].read_text()
             produce(settings, [encode(e) for e in events[20_000:]])
             assert b.wait(timeout=120) == 0, logs[1].read_text()
         finally:
@@ -200,7 +202,7 @@ def test_sigkill_at_random_moments_then_restart_equals_a_clean_run(
         proc = start_ingest(crashy, log_path, batch_max_events=rng.choice((500, 1000, 2000)),
                             session_timeout_ms=3000)
         try:
-            assert wait_for_text(log_path, "assigned", count=i + 1), log_path.read_text()
+            assert wait_for_text(log_path, ASSIGNED, count=i + 1), log_path.read_text()
             time.sleep(rng.uniform(0.05, 0.8))
             proc.send_signal(signal.SIGKILL)
             assert proc.wait(timeout=10) == -signal.SIGKILL
