@@ -157,7 +157,10 @@ def run_benchmark(settings: Settings, *, events: int = 150_000, partitions: int 
                   repeats: int = 2, lag_rate: float = 3000.0, lag_seconds: float = 10.0,
                   use_configured: bool = False) -> BenchResult:
     """Measure (see the module docstring) and return the contract result."""
+    from kafka.record import util as kafka_record_util
+
     result = BenchResult("ingest", params={
+        "kafka_crc32c": "c" if kafka_record_util.crc32c_c is not None else "python",
         "events": events, "partitions": partitions, "repeats": repeats, "lag_rate": lag_rate,
         "lag_seconds": lag_seconds, "batch_max_events": settings.ingest_batch_max_events,
         "batch_max_ms": settings.ingest_batch_max_ms, "use_configured": use_configured})
