@@ -47,6 +47,7 @@ from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from bouquet.core.catalog import Catalog
 from bouquet.simulation.columns import C, EventColumns, T, Vocabulary
@@ -179,6 +180,18 @@ def _top_k_gumbel(rng: np.random.Generator, logits: np.ndarray, counts: np.ndarr
 
 
 @dataclass
+class _BlockTastes:
+    """Per-block quantities both phases of a week need (computed once per block)."""
+
+    aff: np.ndarray  # (n, S) hidden affinity
+    bundle_aff: np.ndarray  # (n, B)
+    usage_w: np.ndarray  # (n, S) exp(affinity) * frequency
+    held: np.ndarray  # (n, S) bool
+    ok: np.ndarray  # (n, S) bool: available and eligible
+    bundle_ok: np.ndarray  # (n, B) bool
+
+
+@dataclass
 class WeekResult:
     """What one simulated week produced."""
 
@@ -288,10 +301,28 @@ class Simulation:
 
     def bundle_affinity(self, service_affinity: np.ndarray) -> np.ndarray:
         """Resident × bundle affinity: half the mean, half the best of its services."""
-        member = self.world.bundle_services
-        mean = service_affinity @ (member / member.sum(1, keepdims=True)).T.astype(np.float32)
-        best = np.stack([service_affinity[:, m].max(1) for m in member], 1)
+        padded = np.concatenate([service_affinity,
+                                 np.full((len(service_affinity), 1), np.nan, np.float32)], 1)
+        members = padded[:, self._bundle_members]  # (n, B, max size), NaN pads
+        best = np.nanmax(members, axis=2)
+        mean = service_affinity @ self._bundle_mean_weights
         return (0.5 * mean + 0.5 * best).astype(np.float32)
+
+    @functools.cached_property
+    def _bundle_members(self) -> np.ndarray:
+        """(B, max bundle size) service indexes, padded with S (a NaN column)."""
+        member = self.world.bundle_services
+        width = int(member.sum(1).max())
+        out = np.full((len(member), width), member.shape[1], np.intp)
+        for b, row in enumerate(member):
+            idx = np.flatnonzero(row)
+            out[b, :len(idx)] = idx
+        return out
+
+    @functools.cached_property
+    def _bundle_mean_weights(self) -> np.ndarray:
+        member = self.world.bundle_services
+        return (member / member.sum(1, keepdims=True)).T.astype(np.float32)
 
     def service_ok(self, rows: slice | np.ndarray) -> np.ndarray:
         return self.classes.service_ok[self.residents.profile_class[rows]]
@@ -337,16 +368,16 @@ class Simulation:
         trailing False for "no bundle")."""
         return np.array([b.price.model != "per_use" for b in self.catalog.bundles] + [False])
 
-    def _habit(self, aff: np.ndarray, rows: slice) -> np.ndarray:
+    def _habit(self, t: _BlockTastes, rows: np.ndarray) -> np.ndarray:
         """Daily use rate added by offers subscribed during the window: the engagement
         hypothesis (a well-matched new bundle becomes a routine) — assumed, not measured."""
         p = self.params
         bundles = self.new_bundles[rows]
         services = self.new_services[rows]
         if not (bundles.any() or services.any()):
-            return np.zeros(len(aff), np.float32)
-        match_b = _sigmoid(p.habit_slope * (self.bundle_affinity(aff) - p.habit_midpoint))
-        match_s = _sigmoid(p.habit_slope * (aff - p.habit_midpoint))
+            return np.zeros(len(rows), np.float32)
+        match_b = _sigmoid(p.habit_slope * (t.bundle_aff - p.habit_midpoint))
+        match_s = _sigmoid(p.habit_slope * (t.aff - p.habit_midpoint))
         return (p.habit_bundle * (match_b * bundles).sum(1)
                 + p.habit_service * (match_s * services).sum(1)).astype(np.float32)
 
@@ -360,6 +391,10 @@ class Simulation:
     def history(self) -> EventColumns:
         """Profile and consent events, and subscriptions held when the window opens, dated
         in the ``history_weeks`` before it."""
+        with threadpool_limits(1):
+            return self._history()
+
+    def _history(self) -> EventColumns:
         p = self.params
         parts = []
         span = p.history_weeks * 7 * DAY_US
@@ -412,6 +447,30 @@ class Simulation:
         return EventColumns.concat([subs, pays])
 
     # --- one week ------------------------------------------------------------------------
+    def _tastes(self, rows: np.ndarray) -> _BlockTastes:
+        aff = self.affinity(rows)
+        return _BlockTastes(aff, self.bundle_affinity(aff),
+                            np.exp(self.params.taste_temperature * aff) * self.frequency,
+                            self.holds(rows), self.service_ok(rows), self.bundle_ok(rows))
+
+    def _activity(self, rng: np.random.Generator, rows: np.ndarray, days: np.ndarray,
+                  t: _BlockTastes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Active days, app-session days, digest opened, and the week's use intensity."""
+        p = self.params
+        adhoc = p.adhoc_usage * (t.usage_w * t.ok).sum(1) / np.maximum(t.ok.sum(1), 1)
+        usage = (t.usage_w * t.held).sum(1) + adhoc
+        rate = p.base_rate * self.residents.activity[rows] * usage ** p.usage_elasticity
+        rate += self._habit(t, rows)
+        burst = rng.gamma(p.burst_shape, 1.0 / p.burst_shape, len(rate))
+        daily = (rate * burst)[:, None] * self.day_factor[days][None, :]
+        alive = self.erased_at[rows][:, None] > self.day_start_us[days][None, :]
+        active = (rng.random(daily.shape) < -np.expm1(-daily)) & alive
+        session = active & (rng.random(active.shape) < p.app_session)
+        # engaged residents open the digest more often than dormant ones
+        opens = p.digest_open * (0.3 + 0.7 * np.minimum(1.0, 7 * rate * burst))
+        digest = (rng.random(len(rate)) < opens) & alive[:, 0]
+        return active, session, digest, (rate * burst).astype(np.float32)
+
     def step(self, recommender: RowRecommender | None = None, k: int = 3,
              rec_tag: str | None = None) -> WeekResult:
         """Advance one week; ``recommender`` (closed loop) chooses what exposed residents
@@ -419,39 +478,33 @@ class Simulation:
         week = self.week_done
         if week >= self.weeks:
             raise RuntimeError(f"the simulation has only {self.weeks} weeks")
-        p = self.params
         days = np.arange(7 * week, 7 * week + 7)
         day0 = int(self.day_start_us[days[0]])
-        # phase A: who is active on which day, who opens the app or the digest
+        # Phase A decides who is active and exposed; phase B writes the events. Without a
+        # recommender both run block by block on the same tastes; with one, every block's
+        # phase A must finish before the recommender is asked once for all exposed
+        # residents. Random streams are keyed by (week, block, phase): same events.
         active = np.zeros((self.n, 7), bool)
         intensity = np.zeros(self.n, np.float32)
         session = np.zeros((self.n, 7), bool)
         digest = np.zeros(self.n, bool)
-        for block, lo in enumerate(self._blocks()):
-            rows = slice(lo, min(lo + BLOCK, self.n))
-            rng = self._rng(week + 1, block, 1)
-            aff = self.affinity(rows)
-            usage_w = np.exp(p.taste_temperature * aff) * self.frequency
-            held = self.holds(rows)
-            ok = self.service_ok(rows)
-            adhoc = p.adhoc_usage * (usage_w * ok).sum(1) / np.maximum(ok.sum(1), 1)
-            usage = (usage_w * held).sum(1) + adhoc
-            rate = p.base_rate * self.residents.activity[rows] * usage ** p.usage_elasticity
-            rate += self._habit(aff, rows)
-            burst = rng.gamma(p.burst_shape, 1.0 / p.burst_shape, len(rate))
-            intensity[rows] = rate * burst
-            daily = (rate * burst)[:, None] * self.day_factor[days][None, :]
-            alive = self.erased_at[rows][:, None] > self.day_start_us[days][None, :]
-            act = (rng.random(daily.shape) < -np.expm1(-daily)) & alive
-            active[rows] = act
-            session[rows] = act & (rng.random(act.shape) < p.app_session)
-            # engaged residents open the digest more often than dormant ones
-            opens = p.digest_open * (0.3 + 0.7 * np.minimum(1.0, 7 * rate * burst))
-            digest[rows] = (rng.random(len(rate)) < opens) & alive[:, 0]
+        parts: list[EventColumns] = []
+        shown = accepted = 0
+        fused = recommender is None
+        with threadpool_limits(1):  # small matrix products: threads only add overhead
+            for block, lo in enumerate(self._blocks()):
+                rows = np.arange(lo, min(lo + BLOCK, self.n))
+                tastes = self._tastes(rows)
+                a, s_, d_, i_ = self._activity(self._rng(week + 1, block, 1), rows, days,
+                                               tastes)
+                active[rows], session[rows], digest[rows], intensity[rows] = a, s_, d_, i_
+                if fused:
+                    events, _, _ = self._week_block(self._rng(week + 1, block, 2), week, rows,
+                                                    days, a, s_, d_, None, i_, tastes)
+                    parts.append(events)
         # the recommender is asked once for everyone exposed this week
-        recs = None
         exposed = np.zeros(0, np.int64)
-        if recommender is not None:
+        if not fused:
             exposed = np.nonzero(session.any(1) | digest)[0]
             recs = np.full((self.n, k), -1, np.int16)
             if len(exposed):
@@ -461,18 +514,16 @@ class Simulation:
                                                                         strict=True) if i}
             if rec_tag:
                 self.vocab.rec_tags[week] = rec_tag
-        # phase B: events
-        parts: list[EventColumns] = []
-        shown = accepted = 0
-        for block, lo in enumerate(self._blocks()):
-            rows = np.arange(lo, min(lo + BLOCK, self.n))
-            rng = self._rng(week + 1, block, 2)
-            events, s, a = self._week_block(rng, week, rows, days, active[rows], session[rows],
-                                            digest[rows], None if recs is None else recs[rows],
-                                            intensity[rows])
-            parts.append(events)
-            shown += s
-            accepted += a
+            with threadpool_limits(1):
+                for block, lo in enumerate(self._blocks()):
+                    rows = np.arange(lo, min(lo + BLOCK, self.n))
+                    events, s_, a_ = self._week_block(
+                        self._rng(week + 1, block, 2), week, rows, days, active[rows],
+                        session[rows], digest[rows], recs[rows], intensity[rows],
+                        self._tastes(rows))
+                    parts.append(events)
+                    shown += s_
+                    accepted += a_
         events = EventColumns.concat(parts)
         events = self._administration(week, days, events)
         events.ts = np.minimum(events.ts, self.end_us - US)
@@ -485,17 +536,13 @@ class Simulation:
 
     def _week_block(self, rng: np.random.Generator, week: int, rows: np.ndarray,
                     days: np.ndarray, active: np.ndarray, session: np.ndarray,
-                    digest: np.ndarray, recs: np.ndarray | None, intensity: np.ndarray
-                    ) -> tuple[EventColumns, int, int]:
+                    digest: np.ndarray, recs: np.ndarray | None, intensity: np.ndarray,
+                    t: _BlockTastes) -> tuple[EventColumns, int, int]:
         p = self.params
         parts: list[EventColumns] = []
-        aff = self.affinity(rows)
         tau = p.taste_temperature
-        usage_w = np.exp(tau * aff) * self.frequency
-        ok = self.service_ok(rows)
-        held = self.holds(rows)
-        bundle_aff = self.bundle_affinity(aff)
-        bundle_ok = self.bundle_ok(rows)
+        aff, usage_w, ok, held = t.aff, t.usage_w, t.ok, t.held
+        bundle_aff, bundle_ok = t.bundle_aff, t.bundle_ok
 
         # --- uses -------------------------------------------------------------------------
         r_loc, d_loc = np.nonzero(active)

@@ -188,7 +188,7 @@ class Residents:
         """Save the hidden tastes and activity (closed-loop studies, never training)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(path, ids=self.ids.astype("U11"), tastes=self.tastes,
+        np.savez(path, ids=self.ids.astype("U11"), tastes=self.tastes,
                             activity=self.activity, habit=self.habit,
                             service_factors=world.service_factors,
                             service_bias=world.service_bias)
