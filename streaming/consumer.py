@@ -122,6 +122,7 @@ class IngestStats:
     commits: int = 0
     commit_failures: int = 0
     rebalances: int = 0
+    retries: int = 0
     first_record_at: float | None = None  # wall clock (time.time())
     last_commit_at: float | None = None
     visible_delays_ms: list[int] = field(default_factory=list)
@@ -535,6 +536,7 @@ class IngestConsumer:
                 log.warning("%s failed (%s); retry %d/%d in %.2f s", target, exc, attempt + 1,
                             self.options.retry_attempts, delay)
                 metrics.RETRIES.labels(target).inc()
+                self.stats.retries += 1
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
