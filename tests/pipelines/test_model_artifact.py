@@ -153,7 +153,7 @@ def test_publish_adapter_reads_the_artifact(tmp_path: Path) -> None:
     publish = pytest.importorskip("bouquet.pipelines.publish")
     artifact = make_artifact()
     artifact.save(tmp_path / "model")
-    model = publish.adapt_artifact(load_artifact(tmp_path / "model"), CATALOG)
+    model = publish.adapt_artifact(load_artifact(tmp_path / "model"))
     chunk = model.score_chunk(0, 5, 3)
     expected = np.argsort(-artifact.score_bundles(artifact.resident_factors[:5]), axis=1)[:, :3]
     np.testing.assert_array_equal(chunk.bundle_items, expected)
