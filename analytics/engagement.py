@@ -218,7 +218,8 @@ class EngagementData:
     factor_values: tuple[str, ...]
     channel: np.ndarray
     channel_values: tuple[str, ...]
-    funnel_events: pd.DataFrame  # resident, day, stage, model_version, variant
+    #: resident, day, stage, model_version, variant and the four dimensions' values
+    funnel_events: pd.DataFrame
     events: int = 0
     first_event_day: int | None = None
     last_event_day: int | None = None
@@ -325,7 +326,11 @@ def load_engagement_data(root: Path, catalog: Catalog) -> EngagementData:
     stage_of_code = np.array([FUNNEL_STAGE_OF_TYPE.get(t) for t in type_names] + [None],
                              dtype=object)
     funnel = _funnel_events(contacts, stage_of_code[type_codes[is_contact]],
-                            res_codes[is_contact], day[is_contact])
+                            res_codes[is_contact], day[is_contact], {
+                                "neighbourhood": (nb_of_res[res_codes[is_contact]],
+                                                  nb_values),
+                                "domain": (dom, dom_values), "factor": (fac, fac_values),
+                                "channel": (chan, chan_values)})
     data = EngagementData(
         n_residents=n_res,
         first_day=first_day,
@@ -365,21 +370,27 @@ def parse_recommendation_ids(values: pd.Series) -> pd.DataFrame:
 
 
 def _funnel_events(contacts: pd.DataFrame, stage: np.ndarray, res: np.ndarray,
-                   day: np.ndarray) -> pd.DataFrame:
+                   day: np.ndarray, dims: dict[str, tuple[np.ndarray, list[str]]]
+                   ) -> pd.DataFrame:
     """Contacts that carry a Bouquet recommendation id and map to a funnel stage
-    (``stage``: the stage of each contact's type, or None)."""
+    (``stage``: the stage of each contact's type, or None), with their dimension values
+    (categoricals, so that breakdowns cost little memory)."""
     has_rec = contacts["recommendation_id"].notna().to_numpy() if len(contacts) else \
         np.zeros(0, bool)
     mask = has_rec & (stage != None)  # noqa: E711 - element-wise on an object array
     parsed = parse_recommendation_ids(contacts["recommendation_id"][mask])
     keep = parsed["model_version"].notna().to_numpy()
-    return pd.DataFrame({
+    out = pd.DataFrame({
         "resident": res[mask][keep],
         "day": day[mask][keep],
         "stage": stage[mask][keep],
         "model_version": parsed["model_version"].to_numpy(dtype=object)[keep],
         "variant": parsed["variant"].to_numpy(dtype=object)[keep],
     })
+    for name, (codes, values) in dims.items():
+        out[name] = pd.Categorical.from_codes(np.asarray(codes)[mask][keep],
+                                              categories=list(values))
+    return out
 
 
 # --- computation ---------------------------------------------------------------------------

@@ -132,7 +132,7 @@ FIGURES: dict[str, FigureDef] = {
     ),
 }
 
-FUNNEL_COLUMNS = ["model_version", "variant", "arm",
+FUNNEL_COLUMNS = ["dimension", "value", "model_version", "variant", "arm",
                   *[f"{s}_events" for s in FUNNEL_STAGES], "residents_shown",
                   *[f"{s}_residents" for s in FUNNEL_STAGES[1:]],
                   *[f"{s}_rate" for s in FUNNEL_STAGES[1:]]]
@@ -142,11 +142,19 @@ FUNNEL_SPEC = SuppressionSpec(
     gates=[("residents_shown", [*[f"{s}_events" for s in FUNNEL_STAGES],
                                 *[f"{s}_residents" for s in FUNNEL_STAGES[1:]]])],
     derived={f"{s}_rate": [f"{s}_residents", "residents_shown"] for s in FUNNEL_STAGES[1:]},
+    across=["model_version", "variant"],
+    across_cells=[*[f"{s}_events" for s in FUNNEL_STAGES], "residents_shown",
+                  *[f"{s}_residents" for s in FUNNEL_STAGES[1:]]],
 )
-UPLIFT_COLUMNS = ["arm", "baseline", "stage", "residents", "converted", "rate",
-                  "baseline_residents", "baseline_converted", "baseline_rate", "difference",
-                  "ci_low", "ci_high", "relative_uplift", "significant"]
+UPLIFT_COLUMNS = ["dimension", "value", "arm", "baseline", "stage", "residents",
+                  "converted", "rate", "baseline_residents", "baseline_converted",
+                  "baseline_rate", "difference", "ci_low", "ci_high", "relative_uplift",
+                  "significant"]
 _UPLIFT_INPUTS = ["converted", "baseline_converted", "residents", "baseline_residents"]
+FUNNEL_WEEKLY_SPEC = SuppressionSpec(
+    counts=FUNNEL_SPEC.counts, gates=FUNNEL_SPEC.gates, derived=FUNNEL_SPEC.derived,
+    across=["model_version", "variant", "week"], across_cells=FUNNEL_SPEC.across_cells,
+)
 UPLIFT_SPEC = SuppressionSpec(
     counts=["residents", "converted", "baseline_residents", "baseline_converted"],
     gates=[("residents", ["converted"]), ("baseline_residents", ["baseline_converted"])],
@@ -223,9 +231,10 @@ def funnel_figure(arms: pd.DataFrame, k: int, **meta: object) -> Table:
 
 
 def funnel_weekly_figure(weekly: pd.DataFrame, k: int, **meta: object) -> Table:
-    shown = suppress(weekly, FUNNEL_SPEC, k) if not weekly.empty else weekly
+    shown = suppress(weekly, FUNNEL_WEEKLY_SPEC, k) if not weekly.empty else weekly
     return Table.from_frame("funnel_weekly", "Recommendation funnel per arm and ISO week",
-                            shown, k, columns=["week", *FUNNEL_COLUMNS], **meta)
+                            shown, k, columns=[*FUNNEL_COLUMNS[:4], "week",
+                                               *FUNNEL_COLUMNS[4:]], **meta)
 
 
 def uplift_figure(table: pd.DataFrame, k: int, **meta: object) -> Table:

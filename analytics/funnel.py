@@ -70,18 +70,25 @@ def newcombe_difference(x1: np.ndarray | float, n1: np.ndarray | float,
 
 
 def funnel_by_arm(events: pd.DataFrame, *, since_day: int | None = None,
-                  weekly: bool = False) -> pd.DataFrame:
-    """Funnel figures per arm (and per ISO week with ``weekly``), from the attributed events
-    of :attr:`bouquet.analytics.engagement.EngagementData.funnel_events`."""
-    keys = ["model_version", "variant"] + (["week"] if weekly else [])
+                  weekly: bool = False, by: str = "all") -> pd.DataFrame:
+    """Funnel figures per arm (per ISO week with ``weekly``; per value of a dimension with
+    ``by``), from :attr:`bouquet.analytics.engagement.EngagementData.funnel_events`.
+
+    With ``by``, a resident counts in the slice of the events they had there: shown in
+    ``domain = mobility`` and subscribed there (neighbourhood is the resident's)."""
+    group = [] if by == "all" else [by]
+    keys = ["model_version", "variant"] + (["week"] if weekly else []) + group
     stage_cols = [f"{s}_events" for s in FUNNEL_STAGES]
     people_cols = [f"{s}_residents" for s in FUNNEL_STAGES[1:]]
     rate_cols = [f"{s}_rate" for s in FUNNEL_STAGES[1:]]
-    columns = [*keys, "arm", *stage_cols, "residents_shown", *people_cols, *rate_cols]
+    front = ["dimension", "value", "model_version", "variant"] + (["week"] if weekly else [])
+    columns = [*front, "arm", *stage_cols, "residents_shown", *people_cols, *rate_cols]
     ev = events if since_day is None else events[events["day"] >= since_day]
     if ev.empty:
         return pd.DataFrame({c: [] for c in columns})
-    ev = ev.copy()
+    ev = ev[["resident", "day", "stage", "model_version", "variant", *group]].copy()
+    for name in group:
+        ev[name] = ev[name].astype(str)
     if weekly:
         weeks = week_of_day(ev["day"].to_numpy())
         labels = {w: iso_week_label(w) for w in np.unique(weeks).tolist()}
@@ -104,10 +111,13 @@ def funnel_by_arm(events: pd.DataFrame, *, since_day: int | None = None,
                                             out[f"{stage}_residents"] / out["residents_shown"],
                                             np.nan)
     out = out.reset_index()
+    out["dimension"] = by
+    out["value"] = out[by] if group else "all"
     out["arm"] = out["model_version"].astype(str) + ":" + out["variant"].astype(str)
     for c in [*stage_cols, "residents_shown", *people_cols]:
         out[c] = out[c].astype(np.int64)
-    return out[columns].sort_values(keys).reset_index(drop=True)
+    order = ["value", "model_version", "variant"] + (["week"] if weekly else [])
+    return out[columns].sort_values(order).reset_index(drop=True)
 
 
 def choose_baseline(arms: pd.DataFrame, requested: str | None = None) -> str | None:
@@ -132,28 +142,36 @@ def choose_baseline(arms: pd.DataFrame, requested: str | None = None) -> str | N
 
 def uplift(arms: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
     """Per arm other than the baseline and per stage: both rates, their difference with a
-    95 % Newcombe interval, the relative uplift and whether the interval excludes zero."""
-    columns = ["arm", "baseline", "stage", "residents", "converted", "rate",
-               "baseline_residents", "baseline_converted", "baseline_rate", "difference",
-               "ci_low", "ci_high", "relative_uplift", "significant"]
+    95 % Newcombe interval, the relative uplift and whether the interval excludes zero.
+    With a breakdown (``value`` column), within each value, against the same baseline."""
+    columns = ["dimension", "value", "arm", "baseline", "stage", "residents", "converted",
+               "rate", "baseline_residents", "baseline_converted", "baseline_rate",
+               "difference", "ci_low", "ci_high", "relative_uplift", "significant"]
     base = choose_baseline(arms, baseline)
     if base is None:
         return pd.DataFrame({c: [] for c in columns})
-    b = arms[arms["arm"] == base].iloc[0]
     rows = []
-    for _, arm in arms[arms["arm"] != base].iterrows():
-        for stage in FUNNEL_STAGES[1:]:
-            x1, n1 = int(arm[f"{stage}_residents"]), int(arm["residents_shown"])
-            x2, n2 = int(b[f"{stage}_residents"]), int(b["residents_shown"])
-            d, lo, hi = (float(v) for v in newcombe_difference(x1, n1, x2, n2))
-            p1 = x1 / n1 if n1 else math.nan
-            p2 = x2 / n2 if n2 else math.nan
-            rows.append({
-                "arm": arm["arm"], "baseline": base, "stage": stage,
-                "residents": n1, "converted": x1, "rate": p1,
-                "baseline_residents": n2, "baseline_converted": x2, "baseline_rate": p2,
-                "difference": d, "ci_low": lo, "ci_high": hi,
-                "relative_uplift": (p1 / p2 - 1) if p2 else math.nan,
-                "significant": bool(lo > 0 or hi < 0) if not math.isnan(lo) else False,
-            })
+    if "value" not in arms.columns:
+        arms = arms.assign(dimension="all", value="all")
+    for (dimension, value), part in arms.groupby(["dimension", "value"], sort=True):
+        found = part[part["arm"] == base]
+        if found.empty:
+            continue
+        b = found.iloc[0]
+        for _, arm in part[part["arm"] != base].iterrows():
+            for stage in FUNNEL_STAGES[1:]:
+                x1, n1 = int(arm[f"{stage}_residents"]), int(arm["residents_shown"])
+                x2, n2 = int(b[f"{stage}_residents"]), int(b["residents_shown"])
+                d, lo, hi = (float(v) for v in newcombe_difference(x1, n1, x2, n2))
+                p1 = x1 / n1 if n1 else math.nan
+                p2 = x2 / n2 if n2 else math.nan
+                rows.append({
+                    "dimension": dimension, "value": value,
+                    "arm": arm["arm"], "baseline": base, "stage": stage,
+                    "residents": n1, "converted": x1, "rate": p1,
+                    "baseline_residents": n2, "baseline_converted": x2, "baseline_rate": p2,
+                    "difference": d, "ci_low": lo, "ci_high": hi,
+                    "relative_uplift": (p1 / p2 - 1) if p2 else math.nan,
+                    "significant": bool(lo > 0 or hi < 0) if not math.isnan(lo) else False,
+                })
     return pd.DataFrame(rows, columns=columns)

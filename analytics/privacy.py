@@ -48,7 +48,8 @@ class SuppressionSpec:
     dependents): when the column is in (0, k), it and its dependents are hidden.
     ``partitions``: (total, cells) whose cells add up to the total (rule 3).
     ``across``: key columns identifying the same cell across the values of a partitioning
-    dimension (rule 4; applied only to rows of a dimension in ``partition_dimensions``).
+    dimension (rule 4; applied only to rows of a dimension in ``partition_dimensions``) to
+    the partitions' cells and totals and to ``across_cells``.
     ``derived``: column → the columns it is computed from. ``quantiles``: column → its
     (n at or below, n at or above) columns (rule 5).
     """
@@ -58,6 +59,9 @@ class SuppressionSpec:
     partitions: Sequence[tuple[str, Sequence[str]]] = ()
     across: Sequence[str] = ()
     partition_dimensions: Sequence[str] = ("neighbourhood",)
+    #: further columns complemented across a partitioning dimension's values (rule 4)
+    #: without being cells of a row partition
+    across_cells: Sequence[str] = ()
     derived: dict[str, Sequence[str]] = field(default_factory=dict)
     quantiles: dict[str, tuple[str, str]] = field(default_factory=dict)
 
@@ -114,6 +118,8 @@ def suppress(frame: pd.DataFrame, spec: SuppressionSpec, k: int) -> pd.DataFrame
                     changed |= _complement_column(numeric, hidden, rows, groups, c, None)
                 changed |= _complement_column(numeric, hidden, rows, groups, col(total),
                                               all_cells)
+            for c in spec.across_cells:
+                changed |= _complement_column(numeric, hidden, rows, groups, col(c), None)
         if not changed:
             break
 

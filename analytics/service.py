@@ -141,26 +141,34 @@ class EngagementService:
         last_monday = data.last_event_day - (data.last_event_day + 3) % 7
         return last_monday - 7 * (weeks - 1)
 
-    def funnel_arms(self, weeks: int | None = None) -> pd.DataFrame:
-        return self._cached(("arms", weeks), lambda: funnel.funnel_by_arm(
-            self._current().funnel_events, since_day=self._since_day(weeks)))
+    def funnel_arms(self, weeks: int | None = None, by: str = "all",
+                    value: str | None = None) -> pd.DataFrame:
+        if by not in figures.BREAKDOWNS:
+            raise figures.BadQuery(f"by must be one of {', '.join(figures.BREAKDOWNS)}")
+        arms = self._cached(("arms", weeks, by), lambda: funnel.funnel_by_arm(
+            self._current().funnel_events, since_day=self._since_day(weeks), by=by))
+        return figures.select(arms, by, value) if value is not None else arms
 
-    def funnel(self, weeks: int | None = None) -> Table:
-        return figures.funnel_figure(self.funnel_arms(weeks), self.k, weeks=weeks)
+    def funnel(self, weeks: int | None = None, by: str = "all",
+               value: str | None = None) -> Table:
+        return figures.funnel_figure(self.funnel_arms(weeks, by, value), self.k,
+                                     weeks=weeks, by=by, value=value)
 
     def funnel_weekly(self, weeks: int | None = None) -> Table:
         frame = self._cached(("arms_weekly", weeks), lambda: funnel.funnel_by_arm(
             self._current().funnel_events, since_day=self._since_day(weeks), weekly=True))
         return figures.funnel_weekly_figure(frame, self.k, weeks=weeks)
 
-    def uplift(self, baseline: str | None = None, weeks: int | None = None) -> Table:
-        arms = self.funnel_arms(weeks)
+    def uplift(self, baseline: str | None = None, weeks: int | None = None,
+               by: str = "all", value: str | None = None) -> Table:
+        arms = self.funnel_arms(weeks, by, value)
         try:
             table = funnel.uplift(arms, baseline)
         except ValueError as exc:
             raise figures.BadQuery(str(exc)) from None
         chosen = table["baseline"].iloc[0] if len(table) else funnel.choose_baseline(arms)
-        return figures.uplift_figure(table, self.k, weeks=weeks, baseline=chosen,
+        return figures.uplift_figure(table, self.k, weeks=weeks, baseline=chosen, by=by,
+                                     value=value,
                                      method="Newcombe hybrid score (method 10), 95%")
 
     # --- live ----------------------------------------------------------------------------

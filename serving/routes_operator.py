@@ -152,11 +152,12 @@ async def engagement_figure_csv(request: Request, _: OperatorRole, figure: Figur
 
 @router.get("/v1/operator/funnel", tags=["operator"],
             summary="Recommendation funnel per model version and variant")
-async def funnel(request: Request, _: OperatorRole, weeks: Count = None,
-                 format: Format = "json") -> Response:
+async def funnel(request: Request, _: OperatorRole, weeks: Count = None, by: By = "all",
+                 value: str | None = None, format: Format = "json") -> Response:
     """Stages shown → opened → subscribed → used, in residents and events, attributed
-    through ``recommendation_id``; ``weeks`` keeps the latest ISO weeks of the log."""
-    return _answer(await _run(service_of(request.app).funnel, weeks), format)
+    through ``recommendation_id``; ``weeks`` keeps the latest ISO weeks of the log; ``by``
+    breaks each arm down by a dimension."""
+    return _answer(await _run(service_of(request.app).funnel, weeks, by, value), format)
 
 
 @router.get("/v1/operator/funnel/weekly", tags=["operator"],
@@ -169,11 +170,13 @@ async def funnel_weekly(request: Request, _: OperatorRole, weeks: Count = None,
 @router.get("/v1/operator/funnel/uplift", tags=["operator"],
             summary="Uplift of each arm over a baseline, with a 95% interval")
 async def funnel_uplift(request: Request, _: OperatorRole, baseline: str | None = None,
-                        weeks: Count = None, format: Format = "json") -> Response:
+                        weeks: Count = None, by: By = "all", value: str | None = None,
+                        format: Format = "json") -> Response:
     """Difference of conversion rates (residents shown → stage) between each arm and the
     baseline (``<model_version>:<variant>`` or a variant name; default: a ``control`` /
     ``popular`` variant, else the largest arm), Newcombe hybrid-score interval."""
-    return _answer(await _run(service_of(request.app).uplift, baseline, weeks), format)
+    return _answer(await _run(service_of(request.app).uplift, baseline, weeks, by, value),
+                   format)
 
 
 @router.get("/v1/operator/live", tags=["operator"],

@@ -101,8 +101,7 @@ def fmt(value: Any, kind: str) -> str:
 
 def _print(table: Table, view: str, by: str) -> None:
     columns = _VIEWS[view]
-    lead = [] if view in ("funnel", "uplift") else (["value"] if by != "all" else []) + \
-        ([_PERIOD[view]] if view in _PERIOD else [])
+    lead = (["value"] if by != "all" else []) + ([_PERIOD[view]] if view in _PERIOD else [])
     out = RichTable(title=table.title, title_justify="left", header_style="bold")
     for name in lead:
         out.add_column(name)
@@ -141,8 +140,8 @@ def build(settings: Settings, *, weeks: int, by: str, value: str | None,
     out["monthly"] = svc.figure("monthly", by=by, value=value, last=months)
     out["cohorts"] = svc.figure("cohorts", by=by, value=value, last=months)
     out["lifetime"] = svc.figure("lifetime", by=by, value=value)
-    out["funnel"] = svc.funnel()
-    out["uplift"] = svc.uplift()
+    out["funnel"] = svc.funnel(by=by, value=value)
+    out["uplift"] = svc.uplift(by=by, value=value)
     out["live"] = None
     if live:
         client = _live_client(settings)

@@ -252,9 +252,12 @@
 
   async function renderFunnel() {
     const weeks = $("weeks").value;
+    const s = scope();
+    $("funnel-scope").textContent = `(${s.label})`;
+    const params = { weeks, by: s.by === "all" ? "" : s.by, value: s.value };
     const [arms, uplift] = await Promise.all([
-      api(`/v1/operator/funnel${query({ weeks })}`),
-      api(`/v1/operator/funnel/uplift${query({ weeks })}`),
+      api(`/v1/operator/funnel${query(params)}`),
+      api(`/v1/operator/funnel/uplift${query(params)}`),
     ]);
     C.funnel($("funnel-chart"), arms.rows.map((a) => ({
       arm: a.arm,
@@ -405,7 +408,9 @@
     });
     $("by").addEventListener("change", () => { fillValues(); load(); });
     $("value").addEventListener("change", () => { document.body.dataset.ready = "false";
-      renderCharts().then(() => { document.body.dataset.ready = "true"; }); });
+      Promise.all([renderCharts(), renderFunnel()]).then(() => {
+        document.body.dataset.ready = "true";
+      }); });
     $("weeks").addEventListener("change", () => { document.body.dataset.ready = "false";
       Promise.all([renderCharts(), renderFunnel()]).then(() => {
         document.body.dataset.ready = "true";

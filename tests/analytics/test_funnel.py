@@ -132,3 +132,29 @@ def test_weeks_restrict_the_funnel_to_the_latest_weeks(tmp_path: Path) -> None:
     assert weekly["week"].tolist() == ["2024-W01", "2024-W03"]
     recent = funnel_by_arm(data.funnel_events, since_day=int(np.max(data.day)))
     assert recent["residents_shown"].tolist() == [1]
+
+
+def test_funnel_and_uplift_by_neighbourhood_and_domain(tmp_path: Path) -> None:
+    root = funnel_log(tmp_path / "a")
+    extra = Log()
+    for i in range(6):
+        extra.profile(f"c{i}", 0, "centre")
+        extra.profile(f"p{i}", 0, "centre")
+    extra.write(root)
+    data = load_engagement_data(root, CATALOG)
+    by_nb = funnel_by_arm(data.funnel_events, by="neighbourhood")
+    got = {(r.value, r.arm): r.residents_shown for r in by_nb.itertuples()}
+    assert got == {("centre", "v1:control"): 6, ("centre", "v2:personal"): 6,
+                   ("_unknown", "v1:control"): 4, ("_unknown", "v2:personal"): 6}
+    lifted = uplift(by_nb)
+    assert set(lifted["value"]) == {"centre", "_unknown"}
+    assert (lifted["baseline"] == "v1:control").all() and len(lifted) == 6
+    by_domain = funnel_by_arm(data.funnel_events, by="domain")
+    assert set(by_domain["value"]) == {"mobility"}
+    assert by_domain["residents_shown"].sum() == 22
+    # the neighbourhoods partition the residents: never one lonely hidden cell per column
+    table = funnel_figure(by_nb, 5)
+    for arm in ("v1:control", "v2:personal"):
+        rows = [r for r in table.rows if r["arm"] == arm]
+        for column in ("residents_shown", "opened_residents", "subscribed_residents"):
+            assert sum(r[column] is None for r in rows) != 1, (arm, column)

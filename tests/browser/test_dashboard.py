@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,10 +36,16 @@ KEY = "dev-operator-key"
 CADENCES = ["daily", "weekly", "monthly", "yearly", "dormant"]
 
 
-@pytest.fixture
-def server(settings: Settings) -> Iterator[str]:
+@pytest.fixture(scope="module")
+def server(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if not CHROMIUM.exists():
         pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
+    tag = uuid.uuid4().hex[:10]
+    settings = Settings(env="test", state_dir=tmp_path_factory.mktemp("dashboard") / "state",
+                        kafka_bootstrap_servers=stack.kafka_bootstrap_servers,
+                        redis_url=stack.redis_url, topic_events=f"t{tag}.interactions",
+                        topic_dlq=f"t{tag}.interactions.dlq", topic_partitions=2,
+                        consumer_group=f"g{tag}", redis_key_prefix=f"t{tag}:")
     catalog = load_catalog(None)
     yesterday = datetime.now(UTC).date() - timedelta(days=1)
     write_synthetic(settings.event_log_path, catalog,
@@ -72,7 +79,7 @@ def server(settings: Settings) -> Iterator[str]:
         thread.join(timeout=10)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def browser():
     from playwright.sync_api import sync_playwright
 
@@ -204,6 +211,11 @@ def test_dashboard_draws_what_the_api_says(server: str, browser) -> None:
         if key != "suppressed":
             assert float(value) == pytest.approx(mobility[week][f"share_{key}"])
     assert page.inner_text("#breakdown-dimension") == "domain"
+    sliced = {r["arm"]: r for r in api(
+        server, "/v1/operator/funnel?weeks=26&by=domain&value=mobility")["rows"]}
+    for arm, stage, value in attrs(page, "#funnel-chart rect.stage", "data-arm",
+                                   "data-stage", "data-value"):
+        assert int(value) == sliced[arm][column[stage]], (arm, stage)
     assert not problems, problems
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -40,10 +41,22 @@ def today_events(now: datetime, residents: int = 7) -> list[dict]:
     return out
 
 
-@pytest.fixture
-def deployment(settings: Settings) -> Settings:
-    """Six months of synthetic history in the event log, and today's events ingested
+def isolated_settings(stack: Settings, root: Path) -> Settings:
+    """Like the ``settings`` fixture, for a module-scoped deployment (built once: the
+    consumer's group join dominates the cost)."""
+    tag = uuid.uuid4().hex[:10]
+    return Settings(env="test", state_dir=root / "state",
+                    kafka_bootstrap_servers=stack.kafka_bootstrap_servers,
+                    redis_url=stack.redis_url, topic_events=f"t{tag}.interactions",
+                    topic_dlq=f"t{tag}.interactions.dlq", topic_partitions=2,
+                    consumer_group=f"g{tag}", redis_key_prefix=f"t{tag}:")
+
+
+@pytest.fixture(scope="module")
+def deployment(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Four months of synthetic history in the event log, and today's events ingested
     through the real consumer (so the live counters exist)."""
+    settings = isolated_settings(stack, tmp_path_factory.mktemp("operator"))
     yesterday = datetime.now(UTC).date() - timedelta(days=1)
     write_synthetic(settings.event_log_path, CATALOG,
                     SyntheticSpec(residents=400, days=120, end=yesterday, seed=3))
@@ -59,8 +72,8 @@ def deployment(settings: Settings) -> Settings:
     return settings
 
 
-async def test_operator_endpoints_need_the_operator_role(settings: Settings) -> None:
-    async with client_for(settings) as client:
+async def test_operator_endpoints_need_the_operator_role(deployment: Settings) -> None:
+    async with client_for(deployment) as client:
         for path in ("/v1/operator/engagement", "/v1/operator/engagement/cadence",
                      "/v1/operator/funnel", "/v1/operator/live"):
             assert (await client.get(path, headers={"X-API-Key": ""})).status_code == 401
@@ -130,9 +143,14 @@ async def test_funnel_uplift_and_bad_queries(deployment: Settings) -> None:
         personal = [r for r in uplift["rows"] if r["arm"] == "v1:personal"]
         assert {r["stage"] for r in personal} == {"opened", "subscribed", "used"}
         assert all(r["ci_low"] <= r["difference"] <= r["ci_high"] for r in personal)
+        sliced = (await client.get("/v1/operator/funnel/uplift?by=neighbourhood",
+                                   headers=OPERATOR)).json()
+        assert {r["dimension"] for r in sliced["rows"]} == {"neighbourhood"}
+        assert len({r["value"] for r in sliced["rows"]}) > 3
         weekly = await client.get("/v1/operator/funnel/weekly?weeks=2&format=csv",
                                   headers=OPERATOR)
-        assert weekly.status_code == 200 and weekly.text.startswith("week,model_version")
+        assert weekly.status_code == 200
+        assert weekly.text.startswith("dimension,value,model_version,variant,week,")
         for path in ("/v1/operator/engagement/nope", "/v1/operator/engagement/cadence?by=x",
                      "/v1/operator/engagement/cadence?by=domain&value=nowhere",
                      "/v1/operator/engagement/cadence?weeks=0",
@@ -160,8 +178,8 @@ async def test_live_counters_come_from_redis(deployment: Settings) -> None:
 
 
 async def test_the_dashboard_and_its_assets_are_served_from_the_project(
-        settings: Settings) -> None:
-    async with client_for(settings) as client:
+        deployment: Settings) -> None:
+    async with client_for(deployment) as client:
         page = await client.get("/dashboard")
         assert page.status_code == 200 and "text/html" in page.headers["content-type"]
         assert "default-src 'self'" in page.headers["content-security-policy"]
