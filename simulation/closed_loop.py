@@ -55,6 +55,7 @@ CADENCES: tuple[str, ...] = ("daily", "weekly", "monthly", "yearly", "dormant")
 DAILY_MIN_DAYS = 20
 WEEKLY_MIN_WEEKS = 3
 TRAILING_WEEKS = 4
+HISTORY_CHUNK_ROWS = 1 << 19
 
 #: Policies by name for the CLI; :func:`register_policy` adds more (e.g. a trained model).
 POLICY_FACTORIES: dict[str, Callable[[int], Policy]] = {
@@ -181,10 +182,11 @@ def run_policy(policy: Policy, catalog: Catalog, *, residents: int, weeks: int, 
 
     history = sim.history()
     seq = len(history)
-    table = to_arrow(history, sim.vocab, first_seq=0)
-    del history  # the history is the largest batch: keep only one copy of it in memory
-    emit(table)
-    del table
+    # the history is the largest batch (a year of registrations and subscriptions): it is
+    # handed over in chunks of whole days, so only one chunk is ever an Arrow table
+    for lo, hi in history.day_chunks(HISTORY_CHUNK_ROWS):
+        emit(to_arrow(history.slice(lo, hi), sim.vocab, first_seq=lo))
+    del history
     shows = not isinstance(policy, NoRecommendations)
     recommender = _adapter(sim, policy) if shows else None
     tag = None

@@ -107,6 +107,21 @@ class EventColumns:
     def take(self, index: np.ndarray) -> EventColumns:
         return EventColumns(*[getattr(self, f.name)[index] for f in fields(self)])
 
+    def slice(self, lo: int, hi: int) -> EventColumns:
+        """Rows ``lo:hi`` (views, no copy)."""
+        return EventColumns(*[getattr(self, f.name)[lo:hi] for f in fields(self)])
+
+    def day_chunks(self, max_rows: int) -> list[tuple[int, int]]:
+        """(lo, hi) row ranges of a time-sorted batch, cut only between UTC days, each at
+        most ``max_rows`` long unless a single day is longer."""
+        day = self.ts // (86_400 * 1_000_000)
+        starts = np.flatnonzero(np.diff(day)) + 1
+        cuts = [0]
+        for start in starts.tolist():
+            if start - cuts[-1] >= max_rows:
+                cuts.append(start)
+        return list(zip(cuts, [*cuts[1:], len(self)], strict=True)) if len(self) else []
+
     def sorted(self) -> EventColumns:
         """Ordered by time, then resident (stable): per-resident order for Kafka."""
         return self.take(np.lexsort((self.resident, self.ts)))

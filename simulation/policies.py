@@ -7,8 +7,8 @@ by :func:`bouquet.simulation.closed_loop.run_policy` when present:
 * ``start(city)`` once before the first week, with a :class:`CityView` (the catalog and
   the residents' *public* attributes; ``city.hidden`` is the simulator itself, which only
   test oracles may read);
-* ``observe(events)`` after the history and after every week, with that period's events
-  as an Arrow table in the event-log layout — the same data a deployed Bouquet sees, so a
+* ``observe(events)`` with the history (in one or more chunks of whole days) and then
+  after every week, with that period's events as an Arrow table in the event-log layout — the same data a deployed Bouquet sees, so a
   policy can learn from it (popularity counts) or forward it (to Kafka, for a live
   serving stack);
 * ``model_version`` and ``variant`` label the ``recommendation_id`` echoed in the events
