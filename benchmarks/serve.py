@@ -252,18 +252,36 @@ end
 """
 
 
+def _cpu_seconds(procs: list[Any]) -> float:
+    import psutil
+
+    total = 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
 def max_throughput(port: int, template: str, residents: int, seconds: float,
-                   connections: int, workdir: Path) -> dict[str, float]:
+                   connections: int, workdir: Path, measured: list[Any]) -> dict[str, float]:
+    """wrk at full speed; also the CPU seconds the server and Redis spent per request,
+    which — unlike req/s — does not depend on how much CPU other work left us."""
     wrk = shutil.which("wrk")
     if wrk is None:
         raise RuntimeError("wrk is not installed (apt-get install -y wrk, or `make bench`)")
     script = workdir / f"wrk-{uuid.uuid4().hex[:6]}.lua"
     script.write_text(_WRK_LUA % {"seed": 7, "template": template, "n": residents,
                                   "key": APP_KEY})
+    cpu_before = _cpu_seconds(measured)
     out = subprocess.run([wrk, "-t1", f"-c{connections}", f"-d{seconds:.0f}s", "--latency",
                           "-s", str(script), f"http://127.0.0.1:{port}"],
                          capture_output=True, text=True, timeout=seconds + 60).stdout
+    cpu = _cpu_seconds(measured) - cpu_before
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), "
                               r"timeout (\d+)", out)
@@ -273,11 +291,13 @@ def max_throughput(port: int, template: str, residents: int, seconds: float,
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
     p99_ms = float(p99.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)] \
         if p99 else float("nan")
-    return {"rps": rps, "errors": errors, "p99_ms": p99_ms}
+    return {"rps": rps, "errors": errors, "p99_ms": p99_ms,
+            "cpu_us_per_req": cpu / max(requests, 1) * 1e6}
 
 
 # --- freshness -----------------------------------------------------------------------------
-def freshness(base: str, catalog: Catalog, residents: list[str], trials: int) -> list[float]:
+def freshness(base: str, catalog: Catalog, residents: list[str], trials: int,
+              give_up_s: float = 10.0) -> list[float]:
     """POST one event for a resident with no recent events; time until an answer shows it."""
     import httpx
 
@@ -297,7 +317,7 @@ def freshness(base: str, catalog: Catalog, residents: list[str], trials: int) ->
                 if client.get(f"/v1/residents/{rid}/bundles").json()["reranked"]:
                     out.append((time.perf_counter() - began) * 1000)
                     break
-                if time.perf_counter() - began > 10:
+                if time.perf_counter() - began > give_up_s:
                     out.append(float("inf"))
                     break
                 time.sleep(0.005)
@@ -307,12 +327,13 @@ def freshness(base: str, catalog: Catalog, residents: list[str], trials: int) ->
 
 # --- the run -------------------------------------------------------------------------------
 def run_benchmark(settings: Settings, *, residents: int = 50_000, duration: float = 10.0,
-                  rates: tuple[int, ...] = RATES, wrk_seconds: float = 10.0,
-                  wrk_connections: int = 8, freshness_trials: int = 40,
+                  rates: tuple[int, ...] = RATES, wrk_seconds: float = 5.0,
+                  wrk_rounds: int = 3, wrk_connections: int = 8, freshness_trials: int = 40,
                   keep_state: bool = False) -> BenchResult:
     result = BenchResult("serve", params={
         "residents": residents, "duration_s": duration, "rates": list(rates),
-        "wrk_seconds": wrk_seconds, "wrk_connections": wrk_connections,
+        "wrk_seconds": wrk_seconds, "wrk_rounds": wrk_rounds,
+        "wrk_connections": wrk_connections,
         "freshness_trials": freshness_trials, "workers": 2, "model": "synthetic factors "
         "(64 factors, demo city: 56 services, 24 bundles); no trained artifact in the "
         "benchmark's private store"})
@@ -337,7 +358,7 @@ def run_benchmark(settings: Settings, *, residents: int = 50_000, duration: floa
         result.add("publish_s", report.seconds, "s")
         result.add("publish_residents_per_s", residents / report.seconds, "residents/s")
         result.add("bytes_per_resident", report.bytes_written / residents, "bytes")
-        fresh_count = max(freshness_trials, 1)
+        fresh_count = max(freshness_trials + 1, 2)
         _resident_state(bench, catalog, residents - fresh_count, seed=1)
         fresh = [f"r{i}" for i in range(residents - fresh_count, residents)]
         import redis
@@ -377,26 +398,50 @@ def run_benchmark(settings: Settings, *, residents: int = 50_000, duration: floa
                     result.add(f"{q}_ms@{rate}rps{suffix}", stats[f"{q}_ms"], "ms")
                 result.add(f"achieved_rps@{rate}rps{suffix}", stats["achieved_rps"], "req/s")
                 errors += stats["errors"]
-        wrk = {}
+        # Rounds alternate the endpoints so that a burst of other work on this shared
+        # machine does not land on one of them only; the best round of each is kept.
+        wrk: dict[str, dict[str, float]] = {}
         templates = {"rerank": "/v1/residents/r%d/bundles?k=10",
                      "norerank": "/v1/residents/r%d/bundles?k=10&rerank=false",
                      "bare": "/v1/_bench/bare/r%d"}
-        for name, template in templates.items():
-            wrk[name] = max_throughput(port, template, residents - fresh_count, wrk_seconds,
-                                       wrk_connections, state)
-            log.info("wrk %s: %s", name, wrk[name])
-            errors += wrk[name]["errors"]
+        import psutil
+
+        server_proc = psutil.Process(server.pid)
+        measured = [server_proc, *server_proc.children(recursive=True)]
+        redis_proc = stack.managed_process("redis")
+        if redis_proc is not None:
+            measured.append(redis_proc)
+        cpu: dict[str, list[float]] = {name: [] for name in templates}
+        for round_ in range(wrk_rounds):
+            order = list(templates) if round_ % 2 == 0 else list(reversed(templates))
+            for name in order:
+                got = max_throughput(port, templates[name], residents - fresh_count,
+                                     wrk_seconds, wrk_connections, state, measured)
+                cpu[name].append(got["cpu_us_per_req"])
+                log.info("wrk round %d %s: %s", round_, name, got)
+                errors += got["errors"]
+                if name not in wrk or got["rps"] > wrk[name]["rps"]:
+                    wrk[name] = got
         result.add("max_rps", wrk["rerank"]["rps"], "req/s")
         result.add("max_rps_norerank", wrk["norerank"]["rps"], "req/s")
         result.add("max_rps_bare_redis", wrk["bare"]["rps"], "req/s")
         result.add("ratio_to_bare_redis", wrk["rerank"]["rps"] / wrk["bare"]["rps"], "ratio")
         result.add("ratio_norerank_to_bare_redis", wrk["norerank"]["rps"] / wrk["bare"]["rps"],
                    "ratio")
+        median = {name: float(np.median(values)) for name, values in cpu.items()}
+        for name, value in median.items():
+            suffix = "" if name == "rerank" else f"_{name}"
+            result.add(f"cpu_us_per_req{suffix}", value, "µs (server + Redis)")
+        # Capacity ratio from CPU cost: robust when other work takes CPU from the run.
+        result.add("cpu_ratio_to_bare_redis", median["bare"] / median["rerank"], "ratio")
 
         if freshness_trials:
             consumer = _start([sys.executable, "-m", "bouquet", "ingest"], env,
                               state / "consumer.log")
-            times = freshness(base, catalog, fresh, freshness_trials)
+            # The first resident warms the path up (group join, first batch): not measured.
+            warm = freshness(base, catalog, fresh[:1], 1, give_up_s=90)
+            log.info("consumer ready after %.0f ms", warm[0])
+            times = freshness(base, catalog, fresh[1:], freshness_trials)
             result.add("freshness_p50_ms", float(np.percentile(times, 50)), "ms")
             result.add("freshness_p95_ms", float(np.percentile(times, 95)), "ms")
             result.add("freshness_max_ms", float(np.max(times)), "ms")
@@ -427,7 +472,8 @@ def register(bench_app: typer.Typer) -> None:
         residents: int = typer.Option(50_000, help="Residents in the published keyspace."),
         duration: float = typer.Option(10.0, help="Seconds per fixed rate and endpoint."),
         rates: str = typer.Option(",".join(map(str, RATES)), help="Fixed rates, req/s."),
-        wrk_seconds: float = typer.Option(10.0, help="Seconds of each wrk run."),
+        wrk_seconds: float = typer.Option(5.0, help="Seconds of each wrk run."),
+        wrk_rounds: int = typer.Option(3, help="Alternating wrk rounds (best kept)."),
         wrk_connections: int = typer.Option(8, help="wrk connections."),
         freshness_trials: int = typer.Option(40, help="POST → changed answer trials."),
     ) -> None:
@@ -436,7 +482,8 @@ def register(bench_app: typer.Typer) -> None:
 
         result = run_benchmark(get_settings(), residents=residents, duration=duration,
                                rates=tuple(int(r) for r in rates.split(",")),
-                               wrk_seconds=wrk_seconds, wrk_connections=wrk_connections,
+                               wrk_seconds=wrk_seconds, wrk_rounds=wrk_rounds,
+                               wrk_connections=wrk_connections,
                                freshness_trials=freshness_trials)
         print_result(result)
         if json_path is not None:

@@ -72,6 +72,7 @@ class Recommender:
         self._service_static = {s.id: self._static_service(s) for s in catalog.services}
         self._reason_cache: dict[tuple[str, str], str] = {}
         self._reason_json: dict[str, str] = {}
+        self._permitted: dict[tuple[Any, ...], frozenset[str]] = {}
         # Each item's static JSON without its closing brace (see items_json).
         self._bundle_json = {k: json.dumps(v, separators=(",", ":"))[:-1]
                              for k, v in self._bundle_static.items()}
@@ -174,6 +175,38 @@ class Recommender:
             return False
         return eligibility_failure(service.eligibility, state.profile) is None
 
+    def permitted(self, kind: str, state: ResidentState, zone: str | None,
+                  domain: str | None) -> frozenset[str]:
+        """Items whose zone, eligibility and domain admit this resident — the part of the
+        filters that depends only on the profile, cached per distinct profile (there are
+        few: neighbourhood × age band × household × student × low income)."""
+        p = state.profile
+        key = (kind, zone or state.neighbourhood, domain, p.get("age_band"),
+               p.get("household"), bool(p.get("student")), bool(p.get("low_income")))
+        found = self._permitted.get(key)
+        if found is None:
+            probe = ResidentState(precomputed=None, profile=p)
+            allowed = self.bundle_allowed if kind == "b" else self.service_allowed
+            ids = self.catalog.bundle_ids if kind == "b" else self.catalog.service_ids
+            found = frozenset(i for i in ids if allowed(i, probe, zone, domain))
+            if len(self._permitted) > 50_000:
+                self._permitted.clear()
+            self._permitted[key] = found
+        return found
+
+    @staticmethod
+    def _blocked(kind: str, state: ResidentState) -> set[str]:
+        """Items this resident holds or dismissed (never shown again)."""
+        if not state.holdings and not state.dismissed:
+            return set()
+        prefix = "b:" if kind == "b" else "s:"
+        out = {h[2:] for h in state.holdings if h.startswith(prefix)}
+        if kind == "b":
+            out |= state.dismissed
+        else:
+            out |= {d[2:] for d in state.dismissed if d.startswith("s:")}
+        return out
+
     # --- fold-in input ------------------------------------------------------------------------
     def confidences(self, recent: list[RecentEvent], model: ServingModel,
                     now: float | None = None) -> dict[int, float]:
@@ -251,34 +284,40 @@ class Recommender:
         if personalise and len(entries):
             result.personalised = True
             idx = entries["i"].astype(np.intp)
-            scores = entries["s"].astype(np.float64)
+            pre = entries["s"].astype(np.float64)
+            scores = pre
             boost = None
-            recent_in: dict[int, str] = {}
+            recent_services: set[str] = set()
             if user is not None:
                 rt = model.bundle_scores(user) if kind == "b" else model.service_scores(user)
-                valid = idx < len(rt)
-                boost = np.zeros(len(idx))
-                boost[valid] = self.rerank_weight * rt[idx[valid]]
-                scores = scores + boost
+                boost = self.rerank_weight * rt[np.minimum(idx, len(rt) - 1)].astype(np.float64)
+                boost[idx >= len(rt)] = 0.0
+                scores = pre + boost
                 result.reranked = True
-                recent_in = {i: model.service_ids[i] for i in conf}
-            order = np.argsort(-scores, kind="stable")
-            vocab = model.reason_vocab
-            for j in order.tolist():
+                recent_services = {model.service_ids[i] for i in conf}
+            # Plain lists from here: per-element numpy access costs more than the loop.
+            order = np.argsort(-scores, kind="stable").tolist()
+            idx_l, reasons_l = idx.tolist(), entries["r"].tolist()
+            scores_l, pre_l = scores.tolist(), pre.tolist()
+            boost_l = boost.tolist() if boost is not None else None
+            vocab, n_ids = model.reason_vocab, len(ids)
+            permitted = self.permitted(kind, state, zone, domain)
+            blocked = self._blocked(kind, state)
+            for j in order:
                 if len(out) >= k:
                     break
-                item_index = int(idx[j])
-                if item_index >= len(ids):
+                item_index = idx_l[j]
+                if item_index >= n_ids:
                     continue
                 item_id = ids[item_index]
-                if item_id in seen or not allowed(item_id, state, zone, domain):
+                if item_id in seen or item_id not in permitted or item_id in blocked:
                     continue
                 seen.add(item_id)
-                r = int(entries["r"][j])
+                r = reasons_l[j]
                 code = vocab[r] if r < len(vocab) else ""
-                if boost is not None and boost[j] > 0 and boost[j] >= 0.5 * abs(entries["s"][j]):
-                    code = self._recent_reason(kind, item_id, recent_in) or code
-                out.append(Pick(item_id, float(scores[j]), code, "model"))
+                if boost_l is not None and boost_l[j] > 0 and boost_l[j] >= 0.5 * abs(pre_l[j]):
+                    code = self._recent_reason(kind, item_id, recent_services) or code
+                out.append(Pick(item_id, scores_l[j], code, "model"))
             if len(out) >= k:
                 return result
             result.backfilled = k - len(out)
@@ -289,9 +328,8 @@ class Recommender:
             result.notice = self._notice(state, baseline_variant)
         return result
 
-    def _recent_reason(self, kind: str, item_id: str, recent_in: dict[int, str]) -> str | None:
+    def _recent_reason(self, kind: str, item_id: str, recent: set[str]) -> str | None:
         """``recent:<service>`` when one of the recently touched services explains the boost."""
-        recent = set(recent_in.values())
         if kind == "s":
             return f"recent:{item_id}" if item_id in recent else None
         bundle = self.catalog.bundle_by_id.get(item_id)

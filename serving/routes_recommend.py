@@ -12,7 +12,7 @@ import json
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, FastAPI, Path, Query, Response
+from fastapi import APIRouter, FastAPI, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
@@ -21,26 +21,72 @@ from bouquet.core.catalog import Domain
 from bouquet.core.events import ID_RE
 from bouquet.core.recommendation import make_recommendation_id
 from bouquet.serving import metrics
-from bouquet.serving.deps import AppRole, SettingsDep
+from bouquet.serving.deps import AppRole
 from bouquet.serving.online import unpack_list
-from bouquet.serving.runtime import Runtime, RuntimeDep, runtime_of
+from bouquet.serving.runtime import runtime_of
 from bouquet.serving.store import ResidentState
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["recommendations"])
+ROUTE_ORDER = 0  # the hot path: matched before every other route (see serving/app.py)
 
 ResidentId = Annotated[str, Path(
     pattern=ID_RE, min_length=1, max_length=64,
     description="Pseudonymous resident id: 1–64 characters of A–Z a–z 0–9 _ -",
     examples=["r_5b1d0c8e2f"])]
-K = Annotated[int, Query(ge=1, le=50, description="How many to return")]
-Zone = Annotated[str | None, Query(
-    pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$",
-    description="Only offers available in this neighbourhood (default: the resident's own)",
-    examples=["gare"])]
-Rerank = Annotated[bool, Query(description="Re-rank with the resident's recent events "
-                                            "(ALS fold-in). `false` returns the precomputed "
-                                            "order (diagnostics, benchmarks).")]
+_DOMAINS = {d.value for d in Domain}
+_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+#: The query parameters, documented for OpenAPI here and parsed by :func:`_query` (about a
+#: tenth of FastAPI's per-parameter cost, which was the largest item of a request).
+QUERY_PARAMETERS = [
+    {"name": "k", "in": "query", "required": False, "description": "How many to return",
+     "schema": {"type": "integer", "minimum": 1, "maximum": 50, "default": 10}},
+    {"name": "domain", "in": "query", "required": False,
+     "description": "Only offers of this domain (a bundle's primary domain)",
+     "schema": {"type": "string", "enum": sorted(_DOMAINS)}, "example": "mobility"},
+    {"name": "zone", "in": "query", "required": False,
+     "description": "Only offers available in this neighbourhood (default: the resident's "
+                    "own)", "schema": {"type": "string", "pattern": r"^[a-z0-9][a-z0-9_-]{0,63}$"},
+     "example": "gare"},
+    {"name": "rerank", "in": "query", "required": False,
+     "description": "Re-rank with the resident's recent events (ALS fold-in). `false` returns "
+                    "the precomputed order (diagnostics, benchmarks).",
+     "schema": {"type": "boolean", "default": True}},
+]
+
+
+def _invalid(where: str, problem: str) -> RequestValidationError:
+    return RequestValidationError([{"loc": ("query", where), "msg": problem,
+                                    "type": "value_error"}])
+
+
+def _query(request: Request, neighbourhoods: dict[str, str]
+           ) -> tuple[int, str | None, str | None, bool]:
+    """``k``, ``domain``, ``zone``, ``rerank`` from the query string, with the same 422s."""
+    params = request.query_params
+    k, domain, zone, rerank = 10, None, None, True
+    if "k" in params:
+        raw = params["k"]
+        if not raw.isdigit() or len(raw) > 3:
+            raise _invalid("k", "k must be an integer between 1 and 50")
+        k = int(raw)
+        if not 1 <= k <= 50:
+            raise _invalid("k", "k must be an integer between 1 and 50")
+    if "domain" in params:
+        domain = params["domain"]
+        if domain not in _DOMAINS:
+            raise _invalid("domain", "domain must be one of " + ", ".join(sorted(_DOMAINS)))
+    if "zone" in params:
+        zone = params["zone"]
+        if zone not in neighbourhoods:
+            raise _invalid("zone", f"unknown neighbourhood {zone[:64]!r}; known: "
+                                   + ", ".join(neighbourhoods))
+    if "rerank" in params:
+        raw = params["rerank"].lower()
+        if raw not in _TRUE and raw not in _FALSE:
+            raise _invalid("rerank", "rerank must be true or false")
+        rerank = raw in _TRUE
+    return k, domain, zone, rerank
 
 
 class ServiceRef(BaseModel):
@@ -98,17 +144,9 @@ class ServicesAnswer(_Answer):
     services: list[ServiceItem]
 
 
-def _check_zone(runtime: Runtime, zone: str | None) -> None:
-    if zone is not None and zone not in runtime.recommender.neighbourhood_names:
-        raise RequestValidationError([{
-            "loc": ("query", "zone"), "type": "value_error",
-            "msg": f"unknown neighbourhood {zone!r}; known: "
-                   + ", ".join(runtime.recommender.neighbourhood_names)}])
-
-
-async def _answer(runtime: Runtime, rerank_enabled: bool, kind: str, resident_id: str, k: int,
-                  domain: Domain | None, zone: str | None, rerank: bool) -> Response:
-    _check_zone(runtime, zone)
+async def _answer(request: Request, kind: str, resident_id: str) -> Response:
+    runtime = runtime_of(request.app)
+    k, domain, zone, rerank = _query(request, runtime.recommender.neighbourhood_names)
     variant = runtime.experiment.assign(resident_id)
     personalise = variant.pointer is not None
     holder = runtime.holder
@@ -117,7 +155,7 @@ async def _answer(runtime: Runtime, rerank_enabled: bool, kind: str, resident_id
     if model is None and variant.pointer not in (None, "current"):
         model = holder.get("current")
         notice = f"variant {variant.name!r} has no published version; served the champion"
-    use_recent = personalise and rerank and rerank_enabled
+    use_recent = personalise and rerank and runtime.rerank_enabled
     try:
         state = await runtime.store.resident(model.version if model and personalise else None,
                                              resident_id, kind, with_recent=use_recent)
@@ -128,7 +166,7 @@ async def _answer(runtime: Runtime, rerank_enabled: bool, kind: str, resident_id
         metrics.FALLBACKS.labels("redis_unavailable").inc()
     ranked = runtime.recommender.rank(
         kind, state, model, k=k, personalise=personalise and state.consent,
-        rerank=use_recent, zone=zone, domain=domain.value if domain else None,
+        rerank=use_recent, zone=zone, domain=domain,
         baseline_variant=not personalise)
     for label in ranked.fallbacks:
         metrics.FALLBACKS.labels(label).inc()
@@ -159,34 +197,31 @@ _RESPONSES = {
 
 
 @router.get("/v1/residents/{resident_id}/bundles", response_model=BundlesAnswer,
-            summary="Bundles for a resident, now", responses=_RESPONSES)
-async def resident_bundles(resident_id: ResidentId, runtime: RuntimeDep, settings: SettingsDep,
-                           _role: AppRole, k: K = 10, domain: Domain | None = None,
-                           zone: Zone = None, rerank: Rerank = True) -> Response:
+            summary="Bundles for a resident, now", responses=_RESPONSES,
+            openapi_extra={"parameters": QUERY_PARAMETERS})
+async def resident_bundles(resident_id: ResidentId, request: Request,
+                           _role: AppRole) -> Response:
     """The resident's precomputed bundles re-ranked by what they did in the last moments,
     without bundles they hold or dismissed, offers not available in their zone, or
     eligibility they lack. No consent, or unknown resident: popular in the neighbourhood,
     said so in `personalised`, `fallback` and `notice`."""
-    return await _answer(runtime, settings.serving_rerank, "b", resident_id, k, domain, zone,
-                         rerank)
+    return await _answer(request, "b", resident_id)
 
 
 @router.get("/v1/residents/{resident_id}/services", response_model=ServicesAnswer,
-            summary="Single services for a resident, now", responses=_RESPONSES)
-async def resident_services(resident_id: ResidentId, runtime: RuntimeDep,
-                            settings: SettingsDep, _role: AppRole, k: K = 10,
-                            domain: Domain | None = None, zone: Zone = None,
-                            rerank: Rerank = True) -> Response:
+            summary="Single services for a resident, now", responses=_RESPONSES,
+            openapi_extra={"parameters": QUERY_PARAMETERS})
+async def resident_services(resident_id: ResidentId, request: Request,
+                            _role: AppRole) -> Response:
     """Like the bundles endpoint, for single services (held services excluded)."""
-    return await _answer(runtime, settings.serving_rerank, "s", resident_id, k, domain, zone,
-                         rerank)
+    return await _answer(request, "s", resident_id)
 
 
 @router.get("/v1/_bench/bare/{resident_id}", include_in_schema=False)
-async def bare_redis_get(resident_id: ResidentId, runtime: RuntimeDep,
-                         settings: SettingsDep) -> Response:
+async def bare_redis_get(resident_id: ResidentId, request: Request) -> Response:
     """The benchmark's floor: one Redis GET of the precomputed list, returned as it is."""
-    if not settings.serving_bench_endpoints:
+    runtime = runtime_of(request.app)
+    if not runtime.bench_endpoints:
         return Response(status_code=404)
     model = runtime.holder.get("current")
     if model is None:

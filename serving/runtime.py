@@ -25,6 +25,8 @@ class Runtime:
     holder: ModelHolder
     experiment: Experiment
     recommender: Recommender
+    rerank_enabled: bool = True
+    bench_endpoints: bool = False
     producer: Any = None
     producer_error: str | None = None
     producer_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -42,7 +44,9 @@ def runtime_of(app: FastAPI) -> Runtime:
                              settings.serving_pointer_poll_ms)
         recommender = Recommender(catalog, settings.event_weights,
                                   settings.serving_rerank_weight)
-        runtime = Runtime(store, holder, experiment, recommender)
+        runtime = Runtime(store, holder, experiment, recommender,
+                          rerank_enabled=settings.serving_rerank,
+                          bench_endpoints=settings.serving_bench_endpoints)
         app.state.bouquet_runtime = runtime
     return runtime
 
