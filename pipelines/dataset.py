@@ -37,16 +37,18 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.json as pajson
+import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from bouquet.core.catalog import Catalog
-from bouquet.core.eventlog import read_events
+from bouquet.core.eventlog import EventLog, read_events
 from bouquet.core.events import ADMIN_TYPES, EventType
 from bouquet.core.settings import Settings
 from bouquet.models.artifact import NS_PER_DAY, confidence, decay_factor
@@ -124,44 +126,9 @@ class EventArrays:
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, catalog: Catalog) -> EventArrays:
         """Encode events as returned by ``read_events(columns=EVENT_COLUMNS)``."""
-        frame = frame.sort_values("ts", kind="stable") if not frame["ts"].is_monotonic_increasing \
-            else frame
-        codes, uniques = pd.factorize(frame["resident_id"], sort=False)
-        resident = codes.astype(np.int32)
-        kind = pd.Categorical(frame["type"], categories=list(TYPES)).codes.astype(np.int8)
-        service = pd.Categorical(frame["service_id"],
-                                 categories=list(catalog.service_ids)).codes.astype(np.int16)
-        bundle = pd.Categorical(frame["bundle_id"],
-                                categories=list(catalog.bundle_ids)).codes.astype(np.int16)
-        ts = _ts_ns(frame["ts"])
-        n_res = len(uniques)
-        stats = {
-            "events": len(frame),
-            "residents_seen": n_res,
-            "unknown_service_events": int(((service < 0) & frame["service_id"].notna()
-                                           .to_numpy()).sum()),
-            "unknown_bundle_events": int(((bundle < 0) & frame["bundle_id"].notna()
-                                          .to_numpy()).sum()),
-            "unknown_type_events": int((kind < 0).sum()),
-        }
-        # Consent: the latest consent event per resident decides (events are in time order).
-        consent = np.zeros(n_res, dtype=bool)
-        is_consent = kind == _CODE["consent"]
-        if is_consent.any():
-            who = resident[is_consent]
-            value = frame["value"].to_numpy(dtype=np.float64, na_value=np.nan)[is_consent]
-            last = _last_index(who)
-            consent[who[last]] = value[last] == 1.0
-        stats["residents_consenting"] = int(consent.sum())
-        profiles = _latest_profiles(frame, resident, kind, catalog)
-        return cls(
-            resident_ids=np.asarray(uniques, dtype=object), resident=resident, kind=kind,
-            service=service, bundle=bundle, ts=ts, consent=consent, profiles=profiles,
-            service_ids=tuple(catalog.service_ids), bundle_ids=tuple(catalog.bundle_ids),
-            neighbourhoods=tuple(catalog.neighbourhood_ids), catalog_version=catalog.version,
-            catalog_fingerprint=catalog.fingerprint, composition=composition_matrix(catalog),
-            bundle_services={b.id: tuple(b.services) for b in catalog.bundles}, stats=stats,
-        )
+        encoder = _Encoder(catalog)
+        encoder.add(frame)
+        return encoder.finish()
 
     def neighbourhood_codes(self, codes: np.ndarray) -> np.ndarray:
         """Catalog neighbourhood index of residents ``codes`` (-1 when undeclared)."""
@@ -232,17 +199,130 @@ class Dataset:
         }
 
 
-def load_event_arrays(settings: Settings, catalog: Catalog) -> EventArrays:
-    """Read the event log (only the columns training needs) and encode it."""
+def load_event_arrays(settings: Settings, catalog: Catalog,
+                      chunk_events: int = 4_000_000) -> EventArrays:
+    """Read the event log (only the columns training needs) and encode it.
+
+    The log is read through :func:`~bouquet.core.eventlog.read_events` in runs of whole
+    event dates of about ``chunk_events`` events, each encoded and dropped before the next:
+    ``read_events`` holds a few copies of what it reads while it de-duplicates, so reading
+    tens of millions of events at once would need many GB for strings training never keeps.
+    Chunking by date is exact: a duplicate is the same event (same ``ts``, so same date
+    partition), and erasures are looked up across the whole log on every call.
+    """
+    root = settings.event_log_path
     started = time.perf_counter()
-    frame = read_events(settings.event_log_path, columns=list(EVENT_COLUMNS))
-    read_s = time.perf_counter() - started
-    arrays = EventArrays.from_frame(frame, catalog)
-    del frame
-    log.info("read %d events of %d residents (%d consenting) in %.1f s, encoded in %.1f s",
+    encoder = _Encoder(catalog)
+    for start, end in _date_chunks(EventLog(root), chunk_events):
+        encoder.add(read_events(root, start=start, end=end, columns=list(EVENT_COLUMNS)))
+    arrays = encoder.finish()
+    log.info("read %d events of %d residents (%d consenting) in %.1f s",
              arrays.n_events, len(arrays.resident_ids), arrays.stats["residents_consenting"],
-             read_s, time.perf_counter() - started - read_s)
+             time.perf_counter() - started)
     return arrays
+
+
+def _date_chunks(event_log: EventLog, chunk_events: int) -> list[tuple[date, date]]:
+    """Consecutive event-date ranges of about ``chunk_events`` rows (Parquet metadata)."""
+    chunks: list[tuple[date, date]] = []
+    first: date | None = None
+    rows = 0
+    days = event_log.partitions()
+    for day in days:
+        first = first or day
+        rows += sum(pq.read_metadata(f).num_rows for f in event_log.files(day, day))
+        if rows >= chunk_events:
+            chunks.append((first, day))
+            first, rows = None, 0
+    if first is not None:
+        chunks.append((first, days[-1]))
+    return chunks or [(date.min, date.max)]
+
+
+class _Encoder:
+    """Turns successive frames of events (in time order) into one :class:`EventArrays`,
+    with one resident code space across frames."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self.index = pd.Index([], dtype=object)
+        self.parts: list[tuple[np.ndarray, ...]] = []
+        self.consent_who: list[np.ndarray] = []
+        self.consent_value: list[np.ndarray] = []
+        self.profile_who: list[np.ndarray] = []
+        self.profile_context: list[np.ndarray] = []
+        self.stats = {"events": 0, "unknown_service_events": 0, "unknown_bundle_events": 0,
+                      "unknown_type_events": 0}
+
+    def _codes(self, column: pd.Series) -> np.ndarray:
+        local, uniques = pd.factorize(column, sort=False)
+        known = self.index.get_indexer(pd.Index(uniques, dtype=object)) if len(self.index) \
+            else np.full(len(uniques), -1)
+        new = known < 0
+        known[new] = len(self.index) + np.arange(int(new.sum()))
+        if new.any():
+            self.index = self.index.append(pd.Index(np.asarray(uniques, dtype=object)[new]))
+        return known.astype(np.int32)[local]
+
+    def add(self, frame: pd.DataFrame) -> None:
+        if not len(frame):
+            return
+        if not frame["ts"].is_monotonic_increasing:
+            frame = frame.sort_values("ts", kind="stable")
+        catalog = self.catalog
+        resident = self._codes(frame["resident_id"])
+        kind = pd.Categorical(frame["type"], categories=list(TYPES)).codes.astype(np.int8)
+        service = pd.Categorical(frame["service_id"],
+                                 categories=list(catalog.service_ids)).codes.astype(np.int16)
+        bundle = pd.Categorical(frame["bundle_id"],
+                                categories=list(catalog.bundle_ids)).codes.astype(np.int16)
+        self.parts.append((resident, kind, service, bundle, _ts_ns(frame["ts"])))
+        self.stats["events"] += len(frame)
+        self.stats["unknown_service_events"] += int(
+            ((service < 0) & frame["service_id"].notna().to_numpy()).sum())
+        self.stats["unknown_bundle_events"] += int(
+            ((bundle < 0) & frame["bundle_id"].notna().to_numpy()).sum())
+        self.stats["unknown_type_events"] += int((kind < 0).sum())
+        is_consent = kind == _CODE["consent"]
+        if is_consent.any():
+            self.consent_who.append(resident[is_consent])
+            self.consent_value.append(
+                frame["value"].to_numpy(dtype=np.float64, na_value=np.nan)[is_consent])
+        is_profile = kind == _CODE["profile"]
+        if is_profile.any():
+            who = resident[is_profile]
+            last = _last_index(who)
+            self.profile_who.append(who[last])
+            self.profile_context.append(
+                frame["context"].to_numpy(dtype=object, na_value=None)[is_profile][last])
+
+    def finish(self) -> EventArrays:
+        catalog = self.catalog
+        columns = list(zip(*self.parts, strict=True)) if self.parts else [
+            [np.zeros(0, t)] for t in (np.int32, np.int8, np.int16, np.int16, np.int64)]
+        resident, kind, service, bundle, ts = (np.concatenate(c) for c in columns)
+        self.parts.clear()
+        n_res = len(self.index)
+        # Consent: the latest consent event per resident decides (events are in time order).
+        consent = np.zeros(n_res, dtype=bool)
+        if self.consent_who:
+            who, value = np.concatenate(self.consent_who), np.concatenate(self.consent_value)
+            last = _last_index(who)
+            consent[who[last]] = value[last] == 1.0
+        profiles = _parse_profiles(
+            np.concatenate(self.profile_who) if self.profile_who else np.zeros(0, np.int32),
+            np.concatenate(self.profile_context) if self.profile_context
+            else np.zeros(0, object), catalog)
+        stats = {**self.stats, "residents_seen": n_res,
+                 "residents_consenting": int(consent.sum())}
+        return EventArrays(
+            resident_ids=np.asarray(self.index, dtype=object), resident=resident, kind=kind,
+            service=service, bundle=bundle, ts=ts, consent=consent, profiles=profiles,
+            service_ids=tuple(catalog.service_ids), bundle_ids=tuple(catalog.bundle_ids),
+            neighbourhoods=tuple(catalog.neighbourhood_ids), catalog_version=catalog.version,
+            catalog_fingerprint=catalog.fingerprint, composition=composition_matrix(catalog),
+            bundle_services={b.id: tuple(b.services) for b in catalog.bundles}, stats=stats,
+        )
 
 
 def build_dataset(
@@ -297,6 +377,7 @@ def build_dataset(
     held_services = _holdings(arrays, select, row, arrays.service, (n, n_s))
     held_bundles = _holdings(arrays, select, row, arrays.bundle, (n, n_b))
     stats = {
+        "events_read": arrays.n_events,
         "events_used_services": int(on_service.sum()),
         "events_used_bundles": int(on_bundle.sum()),
         "residents_excluded_no_consent": int((~arrays.consent).sum()),
@@ -405,27 +486,24 @@ def _ts_value(moment: pd.Timestamp | Any) -> int:
     return int(stamp.as_unit("ns").value)
 
 
-def _latest_profiles(frame: pd.DataFrame, resident: np.ndarray, kind: np.ndarray,
-                     catalog: Catalog) -> pd.DataFrame:
-    """Declared attributes from each resident's latest profile event, indexed by code."""
+def _parse_profiles(who: np.ndarray, contexts: np.ndarray, catalog: Catalog) -> pd.DataFrame:
+    """Declared attributes of each resident's latest profile event, indexed by code.
+
+    ``who``/``contexts`` are candidates in time order (several per resident possible):
+    the last one per resident wins. JSON is parsed once, by Arrow, for the winners only.
+    """
     columns = [*PROFILE_FIELDS, "neighbourhood_code"]
-    is_profile = kind == _CODE["profile"]
-    if not is_profile.any():
+    if len(who) == 0:
         return pd.DataFrame(columns=columns, index=pd.Index([], dtype=np.int64))
-    who = resident[is_profile]
     last = _last_index(who)
-    contexts = frame["context"].to_numpy(dtype=object, na_value=None)[is_profile][last]
+    who, contexts = who[last], contexts[last]
     lines = "\n".join(c if isinstance(c, str) and c.startswith("{") else "{}" for c in contexts)
     table = pajson.read_json(io.BytesIO(lines.encode()),
                              parse_options=pajson.ParseOptions(newlines_in_values=False))
-    out = pd.DataFrame(index=pd.Index(who[last].astype(np.int64)))
+    out = pd.DataFrame(index=pd.Index(who.astype(np.int64)))
     for name in PROFILE_FIELDS:
-        if name in table.column_names:
-            values = table[name]
-            if pa.types.is_null(values.type):
-                out[name] = None
-            else:
-                out[name] = values.to_numpy(zero_copy_only=False)
+        if name in table.column_names and not pa.types.is_null(table[name].type):
+            out[name] = table[name].to_numpy(zero_copy_only=False)
         else:
             out[name] = None
     out["neighbourhood_code"] = pd.Categorical(

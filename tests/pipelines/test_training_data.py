@@ -224,3 +224,25 @@ def test_random_split_holds_out_a_fraction_of_each_user() -> None:
     assert held[~eligible].sum() == 0
     again = random_split(matrix, test_fraction=0.25, seed=3)[1]
     assert (again != test).nnz == 0
+
+
+def test_reading_in_date_chunks_gives_the_same_arrays(log_root: Path, tmp_path: Path) -> None:
+    from bouquet.core.settings import Settings
+    from bouquet.pipelines.dataset import load_event_arrays
+
+    records = hand_made_log() + [
+        ev("a", "profile", 0.5, context=json.dumps({"neighbourhood": NB[4]})),  # later: wins
+        ev("d", "consent", 0.2, value=0),  # d withdraws in a later chunk
+    ]
+    whole = arrays_of(log_root, records)
+    settings = Settings(env="test", state_dir=tmp_path / "s", event_log_dir=log_root)
+    chunked = load_event_arrays(settings, CATALOG, chunk_events=3)
+    assert chunked.n_events == whole.n_events
+    assert list(chunked.resident_ids[chunked.resident]) == list(whole.resident_ids[whole.resident])
+    for name in ("kind", "service", "bundle", "ts"):
+        np.testing.assert_array_equal(getattr(chunked, name), getattr(whole, name))
+    consenting = sorted(chunked.resident_ids[chunked.consent])
+    assert consenting == sorted(whole.resident_ids[whole.consent]) == ["a", "f"]
+    a = list(chunked.resident_ids).index("a")
+    assert chunked.profiles.loc[a, "neighbourhood"] == NB[4]
+    assert build_dataset(chunked, PARAMS).fingerprint == build_dataset(whole, PARAMS).fingerprint
