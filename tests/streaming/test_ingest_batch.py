@@ -192,7 +192,7 @@ _FIELD_VALUES = {
 }
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(changes=st.dictionaries(st.sampled_from(sorted(_FIELD_VALUES)), st.none(), max_size=5)
        .flatmap(lambda keys: st.fixed_dictionaries({k: _FIELD_VALUES[k] for k in keys})),
        drop=st.sets(st.sampled_from(sorted(_FIELD_VALUES)), max_size=2))
