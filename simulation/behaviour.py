@@ -479,7 +479,6 @@ class Simulation:
         if week >= self.weeks:
             raise RuntimeError(f"the simulation has only {self.weeks} weeks")
         days = np.arange(7 * week, 7 * week + 7)
-        day0 = int(self.day_start_us[days[0]])
         # Phase A decides who is active and exposed; phase B writes the events. Without a
         # recommender both run block by block on the same tastes; with one, every block's
         # phase A must finish before the recommender is asked once for all exposed
@@ -528,7 +527,9 @@ class Simulation:
         events = self._administration(week, days, events)
         events.ts = np.minimum(events.ts, self.end_us - US)
         contact = events.type <= T["unsubscribe"]
-        day_of = (events.ts[contact] - day0) // DAY_US
+        # local day of each contact (day starts are local midnights, DST included)
+        day_of = np.searchsorted(self.day_start_us[days[0]:days[-1] + 1], events.ts[contact],
+                                 side="right") - 1
         codes = np.unique(events.resident[contact].astype(np.int64) * 8 + np.clip(day_of, 0, 6))
         self.active_days[:, week] = np.bincount(codes // 8, minlength=self.n).astype(np.uint8)
         self.week_done += 1
@@ -553,13 +554,13 @@ class Simulation:
         n_uses = np.minimum(1 + rng.poisson(extra), p.max_uses_per_day)
         u_res = np.repeat(r_loc, n_uses)
         u_day = days[np.repeat(d_loc, n_uses)]
+        # held services by taste and frequency, plus a little ad-hoc use of the other
+        # services offered to the resident
         weights = usage_w[u_res] * held[u_res]
         adhoc_w = usage_w[u_res] * (ok[u_res] & ~held[u_res])
-        adhoc_total = adhoc_w.sum(1, keepdims=True)
-        held_total = weights.sum(1, keepdims=True)
+        adhoc_total = np.maximum(adhoc_w.sum(1, keepdims=True), 1e-9)
         share = p.adhoc_usage * (usage_w[u_res] * ok[u_res]).mean(1, keepdims=True)
-        weights = weights + np.where(adhoc_total > 0, adhoc_w / np.maximum(adhoc_total, 1e-9)
-                                     * np.minimum(share, held_total + share), 0)
+        weights = weights + adhoc_w / adhoc_total * share
         service = _categorical_rows(rng, weights)
         keep = service >= 0
         u_res, u_day, service = u_res[keep], u_day[keep], service[keep]

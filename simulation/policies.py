@@ -8,9 +8,9 @@ by :func:`bouquet.simulation.closed_loop.run_policy` when present:
   the residents' *public* attributes; ``city.hidden`` is the simulator itself, which only
   test oracles may read);
 * ``observe(events)`` with the history (in one or more chunks of whole days) and then
-  after every week, with that period's events as an Arrow table in the event-log layout — the same data a deployed Bouquet sees, so a
-  policy can learn from it (popularity counts) or forward it (to Kafka, for a live
-  serving stack);
+  after every week, with that period's events as an Arrow table in the event-log layout
+  — the same data a deployed Bouquet sees, so a policy can learn from it (popularity
+  counts) or forward it (to Kafka, for a live serving stack);
 * ``model_version`` and ``variant`` label the ``recommendation_id`` echoed in the events
   (``<model_version>.<variant>.<token>``); ``last_recommendation_ids`` (one id or None
   per resident of the last call) overrides them with ids the policy got from elsewhere,

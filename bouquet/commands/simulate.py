@@ -93,6 +93,8 @@ def calibrate(
     residents: int = typer.Option(20000, "--residents", "-n", min=100),
     weeks: int = typer.Option(12, "--weeks", "-w", min=5),
     seed: int = typer.Option(1, "--seed"),
+    end: str | None = typer.Option(None, "--end", help="Day after the last simulated day, "
+                                   "YYYY-MM-DD (default: today); fix it to reproduce figures."),
     json_path: Path | None = typer.Option(None, "--json", help="Write the figures here."),
 ) -> None:
     """Measure the cadence statistics on the real log and on simulated data; exit 1 when a
@@ -109,7 +111,8 @@ def calibrate(
         raise typer.Exit(2)
     real = valleybike_statistics(valleybike)
     summary, _ = simulate(get_settings(), residents=residents, weeks=weeks, seed=seed,
-                          to="memory", progress=False, calibrate=True, save_residents=False)
+                          end=date.fromisoformat(end) if end else None, to="memory",
+                          progress=False, calibrate=True, save_residents=False)
     sim = summary.calibration or {}
     table = Table("statistic", "ValleyBike (real)", "simulated", "tolerance", "",
                   title=f"cadence calibration: {real.people:,} real riders vs "
@@ -141,6 +144,8 @@ def compare(
     seeds: int = typer.Option(3, "--seeds", min=1, help="Cities per policy (seeds 1..N)."),
     residents: int = typer.Option(5000, "--residents", "-n", min=100),
     k: int = typer.Option(3, "--k", min=1, max=20, help="Bundles shown per exposure."),
+    end: str | None = typer.Option(None, "--end", help="Day after the last simulated day, "
+                                   "YYYY-MM-DD (default: today); fix it to reproduce figures."),
     json_path: Path | None = typer.Option(None, "--json", help="Write every figure here."),
 ) -> None:
     """Share of residents at each cadence after W weeks under each policy (mean and 95%
@@ -154,6 +159,7 @@ def compare(
     with console.status("simulating…") as status:
         result = run_compare(names, catalog, residents=residents, weeks=weeks,
                              seeds=list(range(1, seeds + 1)), k=k,
+                             end=date.fromisoformat(end) if end else None,
                              on_run=lambda r: status.update(
                                  f"done: {r.policy} seed {r.seed} ({r.seconds:.1f} s)"))
     columns = [*CADENCES, "weekly_or_better"]
