@@ -206,6 +206,7 @@ class BatchBuilder:
         self._buckets: dict[date, tuple[str, str]] = {}
         self._targets: dict[tuple[str | None, str | None], tuple[str, str]] = {}
         self._funnels: dict[tuple[str, str], tuple[str, str, str]] = {}
+        self._combos: dict[tuple[str, ...], str] = {}
 
     def add(self, batch: Batch, record: Any, now: datetime | None = None) -> None:
         """Add one ``ConsumerRecord`` to ``batch`` (as an event or as a dead letter)."""
@@ -307,9 +308,13 @@ class BatchBuilder:
             payload = "1" if event.value == 1 else "0"
         else:  # erase
             payload = ""
+        combo = self._combos.get((day, week, channel, domain, factor))
+        if combo is None:
+            combo = self._combos[(day, week, channel, domain, factor)] = \
+                f"{day}|{week}|{channel}|{domain}|{factor}"
         batch.slots.append("\x1f".join((
-            event.event_id, event.resident_id, kind, epoch, day, week, channel, domain, factor,
-            payload, members, funnel_key, stage, funnel_member)))
+            event.event_id, event.resident_id, kind, epoch, combo, payload, members,
+            funnel_key, stage, funnel_member)))
 
 
 def holding_members(service_id: str | None, bundle_id: str | None) -> str:
