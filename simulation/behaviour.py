@@ -33,7 +33,8 @@ The model, in order of what drives the numbers (see docs/simulation.md):
   produce nothing.
 
 Randomness comes from ``numpy.random.Generator`` streams keyed by (seed, week, block of
-residents, phase), so a seed gives the same events whatever the machine.
+residents, phase), so a seed gives the same events whatever the block order or thread
+count (for the same code and library versions).
 """
 
 from __future__ import annotations
