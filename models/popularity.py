@@ -1,0 +1,164 @@
+"""Popularity baselines: overall, and per user group (e.g. neighbourhood).
+
+Every offline evaluation reports these beside the learned models: a model that does not beat
+"what most residents use" is not worth serving. The group variant is also the cold-start
+answer in serving — "popular with residents like you" for a resident with no history, keyed by
+their neighbourhood.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from bouquet.models.base import Recommender, as_user_ids, check_csr
+
+log = logging.getLogger(__name__)
+
+
+def _item_counts(x: sp.csr_matrix, binary: bool) -> np.ndarray:
+    if binary:
+        x = x.copy()
+        x.data = (x.data > 0).astype(np.float64)
+    return np.asarray(x.sum(axis=0), dtype=np.float64).ravel()
+
+
+class PopularityRecommender(Recommender):
+    """Rank items by how many users interacted with them (the same list for everyone).
+
+    Parameters
+    ----------
+    binary : bool
+        Count users (True) rather than summing confidences (False), so one heavy user cannot
+        make an item "popular".
+
+    Attributes
+    ----------
+    item_popularity_ : numpy.ndarray
+        ``(n_items,)`` share of users who interacted with each item (or mean confidence).
+    n_users_, n_items_ : int
+        Training matrix shape.
+    """
+
+    def __init__(self, binary: bool = True) -> None:
+        self.binary = binary
+
+    def fit(self, user_items: sp.csr_matrix, **kwargs: Any) -> PopularityRecommender:
+        """Count item popularity in ``user_items``."""
+        x = check_csr(user_items)
+        self.n_users_, self.n_items_ = x.shape
+        self.item_popularity_ = _item_counts(x, self.binary) / max(1, self.n_users_)
+        return self
+
+    def score(
+        self, user_ids: Any, user_items: sp.csr_matrix | None = None, **kwargs: Any
+    ) -> np.ndarray:
+        """The popularity vector, repeated for each user."""
+        self._check_fitted()
+        ids, scalar = as_user_ids(user_ids)
+        out = np.tile(self.item_popularity_, (len(ids), 1))
+        return out[0] if scalar else out
+
+
+class GroupPopularityRecommender(Recommender):
+    """Popularity within each user's group, shrunk towards overall popularity.
+
+    A small neighbourhood's counts are noisy, so each group's rate is the Bayesian average
+    ``(count_g + shrinkage * p_all) / (n_g + shrinkage)``: ``shrinkage`` pseudo-users who behave
+    like the whole population. Users whose group is unknown get overall popularity.
+
+    Parameters
+    ----------
+    shrinkage : float
+        Pseudo-count pulling small groups towards overall popularity.
+    binary : bool
+        Count users rather than summing confidences.
+
+    Attributes
+    ----------
+    groups_ : list of str
+        Group labels seen in training (labels are compared as strings).
+    group_popularity_ : numpy.ndarray
+        ``(n_groups, n_items)`` shrunk rates.
+    item_popularity_ : numpy.ndarray
+        ``(n_items,)`` overall rates (fallback).
+    user_group_ : numpy.ndarray
+        ``(n_users,)`` index into ``groups_`` of each training user, ``-1`` if unknown.
+    """
+
+    def __init__(self, shrinkage: float = 10.0, binary: bool = True) -> None:
+        self.shrinkage = shrinkage
+        self.binary = binary
+
+    def fit(
+        self, user_items: sp.csr_matrix, groups: Any = None, **kwargs: Any
+    ) -> GroupPopularityRecommender:
+        """Count popularity per group.
+
+        Parameters
+        ----------
+        user_items : scipy.sparse.csr_matrix
+            Users × items.
+        groups : sequence
+            One label per user (row); ``None`` entries mean "unknown group".
+        """
+        if groups is None:
+            raise ValueError("GroupPopularityRecommender.fit needs groups=, one label per user")
+        x = check_csr(user_items)
+        labels = [None if g is None else str(g) for g in groups]
+        if len(labels) != x.shape[0]:
+            raise ValueError(f"groups has {len(labels)} labels for {x.shape[0]} users")
+        self.groups_ = sorted({g for g in labels if g is not None})
+        index = {g: k for k, g in enumerate(self.groups_)}
+        self.user_group_ = np.array([index.get(g, -1) for g in labels], dtype=np.int64)
+        self.n_users_, self.n_items_ = x.shape
+        overall = _item_counts(x, self.binary) / max(1, self.n_users_)
+        known = self.user_group_ >= 0
+        membership = sp.csr_matrix(
+            (np.ones(known.sum()), (self.user_group_[known], np.flatnonzero(known))),
+            shape=(len(self.groups_), self.n_users_),
+        )
+        xb = x.copy()
+        if self.binary:
+            xb.data = (xb.data > 0).astype(np.float64)
+        counts = np.asarray((membership @ xb).todense(), dtype=np.float64)
+        sizes = np.asarray(membership.sum(axis=1)).ravel()
+        m = float(self.shrinkage)
+        self.group_popularity_ = (counts + m * overall) / (sizes + m)[:, None]
+        self.item_popularity_ = overall
+        return self
+
+    def score(
+        self,
+        user_ids: Any,
+        user_items: sp.csr_matrix | None = None,
+        groups: Any = None,
+        **kwargs: Any,
+    ) -> np.ndarray:
+        """Group popularity of each user's group.
+
+        Parameters
+        ----------
+        groups : sequence, optional
+            Labels for the requested users (e.g. a new resident's neighbourhood); overrides the
+            training-time group. Without it, training users get their training group and
+            unknown ids get overall popularity.
+        """
+        self._check_fitted()
+        ids, scalar = as_user_ids(user_ids)
+        if groups is not None:
+            labels = [groups] if isinstance(groups, str) or np.isscalar(groups) else groups
+            index = {g: k for k, g in enumerate(self.groups_)}
+            g_idx = np.array([index.get(str(g), -1) for g in labels], dtype=np.int64)
+            if g_idx.size != ids.size:
+                raise ValueError("groups must have one label per user id")
+        else:
+            known = (ids >= 0) & (ids < self.n_users_)
+            g_idx = np.full(ids.size, -1, dtype=np.int64)
+            g_idx[known] = self.user_group_[ids[known]]
+        table = np.vstack([self.group_popularity_, self.item_popularity_[None, :]])
+        out = table[np.where(g_idx >= 0, g_idx, len(self.groups_))]
+        return out[0] if scalar else out
