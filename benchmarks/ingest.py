@@ -118,13 +118,16 @@ def _bare(settings: Settings, expected: int, partitions: list[int] | None,
     return result
 
 
-def _pipeline_child(settings: Settings, idle: float, out: Any) -> None:
+def _pipeline_child(settings: Settings, idle: float, out: Any, go: Any = None) -> None:
     from bouquet.streaming.consumer import IngestConsumer, IngestOptions
 
     logging.basicConfig(level=logging.WARNING)
     options = IngestOptions.from_settings(settings, idle_seconds=idle, session_timeout_ms=6000,
                                           heartbeat_interval_ms=1000, log_every_s=0, **FETCH)
-    stats = IngestConsumer(settings, options=options).run()
+    consumer = IngestConsumer(settings, options=options)
+    if go is not None:  # join the group together with the other process
+        go.wait(60)
+    stats = consumer.run()
     out.put({"received": stats.received, "batch_log": stats.batch_log,
              "first": stats.first_record_at})
 
@@ -221,10 +224,13 @@ def run_benchmark(settings: Settings, *, events: int = 150_000, partitions: int 
 
         run = _fresh(base, "pipe2")
         prefixes.append(run.redis_key_prefix)
-        procs = [ctx.Process(target=_pipeline_child, args=(run, 3.0, queue), daemon=True)
+        go = ctx.Event()
+        procs = [ctx.Process(target=_pipeline_child, args=(run, 3.0, queue, go), daemon=True)
                  for _ in range(2)]
         for proc in procs:
             proc.start()
+        time.sleep(5)  # both interpreters up (imports, catalog)
+        go.set()
         pipe2 = [queue.get(timeout=900) for _ in procs]
         for proc in procs:
             proc.join()
