@@ -239,3 +239,14 @@ def test_bad_tracking_uri_is_one_line_and_exit_code_1(cli: CliRunner,
         assert "MLFLOW_TRACKING_URI" in lines[0] and "Traceback" not in result.output
     with pytest.raises(TrackingUnavailable, match="not usable"):
         connect(Settings(env="test", mlflow_tracking_uri="nosuchscheme://x"))
+
+
+def test_empty_event_log_is_a_one_line_error(cli: CliRunner, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from bouquet.core import settings as settings_module
+
+    monkeypatch.setenv("BOUQUET_EVENT_LOG_DIR", str(tmp_path / "empty-log"))
+    settings_module.get_settings.cache_clear()
+    result = invoke(cli, "train", "--no-progress", code=1)
+    assert "error: the event log is empty" in result.output
+    assert "Traceback" not in result.output
