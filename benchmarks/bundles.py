@@ -15,16 +15,13 @@ What we do (and only this):
   ``test``; the same top-40 lists are written with ``--topk-out`` so the independent scorer
   (``/work/shared/tools/bundle_eval.py``) can recompute every figure.
 
-Run: ``python -m bouquet.benchmarks.bundles --data DIR [--topk-out FILE] [--json FILE]``.
+Run: ``bouquet bench bundles --data DIR [--topk-out FILE] [--json FILE] [--quick]``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import os
-import resource
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -34,6 +31,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from bouquet.benchmarks.harness import BenchResult, peak_rss_mb, print_result, write_json
 from bouquet.models.als import ALSRecommender
 from bouquet.models.base import Recommender
 from bouquet.models.bpr import BPRRecommender
@@ -219,11 +217,6 @@ def _fit_kwargs(model: Recommender, data: BundleData) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- the run
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (Linux ru_maxrss is in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def _tune_grid(
     name: str,
     candidates: Iterable[dict[str, Any]],
@@ -514,26 +507,42 @@ def print_table(result: dict[str, Any], console: Any = None) -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, required=True, help="BGCN-layout data directory")
-    ap.add_argument("--topk-out", type=Path, help="write the top-40 test lists here")
-    ap.add_argument("--json", type=Path, help="write the result dict here")
-    ap.add_argument("--quick", action="store_true", help="skip tuning, use SELECTED")
-    ap.add_argument("--no-progress", action="store_true")
-    ap.add_argument("-v", "--verbose", action="store_true")
-    args = ap.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    result = run_bundles(args.data, args.topk_out, quick=args.quick, progress=not args.no_progress)
+def to_bench_result(result: dict[str, Any]) -> BenchResult:
+    """The run in the benchmark output contract (published rows go with the params)."""
+    bench = BenchResult("bundles", params={**result["params"],
+                                           "published": result["published"]})
+    bench.figures = dict(result["figures"])
+    return bench
+
+
+#: Where the public data lives beside the repository (``../shared/data``).
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "youshu"
+
+
+def DEFAULT(settings: Any) -> BenchResult:  # noqa: N802 - the harness's entry-point name
+    """``bench all``: the full run (hyper-parameters tuned on ``tune``) on Youshu."""
+    result = run_bundles(DEFAULT_DATA, quick=False, progress=True)
     print_table(result)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return 0
+    return to_bench_result(result)
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def register(bench_app: Any) -> None:
+    import typer
+
+    @bench_app.command("bundles")
+    def bundles(
+        data: Path = typer.Option(DEFAULT_DATA, "--data", help="BGCN-layout data directory."),
+        json_path: Path | None = typer.Option(None, "--json", help="Write contract JSON here."),
+        topk_out: Path | None = typer.Option(None, "--topk-out", help="Write the top-40 test "
+                                             "lists here (user<TAB>b1,b2,...)."),
+        quick: bool = typer.Option(False, "--quick", help="Skip tuning; use the configuration "
+                                   "an earlier full run selected on tune."),
+        progress: bool = typer.Option(True, "--progress/--no-progress"),
+    ) -> None:
+        """Bundle recommendation on Youshu-layout data, official protocol, vs published."""
+        result = run_bundles(data, topk_out, quick=quick, progress=progress)
+        print_table(result)
+        bench = to_bench_result(result)
+        print_result(bench)
+        if json_path is not None:
+            write_json(bench, json_path)
