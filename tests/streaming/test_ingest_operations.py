@@ -129,3 +129,26 @@ def test_metrics_are_served(settings) -> None:
     assert 'bouquet_ingest_events_total{outcome="received"}' in text
     assert 'bouquet_ingest_dead_letters_total{reason="bad_json"}' in text
     assert "bouquet_ingest_batch_seconds_bucket" in text
+
+
+def test_max_events_stops_and_commits_exactly_there(settings) -> None:
+    events = list(stream(CATALOG, StreamSpec(events=2000, residents=200, seed=12)))
+    produce(settings, [encode(e) for e in events])
+    first = run_in_process(settings, max_events=700, idle_seconds=None)
+    assert first.received == 700
+    rest = run_in_process(settings)
+    assert rest.received == len(events) - 700
+    assert_log_exact(settings, events)
+
+
+def test_cli_ingest_until_idle(settings, tmp_path: Path) -> None:
+    events = list(stream(CATALOG, StreamSpec(events=1000, residents=100, seed=13)))
+    produce(settings, [encode(e) for e in events])
+    stats_path = tmp_path / "stats.json"
+    proc = start_ingest(settings, tmp_path / "cli.log", "--until-idle", "--idle-seconds", "1",
+                        "--stats-json", str(stats_path))
+    assert proc.wait(timeout=90) == 0, (tmp_path / "cli.log").read_text()
+    stats = json.loads(stats_path.read_text())
+    assert stats["received"] == len(events) and stats["commits"] >= 1
+    assert "ingest done" in (tmp_path / "cli.log").read_text()
+    assert_log_exact(settings, events)
