@@ -6,10 +6,11 @@ so this process's peak memory is the pipeline's alone. Then one ``bouquet train`
 read the log, split, fit the ALS bundle model, evaluate it and every baseline, refit on all
 data, log the artifact to a private MLflow SQLite store, register — is timed stage by stage.
 
-Contract figures: ``residents`` (training rows of the final dataset), ``events`` (events in
-the log), ``total_s`` (all pipeline stages, generation excluded), ``peak_rss_mb``; extras:
-``<stage>_s`` and ``<stage>_peak_rss_mb`` for each stage, ``generate_s``, and the model's
-and baselines' primary metric.
+Contract figures: ``residents`` (residents in the log, erased ones gone), ``events`` (events
+in the log), ``total_s`` (all pipeline stages, generation excluded), ``peak_rss_mb``; extras:
+``consenting_residents``, ``training_residents`` (consenting with weighted events: the
+model's rows), ``<stage>_s`` and ``<stage>_peak_rss_mb`` for each stage, ``generate_s``, and
+the model's and baselines' primary metric.
 """
 
 from __future__ import annotations
@@ -86,7 +87,9 @@ def run_benchmark(*, residents: int = DEFAULT_RESIDENTS, weeks: int = DEFAULT_WE
                                               progress=progress, run_name="bench-train"))
         stages = report.stages
         total = sum(stage["s"] for stage in stages.values())
-        result.add("residents", report.dataset["residents"], "residents")
+        result.add("residents", report.dataset["residents_seen"], "residents")
+        result.add("consenting_residents", report.dataset["residents_consenting"], "residents")
+        result.add("training_residents", report.dataset["residents"], "residents")
         result.add("events", report.dataset["events_read"], "events")
         result.add("total_s", total, "s")
         result.add("peak_rss_mb", peak_rss_mb(), "MB")

@@ -381,6 +381,8 @@ def build_dataset(
     held_bundles = _holdings(arrays, select, row, arrays.bundle, (n, n_b))
     stats = {
         "events_read": arrays.n_events,
+        "residents_seen": int(arrays.stats.get("residents_seen", len(arrays.resident_ids))),
+        "residents_consenting": int(arrays.consent.sum()),
         "events_used_services": int(on_service.sum()),
         "events_used_bundles": int(on_bundle.sum()),
         "residents_excluded_no_consent": int((~arrays.consent).sum()),
