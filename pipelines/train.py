@@ -34,7 +34,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ from bouquet.core.settings import Settings
 from bouquet.pipelines.candidates import (
     BASELINES,
     COLD_CAPABLE,
+    MAIN_KINDS,
     TARGETS,
     Candidate,
     NeighbourhoodPopularity,
@@ -216,6 +217,12 @@ def train(settings: Settings, options: TrainOptions) -> TrainReport:
     """Run one training (see the module docstring); returns what it logged and decided."""
     if options.search not in (None, "grid", "random"):
         raise ValueError(f"--search must be grid or random, not {options.search!r}")
+    if options.model not in MAIN_KINDS:
+        raise ValueError(f"--model {options.model!r} cannot be deployed; choose one of "
+                         f"{', '.join(MAIN_KINDS)} (baselines are evaluated with --baselines)")
+    unknown = sorted(set(options.baselines) - set(BASELINES))
+    if unknown:
+        raise ValueError(f"unknown baselines {unknown}; choose from {', '.join(BASELINES)}")
     _check_primary(options)
     client = connect(settings)
     experiment_id = ensure_experiment(client, settings)
@@ -292,8 +299,6 @@ def _run(client: Any, registry: ModelRegistry, run: Any, settings: Settings,
         popular = (fallback.popular_table("services"), fallback.popular_table("bundles"))
     extra = _artifact_meta(final_data, split, options, metrics, primary)
     with stages("log"), tempfile.TemporaryDirectory(prefix="bouquet-artifact-") as tmp:
-        if not hasattr(final, "to_artifact"):
-            raise ValueError(f"model kind {options.model!r} has no deployable artifact")
         artifact = final.to_artifact(final_data, popular, extra)
         artifact.save(Path(tmp) / "model")
         client.log_artifacts(run_id, str(Path(tmp) / "model"), "model")
@@ -522,8 +527,3 @@ def _search(client: Any, parent: Any, arrays: EventArrays, split: Split,
     client.set_tag(parent.info.run_id, "search.best_value", repr(best[0]))
     client.set_tag(parent.info.run_id, "search.validation_split", validation.id)
     return best[1], results
-
-
-def with_dataset(options: TrainOptions, **dataset: Any) -> TrainOptions:
-    """A copy of ``options`` with dataset-parameter overrides (for callers and tests)."""
-    return replace(options, dataset={**options.dataset, **dataset})

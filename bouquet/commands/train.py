@@ -81,7 +81,7 @@ def train_command(
 
     dataset: dict[str, Any] = {}
     if half_life_days is not None:
-        dataset["half_life_days"] = half_life_days or None
+        dataset["half_life_days"] = half_life_days  # 0 disables decay
     if log_alpha is not None:
         dataset["log_alpha"] = log_alpha
     try:
