@@ -147,8 +147,9 @@ def _pipeline(settings: Settings, expected: int, **options: Any) -> Any:
 
 
 def _window_rate(runs: list[dict[str, Any]]) -> float | None:
-    """Records/s over the window in which every process had started receiving."""
-    starts = [r["first"] for r in runs if r.get("first")]
+    """Records/s over the window in which every process was writing batches: from the
+    latest first batch (after the group settled) to the last batch of all."""
+    starts = [r["batch_log"][0][0] for r in runs if r.get("batch_log")]
     if len(starts) < len(runs):
         return None
     begin = max(starts)
