@@ -336,8 +336,12 @@ class StateWriter:
         applied = dups = 0
         erased: list[str] = []
         step = self.config.script_chunk_events
+        # One round trip for all chunks (pipelined), but one script call per chunk, so
+        # Redis can serve other clients between chunks.
+        pipe = self.redis.pipeline(transaction=False)
         for start in range(0, len(events), step):
-            out = self._apply(args=[*self._header, *events[start:start + step]])
+            self._apply(args=[*self._header, *events[start:start + step]], client=pipe)
+        for out in pipe.execute():
             applied += int(out[0])
             dups += int(out[1])
             erased += [r.decode() if isinstance(r, bytes) else r for r in out[2:]]
