@@ -202,11 +202,19 @@ class IngestConsumer:
         self._stop.set()
 
     def _connect(self) -> None:
-        o = self.options
         self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=30,
                                            socket_connect_timeout=5, health_check_interval=30)
         self._state = StateWriter(self._redis, self.keys, state_config(self.settings))
-        self._consumer = KafkaConsumer(
+        try:
+            self._consumer = self._new_consumer()
+        except KafkaError as exc:
+            raise IngestError(f"cannot reach the broker at "
+                              f"{self.settings.kafka_bootstrap_servers}: {exc}") from exc
+        self._consumer.subscribe([self.settings.topic_events], listener=_Listener(self))
+
+    def _new_consumer(self) -> KafkaConsumer:
+        o = self.options
+        return KafkaConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap_servers,
             group_id=self.settings.consumer_group,
             client_id=o.client_id,
@@ -221,7 +229,6 @@ class IngestConsumer:
             fetch_max_wait_ms=o.fetch_max_wait_ms,
             request_timeout_ms=max(30_000, o.session_timeout_ms + 5000),
         )
-        self._consumer.subscribe([self.settings.topic_events], listener=_Listener(self))
 
     def _dlq_producer(self) -> KafkaProducer:
         if self._producer is None:
@@ -249,12 +256,12 @@ class IngestConsumer:
     def run(self) -> IngestStats:
         """Consume until stopped (signal, :meth:`stop`, idle, max events); return stats."""
         previous = self._install_signals()
-        self._connect()
         o = self.options
         started = last_record = last_log = time.monotonic()
         last_logged_count = last_received = 0
         clean_exit = False
         try:
+            self._connect()
             while not self._stop.is_set():
                 self._poll_once()
                 now = time.monotonic()
@@ -316,7 +323,7 @@ class IngestConsumer:
             room = min(room, o.max_events - self.stats.received)
         if room <= 0:
             return
-        polled = self._consumer.poll(timeout_ms=100, max_records=room)
+        polled = self._poll_with_retries(room)
         if not polled:
             return
         now = datetime.now(UTC)
@@ -334,6 +341,26 @@ class IngestConsumer:
         self.stats.received += count
         metrics.EVENTS.labels("received").inc(count)
         self._positions.update(batch.offsets)
+
+    def _poll_with_retries(self, room: int) -> dict[Any, list[Any]]:
+        """``poll``, with backoff on broker errors that kafka-python raises rather than
+        retries itself; past the bound, :class:`IngestError` (nothing uncommitted is lost:
+        the next run starts from the last commit)."""
+        assert self._consumer is not None
+        for attempt in range(self.options.retry_attempts + 1):
+            try:
+                return self._consumer.poll(timeout_ms=100, max_records=room)
+            except KafkaError as exc:
+                if attempt == self.options.retry_attempts or not getattr(exc, "retriable",
+                                                                         False):
+                    raise IngestError(f"polling the broker failed: {exc}") from exc
+                delay = self._backoff(attempt)
+                log.warning("poll failed (%s); retry %d/%d in %.2f s", exc, attempt + 1,
+                            self.options.retry_attempts, delay)
+                metrics.RETRIES.labels("poll").inc()
+                self.stats.retries += 1
+                time.sleep(delay)
+        raise AssertionError("unreachable")
 
     def _should_flush(self, now: float) -> bool:
         batch = self._batch
