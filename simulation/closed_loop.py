@@ -63,7 +63,15 @@ POLICY_FACTORIES: dict[str, Callable[[int], Policy]] = {
     "popular": lambda seed: PopularPolicy(),
     "random": lambda seed: RandomPolicy(seed),
     "oracle": lambda seed: OraclePolicy(),
+    "model": lambda seed: _model_policy(),
 }
+
+
+def _model_policy() -> Policy:
+    """The trained-model policy (imported lazily: it pulls in the training stack)."""
+    from bouquet.simulation.model_policy import ModelPolicy
+
+    return ModelPolicy()
 
 
 def register_policy(name: str, factory: Callable[[int], Policy]) -> None:

@@ -138,10 +138,13 @@ def calibrate(
 @simulate_app.command()
 def compare(
     policies: str = typer.Option("none,popular", "--policies", help="Comma-separated: none, "
-                                 "popular, random, oracle (tests' upper reference), or a "
-                                 "registered policy."),
+                                 "popular, model (Bouquet's ALS bundle model, retrained "
+                                 "weekly on what it observed), random, oracle (tests' upper "
+                                 "reference), or a registered policy."),
     weeks: int = typer.Option(12, "--weeks", "-w", min=4),
-    seeds: int = typer.Option(3, "--seeds", min=1, help="Cities per policy (seeds 1..N)."),
+    seeds: int = typer.Option(3, "--seeds", min=1, help="Cities per policy."),
+    first_seed: int = typer.Option(1, "--first-seed", min=0, help="Seeds are first_seed.."
+                                   "first_seed+N-1 (keep seeds used for choices out)."),
     residents: int = typer.Option(5000, "--residents", "-n", min=100),
     k: int = typer.Option(3, "--k", min=1, max=20, help="Bundles shown per exposure."),
     end: str | None = typer.Option(None, "--end", help="Day after the last simulated day, "
@@ -158,7 +161,7 @@ def compare(
     catalog = load_catalog(get_settings().catalog_path)
     with console.status("simulating…") as status:
         result = run_compare(names, catalog, residents=residents, weeks=weeks,
-                             seeds=list(range(1, seeds + 1)), k=k,
+                             seeds=list(range(first_seed, first_seed + seeds)), k=k,
                              end=date.fromisoformat(end) if end else None,
                              on_run=lambda r: status.update(
                                  f"done: {r.policy} seed {r.seed} ({r.seconds:.1f} s)"))
