@@ -1,0 +1,185 @@
+"""``bouquet demo [--quick]``: the whole engine, end to end, on the embedded local stack.
+
+Each stage is the same ``bouquet`` command a user would type, run in order with the same
+environment, so the demo proves the commands compose: stack up → simulate the demo city
+through Kafka → ingest → train (MLflow) → publish (Redis) → serve (HTTP) → ask for bundles,
+send an event and see the answer change → engagement report. ``--quick`` uses a small city
+and exits when done (tests use it); the full demo keeps the API, the dashboard and the
+MLflow UI running until Ctrl-C, then stops what it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import httpx
+import typer
+from rich.console import Console
+from rich.rule import Rule
+
+from bouquet.core.settings import Settings, get_settings
+
+console = Console()
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    residents: int
+    weeks: int
+    search_trials: int
+
+
+QUICK = DemoSize(residents=1500, weeks=8, search_trials=0)
+FULL = DemoSize(residents=3000, weeks=12, search_trials=4)
+
+
+class StageFailed(RuntimeError):
+    pass
+
+
+def _bouquet(*args: str, env: dict[str, str], title: str) -> None:
+    """Run one ``bouquet`` command as its own process, as a user would."""
+    console.print(Rule(f"[bold]{title}[/]  [dim]bouquet {' '.join(args)}[/]", align="left"))
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "bouquet", *args], env=env, check=False)
+    if result.returncode != 0:
+        raise StageFailed(f"`bouquet {' '.join(args)}` exited with {result.returncode}")
+    console.print(f"[dim]{title}: {time.monotonic() - started:.1f} s[/]")
+
+
+def _wait_ready(base: str, timeout_s: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            answer = httpx.get(f"{base}/readyz", timeout=2)
+            if answer.status_code == 200:
+                return answer.json()
+            last = answer.text
+        except httpx.HTTPError as exc:
+            last = str(exc)
+        time.sleep(0.5)
+    raise StageFailed(f"the API at {base} did not become ready: {last}")
+
+
+def _show_live_personalisation(base: str, settings: Settings) -> None:
+    """Ask for a resident's bundles, send what they just did, ask again."""
+    app_key = next(k for k, role in settings.api_keys.items() if role == "app")
+    operator_key = next(k for k, role in settings.api_keys.items() if role == "operator")
+    headers = {"X-API-Key": app_key}
+    summary = httpx.get(f"{base}/v1/operator/engagement", headers={"X-API-Key": operator_key},
+                        timeout=60)
+    if summary.status_code != 200:
+        raise StageFailed(f"GET /v1/operator/engagement answered {summary.status_code}")
+    resident = _a_consenting_resident(settings)
+    first = httpx.get(f"{base}/v1/residents/{resident}/bundles?k=3", headers=headers, timeout=10)
+    if first.status_code != 200:
+        raise StageFailed(f"GET bundles answered {first.status_code}: {first.text}")
+    body = first.json()
+    console.print(f"bundles for {resident} (model {body.get('model_version')}, "
+                  f"variant {body.get('variant')}):")
+    for item in body.get("bundles", []):
+        console.print(f"  {item['bundle_id']:<28} {item['score']:<9.3g} {item['reason']}")
+    top = body["bundles"][0] if body.get("bundles") else None
+    if top is None:
+        return
+    event = {"schema_version": 1, "event_id": f"demo-{int(time.time() * 1000)}",
+             "resident_id": resident, "type": "dismiss", "bundle_id": top["bundle_id"],
+             "ts": datetime.now(UTC).isoformat(), "channel": "app",
+             "recommendation_id": body.get("recommendation_id")}
+    posted = httpx.post(f"{base}/v1/events", json=event, headers=headers, timeout=10)
+    console.print(f"POST /v1/events (dismiss {top['bundle_id']}): HTTP {posted.status_code}")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        again = httpx.get(f"{base}/v1/residents/{resident}/bundles?k=3", headers=headers,
+                          timeout=10).json()
+        if all(b["bundle_id"] != top["bundle_id"] for b in again.get("bundles", [])):
+            console.print(f"  a moment later {top['bundle_id']} is gone: "
+                          + ", ".join(b["bundle_id"] for b in again["bundles"]))
+            return
+        time.sleep(0.3)
+    console.print("[yellow]the dismissed bundle was still shown after 10 s[/]")
+
+
+def _a_consenting_resident(settings: Settings) -> str:
+    import redis
+
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    pattern = f"{settings.redis_key_prefix}r:{{*}}:profile"
+    for key in client.scan_iter(match=pattern, count=500):
+        if client.hget(key, "consent") == "1":
+            return key.split("{", 1)[1].split("}", 1)[0]
+    raise StageFailed("no resident with personalisation consent was ingested")
+
+
+def demo(
+    quick: bool = typer.Option(False, "--quick", help="Small city; exit when done."),
+    residents: int | None = typer.Option(None, "--residents", help="Override the city size."),
+    weeks: int | None = typer.Option(None, "--weeks", help="Override the simulated weeks."),
+) -> None:
+    """Run every stage end to end on the local stack, then say where to look."""
+    settings = get_settings()
+    size = QUICK if quick else FULL
+    n_residents = str(residents or size.residents)
+    n_weeks = str(weeks or size.weeks)
+    env = dict(os.environ)
+    base = f"http://{settings.api_host}:{settings.api_port}"
+    background: list[subprocess.Popen[bytes]] = []
+    try:
+        _bouquet("stack", "up", *([] if quick else ["--mlflow-ui"]), env=env,
+                 title="1/7 local stack")
+        _bouquet("simulate", "run", "--residents", n_residents, "--weeks", n_weeks,
+                 "--to", "kafka", "--no-progress" if quick else "--progress", env=env,
+                 title="2/7 simulate the demo city through Kafka")
+        _bouquet("ingest", "--until-idle", "--idle-seconds", "3", env=env,
+                 title="3/7 ingest: validate, log, real-time state")
+        train_args = ["train"]
+        if size.search_trials:
+            train_args += ["--search", "random", "--trials", str(size.search_trials)]
+        _bouquet(*train_args, env=env, title="4/7 train and register in MLflow")
+        _bouquet("publish", env=env, title="5/7 publish the champion to Redis")
+        console.print(Rule("[bold]6/7 serve, with ingestion running behind it[/]",
+                           align="left"))
+        for command in (["serve", "--workers", "2"], ["ingest"]):
+            background.append(subprocess.Popen([sys.executable, "-m", "bouquet", *command],
+                                               env=env, start_new_session=True))
+        server = background[0]
+        ready = _wait_ready(base)
+        console.print(f"ready: {json.dumps(ready)}")
+        console.print(Rule("[bold]7/7 live personalisation and engagement[/]", align="left"))
+        _show_live_personalisation(base, settings)
+        _bouquet("report", "engagement", "--weeks", "4", env=env, title="engagement report")
+        console.print(Rule("[bold green]Bouquet demo is up[/]", align="left"))
+        console.print(f"  API docs    {base}/docs")
+        operator_key = next(k for k, r in settings.api_keys.items() if r == "operator")
+        console.print(f"  dashboard   {base}/dashboard#key={operator_key}")
+        console.print(f"  MLflow UI   http://127.0.0.1:{settings.local_mlflow_port}"
+                      + ("  (not started in --quick mode)" if quick else ""))
+        console.print(f"  event log   {settings.event_log_path}")
+        if not quick:
+            console.print("Press Ctrl-C to stop the API and the local stack.")
+            with contextlib.suppress(KeyboardInterrupt):
+                server.wait()
+    except StageFailed as exc:
+        console.print(f"[red]demo failed:[/] {exc}")
+        raise typer.Exit(1) from None
+    finally:
+        for process in background:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in background:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=20)
+        subprocess.run([sys.executable, "-m", "bouquet", "stack", "down"], env=env, check=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo)

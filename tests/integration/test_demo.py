@@ -1,0 +1,54 @@
+"""`bouquet demo --quick` (what `make demo-quick` runs) works end to end and cleans up."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+from bouquet.localstack import free_port
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_quick_demo_runs_every_stage_and_leaves_nothing_running(tmp_path) -> None:
+    env = {
+        **os.environ,
+        "BOUQUET_STATE_DIR": str(tmp_path / "state"),
+        "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
+        "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        "BOUQUET_API_PORT": str(free_port()),
+        "COLUMNS": "120",
+    }
+    result = subprocess.run([sys.executable, "-m", "bouquet", "demo", "--quick"], env=env,
+                            capture_output=True, text=True, timeout=600)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    for stage in ("1/7 local stack", "2/7 simulate", "3/7 ingest", "4/7 train", "5/7 publish",
+                  "6/7 serve", "7/7 live personalisation", "Bouquet demo is up"):
+        assert stage in output, stage
+    assert "registered version 1" in output
+    assert "is gone" in output, "a dismissed bundle must disappear from the next answer"
+    assert f"127.0.0.1:{env['BOUQUET_API_PORT']}/dashboard#key=" in output
+    assert not _processes_of(env), "the demo left processes running"
+
+
+def _processes_of(env: dict[str, str]) -> list[str]:
+    """Processes started for this demo: its broker and Redis (by port) or any process
+    whose environment names its state directory."""
+    ports = (env["KAFKA_BOOTSTRAP_SERVERS"].rsplit(":", 1)[1],
+             env["REDIS_URL"].rsplit(":", 1)[1].split("/")[0])
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            ours = any(f":{port}" in cmdline for port in ports) or \
+                proc.environ().get("BOUQUET_STATE_DIR") == env["BOUQUET_STATE_DIR"]
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if ours and proc.pid != os.getpid():
+            found.append(cmdline)
+    return found
