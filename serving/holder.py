@@ -88,8 +88,9 @@ class ModelHolder:
         self._task = asyncio.create_task(self._loop(), name="bouquet-pointer-poll")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            # Bounded: a Redis call stuck in cancellation must not hold up the shutdown.
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(task, timeout=5)

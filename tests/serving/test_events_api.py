@@ -18,7 +18,7 @@ from bouquet.localstack import LocalStack, ensure_topics, free_port, kafka_ready
 from bouquet.localstack import resolve_broker_binary as broker_binary
 from tests.serving.support import client_for, ids, publish, set_profile, small_model
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 CATALOG = load_catalog()
 
 

@@ -9,7 +9,7 @@ import pytest
 from bouquet.core.catalog import load_catalog
 from tests.serving.support import client_for, publish, set_profile, small_model
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 CATALOG = load_catalog()
 OPEN = [b.id for b in CATALOG.bundles if "*" in b.zones and not b.eligibility.model_dump(
     exclude_none=True)]
@@ -49,10 +49,11 @@ async def test_no_mixed_or_missing_versions_while_publishing(make_settings) -> N
             await anyio.sleep(2.5)  # past the old versions' TTL: lagging readers would miss
             done.set()
 
-        async with anyio.create_task_group() as tg:
-            for w in range(6):
-                tg.start_soon(load, w)
-            tg.start_soon(publisher)
+        with anyio.fail_after(90):  # a stuck request fails the test instead of hanging it
+            async with anyio.create_task_group() as tg:
+                for w in range(6):
+                    tg.start_soon(load, w)
+                tg.start_soon(publisher)
 
     assert not failures, failures[:3]
     served = {a["keyspace_version"] for a in answers}

@@ -53,6 +53,7 @@ def server(settings):
             proc.wait(timeout=10)
 
 
+@pytest.mark.timeout(180)
 def test_real_server_answers_and_reports_metrics_of_all_workers(settings, server) -> None:
     set_profile(settings, "r1", consent="1", neighbourhood="gare")
     with httpx.Client(base_url=server, headers=APP, timeout=5) as c:
