@@ -195,6 +195,7 @@ class IngestConsumer:
         self._generation = 0
         #: set once the group has assigned partitions to this member (tests, benchmark)
         self.assigned = threading.Event()
+        self._assigned_at = 0.0  # monotonic time of the latest assignment
 
     # --- lifecycle ----------------------------------------------------------------------
     def stop(self) -> None:
@@ -281,8 +282,9 @@ class IngestConsumer:
                 if o.max_events is not None and self.stats.received >= o.max_events \
                         and not self._batch.records:
                     break
+                quiet_since = max(last_record, self._assigned_at)  # a new assignment is news
                 if o.idle_seconds is not None and not self._batch.records \
-                        and now - last_record >= o.idle_seconds and self._idle(now - started):
+                        and now - quiet_since >= o.idle_seconds and self._idle(now - started):
                     log.info("ingest %s: caught up and idle for %.1f s, stopping",
                              o.client_id, o.idle_seconds)
                     break
@@ -444,6 +446,7 @@ class IngestConsumer:
             if offset is not None:
                 self._consumer.seek(tp, offset)
         self._rewind = {}
+        self._assigned_at = time.monotonic()
         if assigned:
             self.assigned.set()
         log.info("%s assigned %s", self.options.client_id,
