@@ -63,8 +63,8 @@ RATES = (250, 1000, 2000)
 # --- the keyspace --------------------------------------------------------------------------
 def synthetic_model(catalog: Catalog, residents: int, factors: int = 64, seed: int = 0):
     """A factor model of realistic shape over ``catalog`` (see the module docstring)."""
+    from bouquet.models.online import composition_matrix
     from bouquet.pipelines.publish import FactorModel
-    from bouquet.serving.online import composition_matrix
 
     rng = np.random.default_rng(seed)
     sids, bids = list(catalog.service_ids), list(catalog.bundle_ids)

@@ -9,7 +9,7 @@ Redis only, and this step moves results across.
    serving process loads model and lists of one version from one place.
 3. Score residents in chunks (one matrix product per chunk, ``argpartition`` for the top N),
    pack each resident's top bundles and services (8 bytes an entry, see
-   :func:`bouquet.serving.online.pack_list`) and write them with pipelined ``SET``s; then the
+   :func:`bouquet.models.online.pack_list`) and write them with pipelined ``SET``s; then the
    per-neighbourhood popular lists (the cold-start and no-consent answers).
    Every key is written with a *staging TTL*: if the process dies anywhere before the
    switch, the half-written keyspace disappears by itself and the pointer never moved.
@@ -35,7 +35,7 @@ import redis
 from bouquet.core.keys import Keys
 from bouquet.core.settings import Settings
 from bouquet.models.artifact import Artifact, load_artifact
-from bouquet.serving.online import ServingModel, decode_meta, pack_list, pack_rows
+from bouquet.models.online import ServingModel, decode_meta, pack_list, pack_rows
 
 log = logging.getLogger(__name__)
 

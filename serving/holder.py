@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 from redis.exceptions import RedisError
 
-from bouquet.serving.online import ServingModel
+from bouquet.models.online import ServingModel
 from bouquet.serving.store import OnlineStore
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ Pure logic (no I/O), so every rule is unit-testable and the route stays a few li
 1. **Personalised** when the resident consents (profile ``consent=1``), the variant is not
    the popular baseline and the version has a precomputed list for them: that list,
    re-ranked by ``score + w · (bundle · u_recent)`` where ``u_recent`` is the ALS fold-in of
-   the resident's recent events (see :mod:`bouquet.serving.online`).
+   the resident's recent events (see :mod:`bouquet.models.online`).
 2. Otherwise **popular** in the resident's neighbourhood (or city-wide), said so in the answer.
 3. **Always** excluded, whatever the source: bundles (services) the resident holds, bundles
    dismissed, offers not available in the zone, eligibility the resident lacks
@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from bouquet.core.catalog import Catalog, available_in, eligibility_failure
-from bouquet.serving.online import ENTRY, ServingModel
+from bouquet.models.online import ENTRY, ServingModel
 from bouquet.serving.store import RecentEvent, ResidentState
 
 #: Fallback kinds (also the label of the ``bouquet_fallbacks_total`` metric).

@@ -20,9 +20,9 @@ from redis.exceptions import RedisError
 from bouquet.core.catalog import Domain
 from bouquet.core.events import ID_RE
 from bouquet.core.recommendation import make_recommendation_id
+from bouquet.models.online import unpack_list
 from bouquet.serving import metrics
 from bouquet.serving.deps import AppRole
-from bouquet.serving.online import unpack_list
 from bouquet.serving.runtime import runtime_of
 from bouquet.serving.store import ResidentState
 

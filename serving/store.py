@@ -19,7 +19,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from bouquet.core.keys import Keys
-from bouquet.serving.online import ServingModel, decode_meta, unpack_list
+from bouquet.models.online import ServingModel, decode_meta, unpack_list
 
 log = logging.getLogger(__name__)
 

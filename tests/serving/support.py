@@ -14,9 +14,9 @@ import redis
 from bouquet.core.catalog import Catalog, load_catalog
 from bouquet.core.keys import Keys
 from bouquet.core.settings import Settings
+from bouquet.models.online import composition_matrix
 from bouquet.pipelines.publish import FactorModel, Publisher, PublishReport
 from bouquet.serving.app import create_app
-from bouquet.serving.online import composition_matrix
 
 APP = {"X-API-Key": "dev-app-key"}
 OPERATOR = {"X-API-Key": "dev-operator-key"}

@@ -13,8 +13,8 @@ from threadpoolctl import threadpool_limits
 
 from bouquet.core.catalog import load_catalog
 from bouquet.core.recommendation import parse_recommendation_id
+from bouquet.models.online import ServingModel
 from bouquet.serving.experiments import Experiment, ExperimentConfigError, Variant
-from bouquet.serving.online import ServingModel
 from tests.serving.support import client_for, publish, set_profile, small_model
 
 CATALOG = load_catalog()

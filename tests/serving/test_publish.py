@@ -13,8 +13,8 @@ import pytest
 
 from bouquet.core.catalog import load_catalog
 from bouquet.core.keys import Keys
+from bouquet.models.online import ENTRY, pack_list, pack_rows, unpack_list
 from bouquet.pipelines.publish import FactorModel, Publisher, PublishError, top_n
-from bouquet.serving.online import ENTRY, pack_list, pack_rows, unpack_list
 from tests.serving.support import client_for, publish, redis_client, set_profile, small_model
 
 CATALOG = load_catalog()
