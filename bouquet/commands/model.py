@@ -80,8 +80,14 @@ def promote(
     """Point 'champion' at VERSION (the current champion becomes 'previous-champion')."""
 
     def run() -> None:
+        from bouquet.core.audit import record_action
+
         registry = _registry()
+        before = registry.champion()
         info = registry.promote(version, reason)
+        record_action(get_settings(), "promotion", target=f"model:{registry.name}",
+                      to_version=info.version, from_version=before.version if before else None,
+                      reason=reason)  # audit (issue 8)
         typer.echo(f"{registry.name}: champion is now version {info.version}")
 
     _guarded(run)
@@ -92,8 +98,12 @@ def rollback() -> None:
     """Give 'champion' back to the version that held it before the current one."""
 
     def run() -> None:
+        from bouquet.core.audit import record_action
+
         registry = _registry()
         old, new = registry.rollback()
+        record_action(get_settings(), "rollback", target=f"model:{registry.name}",
+                      from_version=old, to_version=new)  # audit (issue 8)
         typer.echo(f"{registry.name}: champion rolled back from version {old} to {new}")
 
     _guarded(run)

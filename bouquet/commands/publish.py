@@ -34,19 +34,34 @@ def publish(
     """Score every resident with the registered model and switch the pointer atomically."""
     if ctx.invoked_subcommand is not None:
         return
+    from bouquet.core.audit import record_action
     from bouquet.core.catalog import load_catalog
+    from bouquet.pipelines.erasure import (
+        ErasureRegister,
+        model_created_at,
+        scrub_published,
+        without_erased,
+    )
     from bouquet.pipelines.publish import Publisher, PublishError, load_registered
 
     settings = get_settings()
     catalog = load_catalog(settings.catalog_path)
     try:
         model, version, run_id = load_registered(settings, alias=alias, version=model_version)
-        report = Publisher(settings, neighbourhoods=catalog.neighbourhood_ids).publish(
+        # Erased residents are never published again (issue 8), whatever the model holds.
+        model, left_out = without_erased(model, ErasureRegister.for_settings(settings),
+                                         model_created_at(settings, version))
+        publisher = Publisher(settings, neighbourhoods=catalog.neighbourhood_ids)
+        report = publisher.publish(
             model, model_version=version, run_id=run_id, pointer=pointer, progress=progress)
+        scrubbed = scrub_published(settings, publisher.redis, report.version, model.resident_ids)
     except (PublishError, LookupError) as exc:
         console.print(f"[red]publish failed:[/] {exc}")
         console.print("the previous version (if any) is still serving")
         raise typer.Exit(1) from None
+    record_action(settings, "publish", target=f"keyspace:{report.version}", pointer=pointer,
+                  model_version=version, previous=report.previous, residents=report.residents,
+                  erased_left_out=len(left_out), erased_scrubbed_after=scrubbed)
     console.print_json(json.dumps(report.as_dict()))
 
 
@@ -67,6 +82,7 @@ def status() -> None:
 @publish_app.command()
 def rollback(pointer: str = typer.Option("current", help="Pointer to roll back.")) -> None:
     """Switch the pointer back to the version it named before the last publish."""
+    from bouquet.core.audit import record_action
     from bouquet.pipelines.publish import Publisher, PublishError
 
     try:
@@ -74,6 +90,8 @@ def rollback(pointer: str = typer.Option("current", help="Pointer to roll back."
     except PublishError as exc:
         console.print(f"[red]rollback failed:[/] {exc}")
         raise typer.Exit(1) from None
+    record_action(get_settings(), "publish-rollback", target=f"pointer:{pointer}",
+                  from_version=old, to_version=new)  # audit (issue 8)
     console.print(f"{pointer}: {old} -> {new}")
 
 

@@ -101,6 +101,13 @@ def train_command(
     except (TrackingUnavailable, RegistryError, CatalogError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+    if report.decision is not None and report.decision.promote:  # audit (issue 8)
+        from bouquet.core.audit import cli_actor, record_action
+
+        record_action(get_settings(), "promotion", actor=f"system:bouquet-train ({cli_actor()})",
+                      target=f"model:{get_settings().registered_model}",
+                      to_version=report.version, run_id=report.run_id,
+                      reason=report.decision.reason)
     _print(report)
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,475 @@
+"""Erasure that cascades: the register, the real-time state, the published keyspace, models.
+
+A resident's right to erasure must reach every store Bouquet keeps. Where each one is
+handled (docs/privacy.md has the full table):
+
+==========================  ===================================================================
+store                       what erases the resident
+==========================  ===================================================================
+erasure register            :class:`ErasureRegister` — records *that* a resident was erased and
+                            up to when, under a keyed reference (never the raw id)
+Redis real-time state       :func:`bouquet.streaming.state.erase_resident` (per-resident keys,
+                            active sets, last contact) — from the admin API / CLI at once, and
+                            by the consumer when the ``erase`` event arrives
+Redis published keyspace    :func:`delete_published` — the resident's lists in every version a
+                            pointer names, keeps for rollback, or lists in ``rec:versions``
+event log                   hidden at once by :func:`bouquet.core.eventlog.read_events` (the
+                            ``erase`` event), removed from the files by
+                            :mod:`bouquet.pipelines.compaction`, which also drops late events
+                            (time stamped before the erasure) using the register
+next training / publish     training reads through ``read_events``; ``bouquet publish`` drops
+                            erased residents from the model it publishes (:func:`without_erased`)
+                            and scrubs erasures recorded while it ran (:func:`scrub_published`)
+registered model artifacts  ``bouquet compact --models`` rewrites artifacts registered before
+                            the erasure without the resident's rows (:func:`scrub_artifacts`)
+==========================  ===================================================================
+
+**The register.** ``STATE_DIR/privacy/erasures.jsonl``: one JSON line per erasure,
+``{"ref": HMAC, "cutoff": epoch s, "recorded_at": ISO, "source": …, "key_id": …}``, appended
+under ``flock`` and fsynced. ``ref`` is :func:`bouquet.core.audit.resident_ref` — HMAC-SHA256
+with ``BOUQUET_PSEUDONYM_SECRET`` — so the register does not keep the id it exists to forget
+and cannot be tested against a list of candidate ids without the secret. ``cutoff`` is the
+erasure request's time: events of that resident time-stamped at or before it are erased
+data, wherever and whenever they show up (a late event from an offline kiosk, a partner's
+batch re-sent); events after it are new data (the resident came back). ``key_id`` names the
+secret the references were made with: a register read with another secret is refused
+rather than silently matching nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import hmac
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bouquet.core.audit import resident_ref
+from bouquet.core.keys import Keys
+from bouquet.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class RegisterKeyMismatch(RuntimeError):
+    """The register was written with another pseudonymisation secret."""
+
+
+def register_path(settings: Settings) -> Path:
+    return settings.state_dir / "privacy" / "erasures.jsonl"
+
+
+def key_id(secret: str) -> str:
+    """A public name of the secret (which secret made the references), not the secret."""
+    return hmac.new(secret.encode("utf-8"), b"bouquet-register-key-id",
+                    hashlib.sha256).hexdigest()[:16]
+
+
+class ErasureRegister:
+    """Durable record of erased residents: keyed reference → erasure time (epoch s).
+
+    Readers see entries appended by other processes (:meth:`reload` reads what was added to
+    the file since the last read), so a long-running publisher or consumer stays current.
+    """
+
+    def __init__(self, path: Path, secret: str) -> None:
+        self.path = Path(path)
+        self.secret = secret
+        self.key_id = key_id(secret)
+        self._cutoffs: dict[str, float] = {}
+        self._offset = 0
+        self.reload()
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> ErasureRegister:
+        return cls(register_path(settings), settings.pseudonym_secret)
+
+    # --- reading ---------------------------------------------------------------------------
+    def reload(self) -> None:
+        """Read entries appended since the last read (by this or another process)."""
+        if not self.path.exists():
+            return
+        with open(self.path, "rb") as handle:
+            handle.seek(self._offset)
+            data = handle.read()
+        complete = data[: data.rfind(b"\n") + 1]  # a line being appended is read next time
+        for line in complete.splitlines():
+            if not line.strip():
+                continue
+            entry = json.loads(line)
+            if entry.get("key_id") != self.key_id:
+                raise RegisterKeyMismatch(
+                    f"{self.path} was written with another BOUQUET_PSEUDONYM_SECRET (key id "
+                    f"{entry.get('key_id')!r}, this process has {self.key_id!r}); erased "
+                    "residents could not be recognised")
+            ref, cutoff = entry["ref"], float(entry["cutoff"])
+            if cutoff > self._cutoffs.get(ref, float("-inf")):
+                self._cutoffs[ref] = cutoff
+        self._offset += len(complete)
+
+    def ref(self, resident_id: str) -> str:
+        return resident_ref(resident_id, self.secret)
+
+    def cutoff(self, resident_id: str) -> float | None:
+        """Erasure time (epoch s) of a resident, None if never erased."""
+        return self._cutoffs.get(self.ref(resident_id))
+
+    def __len__(self) -> int:
+        return len(self._cutoffs)
+
+    def __contains__(self, resident_id: object) -> bool:
+        return isinstance(resident_id, str) and self.ref(resident_id) in self._cutoffs
+
+    def erased_among(self, resident_ids: Iterable[str]) -> dict[str, float]:
+        """Resident id → erasure time, for the ids given that were erased (each id is hashed
+        once: ~1 µs; a million residents take about a second)."""
+        if not self._cutoffs:
+            return {}
+        out: dict[str, float] = {}
+        cutoffs, secret = self._cutoffs, self.secret
+        for rid in dict.fromkeys(resident_ids):
+            found = cutoffs.get(resident_ref(rid, secret))
+            if found is not None:
+                out[rid] = found
+        return out
+
+    def erased_mask(self, resident_ids: Sequence[str] | np.ndarray,
+                    ts_epoch: Sequence[float] | np.ndarray) -> np.ndarray:
+        """Per event: True when its resident was erased at or after its time stamp (the event
+        is erased data). Vectorised over a batch: one HMAC per distinct resident."""
+        rids = np.asarray(resident_ids, dtype=object)
+        ts = np.asarray(ts_epoch, dtype=np.float64)
+        if not len(rids) or not self._cutoffs:
+            return np.zeros(len(rids), dtype=bool)
+        uniques, codes = np.unique(rids.astype(str), return_inverse=True)
+        erased = self.erased_among(uniques.tolist())
+        if not erased:
+            return np.zeros(len(rids), dtype=bool)
+        per_unique = np.array([erased.get(u, np.nan) for u in uniques.tolist()])
+        cut = per_unique[codes]
+        return ~np.isnan(cut) & (ts <= cut)
+
+    # --- writing ---------------------------------------------------------------------------
+    def record(self, resident_id: str, cutoff: float, source: str) -> bool:
+        """Record an erasure (durable on return). False when an entry at least as recent
+        already exists (idempotent)."""
+        return bool(self.record_many([(resident_id, cutoff)], source))
+
+    def record_many(self, erasures: Iterable[tuple[str, float]], source: str) -> list[str]:
+        """Record several erasures with one fsync; returns the resident ids whose entry is
+        new (or later than the one on record)."""
+        self.reload()
+        lines = []
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        newest: dict[str, tuple[str, float]] = {}
+        for rid, cutoff in erasures:
+            ref = self.ref(rid)
+            cutoff = float(cutoff)
+            if cutoff <= max(self._cutoffs.get(ref, float("-inf")),
+                             newest.get(ref, ("", float("-inf")))[1]):
+                continue
+            newest[ref] = (rid, cutoff)
+        for ref, (_, cutoff) in newest.items():
+            lines.append(json.dumps({"ref": ref, "cutoff": cutoff, "recorded_at": now,
+                                     "source": source, "key_id": self.key_id},
+                                    separators=(",", ":")).encode() + b"\n")
+        if not lines:
+            return []
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.write(fd, b"".join(lines))
+            os.fsync(fd)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+        self.reload()
+        return [rid for rid, _ in newest.values()]
+
+
+# --- Redis: real-time state and the published keyspace -------------------------------------
+def published_versions(client: Any, keys: Keys) -> set[str]:
+    """Every keyspace version that may still hold resident lists: those on record in
+    ``rec:versions``, those a pointer names, and each one's ``previous`` (kept for rollback)."""
+    found = {v.decode() if isinstance(v, bytes) else v
+             for v in client.zrange(keys.versions(), 0, -1)}
+    pointers = [keys.current_version()]
+    pattern = keys.variant_pointer("x")[:-1] + "*"
+    pointers += [k.decode() if isinstance(k, bytes) else k
+                 for k in client.scan_iter(match=pattern, count=1000)]
+    for value in client.mget(pointers):
+        if value:
+            found.add(value.decode() if isinstance(value, bytes) else value)
+    for version in list(found):
+        previous = client.hget(keys.version_meta(version), "previous")
+        if previous:
+            found.add(previous.decode() if isinstance(previous, bytes) else previous)
+    return found
+
+
+def delete_published(client: Any, keys: Keys, resident_ids: Iterable[str],
+                     versions: Iterable[str] | None = None) -> int:
+    """Delete the residents' precomputed lists (bundles and services) in every version;
+    returns how many keys existed."""
+    versions = list(published_versions(client, keys) if versions is None else versions)
+    names = [keys.recs(v, rid, kind) for rid in resident_ids for v in versions
+             for kind in ("b", "s")]
+    deleted = 0
+    for start in range(0, len(names), 1000):
+        deleted += int(client.delete(*names[start:start + 1000]) or 0)
+    return deleted
+
+
+@dataclass
+class CascadeReport:
+    """What one erasure removed from the stores it can reach synchronously."""
+
+    ref: str
+    cutoff: float
+    register_new: bool
+    realtime_erased: bool
+    published_lists_deleted: int
+    versions_checked: int
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["ref"] = self.ref[:16]
+        return out
+
+
+def erase_event(resident_id: str, at: datetime) -> dict[str, Any]:
+    """The ``erase`` event that makes an erasure durable in the log and reach every consumer.
+    Its id carries no resident id (event ids end up in de-duplication markers)."""
+    return {"schema_version": 1, "event_id": f"erase-{uuid.uuid4().hex}",
+            "resident_id": resident_id, "type": "erase", "ts": at.isoformat(),
+            "channel": "system"}
+
+
+def cascade(settings: Settings, client: Any, resident_id: str, *, at: datetime,
+            source: str, register: ErasureRegister | None = None) -> CascadeReport:
+    """Erase a resident from the register, the real-time state and every published keyspace
+    (synchronously; the event log and models follow via the ``erase`` event, compaction and
+    the next training). Idempotent. Redis errors are reported, not raised, so the caller can
+    answer "retry" after doing what it could."""
+    from bouquet.streaming.state import erase_resident
+
+    keys = Keys(settings.redis_key_prefix)
+    register = register or ErasureRegister.for_settings(settings)
+    cutoff = at.timestamp()
+    new = register.record(resident_id, cutoff, source)
+    report = CascadeReport(register.ref(resident_id), cutoff, new, False, 0, 0)
+    try:
+        erase_resident(client, keys, resident_id)
+        report.realtime_erased = True
+        versions = published_versions(client, keys)
+        report.versions_checked = len(versions)
+        report.published_lists_deleted = delete_published(client, keys, [resident_id], versions)
+    except Exception as exc:  # redis.RedisError, OSError: report, the caller retries
+        report.errors.append(f"redis: {exc.__class__.__name__}: {exc}")
+    return report
+
+
+class ErasureCascade:
+    """What the ingestion consumer calls after a batch that applied ``erase`` events.
+
+    The consumer's own script already erased the real-time state; this adds the two stores
+    it does not reach: the register (so late events and the next publish know) and the
+    published keyspace. ``erased`` are resident ids, or ``(resident id, erasure epoch s)``
+    pairs when the event time is at hand (without it the erasure time is now, which also
+    erases events of the few seconds between the request and its ingestion).
+    """
+
+    def __init__(self, settings: Settings, client: Any) -> None:
+        self.settings = settings
+        self.client = client
+        self.keys = Keys(settings.redis_key_prefix)
+        self.register = ErasureRegister.for_settings(settings)
+
+    def after_erase(self, erased: Iterable[str | tuple[str, float]]) -> int:
+        pairs = [(e, time.time()) if isinstance(e, str) else (e[0], float(e[1]))
+                 for e in erased]
+        if not pairs:
+            return 0
+        self.register.record_many(pairs, "ingestion")
+        return delete_published(self.client, self.keys, [rid for rid, _ in pairs])
+
+    def drop_late(self, resident_ids: Sequence[str], ts_epoch: Sequence[float]) -> np.ndarray:
+        """Mask of events to drop *before* writing a batch: events of erased residents time
+        stamped at or before their erasure (late arrivals). One HMAC per distinct resident
+        of the batch; the register is re-read for entries other processes appended."""
+        self.register.reload()
+        return self.register.erased_mask(resident_ids, ts_epoch)
+
+
+# --- publish: never re-publish an erased resident ------------------------------------------
+def without_erased(model: Any, register: ErasureRegister,
+                   created_at: float | None = None) -> tuple[Any, list[str]]:
+    """The model without the rows of residents erased at or after ``created_at`` (when the
+    model's training run started; None = any erasure). A model trained *after* an erasure
+    holds only what the resident did after it (training read the log with the erasure
+    applied), so it keeps their row. Returns (model, erased ids removed)."""
+    residents = list(model.resident_ids)
+    erased = register.erased_among(residents)
+    if created_at is not None:
+        erased = {r: c for r, c in erased.items() if c >= created_at}
+    if not erased:
+        return model, []
+    if getattr(model, "bundle_scorer", None) is not None:
+        raise ValueError("a model with a custom bundle scorer cannot be filtered by rows")
+    keep = np.array([r not in erased for r in residents], dtype=bool)
+    filtered = dataclasses.replace(
+        model, resident_ids=[r for r, k in zip(residents, keep, strict=True) if k],
+        resident_factors=np.asarray(model.resident_factors)[keep])
+    log.info("publish: %d erased resident(s) left out of the model", len(erased))
+    return filtered, sorted(erased)
+
+
+def scrub_published(settings: Settings, client: Any, version: str,
+                    resident_ids: Iterable[str]) -> int:
+    """After a publish: delete lists of residents erased while it ran (the register is
+    re-read). Returns the keys deleted."""
+    register = ErasureRegister.for_settings(settings)
+    erased = register.erased_among(resident_ids)
+    if not erased:
+        return 0
+    return delete_published(client, Keys(settings.redis_key_prefix), erased, [version])
+
+
+# --- registered model artifacts ------------------------------------------------------------
+def _local_dir(source: str) -> Path | None:
+    path = source.removeprefix("file://")
+    if "://" in path or ":" in path.split("/", 1)[0]:
+        return None
+    found = Path(path)
+    return found if found.is_dir() else None
+
+
+def _epoch(text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(str(text))
+    except ValueError:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+@dataclass
+class ArtifactScrub:
+    version: str
+    source: str
+    rows_removed: int
+    residents_before: int
+    rewritten: str  # "in place" | "re-uploaded" | "dry run"
+
+
+def scrub_artifacts(settings: Settings, register: ErasureRegister | None = None, *,
+                    dry_run: bool = False) -> list[ArtifactScrub]:
+    """Rewrite every registered model version whose artifact still holds rows (ids, factors,
+    neighbourhood) of residents erased after the model was made.
+
+    A local artifact directory (the default ``STATE_DIR/mlartifacts`` store) is rewritten in
+    place, each file atomically (temp + rename); a remote one (an MLflow server's store) is
+    downloaded, rewritten and logged back to the same run path. The version is tagged
+    ``erasure_scrubbed_at`` and ``erasure_rows_removed``. Scores of every other resident
+    are unchanged: rows are independent in a factor model.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from bouquet.models.artifact import Artifact, load_artifact
+
+    register = register or ErasureRegister.for_settings(settings)
+    client = MlflowClient(tracking_uri=settings.mlflow_uri)
+    try:
+        versions = client.search_model_versions(f"name = '{settings.registered_model}'")
+    except MlflowException:
+        return []
+    out: list[ArtifactScrub] = []
+    for mv in versions:
+        with tempfile.TemporaryDirectory(prefix="bouquet-scrub-") as tmp:
+            local = _local_dir(mv.source or "")
+            directory = local or Path(mlflow.artifacts.download_artifacts(
+                artifact_uri=mv.source, dst_path=tmp, tracking_uri=settings.mlflow_uri))
+            artifact = load_artifact(directory)
+            ids = artifact.resident_ids.tolist()
+            try:  # the run's start: its data were read after it
+                created = _run_started(client, mv.run_id)
+            except MlflowException:
+                created = None
+            if created is None:
+                created = _epoch(artifact.meta.get("created_at"))
+            erased = register.erased_among(ids)
+            if created is not None:
+                erased = {r: c for r, c in erased.items() if c >= created}
+            if not erased:
+                continue
+            keep = np.array([r not in erased for r in ids], dtype=bool)
+            how = "dry run"
+            if not dry_run:
+                scrubbed = Artifact(
+                    meta=dict(artifact.meta), resident_ids=artifact.resident_ids[keep],
+                    resident_factors=artifact.resident_factors[keep],
+                    resident_neighbourhood=artifact.resident_neighbourhood[keep],
+                    service_factors=artifact.service_factors,
+                    bundle_factors=artifact.bundle_factors,
+                    bundle_cf_factors=artifact.bundle_cf_factors, gram=artifact.gram,
+                    popular_services=artifact.popular_services,
+                    popular_bundles=artifact.popular_bundles)
+                if local is not None:
+                    scrubbed.save(local)
+                    how = "in place"
+                else:
+                    staged = Path(tmp) / "scrubbed" / "model"
+                    scrubbed.save(staged)
+                    client.log_artifacts(mv.run_id, str(staged), "model")
+                    shutil.rmtree(staged.parent, ignore_errors=True)
+                    how = "re-uploaded"
+                now = datetime.now(UTC).isoformat(timespec="seconds")
+                client.set_model_version_tag(mv.name, mv.version, "erasure_scrubbed_at", now)
+                client.set_model_version_tag(mv.name, mv.version, "erasure_rows_removed",
+                                             str(int((~keep).sum())))
+            out.append(ArtifactScrub(str(mv.version), mv.source or "", int((~keep).sum()),
+                                     len(ids), how))
+            log.info("model version %s: %d erased resident row(s) removed (%s)", mv.version,
+                     int((~keep).sum()), how)
+    return out
+
+
+def model_created_at(settings: Settings, model_version: str) -> float | None:
+    """When the training run of a registered version (``v7`` or ``7``) *started* (epoch s):
+    it read the event log after that, so an erasure recorded before it was applied to its
+    data, and one recorded after it may not have been. None if unknown — which makes
+    :func:`without_erased` leave out every erased resident, the safe side."""
+    try:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=settings.mlflow_uri)
+        found = client.get_model_version(settings.registered_model,
+                                         model_version.removeprefix("v"))
+        return _run_started(client, found.run_id)
+    except Exception:  # MLflow unreachable or version unknown: be conservative
+        return None
+
+
+def _run_started(client: Any, run_id: str | None) -> float | None:
+    if not run_id:
+        return None
+    started = client.get_run(run_id).info.start_time
+    return started / 1000 if started else None

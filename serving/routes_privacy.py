@@ -1,0 +1,353 @@
+"""Residents' rights over HTTP: consent, erasure, access — plus the audit trail and a body cap.
+
+* ``PUT /v1/residents/{id}/consent`` (``app`` or ``admin``): personalisation consent given or
+  withdrawn. The ``consent`` event is produced first (``acks=all``: durable, and the next
+  training reads it), then the resident's profile in Redis is updated with the same time
+  stamp under the consumer's rule (newer time stamp wins, ``consent_ts``), so the very next
+  recommendation request already obeys it. Broker down: ``503`` + ``Retry-After`` and
+  nothing changed.
+* ``DELETE /v1/residents/{id}`` (``admin``): erasure. Register, real-time state and every
+  published list at once (:func:`bouquet.pipelines.erasure.cascade`), then an ``erase``
+  event (the event log hides the resident from every reader as soon as it is ingested;
+  ``bouquet compact`` removes the bytes). Any step failing: ``503`` + ``Retry-After`` —
+  every step is idempotent, so the client simply repeats the request.
+* ``GET /v1/residents/{id}/export`` (``admin``): everything held about the resident
+  (:func:`bouquet.pipelines.export.export_resident`).
+* ``GET /v1/admin/audit`` (``operator`` or ``admin``): the latest audit records (the Redis
+  stream; the file when Redis is down). Records name residents by keyed reference only.
+
+Erasures and exports are audited (:mod:`bouquet.core.audit`) with the calling key's role and
+fingerprint. :func:`configure` adds :class:`BodyLimit`, which refuses any request body larger
+than the intake could ever accept, before the body is read into memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import redis
+from fastapi import APIRouter, Body, FastAPI, Path, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from redis.exceptions import RedisError
+
+from bouquet.core.audit import AuditLog, api_actor, read_stream, resident_ref
+from bouquet.core.events import ID_RE, Channel
+from bouquet.core.keys import Keys
+from bouquet.core.settings import Settings
+from bouquet.serving.deps import AdminRole, AppRole, OperatorRole, SettingsDep, api_key_header
+from bouquet.serving.runtime import Runtime, RuntimeDep
+from bouquet.streaming.producer import EventProducer, ProduceFailed
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["privacy"])
+RETRY_AFTER_S = 5
+
+ResidentId = Annotated[str, Path(
+    pattern=ID_RE, min_length=1, max_length=64,
+    description="Pseudonymous resident id: 1–64 characters of A–Z a–z 0–9 _ -",
+    examples=["r_5b1d0c8e2f"])]
+
+#: Newer time stamp wins — the consumer's rule for ``consent`` events (streaming/state.py),
+#: so the API write and the event it produced, applied later by the consumer, agree, and an
+#: older event arriving late cannot undo it. KEYS: profile; ARGV: "0"/"1", epoch s text.
+_CONSENT_LUA = """
+local cur = tonumber(redis.call('HGET', KEYS[1], 'consent_ts') or '-1e300')
+if tonumber(ARGV[2]) >= cur then
+  redis.call('HSET', KEYS[1], 'consent', ARGV[1], 'consent_ts', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+class ConsentBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"personalisation": False}]})
+
+    personalisation: bool = Field(strict=True, description="true: the resident opts in to "
+                                  "personalised recommendations; false: withdraws (objects)")
+    channel: Channel = Field(default=Channel.APP, description="Where the resident said so")
+
+
+class ConsentAnswer(BaseModel):
+    resident_id: str
+    personalisation: bool
+    effective: bool = Field(description="True when the real-time profile now says so (the "
+                            "next request obeys it); false when a newer consent decision "
+                            "was already recorded, or Redis was unavailable (see notice)")
+    event_id: str
+    ts: str
+    notice: str | None = None
+
+
+class ErasureAnswer(BaseModel):
+    resident_id: str
+    erased: bool
+    reference: str = Field(description="Keyed reference in the erasure register and audit log")
+    published_lists_deleted: int
+    versions_checked: int
+    event_id: str
+    next_steps: list[str]
+
+
+def _sync_redis(app: FastAPI) -> redis.Redis:
+    """A synchronous client for the work done in worker threads (erasure, export, audit)."""
+    found = getattr(app.state, "privacy_redis", None)
+    if found is None:
+        found = redis.Redis.from_url(app.state.settings.redis_url, socket_timeout=5,
+                                     socket_connect_timeout=2)
+        app.state.privacy_redis = found
+    return found
+
+
+def _audit(app: FastAPI) -> AuditLog:
+    found = getattr(app.state, "audit_log", None)
+    if found is None:
+        found = AuditLog(app.state.settings, _sync_redis(app))
+        app.state.audit_log = found
+    return found
+
+
+def _problem(status: int, detail: str, **extra: Any) -> JSONResponse:
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+    return JSONResponse(status_code=status, content={"detail": detail, **extra},
+                        headers=headers)
+
+
+async def _produce(runtime: Runtime, settings: Settings, event: dict[str, Any]) -> None:
+    """Produce one event through the app's intake producer and wait for the broker's ack;
+    raises :class:`ProduceFailed` (the producer is then rebuilt on the next call)."""
+    async with runtime.producer_lock:
+        if runtime.producer is None:
+            timeout_ms = int(settings.serving_intake_timeout_s * 1000)
+            runtime.producer = await asyncio.to_thread(
+                EventProducer, settings, max_block_ms=timeout_ms, request_timeout_ms=timeout_ms,
+                delivery_timeout_ms=timeout_ms + 1000)
+        producer = runtime.producer
+    try:
+        await asyncio.to_thread(producer.send_and_wait, [event],
+                                settings.serving_intake_timeout_s)
+    except ProduceFailed:
+        stale, runtime.producer = runtime.producer, None
+        if stale is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(stale.close, 0)
+        raise
+
+
+def _actor(request: Request, role: str) -> str:
+    return api_actor(role, request.headers.get(api_key_header.model.name))
+
+
+# --- consent -------------------------------------------------------------------------------
+@router.put("/v1/residents/{resident_id}/consent", response_model=ConsentAnswer,
+            summary="Give or withdraw personalisation consent",
+            responses={401: {"description": "Missing or unknown API key"},
+                       403: {"description": "The key's role may not change consent"},
+                       422: {"description": "Invalid resident id or body"},
+                       503: {"description": "Broker unavailable: nothing changed; retry"}})
+async def put_consent(resident_id: ResidentId, request: Request, runtime: RuntimeDep,
+                      settings: SettingsDep, role: AppRole,
+                      body: Annotated[ConsentBody, Body()]) -> JSONResponse:
+    """Takes effect on the next request (non-personalised answers that say why, after a
+    withdrawal) and excludes the resident from the next training."""
+    from bouquet.streaming.producer import new_event_id
+
+    now = datetime.now(UTC)
+    value = 1 if body.personalisation else 0
+    event = {"schema_version": 1, "event_id": new_event_id("consent"),
+             "resident_id": resident_id, "type": "consent", "ts": now.isoformat(),
+             "channel": body.channel.value, "value": value}
+    try:
+        await _produce(runtime, settings, event)
+    except ProduceFailed as exc:
+        log.warning("consent for a resident not recorded, broker unavailable: %s", exc)
+        return _problem(503, "the event broker is unavailable; consent was not changed — "
+                             "retry")
+    answer = {"resident_id": resident_id, "personalisation": body.personalisation,
+              "effective": False, "event_id": event["event_id"], "ts": event["ts"],
+              "notice": None}
+    keys: Keys = request.app.state.keys
+    try:
+        applied = await request.app.state.redis.eval(
+            _CONSENT_LUA, 1, keys.profile(resident_id), str(value), f"{now.timestamp():.6f}")
+        answer["effective"] = bool(int(applied))
+        if not answer["effective"]:
+            answer["notice"] = ("a more recent consent decision is already recorded; it "
+                                "stands")
+    except (RedisError, OSError) as exc:
+        log.warning("consent recorded but the real-time profile was not updated: %s", exc)
+        answer["notice"] = ("recorded durably; real-time state unavailable, so it takes "
+                            "effect when ingestion applies the event")
+        return JSONResponse(status_code=202, content=answer)
+    return JSONResponse(answer)
+
+
+# --- erasure -------------------------------------------------------------------------------
+@router.delete("/v1/residents/{resident_id}", response_model=ErasureAnswer,
+               summary="Erase a resident everywhere",
+               responses={401: {"description": "Missing or unknown API key"},
+                          403: {"description": "Needs the admin role"},
+                          422: {"description": "Invalid resident id"},
+                          503: {"description": "A store was unavailable; what could be done "
+                                                "was done; repeat the request"}})
+async def delete_resident(resident_id: ResidentId, request: Request, runtime: RuntimeDep,
+                          settings: SettingsDep, role: AdminRole) -> JSONResponse:
+    """Real-time state and published recommendations are gone when this returns; the event
+    log hides the resident from every reader once the `erase` event is ingested and loses
+    the bytes at the next `bouquet compact`; the next training and publish leave them out."""
+    from bouquet.pipelines.erasure import cascade, erase_event
+
+    app = request.app
+    now = datetime.now(UTC)
+    report = await asyncio.to_thread(cascade, settings, _sync_redis(app), resident_id, at=now,
+                                     source="api")
+    event = erase_event(resident_id, now)
+    problems = list(report.errors)
+    try:
+        await _produce(runtime, settings, event)
+    except ProduceFailed as exc:
+        problems.append(f"broker: {exc}")
+    actor = _actor(request, role)
+    outcome = "partial" if problems else "ok"
+    await asyncio.to_thread(_audit(app).record, "erasure", actor=actor,
+                            target=f"resident:{report.ref[:16]}", outcome=outcome,
+                            published_lists_deleted=report.published_lists_deleted,
+                            event_id=event["event_id"], problems=problems)
+    if problems:
+        return _problem(503, "erasure incomplete: " + "; ".join(problems)[:300] +
+                        " — what could be erased was; repeat the request",
+                        reference=report.ref[:16])
+    return JSONResponse({
+        "resident_id": resident_id, "erased": True, "reference": report.ref[:16],
+        "published_lists_deleted": report.published_lists_deleted,
+        "versions_checked": report.versions_checked, "event_id": event["event_id"],
+        "next_steps": [
+            "event log: hidden from every reader once the erase event is ingested; bytes "
+            "removed by the next `bouquet compact`",
+            "models: left out of the next training and publish; `bouquet compact --models` "
+            "removes the resident's row from models registered before now",
+        ]})
+
+
+# --- access --------------------------------------------------------------------------------
+@router.get("/v1/residents/{resident_id}/export", summary="Everything held about a resident",
+            responses={401: {"description": "Missing or unknown API key"},
+                       403: {"description": "Needs the admin role"},
+                       422: {"description": "Invalid resident id"},
+                       503: {"description": "Redis unavailable; retry"}})
+async def export_resident(resident_id: ResidentId, request: Request, settings: SettingsDep,
+                          role: AdminRole) -> JSONResponse:
+    """Events from the log (erasures applied), real-time state, current recommendations,
+    consent and erasure status, as one JSON document."""
+    from bouquet.pipelines.export import export_resident as build
+
+    app = request.app
+    try:
+        document = await asyncio.to_thread(build, settings, _sync_redis(app), resident_id)
+    except (RedisError, OSError) as exc:
+        return _problem(503, f"Redis unavailable ({exc.__class__.__name__}); retry")
+    reference = resident_ref(resident_id, settings.pseudonym_secret)[:16]
+    await asyncio.to_thread(_audit(app).record, "export", actor=_actor(request, role),
+                            target=f"resident:{reference}", events=len(document["events"]))
+    return JSONResponse(document)
+
+
+@router.get("/v1/admin/audit", summary="Latest audit records (newest first)",
+            responses={401: {"description": "Missing or unknown API key"},
+                       403: {"description": "Needs the operator or admin role"}})
+async def audit_records(request: Request, _: OperatorRole,
+                        count: Annotated[int, Query(ge=1, le=1000)] = 50) -> JSONResponse:
+    app = request.app
+    try:
+        records = await asyncio.to_thread(read_stream, _sync_redis(app), app.state.keys, count)
+        source = "redis stream"
+    except (RedisError, OSError):
+        records = list(reversed(await asyncio.to_thread(_audit(app).tail, count)))
+        source = "audit file (Redis unavailable)"
+    return JSONResponse({"source": source, "records": records})
+
+
+# --- body size cap -------------------------------------------------------------------------
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes with ``413`` before reading them: by
+    ``Content-Length`` at once, and for chunked bodies as soon as the running total passes
+    the limit (the body is then replayed to the application). Plain ASGI: a few µs."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def _refuse(self, send: Any, status: int, detail: str) -> None:
+        body = ('{"detail":"' + detail + '"}').encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = chunked = None
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                length = value
+            elif name == b"transfer-encoding":
+                chunked = value
+        if length is not None:
+            try:
+                size = int(length)
+            except ValueError:
+                await self._refuse(send, 400, "invalid Content-Length")
+                return
+            if size > self.limit:
+                await self._refuse(send, 413, f"request body larger than {self.limit} bytes")
+                return
+            await self.app(scope, receive, send)
+            return
+        if chunked is None:
+            await self.app(scope, receive, send)
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            body += message.get("body", b"")
+            if len(body) > self.limit:
+                await self._refuse(send, 413, f"request body larger than {self.limit} bytes")
+                return
+            if not message.get("more_body", False):
+                break
+        sent = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def body_limit(settings: Settings) -> int:
+    """The largest body any endpoint accepts: a full intake batch, plus room for the intake's
+    own, more precise 413 message."""
+    return settings.serving_max_batch * settings.max_event_bytes + 64 * 1024
+
+
+def configure(app: FastAPI) -> None:
+    app.add_middleware(BodyLimit, limit=body_limit(app.state.settings))
+
+
+async def shutdown(app: FastAPI) -> None:
+    client = getattr(app.state, "privacy_redis", None)
+    if client is not None:
+        client.close()

@@ -1,0 +1,80 @@
+"""Where could a resident id still be? Helpers that look everywhere: every Redis key and
+value, and every file under a directory — raw bytes, and decoded where a format compresses
+(Parquet columns, ``.npz`` arrays), so a compressed copy cannot hide from the search."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+
+def redis_occurrences(client: Any, needle: str) -> list[str]:
+    """Every key whose name or value contains ``needle`` (the whole database, any type)."""
+    target = needle.encode()
+    found = []
+    for key in client.scan_iter(count=5000):
+        if target in key:
+            found.append(f"key {key!r}")
+            continue
+        kind = client.type(key).decode()
+        if kind == "string":
+            values = [client.get(key) or b""]
+        elif kind == "list":
+            values = client.lrange(key, 0, -1)
+        elif kind == "set":
+            values = list(client.smembers(key))
+        elif kind == "hash":
+            values = [b for pair in client.hgetall(key).items() for b in pair]
+        elif kind == "zset":
+            values = [m for m, _ in client.zrange(key, 0, -1, withscores=True)]
+        elif kind == "stream":
+            values = [b for _, fields in client.xrange(key) for pair in fields.items()
+                      for b in pair]
+        else:
+            values = []
+        if any(target in v for v in values if isinstance(v, bytes)):
+            found.append(f"value of {key!r} ({kind})")
+    return found
+
+
+def _decoded_parquet(path: Path, target: str) -> bool:
+    table = pq.read_table(path)
+    for column in table.columns:
+        for value in column.to_pylist():
+            if value is not None and target in str(value):
+                return True
+    return False
+
+
+def _decoded_npz(data: bytes, target: str) -> bool:
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        for name in npz.files:
+            array = npz[name]
+            if array.dtype.kind in "US" and any(target in str(v) for v in array.ravel()):
+                return True
+    return False
+
+
+def file_occurrences(root: Path, needle: str) -> list[str]:
+    """Every file under ``root`` holding ``needle``: in its bytes, or once decoded (Parquet
+    columns, ``.npz`` arrays, any zip member)."""
+    target = needle.encode()
+    found = []
+    for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        if target in data:
+            found.append(f"{path} (bytes)")
+        elif path.suffix == ".parquet" and _decoded_parquet(path, needle):
+            found.append(f"{path} (parquet column)")
+        elif path.suffix == ".npz" and _decoded_npz(data, needle):
+            found.append(f"{path} (npz array)")
+        elif zipfile.is_zipfile(io.BytesIO(data)) and path.suffix != ".npz":
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                if any(target in archive.read(n) for n in archive.namelist()):
+                    found.append(f"{path} (zip member)")
+    return found
