@@ -113,7 +113,7 @@ def realtime_state(client: Any, keys: Keys, resident_id: str) -> dict[str, Any]:
 
 def published_lists(client: Any, keys: Keys, resident_id: str) -> list[dict[str, Any]]:
     """The resident's precomputed lists in every version a pointer names, decoded."""
-    from bouquet.serving.online import decode_meta, unpack_list
+    from bouquet.models.online import decode_meta, unpack_list
 
     pointers = {"current": keys.current_version()}
     prefix = keys.variant_pointer("x")[:-1]
