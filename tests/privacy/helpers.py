@@ -66,7 +66,10 @@ def file_occurrences(root: Path, needle: str) -> list[str]:
     target = needle.encode()
     found = []
     for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:  # removed while listing (e.g. an old AOF part)
+            continue
         if target in data:
             found.append(f"{path} (bytes)")
         elif path.suffix == ".parquet" and _decoded_parquet(path, needle):
@@ -78,3 +81,26 @@ def file_occurrences(root: Path, needle: str) -> list[str]:
                 if any(target in archive.read(n) for n in archive.namelist()):
                     found.append(f"{path} (zip member)")
     return found
+
+
+def ingest_until_idle(settings: Any, idle_s: float = 1.5) -> Any:
+    """Run the real consumer in this process until the topic is drained and idle."""
+    from bouquet.core.catalog import load_catalog
+    from bouquet.localstack import ensure_topics
+    from bouquet.streaming.consumer import IngestConsumer, IngestOptions
+
+    ensure_topics(settings)
+    options = IngestOptions.from_settings(settings, idle_seconds=idle_s, session_timeout_ms=6000,
+                                          heartbeat_interval_ms=1000, log_every_s=0,
+                                          batch_min_ms=20, install_signal_handlers=False)
+    return IngestConsumer(settings, load_catalog(settings.catalog_path), options).run()
+
+
+def produce_events(settings: Any, events: list[dict]) -> None:
+    """Produce events (dicts) in order, waiting for every acknowledgement."""
+    from bouquet.localstack import ensure_topics
+    from bouquet.streaming.producer import EventProducer
+
+    ensure_topics(settings)
+    with EventProducer(settings) as producer:
+        producer.send_and_wait(events, timeout_s=30)

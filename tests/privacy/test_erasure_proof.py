@@ -1,0 +1,181 @@
+"""The proof the issue asks for: after an erasure, no Redis key or value, no file under the
+state directory — event log, model artifacts, MLflow store, Redis's own append-only file,
+audit log, erasure register — and nothing produced later (training, publish) contains the
+erased resident's id.
+
+A whole deployment of its own (``LocalStack``: broker, Redis with its AOF *inside* the
+state directory, SQLite MLflow store), driven the way an operator does: events through
+Kafka and the real consumer, ``train``, ``bouquet publish``, the admin API's ``DELETE``,
+``bouquet compact --models``, ``bouquet train``, ``bouquet publish``. Before the erasure the
+same searches find the id everywhere it should be (so they can fail), and afterwards a
+control resident is still found (so they did look).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+from typer.testing import CliRunner
+
+from bouquet.core.audit import audit_path, verify_chain
+from bouquet.core.eventlog import read_events
+from bouquet.core.keys import Keys
+from bouquet.core.settings import Settings
+from bouquet.localstack import LocalStack, free_port
+from bouquet.models.artifact import load_artifact
+from bouquet.pipelines.compaction import rewrite_redis_aof
+from tests.privacy.helpers import (
+    file_occurrences,
+    ingest_until_idle,
+    produce_events,
+    redis_occurrences,
+)
+from tests.serving.support import ADMIN, client_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.anyio,
+              pytest.mark.timeout(300)]
+END = date(2025, 6, 2)
+ERASED, KEPT = "zqErased7k", "zqKeptRes2"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def deployment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from bouquet.core import settings as settings_module
+
+    settings = Settings(env="test", state_dir=tmp_path / "state",
+                        kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
+                        redis_url=f"redis://127.0.0.1:{free_port()}/0", topic_partitions=2)
+    stack = LocalStack(settings)
+    stack.up(timeout_s=60)
+    for name in ("MLFLOW_TRACKING_URI", "BOUQUET_MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {"BOUQUET_ENV": "test", "BOUQUET_STATE_DIR": str(settings.state_dir),
+                        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+                        "REDIS_URL": settings.redis_url,
+                        "BOUQUET_TOPIC_PARTITIONS": "2"}.items():
+        monkeypatch.setenv(name, value)
+    settings_module.get_settings.cache_clear()
+    try:
+        yield settings
+    finally:
+        settings_module.get_settings.cache_clear()
+        stack.down()
+
+
+def cli(*args: str) -> str:
+    from bouquet.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def history(rid: str) -> list[dict]:
+    """A consenting resident with a profile and a few weeks of contacts before the cut-off."""
+    start = datetime(2025, 3, 20, 9, tzinfo=UTC)
+    events = [{"type": "profile", "ts": start, "context": {"neighbourhood": "gare"}},
+              {"type": "consent", "ts": start, "value": 1}]
+    services = ["bike-share", "tram", "bus", "bike-share", "car-share"]
+    for d in range(24):
+        events.append({"type": ("use", "click", "view")[d % 3], "ts": start + timedelta(days=d),
+                       "service_id": services[d % len(services)]})
+    events.append({"type": "subscribe", "ts": start + timedelta(days=25),
+                   "bundle_id": "maas-urban"})
+    return [{"schema_version": 1, "event_id": f"ev-{uuid.uuid4().hex}", "resident_id": rid,
+             "channel": "app", **e, "ts": e["ts"].isoformat()} for e in events]
+
+
+def champion_artifact(settings: Settings) -> Path:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=settings.mlflow_uri)
+    source = client.get_model_version_by_alias(settings.registered_model, "champion").source
+    return Path(source.removeprefix("file://"))
+
+
+async def test_after_an_erasure_no_key_file_or_later_artifact_holds_the_id(
+        deployment: Settings) -> None:
+    from bouquet.pipelines.train import TrainOptions, train
+    from bouquet.simulation.runner import simulate
+
+    settings = deployment
+    state = settings.state_dir
+    simulate(settings, residents=600, weeks=10, seed=5, end=END, progress=False,
+             save_residents=False)
+    produce_events(settings, history(ERASED) + history(KEPT))
+    ingest_until_idle(settings)
+    train(settings, TrainOptions(params={"factors": 8}, baselines=(), refit=False,
+                                 progress=False))
+    cli("publish", "--no-progress")
+    client = redis.Redis.from_url(settings.redis_url)
+    keys = Keys(settings.redis_key_prefix)
+
+    # before: the searches find the id in every store that should hold it
+    assert ERASED in load_artifact(champion_artifact(settings)).resident_ids.tolist()
+    in_redis = redis_occurrences(client, ERASED)
+    assert any(":recent" in f for f in in_redis) and any(":b:{" in f for f in in_redis)
+    assert any("eng:last_contact" in f for f in in_redis)
+    assert rewrite_redis_aof(client) == "rewritten"  # even a rewritten AOF holds live keys
+    found = file_occurrences(state, ERASED)
+    for where in ("eventlog", "mlartifacts", "appendonlydir"):
+        assert any(where in f for f in found), (where, found)
+    async with client_for(settings) as c:
+        answer = (await c.get(f"/v1/residents/{ERASED}/bundles")).json()
+        assert answer["personalised"] is True
+        erased = await c.delete(f"/v1/residents/{ERASED}", headers=ADMIN)
+        assert erased.status_code == 200, erased.text
+        assert erased.json()["published_lists_deleted"] == 2
+        assert (await c.get(f"/v1/residents/{ERASED}/bundles")).json()["personalised"] is False
+
+    # publishing the old champion again (no retraining yet) leaves the resident out
+    cli("publish", "--no-progress")
+    current = client.get(keys.current_version()).decode()
+    assert not client.exists(keys.recs(current, ERASED, "b"))
+    assert client.exists(keys.recs(current, KEPT, "b"))
+
+    # the erase event reaches the log and the consumer; readers no longer see the resident
+    ingest_until_idle(settings)
+    assert ERASED not in set(read_events(settings.event_log_path)["resident_id"])
+
+    report = json.loads(cli("compact", "--models", "--now", "2025-06-10T00:00:00+00:00"))
+    # the simulated city has erasures of its own: at least ours, 27 events and 1 request
+    assert report["log"]["dropped_erased"] >= 27 and report["log"]["dropped_erase_events"] >= 1
+    assert report["redis_aof"] == "rewritten"
+    assert [m["rows_removed"] for m in report["models"]] == [1]
+    scrubbed = load_artifact(champion_artifact(settings))
+    assert ERASED not in scrubbed.resident_ids.tolist() and KEPT in scrubbed.resident_ids
+    assert np.isfinite(scrubbed.score_bundles(scrubbed.resident_factors[:2])).all()
+
+    # the next training and publish, made after the erasure
+    cli("train", "--no-progress", "--baselines", "", "--no-refit", "-p", "factors=8",
+        "--force")
+    assert ERASED not in load_artifact(champion_artifact(settings)).resident_ids.tolist()
+    cli("publish", "--no-progress")
+
+    # after: nothing anywhere, and the control resident is still found everywhere
+    assert redis_occurrences(client, ERASED) == []
+    assert file_occurrences(state, ERASED) == []
+    found = file_occurrences(state, KEPT)
+    for where in ("eventlog", "mlartifacts", "appendonlydir"):
+        assert any(where in f for f in found), (where, found)
+    assert any(":b:{" in f for f in redis_occurrences(client, KEPT))
+
+    # and the audit trail says who did it, without the id
+    ok, count, problem = verify_chain(audit_path(settings))
+    assert ok, problem
+    actions = [json.loads(line)["action"] for line in audit_path(settings).read_text()
+               .splitlines()]
+    for action in ("publish", "erasure", "compaction", "promotion"):
+        assert action in actions, actions
+    client.close()
