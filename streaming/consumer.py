@@ -334,11 +334,9 @@ class IngestConsumer:
             batch.started = time.monotonic()
             if self.stats.first_record_at is None:
                 self.stats.first_record_at = time.time()
-        add = self.builder.add
         count = 0
         for records in polled.values():
-            for record in records:
-                add(batch, record, now)
+            self.builder.add_records(batch, records, now)
             count += len(records)
         self.stats.received += count
         metrics.EVENTS.labels("received").inc(count)

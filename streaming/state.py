@@ -54,6 +54,8 @@ RESIDENT_KEY_KINDS: tuple[str, ...] = ("recent", "profile", "holdings", "holding
                                        "dismissed")
 #: Number of ARGV slots per event in the batch script.
 STRIDE = 10
+#: Keys examined per SCAN step when sweeping an erased resident's other keys.
+SWEEP_SCAN_COUNT = 20_000
 #: Fields of the profile hash that hold booleans, stored as "1"/"0".
 PROFILE_BOOLEANS = ("student", "low_income")
 
@@ -365,7 +367,10 @@ def sweep_resident_keys(client: redis.Redis, keys: Keys, resident_id: str,
     components add per resident). Returns how many were deleted."""
     pattern = keys.resident_pattern(resident_id)
     kept = {getattr(keys, kind)(resident_id) for kind in keep}
-    doomed = [k for k in client.scan_iter(match=pattern, count=1000)
+    # SCAN walks the whole keyspace (de-duplication markers included: millions of keys);
+    # large steps keep the round trips few (each step blocks Redis ~1-2 ms, less than one
+    # script chunk)
+    doomed = [k for k in client.scan_iter(match=pattern, count=SWEEP_SCAN_COUNT)
               if (k.decode() if isinstance(k, bytes) else k) not in kept]
     if doomed:
         client.delete(*doomed)
