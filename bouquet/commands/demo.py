@@ -79,13 +79,10 @@ def _show_live_personalisation(base: str, settings: Settings) -> None:
                         timeout=60)
     if summary.status_code != 200:
         raise StageFailed(f"GET /v1/operator/engagement answered {summary.status_code}")
-    resident = _a_consenting_resident(settings)
-    first = httpx.get(f"{base}/v1/residents/{resident}/bundles?k=3", headers=headers, timeout=10)
-    if first.status_code != 200:
-        raise StageFailed(f"GET bundles answered {first.status_code}: {first.text}")
-    body = first.json()
+    resident, body = _a_personalised_answer(base, headers, settings)
     console.print(f"bundles for {resident} (model {body.get('model_version')}, "
-                  f"variant {body.get('variant')}):")
+                  f"variant {body.get('variant')}, personalised={body.get('personalised')}, "
+                  f"re-ranked={body.get('reranked')}):")
     for item in body.get("bundles", []):
         console.print(f"  {item['bundle_id']:<28} {item['score']:<9.3g} {item['reason']}")
     top = body["bundles"][0] if body.get("bundles") else None
@@ -109,15 +106,31 @@ def _show_live_personalisation(base: str, settings: Settings) -> None:
     console.print("[yellow]the dismissed bundle was still shown after 10 s[/]")
 
 
-def _a_consenting_resident(settings: Settings) -> str:
+def _a_personalised_answer(base: str, headers: dict[str, str], settings: Settings,
+                           tries: int = 200) -> tuple[str, dict]:
+    """A consenting resident with a published list, and their current answer."""
     import redis
 
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     pattern = f"{settings.redis_key_prefix}r:{{*}}:profile"
+    last: tuple[str, dict] | None = None
     for key in client.scan_iter(match=pattern, count=500):
-        if client.hget(key, "consent") == "1":
-            return key.split("{", 1)[1].split("}", 1)[0]
-    raise StageFailed("no resident with personalisation consent was ingested")
+        if client.hget(key, "consent") != "1":
+            continue
+        resident = key.split("{", 1)[1].split("}", 1)[0]
+        answer = httpx.get(f"{base}/v1/residents/{resident}/bundles?k=3", headers=headers,
+                           timeout=10)
+        if answer.status_code != 200:
+            raise StageFailed(f"GET bundles answered {answer.status_code}: {answer.text}")
+        last = (resident, answer.json())
+        if last[1].get("personalised") and last[1].get("bundles"):
+            return last
+        tries -= 1
+        if tries == 0:
+            break
+    if last is None:
+        raise StageFailed("no resident with personalisation consent was ingested")
+    return last
 
 
 def demo(
@@ -148,7 +161,7 @@ def demo(
         _bouquet("publish", env=env, title="5/7 publish the champion to Redis")
         console.print(Rule("[bold]6/7 serve, with ingestion running behind it[/]",
                            align="left"))
-        for command in (["serve", "--workers", "2"], ["ingest"]):
+        for command in (["serve", "--workers", "2"], ["ingest", "--log-every", "600"]):
             background.append(subprocess.Popen([sys.executable, "-m", "bouquet", *command],
                                                env=env, start_new_session=True))
         server = background[0]
