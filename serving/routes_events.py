@@ -41,7 +41,26 @@ class Accepted(BaseModel):
     accepted: int = Field(description="Events acknowledged by the broker (all of the request)")
 
 
-_EVENT_SCHEMA = InteractionEvent.model_json_schema()
+def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
+    """The model's JSON schema with its ``$defs`` inlined: pydantic's ``#/$defs/…``
+    references do not resolve inside an OpenAPI document (which has no root ``$defs``), so
+    clients and schema-driven tools could not read the request body (issue 8)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return walk(dict(defs[ref.rsplit("/", 1)[1]]))
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)
+
+
+_EVENT_SCHEMA = _inlined(InteractionEvent.model_json_schema())
 _EXAMPLE = InteractionEvent.model_config["json_schema_extra"]["examples"][0]  # type: ignore[index]
 _REQUEST_BODY = {
     "required": True,
