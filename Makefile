@@ -17,6 +17,7 @@ help:
 	@echo "make test        the whole test suite (starts and stops its own services)"
 	@echo "make test-unit   tests that need no services"
 	@echo "make bench       every benchmark; writes results/bench.json"
+	@echo "make soak        5-minute soak + 200k-event SIGKILL replay; writes results/soak*.json"
 	@echo "make lint        ruff"
 	@echo "make clean       stop the local stack, remove state and results"
 
@@ -59,6 +60,11 @@ test-unit: setup
 bench: setup
 	@$(MAKE) --no-print-directory system-deps APT_PACKAGES="$(APT_PACKAGES_BENCH)"
 	$(BIN)/bouquet bench all --json results/bench.json
+
+# Reliability under time and crashes (issue 8, docs/reliability.md): bounded, ~10 minutes.
+soak: setup
+	$(BIN)/bouquet bench soak --minutes 5 --json results/soak.json
+	$(BIN)/bouquet bench kill-replay --events 200000 --kills 30 --json results/soak-kill-replay.json
 
 lint: setup
 	$(BIN)/ruff check .
