@@ -183,8 +183,8 @@ def plain_event(raw: bytes, max_bytes: int) -> tuple[_Plain, datetime] | None:
         return None
     try:
         e = _DECODE_PLAIN(raw)
-    except msgspec.MsgspecError:
-        return None
+    except (msgspec.MsgspecError, ValueError):  # ValueError: e.g. UnicodeDecodeError, which
+        return None                             # msgspec raises for bad UTF-8 in a key
     service_id, bundle_id, reference = e.service_id, e.bundle_id, e.recommendation_id
     if not _IDS(f"{e.event_id}\x1f{e.resident_id}\x1f{e.ts}\x1f{service_id or ''}\x1f"
                 f"{bundle_id or ''}\x1f{reference or ''}") \
@@ -267,7 +267,12 @@ class BatchBuilder:
         append = self._append
         for record in records:
             value = record.value
-            found = plain_event(value, max_bytes) if value else None
+            try:
+                found = plain_event(value, max_bytes) if value else None
+            except Exception:  # the fast path never decides: anything odd goes the slow way
+                log.debug("fast path failed on %s[%d]@%d", record.topic, record.partition,
+                          record.offset, exc_info=True)
+                found = None
             if found is not None:
                 e, when = found
                 service_id, bundle_id = e.service_id, e.bundle_id

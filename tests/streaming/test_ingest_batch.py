@@ -97,6 +97,9 @@ MALFORMED: list[tuple[str, bytes | None, str]] = [
     ("a day in the future", enc(valid(ts=(NOW + timedelta(days=1)).isoformat())),
      "future_timestamp"),
     ("before 2000", enc(valid(ts="1999-12-31T23:00:00+00:00")), "ancient_timestamp"),
+    ("bad UTF-8 inside a key", enc(valid()).replace(b'"channel"', b'"ch\xffannel"'),
+     "bad_encoding"),
+    ("bad UTF-8 inside a value", enc(valid()).replace(b'"r1"', b'"r\xff1"'), "bad_encoding"),
     ("value is NaN", b'{"schema_version":1,"event_id":"e","resident_id":"r","type":"pay",'
      b'"service_id":"' + SERVICE.encode() + b'","ts":"2026-01-01T00:00:00Z","channel":"app",'
      b'"value":NaN}', "bad_value"),
