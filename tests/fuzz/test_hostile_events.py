@@ -59,12 +59,6 @@ def crashes_the_fast_path(raw: bytes | None) -> bool:
     return False
 
 
-@pytest.mark.xfail(strict=True, raises=Exception,
-                   reason="streaming/batch.py plain_event lets UnicodeDecodeError escape the "
-                          "hot loop: a message with invalid UTF-8 inside a JSON string stops the "
-                          "consumer (and every restart, at the same offset). Fix: catch "
-                          "UnicodeDecodeError with msgspec.MsgspecError in plain_event. Remove "
-                          "this marker with the fix.")
 @pytest.mark.timeout(120)
 def test_invalid_utf8_inside_a_json_string_is_a_dead_letter_not_a_crash(settings) -> None:
     poison = (b'{"schema_version":1,"event_id":"p1","resident_id":"r1","type":"use",'
