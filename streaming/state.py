@@ -91,36 +91,71 @@ local FIRST = 14
 #: combination "day|week|channel|domain|factor", payload (recent item JSON | profile
 #: "k\tv\t…" | consent "0"/"1"), members (holdings "b:x s:y" | dismissed bundle id),
 #: funnel key, funnel stage, funnel index member ("<model_version>:<variant>").
-#: Returns {applied, duplicates, erased resident ids...}.
+#: Returns {applied, duplicates, n, the n resident ids erased, then the resident ids of
+#: replayed (duplicate) erasures, whose key sweep is repeated}.
 #:
-#: Commands whose effect is a set union or a max (recent list pushes, last contact, active
-#: sets) are gathered in Lua tables and written once per key at the end, which cuts the
-#: Redis calls from ~20 to ~2 per event; an erasure in the middle of the batch drops what
-#: was gathered for that resident before it, so order is kept.
-_APPLY_LUA = _HEADER + _ERASE_FN + """
-local applied, dups = 0, 0
-local erased = {}
+#: Effects that are set unions, sums or maxima (recent pushes, last contact, active sets,
+#: counters) are gathered in Lua tables and written once per key at the end, which cuts
+#: the Redis calls to ~4 per event (marker, neighbourhood look-up, recent push and TTL);
+#: an erasure in the middle of the batch drops what was gathered for that resident before
+#: it, so order is kept. Per contact, the resident goes into the *day* sets of its
+#: dimensions only: a week set is the union of its days', so each day set's members are
+#: written to the week set as well (half the Lua work per event of gathering both).
+_APPLY_LUA = _HEADER + _ERASE_FN + """local applied, dups = 0, 0
+local erased, resweep = {}, {}
 local nb_cache = {}
 local recent, recent_order = {}, {}  -- rid -> items oldest→newest (at most CAP)
 local lastc, lastc_text = {}, {}       -- rid -> max contact ts (number, as given)
-local active = {}                      -- active key -> {rid -> true}
-local counts = {}                      -- hash key -> {field -> increment}
+local day_sets = {}                    -- day active key -> {rid -> true}
+local day_keys = {}                    -- day active keys, in creation order
+local week_of = {}                     -- day active key -> the week key of the same dimension
+local combos = {}                      -- "day|week|channel|domain|factor" -> names (below)
+local counts = {}                      -- "day|week" -> {type -> n}
+local count_keys = {}                  -- "day|week" -> {contacts day key, contacts week key}
+local funnels = {}                     -- funnel key -> {stage -> n}
 local funnel_members = {}
-local names_cache = {}
 
--- one C call extracts the 10 fields of an event (cheaper than find/sub per field)
 local PATTERN = '^' .. string.rep('([^\\31]*)\\31', 9) .. '([^\\31]*)$'
 
-local function bump(key, field)
-  local h = counts[key]
-  if not h then h = {}; counts[key] = h end
-  h[field] = (h[field] or 0) + 1
+-- the key names of one combination, built once per script call
+local function names_of(combo0)
+  local day, week, channel, domain, factor =
+    string.match(combo0, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+  local dims = {'all=all', 'channel=' .. channel}
+  if domain ~= '' then dims[#dims + 1] = 'domain=' .. domain end
+  if factor ~= '' then dims[#dims + 1] = 'factor=' .. factor end
+  local dayp, weekp = A_PRE .. 'day:' .. day .. ':', A_PRE .. 'week:' .. week .. ':'
+  local sets = {}
+  for _, d in ipairs(dims) do
+    local k = dayp .. d
+    local s = day_sets[k]
+    if not s then
+      s = {}; day_sets[k] = s; day_keys[#day_keys + 1] = k; week_of[k] = weekp .. d
+    end
+    sets[#sets + 1] = s
+  end
+  local dw = day .. '|' .. week
+  if not counts[dw] then
+    counts[dw] = {}; count_keys[dw] = {C_PRE .. 'day:' .. day, C_PRE .. 'week:' .. week}
+  end
+  local names = {sets = sets, dayp = dayp .. 'nb=', weekp = weekp .. 'nb=', nb = {},
+                 counts = counts[dw]}
+  combos[combo0] = names
+  return names
 end
 
-local function add_active(key, rid)
-  local s = active[key]
-  if not s then s = {}; active[key] = s end
-  s[rid] = true
+-- the neighbourhood set of a combination (created on first use)
+local function nb_set(names, nb)
+  local s = names.nb[nb]
+  if not s then
+    local k = names.dayp .. nb
+    s = day_sets[k]
+    if not s then
+      s = {}; day_sets[k] = s; day_keys[#day_keys + 1] = k; week_of[k] = names.weekp .. nb
+    end
+    names.nb[nb] = s
+  end
+  return s
 end
 
 for a = FIRST, #ARGV do
@@ -128,34 +163,34 @@ for a = FIRST, #ARGV do
     string.match(ARGV[a], PATTERN)
   if redis.call('SET', SEEN_PRE .. eid, '1', 'NX', 'EX', SEEN_TTL) then
     applied = applied + 1
-    local base = R_PRE .. rid .. R_SUF
-    local ts = tonumber(tstext)
     if typ == 'erase' then
       erase(rid)
       nb_cache[rid] = nil
       if recent[rid] then recent[rid] = {} end  -- keeps its single place in recent_order
       lastc[rid] = nil
       lastc_text[rid] = nil
-      for _, s in pairs(active) do s[rid] = nil end
+      for _, s in pairs(day_sets) do s[rid] = nil end
       erased[#erased + 1] = rid
     elseif typ == 'profile' then
-      local pk = base .. 'profile'
+      local pk = R_PRE .. rid .. R_SUF .. 'profile'
+      local ts = tonumber(tstext)
       local cur = tonumber(redis.call('HGET', pk, 'profile_ts') or '-1e300')
       if ts >= cur then
         local args = {}
-        for part in string.gmatch(payload, '[^\t]+') do args[#args + 1] = part end
+        for part in string.gmatch(payload, '[^\\t]+') do args[#args + 1] = part end
         args[#args + 1] = 'profile_ts'; args[#args + 1] = tstext
         redis.call('HSET', pk, unpack(args))
         nb_cache[rid] = nil
       end
     elseif typ == 'consent' then
-      local pk = base .. 'profile'
+      local pk = R_PRE .. rid .. R_SUF .. 'profile'
       local cur = tonumber(redis.call('HGET', pk, 'consent_ts') or '-1e300')
-      if ts >= cur then
+      if tonumber(tstext) >= cur then
         redis.call('HSET', pk, 'consent', payload, 'consent_ts', tstext)
       end
     else
       -- a contact
+      local ts = tonumber(tstext)
       local items = recent[rid]
       if not items then
         items = {}; recent[rid] = items; recent_order[#recent_order + 1] = rid
@@ -166,31 +201,18 @@ for a = FIRST, #ARGV do
       if not lc or lc < ts then lastc[rid] = ts; lastc_text[rid] = tstext end
       local nb = nb_cache[rid]
       if not nb then
-        nb = redis.call('HGET', base .. 'profile', 'neighbourhood') or '_unknown'
+        nb = redis.call('HGET', R_PRE .. rid .. R_SUF .. 'profile', 'neighbourhood')
+          or '_unknown'
         nb_cache[rid] = nb
       end
-      -- the active / contacts key names of this (day, week, channel, domain, factor, nb)
-      -- combination, built once per batch rather than once per event
-      local combo = combo0 .. '|' .. nb
-      local names = names_cache[combo]
-      if not names then
-        local day, week, channel, domain, factor =
-          string.match(combo0, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
-        local dims = {'all=all', 'nb=' .. nb, 'channel=' .. channel}
-        if domain ~= '' then dims[#dims + 1] = 'domain=' .. domain end
-        if factor ~= '' then dims[#dims + 1] = 'factor=' .. factor end
-        local active_keys = {}
-        for _, d in ipairs(dims) do
-          active_keys[#active_keys + 1] = A_PRE .. 'day:' .. day .. ':' .. d
-          active_keys[#active_keys + 1] = A_PRE .. 'week:' .. week .. ':' .. d
-        end
-        names = {active_keys, C_PRE .. 'day:' .. day, C_PRE .. 'week:' .. week}
-        names_cache[combo] = names
-      end
-      for _, key in ipairs(names[1]) do add_active(key, rid) end
-      local cd, cw = names[2], names[3]
-      bump(cd, typ); bump(cd, 'all'); bump(cw, typ); bump(cw, 'all')
+      local names = combos[combo0] or names_of(combo0)
+      local sets = names.sets
+      for j = 1, #sets do sets[j][rid] = true end
+      nb_set(names, nb)[rid] = true
+      local c = names.counts
+      c[typ] = (c[typ] or 0) + 1
       if typ == 'subscribe' or typ == 'unsubscribe' then
+        local base = R_PRE .. rid .. R_SUF
         local hk, htk = base .. 'holdings', base .. 'holdings_ts'
         for m in string.gmatch(members, '%S+') do
           local cur = tonumber(redis.call('HGET', htk, m) or '-1e300')
@@ -201,20 +223,30 @@ for a = FIRST, #ARGV do
           end
         end
       elseif typ == 'dismiss' and members ~= '' then
-        redis.call('SADD', base .. 'dismissed', members)
+        redis.call('SADD', R_PRE .. rid .. R_SUF .. 'dismissed', members)
       end
       if fkey ~= '' then
-        bump(fkey, stage)
+        local f = funnels[fkey]
+        if not f then f = {}; funnels[fkey] = f end
+        f[stage] = (f[stage] or 0) + 1
         funnel_members[fmember] = true
       end
     end
   else
     dups = dups + 1
+    -- a replayed erasure: the sweep of other components' keys (done by the caller after
+    -- this script) may not have run the first time, so it is asked for again
+    if typ == 'erase' then resweep[#resweep + 1] = rid end
   end
 end
 
 -- gathered writes, in chunks that stay far below Lua's unpack limit
 local CHUNK = 1000
+local function sadd_all(key, list)
+  for i = 1, #list, CHUNK do
+    redis.call('SADD', key, unpack(list, i, math.min(i + CHUNK - 1, #list)))
+  end
+end
 for _, rid in ipairs(recent_order) do
   local items = recent[rid]
   if #items > 0 then
@@ -229,23 +261,40 @@ for rid, text in pairs(lastc_text) do
   if #zargs >= 2 * CHUNK then redis.call('ZADD', LAST, 'GT', unpack(zargs)); zargs = {} end
 end
 if #zargs > 0 then redis.call('ZADD', LAST, 'GT', unpack(zargs)) end
-for key, members in pairs(active) do
+-- each day set, then the same members into its week set (a week's set is the union of
+-- its days'); every key written goes into the index once, and gets its TTL once
+local written, seen_week = {}, {}
+for _, key in ipairs(day_keys) do
   local m = {}
-  for rid, _ in pairs(members) do
-    m[#m + 1] = rid
-    if #m >= CHUNK then redis.call('SADD', key, unpack(m)); m = {} end
+  for rid, _ in pairs(day_sets[key]) do m[#m + 1] = rid end
+  local wk = week_of[key]
+  if #m > 0 then sadd_all(key, m); sadd_all(wk, m) end
+  written[#written + 1] = key
+  if not seen_week[wk] then seen_week[wk] = true; written[#written + 1] = wk end
+end
+if #written > 0 then sadd_all(AIDX, written) end
+for _, key in ipairs(written) do redis.call('EXPIRE', key, COUNTER_TTL) end
+for dw, fields in pairs(counts) do
+  local total = 0
+  local cd, cw = count_keys[dw][1], count_keys[dw][2]
+  for field, n in pairs(fields) do
+    redis.call('HINCRBY', cd, field, n); redis.call('HINCRBY', cw, field, n)
+    total = total + n
   end
-  if #m > 0 then redis.call('SADD', key, unpack(m)) end
-  redis.call('SADD', AIDX, key)
-  redis.call('EXPIRE', key, COUNTER_TTL)
+  if total > 0 then
+    redis.call('HINCRBY', cd, 'all', total); redis.call('HINCRBY', cw, 'all', total)
+    redis.call('EXPIRE', cd, COUNTER_TTL); redis.call('EXPIRE', cw, COUNTER_TTL)
+  end
 end
-for key, fields in pairs(counts) do
-  for field, n in pairs(fields) do redis.call('HINCRBY', key, field, n) end
-  if key:sub(1, #C_PRE) == C_PRE then redis.call('EXPIRE', key, COUNTER_TTL) end
+for key, stages in pairs(funnels) do
+  for field, n in pairs(stages) do redis.call('HINCRBY', key, field, n) end
 end
-for member, _ in pairs(funnel_members) do redis.call('SADD', FIDX, member) end
-local out = {applied, dups}
+local fm = {}
+for member, _ in pairs(funnel_members) do fm[#fm + 1] = member end
+if #fm > 0 then sadd_all(FIDX, fm) end
+local out = {applied, dups, #erased}
 for _, rid in ipairs(erased) do out[#out + 1] = rid end
+for _, rid in ipairs(resweep) do out[#out + 1] = rid end
 return out
 """
 
@@ -337,6 +386,7 @@ class StateWriter:
         by :mod:`bouquet.streaming.batch`). Returns (applied, duplicates, erased ids)."""
         applied = dups = 0
         erased: list[str] = []
+        sweep: list[str] = []
         step = self.config.script_chunk_events
         # One round trip for all chunks (pipelined), but one script call per chunk, so
         # Redis can serve other clients between chunks.
@@ -346,8 +396,12 @@ class StateWriter:
         for out in pipe.execute():
             applied += int(out[0])
             dups += int(out[1])
-            erased += [r.decode() if isinstance(r, bytes) else r for r in out[2:]]
-        for rid in erased:
+            ids = [r.decode() if isinstance(r, bytes) else r for r in out[3:]]
+            erased += ids[:int(out[2])]
+            sweep += ids
+        # after the script: a crash in between leaves the erase event uncommitted, and its
+        # replay (a duplicate for the script) sweeps again
+        for rid in dict.fromkeys(sweep):
             sweep_resident_keys(self.redis, self.keys, rid, keep=RESIDENT_KEY_KINDS)
         return applied, dups, erased
 

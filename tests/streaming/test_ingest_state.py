@@ -154,3 +154,28 @@ def test_dead_letters_are_counted_once_per_position(settings: Settings, client) 
     assert writer.count_dead_letters(letters) == 3
     assert writer.count_dead_letters(letters) == 0
     assert client.hgetall(keys.dlq_counts()) == {b"bad_json": b"2", b"oversize": b"1"}
+
+
+def test_a_replayed_erasure_sweeps_other_keys_again(settings: Settings, client,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash between the script and the sweep of other components' keys: the replay
+    (the erase event is a duplicate for the script by then) sweeps them."""
+    from bouquet.streaming import state
+
+    keys = Keys(settings.redis_key_prefix)
+    writer = StateWriter(client, keys)
+    other = keys.resident_pattern("ed").replace("*", "other-component")
+    client.set(other, "x")
+    events = [ev(1, "ed", "view", 1, service_id=CATALOG.service_ids[0]), ev(2, "ed", "erase", 2)]
+
+    def crash(*args: object, **kwargs: object) -> int:
+        raise ConnectionError("killed between the script and the sweep")
+
+    monkeypatch.setattr(state, "sweep_resident_keys", crash)
+    with pytest.raises(ConnectionError):
+        apply(writer, keys, events)
+    assert client.exists(other)
+    monkeypatch.undo()
+    applied, dups, erased = apply(writer, keys, events)
+    assert (applied, dups, erased) == (0, 2, [])
+    assert not client.exists(other)
