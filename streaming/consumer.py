@@ -28,6 +28,7 @@ import signal
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -84,6 +85,8 @@ class IngestOptions:
     fetch_max_bytes: int = 64 << 20
     max_partition_fetch_bytes: int = 16 << 20
     fetch_max_wait_ms: int = 200
+    #: batches handed to the writer thread and not yet committed (see ``_flush``)
+    max_batches_in_flight: int = 2
     #: stop when caught up and nothing arrived for this many seconds (None: run forever)
     idle_seconds: float | None = None
     #: stop after this many records (valid or not); offsets are committed exactly there
@@ -187,8 +190,11 @@ class IngestConsumer:
         self._positions: dict[tuple[str, int], int] = {}
         #: (topic, partition) → offset to seek back to if the partition is re-assigned
         self._rewind: dict[tuple[str, int], int] = {}
-        #: the batch being written by the writer thread: (batch, future, generation)
-        self._inflight: tuple[Batch, Future[None], int] | None = None
+        #: batches handed to the writer thread, oldest first: (batch, future, generation)
+        self._inflight: deque[tuple[Batch, Future[None], int]] = deque()
+        #: set by the writer thread when a write failed: later batches are not written
+        #: (their effects would land before those of the failed one, out of order)
+        self._write_failed = False
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer")
         self._log_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-log")
         #: bumped on every revocation, so a write that straddles a rebalance is not committed
@@ -270,8 +276,9 @@ class IngestConsumer:
                     last_record, last_received = now, self.stats.received
                 if self._should_flush(now):
                     self._flush()
-                elif self._inflight is not None and self._inflight[1].done():
-                    self._finish_inflight()
+                else:
+                    while self._inflight and self._inflight[0][1].done():
+                        self._finish_oldest()
                 if o.log_every_s and now - last_log >= o.log_every_s:
                     rate = (self.stats.received - last_logged_count) / (now - last_log)
                     log.info("ingest %s: %.0f records/s, %d received, %d applied, %d duplicate,"
@@ -293,9 +300,10 @@ class IngestConsumer:
             self._finish_inflight()
             clean_exit = True
         finally:
-            if not clean_exit and self._inflight is not None:
-                # a failure: let the write in flight end, but commit nothing more
-                self._inflight[1].exception()
+            if not clean_exit:
+                # a failure: let the writes in flight end, but commit nothing more
+                for _, future, _ in self._inflight:
+                    future.exception()
             self._writer.shutdown(wait=True)
             self._log_pool.shutdown(wait=True)
             self._close()
@@ -452,29 +460,43 @@ class IngestConsumer:
 
     # --- writing a batch ----------------------------------------------------------------
     def _flush(self) -> None:
-        """Hand the current batch to the writer thread, after the previous one is done.
+        """Hand the current batch to the writer thread (once fewer than
+        ``max_batches_in_flight`` are waiting there).
 
-        One batch is written (log fsync, Redis script, DLQ acks — mostly waiting on I/O,
-        which releases the GIL) while the next one is polled and validated; offsets are
-        committed by this thread once the write has returned.
+        Batches are written in order by one writer thread (log fsync, Redis script, DLQ
+        acks — mostly waiting on I/O, which releases the GIL) while the next one is polled
+        and validated; offsets are committed by this thread, in order, once each write has
+        returned. With two batches in flight, Redis starts on the next batch while this
+        thread commits the previous one, instead of idling in between.
         """
         batch, self._batch = self._batch, Batch()
-        self._finish_inflight()
-        self._inflight = (batch, self._writer.submit(self._timed_write, batch),
-                          self._generation)
+        while len(self._inflight) >= max(1, self.options.max_batches_in_flight):
+            self._finish_oldest()
+        self._inflight.append((batch, self._writer.submit(self._timed_write, batch),
+                               self._generation))
 
     def _timed_write(self, batch: Batch) -> None:
+        if self._write_failed:
+            raise IngestError("an earlier batch could not be written; this one is not "
+                              "written either (it would be applied out of order)")
         began = time.monotonic()
-        self._write(batch)
+        try:
+            self._write(batch)
+        except BaseException:
+            self._write_failed = True
+            raise
         metrics.BATCH_SECONDS.observe(time.monotonic() - began)
         metrics.BATCH_EVENTS.observe(batch.records)
 
     def _finish_inflight(self) -> None:
-        """Wait for the batch being written; commit it unless the group rebalanced since."""
-        if self._inflight is None:
-            return
-        batch, future, generation = self._inflight
-        self._inflight = None
+        """Wait for every batch being written, committing each (see :meth:`_finish_oldest`)."""
+        while self._inflight:
+            self._finish_oldest()
+
+    def _finish_oldest(self) -> None:
+        """Wait for the oldest batch being written; commit it unless the group rebalanced
+        since it was handed over."""
+        batch, future, generation = self._inflight.popleft()
         began = time.monotonic()
         future.result()  # an IngestError propagates: nothing of this batch is committed
         self.stats.writer_wait_s += time.monotonic() - began
