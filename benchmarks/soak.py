@@ -412,12 +412,13 @@ def run_soak(settings: Settings, *, minutes: float = 5.0, rate: float = 200.0,
             timeline_path.parent.mkdir(parents=True, exist_ok=True)
             with open(timeline_path, "w", newline="") as handle:
                 writer = csv.writer(handle)
-                writer.writerow(["t_s", *windows[0].keys(), *[f"rss_mb_{n}" for n in names]]
-                                if windows else ["t_s"])
+                writer.writerow([*(windows[0].keys() if windows else ["t_s"]),
+                                 *[f"rss_mb_{n}" for n in names]])
                 for w in windows:
                     nearest = min(samples, key=lambda s: abs(s[0] - w["t_s"]))[1]
-                    writer.writerow([w["t_s"], *w.values(),
-                                     *[f"{nearest.get(n) or 0:.1f}" for n in names]])
+                    writer.writerow([f"{v:.2f}" if isinstance(v, float) else v
+                                     for v in w.values()]
+                                    + [f"{nearest.get(n) or 0:.1f}" for n in names])
             result.notes.append(f"timeline (per window, with RSS) in {timeline_path}")
         result.notes.append("p99 per window: " + ", ".join(
             f"{w['t_s']:.0f}s {w['p99_ms']:.1f}" for w in windows))
@@ -548,7 +549,7 @@ def run_kill_replay(settings: Settings, *, events: int = 200_000, kills: int = 3
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"run {n} wrote nothing in 120 s")
                 time.sleep(0.02)
-            time.sleep(rng.uniform(0.0, 0.3))
+            time.sleep(rng.uniform(0.0, 1.0))
             os.killpg(running.pid, signal.SIGKILL)
             running.wait(timeout=10)
             running = None

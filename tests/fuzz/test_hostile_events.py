@@ -86,10 +86,10 @@ def test_hostile_events_end_in_the_dlq_and_valid_neighbours_are_unaffected(
 
     @given(st.lists(st.one_of(valid_events().map(lambda e: ("ok", e)),
                               hostile.map(lambda h: ("bad", h))),
-                    min_size=60, max_size=160),
+                    min_size=80, max_size=200),
            st.integers(0, 2**32 - 1))
     # no shrinking: every example is a whole pipeline run; a failure prints its inputs
-    @hsettings(max_examples=4, deadline=None, suppress_health_check=SLOW_EXAMPLES,
+    @hsettings(max_examples=3, deadline=None, suppress_health_check=SLOW_EXAMPLES,
                phases=[Phase.explicit, Phase.generate], print_blob=True)
     def run(items, seed: int) -> None:
         settings = make_settings()  # fresh topics, group, key prefix, log for each example
