@@ -27,7 +27,9 @@ where the throughput is: one Redis core does well over 100k events/s of these ef
 
 from __future__ import annotations
 
+import inspect
 import logging
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -91,8 +93,7 @@ local FIRST = 14
 #: combination "day|week|channel|domain|factor", payload (recent item JSON | profile
 #: "k\tv\t…" | consent "0"/"1"), members (holdings "b:x s:y" | dismissed bundle id),
 #: funnel key, funnel stage, funnel index member ("<model_version>:<variant>").
-#: Returns {applied, duplicates, n, the n resident ids erased, then the resident ids of
-#: replayed (duplicate) erasures, whose key sweep is repeated}.
+#: Returns {applied, duplicates, erased resident ids...}.
 #:
 #: Effects that are set unions, sums or maxima (recent pushes, last contact, active sets,
 #: counters) are gathered in Lua tables and written once per key at the end, which cuts
@@ -102,7 +103,7 @@ local FIRST = 14
 #: dimensions only: a week set is the union of its days', so each day set's members are
 #: written to the week set as well (half the Lua work per event of gathering both).
 _APPLY_LUA = _HEADER + _ERASE_FN + """local applied, dups = 0, 0
-local erased, resweep = {}, {}
+local erased = {}
 local nb_cache = {}
 local recent, recent_order = {}, {}  -- rid -> items oldest→newest (at most CAP)
 local lastc, lastc_text = {}, {}       -- rid -> max contact ts (number, as given)
@@ -234,9 +235,6 @@ for a = FIRST, #ARGV do
     end
   else
     dups = dups + 1
-    -- a replayed erasure: the sweep of other components' keys (done by the caller after
-    -- this script) may not have run the first time, so it is asked for again
-    if typ == 'erase' then resweep[#resweep + 1] = rid end
   end
 end
 
@@ -292,9 +290,8 @@ end
 local fm = {}
 for member, _ in pairs(funnel_members) do fm[#fm + 1] = member end
 if #fm > 0 then sadd_all(FIDX, fm) end
-local out = {applied, dups, #erased}
+local out = {applied, dups}
 for _, rid in ipairs(erased) do out[#out + 1] = rid end
-for _, rid in ipairs(resweep) do out[#out + 1] = rid end
 return out
 """
 
@@ -330,6 +327,39 @@ class StateConfig:
     #: events per script call: Redis runs one script at a time, so this bounds how long
     #: a serving read can wait behind ingestion (~10-20 ms per 1,000 events here)
     script_chunk_events: int = 1000
+
+
+def resident_key_kinds(keys: Keys) -> tuple[str, ...]:
+    """Every per-resident key kind ``keys`` can name: the consumer's own
+    (:data:`RESIDENT_KEY_KINDS`) and those of any other ``Keys`` method that takes only a
+    resident id and builds ``<p>r:{<rid>}:<kind>``, so a component that adds one is covered
+    by the erasure in the batch script without touching the consumer.
+
+    Keys built otherwise (more parameters, or by hand, which docs/redis-keys.md forbids)
+    are not found here; :func:`erase_resident` (the admin path) also SCANs for them.
+    """
+    probe = "R0"
+    own = keys.recent(probe)
+    base = own[: -len("recent")]  # <p>r:{R0}:
+    found = list(RESIDENT_KEY_KINDS)
+    for name in sorted(dir(keys)):
+        method = getattr(keys, name, None)
+        if name.startswith("_") or name == "resident_pattern" or not callable(method):
+            continue
+        try:
+            params = list(inspect.signature(method).parameters)
+        except (TypeError, ValueError):
+            continue
+        if params != ["resident_id"]:
+            continue
+        built = method(probe)
+        if isinstance(built, str) and built.startswith(base) \
+                and _KIND.fullmatch(built[len(base):]) and built[len(base):] not in found:
+            found.append(built[len(base):])
+    return tuple(found)
+
+
+_KIND = re.compile(r"[A-Za-z0-9_]+")
 
 
 class KeyFormatChanged(RuntimeError):
@@ -376,7 +406,7 @@ class StateWriter:
             keys.last_contact(), keys.active_index(), keys.funnel_index(),
             str(self.config.dedup_ttl_s), str(self.config.recent_cap),
             str(self.config.counter_ttl_s), str(self.config.recent_ttl_s),
-            ",".join(RESIDENT_KEY_KINDS),
+            ",".join(resident_key_kinds(keys)),
         ]
         self._apply = client.register_script(_APPLY_LUA)
         self._dlq = client.register_script(_DLQ_LUA)
@@ -386,7 +416,6 @@ class StateWriter:
         by :mod:`bouquet.streaming.batch`). Returns (applied, duplicates, erased ids)."""
         applied = dups = 0
         erased: list[str] = []
-        sweep: list[str] = []
         step = self.config.script_chunk_events
         # One round trip for all chunks (pipelined), but one script call per chunk, so
         # Redis can serve other clients between chunks.
@@ -396,13 +425,11 @@ class StateWriter:
         for out in pipe.execute():
             applied += int(out[0])
             dups += int(out[1])
-            ids = [r.decode() if isinstance(r, bytes) else r for r in out[3:]]
-            erased += ids[:int(out[2])]
-            sweep += ids
-        # after the script: a crash in between leaves the erase event uncommitted, and its
-        # replay (a duplicate for the script) sweeps again
-        for rid in dict.fromkeys(sweep):
-            sweep_resident_keys(self.redis, self.keys, rid, keep=RESIDENT_KEY_KINDS)
+            erased += [r.decode() if isinstance(r, bytes) else r for r in out[2:]]
+        # No SCAN here: the script deleted every per-resident kind Keys can name (see
+        # resident_key_kinds), atomically with the erase event's marker. A sweep of the
+        # whole keyspace per erasure cost ~25% of Redis' time in the benchmark, and grows
+        # with the keyspace (millions of de-duplication markers in production).
         return applied, dups, erased
 
     def count_dead_letters(self, letters: Iterable[tuple[str, int, int, str]]) -> int:

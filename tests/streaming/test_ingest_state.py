@@ -13,7 +13,13 @@ from bouquet.core.catalog import load_catalog
 from bouquet.core.keys import Keys
 from bouquet.core.settings import Settings
 from bouquet.streaming.batch import Batch, BatchBuilder
-from bouquet.streaming.state import StateWriter, erase_resident, read_profile
+from bouquet.streaming.state import (
+    RESIDENT_KEY_KINDS,
+    StateWriter,
+    erase_resident,
+    read_profile,
+    resident_key_kinds,
+)
 from bouquet.streaming.synthetic import StreamSpec, stream
 
 CATALOG = load_catalog()
@@ -156,26 +162,23 @@ def test_dead_letters_are_counted_once_per_position(settings: Settings, client) 
     assert client.hgetall(keys.dlq_counts()) == {b"bad_json": b"2", b"oversize": b"1"}
 
 
-def test_a_replayed_erasure_sweeps_other_keys_again(settings: Settings, client,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """A crash between the script and the sweep of other components' keys: the replay
-    (the erase event is a duplicate for the script by then) sweeps them."""
-    from bouquet.streaming import state
+class _KeysWithNotes(Keys):
+    """Keys as a later component might extend them: one more per-resident kind."""
 
-    keys = Keys(settings.redis_key_prefix)
+    def notes(self, resident_id: str) -> str:
+        return self.recent(resident_id).replace(":recent", ":notes")
+
+
+def test_an_erase_event_deletes_every_per_resident_kind_keys_can_name(settings: Settings,
+                                                                      client) -> None:
+    """No SCAN in the consumer: the script deletes every per-resident kind that Keys names
+    (found by looking at Keys), atomically with the erase event's marker."""
+    keys = _KeysWithNotes(settings.redis_key_prefix)
+    assert resident_key_kinds(keys) == (*RESIDENT_KEY_KINDS, "notes")
     writer = StateWriter(client, keys)
-    other = keys.resident_pattern("ed").replace("*", "other-component")
-    client.set(other, "x")
-    events = [ev(1, "ed", "view", 1, service_id=CATALOG.service_ids[0]), ev(2, "ed", "erase", 2)]
-
-    def crash(*args: object, **kwargs: object) -> int:
-        raise ConnectionError("killed between the script and the sweep")
-
-    monkeypatch.setattr(state, "sweep_resident_keys", crash)
-    with pytest.raises(ConnectionError):
-        apply(writer, keys, events)
-    assert client.exists(other)
-    monkeypatch.undo()
-    applied, dups, erased = apply(writer, keys, events)
-    assert (applied, dups, erased) == (0, 2, [])
-    assert not client.exists(other)
+    client.set(keys.notes("ed"), "x")
+    client.set(keys.notes("fay"), "x")
+    apply(writer, keys, [ev(1, "ed", "view", 1, service_id=CATALOG.service_ids[0]),
+                         ev(2, "ed", "erase", 2)])
+    assert not client.exists(keys.notes("ed")) and not client.exists(keys.recent("ed"))
+    assert client.exists(keys.notes("fay"))
