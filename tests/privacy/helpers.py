@@ -77,9 +77,12 @@ def file_occurrences(root: Path, needle: str) -> list[str]:
         elif path.suffix == ".npz" and _decoded_npz(data, needle):
             found.append(f"{path} (npz array)")
         elif zipfile.is_zipfile(io.BytesIO(data)) and path.suffix != ".npz":
-            with zipfile.ZipFile(io.BytesIO(data)) as archive:
-                if any(target in archive.read(n) for n in archive.namelist()):
-                    found.append(f"{path} (zip member)")
+            try:
+                with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                    if any(target in archive.read(n) for n in archive.namelist()):
+                        found.append(f"{path} (zip member)")
+            except zipfile.BadZipFile:  # binary data that merely contains a zip signature
+                continue
     return found
 
 
