@@ -8,7 +8,8 @@ state directory, SQLite MLflow store), driven the way an operator does: events t
 Kafka and the real consumer, ``train``, ``bouquet publish``, the admin API's ``DELETE``,
 ``bouquet compact --models``, ``bouquet train``, ``bouquet publish``. Before the erasure the
 same searches find the id everywhere it should be (so they can fail), and afterwards a
-control resident is still found (so they did look).
+control resident is still found (so they did look). On the way, a third resident withdraws
+consent over the API: answered non-personalised at once, absent from the retrained model.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from tests.serving.support import ADMIN, client_for
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.anyio,
               pytest.mark.timeout(300)]
 END = date(2025, 6, 2)
-ERASED, KEPT = "zqErased7k", "zqKeptRes2"
+ERASED, KEPT, WITHDRAWN = "zqErased7k", "zqKeptRes2", "zqWithdrw3"
 
 
 @pytest.fixture
@@ -113,7 +114,7 @@ async def test_after_an_erasure_no_key_file_or_later_artifact_holds_the_id(
     state = settings.state_dir
     simulate(settings, residents=600, weeks=10, seed=5, end=END, progress=False,
              save_residents=False)
-    produce_events(settings, history(ERASED) + history(KEPT))
+    produce_events(settings, history(ERASED) + history(KEPT) + history(WITHDRAWN))
     ingest_until_idle(settings)
     train(settings, TrainOptions(params={"factors": 8}, baselines=(), refit=False,
                                  progress=False))
@@ -122,7 +123,8 @@ async def test_after_an_erasure_no_key_file_or_later_artifact_holds_the_id(
     keys = Keys(settings.redis_key_prefix)
 
     # before: the searches find the id in every store that should hold it
-    assert ERASED in load_artifact(champion_artifact(settings)).resident_ids.tolist()
+    trained = load_artifact(champion_artifact(settings)).resident_ids.tolist()
+    assert ERASED in trained and WITHDRAWN in trained
     in_redis = redis_occurrences(client, ERASED)
     assert any(":recent" in f for f in in_redis) and any(":b:{" in f for f in in_redis)
     assert any("eng:last_contact" in f for f in in_redis)
@@ -137,6 +139,12 @@ async def test_after_an_erasure_no_key_file_or_later_artifact_holds_the_id(
         assert erased.status_code == 200, erased.text
         assert erased.json()["published_lists_deleted"] == 2
         assert (await c.get(f"/v1/residents/{ERASED}/bundles")).json()["personalised"] is False
+        # and another resident objects to personalisation
+        withdrawn = await c.put(f"/v1/residents/{WITHDRAWN}/consent",
+                                json={"personalisation": False})
+        assert withdrawn.status_code == 200 and withdrawn.json()["effective"] is True
+        assert (await c.get(f"/v1/residents/{WITHDRAWN}/bundles")).json()["personalised"] \
+            is False
 
     # publishing the old champion again (no retraining yet) leaves the resident out
     cli("publish", "--no-progress")
@@ -160,7 +168,8 @@ async def test_after_an_erasure_no_key_file_or_later_artifact_holds_the_id(
     # the next training and publish, made after the erasure
     cli("train", "--no-progress", "--baselines", "", "--no-refit", "-p", "factors=8",
         "--force")
-    assert ERASED not in load_artifact(champion_artifact(settings)).resident_ids.tolist()
+    retrained = load_artifact(champion_artifact(settings)).resident_ids.tolist()
+    assert ERASED not in retrained and WITHDRAWN not in retrained and KEPT in retrained
     cli("publish", "--no-progress")
 
     # after: nothing anywhere, and the control resident is still found everywhere
