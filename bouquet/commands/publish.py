@@ -38,6 +38,7 @@ def publish(
     from bouquet.core.catalog import load_catalog
     from bouquet.pipelines.erasure import (
         ErasureRegister,
+        RegisterKeyMismatch,
         model_created_at,
         scrub_published,
         without_erased,
@@ -55,7 +56,7 @@ def publish(
         report = publisher.publish(
             model, model_version=version, run_id=run_id, pointer=pointer, progress=progress)
         scrubbed = scrub_published(settings, publisher.redis, report.version, model.resident_ids)
-    except (PublishError, LookupError) as exc:
+    except (PublishError, LookupError, RegisterKeyMismatch) as exc:
         console.print(f"[red]publish failed:[/] {exc}")
         console.print("the previous version (if any) is still serving")
         raise typer.Exit(1) from None
