@@ -197,4 +197,4 @@ def read_events(
             cutoff = frame["resident_id"].map(erased)
             keep = cutoff.isna() | (frame["ts"] > cutoff)
             frame = frame[keep.to_numpy()]
-    return frame[wanted].sort_values("ts", kind="stable").reset_index(drop=True)
+    return frame.sort_values("ts", kind="stable")[wanted].reset_index(drop=True)

@@ -67,3 +67,10 @@ def test_reader_ignores_half_written_files(tmp_path) -> None:
 def test_empty_log_reads_as_empty_frame_with_columns(tmp_path) -> None:
     frame = read_events(tmp_path / "nothing", columns=["resident_id", "ts"])
     assert list(frame.columns) == ["resident_id", "ts"] and frame.empty
+
+
+def test_reader_returns_only_the_columns_asked_for_even_without_ts(tmp_path) -> None:
+    EventLog(tmp_path).append([record(2, "b", 5), record(1, "a", 0)])
+    frame = read_events(tmp_path, columns=["event_id"])
+    assert list(frame.columns) == ["event_id"]
+    assert list(frame["event_id"]) == ["e1", "e2"]  # still in time order
