@@ -1,7 +1,10 @@
 """Operations: ``/readyz``, ``/metrics``, request metrics and the last-resort error handler.
 
-``/readyz`` is what a load balancer asks before sending traffic: Redis answers and a
-published version is loaded. It says what is degraded rather than just failing.
+``/readyz`` is what a load balancer asks before sending traffic. It answers 200 whenever a
+published version is loaded in this process — ``ready`` when Redis answers too,
+``degraded`` when Redis is down and answers come from the lists held in memory — and 503
+(``not_ready``) only when there is no model to answer with. Pulling every instance out of
+the balancer because the shared Redis blinked would turn a degraded service into an outage.
 ``/metrics`` is Prometheus text (no resident data, so no key needed; expose it on the
 internal network only).
 """
@@ -24,9 +27,9 @@ router = APIRouter(tags=["operations"])
 
 
 @router.get("/readyz", summary="Readiness probe",
-            responses={503: {"description": "Not ready; `checks` says what is missing"}})
+            responses={503: {"description": "No model loaded; `checks` says what is missing"}})
 async def readyz(runtime: RuntimeDep) -> JSONResponse:
-    """Ready when Redis answers and a published version is loaded in this process."""
+    """200 ``ready`` / 200 ``degraded`` (Redis down, model loaded) / 503 ``not_ready``."""
     checks: dict[str, dict[str, object]] = {}
     try:
         await asyncio.wait_for(runtime.store.ping(), timeout=1.0)
@@ -45,9 +48,14 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
     if missing:
         checks["experiment"] = {"ok": True, "detail": "variants without a published version "
                                 f"serve the champion: {', '.join(missing)}"}
-    ready = all(c["ok"] for c in checks.values())
-    return JSONResponse(status_code=200 if ready else 503,
-                        content={"status": "ready" if ready else "degraded", "checks": checks})
+    if not checks["model"]["ok"]:
+        status = "not_ready"
+    elif all(c["ok"] for c in checks.values()):
+        status = "ready"
+    else:
+        status = "degraded"
+    return JSONResponse(status_code=503 if status == "not_ready" else 200,
+                        content={"status": status, "checks": checks})
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

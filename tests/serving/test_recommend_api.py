@@ -187,13 +187,14 @@ async def test_readyz_and_metrics(served, make_settings) -> None:
         ready = await c.get("/readyz")
         await c.get("/v1/residents/never-seen/bundles")
         text = (await c.get("/metrics")).text
-    assert ready.status_code == 200 and ready.json()["checks"]["model"]["ok"]
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    assert ready.json()["checks"]["model"]["ok"]
     assert 'bouquet_fallbacks_total{kind="popular_city"}' in text
     assert 'route="/v1/residents/{resident_id}/bundles"' in text
     assert "bouquet_http_request_duration_seconds_bucket" in text
     async with client_for(make_settings()) as c:  # nothing published under this prefix
         empty = await c.get("/readyz")
         catalog_answer = (await c.get("/v1/residents/x/bundles")).json()
-    assert empty.status_code == 503 and empty.json()["status"] == "degraded"
+    assert empty.status_code == 503 and empty.json()["status"] == "not_ready"
     assert "bouquet publish" in empty.json()["checks"]["model"]["detail"]
     assert catalog_answer["fallback"] == "catalog" and catalog_answer["model_version"] == "none"
