@@ -11,7 +11,10 @@ What is measured, all in one run over the same pre-filled topic:
   (one consumer group; two bare loops on one partition each), measured over the window
   in which both processes were busy;
 * ``lag_p95_ms`` — produce → visible in Redis, per event, with a producer process sending
-  at a steady rate (``lag_rate`` events/s) while one consumer runs with default batching.
+  at a steady rate (``lag_rate`` events/s) while one consumer runs with default batching;
+* where the best one-process run's time went: wall time per event of the writer stages
+  (``*_us_per_event``) and CPU per event of the consumer process and of the Redis server
+  (``consumer_cpu_us_per_event``, ``redis_cpu_us_per_event``), which share the cores.
 
 The benchmark starts its own broker and Redis on free ports with a temporary state
 directory, unless ``--use-configured`` points it at the configured services (it then
@@ -194,16 +197,18 @@ def run_benchmark(settings: Settings, *, events: int = 150_000, partitions: int 
         _produce(base, events, seed=11)
         log.info("produced %d events in %.1f s", events, time.monotonic() - began)
 
-        bare_rates, pipe_rates, best = [], [], None
+        bare_rates, pipe_rates, best, best_cpu = [], [], None, (0.0, 0.0)
         for _ in range(repeats):
             bare = _bare(_fresh(base, "bare"), events, None)
             bare_rates.append(bare["records"] / (bare["last"] - bare["first"]))
             run = _fresh(base, "pipe")
             prefixes.append(run.redis_key_prefix)
+            process0, redis0 = time.process_time(), _redis_cpu(base)
             stats = _pipeline(run, events)
+            cpu = (time.process_time() - process0, _redis_cpu(base) - redis0)
             pipe_rates.append(stats.received / (stats.last_commit_at - stats.first_record_at))
             if pipe_rates[-1] == max(pipe_rates):
-                best = stats
+                best, best_cpu = stats, cpu
             log.info("bare %.0f/s, pipeline %.0f/s", bare_rates[-1], pipe_rates[-1])
         result.add("events_per_s", max(pipe_rates), "events/s")
         result.add("bare_events_per_s", max(bare_rates), "events/s")
@@ -212,6 +217,11 @@ def run_benchmark(settings: Settings, *, events: int = 150_000, partitions: int 
         # and the consumer thread; "writer_wait" is the consumer thread blocked on them)
         for name in ("log_write_s", "redis_s", "writer_wait_s"):
             result.add(f"{name[:-2]}_us_per_event", getattr(best, name) / events * 1e6, "µs")
+        # CPU per event of that run: the consumer process (all threads, group join and
+        # start-up included) and the Redis server (its own core; INFO cpu) — the two
+        # processes that share this machine's cores
+        result.add("consumer_cpu_us_per_event", best_cpu[0] / events * 1e6, "µs")
+        result.add("redis_cpu_us_per_event", best_cpu[1] / events * 1e6, "µs")
 
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()
@@ -279,6 +289,18 @@ def run_benchmark(settings: Settings, *, events: int = 150_000, partitions: int 
         if tmp is not None:
             tmp.cleanup()
     return result
+
+
+def _redis_cpu(settings: Settings) -> float:
+    """CPU seconds the Redis server has used (user + system), from INFO."""
+    import redis
+
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        info = client.info("cpu")
+    finally:
+        client.close()
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def _partition_counts(settings: Settings) -> dict[int, int]:
