@@ -218,8 +218,12 @@ async def resident_services(resident_id: ResidentId, request: Request,
 
 
 @router.get("/v1/_bench/bare/{resident_id}", include_in_schema=False)
-async def bare_redis_get(resident_id: ResidentId, request: Request) -> Response:
-    """The benchmark's floor: one Redis GET of the precomputed list, returned as it is."""
+async def bare_redis_get(resident_id: ResidentId, request: Request, _role: AppRole) -> Response:
+    """The benchmark's floor: one Redis GET of the precomputed list, returned as it is.
+
+    It goes through the same machinery as the recommendation routes wherever that machinery
+    is not the recommendation itself: FastAPI routing, the validated path parameter, the
+    same API-key check (same dependency), the middlewares, a ready ``Response``."""
     runtime = runtime_of(request.app)
     if not runtime.bench_endpoints:
         return Response(status_code=404)
