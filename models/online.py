@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,6 +99,12 @@ class ServingModel:
         self.gram_inv = np.linalg.inv(self.gram)
         self._y64 = y64
         self._y_ginv = y64 @ self.gram_inv
+        # Y G⁻¹ Yᵀ (services × services) and Y G⁻¹ Bᵀ (services × bundles): with them a
+        # request gets the re-ranking scores B·u (or Y·u) of the fold-in straight from the
+        # recent services' rows, never forming u (see recent_scores). A city catalogue has
+        # tens to hundreds of services: a few hundred kB at most.
+        self._q = np.ascontiguousarray(self._y_ginv @ y64.T)
+        self._p = np.ascontiguousarray(self._y_ginv @ self.bundle_matrix.astype(np.float64).T)
         self.bundle_index = {b: i for i, b in enumerate(self.bundle_ids)}
         self.service_index = {s: i for i, s in enumerate(self.service_ids)}
 
@@ -135,6 +142,53 @@ class ServingModel:
         if info != 0:
             z = np.linalg.solve(small, y @ pb)
         return pb - w.T @ z
+
+    def recent_scores(self, strengths: Mapping[int, float], kind: str = "b"
+                      ) -> np.ndarray | None:
+        """Every bundle's (``kind`` ``b``) or service's (``s``) score for the fold-in of
+        ``strengths`` — ``B·u`` or ``Y·u`` with ``u = fold_in(strengths)`` — in float64,
+        None when there is nothing to fold in.
+
+        The same normal equations as :meth:`fold_in`, rewritten on the precomputed
+        ``Q = Y G⁻¹ Yᵀ`` and ``P = Y G⁻¹ Bᵀ``: with ``W = Y_r G⁻¹``,
+        ``u = Wᵀ (c − z)`` where ``z = (Q_ss + D⁻¹)⁻¹ Q_sr c`` (``s``: the recent services
+        whose confidence exceeds the baseline 1, ``D = diag(c_s − 1)``), so
+        ``B·u = P_rᵀ (c − z)``. One m×m Cholesky solve and one (m × items) product — about
+        a dozen small numpy calls instead of the thirty of fold-in plus scoring, which
+        dominated the ranking's cost per request.
+        """
+        idx = [i for i, v in strengths.items() if v > 0]
+        if not idx:
+            return None
+        alpha, log_alpha = self.alpha, self.log_alpha
+        if log_alpha is not None:
+            c = [alpha * (1.0 + log_alpha * math.log1p(strengths[i])) for i in idx]
+        else:
+            c = [alpha * strengths[i] for i in idx]
+        rows = np.array(idx, dtype=np.intp)
+        coef = np.array(c)
+        sel = [j for j, cj in enumerate(c) if cj - 1.0 > 1e-12]
+        if sel:
+            inv_extra = [1.0 / (c[j] - 1.0) for j in sel]
+            if len(sel) == len(idx):
+                small = self._q.take(rows, 0).take(rows, 1)  # Q_rr, a fresh array
+                rhs = small @ coef
+                s_rows = rows
+            else:
+                s_rows = rows[sel]
+                q_sr = self._q.take(s_rows, 0).take(rows, 1)
+                rhs = q_sr @ coef
+                small = q_sr[:, sel]
+            small.flat[::len(sel) + 1] += inv_extra
+            _, z, info = _dposv(small, rhs, overwrite_a=1)  # SPD: Cholesky
+            if info != 0:  # numerically not positive definite: a general solve
+                q_ss = self._q.take(s_rows, 0).take(s_rows, 1)
+                z = np.linalg.solve(q_ss + np.diag(inv_extra), rhs)
+            if len(sel) == len(idx):
+                coef -= z
+            else:
+                coef[sel] -= z
+        return coef @ (self._p if kind == "b" else self._q).take(rows, 0)
 
     def bundle_scores(self, user: np.ndarray) -> np.ndarray:
         return self.bundle_matrix @ user.astype(np.float32)

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from bouquet.core.catalog import Catalog, available_in, eligibility_failure
-from bouquet.models.online import ENTRY, ServingModel
+from bouquet.models.online import ServingModel
 from bouquet.serving.store import RecentEvent, ResidentState
 
 #: Fallback kinds (also the label of the ``bouquet_fallbacks_total`` metric).
@@ -56,6 +56,15 @@ class Ranked:
     notice: str | None = None
     backfilled: int = 0
     fallbacks: list[str] = field(default_factory=list)
+
+
+def _descending(scores: list[float]) -> list[int]:
+    """Positions of ``scores`` from the highest, ties in list order (a stable sort), NaN
+    last — the order ``numpy.argsort(-scores, kind="stable")`` gives."""
+    total = sum(scores)
+    if total == total:  # no NaN (an inf − inf sum is NaN too: it takes the slow way, right)
+        return sorted(range(len(scores)), key=scores.__getitem__, reverse=True)
+    return np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable").tolist()
 
 
 class Recommender:
@@ -181,7 +190,9 @@ class Recommender:
         filters that depends only on the profile, cached per distinct profile (there are
         few: neighbourhood × age band × household × student × low income)."""
         p = state.profile
-        key = (kind, zone or state.neighbourhood, domain, p.get("age_band"),
+        # The resident's own neighbourhood is in the key even when ``zone`` overrides where
+        # the offer must be available: eligibility rules can name where the resident lives.
+        key = (kind, zone, state.neighbourhood, domain, p.get("age_band"),
                p.get("household"), bool(p.get("student")), bool(p.get("low_income")))
         found = self._permitted.get(key)
         if found is None:
@@ -250,9 +261,7 @@ class Recommender:
         ``baseline_variant``: they are in the non-personalised experiment variant.
         """
         allowed = self.bundle_allowed if kind == "b" else self.service_allowed
-        static = self._bundle_static if kind == "b" else self._service_static
-        id_key = "bundle_id" if kind == "b" else "service_id"
-        out: list[dict[str, Any]] = []
+        out: list[Pick] = []
         seen: set[str] = set()
         result = Ranked(items=out, personalised=False)
         if model is None:
@@ -270,60 +279,59 @@ class Recommender:
 
         ids = model.bundle_ids if kind == "b" else model.service_ids
         entries = state.precomputed
-        user = None
+        recent = None  # every item's fold-in score, when re-ranking
         conf: dict[int, float] = {}
         if personalise and rerank and state.recent:
             conf = self.confidences(state.recent, model)
-            user = model.fold_in(conf)
-        if personalise and not len(entries) and user is not None:
+            recent = model.recent_scores(conf, kind)
+        # Plain lists from here: per-element numpy access costs more than these short loops.
+        if personalise and len(entries):
+            rows = entries.tolist()  # [(item index, reason index, score)], best first
+        elif personalise and recent is not None:
             # Seen for the first time a moment ago: no precomputed list yet, but what they
             # just did is enough to rank every item by the fold-in alone.
-            entries = np.zeros(len(ids), dtype=ENTRY)
-            entries["i"] = np.arange(len(ids))
-            entries["r"] = len(model.reason_vocab)  # no precomputed reason
-        if personalise and len(entries):
+            no_reason = len(model.reason_vocab)
+            rows = [(i, no_reason, 0.0) for i in range(len(ids))]
+        else:
+            rows = None
+        if rows:
             result.personalised = True
-            idx = entries["i"].astype(np.intp)
-            pre = entries["s"].astype(np.float64)
-            scores = pre
-            boost = None
+            n_ids = len(ids)
+            boosts = None
             recent_services: set[str] = set()
-            if user is not None:
-                rt = model.bundle_scores(user) if kind == "b" else model.service_scores(user)
-                boost = self.rerank_weight * rt[np.minimum(idx, len(rt) - 1)].astype(np.float64)
-                boost[idx >= len(rt)] = 0.0
-                scores = pre + boost
+            if recent is not None:
+                w = self.rerank_weight
+                item_boost = [w * b for b in recent.tolist()]
+                n_boost = len(item_boost)
+                boosts = [item_boost[i] if i < n_boost else 0.0 for i, _, _ in rows]
+                scores = [row[2] + b for row, b in zip(rows, boosts, strict=True)]
                 result.reranked = True
                 recent_services = {model.service_ids[i] for i in conf}
-            # Plain lists from here: per-element numpy access costs more than the loop.
-            order = np.argsort(-scores, kind="stable").tolist()
-            idx_l, reasons_l = idx.tolist(), entries["r"].tolist()
-            scores_l, pre_l = scores.tolist(), pre.tolist()
-            boost_l = boost.tolist() if boost is not None else None
-            vocab, n_ids = model.reason_vocab, len(ids)
+            else:
+                scores = [row[2] for row in rows]
+            order = _descending(scores)
+            vocab = model.reason_vocab
             permitted = self.permitted(kind, state, zone, domain)
             blocked = self._blocked(kind, state)
             for j in order:
                 if len(out) >= k:
                     break
-                item_index = idx_l[j]
+                item_index, r, pre = rows[j]
                 if item_index >= n_ids:
                     continue
                 item_id = ids[item_index]
                 if item_id in seen or item_id not in permitted or item_id in blocked:
                     continue
                 seen.add(item_id)
-                r = reasons_l[j]
                 code = vocab[r] if r < len(vocab) else ""
-                if boost_l is not None and boost_l[j] > 0 and boost_l[j] >= 0.5 * abs(pre_l[j]):
+                if boosts is not None and boosts[j] > 0 and boosts[j] >= 0.5 * abs(pre):
                     code = self._recent_reason(kind, item_id, recent_services) or code
-                out.append(Pick(item_id, scores_l[j], code, "model"))
+                out.append(Pick(item_id, scores[j], code, "model"))
             if len(out) >= k:
                 return result
             result.backfilled = k - len(out)
             result.fallbacks.append(FALLBACK_BACKFILL)
-        self._popular_into(kind, state, model, k, zone, domain, result, seen, allowed, static,
-                           id_key)
+        self._popular_into(kind, state, model, k, zone, domain, result, seen)
         if not result.personalised:
             result.notice = self._notice(state, baseline_variant)
         return result
@@ -341,8 +349,8 @@ class Recommender:
         return None
 
     def _popular_into(self, kind: str, state: ResidentState, model: ServingModel, k: int,
-                      zone: str | None, domain: str | None, result: Ranked, seen: set[str],
-                      allowed: Any, static: dict[str, dict[str, Any]], id_key: str) -> None:
+                      zone: str | None, domain: str | None, result: Ranked,
+                      seen: set[str]) -> None:
         ids = model.bundle_ids if kind == "b" else model.service_ids
         nb = zone or state.neighbourhood
         sources = []
@@ -351,6 +359,9 @@ class Recommender:
         if (kind, "_all") in model.popular:
             sources.append((FALLBACK_CITY, "_all", model.popular[(kind, "_all")]))
         out = result.items
+        # The same rules as ``allowed``, from the per-profile cache.
+        permitted = self.permitted(kind, state, zone, domain)
+        blocked = self._blocked(kind, state)
         for label, where, entries in sources:
             used = False
             for entry in entries.tolist():
@@ -360,7 +371,7 @@ class Recommender:
                 if item_index >= len(ids):
                     continue
                 item_id = ids[item_index]
-                if item_id in seen or not allowed(item_id, state, zone, domain):
+                if item_id in seen or item_id not in permitted or item_id in blocked:
                     continue
                 seen.add(item_id)
                 used = True

@@ -85,3 +85,30 @@ def test_fold_in_equals_implicits_recalculate_user() -> None:
     ours = model.fold_in({5: 3.0, 7: 1.5})
     assert np.allclose(ours, expected, atol=1e-4)
     assert model.fold_in({}) is None and model.fold_in({5: 0.0}) is None
+
+
+@pytest.mark.parametrize("log_alpha", [None, 2.0])
+def test_recent_scores_equal_the_scores_of_the_fold_in(log_alpha) -> None:
+    """The serving path scores items from precomputed ``Y G⁻¹ Yᵀ`` / ``Y G⁻¹ Bᵀ`` without
+    forming the resident's factors: it must equal scoring :meth:`fold_in`'s result, including
+    when only some recent services are above the baseline confidence (a partial Woodbury
+    block) and when none are."""
+    rng = np.random.default_rng(5)
+    services, bundles, factors = 30, 12, 16
+    y = (rng.normal(size=(services, factors)) / 4).astype(np.float32)
+    b = (rng.normal(size=(bundles, factors)) / 4).astype(np.float32)
+    model = ServingModel(version="x", model_version="v1", run_id="",
+                         bundle_ids=[f"b{i}" for i in range(bundles)],
+                         service_ids=[f"s{i}" for i in range(services)], reason_vocab=[],
+                         service_factors=y, bundle_matrix=b, regularization=0.05,
+                         alpha=1.0, log_alpha=log_alpha)
+    cases = [{3: 2.0, 7: 0.5, 9: 1.0, 20: 0.1}, {5: 0.5}, {5: 3.0}, {1: 0.0, 2: 4.0},
+             {1: 1.0, 2: 1e-13, 3: 2.0}, {1: 0.3, 2: 0.2}, {i: 1.0 + i for i in range(20)}]
+    for strengths in cases:
+        user = model.fold_in(strengths)
+        for kind, matrix in (("b", b), ("s", y)):
+            got = model.recent_scores(strengths, kind)
+            assert got.shape == (len(matrix),)
+            np.testing.assert_allclose(got, matrix.astype(np.float64) @ user, rtol=1e-8,
+                                       atol=1e-10, err_msg=f"{strengths} {kind}")
+    assert model.recent_scores({}, "b") is None and model.recent_scores({4: 0.0}, "s") is None

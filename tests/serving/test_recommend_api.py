@@ -92,6 +92,31 @@ async def test_every_filter_applies(served) -> None:
     r.close()
 
 
+async def test_residents_only_offers_follow_where_the_resident_lives_under_zone(served) -> None:
+    """``zone`` says where the offer must be available; a residents-only rule still reads
+    where the resident lives. Two residents asking for the same zone share the per-profile
+    filter cache only if they live in the same place (the first one's answer once leaked
+    the canal's residents-only bundles to anyone asking for zone=jardins-du-canal)."""
+    settings, _, _ = served
+    canal = "canal-neighbourhood-pack"
+    set_profile(settings, "r3", consent="1", neighbourhood="jardins-du-canal")
+    set_profile(settings, "r4", consent="1", neighbourhood="gare")
+    async with client_for(settings) as c:
+        for rid, expected in (("r3", True), ("r4", False), ("r3", True)):
+            for path in ("bundles", "services"):
+                answer = (await c.get(f"/v1/residents/{rid}/{path}",
+                                      params={"k": 50, "zone": "jardins-du-canal"})).json()
+                got = ids(answer, path)
+                if path == "bundles":
+                    assert (canal in got) is expected, (rid, got)
+                else:
+                    assert ("canal-shared-cars" in got) is expected, (rid, got)
+            popular = (await c.get(f"/v1/residents/{rid}/bundles",
+                                   params={"k": 50, "zone": "jardins-du-canal",
+                                           "rerank": "false"})).json()
+            assert (canal in ids(popular)) is expected, (rid, ids(popular))
+
+
 async def test_cold_start_and_unknown_residents_get_popular(served) -> None:
     settings, model, _ = served
     set_profile(settings, "newcomer", neighbourhood="rives")
