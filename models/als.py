@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from threadpoolctl import threadpool_limits
 
-from bouquet.models.base import Recommender, as_user_ids, check_csr, explain_targets
+from bouquet.models.base import Recommender, check_csr, explain_targets
 from bouquet.models.foldin import als_gram, fold_in_many
+from bouquet.models.implicit_fit import fit_factors
 
 log = logging.getLogger(__name__)
 
@@ -84,19 +84,16 @@ class ALSRecommender(Recommender):
 
         x = check_csr(user_items).astype(np.float32)
         show = bool(kwargs.get("show_progress", self.show_progress))
-        with threadpool_limits(1, "blas"):
-            model = AlternatingLeastSquares(
-                factors=self.factors,
-                regularization=self.regularization,
-                alpha=self.alpha,
-                iterations=self.iterations,
-                use_cg=self.use_cg,
-                random_state=self.random_state,
-                num_threads=self.num_threads,
-            )
-            model.fit(x, show_progress=show)
-        self.user_factors_ = np.ascontiguousarray(model.user_factors, dtype=np.float32)
-        self.item_factors_ = np.ascontiguousarray(model.item_factors, dtype=np.float32)
+        model = AlternatingLeastSquares(
+            factors=self.factors,
+            regularization=self.regularization,
+            alpha=self.alpha,
+            iterations=self.iterations,
+            use_cg=self.use_cg,
+            random_state=self.random_state,
+            num_threads=self.num_threads,
+        )
+        self.user_factors_, self.item_factors_ = fit_factors(model, x, show)
         self.n_users_, self.n_items_ = x.shape
         self._gram = None
         log.debug("ALS fitted on %s users x %s items", *x.shape)
@@ -122,9 +119,9 @@ class ALSRecommender(Recommender):
         rows = check_csr(user_items)
         return fold_in_many(rows * self.alpha, self.item_factors_, self.gram_)
 
-    def score(
+    def _score(
         self,
-        user_ids: Any,
+        ids: np.ndarray,
         user_items: sp.csr_matrix | None = None,
         recalculate: bool = False,
         **kwargs: Any,
@@ -134,8 +131,6 @@ class ALSRecommender(Recommender):
         With ``recalculate=True`` the user factors are folded in from ``user_items`` instead of
         read from ``user_factors_`` (new residents, or residents with fresh events).
         """
-        self._check_fitted()
-        ids, scalar = as_user_ids(user_ids)
         if recalculate:
             if user_items is None:
                 raise ValueError("recalculate=True needs user_items (one row per user)")
@@ -147,8 +142,7 @@ class ALSRecommender(Recommender):
                     "users unseen at training time"
                 )
             users = self.user_factors_[ids]
-        out = users @ self.item_factors_.T
-        return out[0] if scalar else out
+        return users @ self.item_factors_.T
 
     def explain(
         self, user_items_row: sp.csr_matrix, item_ids: Any, weights: Any = None

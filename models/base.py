@@ -168,7 +168,6 @@ class Recommender(ABC):
             The fitted model, so calls can be chained (``Model(...).fit(X).recommend(...)``).
         """
 
-    @abstractmethod
     def score(
         self, user_ids: Any, user_items: sp.csr_matrix | None = None, **kwargs: Any
     ) -> np.ndarray:
@@ -189,6 +188,18 @@ class Recommender(ABC):
             ``(len(user_ids), n_items)`` float array (1-D when ``user_ids`` is a scalar).
             Higher is better; scores are comparable within a row, not across models.
         """
+        self._check_fitted()
+        ids, scalar = as_user_ids(user_ids)
+        out = self._score(ids, user_items, **kwargs)
+        return out[0] if scalar else out
+
+    @abstractmethod
+    def _score(
+        self, ids: np.ndarray, user_items: sp.csr_matrix | None = None, **kwargs: Any
+    ) -> np.ndarray:
+        """What each model implements: :meth:`score` for a 1-D array of user ids, as a 2-D
+        array. :meth:`score` has already checked the model is fitted and will drop the
+        first axis for a scalar id, so every model shares one contract."""
 
     def recommend(
         self,

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from threadpoolctl import threadpool_limits
 
-from bouquet.models.base import Recommender, as_user_ids, check_csr
+from bouquet.models.base import Recommender, check_csr
+from bouquet.models.implicit_fit import fit_factors
 
 log = logging.getLogger(__name__)
 
@@ -77,29 +77,23 @@ class BPRRecommender(Recommender):
 
         x = check_csr(user_items).astype(np.float32)
         show = bool(kwargs.get("show_progress", self.show_progress))
-        with threadpool_limits(1, "blas"):
-            model = BayesianPersonalizedRanking(
-                factors=self.factors,
-                learning_rate=self.learning_rate,
-                regularization=self.regularization,
-                iterations=self.iterations,
-                verify_negative_samples=self.verify_negative_samples,
-                random_state=self.random_state,
-                num_threads=self.num_threads,
-            )
-            model.fit(x, show_progress=show)
-        self.user_factors_ = np.ascontiguousarray(model.user_factors, dtype=np.float32)
-        self.item_factors_ = np.ascontiguousarray(model.item_factors, dtype=np.float32)
+        model = BayesianPersonalizedRanking(
+            factors=self.factors,
+            learning_rate=self.learning_rate,
+            regularization=self.regularization,
+            iterations=self.iterations,
+            verify_negative_samples=self.verify_negative_samples,
+            random_state=self.random_state,
+            num_threads=self.num_threads,
+        )
+        self.user_factors_, self.item_factors_ = fit_factors(model, x, show)
         self.n_users_, self.n_items_ = x.shape
         return self
 
-    def score(
-        self, user_ids: Any, user_items: sp.csr_matrix | None = None, **kwargs: Any
+    def _score(
+        self, ids: np.ndarray, user_items: sp.csr_matrix | None = None, **kwargs: Any
     ) -> np.ndarray:
         """Factor dot products (``user_items`` is not needed and ignored)."""
-        self._check_fitted()
-        ids, scalar = as_user_ids(user_ids)
         if ids.size and (ids.min() < 0 or ids.max() >= self.n_users_):
             raise IndexError(f"user ids must be in [0, {self.n_users_})")
-        out = self.user_factors_[ids] @ self.item_factors_.T
-        return out[0] if scalar else out
+        return self.user_factors_[ids] @ self.item_factors_.T

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from bouquet.models.base import NotFittedError, Recommender, as_user_ids, check_csr
+from bouquet.models.base import NotFittedError, Recommender, check_csr
 from bouquet.models.ease import CrossViewEASE, _row_normalise
 from bouquet.models.knn import ItemKNNRecommender, _rows
 
@@ -219,7 +219,7 @@ class BundleScorer(Recommender):
     # ------------------------------------------------------------------ scoring
     def _collab(self, ids: np.ndarray, rows: Any, side: Any) -> np.ndarray:
         kw = {}
-        if _accepts(self.bundle_model_.score, "side_items") and side is not None:
+        if _accepts(self.bundle_model_._score, "side_items") and side is not None:
             kw = {"side_items": side}
         return np.asarray(self.bundle_model_.score(ids, rows, **kw), dtype=np.float64)
 
@@ -242,9 +242,9 @@ class BundleScorer(Recommender):
             aff = _standardise(self._affinity(ids, side))
         return collab, aff
 
-    def score(
+    def _score(
         self,
-        user_ids: Any,
+        ids: np.ndarray,
         user_items: sp.csr_matrix | None = None,
         side_items: sp.csr_matrix | None = None,
         **kwargs: Any,
@@ -253,15 +253,13 @@ class BundleScorer(Recommender):
 
         Parameters
         ----------
-        user_ids : int or array-like of int
+        ids : numpy.ndarray of int
             Residents (rows of the training matrices for models with per-user state).
         user_items : scipy.sparse.csr_matrix
             One row of bundle interactions per resident.
         side_items : scipy.sparse.csr_matrix, optional
             One row of service interactions per resident (needed if fitted with services).
         """
-        self._check_fitted()
-        ids, scalar = as_user_ids(user_ids)
         rows = None if user_items is None else _rows(user_items, len(ids), self.n_items_)
         side = None
         if side_items is not None and self.n_side_items_:
@@ -277,7 +275,7 @@ class BundleScorer(Recommender):
                 None if side is None else side[sl],
             )
             out[sl] = collab if aff is None else collab + self.mix * aff
-        return out[0] if scalar else out
+        return out
 
     # ------------------------------------------------------------------ reasons
     def contributions(

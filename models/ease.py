@@ -28,7 +28,7 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
 
-from bouquet.models.base import Recommender, as_user_ids, check_csr, explain_targets
+from bouquet.models.base import Recommender, check_csr, explain_targets
 from bouquet.models.knn import _rows
 
 log = logging.getLogger(__name__)
@@ -75,29 +75,22 @@ class EASERecommender(Recommender):
         self.n_users_, self.n_items_ = x.shape
         return self
 
-    def score(
-        self, user_ids: Any, user_items: sp.csr_matrix | None = None, **kwargs: Any
+    def _score(
+        self, ids: np.ndarray, user_items: sp.csr_matrix | None = None, **kwargs: Any
     ) -> np.ndarray:
         """``user_items @ weights_`` (``user_items`` is required)."""
-        self._check_fitted()
-        ids, scalar = as_user_ids(user_ids)
         rows = _rows(user_items, len(ids), self.n_items_)
         if self.binary:
             rows = _binary(rows)
-        out = np.asarray(rows @ self.weights_)
-        return out[0] if scalar else out
+        return np.asarray(rows @ self.weights_)
 
     def explain(
         self, user_items_row: sp.csr_matrix, item_ids: Any, weights: Any = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Exact: item ``j`` contributes ``x_j * sum_k w_k * B[j, item_k]``."""
         self._check_fitted()
-        row = check_csr(user_items_row)
-        if self.binary:
-            row = _binary(row)
-        targets, w = explain_targets(item_ids, weights)
-        contrib = self.weights_[row.indices][:, targets].astype(np.float64) @ w
-        return row.indices.copy(), row.data * contrib
+        return _linear_contributions(self.weights_, user_items_row, item_ids, weights,
+                                     self.binary)
 
 
 class CrossViewEASE(Recommender):
@@ -363,9 +356,9 @@ class CrossViewEASE(Recommender):
         return w_t, w_s
 
     # ------------------------------------------------------------------ scoring
-    def score(
+    def _score(
         self,
-        user_ids: Any,
+        ids: np.ndarray,
         user_items: sp.csr_matrix | None = None,
         side_items: sp.csr_matrix | None = None,
         **kwargs: Any,
@@ -375,8 +368,6 @@ class CrossViewEASE(Recommender):
         ``side_items`` (one row per user) is required when the model was fitted with a side
         view; pass an empty row for a user with no side interactions.
         """
-        self._check_fitted()
-        ids, scalar = as_user_ids(user_ids)
         rows = _rows(user_items, len(ids), self.n_items_)
         if self.binary:
             rows = _binary(rows)
@@ -391,33 +382,26 @@ class CrossViewEASE(Recommender):
             if self.binary:
                 side = _binary(side)
             out += np.asarray(side @ self.side_weights_, dtype=np.float32)
-        return out[0] if scalar else out
+        return out
 
     def explain(
         self, user_items_row: sp.csr_matrix, item_ids: Any, weights: Any = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Contributions of the user's *targets* (bundles held); see :meth:`explain_side`."""
         self._check_fitted()
-        row = check_csr(user_items_row)
-        if self.binary:
-            row = _binary(row)
-        targets, w = explain_targets(item_ids, weights)
-        contrib = self.target_weights_[row.indices][:, targets].astype(np.float64) @ w
-        return row.indices.copy(), row.data * contrib
+        return _linear_contributions(self.target_weights_, user_items_row, item_ids, weights,
+                                     self.binary)
 
     def explain_side(
         self, side_items_row: sp.csr_matrix, item_ids: Any, weights: Any = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Contributions of the user's *side items* (services used) to the targets' score."""
         self._check_fitted()
-        row = check_csr(side_items_row)
-        if self.side_weights_ is None or row.nnz == 0:
+        if self.side_weights_ is None:
+            row = check_csr(side_items_row)
             return row.indices.copy(), np.zeros(row.nnz)
-        if self.binary:
-            row = _binary(row)
-        targets, w = explain_targets(item_ids, weights)
-        contrib = self.side_weights_[row.indices][:, targets].astype(np.float64) @ w
-        return row.indices.copy(), row.data * contrib
+        return _linear_contributions(self.side_weights_, side_items_row, item_ids, weights,
+                                     self.binary)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -425,6 +409,18 @@ def _binary(m: sp.csr_matrix) -> sp.csr_matrix:
     m = m.copy()
     m.data = (m.data != 0).astype(np.float32)
     return m
+
+
+def _linear_contributions(weights_matrix: np.ndarray, row: Any, item_ids: Any, weights: Any,
+                          binary: bool) -> tuple[np.ndarray, np.ndarray]:
+    """For a linear item-item model: interacted item ``j`` contributes
+    ``x_j * sum_k w_k * W[j, item_k]`` (exact, the score is linear in the row)."""
+    row = check_csr(row)
+    if binary:
+        row = _binary(row)
+    targets, w = explain_targets(item_ids, weights)
+    contrib = weights_matrix[row.indices][:, targets].astype(np.float64) @ w
+    return row.indices.copy(), row.data * contrib
 
 
 def _prepare(user_items: Any, binary: bool) -> sp.csr_matrix:

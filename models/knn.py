@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from bouquet.models.base import Recommender, as_user_ids, check_csr, explain_targets
+from bouquet.models.base import Recommender, check_csr, explain_targets
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +88,12 @@ class ItemKNNRecommender(Recommender):
         self.n_users_, self.n_items_ = x.shape
         return self
 
-    def score(
-        self, user_ids: Any, user_items: sp.csr_matrix | None = None, **kwargs: Any
+    def _score(
+        self, ids: np.ndarray, user_items: sp.csr_matrix | None = None, **kwargs: Any
     ) -> np.ndarray:
         """``user_items @ similarity_`` as a dense array (``user_items`` is required)."""
-        self._check_fitted()
-        ids, scalar = as_user_ids(user_ids)
         rows = _rows(user_items, len(ids), self.n_items_)
-        out = (rows @ self.similarity_).toarray()
-        return out[0] if scalar else out
+        return (rows @ self.similarity_).toarray()
 
     def explain(
         self, user_items_row: sp.csr_matrix, item_ids: Any, weights: Any = None

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from bouquet.models.base import Recommender, as_user_ids, check_csr
+from bouquet.models.base import Recommender, check_csr
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +53,11 @@ class PopularityRecommender(Recommender):
         self.item_popularity_ = _item_counts(x, self.binary) / max(1, self.n_users_)
         return self
 
-    def score(
-        self, user_ids: Any, user_items: sp.csr_matrix | None = None, **kwargs: Any
+    def _score(
+        self, ids: np.ndarray, user_items: sp.csr_matrix | None = None, **kwargs: Any
     ) -> np.ndarray:
         """The popularity vector, repeated for each user."""
-        self._check_fitted()
-        ids, scalar = as_user_ids(user_ids)
-        out = np.tile(self.item_popularity_, (len(ids), 1))
-        return out[0] if scalar else out
+        return np.tile(self.item_popularity_, (len(ids), 1))
 
 
 class GroupPopularityRecommender(Recommender):
@@ -131,9 +128,9 @@ class GroupPopularityRecommender(Recommender):
         self.item_popularity_ = overall
         return self
 
-    def score(
+    def _score(
         self,
-        user_ids: Any,
+        ids: np.ndarray,
         user_items: sp.csr_matrix | None = None,
         groups: Any = None,
         **kwargs: Any,
@@ -147,8 +144,6 @@ class GroupPopularityRecommender(Recommender):
             training-time group. Without it, training users get their training group and
             unknown ids get overall popularity.
         """
-        self._check_fitted()
-        ids, scalar = as_user_ids(user_ids)
         if groups is not None:
             labels = [groups] if isinstance(groups, str) or np.isscalar(groups) else groups
             index = {g: k for k, g in enumerate(self.groups_)}
@@ -160,5 +155,4 @@ class GroupPopularityRecommender(Recommender):
             g_idx = np.full(ids.size, -1, dtype=np.int64)
             g_idx[known] = self.user_group_[ids[known]]
         table = np.vstack([self.group_popularity_, self.item_popularity_[None, :]])
-        out = table[np.where(g_idx >= 0, g_idx, len(self.groups_))]
-        return out[0] if scalar else out
+        return table[np.where(g_idx >= 0, g_idx, len(self.groups_))]
