@@ -36,7 +36,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -50,6 +49,7 @@ import numpy as np
 import typer
 
 from bouquet.benchmarks.harness import BenchResult, print_result, write_json
+from bouquet.benchmarks.processes import service_env, start, stop, wait_ready
 from bouquet.core.catalog import Catalog, load_catalog
 from bouquet.core.keys import Keys
 from bouquet.core.settings import Settings
@@ -109,60 +109,6 @@ def _resident_state(settings: Settings, catalog: Catalog, residents: int, seed: 
             pipe.execute()
     pipe.execute()
     client.close()
-
-
-# --- the server ------------------------------------------------------------------------------
-def _env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("BOUQUET_", "REDIS_URL", "KAFKA_", "MLFLOW_", "PROMETHEUS_"))}
-    env.update({
-        "BOUQUET_ENV": "test", "REDIS_URL": settings.redis_url,
-        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-        "BOUQUET_STATE_DIR": str(settings.state_dir),
-        "BOUQUET_REDIS_KEY_PREFIX": settings.redis_key_prefix,
-        "BOUQUET_API_KEYS": json.dumps({APP_KEY: "app"}),
-        "BOUQUET_SERVING_BENCH_ENDPOINTS": "true",
-        "BOUQUET_TOPIC_EVENTS": settings.topic_events,
-        "BOUQUET_TOPIC_DLQ": settings.topic_dlq,
-        "BOUQUET_CONSUMER_GROUP": settings.consumer_group,
-        "BOUQUET_INGEST_SESSION_TIMEOUT_MS": "6000",
-        "BOUQUET_INGEST_HEARTBEAT_INTERVAL_MS": "1000",
-        "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
-    })
-    return env
-
-
-def _start(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    with open(log_path, "ab") as out:
-        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-
-
-def _stop(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-
-
-def _wait_ready(base: str, proc: subprocess.Popen[bytes], timeout_s: float = 90) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("the server exited during start-up (see its log)")
-        try:
-            if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise RuntimeError("the server did not become ready")
 
 
 # --- the open-loop generator (runs in its own process) --------------------------------------
@@ -373,11 +319,13 @@ def run_benchmark(settings: Settings, *, residents: int = 50_000, duration: floa
         client.close()
 
         port = free_port()
-        env = _env(bench)
-        server = _start([sys.executable, "-m", "bouquet", "serve", "--workers", "2",
-                         "--port", str(port)], env, state / "server.log")
+        env = service_env(bench, APP_KEY, BOUQUET_SERVING_BENCH_ENDPOINTS="true",
+                          BOUQUET_INGEST_SESSION_TIMEOUT_MS="6000",
+                          BOUQUET_INGEST_HEARTBEAT_INTERVAL_MS="1000")
+        server = start([sys.executable, "-m", "bouquet", "serve", "--workers", "2",
+                        "--port", str(port)], env, state / "server.log")
         base = f"http://127.0.0.1:{port}"
-        _wait_ready(base, server)
+        wait_ready(base, server)
         time.sleep(1.0)
 
         rng = random.Random(3)
@@ -436,8 +384,8 @@ def run_benchmark(settings: Settings, *, residents: int = 50_000, duration: floa
         result.add("cpu_ratio_to_bare_redis", median["bare"] / median["rerank"], "ratio")
 
         if freshness_trials:
-            consumer = _start([sys.executable, "-m", "bouquet", "ingest"], env,
-                              state / "consumer.log")
+            consumer = start([sys.executable, "-m", "bouquet", "ingest"], env,
+                            state / "consumer.log")
             # The first resident warms the path up (group join, first batch): not measured.
             warm = freshness(base, catalog, fresh[:1], 1, give_up_s=90)
             log.info("consumer ready after %.0f ms", warm[0])
@@ -447,8 +395,8 @@ def run_benchmark(settings: Settings, *, residents: int = 50_000, duration: floa
             result.add("freshness_max_ms", float(np.max(times)), "ms")
         result.add("errors", errors, "count")
     finally:
-        _stop(consumer)
-        _stop(server)
+        stop(consumer)
+        stop(server)
         stack.down()
         if not keep_state:
             shutil.rmtree(state, ignore_errors=True)

@@ -47,6 +47,7 @@ import numpy as np
 import typer
 
 from bouquet.benchmarks.harness import BenchResult, print_result, write_json
+from bouquet.benchmarks.processes import load_note, service_env, start, stop, wait_ready
 from bouquet.core.catalog import Catalog, load_catalog
 from bouquet.core.keys import Keys
 from bouquet.core.settings import Settings
@@ -65,49 +66,6 @@ def _deployment(prefix: str, **more: Any) -> tuple[Settings, LocalStack, Path]:
                         **more)
     return settings, LocalStack(settings), state
 
-
-def _env(settings: Settings, **more: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("BOUQUET_", "REDIS_URL", "KAFKA_", "MLFLOW_", "PROMETHEUS_"))}
-    env.update({
-        "BOUQUET_ENV": "test", "REDIS_URL": settings.redis_url,
-        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-        "BOUQUET_STATE_DIR": str(settings.state_dir),
-        "BOUQUET_EVENT_LOG_DIR": str(settings.event_log_path),
-        "BOUQUET_REDIS_KEY_PREFIX": settings.redis_key_prefix,
-        "BOUQUET_API_KEYS": json.dumps({APP_KEY: "app"}),
-        "BOUQUET_TOPIC_EVENTS": settings.topic_events,
-        "BOUQUET_TOPIC_DLQ": settings.topic_dlq,
-        "BOUQUET_TOPIC_PARTITIONS": str(settings.topic_partitions),
-        "BOUQUET_CONSUMER_GROUP": settings.consumer_group,
-        "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
-    })
-    env.update(more)
-    return env
-
-
-def _start(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    with open(log_path, "ab") as out:
-        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-
-
-def _stop(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    os.killpg(proc.pid, sig)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-
-
-def _load_note(before: tuple[float, float, float]) -> str:
-    after = os.getloadavg()
-    return (f"load average (1/5/15 min) before {before[0]:.2f}/{before[1]:.2f}/{before[2]:.2f},"
-            f" after {after[0]:.2f}/{after[1]:.2f}/{after[2]:.2f} on {os.cpu_count()} CPUs; "
-            "every process of the deployment and the load generator share them")
 
 
 # --- soak: the load generator (its own process) ---------------------------------------------
@@ -305,12 +263,12 @@ def run_soak(settings: Settings, *, minutes: float = 5.0, rate: float = 200.0,
             synthetic_model(catalog, residents, factors=32), model_version="v1", run_id="soak")
         _seed_residents(bench, catalog, residents)
         port = free_port()
-        env = _env(bench)
-        server = _start([sys.executable, "-m", "bouquet", "serve", "--workers", "2", "--port",
-                         str(port)], env, state / "server.log")
-        consumer = _start([sys.executable, "-m", "bouquet", "ingest", "--log-every", "30"],
-                          env, state / "consumer.log")
-        _wait_ready(f"http://127.0.0.1:{port}", server)
+        env = service_env(bench, APP_KEY)
+        server = start([sys.executable, "-m", "bouquet", "serve", "--workers", "2", "--port",
+                        str(port)], env, state / "server.log")
+        consumer = start([sys.executable, "-m", "bouquet", "ingest", "--log-every", "30"],
+                         env, state / "consumer.log")
+        wait_ready(f"http://127.0.0.1:{port}", server)
         time.sleep(2.0)
         server_proc = psutil.Process(server.pid)
         processes = {"server_master": server_proc}
@@ -423,28 +381,13 @@ def run_soak(settings: Settings, *, minutes: float = 5.0, rate: float = 200.0,
         result.notes.append("p99 per window: " + ", ".join(
             f"{w['t_s']:.0f}s {w['p99_ms']:.1f}" for w in windows))
     finally:
-        _stop(consumer)
-        _stop(server)
+        stop(consumer)
+        stop(server)
         stack.down()
         shutil.rmtree(state, ignore_errors=True)
-    result.notes.append(_load_note(load_before))
+    result.notes.append(load_note(load_before))
     return result
 
-
-def _wait_ready(base: str, proc: subprocess.Popen[bytes], timeout_s: float = 90) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("the server exited during start-up (see its log)")
-        try:
-            if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise RuntimeError("the server did not become ready")
 
 
 # --- kill-replay -----------------------------------------------------------------------------
@@ -516,11 +459,11 @@ def run_kill_replay(settings: Settings, *, events: int = 200_000, kills: int = 3
             producer.flush(120)
 
         def ingest(target: Settings, *args: str, batch: int = 5000) -> subprocess.Popen[bytes]:
-            env = _env(target, BOUQUET_INGEST_SESSION_TIMEOUT_MS="3000",
-                       BOUQUET_INGEST_HEARTBEAT_INTERVAL_MS="500")
-            return _start([sys.executable, "-m", "bouquet", "ingest", "--log-every", "5",
-                           "--batch-max-events", str(batch), *args], env,
-                          state / f"{target.consumer_group}.log")
+            env = service_env(target, APP_KEY, BOUQUET_INGEST_SESSION_TIMEOUT_MS="3000",
+                              BOUQUET_INGEST_HEARTBEAT_INTERVAL_MS="500")
+            return start([sys.executable, "-m", "bouquet", "ingest", "--log-every", "5",
+                          "--batch-max-events", str(batch), *args], env,
+                         state / f"{target.consumer_group}.log")
 
         began = time.monotonic()
         running = ingest(clean, "--until-idle", "--idle-seconds", "3")
@@ -597,7 +540,7 @@ def run_kill_replay(settings: Settings, *, events: int = 200_000, kills: int = 3
             running.wait(timeout=10)
         stack.down()
         shutil.rmtree(state, ignore_errors=True)
-    result.notes.append(_load_note(load_before))
+    result.notes.append(load_note(load_before))
     return result
 
 
