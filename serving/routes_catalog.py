@@ -7,7 +7,8 @@ Any valid API key may read it: the catalog holds no resident data.
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from collections.abc import Sequence
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -37,25 +38,26 @@ def _cached(request: Request, name: str, build) -> list[dict]:
     return cache[name]
 
 
+def _listing(request: Request, catalog: Catalog, name: str, entries: Sequence[Any],
+             domain: Domain | None, zone: str | None) -> Response:
+    """Catalog entries (services or bundles) of one domain and zone, as JSON. The entries
+    are dumped once per app: the catalog does not change while it runs."""
+    _check_zone(catalog, zone)
+    items = _cached(request, name, lambda: [e.model_dump(mode="json") for e in entries])
+    out = [e for e in items if (domain is None or e["domain"] == domain.value)
+           and (zone is None or available_in(e["zones"], zone))]
+    return Response(json.dumps(out), media_type="application/json")
+
+
 @router.get("/services", response_model=list[Service], summary="Every service")
 async def catalog_services(request: Request, catalog: CatalogDep, _role: AnyRole,
                            domain: Domain | None = None, zone: Zone = None) -> Response:
     """Services of the catalog, optionally of one domain and available in one zone."""
-    _check_zone(catalog, zone)
-    items = _cached(request, "services",
-                    lambda: [s.model_dump(mode="json") for s in catalog.services])
-    out = [s for s in items if (domain is None or s["domain"] == domain.value)
-           and (zone is None or available_in(s["zones"], zone))]
-    return Response(json.dumps(out), media_type="application/json")
+    return _listing(request, catalog, "services", catalog.services, domain, zone)
 
 
 @router.get("/bundles", response_model=list[Bundle], summary="Every bundle")
 async def catalog_bundles(request: Request, catalog: CatalogDep, _role: AnyRole,
                           domain: Domain | None = None, zone: Zone = None) -> Response:
     """Bundles of the catalog (service ids as listed), optionally filtered."""
-    _check_zone(catalog, zone)
-    items = _cached(request, "bundles",
-                    lambda: [b.model_dump(mode="json") for b in catalog.bundles])
-    out = [b for b in items if (domain is None or b["domain"] == domain.value)
-           and (zone is None or available_in(b["zones"], zone))]
-    return Response(json.dumps(out), media_type="application/json")
+    return _listing(request, catalog, "bundles", catalog.bundles, domain, zone)
