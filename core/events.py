@@ -175,6 +175,15 @@ class InteractionEvent(BaseModel):
     recommendation_id: str | None = Field(default=None, pattern=REFERENCE_RE)
     context: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("ts", mode="before")
+    @classmethod
+    def _iso_text_only(cls, value: Any) -> Any:
+        # Pydantic would read a bare number as epoch seconds; the contract says ISO-8601
+        # text, and a number there is far more often a client bug (ms vs s) than intent.
+        if isinstance(value, str | datetime):
+            return value
+        raise ValueError("ts must be ISO-8601 text with a zone, e.g. 2026-11-27T08:15:00+01:00")
+
     @field_validator("ts")
     @classmethod
     def _to_utc(cls, value: datetime) -> datetime:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
@@ -57,6 +58,7 @@ REASON_INTERNAL = "internal_error"
 
 _LOG_COLUMNS = ("event_id", "resident_id", "type", "service_id", "bundle_id", "ts",
                 "channel", "value", "recommendation_id", "context", "schema_version")
+_RESIDENT, _TYPE, _TS = (_LOG_COLUMNS.index(name) for name in ("resident_id", "type", "ts"))
 
 
 @dataclass
@@ -104,6 +106,47 @@ class Batch:
             return {name: [] for name in _LOG_COLUMNS}
         columns = zip(*self.rows, strict=True)
         return {name: list(values) for name, values in zip(_LOG_COLUMNS, columns, strict=True)}
+
+    def erasures(self) -> list[tuple[str, float]]:
+        """(resident id, erasure epoch s) of the batch's ``erase`` events, in order."""
+        return [(row[_RESIDENT], row[_TS].timestamp()) for row in self.rows
+                if row[_TYPE] == "erase"]
+
+    def late_candidates(self) -> tuple[list[str], list[float]]:
+        """Resident ids and epoch time stamps of the events an erasure could make late
+        (``+inf`` for ``erase`` events: an erasure is never late data itself)."""
+        rids = [row[_RESIDENT] for row in self.rows]
+        ts = [float("inf") if row[_TYPE] == "erase" else row[_TS].timestamp()
+              for row in self.rows]
+        return rids, ts
+
+    def late_within(self) -> list[bool]:
+        """Per event: True when an ``erase`` event of its resident *earlier in this batch*
+        has a time stamp at or after its own (late data, as if the erasure were already
+        on record). Events before the erasure are not late: they are applied, then erased,
+        exactly as when the two land in different batches."""
+        cutoffs: dict[str, datetime] = {}
+        mask = []
+        for row in self.rows:
+            rid, ts = row[_RESIDENT], row[_TS]
+            if row[_TYPE] == "erase":
+                if rid not in cutoffs or ts > cutoffs[rid]:
+                    cutoffs[rid] = ts
+                mask.append(False)
+            else:
+                cut = cutoffs.get(rid)
+                mask.append(cut is not None and ts <= cut)
+        return mask
+
+    def drop(self, mask: Sequence[bool]) -> int:
+        """Remove the events where ``mask`` is True (before anything is written); returns
+        how many. Rows and script slots are one per event, in the same order."""
+        keep = [i for i, dropped in enumerate(mask) if not dropped]
+        removed = len(self.rows) - len(keep)
+        if removed:
+            self.rows = [self.rows[i] for i in keep]
+            self.slots = [self.slots[i] for i in keep]
+        return removed
 
     def table(self) -> pa.Table:
         """The valid events as an event-log Arrow table (``ingested_at`` left to the log)."""

@@ -10,6 +10,11 @@ through, in this order:
 2. :meth:`bouquet.core.eventlog.EventLog.append` — durable when it returns — and, side by
    side with it, 3. the Redis batch script (:mod:`bouquet.streaming.state`), which applies
    each event's effects once (per-event marker set atomically with the effects);
+   With erasure hooks (:class:`ErasureHooks`, wired by ``bouquet ingest``), before 2 and 3
+   events time-stamped at or before an erasure of their resident that came before them
+   (late data of an erased resident) are dropped — never logged, never applied — and
+   after them the batch's ``erase`` events are recorded in the erasure register and the
+   residents' published lists deleted;
 4. dead-letter acknowledgements awaited, dead-letter counters updated;
 5. offsets committed.
 
@@ -30,11 +35,11 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import redis
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
@@ -62,6 +67,21 @@ T = TypeVar("T")
 #: the records will be delivered again (to us or to another member) and de-duplicated.
 _REBALANCE_ERRORS = (CommitFailedError, RebalanceInProgressError, IllegalGenerationError,
                      UnknownMemberIdError)
+
+
+class ErasureHooks(Protocol):
+    """What the consumer calls for erasures reaching stores it does not own (the register,
+    the published keyspace: :class:`bouquet.pipelines.erasure.ErasureCascade`). A protocol,
+    so ``streaming`` does not depend on ``pipelines``; both calls must be idempotent (a
+    batch that fails is written again)."""
+
+    def after_erase(self, erased: Iterable[tuple[str, float]]) -> int:
+        """Record erasures ``(resident id, epoch s)`` durably and cascade them."""
+        ...
+
+    def drop_late(self, resident_ids: Sequence[str], ts_epoch: Sequence[float]) -> Any:
+        """Per event, True when it is data of a resident erased at or after its time."""
+        ...
 
 
 class IngestError(RuntimeError):
@@ -137,6 +157,8 @@ class IngestStats:
     log_write_s: float = 0.0
     redis_s: float = 0.0
     dlq_s: float = 0.0
+    #: events of erased residents time-stamped before their erasure, dropped unwritten
+    erased_late: int = 0
     writer_wait_s: float = 0.0
     first_record_at: float | None = None  # wall clock (time.time())
     last_commit_at: float | None = None
@@ -176,8 +198,10 @@ class IngestConsumer:
     """One member of the ingestion consumer group (see the module docstring)."""
 
     def __init__(self, settings: Settings, catalog: Catalog | None = None,
-                 options: IngestOptions | None = None) -> None:
+                 options: IngestOptions | None = None,
+                 erasure: ErasureHooks | None = None) -> None:
         self.settings = settings
+        self.erasure = erasure
         self.options = options or IngestOptions.from_settings(settings)
         self.catalog = catalog or load_catalog(settings.catalog_path)
         self.keys = Keys(settings.redis_key_prefix)
@@ -527,6 +551,8 @@ class IngestConsumer:
         """Make the batch durable: DLQ sends, event log, Redis, DLQ acks and counters."""
         assert self._state is not None
         futures = self._send_dead_letters(batch.dead_letters)
+        if batch.events and self.erasure is not None:
+            self._drop_erased_data(batch)
         if batch.events:
             # The log append and the Redis script run side by side (both mostly wait on
             # I/O). Their order does not matter for exactly-once: only the commit has to
@@ -537,6 +563,7 @@ class IngestConsumer:
             applied, dups, erased = self._retry("redis", lambda: self._state.apply(batch.slots))
             self.stats.redis_s += time.monotonic() - began
             logged.result()
+            self._record_erasures(batch)
             dups += batch.in_batch_duplicates
             self.stats.applied += applied
             self.stats.duplicates += dups
@@ -563,6 +590,31 @@ class IngestConsumer:
                 metrics.DEAD_LETTERS.labels(letter.reason).inc()
             metrics.EVENTS.labels("dead_letter").inc(len(batch.dead_letters))
             self.stats.dlq_s += time.monotonic() - began
+
+    def _drop_erased_data(self, batch: Batch) -> None:
+        """Drop late events of erased residents before anything of the batch is written:
+        those of residents on record (earlier batches, the admin API), and those after an
+        ``erase`` event of their resident in this batch. An event is therefore dropped iff
+        an erasure of its resident, time-stamped at or after it, came before it — the same
+        outcome whatever the batch boundaries."""
+        hooks = self.erasure
+        assert hooks is not None
+        rids, ts = batch.late_candidates()
+        on_record = self._retry("erasure register", lambda: hooks.drop_late(rids, ts))
+        mask = [bool(a) or b for a, b in zip(on_record, batch.late_within(), strict=True)]
+        dropped = batch.drop(mask)
+        if dropped:
+            self.stats.erased_late += dropped
+            metrics.EVENTS.labels("erased_late").inc(dropped)
+            log.info("dropped %d late event(s) of erased residents", dropped)
+
+    def _record_erasures(self, batch: Batch) -> None:
+        """After the batch is written: its erasures go on record (register, published
+        lists). Idempotent; a crash before this point replays the batch, and this call."""
+        erasures = batch.erasures()
+        if erasures and self.erasure is not None:
+            hooks = self.erasure
+            self._retry("erasure register", lambda: hooks.after_erase(erasures))
 
     def _append_log(self, batch: Batch) -> None:
         began = time.monotonic()

@@ -11,7 +11,8 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 EVENTS = Counter(
     "bouquet_ingest_events_total",
     "Records by outcome: received (from Kafka), logged (rows appended to the event log), "
-    "applied (new Redis effects), duplicate (already seen event_id), dead_letter",
+    "applied (new Redis effects), duplicate (already seen event_id), dead_letter, "
+    "erased_late (data of an erased resident, dropped unwritten)",
     ["outcome"],
 )
 DEAD_LETTERS = Counter("bouquet_ingest_dead_letters_total", "Dead letters by reason", ["reason"])

@@ -11,10 +11,12 @@ import json
 import logging
 from pathlib import Path
 
+import redis
 import typer
 
 from bouquet.core.settings import get_settings
 from bouquet.localstack import ensure_topics
+from bouquet.pipelines.erasure import ErasureCascade
 from bouquet.streaming import metrics
 from bouquet.streaming.consumer import IngestConsumer, IngestError, IngestOptions
 
@@ -57,7 +59,11 @@ def ingest(
         metrics.serve(metrics_port)
         log.info("metrics on http://127.0.0.1:%d/metrics", metrics_port)
     ensure_topics(settings)
-    consumer = IngestConsumer(settings, options=options)
+    # erasures reach the register and the published lists as the consumer applies them,
+    # and late events of erased residents are dropped (docs/privacy.md)
+    cascade = ErasureCascade(settings, redis.Redis.from_url(settings.redis_url,
+                                                            socket_timeout=30))
+    consumer = IngestConsumer(settings, options=options, erasure=cascade)
     try:
         stats = consumer.run()
     except IngestError as exc:

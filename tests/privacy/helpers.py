@@ -13,33 +13,49 @@ import numpy as np
 import pyarrow.parquet as pq
 
 
-def redis_occurrences(client: Any, needle: str) -> list[str]:
-    """Every key whose name or value contains ``needle`` (the whole database, any type)."""
+def redis_occurrences(client: Any, needle: str, chunk: int = 2000) -> list[str]:
+    """Every key whose name or value contains ``needle`` (the whole database, any type).
+
+    Pipelined a chunk of keys at a time: the session's Redis holds every test's keys
+    (hundreds of thousands), and two round trips per key took minutes."""
     target = needle.encode()
+    readers = {
+        "string": lambda pipe, key: pipe.get(key),
+        "list": lambda pipe, key: pipe.lrange(key, 0, -1),
+        "set": lambda pipe, key: pipe.smembers(key),
+        "hash": lambda pipe, key: pipe.hgetall(key),
+        "zset": lambda pipe, key: pipe.zrange(key, 0, -1),
+        "stream": lambda pipe, key: pipe.xrange(key),
+    }
     found = []
-    for key in client.scan_iter(count=5000):
-        if target in key:
-            found.append(f"key {key!r}")
-            continue
-        kind = client.type(key).decode()
-        if kind == "string":
-            values = [client.get(key) or b""]
-        elif kind == "list":
-            values = client.lrange(key, 0, -1)
-        elif kind == "set":
-            values = list(client.smembers(key))
-        elif kind == "hash":
-            values = [b for pair in client.hgetall(key).items() for b in pair]
-        elif kind == "zset":
-            values = [m for m, _ in client.zrange(key, 0, -1, withscores=True)]
-        elif kind == "stream":
-            values = [b for _, fields in client.xrange(key) for pair in fields.items()
-                      for b in pair]
-        else:
-            values = []
-        if any(target in v for v in values if isinstance(v, bytes)):
-            found.append(f"value of {key!r} ({kind})")
+    keys = list(client.scan_iter(count=10_000))
+    for start in range(0, len(keys), chunk):
+        names = keys[start:start + chunk]
+        found += [f"key {key!r}" for key in names if target in key]
+        names = [key for key in names if target not in key]
+        pipe = client.pipeline(transaction=False)
+        for key in names:
+            pipe.type(key)
+        kinds = [kind.decode() for kind in pipe.execute()]
+        pipe = client.pipeline(transaction=False)
+        read = [(key, kind) for key, kind in zip(names, kinds, strict=True) if kind in readers]
+        for key, kind in read:
+            readers[kind](pipe, key)
+        for (key, kind), raw in zip(read, pipe.execute(), strict=True):
+            if any(target in value for value in _flat_bytes(raw)):
+                found.append(f"value of {key!r} ({kind})")
     return found
+
+
+def _flat_bytes(raw: Any) -> list[bytes]:
+    """The byte strings of a Redis reply (a value, a list, a set, a hash, stream entries)."""
+    if isinstance(raw, bytes):
+        return [raw]
+    if isinstance(raw, dict):
+        return [b for pair in raw.items() for b in _flat_bytes(list(pair))]
+    if isinstance(raw, list | tuple | set):
+        return [b for item in raw for b in _flat_bytes(item)]
+    return []
 
 
 def _decoded_parquet(path: Path, target: str) -> bool:
@@ -86,7 +102,7 @@ def file_occurrences(root: Path, needle: str) -> list[str]:
     return found
 
 
-def ingest_until_idle(settings: Any, idle_s: float = 1.5) -> Any:
+def ingest_until_idle(settings: Any, idle_s: float = 1.5, erasure: Any = None) -> Any:
     """Run the real consumer in this process until the topic is drained and idle."""
     from bouquet.core.catalog import load_catalog
     from bouquet.localstack import ensure_topics
@@ -96,7 +112,8 @@ def ingest_until_idle(settings: Any, idle_s: float = 1.5) -> Any:
     options = IngestOptions.from_settings(settings, idle_seconds=idle_s, session_timeout_ms=6000,
                                           heartbeat_interval_ms=1000, log_every_s=0,
                                           batch_min_ms=20, install_signal_handlers=False)
-    return IngestConsumer(settings, load_catalog(settings.catalog_path), options).run()
+    return IngestConsumer(settings, load_catalog(settings.catalog_path), options,
+                          erasure=erasure).run()
 
 
 def produce_events(settings: Any, events: list[dict]) -> None:

@@ -4,10 +4,16 @@ mask, and publish leaving erased residents out."""
 from __future__ import annotations
 
 import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pyarrow.parquet as pq
 
 from bouquet.core.catalog import load_catalog
+from bouquet.core.eventlog import read_events
 from bouquet.core.keys import Keys
 from bouquet.pipelines.erasure import ErasureCascade, ErasureRegister, without_erased
+from tests.privacy.helpers import ingest_until_idle, produce_events
 from tests.serving.support import publish, redis_client, small_model
 
 CATALOG = load_catalog()
@@ -49,3 +55,45 @@ def test_publish_leaves_out_residents_erased_after_the_model_was_trained(setting
             == model.resident_factors[row]).all()
     conservative, gone = without_erased(model, register)  # training time unknown
     assert gone == ["r1", "r2"] and len(conservative.resident_ids) == 48
+
+
+def _event(rid: str, kind: str, at: datetime, service_id: str | None = None) -> dict:
+    return {"schema_version": 1, "event_id": uuid.uuid4().hex, "resident_id": rid,
+            "type": kind, "service_id": service_id, "ts": at.isoformat(), "channel": "app"}
+
+
+def test_the_consumer_cascades_erase_events_and_drops_late_data(settings) -> None:
+    """Through Kafka and the real consumer wired as ``bouquet ingest`` wires it: the
+    ``erase`` event reaches the register and the published lists, and events of the erased
+    resident time-stamped before the erasure — in the same batch, or arriving later — are
+    never written; the resident's events after the erasure, and other residents', are."""
+    model = small_model(CATALOG)
+    published = publish(settings, model, model_version="v1")
+    client = redis_client(settings)
+    keys = Keys(settings.redis_key_prefix)
+    service = CATALOG.services[0].id
+    erased_at = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    before, after = erased_at - timedelta(minutes=30), erased_at + timedelta(minutes=30)
+    first = [_event("r3", "click", before, service), _event("r3", "erase", erased_at),
+             _event("r3", "use", before - timedelta(minutes=1), service),  # late, same batch
+             _event("r5", "click", before, service)]
+    produce_events(settings, first)
+    stats = ingest_until_idle(settings, erasure=ErasureCascade(settings, client))
+    # the use after the erase is late; the click before it is applied, then erased (as
+    # when the two land in different batches) and hidden from readers
+    assert stats.erased_late == 1
+    assert ErasureRegister.for_settings(settings).cutoff("r3") == erased_at.timestamp()
+    assert not client.exists(keys.recs(published.version, "r3", "b"))
+    assert client.exists(keys.recs(published.version, "r5", "b"))
+
+    second = [_event("r3", "view", before, service),  # a kiosk syncing late: dropped
+              _event("r3", "click", after, service)]  # the resident came back: kept
+    produce_events(settings, second)
+    stats = ingest_until_idle(settings, erasure=ErasureCascade(settings, client))
+    assert stats.erased_late == 1
+    logged = pq.read_table(settings.event_log_path).to_pylist()
+    ids = {row["event_id"] for row in logged}
+    assert ids == {first[i]["event_id"] for i in (0, 1, 3)} | {second[1]["event_id"]}
+    assert [e["event_id"] for e in read_events(settings.event_log_path).to_dict("records")
+            if e["resident_id"] == "r3"] == [second[1]["event_id"]]
+    client.close()

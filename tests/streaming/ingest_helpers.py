@@ -48,10 +48,30 @@ def _round(value: float) -> float:
     return round(float(value), 3)
 
 
-class ReferenceState:
-    """What Redis must hold after ``events`` (valid, in partition order) were ingested."""
+def late_event_ids(events: list[dict[str, Any]]) -> set[str]:
+    """Events a consumer with erasure hooks (``bouquet ingest``) drops unwritten: those
+    time-stamped at or before an erasure of their resident that came before them (each
+    resident's events are in one partition, so stream order is their order)."""
+    cutoffs: dict[str, datetime] = {}
+    seen: set[str] = set()
+    late: set[str] = set()
+    for e in events:
+        rid, ts = e["resident_id"], _ts(e)
+        if e["type"] == "erase":
+            cutoffs[rid] = max(ts, cutoffs.get(rid, ts))
+        elif e["event_id"] not in seen and rid in cutoffs and ts <= cutoffs[rid]:
+            late.add(e["event_id"])
+        seen.add(e["event_id"])
+    return late
 
-    def __init__(self, catalog: Catalog, prefix: str, cap: int = 50) -> None:
+
+class ReferenceState:
+    """What Redis must hold after ``events`` (valid, in partition order) were ingested;
+    ``drop_late``: by a consumer with erasure hooks (see :func:`late_event_ids`)."""
+
+    def __init__(self, catalog: Catalog, prefix: str, cap: int = 50,
+                 drop_late: bool = False) -> None:
+        self.drop_late = drop_late
         self.catalog = catalog
         self.keys = Keys(prefix)
         self.cap = cap
@@ -68,8 +88,10 @@ class ReferenceState:
         self.funnel_index: set[str] = set()
 
     def apply_all(self, events: list[dict[str, Any]]) -> ReferenceState:
+        late = late_event_ids(events) if self.drop_late else set()
         for event in events:
-            self.apply(event)
+            if event["event_id"] not in late:
+                self.apply(event)
         return self
 
     def apply(self, e: dict[str, Any]) -> None:

@@ -79,6 +79,7 @@ MALFORMED: list[tuple[str, bytes | None, str]] = [
     ("event id with a slash", enc(valid(event_id="a/b")), "bad_event_id"),
     ("naive timestamp", enc(valid(ts="2026-01-01T10:00:00")), "bad_timestamp"),
     ("not a timestamp", enc(valid(ts="yesterday")), "bad_timestamp"),
+    ("timestamp as epoch seconds", enc(valid(ts=1_764_000_000)), "bad_timestamp"),
     ("context too deep", enc(valid(context=deep(4))), "bad_context"),
     ("unknown channel", enc(valid(channel="pigeon")), "unknown_channel"),
     ("unknown event type", enc(valid(type="like")), "unknown_event_type"),
