@@ -9,6 +9,7 @@ re-ranking. implicit stays the solver; this file only adapts it.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -84,7 +85,8 @@ class ALSRecommender(Recommender):
 
         x = check_csr(user_items).astype(np.float32)
         show = bool(kwargs.get("show_progress", self.show_progress))
-        model = AlternatingLeastSquares(
+        make_model = partial(
+            AlternatingLeastSquares,
             factors=self.factors,
             regularization=self.regularization,
             alpha=self.alpha,
@@ -93,7 +95,7 @@ class ALSRecommender(Recommender):
             random_state=self.random_state,
             num_threads=self.num_threads,
         )
-        self.user_factors_, self.item_factors_ = fit_factors(model, x, show)
+        self.user_factors_, self.item_factors_ = fit_factors(make_model, x, show)
         self.n_users_, self.n_items_ = x.shape
         self._gram = None
         log.debug("ALS fitted on %s users x %s items", *x.shape)

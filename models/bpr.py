@@ -9,6 +9,7 @@ item bias and no special scoring is needed.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -77,7 +78,8 @@ class BPRRecommender(Recommender):
 
         x = check_csr(user_items).astype(np.float32)
         show = bool(kwargs.get("show_progress", self.show_progress))
-        model = BayesianPersonalizedRanking(
+        make_model = partial(
+            BayesianPersonalizedRanking,
             factors=self.factors,
             learning_rate=self.learning_rate,
             regularization=self.regularization,
@@ -86,7 +88,7 @@ class BPRRecommender(Recommender):
             random_state=self.random_state,
             num_threads=self.num_threads,
         )
-        self.user_factors_, self.item_factors_ = fit_factors(model, x, show)
+        self.user_factors_, self.item_factors_ = fit_factors(make_model, x, show)
         self.n_users_, self.n_items_ = x.shape
         return self
 
