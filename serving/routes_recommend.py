@@ -219,11 +219,21 @@ async def resident_services(resident_id: ResidentId, request: Request,
 
 @router.get("/v1/_bench/bare/{resident_id}", include_in_schema=False)
 async def bare_redis_get(resident_id: ResidentId, request: Request, _role: AppRole) -> Response:
-    """The benchmark's floor: one Redis GET of the precomputed list, returned as it is.
+    """The benchmark's authenticated floor: one Redis GET of the precomputed list, returned
+    as it is, through the same machinery as the recommendation routes wherever that
+    machinery is not the recommendation itself: FastAPI routing, the validated path
+    parameter, the same API-key check (same dependency), the middlewares."""
+    return await _bare_get(request, resident_id)
 
-    It goes through the same machinery as the recommendation routes wherever that machinery
-    is not the recommendation itself: FastAPI routing, the validated path parameter, the
-    same API-key check (same dependency), the middlewares, a ready ``Response``."""
+
+@router.get("/v1/_bench/bare-open/{resident_id}", include_in_schema=False)
+async def bare_redis_get_open(resident_id: ResidentId, request: Request) -> Response:
+    """The benchmark's strict floor: the same GET without the API-key check (what the issue
+    calls a bare FastAPI + redis-py GET endpoint); enabled with the bench endpoints only."""
+    return await _bare_get(request, resident_id)
+
+
+async def _bare_get(request: Request, resident_id: str) -> Response:
     runtime = runtime_of(request.app)
     if not runtime.bench_endpoints:
         return Response(status_code=404)

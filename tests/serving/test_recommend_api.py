@@ -223,3 +223,22 @@ async def test_readyz_and_metrics(served, make_settings) -> None:
     assert empty.status_code == 503 and empty.json()["status"] == "not_ready"
     assert "bouquet publish" in empty.json()["checks"]["model"]["detail"]
     assert catalog_answer["fallback"] == "catalog" and catalog_answer["model_version"] == "none"
+
+
+async def test_benchmark_floors_exist_only_when_enabled(served) -> None:
+    """The two floors of ``bench serve`` return the resident's precomputed list as stored;
+    the authenticated one checks the key; both are 404 unless the bench endpoints are on."""
+    settings, _, report = served
+    stored = redis_client(settings).get(Keys(settings.redis_key_prefix).recs(
+        report.version, "r1", "b"))
+    assert stored
+    async with client_for(settings) as c:
+        assert (await c.get("/v1/_bench/bare-open/r1")).status_code == 404
+        assert (await c.get("/v1/_bench/bare/r1")).status_code == 404
+    enabled = settings.model_copy(update={"serving_bench_endpoints": True})
+    async with client_for(enabled) as c:
+        assert (await c.get("/v1/_bench/bare-open/r1", headers={"X-API-Key": ""})).content \
+            == stored
+        assert (await c.get("/v1/_bench/bare/r1")).content == stored
+        assert (await c.get("/v1/_bench/bare/r1", headers={"X-API-Key": "nope"})).status_code \
+            == 401
