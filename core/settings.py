@@ -151,7 +151,8 @@ class Settings(BaseSettings):
     # "champion", "share": 0.9}, {"name": "popular", "share": 0.1}]}; a variant is
     # `champion`, `popular`, or any name published with `bouquet publish --pointer NAME`.
     experiments: dict[str, Any] | None = None
-    # Adds GET /v1/_bench/bare/{id} (one Redis GET, the benchmark's floor). Off by default.
+    # Adds GET /v1/_bench/bare/{id} and /v1/_bench/bare-open/{id} (one Redis GET: the serving
+    # benchmark's floors; the second without a key). Off by default; refused in production.
     serving_bench_endpoints: bool = False
 
     # --- engagement analytics (issue 7; owner: analytics; see docs/engagement.md) ---------
@@ -200,6 +201,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "BOUQUET_PSEUDONYM_SECRET must be set to a random secret of 32+ characters "
                 "in production"
+            )
+        if self.serving_bench_endpoints:
+            raise ValueError(
+                "BOUQUET_SERVING_BENCH_ENDPOINTS is for benchmarks only (one of its endpoints "
+                "answers without an API key); unset it in production"
             )
         return self
 

@@ -57,6 +57,9 @@ def test_production_refuses_development_secrets(monkeypatch) -> None:
         Settings()
     monkeypatch.setenv("BOUQUET_PSEUDONYM_SECRET", "x" * 40)
     assert Settings().env == "production"
+    monkeypatch.setenv("BOUQUET_SERVING_BENCH_ENDPOINTS", "true")  # one answers without a key
+    with pytest.raises(ValidationError, match="benchmarks only"):
+        Settings()
 
 
 def test_negative_event_weight_is_refused() -> None:
