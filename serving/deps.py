@@ -15,6 +15,7 @@ import hmac
 import secrets
 from typing import Annotated, Any, Literal
 
+import redis
 import redis.asyncio as aioredis
 from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.requests import HTTPConnection
@@ -51,6 +52,24 @@ async def get_redis(request: Request) -> aioredis.Redis:
 
 async def get_keys(request: Request) -> Keys:
     return request.app.state.keys
+
+
+def sync_redis(app: Any, name: str, socket_timeout: float) -> redis.Redis:
+    """A synchronous Redis client of the app (``app.state.<name>``), made on first use, for
+    work that runs in a worker thread with the blocking library code it calls (operator
+    figures, erasure, exports). Closed by :func:`close_sync_redis` at shutdown."""
+    found = getattr(app.state, name, None)
+    if found is None:
+        found = redis.Redis.from_url(app.state.settings.redis_url,
+                                     socket_timeout=socket_timeout, socket_connect_timeout=2)
+        setattr(app.state, name, found)
+    return found
+
+
+def close_sync_redis(app: Any, name: str) -> None:
+    client = getattr(app.state, name, None)
+    if client is not None:
+        client.close()
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

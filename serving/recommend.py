@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from bouquet.core.catalog import Catalog, available_in, eligibility_failure
+from bouquet.core.catalog import Bundle, Catalog, Service, available_in, eligibility_failure
 from bouquet.models.online import ServingModel
 from bouquet.serving.store import RecentEvent, ResidentState
 
@@ -160,29 +160,14 @@ class Recommender:
     # --- filters -----------------------------------------------------------------------------
     def bundle_allowed(self, bundle_id: str, state: ResidentState, zone: str | None,
                        domain: str | None) -> bool:
-        bundle = self.catalog.bundle_by_id.get(bundle_id)
-        if bundle is None:  # published before the catalog dropped it
-            return False
-        if f"b:{bundle_id}" in state.holdings or bundle_id in state.dismissed:
-            return False
-        if domain is not None and bundle.domain.value != domain:
-            return False
-        if not available_in(bundle.zones, zone or state.neighbourhood):
-            return False
-        return eligibility_failure(bundle.eligibility, state.profile) is None
+        return bundle_id not in state.dismissed and _offer_allowed(
+            self.catalog.bundle_by_id.get(bundle_id), f"b:{bundle_id}", state, zone, domain)
 
     def service_allowed(self, service_id: str, state: ResidentState, zone: str | None,
                         domain: str | None) -> bool:
-        service = self.catalog.service_by_id.get(service_id)
-        if service is None:
-            return False
-        if f"s:{service_id}" in state.holdings or f"s:{service_id}" in state.dismissed:
-            return False
-        if domain is not None and service.domain.value != domain:
-            return False
-        if not available_in(service.zones, zone or state.neighbourhood):
-            return False
-        return eligibility_failure(service.eligibility, state.profile) is None
+        member = f"s:{service_id}"
+        return member not in state.dismissed and _offer_allowed(
+            self.catalog.service_by_id.get(service_id), member, state, zone, domain)
 
     def permitted(self, kind: str, state: ResidentState, zone: str | None,
                   domain: str | None) -> frozenset[str]:
@@ -396,3 +381,17 @@ class Recommender:
             return ("Not personalised: the resident has not consented to personalisation, "
                     f"so these are the most popular offers {where}.")
         return f"Not personalised: no list for this resident yet; most popular offers {where}."
+
+
+def _offer_allowed(offer: Bundle | Service | None, holding: str, state: ResidentState,
+                   zone: str | None, domain: str | None) -> bool:
+    """A bundle or service may be offered: still in the catalog (lists published before the
+    catalog dropped it are skipped), not held, of the domain asked, available in the zone
+    asked (else where the resident lives), and the resident is eligible."""
+    if offer is None or holding in state.holdings:
+        return False
+    if domain is not None and offer.domain.value != domain:
+        return False
+    if not available_in(offer.zones, zone or state.neighbourhood):
+        return False
+    return eligibility_failure(offer.eligibility, state.profile) is None

@@ -39,7 +39,7 @@ from redis.exceptions import RedisError
 from bouquet.analytics.figures import FIGURES, BadQuery
 from bouquet.analytics.service import EngagementService
 from bouquet.analytics.tables import Table
-from bouquet.serving.deps import OperatorRole
+from bouquet.serving.deps import OperatorRole, close_sync_redis, sync_redis
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -73,18 +73,11 @@ def service_of(app: FastAPI) -> EngagementService:
 
 def _sync_redis(app: FastAPI) -> redis.Redis:
     """A synchronous client for the live figures, which run in a worker thread."""
-    found = getattr(app.state, "operator_redis", None)
-    if found is None:
-        found = redis.Redis.from_url(app.state.settings.redis_url, socket_timeout=2,
-                                     socket_connect_timeout=2)
-        app.state.operator_redis = found
-    return found
+    return sync_redis(app, "operator_redis", socket_timeout=2)
 
 
 async def shutdown(app: FastAPI) -> None:
-    client = getattr(app.state, "operator_redis", None)
-    if client is not None:
-        client.close()
+    close_sync_redis(app, "operator_redis")
 
 
 def _answer(table: Table, fmt: str) -> Response:

@@ -39,7 +39,15 @@ from bouquet.core.audit import AuditLog, api_actor, read_stream, resident_ref
 from bouquet.core.events import ID_RE, Channel
 from bouquet.core.keys import Keys
 from bouquet.core.settings import Settings
-from bouquet.serving.deps import AdminRole, AppRole, OperatorRole, SettingsDep, api_key_header
+from bouquet.serving.deps import (
+    AdminRole,
+    AppRole,
+    OperatorRole,
+    SettingsDep,
+    api_key_header,
+    close_sync_redis,
+    sync_redis,
+)
 from bouquet.serving.runtime import Runtime, RuntimeDep
 from bouquet.streaming.producer import EventProducer, ProduceFailed
 
@@ -96,13 +104,8 @@ class ErasureAnswer(BaseModel):
 
 
 def _sync_redis(app: FastAPI) -> redis.Redis:
-    """A synchronous client for the work done in worker threads (erasure, export, audit)."""
-    found = getattr(app.state, "privacy_redis", None)
-    if found is None:
-        found = redis.Redis.from_url(app.state.settings.redis_url, socket_timeout=5,
-                                     socket_connect_timeout=2)
-        app.state.privacy_redis = found
-    return found
+    """A synchronous client for the erasure, export, audit, which run in a worker thread."""
+    return sync_redis(app, "privacy_redis", socket_timeout=5)
 
 
 def _audit(app: FastAPI) -> AuditLog:
@@ -348,6 +351,4 @@ def configure(app: FastAPI) -> None:
 
 
 async def shutdown(app: FastAPI) -> None:
-    client = getattr(app.state, "privacy_redis", None)
-    if client is not None:
-        client.close()
+    close_sync_redis(app, "privacy_redis")
