@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from bouquet.core.keys import Keys, UnsafeKeyPart
@@ -38,3 +40,20 @@ def test_recommendation_ids_round_trip() -> None:
     assert parse_recommendation_id(None) is None
     with pytest.raises(ValueError):
         make_recommendation_id("v7.1", "a")
+
+
+def test_recommendation_ids_are_distinct_within_and_across_forked_processes() -> None:
+    """The token comes from a PRNG: a forked worker must not repeat its parent's ids."""
+    ids = {make_recommendation_id("v7", "champion") for _ in range(100_000)}
+    assert len(ids) == 100_000
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        os.write(write, make_recommendation_id("v7", "champion").encode())
+        os._exit(0)
+    os.close(write)
+    from_child = os.read(read, 200).decode()
+    os.waitpid(child, 0)
+    os.close(read)
+    assert from_child != make_recommendation_id("v7", "champion")
+    assert parse_recommendation_id(from_child) is not None
