@@ -18,7 +18,8 @@ help:
 	@echo "make test-unit   tests that need no services"
 	@echo "make bench       every benchmark; writes results/bench.json"
 	@echo "make soak        5-minute soak + 200k-event SIGKILL replay; writes results/soak*.json"
-	@echo "make lint        ruff"
+	@echo "make lint        ruff check"
+	@echo "make format      ruff's safe fixes (import order, ...)"
 	@echo "make clean       stop the local stack, remove state and results"
 
 $(BIN)/python:
