@@ -32,6 +32,10 @@ class StreamSpec:
     resend_rate: float = 0.01
     #: share of residents who ask to be erased at the end of their stream
     erase_rate: float = 0.002
+    #: chance that an erased resident still shows up afterwards with an event time-stamped
+    #: before the erasure (an offline kiosk syncing late): data a consumer with erasure
+    #: hooks drops (docs/privacy.md)
+    late_after_erase: float = 0.25
     end: datetime | None = None  # newest event time; default: now - 1 min
 
 
@@ -56,7 +60,7 @@ def stream(catalog: Catalog, spec: StreamSpec) -> Iterator[dict[str, Any]]:
             emitted += 1
             continue
         rid = rng.choice(residents)
-        if rid in gone:
+        if rid in gone and rng.random() >= spec.late_after_erase:
             continue
         counter += 1
         ts = start + timedelta(seconds=rng.random() * span)
@@ -64,7 +68,7 @@ def stream(catalog: Catalog, spec: StreamSpec) -> Iterator[dict[str, Any]]:
                                  "resident_id": rid, "ts": ts.isoformat(),
                                  "channel": rng.choice(_CHANNELS)}
         roll = rng.random()
-        if rid in erased and roll < 0.02:
+        if rid in erased and rid not in gone and roll < 0.02:
             event.update(type="erase", channel="system", ts=end.isoformat())
             gone.add(rid)
         elif roll < 0.04:

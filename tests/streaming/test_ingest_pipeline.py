@@ -182,7 +182,10 @@ def test_each_malformed_input_lands_in_the_dlq_with_its_reason(settings: Setting
 def test_a_second_consumer_joining_mid_stream_loses_and_doubles_nothing(
         make_settings, tmp_path: Path) -> None:
     settings = make_settings(topic_partitions=4)
-    events = list(stream(CATALOG, StreamSpec(events=40_000, residents=3000, seed=21)))
+    # erasures with late events after them: the CLI's erasure hooks drop those mid-rebalance
+    events = list(stream(CATALOG, StreamSpec(events=40_000, residents=3000, seed=21,
+                                             erase_rate=0.03)))
+    assert late_event_ids(events)
     produce(settings, [encode(e) for e in events[:20_000]])
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     stats_files = [tmp_path / "a.json", tmp_path / "b.json"]
@@ -218,7 +221,10 @@ def test_sigkill_at_random_moments_then_restart_equals_a_clean_run(
         make_settings, tmp_path: Path) -> None:
     rng = random.Random(4)
     clean = make_settings(event_log_dir=tmp_path / "clean-log")
-    events = list(stream(CATALOG, StreamSpec(events=40_000, residents=3000, seed=33)))
+    # erasures with late events after them: dropped alike by the clean and the killed runs
+    events = list(stream(CATALOG, StreamSpec(events=40_000, residents=3000, seed=33,
+                                             erase_rate=0.03)))
+    assert late_event_ids(events)
     produce(clean, [encode(e) for e in events])
     run_in_process(clean, erasure_hooks=True)  # as the CLI the crashy runs use
 
