@@ -442,10 +442,14 @@ def run_kill_replay(settings: Settings, *, events: int = 200_000, kills: int = 3
     base, stack, state = _deployment("kill-replay", catalog_path=settings.catalog_path)
     catalog = load_catalog(base.catalog_path)
     rng = random.Random(seed)
+    # each run its own state directory: the erasure register the CLI's hooks write there
+    # must not tell the second run about the first run's erasures
     clean = base.model_copy(update={"consumer_group": "clean", "redis_key_prefix": "clean:",
-                                    "event_log_dir": state / "clean-log"})
+                                    "event_log_dir": state / "clean-log",
+                                    "state_dir": state / "clean-state"})
     crashy = base.model_copy(update={"consumer_group": "crashy", "redis_key_prefix": "crash:",
-                                     "event_log_dir": state / "crash-log"})
+                                     "event_log_dir": state / "crash-log",
+                                     "state_dir": state / "crash-state"})
     running: subprocess.Popen[bytes] | None = None
     try:
         stack.up(timeout_s=60)
