@@ -308,12 +308,13 @@ class ErasureCascade:
         self.register.record_many(pairs, "ingestion")
         return delete_published(self.client, self.keys, [rid for rid, _ in pairs])
 
-    def drop_late(self, resident_ids: Sequence[str], ts_epoch: Sequence[float]) -> np.ndarray:
-        """Mask of events to drop *before* writing a batch: events of erased residents time
-        stamped at or before their erasure (late arrivals). One HMAC per distinct resident
-        of the batch; the register is re-read for entries other processes appended."""
+    def erased_among(self, resident_ids: Iterable[str]) -> dict[str, float]:
+        """Erasure time (epoch s) of those of ``resident_ids`` on record: what the consumer
+        asks before writing a batch, to drop late events. The register is re-read for
+        entries other processes appended; one HMAC per distinct resident, and none (the ids
+        not even iterated) while nobody is on record."""
         self.register.reload()
-        return self.register.erased_mask(resident_ids, ts_epoch)
+        return self.register.erased_among(resident_ids)
 
 
 # --- publish: never re-publish an erased resident ------------------------------------------

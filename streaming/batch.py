@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
@@ -93,6 +93,8 @@ class Batch:
     event_ids: set[str] = field(default_factory=set)
     records: int = 0
     in_batch_duplicates: int = 0
+    #: an ``erase`` event is among the rows (set as they are laid out)
+    has_erasures: bool = False
     started: float = 0.0
 
     @property
@@ -107,41 +109,41 @@ class Batch:
         columns = zip(*self.rows, strict=True)
         return {name: list(values) for name, values in zip(_LOG_COLUMNS, columns, strict=True)}
 
+    def resident_ids(self) -> Iterator[str]:
+        """The resident id of each event, lazily (a caller may not need them)."""
+        return (row[_RESIDENT] for row in self.rows)
+
     def erasures(self) -> list[tuple[str, float]]:
         """(resident id, erasure epoch s) of the batch's ``erase`` events, in order."""
+        if not self.has_erasures:
+            return []
         return [(row[_RESIDENT], row[_TS].timestamp()) for row in self.rows
                 if row[_TYPE] == "erase"]
 
-    def late_candidates(self) -> tuple[list[str], list[float]]:
-        """Resident ids and epoch time stamps of the events an erasure could make late
-        (``+inf`` for ``erase`` events: an erasure is never late data itself)."""
-        rids = [row[_RESIDENT] for row in self.rows]
-        ts = [float("inf") if row[_TYPE] == "erase" else row[_TS].timestamp()
-              for row in self.rows]
-        return rids, ts
+    def drop_late(self, on_record: Mapping[str, float]) -> int:
+        """Remove late data of erased residents before anything is written; returns how many.
 
-    def late_within(self) -> list[bool]:
-        """Per event: True when an ``erase`` event of its resident *earlier in this batch*
-        has a time stamp at or after its own (late data, as if the erasure were already
-        on record). Events before the erasure are not late: they are applied, then erased,
-        exactly as when the two land in different batches."""
-        cutoffs: dict[str, datetime] = {}
-        mask = []
-        for row in self.rows:
-            rid, ts = row[_RESIDENT], row[_TS]
+        An event is late when an erasure of its resident, time-stamped at or after it, came
+        before it: one on record (``on_record``: resident id → erasure epoch s, from earlier
+        batches or the admin API) or an ``erase`` event earlier in this batch. Events
+        *before* an ``erase`` event are kept (applied, then erased, as when the two land in
+        different batches), and so are the ``erase`` events themselves. Rows and script
+        slots are one per event, in the same order. Nothing to do — the usual case — costs
+        nothing per event.
+        """
+        if not on_record and not self.has_erasures:
+            return 0
+        cutoffs = dict(on_record)
+        keep = []
+        for i, row in enumerate(self.rows):
+            rid, epoch = row[_RESIDENT], row[_TS].timestamp()
+            cut = cutoffs.get(rid)
             if row[_TYPE] == "erase":
-                if rid not in cutoffs or ts > cutoffs[rid]:
-                    cutoffs[rid] = ts
-                mask.append(False)
-            else:
-                cut = cutoffs.get(rid)
-                mask.append(cut is not None and ts <= cut)
-        return mask
-
-    def drop(self, mask: Sequence[bool]) -> int:
-        """Remove the events where ``mask`` is True (before anything is written); returns
-        how many. Rows and script slots are one per event, in the same order."""
-        keep = [i for i, dropped in enumerate(mask) if not dropped]
+                if cut is None or epoch > cut:
+                    cutoffs[rid] = epoch
+                keep.append(i)
+            elif cut is None or epoch > cut:
+                keep.append(i)
         removed = len(self.rows) - len(keep)
         if removed:
             self.rows = [self.rows[i] for i in keep]
@@ -431,6 +433,7 @@ class BatchBuilder:
             payload = "1" if value == 1 else "0"
         else:  # erase
             payload = ""
+            batch.has_erasures = True
         combo = self._combos.get((day, week, channel, domain, factor))
         if combo is None:
             combo = self._combos[(day, week, channel, domain, factor)] = \

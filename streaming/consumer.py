@@ -35,7 +35,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -79,8 +79,9 @@ class ErasureHooks(Protocol):
         """Record erasures ``(resident id, epoch s)`` durably and cascade them."""
         ...
 
-    def drop_late(self, resident_ids: Sequence[str], ts_epoch: Sequence[float]) -> Any:
-        """Per event, True when it is data of a resident erased at or after its time."""
+    def erased_among(self, resident_ids: Iterable[str]) -> Mapping[str, float]:
+        """Erasure time (epoch s) of those of ``resident_ids`` erased on record (may not
+        iterate ``resident_ids`` at all when nobody was)."""
         ...
 
 
@@ -592,17 +593,15 @@ class IngestConsumer:
             self.stats.dlq_s += time.monotonic() - began
 
     def _drop_erased_data(self, batch: Batch) -> None:
-        """Drop late events of erased residents before anything of the batch is written:
-        those of residents on record (earlier batches, the admin API), and those after an
-        ``erase`` event of their resident in this batch. An event is therefore dropped iff
-        an erasure of its resident, time-stamped at or after it, came before it — the same
-        outcome whatever the batch boundaries."""
+        """Drop late events of erased residents before anything of the batch is written
+        (:meth:`Batch.drop_late`): an event is dropped iff an erasure of its resident,
+        time-stamped at or after it, came before it — on record, or earlier in the batch —
+        the same outcome whatever the batch boundaries."""
         hooks = self.erasure
         assert hooks is not None
-        rids, ts = batch.late_candidates()
-        on_record = self._retry("erasure register", lambda: hooks.drop_late(rids, ts))
-        mask = [bool(a) or b for a, b in zip(on_record, batch.late_within(), strict=True)]
-        dropped = batch.drop(mask)
+        on_record = self._retry("erasure register",
+                                lambda: hooks.erased_among(batch.resident_ids()))
+        dropped = batch.drop_late(on_record)
         if dropped:
             self.stats.erased_late += dropped
             metrics.EVENTS.labels("erased_late").inc(dropped)

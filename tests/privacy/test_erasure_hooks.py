@@ -3,9 +3,11 @@ mask, and publish leaving erased residents out."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import pyarrow.parquet as pq
 
@@ -13,6 +15,7 @@ from bouquet.core.catalog import load_catalog
 from bouquet.core.eventlog import read_events
 from bouquet.core.keys import Keys
 from bouquet.pipelines.erasure import ErasureCascade, ErasureRegister, without_erased
+from bouquet.streaming.batch import Batch, BatchBuilder
 from tests.privacy.helpers import ingest_until_idle, produce_events
 from tests.serving.support import publish, redis_client, small_model
 
@@ -34,10 +37,25 @@ def test_after_erase_records_the_register_and_clears_every_published_version(set
         assert client.exists(keys.recs(version, "r5", "b"))
     register = ErasureRegister.for_settings(settings)
     assert register.cutoff("r4") == erased_at and register.cutoff("r3") >= erased_at
-    late = cascade.drop_late(["r3", "r5", "r4", "r4"],
-                             [erased_at - 10, erased_at - 10, erased_at - 1, erased_at + 1])
-    assert late.tolist() == [True, False, True, False]
+    # the consumer's question before a batch: who of these is on record, and since when
+    batch = _batch([("r3", erased_at - 10), ("r5", erased_at - 10), ("r4", erased_at - 1),
+                    ("r4", erased_at + 1)])
+    on_record = cascade.erased_among(batch.resident_ids())
+    assert on_record == {"r3": register.cutoff("r3"), "r4": erased_at}
+    assert batch.drop_late(on_record) == 2
+    assert [row[0] for row in batch.rows] == ["e1", "e3"]  # r5, and r4 after its erasure
     client.close()
+
+
+def _batch(events: list[tuple[str, float]]) -> Batch:
+    """A batch of clicks ``(resident id, epoch s)``, event ids e0, e1, … in order."""
+    builder, batch = BatchBuilder(CATALOG, Keys("t:")), Batch()
+    for i, (rid, at) in enumerate(events):
+        event = _event(rid, "click", datetime.fromtimestamp(at, UTC), CATALOG.services[0].id)
+        event["event_id"] = f"e{i}"
+        builder.add(batch, SimpleNamespace(value=json.dumps(event).encode(), offset=i,
+                                           topic="t", partition=0, timestamp=1, key=None))
+    return batch
 
 
 def test_publish_leaves_out_residents_erased_after_the_model_was_trained(settings) -> None:

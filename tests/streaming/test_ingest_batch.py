@@ -227,3 +227,31 @@ def test_fast_path_takes_the_plain_events_of_a_stream() -> None:
         fast = fast_event(raw, 8192)
         if fast is not None:
             assert parse_event(raw).to_record()["ts"] == fast.ts
+
+
+def test_drop_late_keeps_what_came_before_an_erasure_and_drops_late_data_after_it() -> None:
+    at = NOW - timedelta(hours=1)
+    builder, batch = BatchBuilder(CATALOG, Keys("t:")), Batch()
+    events = [valid(event_id="before", ts=(at - timedelta(minutes=2)).isoformat()),
+              valid(event_id="erase", type="erase", service_id=None, ts=at.isoformat()),
+              valid(event_id="late", ts=(at - timedelta(minutes=1)).isoformat()),
+              valid(event_id="new", ts=(at + timedelta(minutes=1)).isoformat()),
+              valid(event_id="other", resident_id="r2",
+                    ts=(at - timedelta(minutes=1)).isoformat()),
+              valid(event_id="on-record", resident_id="r3",
+                    ts=(at - timedelta(minutes=1)).isoformat())]
+    for offset, event in enumerate(events):
+        builder.add(batch, Record(enc(event), offset=offset), NOW)
+    assert batch.has_erasures and batch.erasures() == [("r1", at.timestamp())]
+    slots = dict(zip((row[0] for row in batch.rows), batch.slots, strict=True))
+    assert batch.drop_late({"r3": at.timestamp()}) == 2
+    kept = [row[0] for row in batch.rows]
+    assert kept == ["before", "erase", "new", "other"]
+    assert batch.slots == [slots[event_id] for event_id in kept]  # rows and slots together
+
+
+def test_drop_late_without_erasures_leaves_the_batch_alone() -> None:
+    builder, batch = BatchBuilder(CATALOG, Keys("t:")), Batch()
+    builder.add(batch, Record(enc(valid())), NOW)
+    assert not batch.has_erasures and batch.erasures() == []
+    assert batch.drop_late({}) == 0 and batch.events == 1
