@@ -50,7 +50,8 @@ COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
 PARTITION_PREFIX = "date="
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in ``path`` durable (fsync of the directory itself)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -118,7 +119,7 @@ class EventLog:
         new_dir = not directory.exists()
         directory.mkdir(parents=True, exist_ok=True)
         if new_dir:
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         self._seq += 1
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
         name = f"part-{stamp}-{self.writer_id}-{self._seq:06d}.parquet"
@@ -128,7 +129,7 @@ class EventLog:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, directory / name)
-        _fsync_dir(directory)
+        fsync_dir(directory)
         return directory / name
 
 

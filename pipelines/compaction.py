@@ -35,7 +35,6 @@ by hand.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -47,7 +46,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from bouquet.core.eventlog import COLUMNS, SCHEMA, EventLog
+from bouquet.core.eventlog import COLUMNS, SCHEMA, EventLog, fsync_dir
 from bouquet.core.keys import Keys
 from bouquet.core.settings import Settings
 from bouquet.pipelines.erasure import ErasureRegister, delete_published
@@ -84,14 +83,6 @@ class CompactionReport:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _scan(files: list[Path], columns: list[str], filter_: Any = None) -> pa.Table:
@@ -233,11 +224,11 @@ def _rewrite(event_log: EventLog, day: date, files: list[Path], erased: dict[str
     for path in files:
         path.unlink()
     report.files_removed += len(files)
-    _fsync_dir(directory)
+    fsync_dir(directory)
     report.partitions_rewritten += 1
     if not any(directory.iterdir()):
         directory.rmdir()
-        _fsync_dir(event_log.root)
+        fsync_dir(event_log.root)
         report.partitions_removed += 1
 
 
