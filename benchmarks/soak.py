@@ -50,6 +50,7 @@ from bouquet.benchmarks.harness import BenchResult, print_result, write_json
 from bouquet.benchmarks.processes import load_note, service_env, start, stop, wait_ready
 from bouquet.core.catalog import Catalog, load_catalog
 from bouquet.core.keys import Keys
+from bouquet.core.redisdump import read_keys, scan_keys
 from bouquet.core.settings import Settings
 from bouquet.localstack import LocalStack, ensure_topics, free_port
 
@@ -393,18 +394,8 @@ def run_soak(settings: Settings, *, minutes: float = 5.0, rate: float = 200.0,
 # --- kill-replay -----------------------------------------------------------------------------
 def _dump(client: Any, prefix: str) -> dict[str, Any]:
     """Every key under ``prefix`` (prefix stripped) with its value, in a comparable form."""
-    names = sorted(k.decode() for k in client.scan_iter(match=f"{prefix}*", count=10_000))
-    pipe = client.pipeline(transaction=False)
-    for key in names:
-        pipe.type(key)
-    kinds = [t.decode() for t in pipe.execute()]
-    readers = {"list": lambda k: pipe.lrange(k, 0, -1), "hash": pipe.hgetall,
-               "set": pipe.smembers, "zset": lambda k: pipe.zrange(k, 0, -1, withscores=True),
-               "string": pipe.get}
-    for key, kind in zip(names, kinds, strict=True):
-        readers[kind](key)
     out: dict[str, Any] = {}
-    for key, kind, raw in zip(names, kinds, pipe.execute(), strict=True):
+    for key, kind, raw in read_keys(client, scan_keys(client, f"{prefix}*")):
         if kind == "set":
             value: Any = sorted(raw)
             if key.endswith("eng:active:index"):  # members are full key names

@@ -12,38 +12,18 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from bouquet.core.redisdump import read_keys, scan_keys
 
-def redis_occurrences(client: Any, needle: str, chunk: int = 2000) -> list[str]:
-    """Every key whose name or value contains ``needle`` (the whole database, any type).
 
-    Pipelined a chunk of keys at a time: the session's Redis holds every test's keys
-    (hundreds of thousands), and two round trips per key took minutes."""
+def redis_occurrences(client: Any, needle: str) -> list[str]:
+    """Every key whose name or value contains ``needle`` (the whole database, any type)."""
     target = needle.encode()
-    readers = {
-        "string": lambda pipe, key: pipe.get(key),
-        "list": lambda pipe, key: pipe.lrange(key, 0, -1),
-        "set": lambda pipe, key: pipe.smembers(key),
-        "hash": lambda pipe, key: pipe.hgetall(key),
-        "zset": lambda pipe, key: pipe.zrange(key, 0, -1),
-        "stream": lambda pipe, key: pipe.xrange(key),
-    }
     found = []
-    keys = list(client.scan_iter(count=10_000))
-    for start in range(0, len(keys), chunk):
-        names = keys[start:start + chunk]
-        found += [f"key {key!r}" for key in names if target in key]
-        names = [key for key in names if target not in key]
-        pipe = client.pipeline(transaction=False)
-        for key in names:
-            pipe.type(key)
-        kinds = [kind.decode() for kind in pipe.execute()]
-        pipe = client.pipeline(transaction=False)
-        read = [(key, kind) for key, kind in zip(names, kinds, strict=True) if kind in readers]
-        for key, kind in read:
-            readers[kind](pipe, key)
-        for (key, kind), raw in zip(read, pipe.execute(), strict=True):
-            if any(target in value for value in _flat_bytes(raw)):
-                found.append(f"value of {key!r} ({kind})")
+    for key, kind, raw in read_keys(client, scan_keys(client)):
+        if needle in key:
+            found.append(f"key {key!r}")
+        elif any(target in value for value in _flat_bytes(raw)):
+            found.append(f"value of {key!r} ({kind})")
     return found
 
 

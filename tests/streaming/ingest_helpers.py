@@ -22,6 +22,7 @@ import redis
 from bouquet.core.catalog import Catalog
 from bouquet.core.keys import Keys
 from bouquet.core.recommendation import parse_recommendation_id
+from bouquet.core.redisdump import read_keys, scan_keys
 from bouquet.core.settings import Settings
 from bouquet.localstack import ensure_topics
 from bouquet.streaming.producer import EventProducer
@@ -202,19 +203,10 @@ class ReferenceState:
 def dump_state(client: redis.Redis, prefix: str) -> dict[str, Any]:
     """Every key under ``prefix`` except de-duplication markers, normalised for comparison
     (prefix stripped; timestamps rounded to ms; recent items decoded)."""
-    names = [k.decode() for k in client.scan_iter(match=f"{prefix}*", count=10_000)]
-    names = [k for k in names if not k[len(prefix):].startswith(MARKERS)]
-    pipe = client.pipeline(transaction=False)
-    for key in names:
-        pipe.type(key)
-    kinds = [t.decode() for t in pipe.execute()]
-    readers = {"list": lambda k: pipe.lrange(k, 0, -1), "hash": pipe.hgetall,
-               "set": pipe.smembers, "zset": lambda k: pipe.zrange(k, 0, -1, withscores=True),
-               "string": pipe.get}
-    for key, kind in zip(names, kinds, strict=True):
-        readers[kind](key)
+    names = [k for k in scan_keys(client, f"{prefix}*")
+             if not k.decode()[len(prefix):].startswith(MARKERS)]
     out: dict[str, Any] = {}
-    for key, kind, raw in zip(names, kinds, pipe.execute(), strict=True):
+    for key, kind, raw in read_keys(client, names):
         name = key[len(prefix):]
         if kind == "list":
             value: Any = [json.loads(v) for v in raw]
