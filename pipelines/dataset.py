@@ -144,9 +144,7 @@ class EventArrays:
         h = hashlib.sha256()
         for column in (self.resident, self.kind, self.service, self.bundle, self.ts):
             h.update(np.ascontiguousarray(column[selection]).tobytes())
-        present = np.zeros(len(self.resident_ids), dtype=bool)
-        present[self.resident[selection]] = True
-        used = np.flatnonzero(present)
+        used = _distinct_codes(self.resident[selection], len(self.resident_ids))
         h.update("\n".join(map(str, self.resident_ids[used])).encode())
         return h.hexdigest()
 
@@ -357,9 +355,7 @@ def build_dataset(
     on_service = weighted & (arrays.service >= 0)
     on_bundle = weighted & (arrays.bundle >= 0)
 
-    present = np.zeros(len(arrays.resident_ids), dtype=bool)
-    present[arrays.resident[on_service | on_bundle]] = True
-    codes = np.flatnonzero(present)  # sorted, like np.unique, in O(events)
+    codes = _distinct_codes(arrays.resident[on_service | on_bundle], len(arrays.resident_ids))
     row = np.full(len(arrays.resident_ids), -1, dtype=np.int64)
     row[codes] = np.arange(len(codes))
     n = len(codes)
@@ -514,3 +510,11 @@ def _parse_profiles(who: np.ndarray, contexts: np.ndarray, catalog: Catalog) -> 
     out["neighbourhood_code"] = pd.Categorical(
         out["neighbourhood"], categories=list(catalog.neighbourhood_ids)).codes.astype(np.int16)
     return out
+
+
+def _distinct_codes(codes: np.ndarray, size: int) -> np.ndarray:
+    """The distinct values of ``codes`` (integers in ``[0, size)``), sorted — what
+    ``np.unique`` gives, in O(events + size) instead of a sort of every event."""
+    present = np.zeros(size, dtype=bool)
+    present[codes] = True
+    return np.flatnonzero(present)
