@@ -11,8 +11,9 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 import pyarrow.compute as pc
 import pytest
+from sim_support import shown_within_serving_rules
 
-from bouquet.core.catalog import Catalog, available_in, eligibility_failure
+from bouquet.core.catalog import Catalog
 from bouquet.core.recommendation import parse_recommendation_id
 from bouquet.simulation.behaviour import Simulation
 from bouquet.simulation.closed_loop import (
@@ -90,17 +91,8 @@ def test_confidence_intervals() -> None:
 def test_recommendations_are_allowed_and_attributed(popular_run, catalog: Catalog) -> None:
     table, _, run = popular_run
     assert run.shown > 0
-    profiles = table.filter(pc.equal(table["type"], "profile"))
-    profile = {r: json.loads(c) for r, c in zip(profiles["resident_id"].to_pylist(),
-                                                  profiles["context"].to_pylist(), strict=True)}
-    shown = table.filter(pc.and_(pc.equal(table["type"], "view"),
-                                 pc.is_valid(table["recommendation_id"]))).to_pylist()
-    assert len(shown) == run.shown
+    shown = shown_within_serving_rules(table, run.shown, catalog)
     for event in shown:
-        bundle = catalog.bundle_by_id[event["bundle_id"]]
-        p = profile[event["resident_id"]]
-        assert available_in(bundle.zones, p["neighbourhood"])
-        assert eligibility_failure(bundle.eligibility, p) is None
         attribution = parse_recommendation_id(event["recommendation_id"])
         assert attribution is not None and attribution.variant == "popular"
     # a subscription taken from a recommendation echoes the id of the view

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
+from sim_support import shown_within_serving_rules
 
-import pyarrow.compute as pc
-
-from bouquet.core.catalog import Catalog, available_in, eligibility_failure
+from bouquet.core.catalog import Catalog
 from bouquet.simulation.closed_loop import make_policy, run_policy
 from bouquet.simulation.model_policy import ModelPolicy
 from bouquet.simulation.sinks import MemorySink
@@ -21,17 +19,7 @@ def test_model_policy_retrains_weekly_and_respects_serving_rules(catalog: Catalo
                         sink=sink)
     assert policy.fits == 4  # one fit per week, on what it observed up to then
     assert run.shown > 0
-    table = sink.table()
-    profiles = table.filter(pc.equal(table["type"], "profile"))
-    profile = {r: json.loads(c) for r, c in zip(profiles["resident_id"].to_pylist(),
-                                                  profiles["context"].to_pylist(), strict=True)}
-    shown = table.filter(pc.and_(pc.equal(table["type"], "view"),
-                                 pc.is_valid(table["recommendation_id"]))).to_pylist()
-    assert len(shown) == run.shown
-    for event in shown:
-        bundle = catalog.bundle_by_id[event["bundle_id"]]
-        assert available_in(bundle.zones, profile[event["resident_id"]]["neighbourhood"])
-        assert eligibility_failure(bundle.eligibility, profile[event["resident_id"]]) is None
+    for event in shown_within_serving_rules(sink.table(), run.shown, catalog):
         assert event["recommendation_id"].split(".")[1] == "model"
 
 
