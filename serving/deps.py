@@ -17,11 +17,12 @@ from typing import Annotated, Any, Literal
 
 import redis
 import redis.asyncio as aioredis
-from fastapi import Depends, HTTPException, Request, Security, status
+from fastapi import Depends, HTTPException, Path, Request, Security, status
 from fastapi.requests import HTTPConnection
 from fastapi.security import APIKeyHeader
 
 from bouquet.core.catalog import Catalog
+from bouquet.core.events import ID_RE
 from bouquet.core.keys import Keys
 from bouquet.core.settings import Settings
 
@@ -71,6 +72,12 @@ def close_sync_redis(app: Any, name: str) -> None:
     if client is not None:
         client.close()
 
+
+#: A resident id in a route's path: validated (and documented) before any key is built.
+ResidentId = Annotated[str, Path(
+    pattern=ID_RE, min_length=1, max_length=64,
+    description="Pseudonymous resident id: 1–64 characters of A–Z a–z 0–9 _ -",
+    examples=["r_5b1d0c8e2f"])]
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]

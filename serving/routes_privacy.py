@@ -30,19 +30,20 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import redis
-from fastapi import APIRouter, Body, FastAPI, Path, Query, Request
+from fastapi import APIRouter, Body, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 
 from bouquet.core.audit import AuditLog, api_actor, read_stream, resident_ref
-from bouquet.core.events import ID_RE, Channel
+from bouquet.core.events import Channel
 from bouquet.core.keys import Keys
 from bouquet.core.settings import Settings
 from bouquet.serving.deps import (
     AdminRole,
     AppRole,
     OperatorRole,
+    ResidentId,
     SettingsDep,
     api_key_header,
     close_sync_redis,
@@ -54,11 +55,6 @@ from bouquet.streaming.producer import EventProducer, ProduceFailed
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["privacy"])
 RETRY_AFTER_S = 5
-
-ResidentId = Annotated[str, Path(
-    pattern=ID_RE, min_length=1, max_length=64,
-    description="Pseudonymous resident id: 1–64 characters of A–Z a–z 0–9 _ -",
-    examples=["r_5b1d0c8e2f"])]
 
 #: Newer time stamp wins — the consumer's rule for ``consent`` events (streaming/state.py),
 #: so the API write and the event it produced, applied later by the consumer, agree, and an

@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Annotated
 
-from fastapi import APIRouter, FastAPI, Path, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 
 from bouquet.core.catalog import Domain
-from bouquet.core.events import ID_RE
 from bouquet.core.recommendation import make_recommendation_id
 from bouquet.models.online import unpack_list
 from bouquet.serving import metrics
-from bouquet.serving.deps import AppRole
+from bouquet.serving.deps import AppRole, ResidentId
 from bouquet.serving.runtime import runtime_of
 from bouquet.serving.store import ResidentState
 
@@ -30,10 +28,6 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["recommendations"])
 ROUTE_ORDER = 0  # the hot path: matched before every other route (see serving/app.py)
 
-ResidentId = Annotated[str, Path(
-    pattern=ID_RE, min_length=1, max_length=64,
-    description="Pseudonymous resident id: 1–64 characters of A–Z a–z 0–9 _ -",
-    examples=["r_5b1d0c8e2f"])]
 _DOMAINS = {d.value for d in Domain}
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 #: The query parameters, documented for OpenAPI here and parsed by :func:`_query` (about a
