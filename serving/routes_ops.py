@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
 from bouquet.serving import metrics
+from bouquet.serving.body_limit import BodyLimit, body_limit
 from bouquet.serving.runtime import RuntimeDep
 
 log = logging.getLogger(__name__)
@@ -75,4 +76,6 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 def configure(app: FastAPI) -> None:
     app.add_middleware(metrics.MetricsMiddleware)
+    # added last, so outermost: an oversize body is refused before anything reads it
+    app.add_middleware(BodyLimit, limit=body_limit(app.state.settings))
     app.add_exception_handler(Exception, _unexpected)

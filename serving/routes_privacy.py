@@ -17,8 +17,8 @@
   stream; the file when Redis is down). Records name residents by keyed reference only.
 
 Erasures and exports are audited (:mod:`bouquet.core.audit`) with the calling key's role and
-fingerprint. :func:`configure` adds :class:`BodyLimit`, which refuses any request body larger
-than the intake could ever accept, before the body is read into memory.
+fingerprint. (Request bodies larger than the intake could ever accept are refused for every
+route by :class:`bouquet.serving.body_limit.BodyLimit`.)
 """
 
 from __future__ import annotations
@@ -270,80 +270,6 @@ async def audit_records(request: Request, _: OperatorRole,
         records = list(reversed(await asyncio.to_thread(_audit(app).tail, count)))
         source = "audit file (Redis unavailable)"
     return JSONResponse({"source": source, "records": records})
-
-
-# --- body size cap -------------------------------------------------------------------------
-class BodyLimit:
-    """Refuse request bodies over ``limit`` bytes with ``413`` before reading them: by
-    ``Content-Length`` at once, and for chunked bodies as soon as the running total passes
-    the limit (the body is then replayed to the application). Plain ASGI: a few µs."""
-
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def _refuse(self, send: Any, status: int, detail: str) -> None:
-        body = ('{"detail":"' + detail + '"}').encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        length = chunked = None
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                length = value
-            elif name == b"transfer-encoding":
-                chunked = value
-        if length is not None:
-            try:
-                size = int(length)
-            except ValueError:
-                await self._refuse(send, 400, "invalid Content-Length")
-                return
-            if size > self.limit:
-                await self._refuse(send, 413, f"request body larger than {self.limit} bytes")
-                return
-            await self.app(scope, receive, send)
-            return
-        if chunked is None:
-            await self.app(scope, receive, send)
-            return
-        body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away
-            body += message.get("body", b"")
-            if len(body) > self.limit:
-                await self._refuse(send, 413, f"request body larger than {self.limit} bytes")
-                return
-            if not message.get("more_body", False):
-                break
-        sent = False
-
-        async def replay() -> dict[str, Any]:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": bytes(body), "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-
-def body_limit(settings: Settings) -> int:
-    """The largest body any endpoint accepts: a full intake batch, plus room for the intake's
-    own, more precise 413 message."""
-    return settings.serving_max_batch * settings.max_event_bytes + 64 * 1024
-
-
-def configure(app: FastAPI) -> None:
-    app.add_middleware(BodyLimit, limit=body_limit(app.state.settings))
 
 
 async def shutdown(app: FastAPI) -> None:
