@@ -285,11 +285,12 @@ def cascade(settings: Settings, client: Any, resident_id: str, *, at: datetime,
 
 
 class ErasureCascade:
-    """What the ingestion consumer calls after a batch that applied ``erase`` events.
+    """The ingestion consumer's erasure hooks (``streaming.consumer.ErasureHooks``).
 
-    The consumer's own script already erased the real-time state; this adds the two stores
-    it does not reach: the register (so late events and the next publish know) and the
-    published keyspace. ``erased`` are resident ids, or ``(resident id, erasure epoch s)``
+    Before a batch is written the consumer asks who of its residents is on record
+    (:meth:`erased_among`, to drop late events); after it, :meth:`after_erase` adds the
+    batch's erasures to the two stores the consumer's own script does not reach: the
+    register (so late events and the next publish know) and the published keyspace. ``erased`` are resident ids, or ``(resident id, erasure epoch s)``
     pairs when the event time is at hand (without it the erasure time is now, which also
     erases events of the few seconds between the request and its ingestion).
     """
