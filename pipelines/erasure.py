@@ -290,9 +290,10 @@ class ErasureCascade:
     Before a batch is written the consumer asks who of its residents is on record
     (:meth:`erased_among`, to drop late events); after it, :meth:`after_erase` adds the
     batch's erasures to the two stores the consumer's own script does not reach: the
-    register (so late events and the next publish know) and the published keyspace. ``erased`` are resident ids, or ``(resident id, erasure epoch s)``
-    pairs when the event time is at hand (without it the erasure time is now, which also
-    erases events of the few seconds between the request and its ingestion).
+    register (so late events and the next publish know) and the published keyspace.
+    ``after_erase`` takes ``(resident id, erasure epoch s)`` pairs, or bare resident ids
+    (the erasure time is then now, which also erases events of the few seconds between
+    the request and its ingestion).
     """
 
     def __init__(self, settings: Settings, client: Any) -> None:
