@@ -22,7 +22,7 @@ from bouquet.analytics.engagement import (
     QUANTILES,
     Engagement,
 )
-from bouquet.analytics.privacy import SuppressionSpec, suppress
+from bouquet.analytics.suppression import SuppressionSpec, suppress
 from bouquet.analytics.tables import Table
 
 #: ``by`` values accepted everywhere.

@@ -32,7 +32,7 @@ from bouquet.analytics.engagement import (
     compute_engagement,
     load_engagement_data,
 )
-from bouquet.analytics.privacy import SuppressionSpec, suppress
+from bouquet.analytics.suppression import SuppressionSpec, suppress
 from bouquet.analytics.tables import Table, plain
 from bouquet.core.catalog import Catalog, load_catalog
 from bouquet.core.eventlog import EventLog

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bouquet.analytics.privacy import FLAG
+from bouquet.analytics.suppression import FLAG
 
 
 def plain(value: Any) -> Any:

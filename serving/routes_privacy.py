@@ -7,16 +7,16 @@
   recommendation request already obeys it. Broker down: ``503`` + ``Retry-After`` and
   nothing changed.
 * ``DELETE /v1/residents/{id}`` (``admin``): erasure. Register, real-time state and every
-  published list at once (:func:`bouquet.pipelines.erasure.cascade`), then an ``erase``
+  published list at once (:func:`bouquet.privacy.erasure.cascade`), then an ``erase``
   event (the event log hides the resident from every reader as soon as it is ingested;
   ``bouquet compact`` removes the bytes). Any step failing: ``503`` + ``Retry-After`` —
   every step is idempotent, so the client simply repeats the request.
 * ``GET /v1/residents/{id}/export`` (``admin``): everything held about the resident
-  (:func:`bouquet.pipelines.export.export_resident`).
+  (:func:`bouquet.privacy.export.export_resident`).
 * ``GET /v1/admin/audit`` (``operator`` or ``admin``): the latest audit records (the Redis
   stream; the file when Redis is down). Records name residents by keyed reference only.
 
-Erasures and exports are audited (:mod:`bouquet.core.audit`) with the calling key's role and
+Erasures and exports are audited (:mod:`bouquet.privacy.audit`) with the calling key's role and
 fingerprint. (Request bodies larger than the intake could ever accept are refused for every
 route by :class:`bouquet.serving.body_limit.BodyLimit`.)
 """
@@ -35,10 +35,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 
-from bouquet.core.audit import AuditLog, api_actor, read_stream, resident_ref
 from bouquet.core.events import Channel
 from bouquet.core.keys import Keys
 from bouquet.core.settings import Settings
+from bouquet.privacy.audit import AuditLog, api_actor, read_stream, resident_ref
 from bouquet.serving.deps import (
     AdminRole,
     AppRole,
@@ -200,7 +200,7 @@ async def delete_resident(resident_id: ResidentId, request: Request, runtime: Ru
     """Real-time state and published recommendations are gone when this returns; the event
     log hides the resident from every reader once the `erase` event is ingested and loses
     the bytes at the next `bouquet compact`; the next training and publish leave them out."""
-    from bouquet.pipelines.erasure import cascade, erase_event
+    from bouquet.privacy.erasure import cascade, erase_event
 
     app = request.app
     now = datetime.now(UTC)
@@ -244,7 +244,7 @@ async def export_resident(resident_id: ResidentId, request: Request, settings: S
                           role: AdminRole) -> JSONResponse:
     """Events from the log (erasures applied), real-time state, current recommendations,
     consent and erasure status, as one JSON document."""
-    from bouquet.pipelines.export import export_resident as build
+    from bouquet.privacy.export import export_resident as build
 
     app = request.app
     try:

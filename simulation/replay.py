@@ -2,7 +2,7 @@
 
 Every kept trip becomes one ``use`` of the ``bike-share`` service by its rider at the
 trip's start, reported by the partner (channel ``partner``). Riders are pseudonymised
-with a keyed hash (:func:`bouquet.core.privacy.pseudonymise`, secret
+with a keyed hash (:func:`bouquet.privacy.pseudonyms.pseudonymise`, secret
 ``Settings.pseudonym_secret``), so no raw user id enters Bouquet. Event ids derive from
 the route id, so replaying the same file twice writes the same ids and the second copy is
 de-duplicated by every reader.
@@ -41,7 +41,7 @@ import pyarrow as pa
 
 from bouquet.core.catalog import Catalog
 from bouquet.core.eventlog import SCHEMA
-from bouquet.core.privacy import pseudonymise
+from bouquet.privacy.pseudonyms import pseudonymise
 
 log = logging.getLogger(__name__)
 

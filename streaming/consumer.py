@@ -71,7 +71,7 @@ _REBALANCE_ERRORS = (CommitFailedError, RebalanceInProgressError, IllegalGenerat
 
 class ErasureHooks(Protocol):
     """What the consumer calls for erasures reaching stores it does not own (the register,
-    the published keyspace: :class:`bouquet.pipelines.erasure.ErasureCascade`). A protocol,
+    the published keyspace: :class:`bouquet.privacy.erasure.ErasureCascade`). A protocol,
     so ``streaming`` does not depend on ``pipelines``; both calls must be idempotent (a
     batch that fails is written again)."""
 

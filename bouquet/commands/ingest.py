@@ -16,7 +16,7 @@ import typer
 
 from bouquet.core.settings import get_settings
 from bouquet.localstack import ensure_topics
-from bouquet.pipelines.erasure import ErasureCascade
+from bouquet.privacy.erasure import ErasureCascade
 from bouquet.streaming import metrics
 from bouquet.streaming.consumer import IngestConsumer, IngestError, IngestOptions
 

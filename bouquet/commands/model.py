@@ -80,7 +80,7 @@ def promote(
     """Point 'champion' at VERSION (the current champion becomes 'previous-champion')."""
 
     def run() -> None:
-        from bouquet.core.audit import record_action
+        from bouquet.privacy.audit import record_action
 
         registry = _registry()
         before = registry.champion()
@@ -98,7 +98,7 @@ def rollback() -> None:
     """Give 'champion' back to the version that held it before the current one."""
 
     def run() -> None:
-        from bouquet.core.audit import record_action
+        from bouquet.privacy.audit import record_action
 
         registry = _registry()
         old, new = registry.rollback()

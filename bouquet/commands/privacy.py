@@ -1,8 +1,8 @@
 """Privacy operations: ``bouquet pseudonymise``, ``erase``, ``export``, ``compact``, ``audit``.
 
-Each command wires the settings to one function of :mod:`bouquet.pipelines.erasure`,
-:mod:`bouquet.pipelines.export` or :mod:`bouquet.pipelines.compaction` and records what it
-did in the audit log (:mod:`bouquet.core.audit`) as ``cli:<user>@<host>``. See
+Each command wires the settings to one function of :mod:`bouquet.privacy.erasure`,
+:mod:`bouquet.privacy.export` or :mod:`bouquet.privacy.compaction` and records what it
+did in the audit log (:mod:`bouquet.privacy.audit`) as ``cli:<user>@<host>``. See
 docs/privacy.md.
 """
 
@@ -40,7 +40,7 @@ def pseudonymise_command(
     BOUQUET_PSEUDONYM_SECRET): the same account always gives the same resident id, and it
     cannot be reversed without the secret. Prints `account<TAB>resident_id` per line when
     reading standard input, the resident id alone for one argument."""
-    from bouquet.core.privacy import pseudonymise
+    from bouquet.privacy.pseudonyms import pseudonymise
 
     settings = get_settings()
     from_stdin = not account_ids or account_ids == ["-"]
@@ -62,9 +62,9 @@ def erase_command(
 ) -> None:
     """Erase a resident: erasure register, real-time state and every published list now; an
     `erase` event for the event log and consumers; audited."""
-    from bouquet.core.audit import AuditLog, cli_actor
     from bouquet.core.keys import Keys, UnsafeKeyPart
-    from bouquet.pipelines.erasure import cascade, erase_event
+    from bouquet.privacy.audit import AuditLog, cli_actor
+    from bouquet.privacy.erasure import cascade, erase_event
 
     settings = get_settings()
     try:
@@ -103,9 +103,9 @@ def export_command(
     out: Path = typer.Option(None, "--out", "-o", help="Write the JSON here (default: stdout)."),
 ) -> None:
     """Everything held about a resident as JSON (right of access); audited."""
-    from bouquet.core.audit import AuditLog, cli_actor, resident_ref
     from bouquet.core.keys import UnsafeKeyPart
-    from bouquet.pipelines.export import export_resident
+    from bouquet.privacy.audit import AuditLog, cli_actor, resident_ref
+    from bouquet.privacy.export import export_resident
 
     settings = get_settings()
     client = _redis(settings)
@@ -139,9 +139,9 @@ def compact_command(
 ) -> None:
     """Apply erasures and per-type retention (BOUQUET_RETENTION_DAYS) to the event log's
     files, merge small files; optionally scrub model artifacts; audited."""
-    from bouquet.core.audit import AuditLog, cli_actor
-    from bouquet.pipelines.compaction import compact, rewrite_redis_aof
-    from bouquet.pipelines.erasure import RegisterKeyMismatch, scrub_artifacts
+    from bouquet.privacy.audit import AuditLog, cli_actor
+    from bouquet.privacy.compaction import compact, rewrite_redis_aof
+    from bouquet.privacy.erasure import RegisterKeyMismatch, scrub_artifacts
 
     settings = get_settings()
     clock = datetime.fromisoformat(now) if now else None
@@ -188,7 +188,7 @@ def audit_command(
     verify: bool = typer.Option(False, "--verify", help="Check the file's hash chain."),
 ) -> None:
     """The latest audit records from the durable file (oldest first)."""
-    from bouquet.core.audit import AuditLog, audit_path, verify_chain
+    from bouquet.privacy.audit import AuditLog, audit_path, verify_chain
 
     settings = get_settings()
     if verify:

@@ -34,16 +34,16 @@ def publish(
     """Score every resident with the registered model and switch the pointer atomically."""
     if ctx.invoked_subcommand is not None:
         return
-    from bouquet.core.audit import record_action
     from bouquet.core.catalog import load_catalog
-    from bouquet.pipelines.erasure import (
+    from bouquet.pipelines.publish import Publisher, PublishError, load_registered
+    from bouquet.privacy.audit import record_action
+    from bouquet.privacy.erasure import (
         ErasureRegister,
         RegisterKeyMismatch,
         model_created_at,
         scrub_published,
         without_erased,
     )
-    from bouquet.pipelines.publish import Publisher, PublishError, load_registered
 
     settings = get_settings()
     catalog = load_catalog(settings.catalog_path)
@@ -83,8 +83,8 @@ def status() -> None:
 @publish_app.command()
 def rollback(pointer: str = typer.Option("current", help="Pointer to roll back.")) -> None:
     """Switch the pointer back to the version it named before the last publish."""
-    from bouquet.core.audit import record_action
     from bouquet.pipelines.publish import Publisher, PublishError
+    from bouquet.privacy.audit import record_action
 
     try:
         old, new = Publisher(get_settings()).rollback(pointer)

@@ -102,7 +102,7 @@ def train_command(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     if report.decision is not None and report.decision.promote:  # audit (issue 8)
-        from bouquet.core.audit import cli_actor, record_action
+        from bouquet.privacy.audit import cli_actor, record_action
 
         record_action(get_settings(), "promotion", actor=f"system:bouquet-train ({cli_actor()})",
                       target=f"model:{get_settings().registered_model}",

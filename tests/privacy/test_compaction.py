@@ -13,9 +13,9 @@ import pytest
 
 from bouquet.core.eventlog import EventLog, read_events, read_table
 from bouquet.core.settings import Settings
-from bouquet.pipelines import compaction
-from bouquet.pipelines.compaction import compact
-from bouquet.pipelines.erasure import ErasureRegister
+from bouquet.privacy import compaction
+from bouquet.privacy.compaction import compact
+from bouquet.privacy.erasure import ErasureRegister
 from tests.privacy.helpers import file_occurrences
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)  # the fake clock

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from bouquet.core.catalog import load_catalog
 from bouquet.core.eventlog import read_events
 from bouquet.core.keys import Keys
-from bouquet.pipelines.erasure import ErasureCascade, ErasureRegister, without_erased
+from bouquet.privacy.erasure import ErasureCascade, ErasureRegister, without_erased
 from bouquet.streaming.batch import Batch, BatchBuilder
 from tests.privacy.helpers import ingest_until_idle, produce_events
 from tests.serving.support import publish, redis_client, small_model

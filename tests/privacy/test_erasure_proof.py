@@ -24,13 +24,13 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from bouquet.core.audit import audit_path, verify_chain
 from bouquet.core.eventlog import read_events
 from bouquet.core.keys import Keys
 from bouquet.core.settings import Settings
 from bouquet.localstack import LocalStack, free_port
 from bouquet.models.artifact import load_artifact
-from bouquet.pipelines.compaction import rewrite_redis_aof
+from bouquet.privacy.audit import audit_path, verify_chain
+from bouquet.privacy.compaction import rewrite_redis_aof
 from tests.privacy.helpers import (
     file_occurrences,
     ingest_until_idle,

@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from bouquet.core.audit import (
+from bouquet.core.settings import Settings
+from bouquet.privacy.audit import (
     AuditLog,
     api_actor,
     audit_path,
     resident_ref,
     verify_chain,
 )
-from bouquet.core.privacy import pseudonymise
-from bouquet.core.settings import Settings
-from bouquet.pipelines.erasure import ErasureRegister, RegisterKeyMismatch, register_path
+from bouquet.privacy.erasure import ErasureRegister, RegisterKeyMismatch, register_path
+from bouquet.privacy.pseudonyms import pseudonymise
 
 
 @pytest.fixture
@@ -101,8 +101,8 @@ def test_api_actor_names_the_key_without_storing_it() -> None:
 def test_audit_reaches_the_redis_stream(settings: Settings) -> None:
     import redis
 
-    from bouquet.core.audit import read_stream
     from bouquet.core.keys import Keys
+    from bouquet.privacy.audit import read_stream
 
     client = redis.Redis.from_url(settings.redis_url)
     AuditLog(settings, client).record("promotion", actor="cli:test", target="model:x",

@@ -29,7 +29,7 @@ from bouquet.core.eventlog import COLUMNS, read_events, read_table
 from bouquet.core.events import parse_event
 from bouquet.core.keys import Keys
 from bouquet.core.settings import Settings
-from bouquet.pipelines.erasure import ErasureCascade
+from bouquet.privacy.erasure import ErasureCascade
 from bouquet.streaming.consumer import IngestConsumer, IngestOptions, IngestStats
 from bouquet.streaming.synthetic import StreamSpec, encode, stream
 

@@ -5,7 +5,7 @@ finds), but the bytes stay in the Parquet files until they are rewritten. Compac
 that rewrite, one event-date partition at a time:
 
 1. **Learn erasures.** Every ``erase`` event in the log is recorded in the erasure register
-   (:class:`~bouquet.pipelines.erasure.ErasureRegister`, keyed references only), and the
+   (:class:`~bouquet.privacy.erasure.ErasureRegister`, keyed references only), and the
    erased residents' precomputed lists are deleted from every published keyspace (the
    consumer erases the real-time state when it ingests the event; the published lists are
    what it does not reach). From then on the register, not the ``erase`` event, remembers
@@ -49,7 +49,7 @@ import pyarrow.dataset as ds
 from bouquet.core.eventlog import COLUMNS, SCHEMA, EventLog, fsync_dir
 from bouquet.core.keys import Keys
 from bouquet.core.settings import Settings
-from bouquet.pipelines.erasure import ErasureRegister, delete_published
+from bouquet.privacy.erasure import ErasureRegister, delete_published
 
 log = logging.getLogger(__name__)
 

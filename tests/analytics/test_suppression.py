@@ -9,7 +9,7 @@ from engagement_helpers import random_log
 
 from bouquet.analytics.engagement import CADENCES, compute_engagement, load_engagement_data
 from bouquet.analytics.figures import FIGURES, engagement_figure
-from bouquet.analytics.privacy import FLAG, SuppressionSpec, suppress
+from bouquet.analytics.suppression import FLAG, SuppressionSpec, suppress
 from bouquet.core.catalog import load_catalog
 
 CATALOG = load_catalog(None)

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from bouquet.core.events import ID_RE
-from bouquet.core.privacy import pseudonymise
+from bouquet.privacy.pseudonyms import pseudonymise
 
 
 def test_stable_keyed_and_valid() -> None:

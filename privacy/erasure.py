@@ -15,7 +15,7 @@ Redis published keyspace    :func:`delete_published` — the resident's lists in
                             pointer names, keeps for rollback, or lists in ``rec:versions``
 event log                   hidden at once by :func:`bouquet.core.eventlog.read_events` (the
                             ``erase`` event), removed from the files by
-                            :mod:`bouquet.pipelines.compaction`, which also drops late events
+                            :mod:`bouquet.privacy.compaction`, which also drops late events
                             (time stamped before the erasure) using the register
 next training / publish     training reads through ``read_events``; ``bouquet publish`` drops
                             erased residents from the model it publishes (:func:`without_erased`)
@@ -26,7 +26,7 @@ registered model artifacts  ``bouquet compact --models`` rewrites artifacts regi
 
 **The register.** ``STATE_DIR/privacy/erasures.jsonl``: one JSON line per erasure,
 ``{"ref": HMAC, "cutoff": epoch s, "recorded_at": ISO, "source": …, "key_id": …}``, appended
-under ``flock`` and fsynced. ``ref`` is :func:`bouquet.core.audit.resident_ref` — HMAC-SHA256
+under ``flock`` and fsynced. ``ref`` is :func:`bouquet.privacy.audit.resident_ref` — HMAC-SHA256
 with ``BOUQUET_PSEUDONYM_SECRET`` — so the register does not keep the id it exists to forget
 and cannot be tested against a list of candidate ids without the secret. ``cutoff`` is the
 erasure request's time: events of that resident time-stamped at or before it are erased
@@ -57,9 +57,9 @@ from typing import Any
 
 import numpy as np
 
-from bouquet.core.audit import resident_ref
 from bouquet.core.keys import Keys
 from bouquet.core.settings import Settings
+from bouquet.privacy.audit import resident_ref
 
 log = logging.getLogger(__name__)
 

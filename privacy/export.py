@@ -33,7 +33,7 @@ import pyarrow.dataset as ds
 from bouquet.core.eventlog import COLUMNS, SCHEMA, EventLog
 from bouquet.core.keys import Keys
 from bouquet.core.settings import Settings
-from bouquet.pipelines.erasure import ErasureRegister
+from bouquet.privacy.erasure import ErasureRegister
 
 log = logging.getLogger(__name__)
 
