@@ -71,6 +71,7 @@ soak: setup
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 
 # The code is formatted by hand within ruff's lint rules (aligned continuation lines);
 # `ruff format` would rewrite most files, so this applies ruff's safe fixes only.
