@@ -32,6 +32,13 @@ def _part(value: str) -> str:
     return value
 
 
+#: Every per-resident key kind: each is a :class:`Keys` method of that name taking only a
+#: resident id and building ``<prefix>r:{<rid>}:<kind>``. Erasure deletes exactly these
+#: (atomically, in the ingestion script); a new per-resident key is added here too.
+RESIDENT_KINDS: tuple[str, ...] = ("recent", "profile", "holdings", "holdings_ts",
+                                   "dismissed")
+
+
 @dataclass(frozen=True)
 class Keys:
     """Key names under one prefix. Methods return ``str``; nothing here talks to Redis."""
@@ -57,13 +64,20 @@ class Keys:
 
     def holdings_ts(self, resident_id: str) -> str:
         """HASH ``b:<id>``/``s:<id>`` → epoch seconds of the latest subscribe/unsubscribe
-        applied to ``holdings``, so an older event arriving late cannot undo a newer one
-        (added by ingestion, issue 4)."""
+        applied to ``holdings``, so an older event arriving late cannot undo a newer one."""
         return f"{self.prefix}r:{{{_resident(resident_id)}}}:holdings_ts"
+
+    def resident_keys(self, resident_id: str) -> list[str]:
+        """Every per-resident key of :data:`RESIDENT_KINDS` for one resident."""
+        return [getattr(self, kind)(resident_id) for kind in RESIDENT_KINDS]
 
     def resident_pattern(self, resident_id: str) -> str:
         """SCAN pattern of every per-resident key (used by erasure)."""
         return f"{self.prefix}r:{{{_resident(resident_id)}}}:*"
+
+    def profiles_pattern(self) -> str:
+        """SCAN pattern of every resident's profile hash."""
+        return f"{self.prefix}r:{{*}}:profile"
 
     # --- engagement counters ------------------------------------------------------------
     def last_contact(self) -> str:
@@ -107,7 +121,7 @@ class Keys:
 
     def dlq_seen(self, topic: str, partition: int, offset: int) -> str:
         """STRING marker that a dead letter from this source position was counted, with TTL
-        (so a redelivered bad message is not counted twice; added by ingestion, issue 4)."""
+        (so a redelivered bad message is not counted twice)."""
         return f"{self.prefix}ingest:dlqseen:{_part(topic)}:{int(partition)}:{int(offset)}"
 
     # --- published recommendations (versioned keyspace) --------------------------------
@@ -135,7 +149,7 @@ class Keys:
     def version_model(self, version: str) -> str:
         """STRING (npz bytes): what serving needs of the model that produced a keyspace
         (service factors, bundle matrix, Gram matrix), so a serving process loads the model
-        and the lists of one version from one place (added by serving, issue 6)."""
+        and the lists of one version from one place."""
         return f"{self.prefix}rec:{_part(version)}:model"
 
     def variant_pointer(self, name: str) -> str:

@@ -33,6 +33,7 @@ import numpy as np
 import redis
 
 from bouquet.core.keys import Keys
+from bouquet.core.scripts import lua_script
 from bouquet.core.settings import Settings
 from bouquet.models.artifact import Artifact, load_artifact
 from bouquet.models.online import ServingModel, decode_meta, pack_list, pack_rows
@@ -231,18 +232,7 @@ def load_registered(settings: Settings, *, alias: str = "champion",
 
 
 # --- the keyspace switch ------------------------------------------------------------------
-#: KEYS: pointer, versions zset, new meta. ARGV: expected old version ("" = none), new
-#: version, score (epoch s), published_at. Returns {1, old} on success, {0, actual} if
-#: the pointer moved since the publish started.
-_SWITCH_LUA = """
-local cur = redis.call('GET', KEYS[1])
-local expected = ARGV[1]
-if (cur or '') ~= expected then return {0, cur or ''} end
-redis.call('SET', KEYS[1], ARGV[2])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
-redis.call('HSET', KEYS[3], 'state', 'live', 'published_at', ARGV[4], 'previous', expected)
-return {1, expected}
-"""
+_SWITCH_LUA = lua_script("bouquet.pipelines", "switch_pointer.lua")
 
 
 @dataclass

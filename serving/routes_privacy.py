@@ -37,6 +37,7 @@ from redis.exceptions import RedisError
 
 from bouquet.core.events import Channel
 from bouquet.core.keys import Keys
+from bouquet.core.scripts import lua_script
 from bouquet.core.settings import Settings
 from bouquet.privacy.audit import AuditLog, api_actor, read_stream, resident_ref
 from bouquet.serving.deps import (
@@ -56,17 +57,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["privacy"])
 RETRY_AFTER_S = 5
 
-#: Newer time stamp wins — the consumer's rule for ``consent`` events (streaming/state.py),
-#: so the API write and the event it produced, applied later by the consumer, agree, and an
-#: older event arriving late cannot undo it. KEYS: profile; ARGV: "0"/"1", epoch s text.
-_CONSENT_LUA = """
-local cur = tonumber(redis.call('HGET', KEYS[1], 'consent_ts') or '-1e300')
-if tonumber(ARGV[2]) >= cur then
-  redis.call('HSET', KEYS[1], 'consent', ARGV[1], 'consent_ts', ARGV[2])
-  return 1
-end
-return 0
-"""
+_CONSENT_LUA = lua_script("bouquet.serving", "set_consent.lua")
 
 
 class ConsentBody(BaseModel):

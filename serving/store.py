@@ -19,6 +19,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from bouquet.core.keys import Keys
+from bouquet.core.scripts import lua_script
 from bouquet.models.online import ServingModel, decode_meta, unpack_list
 
 log = logging.getLogger(__name__)
@@ -113,17 +114,7 @@ class ResidentState:
         return bool(len(self.precomputed) or self.profile or self.holdings or self.recent)
 
 
-#: KEYS: profile, holdings, dismissed, recent[, recs]; ARGV: how many recent items (0: none).
-#: Returns {profile fields+values, holdings, dismissed, recent items, packed list or ""}.
-_READ_LUA = """
-local n = tonumber(ARGV[1])
-local recent = {}
-if n > 0 then recent = redis.call('LRANGE', KEYS[4], 0, n - 1) end
-local packed = ''
-if KEYS[5] then packed = redis.call('GET', KEYS[5]) or '' end
-return {redis.call('HGETALL', KEYS[1]), redis.call('SMEMBERS', KEYS[2]),
-        redis.call('SMEMBERS', KEYS[3]), recent, packed}
-"""
+_READ_LUA = lua_script("bouquet.serving", "read_resident.lua")
 
 
 class OnlineStore:

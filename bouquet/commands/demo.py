@@ -25,6 +25,7 @@ import typer
 from rich.console import Console
 from rich.rule import Rule
 
+from bouquet.core.keys import Keys
 from bouquet.core.settings import Settings, get_settings
 
 console = Console()
@@ -112,7 +113,7 @@ def _a_personalised_answer(base: str, headers: dict[str, str], settings: Setting
     import redis
 
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-    pattern = f"{settings.redis_key_prefix}r:{{*}}:profile"
+    pattern = Keys(settings.redis_key_prefix).profiles_pattern()
     last: tuple[str, dict] | None = None
     for key in client.scan_iter(match=pattern, count=500):
         if client.hget(key, "consent") != "1":

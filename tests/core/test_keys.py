@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import pytest
 
-from bouquet.core.keys import Keys, UnsafeKeyPart
+from bouquet.core.keys import RESIDENT_KINDS, Keys, UnsafeKeyPart
 from bouquet.core.recommendation import make_recommendation_id, parse_recommendation_id
 
 
@@ -57,3 +58,19 @@ def test_recommendation_ids_are_distinct_within_and_across_forked_processes() ->
     os.close(read)
     assert from_child != make_recommendation_id("v7", "champion")
     assert parse_recommendation_id(from_child) is not None
+
+
+def test_resident_kinds_name_every_per_resident_key() -> None:
+    """Erasure deletes RESIDENT_KINDS: every Keys method that builds one resident's key
+    from the id alone must be listed there."""
+    keys = Keys("p:")
+    base = "p:r:{R0}:"
+    per_resident = set()
+    for name, method in inspect.getmembers(keys, callable):
+        if name.startswith("_") or list(inspect.signature(method).parameters) != ["resident_id"]:
+            continue
+        built = method("R0")
+        if isinstance(built, str) and built.startswith(base) and "*" not in built:
+            per_resident.add(built[len(base):])
+    assert per_resident == set(RESIDENT_KINDS)
+    assert keys.resident_keys("R0") == [base + kind for kind in RESIDENT_KINDS]

@@ -14,11 +14,9 @@ from bouquet.core.keys import Keys
 from bouquet.core.settings import Settings
 from bouquet.streaming.batch import Batch, BatchBuilder
 from bouquet.streaming.state import (
-    RESIDENT_KEY_KINDS,
     StateWriter,
     erase_resident,
     read_profile,
-    resident_key_kinds,
 )
 from bouquet.streaming.synthetic import StreamSpec, stream
 
@@ -162,23 +160,14 @@ def test_dead_letters_are_counted_once_per_position(settings: Settings, client) 
     assert client.hgetall(keys.dlq_counts()) == {b"bad_json": b"2", b"oversize": b"1"}
 
 
-class _KeysWithNotes(Keys):
-    """Keys as a later component might extend them: one more per-resident kind."""
-
-    def notes(self, resident_id: str) -> str:
-        return self.recent(resident_id).replace(":recent", ":notes")
-
-
-def test_an_erase_event_deletes_every_per_resident_kind_keys_can_name(settings: Settings,
-                                                                      client) -> None:
-    """No SCAN in the consumer: the script deletes every per-resident kind that Keys names
-    (found by looking at Keys), atomically with the erase event's marker."""
-    keys = _KeysWithNotes(settings.redis_key_prefix)
-    assert resident_key_kinds(keys) == (*RESIDENT_KEY_KINDS, "notes")
+def test_an_erase_event_deletes_every_per_resident_kind(settings: Settings, client) -> None:
+    """No SCAN in the consumer: the script deletes every kind of RESIDENT_KINDS, atomically
+    with the erase event's marker, and nobody else's keys."""
+    keys = Keys(settings.redis_key_prefix)
     writer = StateWriter(client, keys)
-    client.set(keys.notes("ed"), "x")
-    client.set(keys.notes("fay"), "x")
-    apply(writer, keys, [ev(1, "ed", "view", 1, service_id=CATALOG.service_ids[0]),
-                         ev(2, "ed", "erase", 2)])
-    assert not client.exists(keys.notes("ed")) and not client.exists(keys.recent("ed"))
-    assert client.exists(keys.notes("fay"))
+    for rid in ("ed", "fay"):
+        for key in keys.resident_keys(rid):
+            client.set(key, "x")
+    apply(writer, keys, [ev(2, "ed", "erase", 2)])
+    assert not any(client.exists(k) for k in keys.resident_keys("ed"))
+    assert all(client.exists(k) for k in keys.resident_keys("fay"))
