@@ -1,7 +1,7 @@
 """The FastAPI application: built once per process from the settings.
 
-Routers are discovered: every module ``bouquet.serving.routes_*`` exposing ``router`` is
-included, so a new group of endpoints never edits this file. Shared objects (settings,
+Routers are listed in :data:`ROUTE_MODULES`, in the order Starlette tries them (the hot
+path first), so grep finds where a route is mounted. Shared objects (settings,
 catalog, Redis pool, key names) are put on ``app.state`` and reached through
 :mod:`bouquet.serving.deps`. Routers that need start-up work (loading a model, say)
 expose ``async def startup(app)`` / ``async def shutdown(app)``; those that add middleware
@@ -10,9 +10,7 @@ or exception handlers expose ``configure(app)``, called once when the app is bui
 
 from __future__ import annotations
 
-import importlib
 import logging
-import pkgutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import ModuleType
@@ -22,10 +20,19 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from bouquet import __version__, serving
+from bouquet import __version__
 from bouquet.core.catalog import load_catalog
 from bouquet.core.keys import Keys
 from bouquet.core.settings import Settings, get_settings
+from bouquet.serving import (
+    routes_catalog,
+    routes_events,
+    routes_health,
+    routes_operator,
+    routes_ops,
+    routes_privacy,
+    routes_recommend,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,19 +48,19 @@ Authenticate with the `X-API-Key` header.
 """
 
 
-def _route_modules() -> list[ModuleType]:
-    names = sorted(m.name for m in pkgutil.iter_modules(serving.__path__)
-                   if m.name.startswith("routes_"))
-    modules = [importlib.import_module(f"{serving.__name__}.{name}") for name in names]
-    # Starlette tries routes in order: a module on the hot path sets ROUTE_ORDER < 100 so
-    # its requests do not first test every other route.
-    return sorted(modules, key=lambda m: getattr(m, "ROUTE_ORDER", 100))
+#: Every group of endpoints, in the order Starlette tries their routes: the hot path
+#: (recommendations, then the intake) first, so its requests do not first test every
+#: other route.
+ROUTE_MODULES: tuple[ModuleType, ...] = (
+    routes_recommend, routes_events, routes_catalog, routes_privacy, routes_operator,
+    routes_health, routes_ops,
+)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the API for ``settings`` (default: from the environment)."""
     settings = settings or get_settings()
-    modules = _route_modules()
+    modules = ROUTE_MODULES
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -1,7 +1,7 @@
 """Recommendations: ``GET /v1/residents/{id}/bundles`` and ``…/services``.
 
 One Redis round trip per request (:meth:`OnlineStore.resident`), the ranking rules in
-:mod:`bouquet.serving.recommend`, the answer serialised once with ``json.dumps`` (the
+:mod:`bouquet.serving.ranking`, the answer serialised once with ``json.dumps`` (the
 pydantic models below document it in OpenAPI; returning a ready ``Response`` skips a
 second validation pass on the hot path).
 """
@@ -26,7 +26,6 @@ from bouquet.serving.store import ResidentState
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["recommendations"])
-ROUTE_ORDER = 0  # the hot path: matched before every other route (see serving/app.py)
 
 _DOMAINS = {d.value for d in Domain}
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
@@ -140,7 +139,7 @@ class ServicesAnswer(_Answer):
 
 async def _answer(request: Request, kind: str, resident_id: str) -> Response:
     runtime = runtime_of(request.app)
-    k, domain, zone, rerank = _query(request, runtime.recommender.neighbourhood_names)
+    k, domain, zone, rerank = _query(request, runtime.ranker.neighbourhood_names)
     variant = runtime.experiment.assign(resident_id)
     personalise = variant.pointer is not None
     holder = runtime.holder
@@ -158,7 +157,7 @@ async def _answer(request: Request, kind: str, resident_id: str) -> Response:
         state = ResidentState(precomputed=unpack_list(None))
         notice = "degraded: resident state unavailable, showing popular offers"
         metrics.FALLBACKS.labels("redis_unavailable").inc()
-    ranked = runtime.recommender.rank(
+    ranked = runtime.ranker.rank(
         kind, state, model, k=k, personalise=personalise and state.consent,
         rerank=use_recent, zone=zone, domain=domain,
         baseline_variant=not personalise)
@@ -178,7 +177,7 @@ async def _answer(request: Request, kind: str, resident_id: str) -> Response:
         "fallback": ranked.fallback,
         "notice": notice or ranked.notice,
     }, separators=(",", ":"))
-    items = runtime.recommender.items_json(kind, ranked.items)
+    items = runtime.ranker.items_json(kind, ranked.items)
     body = f'{head[:-1]},"{"bundles" if kind == "b" else "services"}":{items}}}'
     return Response(body, media_type="application/json")
 

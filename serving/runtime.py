@@ -1,4 +1,4 @@
-"""The serving runtime of one app: online store, model holder, experiment, recommender,
+"""The serving runtime of one app: online store, model holder, experiment, ranker,
 and the intake's producer — built once per app (``app.state``), never module globals, so
 tests can run apps with different settings side by side."""
 
@@ -13,7 +13,7 @@ from fastapi import Depends, FastAPI, Request
 
 from bouquet.serving.experiments import Experiment
 from bouquet.serving.holder import ModelHolder
-from bouquet.serving.recommend import Recommender
+from bouquet.serving.ranking import OfferRanker
 from bouquet.serving.store import OnlineStore
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ class Runtime:
     store: OnlineStore
     holder: ModelHolder
     experiment: Experiment
-    recommender: Recommender
+    ranker: OfferRanker
     rerank_enabled: bool = True
     bench_endpoints: bool = False
     producer: Any = None
@@ -42,9 +42,8 @@ def runtime_of(app: FastAPI) -> Runtime:
         store = OnlineStore(app.state.redis, app.state.keys, settings.serving_recent_n)
         holder = ModelHolder(store, experiment.pointers, catalog.neighbourhood_ids,
                              settings.serving_pointer_poll_ms)
-        recommender = Recommender(catalog, settings.event_weights,
-                                  settings.serving_rerank_weight)
-        runtime = Runtime(store, holder, experiment, recommender,
+        ranker = OfferRanker(catalog, settings.event_weights, settings.serving_rerank_weight)
+        runtime = Runtime(store, holder, experiment, ranker,
                           rerank_enabled=settings.serving_rerank,
                           bench_endpoints=settings.serving_bench_endpoints)
         app.state.bouquet_runtime = runtime

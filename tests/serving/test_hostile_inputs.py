@@ -79,7 +79,7 @@ def test_a_true_bug_is_a_clean_json_500(client, monkeypatch) -> None:
     def broken(*args, **kwargs):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(runtime.recommender, "rank", broken)
+    monkeypatch.setattr(runtime.ranker, "rank", broken)
     resp = client.get("/v1/residents/r1/bundles")
     assert resp.status_code == 500
     assert resp.json()["detail"] == "internal error" and resp.json()["error_id"]

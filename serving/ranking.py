@@ -67,7 +67,7 @@ def _descending(scores: list[float]) -> list[int]:
     return np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable").tolist()
 
 
-class Recommender:
+class OfferRanker:
     """Catalog-derived look-ups and the ranking rules; one per app."""
 
     def __init__(self, catalog: Catalog, event_weights: Mapping[str, float],
