@@ -54,10 +54,14 @@ def make_events(now: datetime, residents: int = 60, seed: int = 5) -> list[dict]
             add(resident_id=rid, type="profile", ts=start.isoformat(), channel="app",
                 context={"neighbourhood": nbs[i % 3]})
         rate = [0.9, 0.4, 0.1][i % 3]
+        # today's events stay within today, whatever the hour the test runs at
+        since_midnight = int((now - now.replace(hour=0, minute=0, second=0,
+                                                microsecond=0)).total_seconds())
         for back in range(21, -1, -1):
             if rng.random() > rate:
                 continue
-            ts = now - timedelta(days=back, seconds=rng.randrange(60, 20 * 3600))
+            latest = 20 * 3600 if back else max(1, min(20 * 3600, since_midnight))
+            ts = now - timedelta(days=back, seconds=rng.randrange(0, latest))
             kind = rng.choice(["view", "click", "use", "pay", "subscribe"])
             fields = {"resident_id": rid, "type": kind, "ts": ts.isoformat(),
                       "channel": rng.choice(["app", "web", "kiosk"])}
