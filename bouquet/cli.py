@@ -2,19 +2,31 @@
 serving, reports and benchmarks.
 
 Each sub-command lives in its own module under :mod:`bouquet.commands` and exposes
-``register(app)``; this file only discovers them, so adding a command never edits it.
+``register(app)``; :data:`COMMANDS` lists them, so grep finds where a command is mounted.
 Commands wire :class:`~bouquet.core.settings.Settings` to one object and call one method.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
-import pkgutil
 
 import typer
 
-from bouquet import __version__, commands
+from bouquet import __version__
+from bouquet.commands import (
+    bench,
+    demo,
+    ingest,
+    model,
+    privacy,
+    publish,
+    replay,
+    report,
+    serve,
+    simulate,
+    stack,
+    train,
+)
 
 app = typer.Typer(
     name="bouquet",
@@ -22,7 +34,37 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     add_completion=False,
+    # Docstrings are wrapped at 100 columns in the code: markdown mode joins a paragraph's
+    # lines, so help reads as paragraphs at any terminal width.
+    rich_markup_mode="markdown",
 )
+
+def _full_defaults() -> None:
+    """Let each option's help, default and range wrap within its column, so a long default
+    (``als,ease,itemknn,crossview``) folds onto the next line instead of being cut with an
+    ellipsis at 80 columns (a rich table cell truncates a word wider than the column).
+    Typer builds that cell in a private function; if a Typer version has no such function,
+    help keeps Typer's own layout."""
+    from rich.columns import Columns
+    from rich.text import Text
+    from typer import rich_utils
+
+    original = getattr(rich_utils, "_get_parameter_help", None)
+    if original is None:
+        return
+
+    def folded(*args, **kwargs):  # type: ignore[no-untyped-def]
+        found = original(*args, **kwargs)
+        if isinstance(found, Columns):
+            for part in found.renderables:
+                if isinstance(part, Text):
+                    part.overflow = "fold"
+        return found
+
+    rich_utils._get_parameter_help = folded
+
+
+_full_defaults()
 
 #: Third-party loggers that are chatty at INFO.
 _QUIET_LOGGERS = ("kafka", "httpx", "urllib3", "mlflow", "alembic", "numba", "implicit")
@@ -52,5 +94,8 @@ def version() -> None:
     typer.echo(__version__)
 
 
-for _module in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-    importlib.import_module(f"{commands.__name__}.{_module.name}").register(app)
+#: Every command group, in the order ``bouquet --help`` lists them.
+COMMANDS = (stack, demo, simulate, replay, ingest, train, model, publish, serve, report,
+            privacy, bench)
+for _command in COMMANDS:
+    _command.register(app)
