@@ -66,8 +66,8 @@ RATES = (250, 1000, 2000)
 # --- the keyspace --------------------------------------------------------------------------
 def synthetic_model(catalog: Catalog, residents: int, factors: int = 64, seed: int = 0):
     """A factor model of realistic shape over ``catalog`` (see the module docstring)."""
-    from bouquet.models.online import composition_matrix
-    from bouquet.pipelines.publish import FactorModel
+    from bouquet.models.confidence import ConfidenceRule
+    from bouquet.models.factor import FactorModel
 
     rng = np.random.default_rng(seed)
     sids, bids = list(catalog.service_ids), list(catalog.bundle_ids)
@@ -77,13 +77,20 @@ def synthetic_model(catalog: Catalog, residents: int, factors: int = 64, seed: i
                          + 0.4 * rng.normal(size=factors) for s in sids])
     services = (services / np.sqrt(factors)).astype(np.float32)
     users = (rng.normal(size=(residents, factors)) / np.sqrt(factors)).astype(np.float32)
-    members = [catalog.bundle_by_id[b].services for b in bids]
-    bundles = composition_matrix(members, sids, services)
-    areas = ["_all", *catalog.neighbourhood_ids]
-    return FactorModel([f"r{i}" for i in range(residents)], bids, sids, users, services,
-                       bundles, members, {nb: rng.random(len(bids)) for nb in areas},
-                       {nb: rng.random(len(sids)) for nb in areas}, regularization=0.05,
-                       log_alpha=2.0, half_life_days=30.0)
+    index = {s: i for i, s in enumerate(sids)}
+    members = {b: list(catalog.bundle_by_id[b].services) for b in bids}
+    bundles = np.stack([services[[index[s] for s in members[b]]].mean(axis=0) for b in bids])
+    n_nb = 1 + len(catalog.neighbourhood_ids)
+    return FactorModel(
+        service_ids=sids, bundle_ids=bids, bundle_services=members,
+        neighbourhoods=list(catalog.neighbourhood_ids),
+        rule=ConfidenceRule(dict(Settings().event_weights), half_life_days=30.0),
+        popular_services=rng.random((n_nb, len(sids))),
+        popular_bundles=rng.random((n_nb, len(bids))),
+        resident_ids=np.array([f"r{i}" for i in range(residents)]),
+        resident_neighbourhood=np.full(residents, -1, np.int16),
+        meta={"model_kind": "synthetic"}, service_factors=services, bundle_factors=bundles,
+        resident_factors=users, regularization=0.05)
 
 
 def _resident_state(settings: Settings, catalog: Catalog, residents: int, seed: int) -> None:

@@ -16,7 +16,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 #: API keys that only make sense on a laptop; refused when ``BOUQUET_ENV=production``.
 DEV_API_KEYS: dict[str, str] = {
@@ -127,7 +132,14 @@ class Settings(BaseSettings):
     pseudonym_secret: str = DEV_PSEUDONYM_SECRET
     small_cell_k: int = Field(default=5, ge=1)
 
-    # --- publish and real-time serving (issue 6; owner: serving) ------------------------
+    # --- training and promotion (see docs/training.md) ----------------------------------
+    # A candidate is promoted only when its hold-out evaluation covers at least this many
+    # residents, and when it beats the popularity baseline and the current champion with a
+    # paired bootstrap 95% interval (this many resamples) that excludes 0.
+    train_min_eval_residents: int = Field(default=200, ge=1)
+    train_bootstrap_samples: int = Field(default=2000, ge=100)
+
+    # --- publish and real-time serving ---------------------------------------------------
     # How many bundles / services are precomputed per resident by `bouquet publish`.
     publish_top_n: int = Field(default=50, ge=1, le=1000)
     # Residents scored and written per Redis pipeline.
@@ -138,6 +150,9 @@ class Settings(BaseSettings):
     # read them have that long to notice the switch).
     publish_staging_ttl_s: int = Field(default=6 * 3600, ge=60)
     publish_old_version_ttl_s: int = Field(default=3600, ge=1)
+    # Largest serving form of a model stored in Redis (a Redis string holds at most 512 MB);
+    # a larger model is refused with the figure, not truncated.
+    publish_model_max_bytes: int = Field(default=256 * 2**20, ge=2**20, le=512 * 2**20)
     # A serving process re-reads the version pointers at most this often.
     serving_pointer_poll_ms: int = Field(default=500, ge=10)
     # Real-time re-ranking by fold-in of the resident's recent events, and its weight.
@@ -177,7 +192,14 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _TomlFileSource(settings_cls))
+        path = os.environ.get("BOUQUET_CONFIG_FILE")
+        if not path:
+            return (init_settings, env_settings)
+        try:
+            toml = TomlConfigSettingsSource(settings_cls, toml_file=_readable(path))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ValueError(f"cannot read BOUQUET_CONFIG_FILE={path}: {exc}") from exc
+        return (init_settings, env_settings, toml)
 
     @field_validator("event_weights")
     @classmethod
@@ -228,21 +250,13 @@ class Settings(BaseSettings):
         return self.state_dir / "stack"
 
 
-class _TomlFileSource(PydanticBaseSettingsSource):
-    """Reads ``BOUQUET_CONFIG_FILE`` (a TOML file of the same field names) when set."""
-
-    def __call__(self) -> dict[str, Any]:
-        path = os.environ.get("BOUQUET_CONFIG_FILE")
-        if not path:
-            return {}
-        try:
-            with open(path, "rb") as handle:
-                return tomllib.load(handle)
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ValueError(f"cannot read BOUQUET_CONFIG_FILE={path}: {exc}") from exc
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False
+def _readable(path: str) -> Path:
+    """``path`` if it is a file; pydantic-settings would silently read a missing file as
+    empty, and a mistyped BOUQUET_CONFIG_FILE must not go unnoticed."""
+    found = Path(path)
+    if not found.is_file():
+        raise FileNotFoundError(f"no such file {found}")
+    return found
 
 
 @functools.lru_cache(maxsize=1)

@@ -10,8 +10,11 @@ to a single pickle-free ``.npz`` file::
     model.save("als.npz")
     same = load_model("als.npz")
 
+Trained models are served through one contract, :class:`DeployableModel` (factor and linear
+families; see :mod:`bouquet.models.deployable`).
+
 Exports are resolved lazily (PEP 562): importing a light submodule such as
-``bouquet.models.artifact`` or ``bouquet.models.foldin`` must not pull in the training
+``bouquet.models.factor`` or ``bouquet.models.foldin`` must not pull in the training
 libraries (implicit, threadpoolctl) that serving does not need.
 """
 
@@ -21,6 +24,11 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
+    "ConfidenceRule": "confidence",
+    "DeployableModel": "deployable",
+    "FactorModel": "factor",
+    "LinearModel": "linear",
+    "load_model_dir": "deployable",
     "ALSRecommender": "als",
     "BPRRecommender": "bpr",
     "BundleScorer": "bundles",

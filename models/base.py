@@ -22,7 +22,6 @@ Conventions (all models)
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 from abc import ABC, abstractmethod
@@ -31,6 +30,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
+from sklearn.base import BaseEstimator
+from sklearn.base import clone as sklearn_clone
+from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
+from sklearn.utils.validation import check_is_fitted
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +43,9 @@ FORMAT_VERSION = 1
 _REGISTRY: dict[str, type[Recommender]] = {}
 
 
-class NotFittedError(ValueError, AttributeError):
-    """Raised when a model is used before :meth:`Recommender.fit`.
-
-    Inherits from both ``ValueError`` and ``AttributeError`` like scikit-learn's, so callers
-    that already catch either keep working.
-    """
+#: Raised when a model is used before :meth:`Recommender.fit` — scikit-learn's own (a
+#: ``ValueError`` and an ``AttributeError``), so callers catching sklearn's catch ours.
+NotFittedError = _SklearnNotFittedError
 
 
 def check_csr(matrix: Any, name: str = "user_items") -> sp.csr_matrix:
@@ -72,12 +72,14 @@ def as_user_ids(user_ids: Any) -> tuple[np.ndarray, bool]:
     return ids, scalar
 
 
-class Recommender(ABC):
+class Recommender(BaseEstimator, ABC):
     """Abstract recommender with the scikit-learn estimator contract.
 
-    Subclasses implement :meth:`fit` and :meth:`score`; :meth:`recommend`, :meth:`get_params`,
-    :meth:`save` and :meth:`load` are shared. Subclasses are registered by class name so that
-    :meth:`load` (or :func:`bouquet.models.load_model`) can rebuild any of them from a file.
+    ``get_params``, ``set_params``, ``repr`` and cloning come from scikit-learn's
+    ``BaseEstimator`` (hyper-parameters are ``__init__``'s arguments, stored unchanged);
+    subclasses implement :meth:`fit` and :meth:`_score`; :meth:`recommend`, :meth:`save` and
+    :meth:`load` are shared. Subclasses are registered by class name so that :meth:`load`
+    (or :func:`bouquet.models.load_model`) can rebuild any of them from a file.
     """
 
     #: Attribute whose presence means "fitted"; every ``fit`` sets it.
@@ -87,51 +89,9 @@ class Recommender(ABC):
         super().__init_subclass__(**kwargs)
         _REGISTRY[cls.__name__] = cls
 
-    # ------------------------------------------------------------------ parameters
-    @classmethod
-    def _param_names(cls) -> list[str]:
-        sig = inspect.signature(cls.__init__)
-        return [
-            p.name
-            for p in sig.parameters.values()
-            if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-        ]
-
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """Hyper-parameters as given to ``__init__`` (for MLflow ``log_params`` and cloning).
-
-        Parameters
-        ----------
-        deep : bool
-            If True, hyper-parameters that are themselves recommenders are also expanded as
-            ``"<name>__<param>"`` entries (scikit-learn convention), so a flat dict of scalars
-            can be logged.
-
-        Returns
-        -------
-        dict
-            Parameter name to value.
-        """
-        out: dict[str, Any] = {}
-        for name in self._param_names():
-            value = getattr(self, name)
-            out[name] = value
-            if deep and isinstance(value, Recommender):
-                for k, v in value.get_params(deep=True).items():
-                    out[f"{name}__{k}"] = v
-        return out
-
     def clone(self) -> Recommender:
         """A new unfitted model with the same hyper-parameters (sub-models cloned too)."""
-        params = {
-            k: (v.clone() if isinstance(v, Recommender) else v)
-            for k, v in self.get_params(deep=False).items()
-        }
-        return type(self)(**params)
-
-    def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params(deep=False).items())
-        return f"{type(self).__name__}({params})"
+        return sklearn_clone(self)
 
     # ------------------------------------------------------------------ fitted state
     @property
@@ -140,11 +100,9 @@ class Recommender(ABC):
         return hasattr(self, self._fitted_attr)
 
     def _check_fitted(self) -> None:
-        if not self.is_fitted:
-            raise NotFittedError(
-                f"This {type(self).__name__} instance is not fitted yet; call fit() first "
-                "or load a saved model."
-            )
+        check_is_fitted(self, self._fitted_attr,
+                        msg=f"This {type(self).__name__} instance is not fitted yet; call "
+                            "fit() first or load a saved model.")
 
     def _learned_attributes(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if k.endswith("_") and not k.startswith("_")}

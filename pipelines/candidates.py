@@ -2,14 +2,19 @@
 
 A *candidate* is fitted on a :class:`~bouquet.pipelines.dataset.Dataset` and scores its rows
 for both targets — services and bundles — so evaluation, search and the champion's
-re-evaluation treat the main model and every baseline alike. The recommenders themselves
-live in :mod:`bouquet.models` (ALS, BPR, item kNN, EASE, popularity, the cross-view bundle
-scorer); this module only wires them to the two matrices.
+re-evaluation treat every model alike. The recommenders themselves live in
+:mod:`bouquet.models`; this module wires them to the two matrices.
 
-The main model, :class:`ALSBundleModel` (kind ``als``), is written here because the
-deployable artifact needs something ``bouquet.models`` does not provide as one class: ALS
-resident and service factors *plus* bundle vectors in the same factor space, so serving can
-fold a resident's last few events in and score bundles with one dot product:
+A **deployable** candidate (:data:`DEPLOYABLE_KINDS`) turns into a
+:class:`~bouquet.models.deployable.DeployableModel` — a factor model for ALS, a linear model
+for EASE, item kNN and the cross-view bundle scorer — and is *evaluated through it*: the
+scores judged on the hold-out are those publish and serving will compute. Baselines that
+cannot be served (popularity, BPR) score directly.
+
+The ALS candidate, :class:`ALSBundleModel`, is written here because the factor model needs
+what no single recommender provides: ALS resident and service factors *plus* bundle vectors
+in the same factor space, so serving can fold a resident's last few events in and score
+bundles with one dot product:
 
 1. ALS (:class:`bouquet.models.als.ALSRecommender`) on residents × services — whose
    confidences already include bundle-level events shared over their services;
@@ -31,16 +36,21 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from bouquet.models.deployable import DeployableModel
+from bouquet.models.factor import FactorModel
+from bouquet.models.linear import LinearModel, bundle_scorer_terms, per_target_terms
 from bouquet.pipelines.dataset import Dataset
 
 log = logging.getLogger(__name__)
 
 TARGETS: tuple[str, ...] = ("services", "bundles")
-MAIN_KINDS: tuple[str, ...] = ("als",)
-BASELINES: tuple[str, ...] = ("popularity", "popularity_neighbourhood", "ease", "itemknn", "bpr",
-                              "crossview")
+#: Candidates that can become the champion (they have a serving form).
+DEPLOYABLE_KINDS: tuple[str, ...] = ("als", "ease", "itemknn", "crossview")
+#: Candidates evaluated for comparison only.
+BASELINES: tuple[str, ...] = ("popularity", "popularity_neighbourhood", "bpr")
 #: Baselines that answer for residents without history (the cold-start fallbacks).
 COLD_CAPABLE: tuple[str, ...] = ("popularity", "popularity_neighbourhood")
+KIND_OF_TARGET = {"services": "s", "bundles": "b"}
 
 
 class Candidate:
@@ -48,11 +58,17 @@ class Candidate:
 
     kind: str = ""
 
+    @property
+    def deployable(self) -> bool:
+        return self.kind in DEPLOYABLE_KINDS
+
     def fit(self, data: Dataset, progress: bool = False) -> Candidate:
         raise NotImplementedError
 
     def score(self, target: str, rows: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """Scores of dataset ``rows``; a deployable candidate scores through its deployable
+        model, so what is evaluated is what would be served."""
+        return self.model_.score(np.asarray(rows), KIND_OF_TARGET[target])
 
     def scorer(self, target: str) -> Callable[[np.ndarray], np.ndarray]:
         return lambda rows: self.score(target, rows)
@@ -60,19 +76,44 @@ class Candidate:
     def get_params(self) -> dict[str, Any]:
         return {}
 
+    def to_deployable(self, data: Dataset, popular: tuple[np.ndarray, np.ndarray] | None = None,
+                      meta: dict[str, Any] | None = None) -> DeployableModel:
+        """The serving form of this candidate fitted on ``data``, with the popularity
+        fallbacks ``popular`` = (services table, bundles table) and provenance ``meta``."""
+        raise TypeError(f"{self.kind} is a baseline: it has no serving form")
 
-# --- the main model ------------------------------------------------------------------------
+
+def _common(data: Dataset, kind: str, params: dict[str, Any],
+            popular: tuple[np.ndarray, np.ndarray] | None,
+            meta: dict[str, Any] | None) -> dict[str, Any]:
+    """The fields every deployable model takes from the dataset it was fitted on."""
+    n_nb = 1 + len(data.neighbourhoods)
+    services, bundles = popular if popular is not None else (
+        np.zeros((n_nb, len(data.service_ids))), np.zeros((n_nb, len(data.bundle_ids))))
+    return {
+        "service_ids": list(data.service_ids), "bundle_ids": list(data.bundle_ids),
+        "bundle_services": {b: list(s) for b, s in data.bundle_services.items()},
+        "neighbourhoods": list(data.neighbourhoods), "rule": data.params,
+        "popular_services": services, "popular_bundles": bundles,
+        "resident_ids": data.resident_ids, "resident_neighbourhood": data.neighbourhood,
+        "meta": {"model_kind": kind, "model_params": dict(params), **dict(meta or {})},
+    }
+
+
+# --- the factor model ------------------------------------------------------------------------
 
 
 @dataclass
 class ALSBundleModel(Candidate):
     """ALS on services, bundle factors by an item half-step, linear bundle scoring."""
 
-    # Defaults tuned on the demo city (56 services, 24 bundles; docs/training.md): few
-    # factors and strong regularisation, because residents touch a handful of services.
+    # Defaults for a city catalogue (tens of services, a few dozen bundles): few factors,
+    # and a regularisation and confidence scale that keep the factors away from zero — with
+    # λ=50, α=0.25 on a demo-city log the factors shrank to ~1e-11 and every resident got
+    # the same ranking (docs/training.md).
     factors: int = 16
-    regularization: float = 50.0
-    alpha: float = 0.25
+    regularization: float = 5.0
+    alpha: float = 5.0
     iterations: int = 15
     cf_weight: float = 1.0
     affinity_weight: float = 0.25
@@ -90,63 +131,50 @@ class ALSBundleModel(Candidate):
         from bouquet.models.als import ALSRecommender
 
         started = time.perf_counter()
-        self.als_ = ALSRecommender(factors=self.factors, regularization=self.regularization,
-                                   alpha=self.alpha, iterations=self.iterations,
-                                   random_state=self.random_state, show_progress=progress)
-        self.als_.fit(data.services)
-        users = self.als_.user_factors_
-        self.service_factors_ = self.als_.item_factors_
-        self.bundle_cf_factors_ = bundle_half_step(users, data.bundles, self.alpha,
-                                                   self.regularization)
-        self.composition_ = normalised_composition(data.bundle_ids, _members(data),
-                                                   data.service_ids, self.aggregation_norm)
-        self.bundle_factors_ = (self.cf_weight * self.bundle_cf_factors_
-                                + self.affinity_weight
-                                * (self.composition_ @ self.service_factors_)).astype(np.float32)
-        self.user_factors_ = users
+        als = ALSRecommender(factors=self.factors, regularization=self.regularization,
+                             alpha=self.alpha, iterations=self.iterations,
+                             random_state=self.random_state, show_progress=progress)
+        als.fit(data.services)
+        users = als.user_factors_
+        service_factors = als.item_factors_
+        learned = bundle_half_step(users, data.bundles, self.alpha, self.regularization)
+        composition = normalised_composition(data.bundle_ids, _members(data),
+                                             data.service_ids, self.aggregation_norm)
+        self.bundle_factors_ = (self.cf_weight * learned + self.affinity_weight
+                                * (composition @ service_factors)).astype(np.float32)
+        self.user_factors_, self.service_factors_ = users, service_factors
+        self.model_ = self.to_deployable(data)
         log.info("ALS fitted on %d residents × %d services in %.1f s", *data.services.shape,
                  time.perf_counter() - started)
         return self
 
-    def score(self, target: str, rows: np.ndarray) -> np.ndarray:
-        users = self.user_factors_[rows]
-        items = self.service_factors_ if target == "services" else self.bundle_factors_
-        return users @ items.T
-
-    def to_artifact(self, data: Dataset, popularity: tuple[np.ndarray, np.ndarray],
-                    extra_meta: dict[str, Any]) -> Any:
-        """The deployable artifact of this model fitted on ``data``."""
-        from bouquet.models.artifact import Artifact
-
-        popular_services, popular_bundles = popularity
-        return Artifact.build(
-            resident_ids=data.resident_ids, resident_factors=self.user_factors_,
-            service_factors=self.service_factors_, bundle_cf_factors=self.bundle_cf_factors_,
-            bundle_factors=self.bundle_factors_,
-            service_ids=data.service_ids, bundle_ids=data.bundle_ids,
-            bundle_services=_members(data), neighbourhoods=data.neighbourhoods,
-            popular_services=popular_services, popular_bundles=popular_bundles,
-            resident_neighbourhood=data.neighbourhood,
-            cf_weight=self.cf_weight, affinity_weight=self.affinity_weight,
-            aggregation_norm=self.aggregation_norm, regularization=self.regularization,
-            alpha=self.alpha, dataset_params=data.params.to_dict(), model_kind=self.kind,
-            model_params=self.get_params(), extra_meta=extra_meta)
+    def to_deployable(self, data: Dataset, popular: tuple[np.ndarray, np.ndarray] | None = None,
+                      meta: dict[str, Any] | None = None) -> FactorModel:
+        provenance = {"bundle_scoring": {
+            "formula": "u · (cf_weight · x_b + affinity_weight · "
+                       "sum_{s in b} y_s / |b| ** aggregation_norm)",
+            "cf_weight": self.cf_weight, "affinity_weight": self.affinity_weight,
+            "aggregation_norm": self.aggregation_norm}, **dict(meta or {})}
+        return FactorModel(**_common(data, self.kind, self.get_params(), popular, provenance),
+                           service_factors=self.service_factors_,
+                           bundle_factors=self.bundle_factors_,
+                           resident_factors=self.user_factors_,
+                           regularization=self.regularization, alpha=self.alpha)
 
 
 def bundle_half_step(users: np.ndarray, bundles: sp.csr_matrix, alpha: float,
                      regularization: float) -> np.ndarray:
     """Bundle factors with the resident factors fixed: per bundle column the ALS normal
     equations ``(UᵀU + λI + Uᵀ(C_b − I)U) x_b = Uᵀ C_b p_b`` (confidences × alpha)."""
-    from bouquet.models.foldin import als_gram, fold_in
+    from bouquet.models.foldin import FoldIn
 
-    gram = als_gram(users, regularization)
+    solver = FoldIn(users, regularization)
     by_bundle = sp.csc_matrix(bundles)
     out = np.zeros((bundles.shape[1], users.shape[1]), dtype=np.float32)
     for b in range(bundles.shape[1]):
         lo, hi = by_bundle.indptr[b], by_bundle.indptr[b + 1]
         if hi > lo:
-            out[b] = fold_in(by_bundle.indices[lo:hi], by_bundle.data[lo:hi] * alpha, users,
-                             gram)
+            out[b] = solver.solve(by_bundle.indices[lo:hi], by_bundle.data[lo:hi] * alpha)
     return out
 
 
@@ -168,11 +196,15 @@ def _members(data: Dataset) -> dict[str, list[str]]:
     return {b: list(s) for b, s in data.bundle_services.items()}
 
 
-# --- baselines ------------------------------------------------------------------------------
+# --- linear models ----------------------------------------------------------------------------
 
 
 class PerTarget(Candidate):
-    """One :mod:`bouquet.models` recommender per target, fitted on that target's matrix."""
+    """One :mod:`bouquet.models` recommender per target, fitted on that target's matrix.
+
+    EASE and item kNN are deployable as linear models; BPR and the popularity baselines are
+    scored directly.
+    """
 
     def __init__(self, kind: str, factory: Callable[[], Any], needs_rows: bool) -> None:
         self.kind = kind
@@ -189,15 +221,28 @@ class PerTarget(Candidate):
         for target in TARGETS:
             self.models_[target] = self.factory().fit(_matrix(data, target),
                                                       **self._fit_kwargs(data))
+        if self.deployable:
+            self.model_ = self.to_deployable(data)
         return self
 
     def _fit_kwargs(self, data: Dataset) -> dict[str, Any]:
         return {}
 
     def score(self, target: str, rows: np.ndarray) -> np.ndarray:
+        if self.deployable:
+            return super().score(target, rows)
         rows = np.asarray(rows)
         user_items = _matrix(self.data_, target)[rows] if self.needs_rows else None
         return np.asarray(self.models_[target].score(rows, user_items), dtype=np.float64)
+
+    def to_deployable(self, data: Dataset, popular: tuple[np.ndarray, np.ndarray] | None = None,
+                      meta: dict[str, Any] | None = None) -> LinearModel:
+        if not self.deployable:
+            return super().to_deployable(data, popular, meta)
+        terms, groups = per_target_terms(self.models_["services"], self.models_["bundles"])
+        return LinearModel(**_common(data, self.kind, self.get_params(), popular, meta),
+                           terms=terms, groups=groups, resident_services=data.services,
+                           resident_bundles=data.bundles)
 
 
 class NeighbourhoodPopularity(PerTarget):
@@ -228,7 +273,7 @@ class Popularity(PerTarget):
 
 class CrossView(Candidate):
     """``bouquet.models.bundles.BundleScorer`` (cross-view EASE + service kNN affinity) for
-    bundles, its service kNN for services: the strongest item-based baseline."""
+    bundles, its service kNN for services: the strongest item-based model."""
 
     kind = "crossview"
 
@@ -240,23 +285,24 @@ class CrossView(Candidate):
 
     def fit(self, data: Dataset, progress: bool = False) -> CrossView:
         from bouquet.models.bundles import BundleScorer
+        from bouquet.models.knn import ItemKNNRecommender
 
-        self.data_ = data
-        composition = (sp.csr_matrix(_composition_01(data)))
-        self.model_ = BundleScorer().fit(data.bundles, side_items=data.services,
-                                         composition=composition)
+        composition = normalised_composition(data.bundle_ids, _members(data), data.service_ids,
+                                             0.0)
+        self.scorer_ = BundleScorer().fit(data.bundles, side_items=data.services,
+                                          composition=composition)
+        # Services are scored by the scorer's own service model when it has one.
+        self.services_model_ = self.scorer_.item_model_ or ItemKNNRecommender(
+            K=200, weighting="cosine").fit(data.services)
+        self.model_ = self.to_deployable(data)
         return self
 
-    def score(self, target: str, rows: np.ndarray) -> np.ndarray:
-        rows = np.asarray(rows)
-        side = self.data_.services[rows]
-        if target == "services":
-            return np.asarray(self.model_.item_model_.score(rows, side), dtype=np.float64)
-        return self.model_.score(rows, self.data_.bundles[rows], side_items=side)
-
-
-def _composition_01(data: Dataset) -> sp.csr_matrix:
-    return normalised_composition(data.bundle_ids, _members(data), data.service_ids, 0.0)
+    def to_deployable(self, data: Dataset, popular: tuple[np.ndarray, np.ndarray] | None = None,
+                      meta: dict[str, Any] | None = None) -> LinearModel:
+        terms, groups = bundle_scorer_terms(self.scorer_, self.services_model_)
+        return LinearModel(**_common(data, self.kind, self.get_params(), popular, meta),
+                           terms=terms, groups=groups, resident_services=data.services,
+                           resident_bundles=data.bundles)
 
 
 def _matrix(data: Dataset, target: str) -> sp.csr_matrix:
@@ -271,7 +317,7 @@ def _labels(neighbourhoods: tuple[str, ...], codes: np.ndarray) -> list[str | No
 
 
 def make_candidate(kind: str, params: dict[str, Any] | None = None) -> Candidate:
-    """A fresh, unfitted candidate of ``kind`` (main model or baseline)."""
+    """A fresh, unfitted candidate of ``kind`` (deployable model or baseline)."""
     params = dict(params or {})
     if kind == "als":
         return ALSBundleModel(**params)
@@ -294,4 +340,4 @@ def make_candidate(kind: str, params: dict[str, Any] | None = None) -> Candidate
     if kind == "crossview":
         return CrossView()
     raise ValueError(f"unknown model kind {kind!r}; choose one of "
-                     f"{', '.join(MAIN_KINDS + BASELINES)}")
+                     f"{', '.join(DEPLOYABLE_KINDS + BASELINES)}")

@@ -13,7 +13,8 @@ Two steps, so one read of the log serves the hold-out split *and* the final fit:
    loop runs per event, which is what lets a million residents and tens of millions of
    events fit in a couple of minutes.
 
-Confidence of a pair (see :func:`bouquet.models.artifact.confidence`)::
+Confidence of a pair (the :class:`~bouquet.models.confidence.ConfidenceRule`, which serving
+applies to recent events too)::
 
     strength   = Σ_events weight[type] · 0.5 ** (age_days / half_life_days)
     confidence = 1 + log_alpha · log1p(strength)          (pairs with strength > 0 only)
@@ -35,7 +36,6 @@ import io
 import json
 import logging
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -49,11 +49,13 @@ import scipy.sparse as sp
 
 from bouquet.core.catalog import Catalog
 from bouquet.core.eventlog import EventLog, read_events
-from bouquet.core.events import ADMIN_TYPES, EventType
+from bouquet.core.events import EventType
 from bouquet.core.settings import Settings
-from bouquet.models.artifact import NS_PER_DAY, confidence, decay_factor
+from bouquet.models.confidence import ConfidenceRule
 
 log = logging.getLogger(__name__)
+
+NS_PER_DAY = 86_400 * 10**9
 
 #: The only columns training reads from the log.
 EVENT_COLUMNS: tuple[str, ...] = (
@@ -66,35 +68,12 @@ PROFILE_FIELDS: tuple[str, ...] = ("neighbourhood", "age_band", "household", "st
                                    "low_income")
 
 
-@dataclass(frozen=True)
-class DatasetParams:
-    """How events become confidences; logged to MLflow and copied into the artifact."""
-
-    event_weights: Mapping[str, float]
-    half_life_days: float | None = 120.0
-    log_alpha: float = 2.0
-    #: A bundle-level event (no service) also counts for the bundle's services, each
-    #: receiving an equal share of its strength — what serving's fold-in does with them.
-    spread_bundle_events: bool = True
-
-    @classmethod
-    def from_settings(cls, settings: Settings, **overrides: Any) -> DatasetParams:
-        values: dict[str, Any] = {"event_weights": dict(settings.event_weights)}
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
-
-    def weight_vector(self) -> np.ndarray:
-        """Weight per type code; administrative types never weigh, whatever the config."""
-        return np.array([0.0 if t in ADMIN_TYPES else float(self.event_weights.get(t, 0.0))
-                         for t in TYPES])
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "event_weights": {k: float(v) for k, v in sorted(self.event_weights.items())},
-            "half_life_days": None if not self.half_life_days else float(self.half_life_days),
-            "log_alpha": float(self.log_alpha),
-            "spread_bundle_events": bool(self.spread_bundle_events),
-        }
+def rule_from_settings(settings: Settings, **overrides: Any) -> ConfidenceRule:
+    """The confidence rule of the settings' event weights, with ``overrides`` (half-life,
+    log_alpha, spreading; None values ignored)."""
+    values: dict[str, Any] = {"event_weights": dict(settings.event_weights)}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return ConfidenceRule(**values)
 
 
 @dataclass
@@ -115,7 +94,6 @@ class EventArrays:
     neighbourhoods: tuple[str, ...]
     catalog_version: str
     catalog_fingerprint: str
-    composition: sp.csr_matrix  # bundles × services, 1/len(bundle) per member
     bundle_services: dict[str, tuple[str, ...]] = field(default_factory=dict)
     stats: dict[str, int] = field(default_factory=dict)
 
@@ -167,7 +145,7 @@ class Dataset:
     held_services: sp.csr_matrix  # float32 0/1
     held_bundles: sp.csr_matrix
     neighbourhood: np.ndarray  # int16 per row, -1 undeclared
-    params: DatasetParams
+    params: ConfidenceRule
     as_of: pd.Timestamp
     until: pd.Timestamp | None
     catalog_version: str
@@ -320,14 +298,14 @@ class _Encoder:
             service=service, bundle=bundle, ts=ts, consent=consent, profiles=profiles,
             service_ids=tuple(catalog.service_ids), bundle_ids=tuple(catalog.bundle_ids),
             neighbourhoods=tuple(catalog.neighbourhood_ids), catalog_version=catalog.version,
-            catalog_fingerprint=catalog.fingerprint, composition=composition_matrix(catalog),
+            catalog_fingerprint=catalog.fingerprint,
             bundle_services={b.id: tuple(b.services) for b in catalog.bundles}, stats=stats,
         )
 
 
 def build_dataset(
     arrays: EventArrays,
-    params: DatasetParams,
+    params: ConfidenceRule,
     *,
     until: pd.Timestamp | None = None,
     as_of: pd.Timestamp | None = None,
@@ -345,13 +323,13 @@ def build_dataset(
         else:
             last = arrays.ts[select].max() if select.any() else 0
             as_of = pd.Timestamp(int(last), tz="UTC")
-    weights = params.weight_vector()
+    weights = params.weight_vector(TYPES)
     kind = arrays.kind.astype(np.int16)
     weighted = select & (kind >= 0)
     weighted[weighted] &= weights[kind[weighted]] > 0
     strength = np.zeros(arrays.n_events, dtype=np.float64)
     ages = (_ts_value(as_of) - arrays.ts[weighted]) / NS_PER_DAY
-    strength[weighted] = weights[kind[weighted]] * decay_factor(ages, params.half_life_days)
+    strength[weighted] = weights[kind[weighted]] * params.decay(ages)
     on_service = weighted & (arrays.service >= 0)
     on_bundle = weighted & (arrays.bundle >= 0)
 
@@ -367,11 +345,13 @@ def build_dataset(
                       strength[on_bundle], (n, n_b))
     if params.spread_bundle_events:
         only_bundle = on_bundle & (arrays.service < 0)
-        spread = _summed(row[arrays.resident[only_bundle]], arrays.bundle[only_bundle],
-                         strength[only_bundle], (n, n_b)) @ arrays.composition
-        services = sp.csr_matrix(services + spread)
+        spread = params.spread_matrix(arrays.bundle_services, arrays.bundle_ids,
+                                      arrays.service_ids)
+        services = sp.csr_matrix(services + _summed(
+            row[arrays.resident[only_bundle]], arrays.bundle[only_bundle],
+            strength[only_bundle], (n, n_b)) @ spread)
     for matrix in (services, bundles):
-        matrix.data = confidence(matrix.data, params.log_alpha).astype(np.float32)
+        matrix.data = params.confidence(matrix.data).astype(np.float32)
 
     held_services = _holdings(arrays, select, row, arrays.service, (n, n_s))
     held_bundles = _holdings(arrays, select, row, arrays.bundle, (n, n_b))
@@ -425,19 +405,6 @@ def fingerprint(dataset: Dataset) -> str:
         for part in (matrix.indptr, matrix.indices, matrix.data):
             h.update(np.ascontiguousarray(part).tobytes())
     return h.hexdigest()[:16]
-
-
-def composition_matrix(catalog: Catalog) -> sp.csr_matrix:
-    """Bundles × services, ``1/len(bundle.services)`` for each member service."""
-    index = {s: i for i, s in enumerate(catalog.service_ids)}
-    rows, cols, vals = [], [], []
-    for b, bundle in enumerate(catalog.bundles):
-        members = [index[s] for s in bundle.services if s in index]
-        rows += [b] * len(members)
-        cols += members
-        vals += [1.0 / len(members)] * len(members)
-    return sp.csr_matrix((vals, (rows, cols)), shape=(len(catalog.bundle_ids),
-                                                       len(catalog.service_ids)))
 
 
 # --- helpers -----------------------------------------------------------------------------

@@ -22,9 +22,12 @@ batches so a million residents never need a dense million-row matrix.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+
+from bouquet.models.base import top_n
 
 Scorer = Callable[[np.ndarray], np.ndarray]
 DEFAULT_KS: tuple[int, ...] = (5, 10, 20)
@@ -32,23 +35,86 @@ METRICS: tuple[str, ...] = ("recall", "ndcg", "map", "precision", "coverage")
 
 
 def top_k(scores: np.ndarray, k: int, mask: sp.csr_matrix | None = None) -> np.ndarray:
-    """Indices of the ``k`` best items per row, best first (masked items set to -inf first).
-
-    Ties are broken by item index so rankings are reproducible. ``scores`` is modified in
-    place when ``mask`` is given.
-    """
-    n_items = scores.shape[1]
-    k = min(k, n_items)
+    """Indices of the ``k`` best items per row, best first, by
+    :func:`bouquet.models.base.top_n` (ties by item id) after masked items are set to -inf
+    (in place); ``-1`` where fewer than ``k`` items remain."""
     if mask is not None and mask.nnz:
         coo = mask.tocoo()
         scores[coo.row, coo.col] = -np.inf
-    if k < n_items:
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    else:
-        part = np.broadcast_to(np.arange(n_items), scores.shape).copy()
-    picked = np.take_along_axis(scores, part, axis=1)
-    order = np.lexsort((part, -picked), axis=1)
-    return np.take_along_axis(part, order, axis=1)
+    return top_n(scores, k)[0]
+
+
+@dataclass
+class UserMetrics:
+    """Per evaluated user (rows of ``truth`` with a positive) every metric, and the catalog
+    coverage of the top K lists. Averages are what :func:`ranking_metrics` reports; the
+    per-user values let two models be compared on the same users (paired bootstrap)."""
+
+    users: np.ndarray  # row indices, increasing
+    values: dict[str, np.ndarray]  # "recall_at_20" -> one value per user
+    coverage: dict[str, float]  # "coverage_at_20" -> share of the catalog shown
+
+    def mean(self) -> dict[str, float]:
+        """Averages over users; NaN for every metric when no user could be evaluated."""
+        n = len(self.users)
+        out = {name: float(v.mean()) if n else float("nan") for name, v in self.values.items()}
+        out.update(self.coverage)
+        out["users"] = float(n)
+        return dict(sorted(out.items()))
+
+
+def user_metrics(
+    scorer: Scorer,
+    truth: sp.csr_matrix,
+    mask: sp.csr_matrix | None = None,
+    ks: Iterable[int] = DEFAULT_KS,
+    *,
+    rows: np.ndarray | None = None,
+    batch_size: int = 4096,
+) -> UserMetrics:
+    """Every metric for every row of ``truth`` with a positive (or of ``rows`` among them)."""
+    ks = sorted(set(int(k) for k in ks))
+    truth = sp.csr_matrix(truth)
+    n_items = truth.shape[1]
+    n_pos = np.diff(truth.indptr)
+    candidates = np.flatnonzero(n_pos > 0)
+    if rows is not None:
+        candidates = np.intersect1d(candidates, np.asarray(rows))
+    parts: dict[str, list[np.ndarray]] = {f"{m}_at_{k}": [] for m in METRICS
+                                          if m != "coverage" for k in ks}
+    covered = {k: np.zeros(n_items, dtype=bool) for k in ks}
+    k_max = max(ks)
+    discount = 1.0 / np.log2(np.arange(2, k_max + 2))
+    ideal = np.cumsum(discount)
+    for start in range(0, len(candidates), batch_size):
+        batch = candidates[start:start + batch_size]
+        scores = np.array(scorer(batch), dtype=np.float64, copy=True)
+        if scores.shape != (len(batch), n_items):
+            raise ValueError(f"scorer returned shape {scores.shape}, expected "
+                             f"{(len(batch), n_items)}")
+        top = top_k(scores, k_max, None if mask is None else mask[batch])
+        valid = top >= 0
+        top = np.where(valid, top, 0)
+        relevant = truth[batch].toarray() > 0
+        hits = np.take_along_axis(relevant, top, axis=1) & valid
+        positives = n_pos[batch].astype(np.float64)
+        cum_hits = np.cumsum(hits, axis=1)
+        precision_at_rank = cum_hits / np.arange(1, top.shape[1] + 1)
+        for k in ks:
+            kk = min(k, top.shape[1])
+            h = hits[:, :kk]
+            n_hits = h.sum(axis=1)
+            best = np.minimum(positives, k).astype(np.int64)
+            parts[f"recall_at_{k}"].append(n_hits / positives)
+            parts[f"precision_at_{k}"].append(n_hits / k)
+            parts[f"ndcg_at_{k}"].append((h * discount[:kk]).sum(axis=1) / ideal[best - 1])
+            parts[f"map_at_{k}"].append((precision_at_rank[:, :kk] * h).sum(axis=1) / best)
+            covered[k][top[:, :kk][valid[:, :kk]]] = True
+    values = {name: np.concatenate(chunks) if chunks else np.zeros(0)
+              for name, chunks in parts.items()}
+    coverage = {f"coverage_at_{k}": float(covered[k].mean()) if len(candidates)
+                else float("nan") for k in ks}
+    return UserMetrics(candidates, values, coverage)
 
 
 def ranking_metrics(
@@ -65,49 +131,7 @@ def ranking_metrics(
     ``rows`` restricts the evaluation to a subset of rows. Returns ``{"recall_at_20": …,
     …, "users": n}``; with no evaluable user every metric is NaN.
     """
-    ks = sorted(set(int(k) for k in ks))
-    truth = sp.csr_matrix(truth)
-    n_items = truth.shape[1]
-    n_pos = np.diff(truth.indptr)
-    candidates = np.flatnonzero(n_pos > 0)
-    if rows is not None:
-        candidates = np.intersect1d(candidates, np.asarray(rows))
-    sums = {f"{m}_at_{k}": 0.0 for m in METRICS if m != "coverage" for k in ks}
-    covered = {k: np.zeros(n_items, dtype=bool) for k in ks}
-    k_max = max(ks)
-    discount = 1.0 / np.log2(np.arange(2, k_max + 2))
-    ideal = np.cumsum(discount)
-    for start in range(0, len(candidates), batch_size):
-        batch = candidates[start:start + batch_size]
-        scores = np.array(scorer(batch), dtype=np.float64, copy=True)
-        if scores.shape != (len(batch), n_items):
-            raise ValueError(f"scorer returned shape {scores.shape}, expected "
-                             f"{(len(batch), n_items)}")
-        top = top_k(scores, k_max, None if mask is None else mask[batch])
-        valid = np.isfinite(np.take_along_axis(scores, top, axis=1))
-        relevant = truth[batch].toarray() > 0
-        hits = np.take_along_axis(relevant, top, axis=1) & valid
-        positives = n_pos[batch].astype(np.float64)
-        cum_hits = np.cumsum(hits, axis=1)
-        precision_at_rank = cum_hits / np.arange(1, top.shape[1] + 1)
-        for k in ks:
-            kk = min(k, top.shape[1])
-            h = hits[:, :kk]
-            n_hits = h.sum(axis=1)
-            sums[f"recall_at_{k}"] += float((n_hits / positives).sum())
-            sums[f"precision_at_{k}"] += float((n_hits / k).sum())
-            dcg = (h * discount[:kk]).sum(axis=1)
-            best = np.minimum(positives, k).astype(np.int64)
-            sums[f"ndcg_at_{k}"] += float((dcg / ideal[best - 1]).sum())
-            ap = (precision_at_rank[:, :kk] * h).sum(axis=1) / best
-            sums[f"map_at_{k}"] += float(ap.sum())
-            covered[k][top[:, :kk][valid[:, :kk]]] = True
-    n_users = len(candidates)
-    out = {name: (value / n_users if n_users else float("nan")) for name, value in sums.items()}
-    for k in ks:
-        out[f"coverage_at_{k}"] = float(covered[k].mean()) if n_users else float("nan")
-    out["users"] = float(n_users)
-    return dict(sorted(out.items()))
+    return user_metrics(scorer, truth, mask, ks, rows=rows, batch_size=batch_size).mean()
 
 
 def matrix_scorer(scores: np.ndarray | sp.spmatrix) -> Scorer:

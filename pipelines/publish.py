@@ -5,8 +5,9 @@ Redis only, and this step moves results across.
 
 1. Load the model the registry alias (``champion``) names and note its version and run.
 2. Pick a new keyspace version ``<model_version>-<UTC timestamp>``; write its meta hash
-   (``state=writing``) and the **serving model** (service factors, bundle matrix) so a
-   serving process loads model and lists of one version from one place.
+   (``state=writing``) and the model's **serving view** (the deployable model without any
+   resident's data, one ``.npz`` blob under a size cap) so a serving process loads model
+   and lists of one version from one place.
 3. Score residents in chunks (one matrix product per chunk, ``argpartition`` for the top N),
    pack each resident's top bundles and services (8 bytes an entry, see
    :func:`bouquet.models.online.pack_list`) and write them with pipelined ``SET``s; then the
@@ -24,10 +25,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import redis
@@ -35,8 +36,10 @@ import redis
 from bouquet.core.keys import Keys
 from bouquet.core.scripts import lua_script
 from bouquet.core.settings import Settings
-from bouquet.models.artifact import Artifact, load_artifact
-from bouquet.models.online import ServingModel, decode_meta, pack_list, pack_rows
+from bouquet.models.base import top_n
+from bouquet.models.deployable import DeployableModel, load_model_dir
+from bouquet.models.online import decode_meta, pack_list, pack_rows
+from bouquet.pipelines.tracking import download_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -60,148 +63,54 @@ class ScoredChunk:
     service_reasons: np.ndarray  # (n, ks) int
 
 
-class PublishableModel(Protocol):
-    """What publish needs of a trained model (the artifact is adapted to this)."""
-
-    resident_ids: Sequence[str]
-    bundle_ids: Sequence[str]
-    service_ids: Sequence[str]
-    reason_vocab: list[str]
-
-    def score_chunk(self, start: int, stop: int, top_n: int) -> ScoredChunk:
-        """Top-N bundles and services of residents ``start:stop`` (vectorised)."""
-
-    def popular(self, kind: str) -> Mapping[str, tuple[np.ndarray, np.ndarray]]:
-        """Neighbourhood (``_all`` = city) → (item indices best first, scores)."""
-
-    def serving_model(self, version: str, model_version: str, run_id: str) -> ServingModel:
-        """The serving part: factors and bundle matrix for the real-time fold-in."""
+def reason_vocabulary(model: DeployableModel) -> list[str]:
+    """The reason codes a version's packed lists index: ``cf`` then ``uses:<service>``."""
+    return ["cf", *(f"uses:{s}" for s in model.service_ids)]
 
 
-def top_n(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row-wise top ``n`` (indices, scores), best first, without a full sort."""
-    n = min(n, scores.shape[1])
-    if n < scores.shape[1]:
-        part = np.argpartition(-scores, n - 1, axis=1)[:, :n]
-    else:
-        part = np.broadcast_to(np.arange(scores.shape[1]), scores.shape).copy()
-    part_scores = np.take_along_axis(scores, part, axis=1)
-    order = np.argsort(-part_scores, axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1), np.take_along_axis(part_scores, order, axis=1)
+def score_chunk(model: DeployableModel, rows: np.ndarray, n: int) -> ScoredChunk:
+    """Top-``n`` bundles and services of residents ``rows``, with reasons.
 
-
-@dataclass
-class FactorModel:
-    """A matrix-factorisation model as publish and serving see it.
-
-    ``bundle_score = u · b`` with ``b`` the bundle matrix; the reason of a bundle is the
-    member service with the largest ``u · y_s`` ("because you use …"). The adapter of the
-    MLflow artifact and the benchmark's synthetic model are both this class.
+    A bundle's reason is its member service the resident's service scores rank highest
+    ("because you use …"); services get the collaborative reason.
     """
-
-    resident_ids: Sequence[str]
-    bundle_ids: Sequence[str]
-    service_ids: Sequence[str]
-    resident_factors: np.ndarray  # (n_residents, f)
-    service_factors: np.ndarray  # (n_services, f)
-    bundle_matrix: np.ndarray  # (n_bundles, f)
-    bundle_services: Sequence[Sequence[str]]  # services of each bundle
-    popular_bundles: Mapping[str, np.ndarray] = field(default_factory=dict)  # nb → scores
-    popular_services: Mapping[str, np.ndarray] = field(default_factory=dict)
-    regularization: float = 0.01
-    alpha: float = 1.0
-    log_alpha: float | None = None
-    half_life_days: float | None = None
-    event_weights: dict[str, float] | None = None
-    #: Optional custom bundle scorer (e.g. the artifact's bundle scoring with reasons):
-    #: (resident rows) → (scores (n, n_bundles), reason codes (n, n_bundles) as vocab index).
-    bundle_scorer: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
-    reason_vocab: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if not self.reason_vocab:
-            self.reason_vocab = ["cf", *(f"uses:{s}" for s in self.service_ids)]
-        index = {s: i for i, s in enumerate(self.service_ids)}
-        width = max((len(m) for m in self.bundle_services), default=1)
-        # Members of each bundle as a padded index matrix (-1 = none) for vectorised reasons.
-        members = np.full((len(self.bundle_ids), width), -1, dtype=np.int64)
-        for row, services in enumerate(self.bundle_services):
-            ids = [index[s] for s in services if s in index]
-            members[row, :len(ids)] = ids
-        self._members = members
-        self._uses_base = self.reason_vocab.index(f"uses:{self.service_ids[0]}") \
-            if f"uses:{self.service_ids[0]}" in self.reason_vocab else None
-
-    def score_chunk(self, start: int, stop: int, top_n_: int) -> ScoredChunk:
-        users = np.asarray(self.resident_factors[start:stop], dtype=np.float32)
-        service_scores = users @ self.service_factors.T
-        if self.bundle_scorer is not None:
-            bundle_scores, bundle_reasons_all = self.bundle_scorer(np.arange(start, stop))
-        else:
-            bundle_scores = users @ self.bundle_matrix.T
-            bundle_reasons_all = None
-        b_idx, b_sc = top_n(bundle_scores, top_n_)
-        s_idx, s_sc = top_n(service_scores, top_n_)
-        if bundle_reasons_all is not None:
-            b_reason = np.take_along_axis(bundle_reasons_all, b_idx, axis=1)
-        elif self._uses_base is not None:
-            # The member service the resident likes most explains the bundle.
-            members = self._members[b_idx]  # (n, kb, width)
-            valid = members >= 0
-            member_scores = np.take_along_axis(
-                service_scores[:, None, :].repeat(members.shape[1], axis=1),
-                np.where(valid, members, 0), axis=2)
-            member_scores = np.where(valid, member_scores, -np.inf)
-            best = np.take_along_axis(members, member_scores.argmax(axis=2)[..., None],
-                                      axis=2)[..., 0]
-            b_reason = np.where(best >= 0, self._uses_base + best, 0)
-        else:
-            b_reason = np.zeros_like(b_idx)
-        s_reason = np.zeros_like(s_idx)
-        return ScoredChunk(b_idx, b_sc, b_reason, s_idx, s_sc, s_reason)
-
-    def popular(self, kind: str) -> Mapping[str, tuple[np.ndarray, np.ndarray]]:
-        source = self.popular_bundles if kind == "b" else self.popular_services
-        out = {}
-        for nb, scores in source.items():
-            scores = np.asarray(scores, dtype=np.float64)
-            order = np.argsort(-scores, kind="stable")
-            out[nb] = (order, scores[order])
-        return out
-
-    def serving_model(self, version: str, model_version: str, run_id: str) -> ServingModel:
-        return ServingModel(version=version, model_version=model_version, run_id=run_id,
-                            bundle_ids=list(self.bundle_ids), service_ids=list(self.service_ids),
-                            reason_vocab=list(self.reason_vocab),
-                            service_factors=self.service_factors,
-                            bundle_matrix=self.bundle_matrix,
-                            regularization=self.regularization, alpha=self.alpha,
-                            log_alpha=self.log_alpha, half_life_days=self.half_life_days,
-                            event_weights=self.event_weights)
+    service_scores = model.score(rows, "s")
+    bundle_scores = model.score(rows, "b")
+    b_idx, b_sc = top_n(bundle_scores, n)
+    s_idx, s_sc = top_n(service_scores, n)
+    members = _member_matrix(model)[b_idx]  # (rows, kb, width), -1 padded
+    valid = members >= 0
+    member_scores = np.take_along_axis(service_scores[:, None, :].repeat(members.shape[1], 1),
+                                       np.where(valid, members, 0), axis=2)
+    best = np.take_along_axis(members, np.where(valid, member_scores, -np.inf)
+                              .argmax(axis=2)[..., None], axis=2)[..., 0]
+    b_reason = np.where(best >= 0, 1 + best, 0)
+    return ScoredChunk(b_idx, b_sc, b_reason, s_idx, s_sc, np.zeros_like(s_idx))
 
 
-# --- the registered model ------------------------------------------------------------------
-def adapt_artifact(artifact: Artifact) -> FactorModel:
-    """The deployable artifact (:mod:`bouquet.models.artifact`) as a :class:`FactorModel`:
-    its resident and service factors, its bundle scoring vectors, popularity fallbacks and
-    confidence rule — so publish, the keyspace and the serving fold-in use the training
-    rule exactly."""
-    bundle_ids = list(artifact.bundle_ids)
-    composition = artifact.bundle_services
-    popular = artifact.popular
-    return FactorModel(
-        resident_ids=np.asarray(artifact.resident_ids).tolist(), bundle_ids=bundle_ids,
-        service_ids=list(artifact.service_ids), resident_factors=artifact.resident_factors,
-        service_factors=artifact.service_factors, bundle_matrix=artifact.bundle_factors,
-        bundle_services=[list(composition.get(b, ())) for b in bundle_ids],
-        popular_bundles=popular["b"], popular_services=popular["s"],
-        regularization=artifact.regularization, alpha=artifact.alpha,
-        log_alpha=artifact.log_alpha, half_life_days=artifact.half_life_days,
-        event_weights=artifact.event_weights)
+def _member_matrix(model: DeployableModel) -> np.ndarray:
+    """Service indices of each bundle as a padded matrix (-1 = none)."""
+    members = model.bundle_members
+    width = max((len(m) for m in members), default=1) or 1
+    out = np.full((len(members), width), -1, dtype=np.int64)
+    for row, ids in enumerate(members):
+        out[row, :len(ids)] = ids
+    return out
+
+
+def popular_lists(model: DeployableModel, kind: str
+                  ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Neighbourhood (``_all`` = city) → (item indices best first, scores)."""
+    out = {}
+    for nb, scores in model.popular_scores(kind).items():
+        scores = np.asarray(scores, dtype=np.float64)
+        order = np.argsort(-scores, kind="stable")
+        out[nb] = (order, scores[order])
+    return out
 
 
 def load_registered(settings: Settings, *, alias: str = "champion",
-                    version: str | None = None) -> tuple[FactorModel, str, str]:
+                    version: str | None = None) -> tuple[DeployableModel, str, str]:
     """The registered model an alias (or a version) names, as (model, ``v<N>``, run id).
 
     Raises :class:`LookupError` when the registry has no such alias or version.
@@ -209,7 +118,6 @@ def load_registered(settings: Settings, *, alias: str = "champion",
     import tempfile
     from pathlib import Path
 
-    import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -223,9 +131,7 @@ def load_registered(settings: Settings, *, alias: str = "champion",
         raise LookupError(f"registered model {name!r} has no {what} in {settings.mlflow_uri}: "
                           f"train one with `bouquet train` ({exc.message[:200]})") from None
     with tempfile.TemporaryDirectory(prefix="bouquet-publish-") as tmp:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=found.source, dst_path=tmp,
-                                                    tracking_uri=settings.mlflow_uri)
-        model = adapt_artifact(load_artifact(Path(local)))
+        model = load_model_dir(download_model_dir(settings, found.source, Path(tmp)))
     log.info("loaded %s version %s (run %s) from %s", name, found.version, found.run_id,
              found.source)
     return model, f"v{found.version}", found.run_id or ""
@@ -233,6 +139,7 @@ def load_registered(settings: Settings, *, alias: str = "champion",
 
 # --- the keyspace switch ------------------------------------------------------------------
 _SWITCH_LUA = lua_script("bouquet.pipelines", "switch_pointer.lua")
+_ROLLBACK_LUA = lua_script("bouquet.pipelines", "rollback_pointer.lua")
 
 
 @dataclass
@@ -275,11 +182,16 @@ class Publisher:
         return (self.keys.current_version() if pointer == "current"
                 else self.keys.variant_pointer(pointer))
 
-    def publish(self, model: PublishableModel, *, model_version: str, run_id: str = "",
+    def publish(self, model: DeployableModel, *, model_version: str, run_id: str = "",
                 pointer: str = "current", progress: bool = False,
-                on_chunk: Callable[[int], None] | None = None) -> PublishReport:
+                on_chunk: Callable[[int], None] | None = None,
+                personalised: bool = True) -> PublishReport:
         """Publish ``model`` and switch ``pointer``; raise :class:`PublishError` (or the
-        scoring error) on failure, leaving the previous version serving."""
+        scoring error) on failure, leaving the previous version serving.
+
+        ``personalised=False`` publishes the popular lists only (no resident's list): what
+        serves while no model has earned the champion alias.
+        """
         started = time.perf_counter()
         k = self.keys
         for name, ids in (("bundles", model.bundle_ids), ("services", model.service_ids)):
@@ -291,18 +203,30 @@ class Publisher:
         version = new_version(model_version)
         ttl = self.settings.publish_staging_ttl_s
         top = self.settings.publish_top_n
-        serving = model.serving_model(version, model_version, run_id)
+        blob = model.serving_view().to_blob()
+        cap = self.settings.publish_model_max_bytes
+        if len(blob) > cap:
+            raise PublishError(f"the serving form of this model takes {len(blob) / 2**20:.0f} "
+                               f"MB, over the {cap / 2**20:.0f} MB cap "
+                               "(BOUQUET_PUBLISH_MODEL_MAX_BYTES; a Redis string holds at most "
+                               "512 MB): train a linear model with a smaller top_k")
+        vocab = reason_vocabulary(model)
         meta_key = k.version_meta(version)
         written: list[str] = []  # keys of this version other than resident lists
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(meta_key, mapping={**serving.meta_fields(), "state": "writing",
-                                     "pointer": pointer, "started_at": _now_iso()})
+        pipe.hset(meta_key, mapping={
+            "model_version": model_version, "run_id": run_id, "family": model.family,
+            "model_kind": str(model.meta.get("model_kind", "")),
+            "bundle_ids": json.dumps(model.bundle_ids),
+            "service_ids": json.dumps(model.service_ids), "reason_vocab": json.dumps(vocab),
+            "personalised": "1" if personalised else "0",
+            "state": "writing", "pointer": pointer, "started_at": _now_iso()})
         pipe.expire(meta_key, ttl)
-        pipe.set(k.version_model(version), serving.to_blob(), ex=ttl)
+        pipe.set(k.version_model(version), blob, ex=ttl)
         written += [meta_key, k.version_model(version)]
         popular_counts = {}
         for kind in ("b", "s"):
-            lists = model.popular(kind)
+            lists = popular_lists(model, kind)
             popular_counts[kind] = len(lists)
             for nb, (items, scores) in lists.items():
                 key = k.popular(version, nb, kind)
@@ -310,13 +234,13 @@ class Publisher:
                 written.append(key)
         pipe.execute()
 
-        residents = list(model.resident_ids)
+        residents = list(model.resident_ids) if personalised else []
         size = self.settings.publish_chunk
         total_bytes = 0
         bar = _progress(len(residents), progress, f"publish {version}")
         try:
             for n_chunk, (start, stop) in enumerate(_chunks(len(residents), size)):
-                scored = model.score_chunk(start, stop, top)
+                scored = score_chunk(model, np.arange(start, stop), top)
                 b_vals = pack_rows(scored.bundle_items, scored.bundle_scores,
                                    scored.bundle_reasons)
                 s_vals = pack_rows(scored.service_items, scored.service_scores,
@@ -435,7 +359,14 @@ class Publisher:
         return {"current": current.decode() if current else None, "versions": versions}
 
     def rollback(self, pointer: str = "current") -> tuple[str, str]:
-        """Point back at the previous version (kept without TTL); returns (from, to)."""
+        """Point back at the version published before the current one; returns (from, to).
+
+        Rollback only ever steps back: the restored version keeps its own predecessor, so a
+        second rollback goes one further back — while that version is still kept (the one
+        before the current is kept without TTL; older ones expire
+        ``publish_old_version_ttl_s`` after a switch, and rollback then refuses). To move
+        forward again, publish.
+        """
         pointer_key = self._pointer_key(pointer)
         current_raw = self.redis.get(pointer_key)
         if not current_raw:
@@ -448,15 +379,8 @@ class Publisher:
         if self.redis.ttl(self.keys.version_meta(previous)) >= 0:
             raise PublishError(f"previous version {previous} is already expiring")
         switched, actual = self.redis.eval(
-            """
-local cur = redis.call('GET', KEYS[1])
-if (cur or '') ~= ARGV[1] then return {0, cur or ''} end
-redis.call('SET', KEYS[1], ARGV[2])
-redis.call('HSET', KEYS[2], 'state', 'live', 'previous', ARGV[1])
-redis.call('HSET', KEYS[3], 'state', 'rolled-back', 'previous', '')
-return {1, ARGV[1]}
-""", 3, pointer_key, self.keys.version_meta(previous), self.keys.version_meta(current),
-            current, previous)
+            _ROLLBACK_LUA, 3, pointer_key, self.keys.version_meta(previous),
+            self.keys.version_meta(current), current, previous)
         if not int(switched):
             raise PublishError(f"pointer moved to {actual.decode()!r} during the rollback")
         log.info("rolled %s back from %s to %s", pointer, current, previous)

@@ -1,13 +1,9 @@
 """The model registry: versions of one registered model, the ``champion`` alias, its history.
 
-Serving publishes whatever ``champion`` names, so the alias moves only on evidence:
-
-- a new version becomes champion when it beats the current champion on the primary metric
-  *on the same split* (same split id — same cut-off, window, events, positives and masks);
-- when the split differs (new events arrived, another cut-off), the training run has
-  re-evaluated the champion on the new split (see :mod:`bouquet.pipelines.train`) and passes
-  that figure here, so the comparison is still like for like;
-- ``--force`` / :meth:`ModelRegistry.promote` moves it by hand.
+Serving publishes whatever ``champion`` names, so the alias moves only on evidence — the
+rule is :func:`bouquet.pipelines.promotion.decide`, applied by ``bouquet train`` — or by
+hand (:meth:`ModelRegistry.promote`, ``bouquet model promote``, which refuses a version
+that is worse on the current split unless forced).
 
 Every move records the previous champion: the alias ``previous-champion`` names it, and the
 registered model's tag ``champion_history`` keeps the ordered list of champions (last 100),
@@ -21,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -39,24 +34,6 @@ class RegistryError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Decision:
-    """Whether a new version takes the ``champion`` alias, and why (logged to the run)."""
-
-    promote: bool
-    reason: str
-    champion_version: str | None = None
-    champion_value: float | None = None
-    candidate_value: float | None = None
-
-    def as_tags(self) -> dict[str, str]:
-        return {
-            "promotion.decision": "promoted" if self.promote else "kept champion",
-            "promotion.reason": self.reason,
-            "promotion.champion_version": self.champion_version or "",
-        }
-
-
-@dataclass(frozen=True)
 class VersionInfo:
     version: str
     run_id: str
@@ -69,40 +46,6 @@ class VersionInfo:
     def primary_value(self) -> float | None:
         raw = self.tags.get("primary_value")
         return None if raw in (None, "") else float(raw)
-
-
-def decide(candidate_value: float, *, champion: VersionInfo | None, split_id: str,
-           primary_metric: str, champion_on_split: float | None = None,
-           force: bool = False) -> Decision:
-    """The promotion rule (pure, so it is tested without a registry).
-
-    ``champion_on_split`` is the champion's figure re-measured on this split; it is needed
-    only when the champion was registered with another split id.
-    """
-    if champion is None:
-        return Decision(True, "first registered model: nothing to beat",
-                        candidate_value=candidate_value)
-    value = None
-    if champion.tags.get("split_id") == split_id and \
-            champion.tags.get("primary_metric") == primary_metric:
-        value = champion.primary_value
-        basis = "same split"
-    elif champion_on_split is not None:
-        value = champion_on_split
-        basis = "champion re-evaluated on this split"
-    if force:
-        return Decision(True, "forced (--force)", champion.version, value, candidate_value)
-    if value is None or math.isnan(value):
-        return Decision(False, f"champion v{champion.version} has no {primary_metric} on this "
-                        "split to compare with; use --force to promote anyway",
-                        champion.version, None, candidate_value)
-    if candidate_value > value:
-        return Decision(True, f"{primary_metric} {candidate_value:.4f} > champion "
-                        f"v{champion.version} {value:.4f} ({basis})", champion.version, value,
-                        candidate_value)
-    return Decision(False, f"{primary_metric} {candidate_value:.4f} <= champion "
-                    f"v{champion.version} {value:.4f} ({basis})", champion.version, value,
-                    candidate_value)
 
 
 class ModelRegistry:
@@ -182,11 +125,13 @@ class ModelRegistry:
             return []
 
     # --- writing ---------------------------------------------------------------------------
-    def register(self, run_id: str, source: str, tags: dict[str, str]) -> VersionInfo:
-        """A new version pointing at the run's artifact directory ``source``."""
+    def register(self, run_id: str, source: str, tags: dict[str, str],
+                 model_id: str | None = None) -> VersionInfo:
+        """A new version of the model logged at ``source`` (``models:/<id>``)."""
         self._ensure_model()
         mv = self.client.create_model_version(self.name, source=source, run_id=run_id,
-                                              tags={k: str(v) for k, v in tags.items()})
+                                              tags={k: str(v) for k, v in tags.items()},
+                                              model_id=model_id)
         log.info("registered %s version %s", self.name, mv.version)
         return self._info(mv)
 

@@ -35,10 +35,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from bouquet.models.confidence import ConfidenceRule
 from bouquet.pipelines.dataset import (
     TYPES,
     Dataset,
-    DatasetParams,
     EventArrays,
     _ts_value,
     build_dataset,
@@ -98,7 +98,7 @@ def default_cutoff(arrays: EventArrays, test_weeks: int) -> pd.Timestamp:
 
 def temporal_split(
     arrays: EventArrays,
-    params: DatasetParams,
+    params: ConfidenceRule,
     *,
     cutoff: pd.Timestamp | None = None,
     test_weeks: int = DEFAULT_TEST_WEEKS,

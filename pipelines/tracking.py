@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 
 #: Longest parameter value MLflow accepts (longer values are truncated with a marker).
 MAX_PARAM_CHARS = 6000
+#: The experiment kind tag: without it the MLflow UI may open the experiment in its GenAI
+#: mode (traces, evaluation runs); Bouquet's runs are model training.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 class TrackingUnavailable(RuntimeError):
@@ -102,7 +106,7 @@ def is_local_store(uri: str) -> bool:
 
 
 def ensure_experiment(client: Any, settings: Settings) -> str:
-    """The experiment's id, created on first use.
+    """The experiment's id, created on first use, marked as a model-training experiment.
 
     With a local store the experiment's artifacts go to ``settings.mlflow_artifact_root``
     (the folder ``bouquet stack up --mlflow-ui`` serves); a server decides for itself.
@@ -112,13 +116,16 @@ def ensure_experiment(client: Any, settings: Settings) -> str:
     if found is not None:
         if found.lifecycle_stage == "deleted":
             client.restore_experiment(found.experiment_id)
+        if found.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return found.experiment_id
     location = None
     if is_local_store(settings.mlflow_uri):
         root = settings.mlflow_artifact_root.resolve()
         root.mkdir(parents=True, exist_ok=True)
         location = root.as_uri()
-    experiment_id = client.create_experiment(name, artifact_location=location)
+    experiment_id = client.create_experiment(name, artifact_location=location,
+                                             tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     log.info("created MLflow experiment %r (artifacts %s)", name, location or "server default")
     return experiment_id
 
@@ -156,3 +163,58 @@ def finite_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
     """Metrics MLflow can store (NaN — e.g. no evaluable user — is left out)."""
     return {k: float(v) for k, v in metrics.items()
             if v is not None and not math.isnan(float(v))}
+
+
+def log_deployable(client: Any, settings: Settings, run_id: str, model: Any
+                   ) -> tuple[str, str | None]:
+    """Log a deployable model to the run as an MLflow Model (pyfunc flavour, with a
+    signature and an input example); returns (model URI, logged model id).
+
+    The Bouquet artifact directory (``meta.json`` + ``arrays.npz``) is the model's artifact
+    ``bouquet_model``; the flavour's code is :mod:`bouquet.pipelines.mlflow_model`, logged
+    as code, not pickled. The input example is a made-up resident id: no resident's data
+    leaves the model files.
+    """
+    import tempfile
+
+    import mlflow
+    import pandas as pd
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    from bouquet.pipelines import mlflow_model
+
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("string", "resident_id"), ColSpec("long", "k", required=False)]),
+        outputs=Schema([ColSpec("string", "resident_id"), ColSpec("long", "rank"),
+                        ColSpec("string", "bundle_id"), ColSpec("double", "score")]))
+    example = pd.DataFrame({"resident_id": ["r-example"], "k": [3]})
+    mlflow.set_tracking_uri(settings.mlflow_uri)
+    with tempfile.TemporaryDirectory(prefix="bouquet-model-") as tmp:
+        directory = model.save(Path(tmp) / mlflow_model.ARTIFACT)
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=mlflow_model.__file__,
+                artifacts={mlflow_model.ARTIFACT: str(directory)}, signature=signature,
+                input_example=example, pip_requirements=[f"bouquet=={_bouquet_version()}"])
+    return info.model_uri, getattr(info, "model_id", None)
+
+
+def download_model_dir(settings: Settings, source: str, dst: Path) -> Path:
+    """Download a registered version's model and return Bouquet's model directory in it
+    (an MLflow Model's ``artifacts/bouquet_model``, or a plain run artifact directory as
+    the first release registered)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from bouquet.models.deployable import find_model_dir, model_location
+
+    location = model_location(MlflowClient(tracking_uri=settings.mlflow_uri), source)
+    return find_model_dir(mlflow.artifacts.download_artifacts(
+        artifact_uri=location, dst_path=str(dst), tracking_uri=settings.mlflow_uri))
+
+
+def _bouquet_version() -> str:
+    from bouquet import __version__
+
+    return __version__

@@ -1,4 +1,4 @@
-"""``bouquet train``: event log → model → evaluation against baselines → MLflow → registry.
+"""``bouquet train``: event log → every candidate → evaluation → MLflow → registry.
 
 One run, in order (each stage timed; see :class:`Stages`):
 
@@ -6,20 +6,24 @@ One run, in order (each stage timed; see :class:`Stages`):
    after the training;
 2. **read** the event log once (:func:`~bouquet.pipelines.dataset.load_event_arrays`);
 3. **split** temporally (:func:`~bouquet.pipelines.split.temporal_split`);
-4. optional **search**: each trial is a nested MLflow run, fitted on a *validation* split
-   (cut-off one test window earlier) so the test window never chooses hyper-parameters;
-5. **fit + evaluate** the model and every baseline on the same split (metrics
-   ``services.*``/``bundles.*``, baselines suffixed ``.<baseline>``, cold-start group
-   ``*.cold.*``);
-6. **champion on this split**: if the current champion was evaluated on another split, its
-   recipe — model kind, parameters and dataset parameters, read from its artifact's
-   ``meta.json`` — is refitted on this split's training data and evaluated on the same
-   test positives (its saved factors are *not* scored: they may have been trained on this
-   very test window, which would flatter it);
-7. **refit** on all data (``--no-refit`` keeps the model fitted before the cut-off), build
-   the deployable artifact, log it as the run's ``model`` directory;
-8. **register** a new version; the ``champion`` alias moves by
-   :func:`~bouquet.pipelines.registry.decide`.
+4. optional **search** of the ALS candidate's hyper-parameters: each trial is a nested
+   MLflow run, fitted on a *validation* split (cut-off one test window earlier) so the test
+   window never chooses hyper-parameters;
+5. **fit + evaluate** every deployable candidate (ALS, EASE, item kNN, the cross-view
+   bundle scorer) and the baselines on the same split, each through the form it would be
+   served in (metrics ``<candidate>/<target>.<metric>``, cold-start group
+   ``<baseline>/cold.<target>.<metric>``); the best non-degenerate candidate by the primary
+   metric is the run's model;
+6. **champion on this split**: the current champion's recipe — model kind, parameters and
+   confidence rule, read from its artifact — is refitted on this split's training data and
+   evaluated on the same residents (its saved factors are *not* scored: they may have been
+   trained on this very test window, which would flatter it);
+7. **decide** by :func:`~bouquet.pipelines.promotion.decide`: paired bootstrap intervals
+   against popularity and the champion, on enough residents;
+8. **refit** the chosen candidate on all data (``--no-refit`` keeps the one fitted before
+   the cut-off), log it as an MLflow Model (pyfunc flavour wrapping Bouquet's artifact),
+   **register** a version and move ``champion`` when the decision says so. Serving changes
+   only when ``bouquet publish`` runs (or ``train --publish``).
 """
 
 from __future__ import annotations
@@ -45,10 +49,11 @@ import psutil
 from bouquet import __version__
 from bouquet.core.catalog import load_catalog
 from bouquet.core.settings import Settings
+from bouquet.models.confidence import ConfidenceRule
 from bouquet.pipelines.candidates import (
     BASELINES,
     COLD_CAPABLE,
-    MAIN_KINDS,
+    DEPLOYABLE_KINDS,
     TARGETS,
     Candidate,
     NeighbourhoodPopularity,
@@ -56,20 +61,21 @@ from bouquet.pipelines.candidates import (
 )
 from bouquet.pipelines.dataset import (
     Dataset,
-    DatasetParams,
     EventArrays,
     build_dataset,
     load_event_arrays,
+    rule_from_settings,
 )
-from bouquet.pipelines.evaluate import DEFAULT_KS, ranking_metrics
-from bouquet.pipelines.registry import Decision, ModelRegistry, decide
+from bouquet.pipelines.evaluate import DEFAULT_KS, UserMetrics, user_metrics
+from bouquet.pipelines.promotion import Decision, Interval, decide, paired_bootstrap, score_spread
+from bouquet.pipelines.registry import ModelRegistry
 from bouquet.pipelines.split import DEFAULT_POSITIVE_TYPES, Split, temporal_split
 from bouquet.pipelines.tracking import (
     connect,
     ensure_experiment,
-    finite_metrics,
     flatten,
     git_state,
+    log_deployable,
 )
 
 log = logging.getLogger(__name__)
@@ -79,8 +85,8 @@ DEFAULT_TEST_WEEKS = 4
 #: Search space of the main model when ``--space`` is not given.
 DEFAULT_SPACE: dict[str, list[Any]] = {
     "factors": [8, 16, 32],
-    "regularization": [10.0, 50.0, 150.0],
-    "alpha": [0.25, 1.0],
+    "regularization": [1.0, 5.0, 20.0],
+    "alpha": [1.0, 5.0, 20.0],
     "affinity_weight": [0.0, 0.25, 1.0],
 }
 
@@ -89,9 +95,11 @@ DEFAULT_SPACE: dict[str, list[Any]] = {
 class TrainOptions:
     """Everything ``bouquet train`` can be told (the CLI maps its flags onto this)."""
 
-    model: str = "als"
+    #: Deployable candidates evaluated; the best becomes the run's model.
+    candidates: tuple[str, ...] = DEPLOYABLE_KINDS
+    #: Hyper-parameters of the ALS candidate (what ``--search`` tunes).
     params: dict[str, Any] = field(default_factory=dict)
-    dataset: dict[str, Any] = field(default_factory=dict)  # DatasetParams overrides
+    dataset: dict[str, Any] = field(default_factory=dict)  # confidence-rule overrides
     cutoff: pd.Timestamp | None = None
     test_weeks: int = DEFAULT_TEST_WEEKS
     positive_types: tuple[str, ...] = DEFAULT_POSITIVE_TYPES
@@ -115,21 +123,23 @@ class TrainReport:
 
     run_id: str
     experiment_id: str
-    model: str
+    model: str  # the chosen candidate's kind ("" when none could be chosen)
     params: dict[str, Any]
-    metrics: dict[str, float]
+    metrics: dict[str, float]  # "<candidate>/<target>.<metric>"
     primary_metric: str
     split: dict[str, Any]
     dataset: dict[str, Any]
+    eval_residents: int
     version: str | None
     decision: Decision | None
     stages: dict[str, dict[str, float]]
-    artifact_uri: str
+    model_uri: str
     trials: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def primary_value(self) -> float:
-        return self.metrics.get(self.primary_metric, float("nan"))
+        return self.metrics.get(f"{self.model}/{self.primary_metric}", float("nan"))
 
 
 class Stages:
@@ -194,25 +204,52 @@ def _peak_rss_mb() -> float | None:
 # --- evaluation -----------------------------------------------------------------------------
 
 
-def evaluate_candidate(candidate: Candidate, split: Split, ks: tuple[int, ...],
-                       suffix: str = "", rows_of: np.ndarray | None = None) -> dict[str, float]:
-    """``{target}.{metric}_at_{k}[{suffix}]`` of a fitted candidate on the split.
+@dataclass
+class Evaluation:
+    """One fitted candidate on the split: its metrics, and its per-resident primary values
+    (aligned with :attr:`users`) for paired comparisons."""
+
+    kind: str
+    candidate: Candidate
+    metrics: dict[str, float]
+    users: np.ndarray
+    primary: np.ndarray
+    spread: float | None = None  # score spread across residents (deployables)
+
+    @property
+    def primary_mean(self) -> float:
+        return float(self.primary.mean()) if len(self.primary) else float("nan")
+
+
+def evaluate_candidate(candidate: Candidate, split: Split, options: TrainOptions,
+                       rows_of: np.ndarray | None = None) -> Evaluation:
+    """Every metric of a fitted candidate on the split, by target.
 
     ``rows_of`` maps the split's training rows to the candidate's own rows (when it was
     fitted on a dataset built with other parameters); unmapped residents score 0.
     """
-    out: dict[str, float] = {}
+    target_of_primary, _, primary_name = options.primary_metric.partition(".")
+    metrics: dict[str, float] = {}
+    found: UserMetrics | None = None
     for target in TARGETS:
         scorer = candidate.scorer(target)
         if rows_of is not None:
             scorer = _aligned(scorer, rows_of, split.truth(target).shape[1])
-        metrics = ranking_metrics(scorer, split.truth(target), split.mask(target), ks)
-        out.update({f"{target}.{name}{suffix}": value for name, value in metrics.items()})
-    return out
+        result = user_metrics(scorer, split.truth(target), split.mask(target), options.ks)
+        metrics.update({f"{target}.{name}": value for name, value in result.mean().items()})
+        if target == target_of_primary:
+            found = result
+    assert found is not None  # _check_primary validated the target
+    evaluation = Evaluation(candidate.kind, candidate, metrics, found.users,
+                            found.values[primary_name])
+    if candidate.deployable and len(found.users):
+        sample = found.users[:2000]
+        evaluation.spread = score_spread(candidate.score("bundles", sample))
+    return evaluation
 
 
 def evaluate_cold(candidate: Candidate, split: Split, ks: tuple[int, ...]) -> dict[str, float]:
-    """Metrics of a popularity fallback on the cold-start group (``{target}.cold.*``)."""
+    """Metrics of a popularity fallback on the cold-start group (``cold.<target>.*``)."""
     cold = split.cold
     if cold is None or not hasattr(candidate, "score_groups"):
         return {}
@@ -223,8 +260,8 @@ def evaluate_cold(candidate: Candidate, split: Split, ks: tuple[int, ...]) -> di
         def scorer(rows: np.ndarray, target: str = target) -> np.ndarray:
             return candidate.score_groups(target, cold.neighbourhood[rows])
 
-        metrics = ranking_metrics(scorer, truth, None, ks)
-        out.update({f"{target}.cold.{name}.{candidate.kind}": v for name, v in metrics.items()})
+        result = user_metrics(scorer, truth, None, ks).mean()
+        out.update({f"cold.{target}.{name}": v for name, v in result.items()})
     return out
 
 
@@ -247,9 +284,10 @@ def train(settings: Settings, options: TrainOptions) -> TrainReport:
     """Run one training (see the module docstring); returns what it logged and decided."""
     if options.search not in (None, "grid", "random"):
         raise ValueError(f"--search must be grid or random, not {options.search!r}")
-    if options.model not in MAIN_KINDS:
-        raise ValueError(f"--model {options.model!r} cannot be deployed; choose one of "
-                         f"{', '.join(MAIN_KINDS)} (baselines are evaluated with --baselines)")
+    unknown = sorted(set(options.candidates) - set(DEPLOYABLE_KINDS))
+    if unknown or not options.candidates:
+        raise ValueError(f"candidates must be among {', '.join(DEPLOYABLE_KINDS)}"
+                         f"{f' (not {unknown})' if unknown else ''}")
     unknown = sorted(set(options.baselines) - set(BASELINES))
     if unknown:
         raise ValueError(f"unknown baselines {unknown}; choose from {', '.join(BASELINES)}")
@@ -257,9 +295,11 @@ def train(settings: Settings, options: TrainOptions) -> TrainReport:
     client = connect(settings)
     experiment_id = ensure_experiment(client, settings)
     registry = ModelRegistry(client, settings.registered_model)
-    stages = Stages(options.progress, total=7 + len(options.baselines))
+    baselines = tuple(dict.fromkeys(("popularity", "popularity_neighbourhood",
+                                     *options.baselines)))
+    stages = Stages(options.progress, total=7 + len(options.candidates) + len(baselines))
     catalog = load_catalog(settings.catalog_path)
-    params = DatasetParams.from_settings(settings, **options.dataset)
+    params = rule_from_settings(settings, **options.dataset)
     try:
         with stages("read"):
             arrays = load_event_arrays(settings, catalog)
@@ -271,8 +311,8 @@ def train(settings: Settings, options: TrainOptions) -> TrainReport:
                                 tags=_run_tags(catalog, split, options))
         run_id = run.info.run_id
         try:
-            report = _run(client, registry, run, settings, options, arrays, split, params,
-                          stages)
+            report = _run(client, registry, run, settings, options, baselines, arrays, split,
+                          params, stages)
         except BaseException:
             client.set_terminated(run_id, "FAILED")
             raise
@@ -283,87 +323,166 @@ def train(settings: Settings, options: TrainOptions) -> TrainReport:
 
 
 def _run(client: Any, registry: ModelRegistry, run: Any, settings: Settings,
-         options: TrainOptions, arrays: EventArrays, split: Split, params: DatasetParams,
-         stages: Stages) -> TrainReport:
+         options: TrainOptions, baselines: tuple[str, ...], arrays: EventArrays, split: Split,
+         params: ConfidenceRule, stages: Stages) -> TrainReport:
     run_id = run.info.run_id
-    model_params = dict(options.params)
+    als_params = dict(options.params)
     trials: list[dict[str, Any]] = []
-    if options.search:
+    notes: list[str] = []
+    if options.search and "als" in options.candidates:
         with stages("search"):
-            model_params, trials = _search(client, run, arrays, split, params, options)
-    candidate = make_candidate(options.model, model_params)
-    _log_params(client, run_id, candidate, params, split, options)
+            als_params, trials = _search(client, run, arrays, split, params, options)
+    _log_params(client, run_id, als_params, params, split, options)
+    log_training_data(client, run_id, settings, split)
 
+    evaluations: dict[str, Evaluation] = {}
     metrics: dict[str, float] = {}
-    with stages("fit"):
-        candidate.fit(split.train, progress=options.progress)
-    with stages("evaluate"):
-        metrics.update(evaluate_candidate(candidate, split, options.ks))
-    for kind in options.baselines:
-        with stages(f"baseline:{kind}"):
-            baseline = make_candidate(kind).fit(split.train)
-            metrics.update(evaluate_candidate(baseline, split, options.ks, f".{kind}"))
+    for kind in (*options.candidates, *baselines):
+        with stages(f"fit:{kind}"):
+            candidate = make_candidate(kind, als_params if kind == "als" else None)
+            candidate.fit(split.train, progress=options.progress and kind == "als")
+            found = evaluate_candidate(candidate, split, options)
+            evaluations[kind] = found
+            metrics.update({f"{kind}/{name}": v for name, v in found.metrics.items()})
+            if found.spread is not None:
+                metrics[f"{kind}/score_spread"] = found.spread
             if kind in COLD_CAPABLE:
-                metrics.update(evaluate_cold(baseline, split, options.ks))
-    primary = metrics[options.primary_metric]
+                metrics.update({f"{kind}/{name}": v
+                                for name, v in evaluate_cold(candidate, split,
+                                                             options.ks).items()})
+    eval_residents = len(evaluations[options.candidates[0]].users)
+    chosen = _choose(evaluations, options.candidates, notes, options.force, split)
+    popularity = max((evaluations[k] for k in ("popularity", "popularity_neighbourhood")),
+                     key=lambda e: np.nan_to_num(e.primary_mean, nan=-1.0))
+    samples = settings.train_bootstrap_samples
 
     champion = registry.champion()
-    champion_on_split: float | None = None
-    if champion is not None and options.register and not options.force and (
-            champion.tags.get("split_id") != split.id
-            or champion.tags.get("primary_metric") != options.primary_metric):
+    vs_champion: Interval | None = None
+    champion_value: float | None = None
+    if champion is not None and chosen is not None:
         with stages("champion"):
-            champion_on_split = _reevaluate_champion(champion, settings, arrays, split,
-                                                     params, options)
-        if champion_on_split is not None:
-            metrics[f"champion.{options.primary_metric}"] = champion_on_split
-    client.log_batch(run_id, metrics=_metric_entities(finite_metrics(metrics)))
+            champion_eval = _reevaluate_champion(champion, settings, arrays, split, params,
+                                                 options)
+        if champion_eval is not None:
+            champion_value = champion_eval.primary_mean
+            metrics.update({f"champion/{name}": v for name, v in champion_eval.metrics.items()})
+            vs_champion = paired_bootstrap(chosen.primary, champion_eval.primary,
+                                           samples=samples, seed=options.seed)
 
-    with stages("refit"):
-        final_data = build_dataset(arrays, params) if options.refit else split.train
-        final = make_candidate(options.model, model_params).fit(final_data,
-                                                                progress=options.progress) \
-            if options.refit else candidate
-        fallback = NeighbourhoodPopularity("popularity_neighbourhood", _group_popularity,
-                                           needs_rows=False).fit(final_data)
-        popular = (fallback.popular_table("services"), fallback.popular_table("bundles"))
-    extra = _artifact_meta(final_data, split, options, metrics, primary)
-    with stages("log"), tempfile.TemporaryDirectory(prefix="bouquet-artifact-") as tmp:
-        artifact = final.to_artifact(final_data, popular, extra)
-        artifact.save(Path(tmp) / "model")
-        client.log_artifacts(run_id, str(Path(tmp) / "model"), "model")
-        _log_json(client, run_id, {"split": split.describe(), "dataset": final_data.summary(),
-                                   "train_dataset": split.train.summary(),
-                                   "metrics": metrics, "trials": trials,
-                                   "stages": stages.times}, "training.json")
-    artifact_uri = f"{run.info.artifact_uri}/model"
-
-    version: str | None = None
     decision: Decision | None = None
-    if options.register:
-        with stages("register"):
-            info = registry.register(run_id, artifact_uri, {
-                "split_id": split.id, "dataset_fingerprint": final_data.fingerprint,
-                "train_fingerprint": split.train.fingerprint,
-                "primary_metric": options.primary_metric, "primary_value": repr(primary),
-                "model_kind": options.model, "catalog_fingerprint": final_data.catalog_fingerprint,
-                "catalog_version": final_data.catalog_version})
-            version = info.version
-            decision = decide(primary, champion=champion, split_id=split.id,
-                              primary_metric=options.primary_metric,
-                              champion_on_split=champion_on_split, force=options.force)
-            if decision.promote:
-                registry.promote(version, decision.reason)
-            client.set_tag(run_id, "registered_version", version)
-            for key, value in decision.as_tags().items():
-                client.set_tag(run_id, key, value)
+    if chosen is not None:
+        vs_popularity = paired_bootstrap(chosen.primary, popularity.primary, samples=samples,
+                                         seed=options.seed)
+        decision = decide(metric=options.primary_metric, candidate_value=chosen.primary_mean,
+                          eval_residents=eval_residents,
+                          min_residents=settings.train_min_eval_residents,
+                          degenerate=False, vs_popularity=vs_popularity,
+                          vs_champion=vs_champion,
+                          champion_version=None if champion is None else champion.version,
+                          champion_value=champion_value, force=options.force)
+        for name, interval in (("vs_popularity", vs_popularity), ("vs_champion", vs_champion)):
+            if interval is not None:
+                metrics.update({f"promotion/{name}.{part}": getattr(interval, part)
+                                for part in ("mean", "low", "high")})
+    logged, omitted = _finite(metrics)
+    client.log_batch(run_id, metrics=_metric_entities(logged))
+    if omitted:
+        client.set_tag(run_id, "metrics.omitted", ", ".join(sorted(omitted))[:5000])
+        client.set_tag(run_id, "metrics.omitted_reason",
+                       "no resident to evaluate them on (e.g. no cold-start resident)")
+
+    model_uri = ""
+    version: str | None = None
+    final_data = split.train
+    if chosen is not None:
+        with stages("refit"):
+            final_data = build_dataset(arrays, params) if options.refit else split.train
+            final = make_candidate(chosen.kind, als_params if chosen.kind == "als" else None)
+            final = final.fit(final_data, progress=options.progress) if options.refit \
+                else chosen.candidate
+            popular = popularity_tables(final_data)
+            deployable = final.to_deployable(final_data, popular, _model_meta(
+                final_data, split, options, chosen, metrics))
+        with stages("log"):
+            model_uri, model_id = log_deployable(client, settings, run_id, deployable)
+            _log_json(client, run_id, {"split": split.describe(),
+                                       "dataset": final_data.summary(),
+                                       "train_dataset": split.train.summary(),
+                                       "metrics": metrics, "trials": trials,
+                                       "stages": stages.times, "notes": notes},
+                      "training.json")
+        if options.register:
+            with stages("register"):
+                assert decision is not None
+                version = _register(client, registry, run_id, model_uri, model_id, split,
+                                    final_data, options, chosen, decision)
     for name, stage in stages.times.items():
-        client.log_metric(run_id, f"time.{name.replace(':', '.')}_s", stage["s"])
+        client.log_metric(run_id, f"time/{name.replace(':', '.')}_s", stage["s"])
     return TrainReport(
-        run_id=run_id, experiment_id=run.info.experiment_id, model=options.model,
-        params=candidate.get_params(), metrics=metrics, primary_metric=options.primary_metric,
-        split=split.describe(), dataset=final_data.summary(), version=version,
-        decision=decision, stages=stages.times, artifact_uri=artifact_uri, trials=trials)
+        run_id=run_id, experiment_id=run.info.experiment_id,
+        model=chosen.kind if chosen else "",
+        params=chosen.candidate.get_params() if chosen else {}, metrics=metrics,
+        primary_metric=options.primary_metric, split=split.describe(),
+        dataset=final_data.summary(), eval_residents=eval_residents, version=version,
+        decision=decision, stages=stages.times, model_uri=model_uri, trials=trials,
+        notes=notes)
+
+
+def _choose(evaluations: dict[str, Evaluation], candidates: tuple[str, ...],
+            notes: list[str], force: bool, split: Split) -> Evaluation | None:
+    """The best candidate by the primary metric among those whose scores vary across
+    residents; a degenerate one is never chosen, and the notes say so. With no hold-out
+    positive at all nothing can be compared: only ``--force`` registers (the first
+    candidate) then."""
+    from bouquet.pipelines.promotion import DEGENERATE_SPREAD
+
+    usable = []
+    for kind in candidates:
+        found = evaluations[kind]
+        if found.spread is not None and found.spread < DEGENERATE_SPREAD:
+            notes.append(f"{kind} is degenerate (its scores vary by at most {found.spread:.1e} "
+                         "across residents) and is not registered")
+        else:
+            usable.append(found)
+    evaluated = [e for e in usable if not np.isnan(e.primary_mean)]
+    if evaluated:
+        return max(evaluated, key=lambda e: e.primary_mean)
+    if usable and not any(len(e.users) for e in usable):
+        window = f"{split.definition['cutoff'][:10]} + {split.definition['test_weeks']} weeks"
+        if force:
+            notes.append(f"the hold-out ({window}) has no test positives: {usable[0].kind} "
+                         "registered unevaluated (--force)")
+            return usable[0]
+        notes.append(f"the hold-out ({window}) has no test positives, so no candidate can "
+                     "be judged: choose an earlier --cutoff or more --test-weeks")
+        return None
+    notes.append("no candidate can be registered")
+    return None
+
+
+def _register(client: Any, registry: ModelRegistry, run_id: str, model_uri: str,
+              model_id: str | None, split: Split, data: Dataset, options: TrainOptions,
+              chosen: Evaluation, decision: Decision) -> str:
+    info = registry.register(run_id, model_uri, {
+        "split_id": split.id, "dataset_fingerprint": data.fingerprint,
+        "train_fingerprint": split.train.fingerprint,
+        "primary_metric": options.primary_metric, "primary_value": repr(chosen.primary_mean),
+        "model_kind": chosen.kind, "catalog_fingerprint": data.catalog_fingerprint,
+        "catalog_version": data.catalog_version}, model_id=model_id)
+    if decision.promote:
+        registry.promote(info.version, decision.reason)
+    client.set_tag(run_id, "registered_version", info.version)
+    for key, value in decision.as_tags().items():
+        client.set_tag(run_id, key, value)
+    return info.version
+
+
+def popularity_tables(data: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """The cold-start fallbacks of a deployable model: (services, bundles) popularity,
+    city-wide then per neighbourhood."""
+    fallback = NeighbourhoodPopularity("popularity_neighbourhood", _group_popularity,
+                                       needs_rows=False).fit(data)
+    return fallback.popular_table("services"), fallback.popular_table("bundles")
 
 
 # --- pieces -----------------------------------------------------------------------------------
@@ -379,7 +498,7 @@ def _check_primary(options: TrainOptions) -> None:
     target, _, name = options.primary_metric.partition(".")
     metric, _, k = name.rpartition("_at_")
     if target not in TARGETS or not k.isdigit() or int(k) not in options.ks or \
-            metric not in ("recall", "ndcg", "map", "precision", "coverage"):
+            metric not in ("recall", "ndcg", "map", "precision"):
         raise ValueError(f"primary metric {options.primary_metric!r} must look like "
                          f"bundles.ndcg_at_K with K in {list(options.ks)}")
 
@@ -392,17 +511,17 @@ def _run_tags(catalog: Any, split: Split, options: TrainOptions) -> dict[str, st
         "catalog_fingerprint": catalog.fingerprint,
         "split_id": split.id,
         "dataset_fingerprint": split.train.fingerprint,
-        "model_kind": options.model,
+        "candidates": ",".join(options.candidates),
         "primary_metric": options.primary_metric,
         "search": options.search or "none",
     }
 
 
-def _log_params(client: Any, run_id: str, candidate: Candidate, params: DatasetParams,
+def _log_params(client: Any, run_id: str, als_params: dict[str, Any], params: ConfidenceRule,
                 split: Split, options: TrainOptions) -> None:
     values = {
-        "model": options.model,
-        **flatten(candidate.get_params(), "model."),
+        "candidates": ",".join(options.candidates),
+        **flatten(make_candidate("als", als_params).get_params(), "als."),
         **flatten(params.to_dict(), "dataset."),
         **flatten({k: v for k, v in split.definition.items()}, "split."),
         "split.id": split.id,
@@ -416,6 +535,32 @@ def _log_params(client: Any, run_id: str, candidate: Candidate, params: DatasetP
     entities = [Param(k, v) for k, v in values.items()]
     for start in range(0, len(entities), 100):
         client.log_batch(run_id, params=entities[start:start + 100])
+
+
+def log_training_data(client: Any, run_id: str, settings: Settings, split: Split) -> None:
+    """The event log as the run's dataset input: its fingerprint, where it lives, the split."""
+    from mlflow.entities import Dataset as MlflowDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    summary = split.train.summary()
+    dataset = MlflowDataset(
+        name="event-log", digest=split.train.fingerprint, source_type="local",
+        source=json.dumps({"uri": Path(settings.event_log_path).resolve().as_uri()}),
+        schema=json.dumps({"columns": ["event_id", "resident_id", "type", "service_id",
+                                       "bundle_id", "ts", "channel", "value", "context"]}),
+        profile=json.dumps({"residents": summary["residents"],
+                            "service_pairs": summary["service_pairs"],
+                            "bundle_pairs": summary["bundle_pairs"],
+                            "split_id": split.id, "cutoff": split.definition["cutoff"],
+                            "test_weeks": split.definition["test_weeks"]}))
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[
+        InputTag("mlflow.data.context", "training")])])
+
+
+def _finite(metrics: Mapping[str, float]) -> tuple[dict[str, float], list[str]]:
+    """Metrics MLflow can store, and the names left out (NaN: nothing to evaluate on)."""
+    kept = {k: float(v) for k, v in metrics.items() if v is not None and not math.isnan(v)}
+    return kept, sorted(set(metrics) - set(kept))
 
 
 def _metric_entities(metrics: Mapping[str, float]) -> list[Any]:
@@ -432,8 +577,8 @@ def _log_json(client: Any, run_id: str, payload: Any, name: str) -> None:
         client.log_artifact(run_id, str(path))
 
 
-def _artifact_meta(data: Dataset, split: Split, options: TrainOptions,
-                   metrics: dict[str, float], primary: float) -> dict[str, Any]:
+def _model_meta(data: Dataset, split: Split, options: TrainOptions, chosen: Evaluation,
+                metrics: dict[str, float]) -> dict[str, Any]:
     return {
         "catalog_version": data.catalog_version,
         "catalog_fingerprint": data.catalog_fingerprint,
@@ -442,18 +587,18 @@ def _artifact_meta(data: Dataset, split: Split, options: TrainOptions,
         "refit_on_all_data": options.refit,
         "split": split.describe(),
         "primary_metric": options.primary_metric,
-        "primary_value": primary,
-        "metrics": {k: v for k, v in metrics.items()
-                    if "." in k and not math.isnan(v) and k.count(".") == 1},
+        "primary_value": chosen.primary_mean,
+        "metrics": {k.partition("/")[2]: v for k, v in metrics.items()
+                    if k.startswith(f"{chosen.kind}/") and not math.isnan(v)},
         "bouquet_version": __version__,
         **git_state(),
     }
 
 
 def _reevaluate_champion(champion: Any, settings: Settings, arrays: EventArrays, split: Split,
-                         params: DatasetParams, options: TrainOptions) -> float | None:
+                         params: ConfidenceRule, options: TrainOptions) -> Evaluation | None:
     """The champion's recipe refitted on this split's training data, evaluated on its test."""
-    meta = _champion_meta(champion, settings)
+    meta = champion_meta(champion, settings)
     if meta is None:
         return None
     kind = meta.get("model_kind")
@@ -462,37 +607,31 @@ def _reevaluate_champion(champion: Any, settings: Settings, arrays: EventArrays,
     except (ValueError, TypeError) as exc:
         log.warning("cannot re-evaluate champion v%s (%s): %s", champion.version, kind, exc)
         return None
-    data_params = meta.get("dataset_params") or {}
-    recipe = DatasetParams(
-        event_weights=data_params.get("event_weights", params.event_weights),
-        half_life_days=data_params.get("half_life_days"),
-        log_alpha=data_params.get("log_alpha", params.log_alpha),
-        spread_bundle_events=data_params.get("spread_bundle_events", True))
+    recorded = meta.get("rule") or meta.get("dataset_params") or {}
+    recipe = ConfidenceRule.from_dict({"event_weights": params.event_weights,
+                                       "log_alpha": params.log_alpha, **recorded})
     rows_of = None
     data = split.train
     if recipe.to_dict() != params.to_dict():
         data = build_dataset(arrays, recipe, until=split.train.until)
         rows_of = data.row_of(split.train.resident_ids)
     candidate.fit(data)
-    metrics = evaluate_candidate(candidate, split, options.ks, rows_of=rows_of)
-    value = metrics.get(options.primary_metric)
+    found = evaluate_candidate(candidate, split, options, rows_of=rows_of)
     log.info("champion v%s re-evaluated on split %s: %s = %.4f", champion.version, split.id,
-             options.primary_metric, value)
-    return value
+             options.primary_metric, found.primary_mean)
+    return found
 
 
-def _champion_meta(champion: Any, settings: Settings) -> dict[str, Any] | None:
-    import mlflow
+def champion_meta(version: Any, settings: Settings) -> dict[str, Any] | None:
+    """The ``meta.json`` of a registered version's model (None when unreadable)."""
+    from bouquet.pipelines.tracking import download_model_dir
 
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            path = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"{champion.source.rstrip('/')}/meta.json", dst_path=tmp,
-                tracking_uri=settings.mlflow_uri)
-            return json.loads(Path(path).read_text())
+            path = download_model_dir(settings, version.source, Path(tmp))
+            return json.loads((path / "meta.json").read_text())
     except Exception as exc:  # a missing or unreadable artifact must not stop training
-        log.warning("cannot read champion v%s's artifact (%s): %s", champion.version,
-                    champion.source, exc)
+        log.warning("cannot read v%s's model (%s): %s", version.version, version.source, exc)
         return None
 
 
@@ -516,9 +655,9 @@ def search_trials(space: Mapping[str, list[Any]], how: str, trials: int | None,
 
 
 def _search(client: Any, parent: Any, arrays: EventArrays, split: Split,
-            params: DatasetParams, options: TrainOptions) -> tuple[dict[str, Any],
+            params: ConfidenceRule, options: TrainOptions) -> tuple[dict[str, Any],
                                                                      list[dict[str, Any]]]:
-    """Fit each trial on a validation split (one test window before the cut-off) as a
+    """Fit each ALS trial on a validation split (one test window before the cut-off) as a
     nested run; return the best parameters by the primary metric."""
     cutoff = pd.Timestamp(split.definition["cutoff"]) - pd.Timedelta(weeks=options.test_weeks)
     validation = temporal_split(arrays, params, cutoff=cutoff, test_weeks=options.test_weeks,
@@ -534,13 +673,13 @@ def _search(client: Any, parent: Any, arrays: EventArrays, split: Split,
                                   tags={"mlflow.parentRunId": parent.info.run_id,
                                         "trial": str(number), "split_id": validation.id})
         try:
-            candidate = make_candidate(options.model, trial_params)
-            for key, value in flatten(candidate.get_params(), "model.").items():
+            candidate = make_candidate("als", trial_params)
+            for key, value in flatten(candidate.get_params(), "als.").items():
                 client.log_param(child.info.run_id, key, value)
             candidate.fit(validation.train)
-            metrics = evaluate_candidate(candidate, validation, options.ks)
+            metrics = evaluate_candidate(candidate, validation, options).metrics
             client.log_batch(child.info.run_id, metrics=_metric_entities(
-                {f"val.{k}": v for k, v in finite_metrics(metrics).items()}))
+                {f"val/{k}": v for k, v in _finite(metrics)[0].items()}))
         except BaseException:
             client.set_terminated(child.info.run_id, "FAILED")
             raise

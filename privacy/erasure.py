@@ -332,12 +332,8 @@ def without_erased(model: Any, register: ErasureRegister,
         erased = {r: c for r, c in erased.items() if c >= created_at}
     if not erased:
         return model, []
-    if getattr(model, "bundle_scorer", None) is not None:
-        raise ValueError("a model with a custom bundle scorer cannot be filtered by rows")
     keep = np.array([r not in erased for r in residents], dtype=bool)
-    filtered = dataclasses.replace(
-        model, resident_ids=[r for r, k in zip(residents, keep, strict=True) if k],
-        resident_factors=np.asarray(model.resident_factors)[keep])
+    filtered = model.without_residents(keep)
     log.info("publish: %d erased resident(s) left out of the model", len(erased))
     return filtered, sorted(erased)
 
@@ -383,20 +379,26 @@ class ArtifactScrub:
 
 def scrub_artifacts(settings: Settings, register: ErasureRegister | None = None, *,
                     dry_run: bool = False) -> list[ArtifactScrub]:
-    """Rewrite every registered model version whose artifact still holds rows (ids, factors,
-    neighbourhood) of residents erased after the model was made.
+    """Rewrite every registered model version whose model still holds rows (ids, factors or
+    input rows, neighbourhood) of residents erased after the model was made.
 
     A local artifact directory (the default ``STATE_DIR/mlartifacts`` store) is rewritten in
     place, each file atomically (temp + rename); a remote one (an MLflow server's store) is
-    downloaded, rewritten and logged back to the same run path. The version is tagged
+    downloaded, rewritten and logged back to the same model. The version is tagged
     ``erasure_scrubbed_at`` and ``erasure_rows_removed``. Scores of every other resident
-    are unchanged: rows are independent in a factor model.
+    are unchanged: a resident's row (factors, or input rows of a linear model) is theirs
+    alone.
     """
     import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from bouquet.models.artifact import Artifact, load_artifact
+    from bouquet.models.deployable import (
+        find_model_dir,
+        load_model_dir,
+        logged_model_id,
+        model_location,
+    )
 
     register = register or ErasureRegister.for_settings(settings)
     client = MlflowClient(tracking_uri=settings.mlflow_uri)
@@ -406,18 +408,22 @@ def scrub_artifacts(settings: Settings, register: ErasureRegister | None = None,
         return []
     out: list[ArtifactScrub] = []
     for mv in versions:
+        source = mv.source or ""
+        model_id = logged_model_id(source)
+        location = model_location(client, source)
         with tempfile.TemporaryDirectory(prefix="bouquet-scrub-") as tmp:
-            local = _local_dir(mv.source or "")
-            directory = local or Path(mlflow.artifacts.download_artifacts(
-                artifact_uri=mv.source, dst_path=tmp, tracking_uri=settings.mlflow_uri))
-            artifact = load_artifact(directory)
-            ids = artifact.resident_ids.tolist()
+            local = _local_dir(location)
+            root = local or Path(mlflow.artifacts.download_artifacts(
+                artifact_uri=source, dst_path=tmp, tracking_uri=settings.mlflow_uri))
+            directory = find_model_dir(root)
+            model = load_model_dir(directory)
+            ids = model.resident_ids.tolist()
             try:  # the run's start: its data were read after it
                 created = _run_started(client, mv.run_id)
             except MlflowException:
                 created = None
             if created is None:
-                created = _epoch(artifact.meta.get("created_at"))
+                created = _epoch(model.meta.get("created_at"))
             erased = register.erased_among(ids)
             if created is not None:
                 erased = {r: c for r, c in erased.items() if c >= created}
@@ -426,30 +432,25 @@ def scrub_artifacts(settings: Settings, register: ErasureRegister | None = None,
             keep = np.array([r not in erased for r in ids], dtype=bool)
             how = "dry run"
             if not dry_run:
-                scrubbed = Artifact(
-                    meta=dict(artifact.meta), resident_ids=artifact.resident_ids[keep],
-                    resident_factors=artifact.resident_factors[keep],
-                    resident_neighbourhood=artifact.resident_neighbourhood[keep],
-                    service_factors=artifact.service_factors,
-                    bundle_factors=artifact.bundle_factors,
-                    bundle_cf_factors=artifact.bundle_cf_factors, gram=artifact.gram,
-                    popular_services=artifact.popular_services,
-                    popular_bundles=artifact.popular_bundles)
+                scrubbed = model.without_residents(keep)
                 if local is not None:
-                    scrubbed.save(local)
+                    scrubbed.save(directory)
                     how = "in place"
                 else:
-                    staged = Path(tmp) / "scrubbed" / "model"
-                    scrubbed.save(staged)
-                    client.log_artifacts(mv.run_id, str(staged), "model")
-                    shutil.rmtree(staged.parent, ignore_errors=True)
+                    staged = Path(tmp) / "scrubbed"
+                    scrubbed.save(staged / directory.relative_to(root))
+                    if model_id:
+                        client.log_model_artifacts(model_id, str(staged))
+                    else:
+                        client.log_artifacts(mv.run_id, str(staged / directory.relative_to(
+                            root)), "model")
+                    shutil.rmtree(staged, ignore_errors=True)
                     how = "re-uploaded"
                 now = datetime.now(UTC).isoformat(timespec="seconds")
                 client.set_model_version_tag(mv.name, mv.version, "erasure_scrubbed_at", now)
                 client.set_model_version_tag(mv.name, mv.version, "erasure_rows_removed",
                                              str(int((~keep).sum())))
-            out.append(ArtifactScrub(str(mv.version), mv.source or "", int((~keep).sum()),
-                                     len(ids), how))
+            out.append(ArtifactScrub(str(mv.version), source, int((~keep).sum()), len(ids), how))
             log.info("model version %s: %d erased resident row(s) removed (%s)", mv.version,
                      int((~keep).sum()), how)
     return out

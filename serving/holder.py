@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 from redis.exceptions import RedisError
 
-from bouquet.models.online import ServingModel
+from bouquet.models.online import PublishedVersion
 from bouquet.serving.store import OnlineStore
 
 log = logging.getLogger(__name__)
@@ -33,14 +33,14 @@ class ModelHolder:
         self.pointer_names = sorted(set(pointers) | {"current"})
         self.neighbourhoods = list(neighbourhoods)
         self.poll_s = poll_ms / 1000
-        self.models: dict[str, ServingModel] = {}
-        self._by_version: dict[str, ServingModel] = {}
+        self.models: dict[str, PublishedVersion] = {}
+        self._by_version: dict[str, PublishedVersion] = {}
         self.last_error: str | None = None
         self.last_poll: float = 0.0
         self.redis_ok = False
         self._task: asyncio.Task[None] | None = None
 
-    def get(self, pointer: str = "current") -> ServingModel | None:
+    def get(self, pointer: str = "current") -> PublishedVersion | None:
         return self.models.get(pointer)
 
     async def refresh(self) -> None:

@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
+from cachetools import LRUCache
 
 from bouquet.core.catalog import Bundle, Catalog, Service, available_in, eligibility_failure
-from bouquet.models.online import ServingModel
-from bouquet.serving.store import RecentEvent, ResidentState
+from bouquet.models.online import PublishedVersion
+from bouquet.serving.store import ResidentState
 
 #: Fallback kinds (also the label of the ``bouquet_fallbacks_total`` metric).
 FALLBACK_NEIGHBOURHOOD = "popular_neighbourhood"
@@ -70,10 +70,8 @@ def _descending(scores: list[float]) -> list[int]:
 class OfferRanker:
     """Catalog-derived look-ups and the ranking rules; one per app."""
 
-    def __init__(self, catalog: Catalog, event_weights: Mapping[str, float],
-                 rerank_weight: float = 1.0) -> None:
+    def __init__(self, catalog: Catalog, rerank_weight: float = 1.0) -> None:
         self.catalog = catalog
-        self.weights = dict(event_weights)
         self.rerank_weight = rerank_weight
         self.neighbourhood_names = {n.id: n.name for n in catalog.neighbourhoods}
         self.service_names = {s.id: s.name for s in catalog.services}
@@ -81,7 +79,8 @@ class OfferRanker:
         self._service_static = {s.id: self._static_service(s) for s in catalog.services}
         self._reason_cache: dict[tuple[str, str], str] = {}
         self._reason_json: dict[str, str] = {}
-        self._permitted: dict[tuple[Any, ...], frozenset[str]] = {}
+        # one entry per distinct profile × query: few in a city, bounded whatever comes
+        self._permitted: LRUCache[tuple[Any, ...], frozenset[str]] = LRUCache(maxsize=50_000)
         # Each item's static JSON without its closing brace (see items_json).
         self._bundle_json = {k: json.dumps(v, separators=(",", ":"))[:-1]
                              for k, v in self._bundle_static.items()}
@@ -185,8 +184,6 @@ class OfferRanker:
             allowed = self.bundle_allowed if kind == "b" else self.service_allowed
             ids = self.catalog.bundle_ids if kind == "b" else self.catalog.service_ids
             found = frozenset(i for i in ids if allowed(i, probe, zone, domain))
-            if len(self._permitted) > 50_000:
-                self._permitted.clear()
             self._permitted[key] = found
         return found
 
@@ -203,41 +200,8 @@ class OfferRanker:
             out |= {d[2:] for d in state.dismissed if d.startswith("s:")}
         return out
 
-    # --- fold-in input ------------------------------------------------------------------------
-    def confidences(self, recent: list[RecentEvent], model: ServingModel,
-                    now: float | None = None) -> dict[int, float]:
-        """Recent events as ``{service_index: strength}``: Σ weight(type) · decay(age), the
-        training rule's strength (the model turns it into a confidence). A bundle-level
-        event spreads its weight over the bundle's services."""
-        out: dict[int, float] = {}
-        index = model.service_index
-        half_life = model.half_life_days
-        weights = model.event_weights or self.weights
-        if half_life:
-            now = time.time() if now is None else now
-        for event in recent:
-            weight = weights.get(event.type, 0.0)
-            if weight <= 0:
-                continue
-            if half_life and event.ts is not None:
-                weight *= 0.5 ** (max(now - event.ts, 0.0) / 86400.0 / half_life)
-            if event.service_id is not None:
-                i = index.get(event.service_id)
-                if i is not None:
-                    out[i] = out.get(i, 0.0) + weight
-            elif event.bundle_id is not None:
-                bundle = self.catalog.bundle_by_id.get(event.bundle_id)
-                if bundle is None:
-                    continue
-                share = weight / len(bundle.services)
-                for s in bundle.services:
-                    i = index.get(s)
-                    if i is not None:
-                        out[i] = out.get(i, 0.0) + share
-        return out
-
     # --- ranking -------------------------------------------------------------------------------
-    def rank(self, kind: str, state: ResidentState, model: ServingModel | None, *, k: int,
+    def rank(self, kind: str, state: ResidentState, model: PublishedVersion | None, *, k: int,
              personalise: bool, rerank: bool, zone: str | None = None,
              domain: str | None = None, baseline_variant: bool = False) -> Ranked:
         """The answer for one resident: ``kind`` ``b`` (bundles) or ``s`` (services).
@@ -265,10 +229,10 @@ class OfferRanker:
         ids = model.bundle_ids if kind == "b" else model.service_ids
         entries = state.precomputed
         recent = None  # every item's fold-in score, when re-ranking
-        conf: dict[int, float] = {}
+        strengths = None
         if personalise and rerank and state.recent:
-            conf = self.confidences(state.recent, model)
-            recent = model.recent_scores(conf, kind)
+            strengths = model.model.strengths(state.recent, time.time())
+            recent = model.model.recent_scores(strengths, kind)
         # Plain lists from here: per-element numpy access costs more than these short loops.
         if personalise and len(entries):
             rows = entries.tolist()  # [(item index, reason index, score)], best first
@@ -291,7 +255,7 @@ class OfferRanker:
                 boosts = [item_boost[i] if i < n_boost else 0.0 for i, _, _ in rows]
                 scores = [row[2] + b for row, b in zip(rows, boosts, strict=True)]
                 result.reranked = True
-                recent_services = {model.service_ids[i] for i in conf}
+                recent_services = {model.service_ids[i] for i in strengths.services}
             else:
                 scores = [row[2] for row in rows]
             order = _descending(scores)
@@ -333,7 +297,7 @@ class OfferRanker:
                 return f"recent:{service}"
         return None
 
-    def _popular_into(self, kind: str, state: ResidentState, model: ServingModel, k: int,
+    def _popular_into(self, kind: str, state: ResidentState, model: PublishedVersion, k: int,
                       zone: str | None, domain: str | None, result: Ranked,
                       seen: set[str]) -> None:
         ids = model.bundle_ids if kind == "b" else model.service_ids

@@ -36,8 +36,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 
 from bouquet.core.events import Channel
-from bouquet.core.keys import Keys
-from bouquet.core.scripts import lua_script
 from bouquet.core.settings import Settings
 from bouquet.privacy.audit import AuditLog, api_actor, read_stream, resident_ref
 from bouquet.serving.deps import (
@@ -57,7 +55,6 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["privacy"])
 RETRY_AFTER_S = 5
 
-_CONSENT_LUA = lua_script("bouquet.serving", "set_consent.lua")
 
 
 class ConsentBody(BaseModel):
@@ -162,11 +159,8 @@ async def put_consent(resident_id: ResidentId, request: Request, runtime: Runtim
     answer = {"resident_id": resident_id, "personalisation": body.personalisation,
               "effective": False, "event_id": event["event_id"], "ts": event["ts"],
               "notice": None}
-    keys: Keys = request.app.state.keys
     try:
-        applied = await request.app.state.redis.eval(
-            _CONSENT_LUA, 1, keys.profile(resident_id), str(value), f"{now.timestamp():.6f}")
-        answer["effective"] = bool(int(applied))
+        answer["effective"] = await runtime.store.set_consent(resident_id, bool(value), now)
         if not answer["effective"]:
             answer["notice"] = ("a more recent consent decision is already recorded; it "
                                 "stands")

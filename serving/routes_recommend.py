@@ -141,13 +141,16 @@ async def _answer(request: Request, kind: str, resident_id: str) -> Response:
     runtime = runtime_of(request.app)
     k, domain, zone, rerank = _query(request, runtime.ranker.neighbourhood_names)
     variant = runtime.experiment.assign(resident_id)
-    personalise = variant.pointer is not None
     holder = runtime.holder
     model = holder.get(variant.pointer or "current")
     notice = None
     if model is None and variant.pointer not in (None, "current"):
         model = holder.get("current")
         notice = f"variant {variant.name!r} has no published version; served the champion"
+    personalise = variant.pointer is not None and (model is None or model.personalised)
+    if model is not None and not model.personalised:
+        notice = ("Not personalised: no model has beaten the popular offers with confidence "
+                  "yet, so these are the most popular offers.")
     use_recent = personalise and rerank and runtime.rerank_enabled
     try:
         state = await runtime.store.resident(model.version if model and personalise else None,

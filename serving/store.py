@@ -1,4 +1,5 @@
-"""The online store: every Redis read the serving routes make, behind one small class.
+"""The online store: the Redis reads (and the consent write) of the serving routes, behind one
+small class.
 
 Routes never build keys or pipelines themselves (STYLE.md: "Redis access behind a small
 store class"). A recommendation request is **one round trip** (one read-only Lua script,
@@ -14,36 +15,20 @@ import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from bouquet.core.keys import Keys
+from bouquet.core.profile import decode_profile
 from bouquet.core.scripts import lua_script
-from bouquet.models.online import ServingModel, decode_meta, unpack_list
+from bouquet.models.online import PublishedVersion, decode_meta, unpack_list
 
 log = logging.getLogger(__name__)
 
-_TRUE = {"1", "true", "yes", "y", "t"}
-_FALSE = {"0", "false", "no", "n", "f", ""}
-
-
 def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def parse_profile(raw: dict[Any, Any]) -> dict[str, Any]:
-    """The profile hash as the dict :func:`bouquet.core.catalog.eligibility_failure` reads:
-    booleans for ``student``/``low_income``, ``consent`` as a bool, strings otherwise."""
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        name, text = _text(key), _text(value)
-        if name in ("student", "low_income", "consent"):
-            lowered = text.strip().lower()
-            out[name] = True if lowered in _TRUE else False if lowered in _FALSE else None
-        else:
-            out[name] = text
-    return out
 
 
 @dataclass
@@ -115,6 +100,7 @@ class ResidentState:
 
 
 _READ_LUA = lua_script("bouquet.serving", "read_resident.lua")
+_CONSENT_LUA = lua_script("bouquet.serving", "set_consent.lua")
 
 
 class OnlineStore:
@@ -125,6 +111,14 @@ class OnlineStore:
         self.keys = keys
         self.recent_n = recent_n
         self._read = redis.register_script(_READ_LUA)
+        self._consent = redis.register_script(_CONSENT_LUA)
+
+    async def set_consent(self, resident_id: str, consent: bool, at: datetime) -> bool:
+        """Record a consent decision in the real-time profile, newer time stamp winning (the
+        consumer's rule for consent events); False when a newer decision already stands."""
+        applied = await self._consent(keys=[self.keys.profile(resident_id)],
+                                      args=["1" if consent else "0", f"{at.timestamp():.6f}"])
+        return bool(int(applied))
 
     async def pointers(self, names: Iterable[str]) -> dict[str, str | None]:
         """Current keyspace version of ``current`` and of each named experiment pointer."""
@@ -135,7 +129,7 @@ class OnlineStore:
         return {n: (_text(v) if v is not None else None) for n, v in zip(names, values,
                                                                          strict=True)}
 
-    async def load_version(self, version: str, neighbourhoods: Iterable[str]) -> ServingModel:
+    async def load_version(self, version: str, neighbourhoods: Iterable[str]) -> PublishedVersion:
         """Load the serving model and popular lists of one published version."""
         neighbourhoods = ["_all", *neighbourhoods]
         pipe = self.redis.pipeline(transaction=False)
@@ -148,7 +142,7 @@ class OnlineStore:
         if not meta_raw or blob is None:
             raise LookupError(f"keyspace {version!r} has no meta or model (expired?)")
         meta = decode_meta(meta_raw)
-        model = ServingModel.from_stored(version, meta, blob)
+        model = PublishedVersion.from_stored(version, meta, blob)
         lists = iter(popular)
         for kind in ("b", "s"):
             for nb in neighbourhoods:
@@ -176,7 +170,7 @@ class OnlineStore:
         flat = iter(profile)
         return ResidentState(
             precomputed=unpack_list(packed or None),
-            profile=parse_profile(dict(zip(flat, flat, strict=False))),
+            profile=decode_profile(dict(zip(flat, flat, strict=False))),
             holdings={_text(h) for h in holdings},
             dismissed={_text(d) for d in dismissed},
             recent=parse_recent(recent),

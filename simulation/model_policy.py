@@ -65,11 +65,11 @@ class ModelPolicy(PopularPolicy):
 
     def _fit(self) -> None:
         from bouquet.pipelines.candidates import ALSBundleModel
-        from bouquet.pipelines.dataset import DatasetParams, EventArrays, build_dataset
+        from bouquet.pipelines.dataset import EventArrays, build_dataset, rule_from_settings
 
         frame = pa.concat_tables(self._tables).to_pandas()
         arrays = EventArrays.from_frame(frame.sort_values("ts", kind="stable"), self.catalog)
-        data = build_dataset(arrays, DatasetParams.from_settings(self.settings))
+        data = build_dataset(arrays, rule_from_settings(self.settings))
         self._model = ALSBundleModel(**self.model_params).fit(data)
         self._model_rows = {rid: i for i, rid in enumerate(data.resident_ids)}
         self._weeks_since_fit = 0

@@ -47,8 +47,9 @@ from bouquet.core.events import (
     parse_event,
 )
 from bouquet.core.keys import Keys
+from bouquet.core.profile import profile_payload
 from bouquet.core.recommendation import parse_recommendation_id
-from bouquet.streaming.state import FUNNEL_STAGES, PROFILE_BOOLEANS
+from bouquet.streaming.state import FUNNEL_STAGES
 
 log = logging.getLogger(__name__)
 
@@ -475,19 +476,6 @@ def _recent_json(event_id: str, kind: str, epoch: str, channel: str, service_id:
     if value is not None:
         item += f',"value":{value!r}'
     return item + "}"
-
-
-def profile_payload(context: dict[str, Any]) -> str:
-    """``field\\tvalue\\t…`` of the declared attributes a profile event sets (booleans as
-    "1"/"0"; attributes given as null are left as they were)."""
-    parts: list[str] = []
-    for name, value in context.items():
-        if value is None:
-            continue
-        if name in PROFILE_BOOLEANS:
-            value = "1" if value else "0"
-        parts += (name, str(value))
-    return "\t".join(parts)
 
 
 def utc_now() -> datetime:

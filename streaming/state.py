@@ -34,6 +34,7 @@ from typing import Any
 import redis
 
 from bouquet.core.keys import RESIDENT_KINDS, Keys
+from bouquet.core.profile import decode_profile
 from bouquet.core.scripts import lua_script
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,6 @@ UNKNOWN_NEIGHBOURHOOD = "_unknown"
 STRIDE = 10
 #: Keys examined per SCAN step when sweeping an erased resident's other keys.
 SWEEP_SCAN_COUNT = 20_000
-#: Fields of the profile hash that hold booleans, stored as "1"/"0".
-PROFILE_BOOLEANS = ("student", "low_income")
 
 #: The ingestion scripts (``streaming/*.lua``): apply a batch, erase one resident, count
 #: dead letters. The first two share a header (key-name parts, TTLs) and the erase routine.
@@ -193,16 +192,5 @@ def erase_resident(client: redis.Redis, keys: Keys, resident_id: str) -> None:
 
 
 def read_profile(client: redis.Redis, keys: Keys, resident_id: str) -> dict[str, Any]:
-    """The resident's profile hash decoded for :func:`bouquet.core.catalog.eligibility_failure`:
-    booleans as bool, ``consent`` as bool (False when never given), bookkeeping fields
-    (``*_ts``) dropped."""
-    raw = client.hgetall(keys.profile(resident_id))
-    out: dict[str, Any] = {}
-    for k, v in raw.items():
-        key = k.decode() if isinstance(k, bytes) else k
-        value = v.decode() if isinstance(v, bytes) else v
-        if key.endswith("_ts"):
-            continue
-        out[key] = value == "1" if key in (*PROFILE_BOOLEANS, "consent") else value
-    out.setdefault("consent", False)
-    return out
+    """The resident's profile hash, decoded by :func:`bouquet.core.profile.decode_profile`."""
+    return decode_profile(client.hgetall(keys.profile(resident_id)))

@@ -1,36 +1,29 @@
 """``bouquet bench NAME [--json FILE]`` and ``bouquet bench all``.
 
-Each benchmark module in :mod:`bouquet.benchmarks` that defines ``register(bench_app)``
-adds its own sub-command, and ``DEFAULT`` — a callable taking the settings and
-returning a :class:`~bouquet.benchmarks.harness.BenchResult` — for ``bench all``.
+Each benchmark module listed in :data:`BENCHMARKS` defines ``register(bench_app)`` (its own
+sub-command) and ``DEFAULT`` — a callable taking the settings and returning a
+:class:`~bouquet.benchmarks.harness.BenchResult` — for ``bench all``, which runs them in
+that order.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
-import pkgutil
 from pathlib import Path
+from types import ModuleType
 
 import typer
 
-from bouquet import benchmarks
+from bouquet.benchmarks import bundles, engagement, families, ingest, serve, soak, train
 from bouquet.benchmarks.harness import BenchResult, print_result, write_json
 from bouquet.core.settings import get_settings
 
 log = logging.getLogger(__name__)
 bench_app = typer.Typer(help="Benchmarks; each prints a table and can write contract JSON.",
                         no_args_is_help=True)
-_MODULES = [m.name for m in pkgutil.iter_modules(benchmarks.__path__) if m.name != "harness"]
-
-
-def _benchmark_modules() -> list:
-    loaded = []
-    for name in sorted(_MODULES):
-        module = importlib.import_module(f"{benchmarks.__name__}.{name}")
-        if hasattr(module, "register"):
-            loaded.append(module)
-    return loaded
+#: Every benchmark, in the order ``bench all`` runs them.
+BENCHMARKS: tuple[ModuleType, ...] = (bundles, engagement, families, ingest, serve, soak,
+                                      train)
 
 
 @bench_app.command("all")
@@ -41,7 +34,7 @@ def run_all(
 ) -> None:
     """Run every benchmark with its defaults and write one combined file."""
     results: list[BenchResult] = []
-    for module in _benchmark_modules():
+    for module in BENCHMARKS:
         name = module.__name__.rsplit(".", 1)[-1]
         if only and name not in only:
             continue
@@ -54,6 +47,6 @@ def run_all(
 
 
 def register(app: typer.Typer) -> None:
-    for module in _benchmark_modules():
+    for module in BENCHMARKS:
         module.register(bench_app)
     app.add_typer(bench_app, name="bench")

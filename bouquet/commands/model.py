@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -26,7 +27,7 @@ def _user_errors() -> Iterator[None]:
 
     try:
         yield
-    except (TrackingUnavailable, RegistryError) as exc:
+    except (TrackingUnavailable, RegistryError, _Refused) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
 
@@ -76,25 +77,71 @@ def list_versions() -> None:
 def promote(
     version: str = typer.Argument(..., help="Registered version number to serve."),
     reason: str = typer.Option("manual promotion", help="Recorded on the version."),
+    force: bool = typer.Option(False, "--force", help="Promote even a version that is worse "
+                               "than the champion on the same split."),
+    publish: bool = typer.Option(False, "--publish", help="Publish the new champion now."),
 ) -> None:
-    """Point 'champion' at VERSION (the current champion becomes 'previous-champion')."""
+    """Point 'champion' at VERSION (the current champion becomes 'previous-champion').
+
+    Both versions' figures are printed; a version worse than the champion on the same
+    split needs --force. Serving changes when the champion is published.
+    """
 
     def run() -> None:
         from bouquet.privacy.audit import record_action
 
         registry = _registry()
         before = registry.champion()
+        target = registry.version(version)
+        _compare(target, before, force)
         info = registry.promote(version, reason)
         record_action(get_settings(), "promotion", target=f"model:{registry.name}",
                       to_version=info.version, from_version=before.version if before else None,
-                      reason=reason)  # audit (issue 8)
+                      reason=reason)
         typer.echo(f"{registry.name}: champion is now version {info.version}")
+        _serving_note(publish)
 
     _guarded(run)
 
 
+def _compare(target: Any, champion: Any, force: bool) -> None:
+    """Print both versions' primary figures; refuse a worse one on the same split."""
+    if champion is None or champion.version == target.version:
+        return
+    metric = target.tags.get("primary_metric", "primary metric")
+    figures = (f"v{target.version} {metric} = {target.primary_value}, champion "
+               f"v{champion.version} = {champion.primary_value}")
+    same = (target.tags.get("split_id") == champion.tags.get("split_id")
+            and target.tags.get("primary_metric") == champion.tags.get("primary_metric"))
+    if not same:
+        typer.echo(f"{figures} (different splits: the figures are not comparable)")
+        return
+    typer.echo(f"{figures} (same split {target.tags.get('split_id')})")
+    worse = (target.primary_value is not None and champion.primary_value is not None
+             and target.primary_value < champion.primary_value)
+    if worse and not force:
+        raise _Refused(f"v{target.version} is worse than the champion on the same split; "
+                       "pass --force to promote it anyway")
+
+
+class _Refused(RuntimeError):
+    """A promotion refused by the figures (the message says what to do)."""
+
+
+def _serving_note(publish: bool) -> None:
+    if publish:
+        from bouquet.commands.publish import publish_registered
+
+        report = publish_registered()
+        typer.echo(f"published {report.version}: serving switches within a second")
+    else:
+        typer.echo("serving is unchanged until `bouquet publish` runs (or pass --publish)")
+
+
 @model_app.command("rollback")
-def rollback() -> None:
+def rollback(
+    publish: bool = typer.Option(False, "--publish", help="Publish the restored champion now."),
+) -> None:
     """Give 'champion' back to the version that held it before the current one."""
 
     def run() -> None:
@@ -103,8 +150,9 @@ def rollback() -> None:
         registry = _registry()
         old, new = registry.rollback()
         record_action(get_settings(), "rollback", target=f"model:{registry.name}",
-                      from_version=old, to_version=new)  # audit (issue 8)
+                      from_version=old, to_version=new)
         typer.echo(f"{registry.name}: champion rolled back from version {old} to {new}")
+        _serving_note(publish)
 
     _guarded(run)
 

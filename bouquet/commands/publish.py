@@ -9,6 +9,7 @@ rollback`` points back at the previous version (kept for that).
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -31,11 +32,28 @@ def publish(
                                 "champion variant serves) or an experiment variant's name."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
-    """Score every resident with the registered model and switch the pointer atomically."""
+    """Score every resident with the registered model and switch the pointer atomically.
+
+    With no champion yet (no model has beaten popularity with confidence), the popular lists
+    of the latest registered version are published, and every answer says it is not
+    personalised.
+    """
     if ctx.invoked_subcommand is not None:
         return
+    report = publish_registered(alias=alias, model_version=model_version, pointer=pointer,
+                                progress=progress)
+    console.print_json(json.dumps(report.as_dict()))
+
+
+def publish_registered(*, alias: str = "champion", model_version: str | None = None,
+                       pointer: str = "current", progress: bool = True) -> Any:
+    """Publish a registered model (the alias, or a version) and switch ``pointer``; exits
+    with one line on a problem the user can fix. Used by ``publish`` and by the
+    ``--publish`` flag of ``train``, ``model promote`` and ``model rollback``."""
     from bouquet.core.catalog import load_catalog
     from bouquet.pipelines.publish import Publisher, PublishError, load_registered
+    from bouquet.pipelines.registry import ModelRegistry
+    from bouquet.pipelines.tracking import TrackingUnavailable, connect
     from bouquet.privacy.audit import record_action
     from bouquet.privacy.erasure import (
         ErasureRegister,
@@ -47,23 +65,31 @@ def publish(
 
     settings = get_settings()
     catalog = load_catalog(settings.catalog_path)
+    personalised = True
     try:
+        if model_version is None and alias == "champion":
+            registry = ModelRegistry(connect(settings), settings.registered_model)
+            if registry.champion() is None and registry.versions():
+                model_version = registry.versions()[0].version
+                personalised = False
+                console.print(f"no champion yet: publishing the popular lists of version "
+                              f"{model_version} (answers are not personalised)")
         model, version, run_id = load_registered(settings, alias=alias, version=model_version)
-        # Erased residents are never published again (issue 8), whatever the model holds.
+        # Erased residents are never published again, whatever the model holds.
         model, left_out = without_erased(model, ErasureRegister.for_settings(settings),
                                          model_created_at(settings, version))
         publisher = Publisher(settings, neighbourhoods=catalog.neighbourhood_ids)
-        report = publisher.publish(
-            model, model_version=version, run_id=run_id, pointer=pointer, progress=progress)
+        report = publisher.publish(model, model_version=version, run_id=run_id, pointer=pointer,
+                                   progress=progress, personalised=personalised)
         scrubbed = scrub_published(settings, publisher.redis, report.version, model.resident_ids)
-    except (PublishError, LookupError, RegisterKeyMismatch) as exc:
+    except (PublishError, LookupError, RegisterKeyMismatch, TrackingUnavailable) as exc:
         console.print(f"[red]publish failed:[/] {exc}")
         console.print("the previous version (if any) is still serving")
         raise typer.Exit(1) from None
     record_action(settings, "publish", target=f"keyspace:{report.version}", pointer=pointer,
                   model_version=version, previous=report.previous, residents=report.residents,
                   erased_left_out=len(left_out), erased_scrubbed_after=scrubbed)
-    console.print_json(json.dumps(report.as_dict()))
+    return report
 
 
 @publish_app.command()

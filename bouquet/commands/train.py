@@ -40,9 +40,11 @@ def _csv(text: str | None) -> list[str]:
 
 
 def train_command(
-    model: str = typer.Option("als", help="Model kind to train and register."),
+    candidates: str = typer.Option("als,ease,itemknn,crossview",
+                                   help="Deployable candidates evaluated; the best is "
+                                   "registered."),
     param: list[str] = typer.Option(None, "--param", "-p",
-                                    help="Model hyper-parameter KEY=VALUE (repeatable)."),
+                                    help="ALS hyper-parameter KEY=VALUE (repeatable)."),
     half_life_days: float = typer.Option(None, help="Event decay half-life in days "
                                          "(0 = no decay; default 120)."),
     log_alpha: float = typer.Option(None, help="Log scaling of repeated events (default 2)."),
@@ -55,12 +57,15 @@ def train_command(
     primary_metric: str = typer.Option("bundles.ndcg_at_10",
                                        help="Metric that decides promotion."),
     baselines: str = typer.Option(
-        "popularity,popularity_neighbourhood,ease,itemknn,bpr,crossview",
-        help="Baselines evaluated in the same run ('' for none)."),
+        "bpr", help="Extra baselines evaluated in the same run ('' for none); popularity "
+        "and popularity by neighbourhood always are."),
     refit: bool = typer.Option(True, help="Refit on all data for the artifact."),
     register: bool = typer.Option(True, help="Register a model version."),
     force: bool = typer.Option(False, "--force", help="Make the new version champion "
                                "whatever its metric."),
+    publish: bool = typer.Option(False, "--publish", help="Publish the champion to Redis "
+                                 "after the run (otherwise serving changes only with "
+                                 "`bouquet publish`)."),
     search: str = typer.Option(None, help="Hyper-parameter search: grid or random."),
     trials: int = typer.Option(None, min=1, help="Search trials (random) or grid cap."),
     space: list[str] = typer.Option(None, "--space", help="Search dimension KEY=V1,V2,... "
@@ -70,8 +75,9 @@ def train_command(
     progress: bool = typer.Option(True, help="Progress bars."),
     json_path: Path = typer.Option(None, "--json", help="Write the run report here."),
 ) -> None:
-    """Train the bundle model on the event log, evaluate it against the baselines on a
-    temporal hold-out, log everything to MLflow and register a new version."""
+    """Train every candidate model on the event log, evaluate them against the baselines on
+    a temporal hold-out, log everything to MLflow and register the best; it becomes champion
+    only when it beats popularity and the current champion with confidence."""
     import pandas as pd
 
     from bouquet.core.catalog import CatalogError
@@ -86,7 +92,7 @@ def train_command(
         dataset["log_alpha"] = log_alpha
     try:
         options = TrainOptions(
-            model=model,
+            candidates=tuple(_csv(candidates)),
             params={k: _value(v) for k, v in _pairs(param, "--param").items()},
             dataset=dataset,
             cutoff=pd.Timestamp(cutoff, tz="UTC") if cutoff else None,
@@ -101,7 +107,7 @@ def train_command(
     except (TrackingUnavailable, RegistryError, CatalogError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    if report.decision is not None and report.decision.promote:  # audit (issue 8)
+    if report.decision is not None and report.decision.promote and report.version:
         from bouquet.privacy.audit import cli_actor, record_action
 
         record_action(get_settings(), "promotion", actor=f"system:bouquet-train ({cli_actor()})",
@@ -109,6 +115,14 @@ def train_command(
                       to_version=report.version, run_id=report.run_id,
                       reason=report.decision.reason)
     _print(report)
+    if publish:
+        from bouquet.commands.publish import publish_registered
+
+        published = publish_registered(progress=progress)
+        Console().print(f"published {published.version}: serving switches within a second")
+    elif report.version is not None:
+        Console().print("serving is unchanged until `bouquet publish` runs "
+                        "(or train with --publish)")
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(_as_json(report), indent=1, default=str) + "\n")
@@ -120,29 +134,33 @@ def _print(report: Any) -> None:
     table = Table(title=f"run {report.run_id} — split {report.split['id']} "
                   f"(cut-off {report.split['cutoff'][:10]}, {report.split['test_weeks']} weeks)",
                   title_justify="left")
-    table.add_column("model")
+    table.add_column("candidate")
     for target in ("services", "bundles"):
         for name in ("recall", "ndcg"):
             table.add_column(f"{target} {name}@{k}", justify="right")
-    suffixes = [""] + sorted({key.rsplit(".", 1)[1] for key in report.metrics
-                              if key.count(".") == 2 and ".cold." not in key
-                              and not key.startswith("champion.")})
-    for suffix in suffixes:
+    names = sorted({key.partition("/")[0] for key in report.metrics if "/" in key}
+                   - {"promotion", "time"})
+    for name in names:
         cells = []
         for target in ("services", "bundles"):
-            for name in ("recall", "ndcg"):
-                value = report.metrics.get(f"{target}.{name}_at_{k}" + (f".{suffix}" if suffix
-                                                                         else ""))
+            for metric in ("recall", "ndcg"):
+                value = report.metrics.get(f"{name}/{target}.{metric}_at_{k}")
                 cells.append("-" if value is None or value != value else f"{value:.4f}")
-        table.add_row(suffix or report.model, *cells)
+        table.add_row(f"{name} (chosen)" if name == report.model else name, *cells)
     console.print(table)
     total = sum(stage["s"] for stage in report.stages.values())
-    console.print(f"{report.primary_metric} = {report.primary_value:.4f}; "
-                  f"{report.dataset['residents']:,} residents; {total:.1f} s")
+    for note in report.notes:
+        console.print(f"note: {note}")
+    if not report.model:
+        console.print("no candidate could be registered; serving is unchanged")
+        return
+    console.print(f"{report.model}: {report.primary_metric} = {report.primary_value:.4f} on "
+                  f"{report.eval_residents:,} hold-out residents (trained on "
+                  f"{report.dataset['residents']:,}); {total:.1f} s")
     if report.version is not None:
         decision = report.decision
         console.print(f"registered version {report.version}: "
-                      f"{'now champion' if decision.promote else 'champion unchanged'} "
+                      f"{'now champion' if decision.promote else 'not promoted'} "
                       f"({decision.reason})")
     else:
         console.print("not registered (--no-register)")

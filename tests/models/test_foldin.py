@@ -8,7 +8,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from bouquet.models import ALSRecommender, als_gram, fold_in
-from bouquet.models.foldin import fold_in_many
+from bouquet.models.foldin import FoldIn, fold_in_many
 
 
 @pytest.fixture(scope="module")
@@ -74,15 +74,22 @@ def test_duplicate_items_are_summed_like_a_csr_row(fitted) -> None:
     np.testing.assert_allclose(split, once, rtol=1e-10)
 
 
-def test_cg_converges_to_the_exact_solution(fitted) -> None:
+def test_the_woodbury_route_equals_the_direct_route(fitted) -> None:
+    """Serving's route (few items, precomputed G⁻¹) and training's (many items) solve the
+    same equations: confidences below 1 (negative weights) and confident negatives too."""
     model, x = fitted
-    gram = als_gram(model.item_factors, model.regularization)
-    row = x[11]
-    exact = fold_in(row.indices, row.data * 3.0, model.item_factors, gram)
-    cg = fold_in(row.indices, row.data * 3.0, model.item_factors, gram, method="cg", cg_steps=16)
-    np.testing.assert_allclose(cg, exact, rtol=1e-6, atol=1e-8)
-    with pytest.raises(ValueError):
-        fold_in(row.indices, row.data, model.item_factors, gram, method="lu")
+    solver = FoldIn(model.item_factors, model.regularization)
+    cases = [(x[11].indices, x[11].data * 3.0), ([3, 10, 40], [2.0, -3.0, 1.0]),
+             ([1, 2], [0.4, 0.7]), ([7], [1.0]), ([7, 9, 7], [2.0, 1.0, 3.0])]
+    for ids, conf in cases:
+        direct = fold_in(ids, conf, model.item_factors, solver.gram)
+        rows, coef = solver.coefficients(ids, conf)
+        np.testing.assert_allclose(coef @ solver.projector[rows], direct, rtol=1e-6,
+                                   atol=1e-9)
+        np.testing.assert_allclose(solver.solve(ids, conf), direct, rtol=1e-6, atol=1e-9)
+    many = np.arange(40)
+    np.testing.assert_allclose(solver.solve(many, np.full(40, 2.0)),
+                               fold_in(many, np.full(40, 2.0), model.item_factors, solver.gram))
 
 
 def test_wrapper_recalculate_users_is_fold_in(fitted) -> None:

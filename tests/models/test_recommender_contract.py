@@ -371,7 +371,7 @@ class TestBundleScorer(RecommenderContract):
 
 IMPLICIT_FREE_LOAD = """
 import sys
-for banned in ("implicit", "sklearn", "mlflow", "bouquet.pipelines"):
+for banned in ("implicit", "mlflow", "bouquet.pipelines"):
     sys.modules[banned] = None  # importing any of them now fails
 import numpy as np, scipy.sparse as sp
 from bouquet.models import load_model
@@ -398,7 +398,9 @@ print(type(model).__name__)
 def test_saved_model_scores_in_a_process_without_training_libraries(
     tmp_path: Path, model: Recommender, side: bool
 ) -> None:
-    """MLflow contract: the artifact loads and scores with numpy/scipy only."""
+    """A saved recommender loads and scores without the libraries that trained it (implicit),
+    MLflow or the training pipeline (scikit-learn is the estimators' base class; the served
+    models' files need not even that: tests/models/test_deployable.py)."""
     kw = {"side_items": SIDE_ITEMS, "composition": COMPOSITION} if side else {}
     model.fit(USER_ITEMS, **kw)
     path = model.save(tmp_path / "model")

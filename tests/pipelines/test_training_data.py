@@ -14,9 +14,9 @@ import scipy.sparse as sp
 
 from bouquet.core.catalog import load_catalog
 from bouquet.core.eventlog import EventLog, read_events
+from bouquet.models.confidence import ConfidenceRule
 from bouquet.pipelines.dataset import (
     EVENT_COLUMNS,
-    DatasetParams,
     EventArrays,
     build_dataset,
 )
@@ -29,7 +29,7 @@ NB = CATALOG.neighbourhood_ids
 T = datetime(2025, 6, 1, tzinfo=UTC)
 WEIGHTS = {"view": 0.5, "click": 1.0, "use": 2.0, "subscribe": 4.0, "pay": 3.0,
            "dismiss": 0.0, "unsubscribe": 0.0, "consent": 100.0, "profile": 100.0}
-PARAMS = DatasetParams(event_weights=WEIGHTS, half_life_days=10.0, log_alpha=2.0,
+PARAMS = ConfidenceRule(event_weights=WEIGHTS, half_life_days=10.0, log_alpha=2.0,
                        spread_bundle_events=False)
 _ids = itertools.count()
 
@@ -127,7 +127,7 @@ def test_bundle_events_spread_over_the_bundle_services(log_root: Path) -> None:
     arrays = arrays_of(log_root, [ev("a", "consent", 30, value=1),
                                   ev("a", "subscribe", 10, bundle=B[0]),
                                   ev("a", "use", 10, service=bundle.services[0])])
-    spread = DatasetParams(WEIGHTS, 10.0, 2.0, spread_bundle_events=True)
+    spread = ConfidenceRule(WEIGHTS, 10.0, 2.0, spread_bundle_events=True)
     data = build_dataset(arrays, spread, until=pd.Timestamp(T))
     share = 4 * 0.5 / len(bundle.services)
     expected = np.zeros(len(S))
@@ -148,13 +148,13 @@ def test_weights_come_from_params_and_fingerprint_tracks_them(log_root: Path) ->
     arrays = arrays_of(log_root, hand_made_log())
     base = build_dataset(arrays, PARAMS, until=pd.Timestamp(T))
     again = build_dataset(arrays, PARAMS, until=pd.Timestamp(T))
-    no_views = DatasetParams(event_weights={**WEIGHTS, "view": 0.0}, half_life_days=10.0,
+    no_views = ConfidenceRule(event_weights={**WEIGHTS, "view": 0.0}, half_life_days=10.0,
                              log_alpha=2.0, spread_bundle_events=False)
     changed = build_dataset(arrays, no_views, until=pd.Timestamp(T))
     assert base.fingerprint == again.fingerprint
     assert changed.fingerprint != base.fingerprint
     assert changed.services[0, 1] == 0  # the view no longer weighs
-    no_decay = build_dataset(arrays, DatasetParams(WEIGHTS, None, 2.0, False),
+    no_decay = build_dataset(arrays, ConfidenceRule(WEIGHTS, None, 2.0, False),
                              until=pd.Timestamp(T))
     assert no_decay.services[0, 0] == pytest.approx(conf(4.0), rel=1e-6)
 

@@ -1,9 +1,10 @@
 """``bouquet train`` against a real (temporary) MLflow SQLite store, on a simulated city.
 
-Covers: what a run records (params, model and baseline metrics, fingerprint, commit, split,
-artifact), registration, the champion rule (improvement on the same split, re-evaluation on
-another split, --force), promote/rollback and their history, nested search runs, the
-artifact fetched back from the registry, and the one-line error for a bad tracking URI.
+Covers: what a run records (params, every candidate's and baseline's metrics grouped by
+candidate, fingerprint, commit, split, the dataset input, an MLflow Model that
+``mlflow.pyfunc`` loads), registration, the champion rule wired to real evaluations
+(refusals with their figures, re-evaluation of the champion on another split, --force),
+promote/rollback and their history, nested search runs, and one-line errors.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from typer.testing import CliRunner
 
 from bouquet.core.settings import Settings
 from bouquet.localstack import free_port
-from bouquet.models.artifact import load_artifact
-from bouquet.pipelines.registry import ModelRegistry, VersionInfo, decide
-from bouquet.pipelines.tracking import TrackingUnavailable, connect
+from bouquet.models.deployable import load_model_dir
+from bouquet.pipelines.registry import ModelRegistry
+from bouquet.pipelines.tracking import TrackingUnavailable, connect, download_model_dir
 from bouquet.pipelines.train import TrainOptions, search_trials, train
 
 pytestmark = pytest.mark.integration  # a real MLflow store (SQLite) on disk
@@ -32,7 +33,7 @@ END = date(2025, 6, 2)
 GOOD = {"factors": 8}
 #: Inverted bundle scores: a recipe that is certainly worse than GOOD.
 BAD = {"factors": 8, "cf_weight": -1.0, "affinity_weight": -1.0}
-FAST = {"baselines": (), "progress": False, "refit": False}
+FAST = {"baselines": (), "progress": False, "refit": False, "candidates": ("als",)}
 
 
 @pytest.fixture(scope="module")
@@ -51,91 +52,103 @@ def city_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def settings(tmp_path: Path, city_log: Path) -> Settings:
     """Own MLflow store and artifact root per test; the shared simulated log."""
     return Settings(env="test", state_dir=tmp_path / "state", event_log_dir=city_log,
-                    mlflow_tracking_uri=None)
+                    mlflow_tracking_uri=None, train_min_eval_residents=5,
+                    train_bootstrap_samples=500)
 
 
 def run(settings: Settings, **options: object) -> object:
     return train(settings, TrainOptions(**{**FAST, **options}))
 
 
-def test_run_records_everything_and_registers_the_first_champion(settings: Settings) -> None:
-    report = run(settings, params=GOOD, baselines=("popularity", "popularity_neighbourhood",
-                                                   "ease"), refit=True)
+def test_run_records_everything_and_registers_the_best_candidate(settings: Settings) -> None:
+    report = run(settings, params=GOOD, candidates=("als", "ease", "crossview"), refit=True)
     client = connect(settings)
     logged = client.get_run(report.run_id)
     params, metrics, tags = logged.data.params, logged.data.metrics, logged.data.tags
 
-    assert params["model"] == "als" and params["model.factors"] == "8"
+    assert params["candidates"] == "als,ease,crossview" and params["als.factors"] == "8"
     assert params["dataset.event_weights.subscribe"] == str(settings.event_weights["subscribe"])
     assert params["split.kind"] == "temporal" and params["split.test_weeks"] == "4"
-    for name in ("bundles.recall_at_10", "bundles.ndcg_at_10", "bundles.map_at_5",
-                 "bundles.precision_at_5", "bundles.coverage_at_20", "services.recall_at_10",
-                 "bundles.recall_at_10.popularity", "bundles.ndcg_at_10.ease",
-                 "services.recall_at_10.popularity_neighbourhood"):
+    for name in ("als/bundles.recall_at_10", "als/bundles.ndcg_at_10", "ease/bundles.map_at_5",
+                 "crossview/bundles.precision_at_5", "crossview/bundles.coverage_at_20",
+                 "als/services.recall_at_10", "popularity/bundles.recall_at_10",
+                 "popularity_neighbourhood/services.recall_at_10"):
         assert 0.0 <= metrics[name] <= 1.0, name
-    assert metrics["bundles.ndcg_at_10"] == pytest.approx(report.primary_value)
+    assert not any(np.isnan(v) for v in metrics.values())
+    assert "popularity/cold.bundles.ndcg_at_10" in tags["metrics.omitted"]  # no cold positive
+    # the chosen candidate is the best non-degenerate one by the primary metric
+    chosen = report.model
+    values = {k: metrics[f"{k}/bundles.ndcg_at_10"] for k in ("als", "ease", "crossview")
+              if f"{k}/score_spread" in metrics and metrics[f"{k}/score_spread"] > 1e-8}
+    assert chosen == max(values, key=values.get)
+    assert metrics[f"{chosen}/bundles.ndcg_at_10"] == pytest.approx(report.primary_value)
     assert len(tags["dataset_fingerprint"]) == 16 and params["split.id"] == tags["split_id"]
     assert len(tags["git_commit"]) == 40 and tags["git_dirty"] in ("true", "false")
     assert tags["catalog_fingerprint"] and tags["split_id"] == report.split["id"]
-    assert tags["promotion.decision"] == "promoted"
+    inputs = logged.inputs.dataset_inputs
+    assert inputs and inputs[0].dataset.name == "event-log"
+    assert inputs[0].dataset.digest == tags["dataset_fingerprint"]
 
     experiment = client.get_experiment(logged.info.experiment_id)
     assert experiment.artifact_location == settings.mlflow_artifact_root.resolve().as_uri()
-    artifacts = {a.path for a in client.list_artifacts(report.run_id, "model")}
-    assert artifacts == {"model/meta.json", "model/arrays.npz"}
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
+    # the decision is the statistical rule's, with its figures; the version is registered
+    assert report.decision is not None and report.eval_residents > 0
+    assert tags["promotion.decision"] in ("promoted", "not promoted")
+    assert "95% CI" in tags["promotion.vs_popularity"]
     registry = ModelRegistry(client, settings.registered_model)
-    champion = registry.champion()
-    assert champion is not None and champion.version == report.version == "1"
-    assert champion.tags["split_id"] == report.split["id"]
-    assert champion.tags["dataset_fingerprint"] == report.dataset["fingerprint"]
+    version = registry.version(report.version)
+    assert version.tags["split_id"] == report.split["id"]
+    assert version.tags["dataset_fingerprint"] == report.dataset["fingerprint"]
+    assert version.tags["model_kind"] == chosen
 
-    # publish's path: the alias → its version's source → load_artifact, scores as trained
+    # an MLflow Model: pyfunc loads it and answers; publish's path reads the same files
+    model = mlflow.pyfunc.load_model(f"models:/{settings.registered_model}/{report.version}")
+    answer = model.predict(pd.DataFrame({"resident_id": ["r-example"], "k": [3]}))
+    assert list(answer.columns) == ["resident_id", "rank", "bundle_id", "score"]
+    assert len(answer) == 3
     with tempfile.TemporaryDirectory() as tmp:
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=champion.source, dst_path=tmp, tracking_uri=settings.mlflow_uri)
-        artifact = load_artifact(Path(local))
-        assert artifact.meta["dataset_fingerprint"] == report.dataset["fingerprint"]
-        assert artifact.meta["catalog_fingerprint"] == tags["catalog_fingerprint"]
-        assert len(artifact.resident_ids) == report.dataset["residents"]
-        scores = artifact.score_bundles(artifact.resident_factors[:3])
-        assert scores.shape == (3, len(artifact.bundle_ids)) and np.isfinite(scores).all()
+        deployable = load_model_dir(download_model_dir(settings, version.source, Path(tmp)))
+        assert deployable.meta["dataset_fingerprint"] == report.dataset["fingerprint"]
+        assert deployable.meta["model_kind"] == chosen
+        assert deployable.n_residents == report.dataset["residents"]
+        scores = deployable.score(np.arange(3), "b")
+        assert scores.shape == (3, len(deployable.bundle_ids)) and np.isfinite(scores).all()
 
 
-def test_champion_moves_only_on_improvement_or_force_then_promote_and_rollback(
+def test_champion_moves_only_on_evidence_or_force_then_promote_and_rollback(
         settings: Settings) -> None:
     first = run(settings, params=GOOD)
-    worse = run(settings, params=BAD)
-    assert worse.split["id"] == first.split["id"]
-    assert worse.primary_value < first.primary_value
-    assert not worse.decision.promote and "same split" in worse.decision.reason
+    assert not first.decision.promote
+    assert "does not beat popularity" in first.decision.reason or \
+        "residents" in first.decision.reason
     registry = ModelRegistry(connect(settings), settings.registered_model)
-    assert registry.champion().version == first.version
+    assert registry.champion() is None and registry.version(first.version)
 
     forced = run(settings, params=BAD, force=True)
     assert forced.decision.promote and registry.champion().version == forced.version
-    better = run(settings, params=GOOD)
-    assert better.decision.promote, better.decision.reason
+    better = run(settings, params=GOOD, force=True)
     assert registry.champion().version == better.version
     assert registry.alias("previous-champion").version == forced.version
-    assert registry.history() == [first.version, forced.version, better.version]
+    assert registry.history() == [forced.version, better.version]
+    # the champion was re-measured on the split, beside the candidate
+    assert better.metrics["champion/bundles.ndcg_at_10"] == pytest.approx(
+        forced.primary_value)
 
     assert registry.rollback() == (better.version, forced.version)
     assert registry.champion().version == forced.version
-    assert registry.alias("previous-champion").version == first.version
-    assert registry.rollback() == (forced.version, first.version)
-    registry.promote(worse.version, "manual")
-    assert registry.champion().version == worse.version
-    assert registry.version(worse.version).tags["promotion_reason"] == "manual"
+    registry.promote(first.version, "manual")
+    assert registry.champion().version == first.version
+    assert registry.version(first.version).tags["promotion_reason"] == "manual"
 
 
 def test_a_champion_from_another_split_is_re_evaluated_on_the_new_one(
         settings: Settings) -> None:
-    old = run(settings, params=GOOD, cutoff=pd.Timestamp("2025-04-21", tz="UTC"))
+    old = run(settings, params=GOOD, cutoff=pd.Timestamp("2025-04-21", tz="UTC"), force=True)
     new = run(settings, params=BAD, cutoff=pd.Timestamp("2025-05-05", tz="UTC"))
-    assert old.split["id"] != new.split["id"]
-    assert "re-evaluated" in new.decision.reason and not new.decision.promote
-    re_measured = new.metrics["champion.bundles.ndcg_at_10"]
+    assert old.split["id"] != new.split["id"] and not new.decision.promote
+    re_measured = new.metrics["champion/bundles.ndcg_at_10"]
     # the champion's recipe on the new split is what GOOD scores there
     direct = run(settings, params=GOOD, cutoff=pd.Timestamp("2025-05-05", tz="UTC"),
                  register=False)
@@ -150,7 +163,7 @@ def test_search_logs_nested_trials_and_registers_the_best(settings: Settings) ->
         [client.get_run(report.run_id).info.experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{report.run_id}'")
     assert len(children) == len(report.trials) == 4
-    assert all("val.bundles.ndcg_at_10" in c.data.metrics for c in children)
+    assert all("val/bundles.ndcg_at_10" in c.data.metrics for c in children)
     best = max(report.trials, key=lambda t: t["value"])
     assert report.params["factors"] == best["params"]["factors"]
     assert report.params["affinity_weight"] == best["params"]["affinity_weight"]
@@ -164,22 +177,6 @@ def test_search_trials_grid_and_random() -> None:
     drawn = search_trials(space, "random", 4, seed=1)
     assert len(drawn) == 4 and len({json.dumps(d, sort_keys=True) for d in drawn}) == 4
     assert drawn == search_trials(space, "random", 4, seed=1)
-
-
-def test_decide_rule() -> None:
-    def version(split: str, value: float) -> VersionInfo:
-        return VersionInfo("3", "run", "", ("champion",), {
-            "split_id": split, "primary_metric": "bundles.ndcg_at_10",
-            "primary_value": repr(value)}, "")
-
-    args = {"split_id": "s1", "primary_metric": "bundles.ndcg_at_10"}
-    assert decide(0.1, champion=None, **args).promote
-    assert decide(0.5, champion=version("s1", 0.4), **args).promote
-    assert not decide(0.4, champion=version("s1", 0.4), **args).promote  # ties keep the champion
-    assert not decide(0.9, champion=version("s0", 0.1), **args).promote  # no figure on s1
-    assert decide(0.9, champion=version("s0", 0.1), champion_on_split=0.8, **args).promote
-    assert not decide(0.7, champion=version("s0", 0.1), champion_on_split=0.8, **args).promote
-    assert decide(0.0, champion=version("s1", 0.4), force=True, **args).promote
 
 
 # --- the CLI --------------------------------------------------------------------------------
@@ -210,15 +207,21 @@ def invoke(runner: CliRunner, *args: str, code: int = 0) -> object:
 
 def test_cli_train_list_promote_rollback(cli: CliRunner, tmp_path: Path) -> None:
     out = tmp_path / "report.json"
-    result = invoke(cli, "train", "--no-progress", "--baselines", "popularity", "--no-refit",
-                    "-p", "factors=8", "--json", str(out))
+    result = invoke(cli, "train", "--no-progress", "--candidates", "als", "--baselines", "",
+                    "--no-refit", "-p", "factors=8", "--force", "--json", str(out))
     assert "registered version 1: now champion" in result.output
+    assert "hold-out residents" in result.output  # the summary names who was evaluated
+    assert "serving is unchanged until `bouquet publish`" in result.output
     assert json.loads(out.read_text())["version"] == "1"
-    invoke(cli, "train", "--no-progress", "--baselines", "", "--no-refit", "-p", "factors=8",
-           "-p", "cf_weight=-1", "-p", "affinity_weight=-1")
+    invoke(cli, "train", "--no-progress", "--candidates", "als", "--baselines", "",
+           "--no-refit", "-p", "factors=8", "-p", "cf_weight=-1", "-p", "affinity_weight=-1")
     listing = invoke(cli, "model", "list").output
     assert "champion" in listing and "bundles.ndcg_at_10" in listing
-    assert "champion is now version 2" in invoke(cli, "model", "promote", "2").output
+    refused = invoke(cli, "model", "promote", "2", code=1)
+    assert "worse than the champion on the same split" in refused.output
+    assert "v2 bundles.ndcg_at_10 =" in refused.output and "champion v1 =" in refused.output
+    promoted = invoke(cli, "model", "promote", "2", "--force").output
+    assert "champion is now version 2" in promoted and "bouquet publish" in promoted
     assert "rolled back from version 2 to 1" in invoke(cli, "model", "rollback").output
     failed = invoke(cli, "model", "promote", "99", code=1)
     assert "has no version 99" in failed.output and "Traceback" not in failed.output

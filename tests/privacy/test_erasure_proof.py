@@ -28,9 +28,10 @@ from bouquet.core.eventlog import read_events
 from bouquet.core.keys import Keys
 from bouquet.core.settings import Settings
 from bouquet.localstack import LocalStack, free_port
-from bouquet.models.artifact import load_artifact
+from bouquet.models.deployable import DeployableModel, find_model_dir, load_model_dir
 from bouquet.privacy.audit import audit_path, verify_chain
 from bouquet.privacy.compaction import rewrite_redis_aof
+from bouquet.privacy.erasure import model_location
 from tests.privacy.helpers import (
     file_occurrences,
     ingest_until_idle,
@@ -97,12 +98,14 @@ def history(rid: str) -> list[dict]:
              "channel": "app", **e, "ts": e["ts"].isoformat()} for e in events]
 
 
-def champion_artifact(settings: Settings) -> Path:
+def champion_model(settings: Settings) -> DeployableModel:
+    """The champion's model files, read where the MLflow store keeps them (not a copy)."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=settings.mlflow_uri)
-    source = client.get_model_version_by_alias(settings.registered_model, "champion").source
-    return Path(source.removeprefix("file://"))
+    version = client.get_model_version_by_alias(settings.registered_model, "champion")
+    location = model_location(client, version.source)
+    return load_model_dir(find_model_dir(Path(location.removeprefix("file://"))))
 
 
 async def test_after_an_erasure_no_key_file_or_later_artifact_holds_the_id(
@@ -117,13 +120,13 @@ async def test_after_an_erasure_no_key_file_or_later_artifact_holds_the_id(
     produce_events(settings, history(ERASED) + history(KEPT) + history(WITHDRAWN))
     ingest_until_idle(settings)
     train(settings, TrainOptions(params={"factors": 8}, baselines=(), refit=False,
-                                 progress=False))
+                                 progress=False, candidates=("als",), force=True))
     cli("publish", "--no-progress")
     client = redis.Redis.from_url(settings.redis_url)
     keys = Keys(settings.redis_key_prefix)
 
     # before: the searches find the id in every store that should hold it
-    trained = load_artifact(champion_artifact(settings)).resident_ids.tolist()
+    trained = champion_model(settings).resident_ids.tolist()
     assert ERASED in trained and WITHDRAWN in trained
     in_redis = redis_occurrences(client, ERASED)
     assert any(":recent" in f for f in in_redis) and any(":b:{" in f for f in in_redis)
@@ -161,14 +164,14 @@ async def test_after_an_erasure_no_key_file_or_later_artifact_holds_the_id(
     assert report["log"]["dropped_erased"] >= 27 and report["log"]["dropped_erase_events"] >= 1
     assert report["redis_aof"] == "rewritten"
     assert [m["rows_removed"] for m in report["models"]] == [1]
-    scrubbed = load_artifact(champion_artifact(settings))
+    scrubbed = champion_model(settings)
     assert ERASED not in scrubbed.resident_ids.tolist() and KEPT in scrubbed.resident_ids
-    assert np.isfinite(scrubbed.score_bundles(scrubbed.resident_factors[:2])).all()
+    assert np.isfinite(scrubbed.score(np.arange(2), "b")).all()
 
     # the next training and publish, made after the erasure
-    cli("train", "--no-progress", "--baselines", "", "--no-refit", "-p", "factors=8",
-        "--force")
-    retrained = load_artifact(champion_artifact(settings)).resident_ids.tolist()
+    cli("train", "--no-progress", "--candidates", "als", "--baselines", "", "--no-refit",
+        "-p", "factors=8", "--force")
+    retrained = champion_model(settings).resident_ids.tolist()
     assert ERASED not in retrained and WITHDRAWN not in retrained and KEPT in retrained
     cli("publish", "--no-progress")
 

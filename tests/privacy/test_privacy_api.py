@@ -14,7 +14,7 @@ from kafka import KafkaConsumer
 from bouquet.core.catalog import load_catalog
 from bouquet.core.keys import Keys
 from bouquet.localstack import ensure_topics
-from bouquet.pipelines.dataset import DatasetParams, build_dataset, load_event_arrays
+from bouquet.pipelines.dataset import build_dataset, load_event_arrays, rule_from_settings
 from tests.privacy.helpers import ingest_until_idle, produce_events, redis_occurrences
 from tests.serving.support import (
     ADMIN,
@@ -94,7 +94,7 @@ async def test_withdrawal_takes_effect_on_the_next_request_and_in_the_next_train
     assert profile(settings, "r1") == {"consent": "0", "consent_ts": stamp}
     # ...and the next training leaves r1 out, keeps r2
     arrays = load_event_arrays(settings, CATALOG)
-    trained = set(build_dataset(arrays, DatasetParams.from_settings(settings)).resident_ids)
+    trained = set(build_dataset(arrays, rule_from_settings(settings)).resident_ids)
     assert "r2" in trained and "r1" not in trained
 
 

@@ -115,7 +115,7 @@ async def test_mlflow_down_serving_keeps_its_model_and_commands_fail_clearly(
     simulate(settings, residents=400, weeks=8, seed=3, end=date(2025, 6, 2), progress=False,
              save_residents=False)
     train(settings, TrainOptions(params={"factors": 8}, baselines=(), refit=False,
-                                 progress=False))
+                                 progress=False, candidates=("als",), force=True))
     model, version, run_id = load_registered(settings)
     report = Publisher(settings, neighbourhoods=CATALOG.neighbourhood_ids).publish(
         model, model_version=version, run_id=run_id)

@@ -13,9 +13,10 @@ import redis
 
 from bouquet.core.catalog import Catalog, load_catalog
 from bouquet.core.keys import Keys
-from bouquet.core.settings import Settings
-from bouquet.models.online import composition_matrix
-from bouquet.pipelines.publish import FactorModel, Publisher, PublishReport
+from bouquet.core.settings import DEFAULT_EVENT_WEIGHTS, Settings
+from bouquet.models.confidence import ConfidenceRule
+from bouquet.models.factor import FactorModel
+from bouquet.pipelines.publish import Publisher, PublishReport
 from bouquet.serving.app import create_app
 
 APP = {"X-API-Key": "dev-app-key"}
@@ -38,13 +39,20 @@ def small_model(catalog: Catalog, n: int = 50, factors: int = 16, seed: int = 7,
                          + 0.3 * rng.normal(size=factors) for s in sids])
     services = (services / np.sqrt(factors)).astype(np.float32)
     residents = rng.normal(size=(n, factors)).astype(np.float32) / np.sqrt(factors)
-    members = [catalog.bundle_by_id[b].services for b in bids]
-    bundles = composition_matrix(members, sids, services)
-    areas = ["_all", *catalog.neighbourhood_ids]
-    pop_b = {nb: rng.random(len(bids)) for nb in areas}
-    pop_s = {nb: rng.random(len(sids)) for nb in areas}
-    return FactorModel([f"{prefix}{i}" for i in range(n)], bids, sids, residents, services,
-                       bundles, members, pop_b, pop_s, regularization=0.05)
+    members = {b: list(catalog.bundle_by_id[b].services) for b in bids}
+    index = {s: i for i, s in enumerate(sids)}
+    bundles = np.stack([services[[index[s] for s in members[b]]].mean(axis=0) for b in bids])
+    n_nb = 1 + len(catalog.neighbourhood_ids)
+    return FactorModel(
+        service_ids=sids, bundle_ids=bids, bundle_services=members,
+        neighbourhoods=list(catalog.neighbourhood_ids),
+        rule=ConfidenceRule(dict(DEFAULT_EVENT_WEIGHTS)),
+        popular_services=rng.random((n_nb, len(sids))),
+        popular_bundles=rng.random((n_nb, len(bids))),
+        resident_ids=np.array([f"{prefix}{i}" for i in range(n)]),
+        resident_neighbourhood=np.full(n, -1, np.int16), meta={"model_kind": "test"},
+        service_factors=services, bundle_factors=bundles, resident_factors=residents,
+        regularization=0.05)
 
 
 def publish(settings: Settings, model: FactorModel, model_version: str = "v1",

@@ -66,7 +66,7 @@ async def test_no_mixed_or_missing_versions_while_publishing(make_settings) -> N
         model = models[name]
         user = model.resident_factors[int(a["resident_id"][1:])]
         for item in a["bundles"]:
-            expected = float(model.bundle_matrix[model.bundle_ids.index(item["bundle_id"])]
+            expected = float(model.bundle_factors[model.bundle_ids.index(item["bundle_id"])]
                              @ user)
             assert np.isclose(item["score"], expected, atol=1e-5), (a["keyspace_version"], item)
     # The last answers come from the last version.

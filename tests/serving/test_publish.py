@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -13,8 +14,15 @@ import pytest
 
 from bouquet.core.catalog import load_catalog
 from bouquet.core.keys import Keys
+from bouquet.models.base import top_n
+from bouquet.models.factor import FactorModel
 from bouquet.models.online import ENTRY, pack_list, pack_rows, unpack_list
-from bouquet.pipelines.publish import FactorModel, Publisher, PublishError, top_n
+from bouquet.pipelines.publish import (
+    Publisher,
+    PublishError,
+    reason_vocabulary,
+    score_chunk,
+)
 from tests.serving.support import client_for, publish, redis_client, set_profile, small_model
 
 CATALOG = load_catalog()
@@ -23,10 +31,10 @@ CATALOG = load_catalog()
 class Exploding(FactorModel):
     """Scores one chunk, then fails, as a publish dying half-way would."""
 
-    def score_chunk(self, start, stop, top_n_):
-        if start > 0:
+    def score(self, rows, kind):
+        if rows[0] > 0:
             raise RuntimeError("scoring failed half-way")
-        return super().score_chunk(start, stop, top_n_)
+        return super().score(rows, kind)
 
 
 def test_packed_lists_round_trip_and_are_compact() -> None:
@@ -62,7 +70,7 @@ def test_publish_writes_a_versioned_keyspace_and_switches_once(settings) -> None
     assert popular.size == len(CATALOG.bundles)
     # The stored top list is the model's top list for that resident.
     stored = unpack_list(r.get(keys.recs(report.version, "r5", "b")))
-    expected = np.argsort(-(model.bundle_matrix @ model.resident_factors[5]), kind="stable")
+    expected = np.argsort(-(model.bundle_factors @ model.resident_factors[5]), kind="stable")
     assert stored["i"].tolist() == expected.tolist()
     r.close()
 
@@ -82,9 +90,12 @@ def test_older_versions_expire_and_the_previous_is_kept_for_rollback(settings) -
     old, new = Publisher(settings, r).rollback()
     assert (old, new) == (third.version, second.version)
     assert r.get(keys.current_version()).decode() == second.version
-    # A second rollback undoes the first (the version rolled back from is now "previous").
-    assert Publisher(settings, r).rollback() == (second.version, third.version)
-    assert Publisher(settings, r).rollback() == (third.version, second.version)
+    assert r.hget(keys.version_meta(third.version), "state") == b"rolled-back"
+    # A second rollback steps further back, never forward: the version before `second` is
+    # expiring, so it is refused, and the pointer stays.
+    with pytest.raises(PublishError, match="already expiring"):
+        Publisher(settings, r).rollback()
+    assert r.get(keys.current_version()).decode() == second.version
     status = Publisher(settings, r).status()
     assert status["current"] == second.version
     assert {v["version"] for v in status["versions"]} >= {second.version, third.version}
@@ -97,8 +108,9 @@ def test_a_failed_publish_leaves_the_previous_version_serving(settings, anyio_ba
     keys, r = Keys(settings.redis_key_prefix), redis_client(settings)
     good = publish(settings, small_model(CATALOG, n=40), "v1")
     settings = settings.model_copy(update={"publish_chunk": 10})
-    broken = Exploding(**{f: getattr(small_model(CATALOG, n=40, seed=9), f)
-                          for f in FactorModel.__dataclass_fields__})
+    healthy = small_model(CATALOG, n=40, seed=9)
+    broken = Exploding(**{f.name: getattr(healthy, f.name)
+                          for f in dataclasses.fields(FactorModel)})
     with pytest.raises(RuntimeError, match="half-way"):
         publish(settings, broken, "v2")
     assert r.get(keys.current_version()).decode() == good.version
@@ -163,11 +175,11 @@ def test_a_publish_does_not_switch_a_pointer_moved_under_it(settings) -> None:
 def test_packed_values_are_smaller_than_json(settings) -> None:
     """The measured reason for the packed format (also in docs/serving.md)."""
     model = small_model(CATALOG, n=10)
-    chunk = model.score_chunk(0, 10, 50)
+    chunk = score_chunk(model, np.arange(10), 50)
+    vocab = reason_vocabulary(model)
     packed = sum(len(v) for v in pack_rows(chunk.bundle_items, chunk.bundle_scores,
                                             chunk.bundle_reasons))
-    as_json = sum(len(json.dumps([[model.bundle_ids[i], round(float(s), 4),
-                                   model.reason_vocab[r]]
+    as_json = sum(len(json.dumps([[model.bundle_ids[i], round(float(s), 4), vocab[r]]
                                   for i, s, r in zip(items, scores, reasons, strict=True)],
                                  separators=(",", ":")))
                   for items, scores, reasons in zip(chunk.bundle_items, chunk.bundle_scores,

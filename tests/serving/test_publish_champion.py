@@ -15,36 +15,23 @@ from mlflow import MlflowClient
 
 from bouquet.core.catalog import load_catalog
 from bouquet.core.keys import Keys
-from bouquet.models.artifact import Artifact
+from bouquet.models.confidence import Strengths
+from bouquet.models.factor import FactorModel
 from bouquet.pipelines.publish import load_registered
-from tests.serving.support import client_for, redis_client, set_profile
+from tests.serving.support import client_for, redis_client, set_profile, small_model
 
 CATALOG = load_catalog()
 
 
-def small_artifact(n: int = 40, f: int = 8, seed: int = 5) -> Artifact:
-    rng = np.random.default_rng(seed)
-    sids, bids, nbs = list(CATALOG.service_ids), list(CATALOG.bundle_ids), \
-        list(CATALOG.neighbourhood_ids)
-    return Artifact.build(
-        resident_ids=[f"m{i}" for i in range(n)],
-        resident_factors=rng.normal(size=(n, f)), service_factors=rng.normal(size=(len(sids), f)),
-        bundle_cf_factors=rng.normal(size=(len(bids), f)) * 0.1, service_ids=sids,
-        bundle_ids=bids, bundle_services={b.id: b.services for b in CATALOG.bundles},
-        neighbourhoods=nbs, popular_services=rng.random((1 + len(nbs), len(sids))),
-        popular_bundles=rng.random((1 + len(nbs), len(bids))), regularization=0.1,
-        dataset_params={"log_alpha": 2.0, "half_life_days": 30.0,
-                        "event_weights": {"use": 3.0, "click": 1.0, "view": 0.25}},
-        model_kind="als", model_params={"factors": f})
-
-
-def register_champion(settings, artifact: Artifact, tmp_path) -> str:
+def register_champion(settings, model: FactorModel, tmp_path) -> str:
+    """Register ``model`` as the first release did: a plain run artifact directory (the
+    current release logs an MLflow Model; both must publish)."""
     client = MlflowClient(tracking_uri=settings.mlflow_uri)
     settings.mlflow_artifact_root.mkdir(parents=True, exist_ok=True)
     experiment = client.create_experiment(
         "serving-test", artifact_location=settings.mlflow_artifact_root.resolve().as_uri())
     run = client.create_run(experiment)
-    artifact.save(tmp_path / "model")
+    model.save(tmp_path / "model")
     client.log_artifacts(run.info.run_id, str(tmp_path / "model"), "model")
     client.set_terminated(run.info.run_id)
     client.create_registered_model(settings.registered_model)
@@ -59,14 +46,14 @@ def register_champion(settings, artifact: Artifact, tmp_path) -> str:
 def test_the_champion_is_published_and_served(settings, tmp_path) -> None:
     with pytest.raises(LookupError, match="no alias 'champion'"):
         load_registered(settings)  # nothing registered yet: a clear message, no publish
-    artifact = small_artifact()
+    artifact = small_model(CATALOG, n=40, factors=8, seed=5, prefix="m")
     run_id = register_champion(settings, artifact, tmp_path)
     model, version, found_run = load_registered(settings)
     assert (version, found_run) == ("v1", run_id)
-    # The serving fold-in is the artifact's, to float precision.
-    serving = model.serving_model("x", version, run_id)
-    strengths = {3: 2.0, 10: 0.5}
-    assert np.allclose(serving.fold_in(strengths), artifact.fold_in(strengths), atol=1e-4)
+    # The serving fold-in is the registered model's, to float precision.
+    strengths = Strengths({3: 2.0, 10: 0.5}, {})
+    np.testing.assert_allclose(model.serving_view().fold_in(strengths),
+                               artifact.fold_in(strengths), rtol=1e-6)
 
     env = {**os.environ, "BOUQUET_ENV": "test", "REDIS_URL": settings.redis_url,
            "BOUQUET_REDIS_KEY_PREFIX": settings.redis_key_prefix,
@@ -89,11 +76,7 @@ def test_the_champion_is_published_and_served(settings, tmp_path) -> None:
 
     answer = anyio.run(ask)
     assert answer["personalised"] and answer["model_version"] == "v1"
-    scores = artifact.score_bundles(artifact.resident_vector("m7"))
+    scores = artifact.score(np.array([artifact.resident_row("m7")]), "b")[0]
     expected = [artifact.bundle_ids[i] for i in np.argsort(-scores, kind="stable")]
     got = [b["bundle_id"] for b in answer["bundles"]]
-    assert got == [b for b in expected if b in got]  # the artifact's order, filtered
-    assert all(b["reason_code"].startswith("uses:") for b in answer["bundles"])
-    reasons = artifact.bundle_reasons(artifact.resident_vector("m7"))[0]
-    first = artifact.bundle_ids.index(got[0])
-    assert answer["bundles"][0]["reason_code"] == f"uses:{artifact.service_ids[reasons[first]]}"
+    assert got == [b for b in expected if b in got]  # the model's order, filtered

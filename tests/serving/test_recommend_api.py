@@ -7,6 +7,7 @@ import pytest
 from bouquet.core.catalog import load_catalog
 from bouquet.core.keys import Keys
 from bouquet.core.recommendation import parse_recommendation_id
+from bouquet.pipelines.publish import popular_lists
 from tests.serving.support import (
     ADMIN,
     OPERATOR,
@@ -52,7 +53,7 @@ async def test_publish_then_serve_personalised(served) -> None:
     # Precomputed order = the model's own scores for the resident (no recent events).
     user = model.resident_factors[1]
     expected = sorted(CATALOG.bundle_ids, key=lambda b: -float(
-        model.bundle_matrix[list(model.bundle_ids).index(b)] @ user))
+        model.bundle_factors[list(model.bundle_ids).index(b)] @ user))
     allowed = [b for b in expected if not CATALOG.bundle_by_id[b].eligibility.model_dump(
         exclude_none=True) and "*" in CATALOG.bundle_by_id[b].zones or b == "work-from-here"]
     assert ids(answer) == allowed[:5]
@@ -125,7 +126,7 @@ async def test_cold_start_and_unknown_residents_get_popular(served) -> None:
         stranger = (await c.get("/v1/residents/never-seen/bundles", params={"k": 3})).json()
     assert nb["personalised"] is False and nb["fallback"] == "popular_neighbourhood"
     assert nb["notice"] and all(b["reason_code"] == "popular:rives" for b in nb["bundles"])
-    order = [model.bundle_ids[i] for i in model.popular("b")["rives"][0]]
+    order = [model.bundle_ids[i] for i in popular_lists(model, "b")["rives"][0]]
     assert ids(nb) == [b for b in order if b in ids(nb)]  # popular order kept
     assert stranger["personalised"] is False and stranger["fallback"] == "popular_city"
     assert "nothing is known" in stranger["notice"]

@@ -1,0 +1,136 @@
+"""Factor models (ALS): residents, services and bundles as vectors in one space.
+
+Scoring is linear in a resident vector ``u``::
+
+    service score(s) = u · y_s          bundle score(b) = u · v_b
+
+``v_b`` are the bundle *scoring* vectors in the service factor space (for ALS: learned
+bundle factors plus the mean of the member services' factors, see
+:mod:`bouquet.pipelines.candidates`), so one dot product scores a bundle. A resident seen a
+second ago gets ``u`` by the ALS fold-in of their recent service confidences
+(:class:`~bouquet.models.foldin.FoldIn`): ``c = alpha · confidence(strength)`` by the
+model's own rule.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from bouquet.models.confidence import Strengths
+from bouquet.models.deployable import ArtifactError, DeployableModel, register_family
+from bouquet.models.foldin import FoldIn
+
+#: Largest services × items matrix precomputed for the fold-in (float64: 32 MB).
+_PRECOMPUTE_MAX_ENTRIES = 4_000_000
+
+
+@register_family
+@dataclass(kw_only=True)
+class FactorModel(DeployableModel):
+    """A factor model: ``service_factors`` (S × f), ``bundle_factors`` (B × f, scoring
+    vectors), ``resident_factors`` (n × f; empty in the serving view), and the ALS
+    ``regularization`` and ``alpha`` its fold-in must use."""
+
+    family: ClassVar[str] = "factor"
+    resident_arrays: ClassVar[tuple[str, ...]] = ("resident_factors",)
+
+    service_factors: np.ndarray
+    bundle_factors: np.ndarray
+    resident_factors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    regularization: float = 0.01
+    alpha: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.service_factors = np.ascontiguousarray(self.service_factors, dtype=np.float32)
+        self.bundle_factors = np.ascontiguousarray(self.bundle_factors, dtype=np.float32)
+        f = self.service_factors.shape[1]
+        self.resident_factors = np.ascontiguousarray(
+            self.resident_factors, dtype=np.float32).reshape(-1, f)
+        super().__post_init__()
+        for name, shape in (("service_factors", (len(self.service_ids), f)),
+                            ("bundle_factors", (len(self.bundle_ids), f)),
+                            ("resident_factors", (len(self.resident_ids), f))):
+            if getattr(self, name).shape != shape:
+                raise ArtifactError(f"{name} has shape {getattr(self, name).shape}, "
+                                    f"expected {shape}")
+
+    @property
+    def factors(self) -> int:
+        return int(self.service_factors.shape[1])
+
+    def _items(self, kind: str) -> np.ndarray:
+        return self.bundle_factors if kind == "b" else self.service_factors
+
+    # --- scoring ------------------------------------------------------------------------
+    def score(self, rows: np.ndarray, kind: str) -> np.ndarray:
+        users = self.resident_factors[np.asarray(rows, dtype=np.int64)]
+        return (users @ self._items(kind).T).astype(np.float64)
+
+    @functools.cached_property
+    def foldin(self) -> FoldIn:
+        return FoldIn(self.service_factors, self.regularization)
+
+    def fold_in(self, strengths: Strengths) -> np.ndarray | None:
+        """The resident vector of recent service strengths alone; None when nothing weighs."""
+        found = self._coefficients(strengths)
+        if found is None:
+            return None
+        rows, coef = found
+        return coef @ self.foldin.projector[rows]
+
+    def recent_scores(self, strengths: Strengths, kind: str) -> np.ndarray | None:
+        found = self._coefficients(strengths)
+        if found is None:
+            return None
+        rows, coef = found
+        scores = self._scores_of_projection(kind)
+        if scores is not None:  # B·u = (Y G⁻¹ Bᵀ)[rows]ᵀ γ: one small product per request
+            return coef @ scores[rows]
+        return self._items(kind).astype(np.float64) @ (coef @ self.foldin.projector[rows])
+
+    def _scores_of_projection(self, kind: str) -> np.ndarray | None:
+        """``Y G⁻¹ Bᵀ`` (services × items), precomputed once per loaded model when it is
+        small (a city catalogue: a few hundred kB), so a request never forms ``u``; None
+        for a catalogue where it would not be (then ``u`` is formed, then scored)."""
+        cache = self.__dict__.setdefault("_projection_scores", {})
+        if kind not in cache:
+            items = self._items(kind)
+            small = len(self.service_ids) * len(items) <= _PRECOMPUTE_MAX_ENTRIES
+            cache[kind] = np.ascontiguousarray(
+                self.foldin.projector @ items.astype(np.float64).T) if small else None
+        return cache[kind]
+
+    def _coefficients(self, strengths: Strengths) -> tuple[np.ndarray, np.ndarray] | None:
+        positive = {i: s for i, s in strengths.services.items() if s > 0}
+        if not positive:
+            return None
+        ids = np.fromiter(positive.keys(), dtype=np.int64, count=len(positive))
+        s = np.fromiter(positive.values(), dtype=np.float64, count=len(positive))
+        return self.foldin.coefficients(ids, self.alpha * self.rule.confidence(s),
+                                        distinct=True)
+
+    # --- files --------------------------------------------------------------------------
+    def _family_arrays(self) -> dict[str, Any]:
+        return {"service_factors": self.service_factors, "bundle_factors": self.bundle_factors,
+                "resident_factors": self.resident_factors}
+
+    def _family_meta(self) -> dict[str, Any]:
+        return {"regularization": float(self.regularization), "alpha": float(self.alpha),
+                "factors": self.factors}
+
+    @classmethod
+    def _from_parts(cls, common: dict[str, Any], meta: Mapping[str, Any],
+                    arrays: Mapping[str, Any]) -> FactorModel:
+        try:
+            return cls(**common, service_factors=arrays["service_factors"],
+                       bundle_factors=arrays["bundle_factors"],
+                       resident_factors=arrays["resident_factors"],
+                       regularization=float(meta["regularization"]),
+                       alpha=float(meta.get("alpha", 1.0)))
+        except KeyError as exc:
+            raise ArtifactError(f"factor model lacks {exc}") from None

@@ -1,0 +1,144 @@
+"""The promotion rule: a candidate becomes champion only on evidence.
+
+A training run evaluates every candidate on the same hold-out residents, so two models can
+be compared resident by resident. The candidate chosen by the run is promoted when
+
+1. the hold-out covers at least ``train_min_eval_residents`` residents (a metric averaged
+   over six residents decides nothing);
+2. its scores are not degenerate (they vary across residents: a model whose factors
+   shrank to nothing ranks everyone alike, and would be popularity in disguise);
+3. it beats the stronger popularity baseline **and** the current champion (re-evaluated on
+   this split) on the primary metric, each with a paired bootstrap 95 % interval of the
+   mean difference over hold-out residents that lies above 0.
+
+Otherwise the current champion keeps serving — or, with no champion, the popular lists —
+and the decision says why, with the figures. ``--force`` promotes whatever the figures.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: Scores whose spread across residents is below this are degenerate.
+DEGENERATE_SPREAD = 1e-8
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Mean paired difference (candidate − reference) and its bootstrap 95 % interval."""
+
+    mean: float
+    low: float
+    high: float
+    users: int
+
+    @property
+    def above_zero(self) -> bool:
+        return self.low > 0
+
+    def __str__(self) -> str:
+        return (f"{self.mean:+.4f} [95% CI {self.low:+.4f}, {self.high:+.4f}; "
+                f"{self.users} residents]")
+
+
+def paired_bootstrap(candidate: np.ndarray, reference: np.ndarray, *, samples: int = 2000,
+                     seed: int = 0) -> Interval:
+    """Bootstrap (percentile) interval of ``mean(candidate − reference)``, resampling users.
+
+    Both arrays hold one value per hold-out user, in the same user order.
+    """
+    a = np.asarray(candidate, dtype=np.float64)
+    b = np.asarray(reference, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired values must align: {a.shape} vs {b.shape}")
+    diff = a - b
+    n = len(diff)
+    if n == 0:
+        return Interval(float("nan"), float("nan"), float("nan"), 0)
+    rng = np.random.default_rng(seed)
+    means = np.empty(samples)
+    # resample in blocks so a million users × 2,000 samples never needs one huge index array
+    block = max(1, 2_000_000 // n)
+    for start in range(0, samples, block):
+        stop = min(samples, start + block)
+        picks = rng.integers(0, n, size=(stop - start, n))
+        means[start:stop] = diff[picks].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return Interval(float(diff.mean()), float(low), float(high), n)
+
+
+def score_spread(scores: np.ndarray) -> float:
+    """Largest, over items, standard deviation of the scores across residents."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 2 or scores.shape[0] < 2:
+        return 0.0
+    return float(scores.std(axis=0).max())
+
+
+def is_degenerate(scores: np.ndarray) -> bool:
+    return score_spread(scores) < DEGENERATE_SPREAD
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether a new version takes the ``champion`` alias, and why (logged to the run)."""
+
+    promote: bool
+    reason: str
+    champion_version: str | None = None
+    champion_value: float | None = None
+    candidate_value: float | None = None
+    intervals: dict[str, str] = field(default_factory=dict)
+
+    def as_tags(self) -> dict[str, str]:
+        return {
+            "promotion.decision": "promoted" if self.promote else "not promoted",
+            "promotion.reason": self.reason[:5000],
+            "promotion.champion_version": self.champion_version or "",
+            **{f"promotion.vs_{name}": text for name, text in self.intervals.items()},
+        }
+
+
+def decide(*, metric: str, candidate_value: float, eval_residents: int, min_residents: int,
+           degenerate: bool, vs_popularity: Interval | None, vs_champion: Interval | None,
+           champion_version: str | None, champion_value: float | None,
+           force: bool = False) -> Decision:
+    """The promotion rule (pure, so it is tested without a registry).
+
+    ``vs_champion`` is None when there is no champion; when there is one but it could not
+    be re-evaluated on this split, pass ``champion_version`` with ``vs_champion=None`` and
+    the candidate is not promoted (nothing to compare with).
+    """
+    intervals = {name: str(found) for name, found in (("popularity", vs_popularity),
+                                                      ("champion", vs_champion)) if found}
+    common = {"champion_version": champion_version, "champion_value": champion_value,
+              "candidate_value": candidate_value, "intervals": intervals}
+    if force:
+        return Decision(True, "forced (--force)", **common)
+    if degenerate:
+        return Decision(False, "its scores do not vary across residents (degenerate model)",
+                        **common)
+    if eval_residents < min_residents:
+        return Decision(False, f"the hold-out has {eval_residents} residents with test "
+                        f"positives, fewer than the {min_residents} required "
+                        "(BOUQUET_TRAIN_MIN_EVAL_RESIDENTS); evaluate on more residents or "
+                        "weeks", **common)
+    if vs_popularity is None or not vs_popularity.above_zero or math.isnan(vs_popularity.low):
+        return Decision(False, f"{metric} does not beat popularity with confidence: "
+                        f"{vs_popularity}", **common)
+    if champion_version is None:
+        return Decision(True, f"{metric} {candidate_value:.4f} beats popularity by "
+                        f"{vs_popularity}; no champion yet", **common)
+    if vs_champion is None:
+        return Decision(False, f"champion v{champion_version} could not be re-evaluated on "
+                        "this split: nothing to compare with (use --force to promote anyway)",
+                        **common)
+    if not vs_champion.above_zero:
+        return Decision(False, f"{metric} does not beat champion v{champion_version} with "
+                        f"confidence: {vs_champion}", **common)
+    return Decision(True, f"{metric} {candidate_value:.4f} beats champion "
+                    f"v{champion_version} by {vs_champion} and popularity by "
+                    f"{vs_popularity}", **common)

@@ -1,0 +1,67 @@
+"""The promotion rule and its statistics, without a registry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bouquet.pipelines.promotion import (
+    Interval,
+    decide,
+    is_degenerate,
+    paired_bootstrap,
+    score_spread,
+)
+
+
+def test_paired_bootstrap_covers_the_true_difference_and_is_reproducible() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.random(400)
+    better = base + 0.05 + rng.normal(0, 0.05, 400)
+    found = paired_bootstrap(better, base, samples=1000, seed=3)
+    assert found.low < 0.05 < found.high and found.above_zero and found.users == 400
+    assert found == paired_bootstrap(better, base, samples=1000, seed=3)
+    same = paired_bootstrap(base, base, samples=500)
+    assert same.mean == same.low == same.high == 0.0 and not same.above_zero
+    noisy = paired_bootstrap(base[:6] + rng.normal(0, 0.3, 6), base[:6], samples=500)
+    assert noisy.low < 0 < noisy.high  # six residents decide nothing
+    with pytest.raises(ValueError, match="align"):
+        paired_bootstrap(base, base[:5])
+
+
+def test_degenerate_scores_are_those_that_do_not_vary_across_residents() -> None:
+    rng = np.random.default_rng(1)
+    assert is_degenerate(np.tile(rng.random(24), (50, 1)))  # everyone ranked alike
+    assert is_degenerate(rng.random((50, 24)) * 1e-22)  # factors shrunk to nothing
+    assert not is_degenerate(rng.random((50, 24)))
+    assert score_spread(np.zeros((1, 5))) == 0.0
+
+
+def _interval(low: float, high: float) -> Interval:
+    return Interval((low + high) / 2, low, high, 300)
+
+
+def test_decide_rule() -> None:
+    good, flat = _interval(0.01, 0.05), _interval(-0.02, 0.03)
+    args = {"metric": "bundles.ndcg_at_10", "candidate_value": 0.4, "eval_residents": 300,
+            "min_residents": 200, "degenerate": False, "champion_value": None}
+    assert decide(**args, vs_popularity=good, vs_champion=None, champion_version=None).promote
+    no_pop = decide(**args, vs_popularity=flat, vs_champion=None, champion_version=None)
+    assert not no_pop.promote and "does not beat popularity" in no_pop.reason
+    few = decide(**{**args, "eval_residents": 6}, vs_popularity=good, vs_champion=None,
+                 champion_version=None)
+    assert not few.promote and "6 residents" in few.reason and "200" in few.reason
+    flat_vs_champion = decide(**args, vs_popularity=good, vs_champion=flat,
+                              champion_version="3")
+    assert not flat_vs_champion.promote and "champion v3" in flat_vs_champion.reason
+    assert "95% CI" in flat_vs_champion.reason
+    assert decide(**args, vs_popularity=good, vs_champion=good, champion_version="3").promote
+    unknown = decide(**args, vs_popularity=good, vs_champion=None, champion_version="3")
+    assert not unknown.promote and "could not be re-evaluated" in unknown.reason
+    degenerate = decide(**{**args, "degenerate": True}, vs_popularity=good, vs_champion=None,
+                        champion_version=None)
+    assert not degenerate.promote and "degenerate" in degenerate.reason
+    forced = decide(**{**args, "eval_residents": 1}, vs_popularity=flat, vs_champion=flat,
+                    champion_version="3", force=True)
+    assert forced.promote and forced.as_tags()["promotion.decision"] == "promoted"
+    assert set(forced.as_tags()) >= {"promotion.vs_popularity", "promotion.vs_champion"}
