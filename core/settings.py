@@ -159,6 +159,9 @@ class Settings(BaseSettings):
     serving_rerank: bool = True
     serving_rerank_weight: float = Field(default=1.0, ge=0)
     serving_recent_n: int = Field(default=20, ge=1, le=200)
+    # A reason says "just" ("Because you just used …") only for an event this many days old
+    # at most; older ones say the month.
+    serving_reason_recent_days: int = Field(default=2, ge=0, le=30)
     # POST /v1/events: largest batch, and how long to wait for the broker's acks.
     serving_max_batch: int = Field(default=500, ge=1, le=10_000)
     serving_intake_timeout_s: float = Field(default=5.0, gt=0, le=60)

@@ -59,8 +59,10 @@ class DeployableModel(ABC):
     """
 
     family: ClassVar[str] = ""
-    #: Arrays of the family that hold residents' data (absent from the serving view).
-    resident_arrays: ClassVar[tuple[str, ...]] = ()
+    #: Arrays holding residents' data, one row per resident (absent from the serving view):
+    #: the shared ones below and the family's own.
+    resident_arrays: ClassVar[tuple[str, ...]] = (
+        "resident_services", "resident_bundles", "service_drivers", "bundle_drivers")
 
     service_ids: list[str]
     bundle_ids: list[str]
@@ -74,6 +76,12 @@ class DeployableModel(ABC):
     #: Catalog neighbourhood index per resident row, -1 when undeclared.
     resident_neighbourhood: np.ndarray = field(
         default_factory=lambda: np.zeros(0, dtype=np.int16))
+    #: The residents' training rows (confidences, as the model saw them) and, in the same
+    #: structure, the event that drove each pair (:mod:`bouquet.models.reasons`).
+    resident_services: sp.csr_matrix | None = None
+    resident_bundles: sp.csr_matrix | None = None
+    service_drivers: sp.csr_matrix | None = None
+    bundle_drivers: sp.csr_matrix | None = None
     #: Provenance: model kind and parameters, catalog and dataset fingerprints, metrics…
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -82,6 +90,11 @@ class DeployableModel(ABC):
         self.popular_bundles = np.asarray(self.popular_bundles, dtype=np.float32)
         self.resident_ids = np.asarray(self.resident_ids, dtype=str)
         self.resident_neighbourhood = np.asarray(self.resident_neighbourhood, dtype=np.int16)
+        n, n_s, n_b = len(self.resident_ids), len(self.service_ids), len(self.bundle_ids)
+        self.resident_services = _rows(self.resident_services, (n, n_s), np.float32)
+        self.resident_bundles = _rows(self.resident_bundles, (n, n_b), np.float32)
+        self.service_drivers = _rows(self.service_drivers, (n, n_s), np.int64)
+        self.bundle_drivers = _rows(self.bundle_drivers, (n, n_b), np.int64)
         self._check_shapes()
 
     # --- what a family implements -----------------------------------------------------
@@ -94,6 +107,19 @@ class DeployableModel(ABC):
     def recent_scores(self, strengths: Strengths, kind: str) -> np.ndarray | None:
         """Every item's score for a resident whose history is ``strengths`` alone (the
         fold-in of recent events), float64; None when nothing weighs."""
+
+    @abstractmethod
+    def recent_contributions(self, strengths: Strengths, kind: str, item: int
+                             ) -> list[tuple[str, int, float]]:
+        """How much each recent item (``("s" | "b", index)``) adds to ``item``'s
+        :meth:`recent_scores` — the reason of a re-ranked answer."""
+
+    @abstractmethod
+    def _contributions(self, row: int, kind: str, items: np.ndarray, services: np.ndarray,
+                       bundles: np.ndarray) -> np.ndarray:
+        """``(len(services) + len(bundles), len(items))``: how much each of the resident's
+        history items (service indices, then bundle indices: their rows of the training
+        matrices) adds to each item's score (the model's exact decomposition)."""
 
     @abstractmethod
     def _family_arrays(self) -> dict[str, np.ndarray | sp.csr_matrix]:
@@ -164,6 +190,29 @@ class DeployableModel(ABC):
         return replace(self, resident_ids=self.resident_ids[keep],
                        resident_neighbourhood=self.resident_neighbourhood[keep], **rows)
 
+    def explain(self, rows: np.ndarray, kind: str, items: np.ndarray) -> np.ndarray:
+        """For each resident row and each of its ``items`` (item indices, ``(len(rows), k)``;
+        -1 entries ignored), the driver code of the resident's history item that adds most
+        to that item's score, 0 when nothing the resident did adds to it (the model's score
+        then comes from the population, not from them)."""
+        items = np.asarray(items, dtype=np.int64)
+        out = np.zeros(items.shape, dtype=np.int64)
+        for n, row in enumerate(np.asarray(rows, dtype=np.int64).tolist()):
+            s = self.resident_services.indices[self.resident_services.indptr[row]:
+                                               self.resident_services.indptr[row + 1]]
+            b = self.resident_bundles.indices[self.resident_bundles.indptr[row]:
+                                              self.resident_bundles.indptr[row + 1]]
+            wanted = items[n][items[n] >= 0]
+            if not len(wanted) or not (len(s) or len(b)):
+                continue
+            contrib = self._contributions(row, kind, wanted, s, b)
+            best = contrib.argmax(axis=0)
+            positive = contrib[best, np.arange(len(wanted))] > 0
+            drivers = np.concatenate([_row_data(self.service_drivers, row),
+                                      _row_data(self.bundle_drivers, row)])
+            out[n, :len(wanted)] = np.where(positive, drivers[best], 0)
+        return out
+
     def serving_view(self) -> DeployableModel:
         """The same model without residents' data: what serving holds (and Redis stores)."""
         empty = {name: _empty_like(getattr(self, name)) for name in self.resident_arrays}
@@ -201,7 +250,8 @@ class DeployableModel(ABC):
             "popular_services": self.popular_services,
             "popular_bundles": self.popular_bundles,
         }
-        for name, value in self._family_arrays().items():
+        shared = {name: getattr(self, name) for name in DeployableModel.resident_arrays}
+        for name, value in {**shared, **self._family_arrays()}.items():
             arrays.update(_flatten(name, value))
         meta["arrays"] = {name: {"shape": list(a.shape), "dtype": str(a.dtype)}
                           for name, a in arrays.items()}
@@ -319,11 +369,13 @@ def _assemble(meta: dict[str, Any], arrays: dict[str, np.ndarray], where: str
             "resident_ids": arrays["resident_ids"],
             "resident_neighbourhood": arrays["resident_neighbourhood"],
         }
+        unflat = _unflatten(arrays)
+        common.update({name: unflat.get(name) for name in DeployableModel.resident_arrays})
     except KeyError as exc:
         raise ArtifactError(f"{where}: missing {exc}") from None
     provenance = {k: v for k, v in meta.items() if k not in _DOCUMENT_KEYS}
     common["meta"] = provenance
-    return klass._from_parts(common, meta, _unflatten(arrays))
+    return klass._from_parts(common, meta, unflat)
 
 
 _DOCUMENT_KEYS = frozenset({"format", "format_version", "family", "service_ids",
@@ -360,6 +412,21 @@ def _unflatten(arrays: Mapping[str, np.ndarray]) -> dict[str, Any]:
         elif not name.endswith((".data", ".indices", ".indptr")):
             out[name] = value
     return out
+
+
+def _rows(matrix: Any, shape: tuple[int, int], dtype: Any) -> sp.csr_matrix:
+    """Residents' rows as canonical CSR of ``shape`` (None or an empty matrix: no rows)."""
+    if matrix is None or (matrix.shape[0] == 0 and shape[0] == 0):
+        return sp.csr_matrix(shape, dtype=dtype)
+    out = sp.csr_matrix(matrix, dtype=dtype)
+    if out.shape != shape:
+        raise ArtifactError(f"resident rows have shape {out.shape}, expected {shape}")
+    out.sort_indices()
+    return out
+
+
+def _row_data(matrix: sp.csr_matrix, row: int) -> np.ndarray:
+    return matrix.data[matrix.indptr[row]:matrix.indptr[row + 1]]
 
 
 def _empty_like(value: Any) -> Any:

@@ -29,6 +29,10 @@ from bouquet.models.foldin import FoldIn
 _PRECOMPUTE_MAX_ENTRIES = 4_000_000
 
 
+def _row(matrix: Any, row: int) -> np.ndarray:
+    return matrix.data[matrix.indptr[row]:matrix.indptr[row + 1]]
+
+
 @register_family
 @dataclass(kw_only=True)
 class FactorModel(DeployableModel):
@@ -37,7 +41,8 @@ class FactorModel(DeployableModel):
     ``regularization`` and ``alpha`` its fold-in must use."""
 
     family: ClassVar[str] = "factor"
-    resident_arrays: ClassVar[tuple[str, ...]] = ("resident_factors",)
+    resident_arrays: ClassVar[tuple[str, ...]] = (*DeployableModel.resident_arrays,
+                                                  "resident_factors")
 
     service_factors: np.ndarray
     bundle_factors: np.ndarray
@@ -93,6 +98,19 @@ class FactorModel(DeployableModel):
             return coef @ scores[rows]
         return self._items(kind).astype(np.float64) @ (coef @ self.foldin.projector[rows])
 
+    def recent_contributions(self, strengths: Strengths, kind: str, item: int
+                             ) -> list[tuple[str, int, float]]:
+        """``score_i = Σ_r γ_r · (Y G⁻¹)_r · v_i``: each recent service's term (the fold-in's
+        own decomposition; recent bundle events reach it through their services)."""
+        found = self._coefficients(strengths)
+        if found is None:
+            return []
+        rows, coef = found
+        vector = self._items(kind)[item].astype(np.float64)
+        terms = coef * (self.foldin.projector[rows] @ vector)
+        return [("s", int(r), float(t)) for r, t in zip(rows.tolist(), terms.tolist(),
+                                                         strict=True)]
+
     def _scores_of_projection(self, kind: str) -> np.ndarray | None:
         """``Y G⁻¹ Bᵀ`` (services × items), precomputed once per loaded model when it is
         small (a city catalogue: a few hundred kB), so a request never forms ``u``; None
@@ -113,6 +131,21 @@ class FactorModel(DeployableModel):
         s = np.fromiter(positive.values(), dtype=np.float64, count=len(positive))
         return self.foldin.coefficients(ids, self.alpha * self.rule.confidence(s),
                                         distinct=True)
+
+    def _contributions(self, row: int, kind: str, items: np.ndarray, services: np.ndarray,
+                       bundles: np.ndarray) -> np.ndarray:
+        """implicit's ALS explanation: with ``A = G + Y_hᵀ(C_h − I)Y_h`` over the resident's
+        services ``h``, the score ``v_iᵀ A⁻¹ Y_hᵀ c_h`` splits into ``c_j · v_iᵀ A⁻¹ y_j``
+        per history service ``j``. Bundle rows do not enter a factor model's resident vector
+        (bundle events reach it shared over their services), so they contribute 0."""
+        c = self.alpha * _row(self.resident_services, row).astype(np.float64)
+        y = self.foldin.item_factors[services]
+        a = self.foldin.gram + (y.T * (c - 1.0)) @ y
+        targets = self._items(kind)[items].astype(np.float64)  # (k, f)
+        solved = np.linalg.solve(a, targets.T)  # A⁻¹ v_i, (f, k)
+        out = np.zeros((len(services) + len(bundles), len(items)))
+        out[:len(services)] = np.maximum(c, 0.0)[:, None] * (y @ solved)
+        return out
 
     # --- files --------------------------------------------------------------------------
     def _family_arrays(self) -> dict[str, Any]:

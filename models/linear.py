@@ -20,7 +20,7 @@ that costs in accuracy.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -62,22 +62,15 @@ class LinearModel(DeployableModel):
     """A linear model: weight terms, their groups, and the residents' input rows."""
 
     family: ClassVar[str] = "linear"
-    resident_arrays: ClassVar[tuple[str, ...]] = ("resident_services", "resident_bundles")
 
     terms: list[LinearTerm]
     groups: list[TermGroup]
-    resident_services: sp.csr_matrix = field(
-        default_factory=lambda: sp.csr_matrix((0, 0), dtype=np.float32))
-    resident_bundles: sp.csr_matrix = field(
-        default_factory=lambda: sp.csr_matrix((0, 0), dtype=np.float32))
     #: Weights kept per target column in the serving form (None: dense as fitted).
     top_k: int | None = None
 
     def __post_init__(self) -> None:
-        n_s, n_b, n = len(self.service_ids), len(self.bundle_ids), len(self.resident_ids)
-        self.resident_services = _csr(self.resident_services, (n, n_s))
-        self.resident_bundles = _csr(self.resident_bundles, (n, n_b))
         super().__post_init__()
+        n_s, n_b = len(self.service_ids), len(self.bundle_ids)
         size = {"s": n_s, "b": n_b}
         for term in self.terms:
             term.weights.sum_duplicates()  # one entry per (row, column): recent_scores adds rows
@@ -100,21 +93,24 @@ class LinearModel(DeployableModel):
 
     def _combine(self, inputs: Mapping[str, sp.csr_matrix], kind: str) -> np.ndarray:
         n = next(iter(inputs.values())).shape[0]
-        n_items = len(self.item_ids(kind))
-        out = np.zeros((n, n_items), dtype=np.float64)
+        out = np.zeros((n, len(self.item_ids(kind))), dtype=np.float64)
         for group in self.groups:
-            if group.target != kind:
-                continue
-            part = np.zeros((n, n_items), dtype=np.float64)
-            for term in self.terms:
-                if term.target == kind and term.group == group.group:
-                    x = inputs[term.source]
-                    product = (_binary(x) if term.binary else x) @ term.weights
-                    part += product.toarray() if sp.issparse(product) else product
-            if group.standardise:
-                part = _standardise(part)
-            out += group.coef * part
+            if group.target == kind:
+                part = self._group_part(inputs, group)
+                out += group.coef * (_standardise(part) if group.standardise else part)
         return out
+
+    def _group_part(self, inputs: Mapping[str, sp.csr_matrix], group: TermGroup
+                    ) -> np.ndarray:
+        """One group's sum of products before its normalisation, one row per input row."""
+        n = next(iter(inputs.values())).shape[0]
+        part = np.zeros((n, len(self.item_ids(group.target))), dtype=np.float64)
+        for term in self.terms:
+            if term.target == group.target and term.group == group.group:
+                x = inputs[term.source]
+                product = (_binary(x) if term.binary else x) @ term.weights
+                part += product.toarray() if sp.issparse(product) else product
+        return part
 
     def score(self, rows: np.ndarray, kind: str) -> np.ndarray:
         return self._combine(self._inputs(rows), kind)
@@ -144,6 +140,40 @@ class LinearModel(DeployableModel):
             out += group.coef * part
         return out
 
+    def recent_contributions(self, strengths: Strengths, kind: str, item: int
+                             ) -> list[tuple[str, int, float]]:
+        """Each recent item's ``input · W[j, item]`` summed over the terms that read it,
+        scaled like its group (``coef / σ`` of the recent row's group when standardised)."""
+        inputs = {"s": self._recent_row(strengths.services),
+                  "b": self._recent_row(strengths.bundles)}
+        out: dict[tuple[str, int], float] = {}
+        for group in self.groups:
+            if group.target != kind:
+                continue
+            scale = group.coef
+            if group.standardise:
+                part = np.zeros(len(self.item_ids(kind)))
+                for term in self._terms_of(group):
+                    ids, values = inputs[term.source]
+                    _add_rows(part, term.weights, ids,
+                              np.ones_like(values) if term.binary else values)
+                sd = float(part.std())
+                if sd <= 0:
+                    continue
+                scale /= sd
+            for term in self._terms_of(group):
+                ids, values = inputs[term.source]
+                values = np.ones_like(values) if term.binary else values
+                column = np.asarray(term.weights[ids, item].todense()).ravel() if len(ids) \
+                    else np.zeros(0)
+                for j, v, w in zip(ids.tolist(), values.tolist(), column.tolist(),
+                                   strict=True):
+                    out[(term.source, j)] = out.get((term.source, j), 0.0) + scale * v * w
+        return [(k, j, c) for (k, j), c in out.items()]
+
+    def _terms_of(self, group: TermGroup) -> list[LinearTerm]:
+        return [t for t in self.terms if t.target == group.target and t.group == group.group]
+
     def _recent_row(self, strengths: Mapping[int, float]) -> tuple[np.ndarray, np.ndarray]:
         """Strengths as the input row training built: confidences by the model's rule."""
         kept = {i: s for i, s in strengths.items() if s > 0}
@@ -166,12 +196,40 @@ class LinearModel(DeployableModel):
         return int(sum(t.weights.nnz for t in self.terms))
 
     # --- files --------------------------------------------------------------------------
+    def _contributions(self, row: int, kind: str, items: np.ndarray, services: np.ndarray,
+                       bundles: np.ndarray) -> np.ndarray:
+        """Exact for a sum of products: history item ``j`` of a term's source adds
+        ``input_j · W[j, i]`` to target ``i``, scaled like its group (``coef / σ`` of the
+        resident's row when the group is standardised; the mean shifts every item alike)."""
+        inputs = self._inputs(np.array([row]))
+        history = {"s": services, "b": bundles}
+        offset = {"s": 0, "b": len(services)}
+        out = np.zeros((len(services) + len(bundles), len(items)))
+        for group in self.groups:
+            if group.target != kind:
+                continue
+            scale = group.coef
+            if group.standardise:
+                part = self._group_part(inputs, group)
+                sd = float(part.std())
+                if sd <= 0:
+                    continue
+                scale /= sd
+            for term in self.terms:
+                if term.target != kind or term.group != group.group:
+                    continue
+                ids = history[term.source]
+                if not len(ids):
+                    continue
+                x = inputs[term.source]
+                values = np.ones(len(ids)) if term.binary else x.data.astype(np.float64)
+                block = term.weights[ids][:, items].toarray()  # (m, k)
+                lo = offset[term.source]
+                out[lo:lo + len(ids)] += scale * values[:, None] * block
+        return out
+
     def _family_arrays(self) -> dict[str, Any]:
-        arrays: dict[str, Any] = {"resident_services": self.resident_services,
-                                  "resident_bundles": self.resident_bundles}
-        for i, term in enumerate(self.terms):
-            arrays[f"term{i}"] = term.weights
-        return arrays
+        return {f"term{i}": term.weights for i, term in enumerate(self.terms)}
 
     def _family_meta(self) -> dict[str, Any]:
         return {
@@ -189,9 +247,7 @@ class LinearModel(DeployableModel):
             terms = [LinearTerm(weights=sp.csr_matrix(arrays[f"term{i}"]), **spec)
                      for i, spec in enumerate(meta["terms"])]
             groups = [TermGroup(**spec) for spec in meta["groups"]]
-            return cls(**common, terms=terms, groups=groups,
-                       resident_services=arrays["resident_services"],
-                       resident_bundles=arrays["resident_bundles"], top_k=meta.get("top_k"))
+            return cls(**common, terms=terms, groups=groups, top_k=meta.get("top_k"))
         except KeyError as exc:
             raise ArtifactError(f"linear model lacks {exc}") from None
 
@@ -224,15 +280,6 @@ def top_k_per_column(weights: sp.spmatrix | np.ndarray, k: int) -> sp.csr_matrix
                          np.concatenate(indices) if indices else np.zeros(0, np.int32),
                          np.array(indptr)), shape=csc.shape)
     return out.tocsr()
-
-
-def _csr(matrix: Any, shape: tuple[int, int]) -> sp.csr_matrix:
-    out = sp.csr_matrix(matrix, dtype=np.float32)
-    if out.shape == (0, 0) and shape[0] == 0:
-        return sp.csr_matrix(shape, dtype=np.float32)
-    if out.shape != shape:
-        raise ArtifactError(f"input rows have shape {out.shape}, expected {shape}")
-    return out
 
 
 def _binary(m: sp.csr_matrix) -> sp.csr_matrix:

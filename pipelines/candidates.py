@@ -96,6 +96,8 @@ def _common(data: Dataset, kind: str, params: dict[str, Any],
         "neighbourhoods": list(data.neighbourhoods), "rule": data.params,
         "popular_services": services, "popular_bundles": bundles,
         "resident_ids": data.resident_ids, "resident_neighbourhood": data.neighbourhood,
+        "resident_services": data.services, "resident_bundles": data.bundles,
+        "service_drivers": data.service_drivers, "bundle_drivers": data.bundle_drivers,
         "meta": {"model_kind": kind, "model_params": dict(params), **dict(meta or {})},
     }
 
@@ -241,8 +243,7 @@ class PerTarget(Candidate):
             return super().to_deployable(data, popular, meta)
         terms, groups = per_target_terms(self.models_["services"], self.models_["bundles"])
         return LinearModel(**_common(data, self.kind, self.get_params(), popular, meta),
-                           terms=terms, groups=groups, resident_services=data.services,
-                           resident_bundles=data.bundles)
+                           terms=terms, groups=groups)
 
 
 class NeighbourhoodPopularity(PerTarget):
@@ -301,8 +302,7 @@ class CrossView(Candidate):
                       meta: dict[str, Any] | None = None) -> LinearModel:
         terms, groups = bundle_scorer_terms(self.scorer_, self.services_model_)
         return LinearModel(**_common(data, self.kind, self.get_params(), popular, meta),
-                           terms=terms, groups=groups, resident_services=data.services,
-                           resident_bundles=data.bundles)
+                           terms=terms, groups=groups)
 
 
 def _matrix(data: Dataset, target: str) -> sp.csr_matrix:

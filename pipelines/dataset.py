@@ -52,6 +52,7 @@ from bouquet.core.eventlog import EventLog, read_events
 from bouquet.core.events import EventType
 from bouquet.core.settings import Settings
 from bouquet.models.confidence import ConfidenceRule
+from bouquet.models.reasons import encode_drivers
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,10 @@ class Dataset:
     neighbourhoods: tuple[str, ...]
     services: sp.csr_matrix  # float32 confidences
     bundles: sp.csr_matrix
+    #: Per stored pair of ``services`` / ``bundles`` (same structure), the event that drove
+    #: its confidence, encoded by :func:`bouquet.models.reasons.encode_drivers`.
+    service_drivers: sp.csr_matrix
+    bundle_drivers: sp.csr_matrix
     held_services: sp.csr_matrix  # float32 0/1
     held_bundles: sp.csr_matrix
     neighbourhood: np.ndarray  # int16 per row, -1 undeclared
@@ -343,6 +348,8 @@ def build_dataset(
                        strength[on_service], (n, n_s))
     bundles = _summed(row[arrays.resident[on_bundle]], arrays.bundle[on_bundle],
                       strength[on_bundle], (n, n_b))
+    # what each pair's confidence is made of, for the drivers (models/reasons.py)
+    s_parts = [_Contributions.of(arrays, on_service, row, arrays.service, strength, False)]
     if params.spread_bundle_events:
         only_bundle = on_bundle & (arrays.service < 0)
         spread = params.spread_matrix(arrays.bundle_services, arrays.bundle_ids,
@@ -350,8 +357,12 @@ def build_dataset(
         services = sp.csr_matrix(services + _summed(
             row[arrays.resident[only_bundle]], arrays.bundle[only_bundle],
             strength[only_bundle], (n, n_b)) @ spread)
+        s_parts.append(_Contributions.spread(arrays, only_bundle, row, strength, spread))
     for matrix in (services, bundles):
         matrix.data = params.confidence(matrix.data).astype(np.float32)
+    service_drivers = _Contributions.concat(s_parts).drivers(services)
+    bundle_drivers = _Contributions.of(arrays, on_bundle, row, arrays.bundle, strength,
+                                       True).drivers(bundles)
 
     held_services = _holdings(arrays, select, row, arrays.service, (n, n_s))
     held_bundles = _holdings(arrays, select, row, arrays.bundle, (n, n_b))
@@ -368,6 +379,7 @@ def build_dataset(
         service_ids=arrays.service_ids, bundle_ids=arrays.bundle_ids,
         neighbourhoods=arrays.neighbourhoods,
         services=services, bundles=bundles,
+        service_drivers=service_drivers, bundle_drivers=bundle_drivers,
         held_services=held_services, held_bundles=held_bundles,
         neighbourhood=arrays.neighbourhood_codes(codes),
         params=params, as_of=pd.Timestamp(as_of), until=None if until is None
@@ -417,6 +429,61 @@ def _summed(rows: np.ndarray, cols: np.ndarray, values: np.ndarray,
     matrix.sum_duplicates()
     matrix.eliminate_zeros()
     return matrix
+
+
+@dataclass
+class _Contributions:
+    """Events' shares of pairs' strengths: (row, column, share, driver code) per share."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    shares: np.ndarray
+    codes: np.ndarray
+    ts: np.ndarray
+
+    @classmethod
+    def of(cls, arrays: EventArrays, mask: np.ndarray, row: np.ndarray, items: np.ndarray,
+           strength: np.ndarray, is_bundle: bool) -> _Contributions:
+        """Events counting for their own item (a service, or a bundle)."""
+        own = items[mask].astype(np.int64)
+        return cls(row[arrays.resident[mask]], own, strength[mask],
+                   encode_drivers(arrays.kind[mask], np.full(len(own), is_bundle), own,
+                                  arrays.ts[mask] // NS_PER_DAY), arrays.ts[mask])
+
+    @classmethod
+    def spread(cls, arrays: EventArrays, mask: np.ndarray, row: np.ndarray,
+               strength: np.ndarray, spread: sp.csr_matrix) -> _Contributions:
+        """Bundle-only events shared over their bundle's services (the bundle drives)."""
+        bundle = arrays.bundle[mask].astype(np.int64)
+        counts = np.diff(spread.indptr)[bundle]
+        pick = np.repeat(np.arange(len(bundle)), counts)
+        starts = np.repeat(spread.indptr[bundle], counts)
+        offsets = np.arange(len(pick)) - np.repeat(np.cumsum(counts) - counts, counts)
+        where = starts + offsets
+        return cls(row[arrays.resident[mask]][pick], spread.indices[where].astype(np.int64),
+                   strength[mask][pick] * spread.data[where],
+                   encode_drivers(arrays.kind[mask][pick], np.ones(len(pick), bool),
+                                  bundle[pick], (arrays.ts[mask] // NS_PER_DAY)[pick]),
+                   arrays.ts[mask][pick])
+
+    @classmethod
+    def concat(cls, parts: list[_Contributions]) -> _Contributions:
+        return cls(*(np.concatenate([getattr(p, f) for p in parts])
+                     for f in ("rows", "cols", "shares", "codes", "ts")))
+
+    def drivers(self, matrix: sp.csr_matrix) -> sp.csr_matrix:
+        """Per stored pair of ``matrix`` the code of its largest share (ties: the latest),
+        in the matrix's own structure."""
+        n_cols = matrix.shape[1]
+        keys = self.rows.astype(np.int64) * n_cols + self.cols
+        order = np.lexsort((self.ts, self.shares, keys))
+        keys, codes = keys[order], self.codes[order]
+        last = np.flatnonzero(np.r_[keys[1:] != keys[:-1], True]) if len(keys) else keys
+        matrix.sort_indices()
+        if len(last) != matrix.nnz:
+            raise AssertionError("drivers do not match the confidence matrix's pairs")
+        return sp.csr_matrix((codes[last], matrix.indices.copy(), matrix.indptr.copy()),
+                             shape=matrix.shape)
 
 
 def _holdings(arrays: EventArrays, select: np.ndarray, row: np.ndarray, items: np.ndarray,

@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import numpy as np
@@ -39,6 +39,7 @@ from bouquet.core.settings import Settings
 from bouquet.models.base import top_n
 from bouquet.models.deployable import DeployableModel, load_model_dir
 from bouquet.models.online import decode_meta, pack_list, pack_rows
+from bouquet.models.reasons import Driver
 from bouquet.pipelines.tracking import download_model_dir
 
 log = logging.getLogger(__name__)
@@ -63,39 +64,58 @@ class ScoredChunk:
     service_reasons: np.ndarray  # (n, ks) int
 
 
-def reason_vocabulary(model: DeployableModel) -> list[str]:
-    """The reason codes a version's packed lists index: ``cf`` then ``uses:<service>``."""
-    return ["cf", *(f"uses:{s}" for s in model.service_ids)]
+class ReasonVocabulary:
+    """The reason codes a version's packed lists index (``uint16``): ``cf`` — nothing the
+    resident did explains the score — then one ``evt:…`` code per distinct driving event
+    (:mod:`bouquet.models.reasons`), as they are met."""
+
+    def __init__(self, model: DeployableModel, as_of: date) -> None:
+        self.model = model
+        self.as_of = as_of
+        self.codes: list[str] = ["cf"]
+        self._index: dict[str, int] = {"cf": 0}
+        self._by_driver: dict[int, int] = {0: 0}
+        self.overflow = 0
+
+    def indices(self, drivers: np.ndarray) -> np.ndarray:
+        """Vocabulary indices of driver codes (0 → ``cf``)."""
+        found, inverse = np.unique(drivers, return_inverse=True)
+        mapped = np.array([self._of(int(code)) for code in found], dtype=np.int64)
+        return mapped[inverse].reshape(drivers.shape)
+
+    def _of(self, driver: int) -> int:
+        known = self._by_driver.get(driver)
+        if known is not None:
+            return known
+        code = Driver.decode(driver).reason_code(self.model.service_ids, self.model.bundle_ids,
+                                                 self.as_of)
+        index = self._index.get(code)
+        if index is None:
+            if len(self.codes) > MAX_ITEMS:  # packed lists index reasons with uint16
+                self.overflow += 1
+                index = 0
+            else:
+                index = self._index[code] = len(self.codes)
+                self.codes.append(code)
+        self._by_driver[driver] = index
+        return index
 
 
-def score_chunk(model: DeployableModel, rows: np.ndarray, n: int) -> ScoredChunk:
-    """Top-``n`` bundles and services of residents ``rows``, with reasons.
-
-    A bundle's reason is its member service the resident's service scores rank highest
-    ("because you use …"); services get the collaborative reason.
-    """
-    service_scores = model.score(rows, "s")
-    bundle_scores = model.score(rows, "b")
-    b_idx, b_sc = top_n(bundle_scores, n)
-    s_idx, s_sc = top_n(service_scores, n)
-    members = _member_matrix(model)[b_idx]  # (rows, kb, width), -1 padded
-    valid = members >= 0
-    member_scores = np.take_along_axis(service_scores[:, None, :].repeat(members.shape[1], 1),
-                                       np.where(valid, members, 0), axis=2)
-    best = np.take_along_axis(members, np.where(valid, member_scores, -np.inf)
-                              .argmax(axis=2)[..., None], axis=2)[..., 0]
-    b_reason = np.where(best >= 0, 1 + best, 0)
-    return ScoredChunk(b_idx, b_sc, b_reason, s_idx, s_sc, np.zeros_like(s_idx))
+def score_chunk(model: DeployableModel, rows: np.ndarray, n: int,
+                vocabulary: ReasonVocabulary) -> ScoredChunk:
+    """Top-``n`` bundles and services of residents ``rows``, each with its reason: the
+    resident's event that adds most to its score (``models.reasons``), or ``cf``."""
+    b_idx, b_sc = top_n(model.score(rows, "b"), n)
+    s_idx, s_sc = top_n(model.score(rows, "s"), n)
+    b_reason = vocabulary.indices(model.explain(rows, "b", b_idx))
+    s_reason = vocabulary.indices(model.explain(rows, "s", s_idx))
+    return ScoredChunk(b_idx, b_sc, b_reason, s_idx, s_sc, s_reason)
 
 
-def _member_matrix(model: DeployableModel) -> np.ndarray:
-    """Service indices of each bundle as a padded matrix (-1 = none)."""
-    members = model.bundle_members
-    width = max((len(m) for m in members), default=1) or 1
-    out = np.full((len(members), width), -1, dtype=np.int64)
-    for row, ids in enumerate(members):
-        out[row, :len(ids)] = ids
-    return out
+def _trained_until(model: DeployableModel) -> date:
+    """The day the model's data ends (reasons keep the day of events close to it)."""
+    until = model.meta.get("trained_until")
+    return date.fromisoformat(str(until)[:10]) if until else datetime.now(UTC).date()
 
 
 def popular_lists(model: DeployableModel, kind: str
@@ -210,7 +230,7 @@ class Publisher:
                                f"MB, over the {cap / 2**20:.0f} MB cap "
                                "(BOUQUET_PUBLISH_MODEL_MAX_BYTES; a Redis string holds at most "
                                "512 MB): train a linear model with a smaller top_k")
-        vocab = reason_vocabulary(model)
+        vocabulary = ReasonVocabulary(model, _trained_until(model))
         meta_key = k.version_meta(version)
         written: list[str] = []  # keys of this version other than resident lists
         pipe = self.redis.pipeline(transaction=False)
@@ -218,7 +238,7 @@ class Publisher:
             "model_version": model_version, "run_id": run_id, "family": model.family,
             "model_kind": str(model.meta.get("model_kind", "")),
             "bundle_ids": json.dumps(model.bundle_ids),
-            "service_ids": json.dumps(model.service_ids), "reason_vocab": json.dumps(vocab),
+            "service_ids": json.dumps(model.service_ids),
             "personalised": "1" if personalised else "0",
             "state": "writing", "pointer": pointer, "started_at": _now_iso()})
         pipe.expire(meta_key, ttl)
@@ -240,7 +260,7 @@ class Publisher:
         bar = _progress(len(residents), progress, f"publish {version}")
         try:
             for n_chunk, (start, stop) in enumerate(_chunks(len(residents), size)):
-                scored = score_chunk(model, np.arange(start, stop), top)
+                scored = score_chunk(model, np.arange(start, stop), top, vocabulary)
                 b_vals = pack_rows(scored.bundle_items, scored.bundle_scores,
                                    scored.bundle_reasons)
                 s_vals = pack_rows(scored.service_items, scored.service_scores,
@@ -265,7 +285,11 @@ class Publisher:
             pipe = self.redis.pipeline(transaction=False)
             for key in written:
                 pipe.persist(key)
+            if vocabulary.overflow:
+                log.warning("%d reasons beyond the %d a version can index were published as "
+                            "'cf'", vocabulary.overflow, MAX_ITEMS)
             pipe.hset(meta_key, mapping={
+                "reason_vocab": json.dumps(vocabulary.codes),
                 "residents": str(len(residents)), "bytes": str(total_bytes),
                 "top_n": str(top), "popular_neighbourhoods": json.dumps(popular_counts),
                 "bundles": str(len(model.bundle_ids)), "services": str(len(model.service_ids)),

@@ -20,14 +20,17 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from typing import Any, NamedTuple
 
 import numpy as np
 from cachetools import LRUCache
 
 from bouquet.core.catalog import Bundle, Catalog, Service, available_in, eligibility_failure
+from bouquet.models.confidence import Strengths
 from bouquet.models.online import PublishedVersion
-from bouquet.serving.store import ResidentState
+from bouquet.models.reasons import ReasonEvent, day_of
+from bouquet.serving.store import RecentEvent, ResidentState
 
 #: Fallback kinds (also the label of the ``bouquet_fallbacks_total`` metric).
 FALLBACK_NEIGHBOURHOOD = "popular_neighbourhood"
@@ -70,15 +73,19 @@ def _descending(scores: list[float]) -> list[int]:
 class OfferRanker:
     """Catalog-derived look-ups and the ranking rules; one per app."""
 
-    def __init__(self, catalog: Catalog, rerank_weight: float = 1.0) -> None:
+    def __init__(self, catalog: Catalog, rerank_weight: float = 1.0,
+                 reason_recent_days: int = 2) -> None:
         self.catalog = catalog
         self.rerank_weight = rerank_weight
         self.neighbourhood_names = {n.id: n.name for n in catalog.neighbourhoods}
         self.service_names = {s.id: s.name for s in catalog.services}
         self._bundle_static = {b.id: self._static_bundle(b) for b in catalog.bundles}
         self._service_static = {s.id: self._static_service(s) for s in catalog.services}
-        self._reason_cache: dict[tuple[str, str], str] = {}
-        self._reason_json: dict[str, str] = {}
+        self.reason_recent_days = reason_recent_days
+        self._names = {**self.service_names, **{b.id: b.name for b in catalog.bundles}}
+        # a reason's JSON per (code, day): codes are a version's vocabulary plus the recent
+        # events re-ranking names; bounded whatever comes
+        self._reason_json: LRUCache[tuple[str, date], str] = LRUCache(maxsize=100_000)
         # one entry per distinct profile × query: few in a city, bounded whatever comes
         self._permitted: LRUCache[tuple[Any, ...], frozenset[str]] = LRUCache(maxsize=50_000)
         # Each item's static JSON without its closing brace (see items_json).
@@ -110,16 +117,19 @@ class OfferRanker:
         }
 
     # --- serialisation -------------------------------------------------------------------
-    def items_json(self, kind: str, items: list[Pick]) -> str:
+    def items_json(self, kind: str, items: list[Pick], today: date | None = None) -> str:
         """The JSON array of an answer's items, from fragments serialised once per catalog
-        (an item's names, services and price never change between requests)."""
+        (an item's names, services and price never change between requests) and reasons
+        rendered once a day per code (their wording depends on how long ago the event was)."""
         fragments = self._bundle_json if kind == "b" else self._service_json
+        today = today or datetime.now(UTC).date()
         parts = []
         for pick in items:
-            reason = self._reason_json.get(pick.reason_code)
+            key = (pick.reason_code, today)
+            reason = self._reason_json.get(key)
             if reason is None:
-                reason = self._reason_json[pick.reason_code] = (
-                    f',"reason":{json.dumps(self.reason_text(pick.reason_code))}'
+                reason = self._reason_json[key] = (
+                    f',"reason":{json.dumps(self.reason_text(pick.reason_code, today))}'
                     f',"reason_code":{json.dumps(pick.reason_code)}')
             score = pick.score if pick.score == pick.score else 0.0  # never emit NaN
             parts.append(f'{fragments[pick.item_id]},"score":{score:.6f}{reason},'
@@ -127,34 +137,50 @@ class OfferRanker:
         return "[" + ",".join(parts) + "]"
 
     # --- reasons ---------------------------------------------------------------------------
-    def reason_text(self, code: str) -> str:
-        """Human-readable reason for a reason code (``uses:bike-share`` → "Because you use
-        Self-service bike share"). Unknown codes get a neutral sentence, never an error."""
-        key = ("", code)
-        text = self._reason_cache.get(key)
-        if text is None:
-            text = self._render_reason(code)
-            self._reason_cache[key] = text
-        return text
-
-    def _render_reason(self, code: str) -> str:
+    def reason_text(self, code: str, today: date | None = None) -> str:
+        """Human-readable reason for a reason code: ``evt:subscribe:b:maas-unlimited:2026-04``
+        → "Because you subscribed to MaaS unlimited in April" (or "just" within
+        ``BOUQUET_SERVING_REASON_RECENT_DAYS``); ``popular:<nb>`` → "Popular in …"; ``cf``
+        → the plain "nothing you did explains it". Unknown codes get a neutral sentence."""
+        today = today or datetime.now(UTC).date()
+        event = ReasonEvent.parse(code)
+        if event is not None:
+            return event.text(self._names, today, self.reason_recent_days)
         kind, _, arg = code.partition(":")
-        if kind in ("uses", "service", "svc", "affinity") and arg:
-            return f"Because you use {self.service_names.get(arg, arg)}"
-        if kind == "recent" and arg:
-            return f"Because you just used {self.service_names.get(arg, arg)}"
-        if kind in ("bundle", "like") and arg:
-            bundle = self.catalog.bundle_by_id.get(arg)
-            return f"Because you like {bundle.name if bundle else arg}"
         if kind == "popular" and arg and arg != "_all":
             return f"Popular in {self.neighbourhood_names.get(arg, arg)}"
         if kind == "popular":
             return f"Popular in {self.catalog.city.split(' (')[0]}"
-        if kind in ("cf", "similar", "collaborative"):
+        if kind == "cf":
             return "Chosen by residents with habits like yours"
-        if kind == "completes" and arg:
-            return f"Completes what you already have ({self.service_names.get(arg, arg)})"
         return "Recommended for you"
+
+    def _recent_reason(self, model: PublishedVersion, strengths: Strengths,
+                       recent: list[RecentEvent], kind: str, item: int) -> str | None:
+        """The recent event that adds most to ``item``'s re-ranking boost, as an ``evt:``
+        code with its day (None when no recent item adds to it)."""
+        parts = model.model.recent_contributions(strengths, kind, item)
+        if not parts:
+            return None
+        source, index, value = max(parts, key=lambda part: part[2])
+        if value <= 0:
+            return None
+        item_id = (model.bundle_ids if source == "b" else model.service_ids)[index]
+        rule = model.model.rule
+        spread = source == "s" and rule.spread_bundle_events
+        members = {model.bundle_ids[b] for b, m in enumerate(model.model.bundle_members)
+                   if index in m} if spread else set()
+        candidates = [e for e in recent if rule.weight(e.type) > 0 and e.ts is not None and (
+            (source == "s" and e.service_id == item_id)
+            or (source == "b" and e.bundle_id == item_id)
+            or (e.service_id is None and e.bundle_id in members))]
+        if not candidates:
+            return None
+        event = max(candidates, key=lambda e: (rule.weight(e.type) * rule.decay(
+            (time.time() - e.ts) / 86400.0), e.ts))
+        own = event.service_id == item_id or event.bundle_id == item_id
+        kind_of, named = (source, item_id) if own else ("b", event.bundle_id)
+        return f"evt:{event.type}:{kind_of}:{named}:{day_of(event.ts).isoformat()}"
 
     # --- filters -----------------------------------------------------------------------------
     def bundle_allowed(self, bundle_id: str, state: ResidentState, zone: str | None,
@@ -247,7 +273,6 @@ class OfferRanker:
             result.personalised = True
             n_ids = len(ids)
             boosts = None
-            recent_services: set[str] = set()
             if recent is not None:
                 w = self.rerank_weight
                 item_boost = [w * b for b in recent.tolist()]
@@ -255,7 +280,6 @@ class OfferRanker:
                 boosts = [item_boost[i] if i < n_boost else 0.0 for i, _, _ in rows]
                 scores = [row[2] + b for row, b in zip(rows, boosts, strict=True)]
                 result.reranked = True
-                recent_services = {model.service_ids[i] for i in strengths.services}
             else:
                 scores = [row[2] for row in rows]
             order = _descending(scores)
@@ -274,7 +298,8 @@ class OfferRanker:
                 seen.add(item_id)
                 code = vocab[r] if r < len(vocab) else ""
                 if boosts is not None and boosts[j] > 0 and boosts[j] >= 0.5 * abs(pre):
-                    code = self._recent_reason(kind, item_id, recent_services) or code
+                    code = self._recent_reason(model, strengths, state.recent, kind,
+                                               item_index) or code
                 out.append(Pick(item_id, scores[j], code, "model"))
             if len(out) >= k:
                 return result
@@ -284,18 +309,6 @@ class OfferRanker:
         if not result.personalised:
             result.notice = self._notice(state, baseline_variant)
         return result
-
-    def _recent_reason(self, kind: str, item_id: str, recent: set[str]) -> str | None:
-        """``recent:<service>`` when one of the recently touched services explains the boost."""
-        if kind == "s":
-            return f"recent:{item_id}" if item_id in recent else None
-        bundle = self.catalog.bundle_by_id.get(item_id)
-        if bundle is None:
-            return None
-        for service in bundle.services:
-            if service in recent:
-                return f"recent:{service}"
-        return None
 
     def _popular_into(self, kind: str, state: ResidentState, model: PublishedVersion, k: int,
                       zone: str | None, domain: str | None, result: Ranked,

@@ -92,7 +92,9 @@ class Recommended(BaseModel):
     score: float = Field(description="Higher is better; comparable within one answer only")
     reason: str = Field(description="Why this is recommended, for the resident",
                         examples=["Because you just used Self-service bike share"])
-    reason_code: str = Field(examples=["recent:bike-share", "uses:tram", "popular:gare"])
+    reason_code: str = Field(examples=["evt:use:s:tram:2026-12-06",
+                                       "evt:subscribe:b:maas-urban:2026-04", "popular:gare",
+                                       "cf"])
     source: str = Field(description="`model`, `popular` (fallback/back-fill) or `catalog`")
 
 

@@ -6,16 +6,19 @@ import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import date
 
 import httpx
 import numpy as np
 import redis
+import scipy.sparse as sp
 
 from bouquet.core.catalog import Catalog, load_catalog
 from bouquet.core.keys import Keys
 from bouquet.core.settings import DEFAULT_EVENT_WEIGHTS, Settings
 from bouquet.models.confidence import ConfidenceRule
 from bouquet.models.factor import FactorModel
+from bouquet.models.reasons import EVENT_TYPES, encode_drivers
 from bouquet.pipelines.publish import Publisher, PublishReport
 from bouquet.serving.app import create_app
 
@@ -43,6 +46,17 @@ def small_model(catalog: Catalog, n: int = 50, factors: int = 16, seed: int = 7,
     index = {s: i for i, s in enumerate(sids)}
     bundles = np.stack([services[[index[s] for s in members[b]]].mean(axis=0) for b in bids])
     n_nb = 1 + len(catalog.neighbourhood_ids)
+    # each resident used a few services, each pair driven by a use on some day of 2026
+    rows = np.repeat(np.arange(n), 4)
+    cols = np.concatenate([rng.choice(len(sids), 4, replace=False) for _ in range(n)])
+    history = sp.csr_matrix((rng.uniform(1, 5, len(rows)), (rows, cols)),
+                            shape=(n, len(sids)))
+    history.sort_indices()
+    use = EVENT_TYPES.index("use")
+    days = (date(2026, 1, 1) - date(1970, 1, 1)).days + rng.integers(0, 300, history.nnz)
+    drivers = sp.csr_matrix((encode_drivers(np.full(history.nnz, use), np.zeros(history.nnz),
+                                            history.indices, days),
+                             history.indices, history.indptr), shape=history.shape)
     return FactorModel(
         service_ids=sids, bundle_ids=bids, bundle_services=members,
         neighbourhoods=list(catalog.neighbourhood_ids),
@@ -52,7 +66,7 @@ def small_model(catalog: Catalog, n: int = 50, factors: int = 16, seed: int = 7,
         resident_ids=np.array([f"{prefix}{i}" for i in range(n)]),
         resident_neighbourhood=np.full(n, -1, np.int16), meta={"model_kind": "test"},
         service_factors=services, bundle_factors=bundles, resident_factors=residents,
-        regularization=0.05)
+        resident_services=history, service_drivers=drivers, regularization=0.05)
 
 
 def publish(settings: Settings, model: FactorModel, model_version: str = "v1",

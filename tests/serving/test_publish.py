@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from datetime import date
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from bouquet.models.online import ENTRY, pack_list, pack_rows, unpack_list
 from bouquet.pipelines.publish import (
     Publisher,
     PublishError,
-    reason_vocabulary,
+    ReasonVocabulary,
     score_chunk,
 )
 from tests.serving.support import client_for, publish, redis_client, set_profile, small_model
@@ -175,8 +176,9 @@ def test_a_publish_does_not_switch_a_pointer_moved_under_it(settings) -> None:
 def test_packed_values_are_smaller_than_json(settings) -> None:
     """The measured reason for the packed format (also in docs/serving.md)."""
     model = small_model(CATALOG, n=10)
-    chunk = score_chunk(model, np.arange(10), 50)
-    vocab = reason_vocabulary(model)
+    vocabulary = ReasonVocabulary(model, date(2026, 12, 1))
+    chunk = score_chunk(model, np.arange(10), 50, vocabulary)
+    vocab = vocabulary.codes
     packed = sum(len(v) for v in pack_rows(chunk.bundle_items, chunk.bundle_scores,
                                             chunk.bundle_reasons))
     as_json = sum(len(json.dumps([[model.bundle_ids[i], round(float(s), 4), vocab[r]]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from bouquet.core.catalog import load_catalog
@@ -22,6 +24,7 @@ from tests.serving.support import (
 
 pytestmark = pytest.mark.anyio
 CATALOG = load_catalog()
+NAMES = {s.id: s.name for s in CATALOG.services}
 ALL = len(CATALOG.bundles)
 
 
@@ -164,8 +167,9 @@ async def test_fold_in_of_recent_events_changes_the_ranking(served) -> None:
     jumped = [b for b in after["bundles"][:3]
               if service in CATALOG.bundle_by_id[b["bundle_id"]].services]
     assert jumped, (service, ids(after)[:3])
-    assert all(b["reason_code"] == f"recent:{service}" and "just used" in b["reason"]
-               for b in jumped)
+    today = datetime.now(UTC).date().isoformat()
+    assert all(b["reason_code"] == f"evt:use:s:{service}:{today}"
+               and b["reason"] == f"Because you just used {NAMES[service]}" for b in jumped)
     assert min(ids(before).index(b["bundle_id"]) for b in jumped) > 2
 
 
