@@ -168,8 +168,9 @@ def choose(
     if chosen.seconds > max_seconds:
         log.warning("%s: %s solver estimated at %.0f s, above max_seconds=%.0f",
                     model, chosen.solver, chosen.seconds, max_seconds)
-    log.info("%s: %s solver (%s; budget %.2f GB, %.0f s; considered %s)", model, chosen.solver,
-             chosen, budget, max_seconds, "; ".join(str(e) for e in estimates))
+    others = "; ".join(str(e) for e in estimates if e is not chosen) or "none"
+    log.info("%s: %s (budget %.2f GB, %.0f s; other solvers: %s)", model, chosen, budget,
+             max_seconds, others)
     return chosen
 
 
