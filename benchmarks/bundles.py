@@ -497,7 +497,8 @@ def print_table(result: dict[str, Any], console: Any = None) -> None:
         *(f(fig.get(f"test_{m}@{k}")) for k in KS for m in ("recall", "ndcg")),
         f(fig.get("tune_recall@20")),
     )
-    names = sorted({k.rsplit("_", 1)[1] for k in fig if k.startswith("test_recall@20_")})
+    names = sorted({k.removeprefix("test_recall@20_") for k in fig
+                    if k.startswith("test_recall@20_")})
     for name in names:
         table.add_row(
             f"{name} (ours)",

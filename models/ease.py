@@ -16,7 +16,8 @@ factorisation on ranking metrics.
 target interactions (user × bundle) concatenated with side views (user × service, and both
 projected through the bundle × service composition). The targets are still only the bundle
 columns, so the model answers "which bundles", but it learns from everything the resident did.
-See ``docs/models.md`` for the derivation of the primal and dual (user-space) solvers.
+See ``docs/models.md`` for the derivation of the primal, dual (user-space) and low-rank solvers
+and for how :mod:`bouquet.models.solvers` chooses one before allocating anything.
 """
 
 from __future__ import annotations

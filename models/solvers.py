@@ -44,8 +44,8 @@ DENSE_GFLOPS_PER_CORE = {4: 30.0, 8: 14.0}
 SPARSE_GFLOPS = 0.8
 #: Largest square matrix handed to one LAPACK factorisation. scipy's bundled OpenBLAS
 #: (0.3.30, 32-bit indices) segfaults in double-precision Cholesky and LU from about
-#: 22 800² on the development machine; 20 000² was checked to complete, so nothing above is
-#: attempted whatever the memory.
+#: 22 800² on the development machine; Cholesky + inverse and LU inverse of 20 000² were
+#: checked to complete, so nothing above is attempted whatever the memory.
 MAX_DENSE_DIM = 20_000
 #: Share of the memory available at fit time a solver may plan to use.
 MEMORY_SHARE = 0.8
