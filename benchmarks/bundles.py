@@ -15,13 +15,16 @@ What we do (and only this):
   ``test``; the same top-40 lists are written with ``--topk-out`` so the independent scorer
   (``/work/shared/tools/bundle_eval.py``) can recompute every figure.
 
-Run: ``bouquet bench bundles --data DIR [--topk-out FILE] [--json FILE] [--quick]``.
+Run: ``bouquet bench bundles --data DIR [--topk-out FILE] [--json FILE] [--quick]``, or
+``--synthetic USERS,BUNDLES,PAIRS`` instead of ``--data`` for a generated dataset of that shape
+(:mod:`bouquet.benchmarks.synthetic_bundles`), on which everything runs the same way.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -32,6 +35,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from bouquet.benchmarks.harness import BenchResult, peak_rss_mb, print_result, write_json
+from bouquet.benchmarks.synthetic_bundles import SyntheticShape, write_synthetic
 from bouquet.models.als import ALSRecommender
 from bouquet.models.base import Recommender
 from bouquet.models.bpr import BPRRecommender
@@ -204,6 +208,14 @@ def write_topk(path: Path, users: np.ndarray, top: np.ndarray) -> None:
             fh.write(f"{u}\t{','.join(map(str, row))}\n")
 
 
+def _solver_of(model: Recommender) -> dict[str, Any]:
+    """The solver a closed-form model chose (``{}`` for other models)."""
+    inner = getattr(model, "bundle_model_", model)
+    if not hasattr(inner, "solver_"):
+        return {}
+    return {"solver": inner.solver_, "solver_estimate": inner.solver_estimate_}
+
+
 def _uses_side(model: Recommender) -> bool:
     if isinstance(model, BundleScorer):
         return model.n_side_items_ > 0 or _uses_side(model.bundle_model_)
@@ -236,7 +248,8 @@ def _tune_grid(
         model.fit(data.train, **_fit_kwargs(model, data))
         fit_s = time.perf_counter() - t0
         recall = evaluate(model, data, "tune")[0]["recall@20"]
-        trials.append({**params, "tune_recall@20": round(recall, 6), "fit_s": round(fit_s, 2)})
+        trials.append({**params, "tune_recall@20": round(recall, 6), "fit_s": round(fit_s, 2),
+                       **_solver_of(model)})
         log.info("%s %s: tune recall@20 %.4f (fit %.1fs)", name, params, recall, fit_s)
         if best is None or recall > best[0]:
             best = (recall, params, model)
@@ -252,6 +265,8 @@ def _baselines(data: BundleData, quick: bool, progress: bool) -> dict[str, dict[
     if not quick:
         grids.update(
             {
+                # the library's defaults, not tuned: the floor any tuned model should clear
+                "als_untuned": ([{}], lambda p: ALSRecommender()),
                 "itemknn": (
                     [{"K": k} for k in (50, 200, 1000)],
                     lambda p: ItemKNNRecommender(K=p["K"]),
@@ -379,7 +394,6 @@ def run_bundles(
         collab_only = search.pop()  # the collaborative part alone, as an extra baseline row
 
     # ---- final model: refit from scratch with the selected configuration (timed)
-    # ---- final model: refit from scratch with the selected configuration (timed)
     final = build_final(selected, has_side)
     t0, c0 = time.perf_counter(), time.process_time()
     final.fit(data.train, **_fit_kwargs(final, data))
@@ -430,6 +444,7 @@ def run_bundles(
         if not quick
         else "tune, by an earlier full run (SELECTED)",
         "selected": selected,
+        "final_solver": _solver_of(final),
         "search": search,
         "baselines": {k: v["params"] for k, v in baselines.items()},
         "protocol": "rank all bundles, mask train only, recall=hits/|pos|, "
@@ -482,7 +497,8 @@ def print_table(result: dict[str, Any], console: Any = None) -> None:
         *(f(fig.get(f"test_{m}@{k}")) for k in KS for m in ("recall", "ndcg")),
         f(fig.get("tune_recall@20")),
     )
-    names = sorted({k.rsplit("_", 1)[1] for k in fig if k.startswith("test_recall@20_")})
+    names = sorted({k.removeprefix("test_recall@20_") for k in fig
+                    if k.startswith("test_recall@20_")})
     for name in names:
         table.add_row(
             f"{name} (ours)",
@@ -504,6 +520,7 @@ def print_table(result: dict[str, Any], console: Any = None) -> None:
         f"peak RSS {fig.get('peak_rss_mb', float('nan')):.0f} MB · "
         f"total {fig.get('total_s', float('nan')):.0f} s · "
         f"{result['params'].get('cpus')} CPUs · selected {result['params'].get('selected')}"
+        f" · solver {result['params'].get('final_solver', {}).get('solver', '–')}"
     )
 
 
@@ -519,6 +536,27 @@ def to_bench_result(result: dict[str, Any]) -> BenchResult:
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "youshu"
 
 
+def run_synthetic(
+    shape: SyntheticShape,
+    seed: int = 0,
+    topk_out: Path | None = None,
+    quick: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """:func:`run_bundles` on a dataset of ``shape`` generated into a temporary directory
+    (removed afterwards); the shape and seed are added to the params."""
+    with tempfile.TemporaryDirectory(prefix="bouquet-synthetic-") as tmp:
+        t0 = time.perf_counter()
+        write_synthetic(Path(tmp), shape, seed=seed)
+        generate_s = time.perf_counter() - t0
+        result = run_bundles(Path(tmp), topk_out, quick=quick, progress=progress)
+    result["params"]["synthetic"] = {"shape": str(shape), "seed": seed,
+                                     "generate_s": round(generate_s, 2)}
+    result["params"]["data_dir"] = f"synthetic {shape} seed {seed} (temporary)"
+    result["published"] = []  # the published rows are Youshu's
+    return result
+
+
 def DEFAULT(settings: Any) -> BenchResult:  # noqa: N802 - the harness's entry-point name
     """``bench all``: the full run (hyper-parameters tuned on ``tune``) on Youshu."""
     result = run_bundles(DEFAULT_DATA, quick=False, progress=True)
@@ -532,6 +570,11 @@ def register(bench_app: Any) -> None:
     @bench_app.command("bundles")
     def bundles(
         data: Path = typer.Option(DEFAULT_DATA, "--data", help="BGCN-layout data directory."),
+        synthetic: str | None = typer.Option(
+            None, "--synthetic", metavar="USERS,BUNDLES,PAIRS[,ITEMS]",
+            help="Instead of --data: generate a dataset of this shape (PAIRS training pairs; "
+            "items default to BUNDLES/4) in a temporary directory and run on it."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the --synthetic generator."),
         json_path: Path | None = typer.Option(None, "--json", help="Write contract JSON here."),
         topk_out: Path | None = typer.Option(None, "--topk-out", help="Write the top-40 test "
                                              "lists here (user<TAB>b1,b2,...)."),
@@ -540,7 +583,14 @@ def register(bench_app: Any) -> None:
         progress: bool = typer.Option(True, "--progress/--no-progress"),
     ) -> None:
         """Bundle recommendation on Youshu-layout data, official protocol, vs published."""
-        result = run_bundles(data, topk_out, quick=quick, progress=progress)
+        if synthetic is not None:
+            try:
+                shape = SyntheticShape.parse(synthetic)
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc), param_hint="--synthetic") from exc
+            result = run_synthetic(shape, seed, topk_out, quick=quick, progress=progress)
+        else:
+            result = run_bundles(data, topk_out, quick=quick, progress=progress)
         print_table(result)
         bench = to_bench_result(result)
         print_result(bench)
