@@ -51,7 +51,14 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from bouquet.core.catalog import Catalog
-from bouquet.simulation.columns import C, EventColumns, T, Vocabulary
+from bouquet.simulation.columns import (
+    CADENCE_CLASS_NAMES,
+    TYPE_CLASS,
+    C,
+    EventColumns,
+    T,
+    Vocabulary,
+)
 from bouquet.simulation.residents import (
     ProfileClasses,
     Residents,
@@ -233,8 +240,10 @@ class Simulation:
     fatigue: np.ndarray = field(repr=False)  # (N, B) uint8
     consent: np.ndarray = field(repr=False)  # (N,) bool, current
     erased_at: np.ndarray = field(repr=False)  # (N,) int64 µs, max = never
-    active_days: np.ndarray = field(repr=False)  # (N, weeks) uint8 distinct contact days
-    last_history_contact: np.ndarray = field(repr=False)  # (N,) int64 µs, min: none
+    use_days: np.ndarray = field(repr=False)  # (N, weeks) uint8 distinct days with a use
+    class_events: np.ndarray = field(repr=False)  # (3, weeks) events per cadence class
+    last_use_day: np.ndarray = field(repr=False)  # (N,) int16 last day counted, -1: none
+    last_history_use: np.ndarray = field(repr=False)  # (N,) int64 µs, min: none
     day_start_us: np.ndarray = field(repr=False)  # (7*weeks + 1,) local midnights in UTC µs
     day_factor: np.ndarray = field(repr=False)  # (7*weeks,) weekday * season
     week_done: int = 0
@@ -276,8 +285,10 @@ class Simulation:
             new_bundles=np.zeros((n, b), bool), new_services=np.zeros((n, s), bool),
             consent=residents.consent.copy(),
             erased_at=np.full(n, np.iinfo(np.int64).max, np.int64),
-            active_days=np.zeros((n, weeks), np.uint8),
-            last_history_contact=np.full(n, np.iinfo(np.int64).min, np.int64),
+            use_days=np.zeros((n, weeks), np.uint8),
+            class_events=np.zeros((len(CADENCE_CLASS_NAMES), weeks), np.int64),
+            last_use_day=np.full(n, -1, np.int16),
+            last_history_use=np.full(n, np.iinfo(np.int64).min, np.int64),
             day_start_us=day_start, day_factor=day_factor.astype(np.float32),
         )
 
@@ -424,7 +435,7 @@ class Simulation:
             self.held_services[rows[r_local[~is_bundle]], offer[~is_bundle] - n_b] = True
             gap = start - registered[r_local] - 2 * US
             when = registered[r_local] + 2 * US + (rng.random(len(r_local)) * gap).astype(np.int64)
-            np.maximum.at(self.last_history_contact, rows[r_local], when)
+            np.maximum.at(self.last_history_use, rows[r_local], when)
             channel = rng.choice([C["app"], C["web"], C["desk"]], len(r_local), p=[.5, .3, .2])
             parts.append(self._subscriptions(rng, rows[r_local], offer, when, channel, -1))
         return EventColumns.concat(parts).sorted()
@@ -527,14 +538,28 @@ class Simulation:
         events = EventColumns.concat(parts)
         events = self._administration(week, days, events)
         events.ts = np.minimum(events.ts, self.end_us - US)
-        contact = events.type <= T["unsubscribe"]
-        # local day of each contact (day starts are local midnights, DST included)
-        day_of = np.searchsorted(self.day_start_us[days[0]:days[-1] + 1], events.ts[contact],
-                                 side="right") - 1
-        codes = np.unique(events.resident[contact].astype(np.int64) * 8 + np.clip(day_of, 0, 6))
-        self.active_days[:, week] = np.bincount(codes // 8, minlength=self.n).astype(np.uint8)
+        kind = TYPE_CLASS[events.type]
+        self.class_events[:, week] = np.bincount(kind[kind >= 0],
+                                                 minlength=len(CADENCE_CLASS_NAMES))
+        self._count_use_days(events.resident[kind == CADENCE_CLASS_NAMES.index("use")],
+                             events.ts[kind == CADENCE_CLASS_NAMES.index("use")])
         self.week_done += 1
         return WeekResult(week, events.sorted(), len(exposed), shown, accepted)
+
+    def _count_use_days(self, resident: np.ndarray, ts: np.ndarray) -> None:
+        """Add a week's use-class events to :attr:`use_days`: cadence is use cadence.
+
+        Days are local (day starts are local midnights, DST included). A few events of a
+        week land just after it (a rating hours after a Sunday-evening use): they count
+        on their own day, and a day already counted by the previous week is not counted
+        twice (:attr:`last_use_day`).
+        """
+        day = np.searchsorted(self.day_start_us, ts, side="right") - 1
+        pairs = np.unique(resident.astype(np.int64) * (len(self.day_start_us) + 1) + day)
+        who, day = np.divmod(pairs, len(self.day_start_us) + 1)
+        new = (day > self.last_use_day[who]) & (day < 7 * self.weeks)
+        np.add.at(self.use_days, (who[new], day[new] // 7), 1)
+        np.maximum.at(self.last_use_day, who, day.astype(self.last_use_day.dtype))
 
     def _week_block(self, rng: np.random.Generator, week: int, rows: np.ndarray,
                     days: np.ndarray, active: np.ndarray, session: np.ndarray,

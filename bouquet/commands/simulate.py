@@ -151,11 +151,13 @@ def compare(
                                    "YYYY-MM-DD (default: today); fix it to reproduce figures."),
     json_path: Path | None = typer.Option(None, "--json", help="Write every figure here."),
 ) -> None:
-    """Share of residents at each cadence after W weeks under each policy (mean and 95%
-    confidence interval over seeds; the same seeds for every policy)."""
+    """Share of residents at each use cadence after W weeks under each policy, with use,
+    response and exposure events per resident per week beside it (mean and 95% confidence
+    interval over seeds; the same seeds for every policy)."""
     from bouquet.core.catalog import load_catalog
     from bouquet.simulation.closed_loop import CADENCES
     from bouquet.simulation.closed_loop import compare as run_compare
+    from bouquet.simulation.columns import CADENCE_CLASS_NAMES
 
     names = [p.strip() for p in policies.split(",") if p.strip()]
     catalog = load_catalog(get_settings().catalog_path)
@@ -165,9 +167,9 @@ def compare(
                              end=date.fromisoformat(end) if end else None,
                              on_run=lambda r: status.update(
                                  f"done: {r.policy} seed {r.seed} ({r.seconds:.1f} s)"))
-    columns = [*CADENCES, "weekly_or_better"]
+    columns = ["weekly_or_better", *CADENCES]
     table = Table("policy", *[c if c != "weekly_or_better" else "weekly+" for c in columns],
-                  title=f"cadence after {weeks} weeks — {residents:,} residents, "
+                  title=f"use cadence after {weeks} weeks — {residents:,} residents, "
                         f"{seeds} seed(s), mean [95% CI]")
     for name in names:
         shares = result.shares(name)
@@ -180,11 +182,21 @@ def compare(
             cells.append(f"{e.mean:.1%}{ci}")
         table.add_row(name, *cells)
     console.print(table)
+    rates = Table("policy", *CADENCE_CLASS_NAMES,
+                  title="events per resident per week, by cadence class, mean [95% CI]")
+    for name in names:
+        cells = []
+        for e in result.per_resident_week(name).values():
+            ci = "" if e.low != e.low else f" [{e.low:.3f}, {e.high:.3f}]"
+            cells.append(f"{e.mean:.3f}{ci}")
+        rates.add_row(name, *cells)
+    console.print(rates)
     base = names[0]
     for name in names[1:]:
         u = result.uplift(name, base)
         ci = "" if u.low != u.low else f" [{u.low:+.1%}, {u.high:+.1%}]"
-        console.print(f"weekly-or-better, {name} − {base}: {u.mean:+.1%}{ci} (paired by seed)")
+        console.print(f"weekly-or-better (use), {name} − {base}: {u.mean:+.1%}{ci} "
+                      "(paired by seed)")
     _write_json(json_path, result.as_dict())
 
 

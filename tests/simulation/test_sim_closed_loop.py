@@ -9,17 +9,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 import numpy as np
+import pandas as pd
 import pyarrow.compute as pc
 import pytest
 from sim_support import shown_within_serving_rules
 
+from bouquet.core.cadence import DAILY_MIN_DAYS, WEEKLY_MIN_WEEKS, cadence_class
 from bouquet.core.catalog import Catalog
 from bouquet.core.recommendation import parse_recommendation_id
 from bouquet.simulation.behaviour import Simulation
 from bouquet.simulation.closed_loop import (
     CADENCES,
-    DAILY_MIN_DAYS,
-    WEEKLY_MIN_WEEKS,
     Estimate,
     cadence_codes,
     compare,
@@ -53,19 +53,46 @@ def test_the_loop_tells_policies_apart(catalog: Catalog, end_date) -> None:
 def test_cadence_classes_by_hand(catalog: Catalog, end_date) -> None:
     sim = Simulation.create(catalog, 7, 6, 1, end=end_date)
     sim.week_done = 6
-    sim.active_days[:] = 0
-    sim.active_days[0, 2:] = [5, 5, 5, 5]  # 20 days in the last 4 weeks: daily
-    sim.active_days[1, 2:] = [5, 5, 5, 4]  # 19 days, every week: weekly
-    sim.active_days[2, 2:] = [1, 0, 1, 1]  # 3 of 4 weeks: weekly
-    sim.active_days[3, 2:] = [0, 0, 6, 6]  # 12 days but only 2 weeks: monthly
-    sim.active_days[4, 0] = 3  # active before the last 4 weeks only: yearly
-    sim.last_history_contact[5] = int(sim.day_start_us[0]) - 10 * 86_400_000_000  # yearly
+    sim.use_days[:] = 0
+    sim.use_days[0, 2:] = [5, 5, 5, 5]  # 20 days in the last 4 weeks: daily
+    sim.use_days[1, 2:] = [5, 5, 5, 4]  # 19 days, every week: weekly
+    sim.use_days[2, 2:] = [1, 0, 1, 1]  # 3 of 4 weeks: weekly
+    sim.use_days[3, 2:] = [0, 0, 6, 6]  # 12 days but only 2 weeks: monthly
+    sim.use_days[4, 0] = 3  # active before the last 4 weeks only: yearly
+    sim.last_history_use[5] = int(sim.day_start_us[0]) - 10 * 86_400_000_000  # yearly
     # resident 6: a contact 400 days before the end only: dormant
-    sim.last_history_contact[6] = int(sim.day_start_us[-1]) - 400 * 86_400_000_000
+    sim.last_history_use[6] = int(sim.day_start_us[-1]) - 400 * 86_400_000_000
     assert [CADENCES[c] for c in cadence_codes(sim)] == [
         "daily", "weekly", "weekly", "monthly", "yearly", "yearly", "dormant"]
     sim.erased_at[6] = 0
     assert cadence_codes(sim)[6] == -1
+
+
+def test_cadence_is_use_cadence_and_the_other_classes_are_counted_beside_it(
+        popular_run) -> None:
+    table, sim, run = popular_run
+    frame = table.select(["resident_id", "type", "ts"]).to_pandas()
+    frame = frame[frame["ts"] >= pd.Timestamp(int(sim.day_start_us[0]), unit="us", tz="UTC")]
+    kind = frame["type"].map(cadence_class)
+    # use days per resident and week, recomputed from the events on local days
+    uses = frame[kind == "use"]
+    local = uses["ts"].dt.tz_convert(sim.params.timezone).dt.tz_localize(None)
+    day = (local.dt.normalize() - pd.Timestamp(sim.start)).dt.days.to_numpy()
+    rows = pd.Index(sim.residents.ids).get_indexer(uses["resident_id"])
+    expected = np.zeros_like(sim.use_days)
+    pairs = np.unique(np.stack([rows, day]), axis=1)
+    np.add.at(expected, (pairs[0], pairs[1] // 7), 1)
+    assert (sim.use_days == expected).all()
+    # a view is exposure, not use: residents who were only shown bundles are not active
+    viewers = set(frame.loc[kind == "exposure", "resident_id"]) - set(uses["resident_id"])
+    assert viewers
+    assert not sim.use_days[pd.Index(sim.residents.ids).get_indexer(list(viewers))].any()
+    alive = (sim.erased_at == np.iinfo(np.int64).max).sum()
+    for name in ("use", "response", "exposure"):
+        per_week = (kind == name).sum() / alive / sim.weeks
+        assert run.per_resident_week[name] == pytest.approx(per_week)
+    assert run.per_resident_week["exposure"] > 0
+    assert run.weekly_share[-1] == pytest.approx(run.shares["daily"] + run.shares["weekly"])
 
 
 def test_thresholds_match_the_operators_report() -> None:
