@@ -14,10 +14,12 @@ The model, in order of what drives the numbers (see docs/simulation.md):
   neighbourhood and what they are eligible for. So the log starts the way a city does:
   most residents have had one or two contacts in the last year.
 * **Cadence.** A resident's chance to be active on a day is ``1 - exp(-rate)`` with
-  ``rate = base_rate * activity * usage**elasticity * burst_week * weekday * season``:
-  ``activity`` is log-normal (heavy-tailed), ``usage`` sums ``exp(affinity) * frequency``
-  over the services held (plus a little ad-hoc use of others), ``burst_week`` is a
-  gamma-distributed weekly multiplier (people have active and quiet weeks). The
+  ``rate = (base_rate * activity * usage**elasticity * burst_week + habit) * weekday *
+  season``: ``activity`` is log-normal (heavy-tailed), ``usage`` sums
+  ``exp(affinity) * frequency`` over the services held (plus a little ad-hoc use of
+  others), ``burst_week`` is a gamma-distributed weekly multiplier (people have active and
+  quiet weeks); ``habit`` is the steady rate that offers subscribed during the window add
+  (the engagement hypothesis), scaled by how often their services are used. The
   parameters are calibrated so the generated ``use`` stream matches the real ValleyBike
   log (see :mod:`bouquet.simulation.calibration`).
 * **Use.** An active day holds 1 + Poisson uses; each picks a service with probability
@@ -135,8 +137,12 @@ class BehaviourParams:
     service_subscribe: float = 0.01
     churn_week: float = 0.01
     # habit: daily use rate a subscription taken during the window adds, by match quality
-    habit_bundle: float = 0.25
-    habit_service: float = 0.08
+    # and times the offer's usage frequency (1 = a bus pass or a bike share). At frequency
+    # 1 and full match, a bundle makes its holder as regular as the median heavy
+    # ValleyBike rider (29.5 active days of 84: -ln(1 - 29.5/84) = 0.43 a day); a single
+    # service keeps its smaller share of a bundle's habit (0.32).
+    habit_bundle: float = 0.43
+    habit_service: float = 0.14
     habit_slope: float = 1.5
     habit_midpoint: float = 1.5
     # money and feedback
@@ -382,7 +388,13 @@ class Simulation:
 
     def _habit(self, t: _BlockTastes, rows: np.ndarray) -> np.ndarray:
         """Daily use rate added by offers subscribed during the window: the engagement
-        hypothesis (a well-matched new bundle becomes a routine) — assumed, not measured."""
+        hypothesis (a well-matched new offer becomes a routine) — assumed, not measured.
+
+        A routine is only as frequent as the services it is made of: each offer's rate is
+        scaled by its usage frequency for this resident (for a bundle, the mean frequency
+        of its services weighted by ``exp(affinity)``, the weights that decide which of
+        them a use goes to), so a MaaS bundle (about 1, like a bus pass) can become
+        near-daily and a civic-documents bundle (about 0.04) barely changes anything."""
         p = self.params
         bundles = self.new_bundles[rows]
         services = self.new_services[rows]
@@ -390,8 +402,11 @@ class Simulation:
             return np.zeros(len(rows), np.float32)
         match_b = _sigmoid(p.habit_slope * (t.bundle_aff - p.habit_midpoint))
         match_s = _sigmoid(p.habit_slope * (t.aff - p.habit_midpoint))
-        return (p.habit_bundle * (match_b * bundles).sum(1)
-                + p.habit_service * (match_s * services).sum(1)).astype(np.float32)
+        weight = np.exp(p.taste_temperature * t.aff)
+        freq_b = (t.usage_w @ self._membership_f32.T) / (weight @ self._membership_f32.T)
+        return (p.habit_bundle * (match_b * freq_b * bundles).sum(1)
+                + p.habit_service * (match_s * self.frequency * services).sum(1)
+                ).astype(np.float32)
 
     def _times(self, rng: np.random.Generator, day_index: np.ndarray) -> np.ndarray:
         """A local time of day (by :data:`HOUR_WEIGHTS`) on each given day, in UTC µs."""
@@ -471,17 +486,18 @@ class Simulation:
         p = self.params
         adhoc = p.adhoc_usage * (t.usage_w * t.ok).sum(1) / np.maximum(t.ok.sum(1), 1)
         usage = (t.usage_w * t.held).sum(1) + adhoc
-        rate = p.base_rate * self.residents.activity[rows] * usage ** p.usage_elasticity
-        rate += self._habit(t, rows)
-        burst = rng.gamma(p.burst_shape, 1.0 / p.burst_shape, len(rate))
-        daily = (rate * burst)[:, None] * self.day_factor[days][None, :]
+        organic = p.base_rate * self.residents.activity[rows] * usage ** p.usage_elasticity
+        burst = rng.gamma(p.burst_shape, 1.0 / p.burst_shape, len(organic))
+        # a habit is a routine: it keeps its rate every week, outside the weekly burst
+        rate = organic * burst + self._habit(t, rows)
+        daily = rate[:, None] * self.day_factor[days][None, :]
         alive = self.erased_at[rows][:, None] > self.day_start_us[days][None, :]
         active = (rng.random(daily.shape) < -np.expm1(-daily)) & alive
         session = active & (rng.random(active.shape) < p.app_session)
         # engaged residents open the digest more often than dormant ones
-        opens = p.digest_open * (0.3 + 0.7 * np.minimum(1.0, 7 * rate * burst))
+        opens = p.digest_open * (0.3 + 0.7 * np.minimum(1.0, 7 * rate))
         digest = (rng.random(len(rate)) < opens) & alive[:, 0]
-        return active, session, digest, (rate * burst).astype(np.float32)
+        return active, session, digest, rate.astype(np.float32)
 
     def step(self, recommender: RowRecommender | None = None, k: int = 3,
              rec_tag: str | None = None) -> WeekResult:

@@ -127,3 +127,27 @@ def test_calibration_within_tolerances(catalog: Catalog, simulate, seed: int) ->
                                  sim.end_us)
     assert stats.people > 1500
     assert stats.out_of_tolerance() == {}, stats
+
+
+def test_habits_are_steady_and_as_frequent_as_their_services(catalog: Catalog,
+                                                             end_date) -> None:
+    from dataclasses import replace
+
+    from bouquet.simulation.behaviour import BehaviourParams, Simulation
+
+    # no organic use at all: whatever the weekly burst, the rate is the habit alone
+    params = replace(BehaviourParams(), base_rate=0.0)
+    sim = Simulation.create(catalog, 400, 4, 3, end=end_date, params=params)
+    maas, civic = (catalog.bundle_ids.index(b) for b in ("maas-urban", "civic-essentials"))
+    sim.new_bundles[:200, maas] = True
+    sim.new_bundles[200:, civic] = True
+    rows = np.arange(sim.n)
+    tastes = sim._tastes(rows)
+    habit = sim._habit(tastes, rows)
+    _, _, _, rate = sim._activity(sim._rng(99), rows, np.arange(7), tastes)
+    assert rate == pytest.approx(habit, rel=1e-6)  # outside the burst multiplier
+    # at equal match, the habit follows the services' usage frequency
+    match = 1 / (1 + np.exp(-params.habit_slope * (tastes.bundle_aff - params.habit_midpoint)))
+    per_match = habit / np.where(rows < 200, match[:, maas], match[:, civic])
+    assert per_match[:200].min() > 0.5 * params.habit_bundle  # MaaS: near a bus pass
+    assert per_match[200:].max() < 0.1 * params.habit_bundle  # civic documents: rare
