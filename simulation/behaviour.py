@@ -29,7 +29,8 @@ The model, in order of what drives the numbers (see docs/simulation.md):
 * **Discovery.** Some active days include an app session: browsing views of bundles (by
   taste), shown recommendations (closed loop), clicks, dismissals and subscriptions. The
   chance to click and subscribe rises with affinity and falls with fatigue (how often the
-  resident was shown the bundle without acting); ineligible offers are never subscribed.
+  resident was shown the bundle without acting, recovering with a half-life of a few
+  weeks); ineligible offers are never subscribed.
 * **Churn and administration.** Held offers with low affinity are sometimes dropped
   (``unsubscribe``); a few residents change consent or ask for erasure, after which they
   produce nothing.
@@ -100,6 +101,8 @@ DOMAIN_FREQUENCY: dict[str, float] = {
     "mobility": 0.8, "energy": 0.08, "housing": 0.2, "payment": 0.3, "culture": 0.2,
     "sport": 0.35, "health": 0.08, "childhood": 0.5, "environment": 0.1, "civic": 0.05,
 }
+#: Fatigue (decayed count of ignored views of one bundle) stops growing here.
+MAX_FATIGUE = 20
 #: Relative activity by hour of the day (local time): commuting peaks and an evening.
 HOUR_WEIGHTS = np.array([0.4, 0.2, 0.1, 0.1, 0.2, 0.6, 1.6, 3.5, 5.0, 4.0, 3.4, 3.8,
                          4.6, 4.4, 4.0, 4.4, 5.2, 6.0, 5.6, 4.4, 3.2, 2.2, 1.4, 0.8])
@@ -133,6 +136,9 @@ class BehaviourParams:
     subscribe_slope: float = 1.4
     subscribe_bias: float = -2.3
     fatigue_penalty: float = 0.6
+    # fatigue recovers: an ignored view weighs half as much this many weeks later (an
+    # assumption, of the order of the few weeks advertising's effects take to halve)
+    fatigue_half_life_weeks: float = 4.0
     dismiss_share: float = 0.2
     service_subscribe: float = 0.01
     churn_week: float = 0.01
@@ -243,7 +249,7 @@ class Simulation:
     accepted_week: np.ndarray = field(repr=False)  # (N, B) int16, week a rec was accepted
     new_bundles: np.ndarray = field(repr=False)  # (N, B) bool, subscribed during the window
     new_services: np.ndarray = field(repr=False)  # (N, S) bool, subscribed during the window
-    fatigue: np.ndarray = field(repr=False)  # (N, B) uint8
+    fatigue: np.ndarray = field(repr=False)  # (N, B) float16, decayed ignored views
     consent: np.ndarray = field(repr=False)  # (N,) bool, current
     erased_at: np.ndarray = field(repr=False)  # (N,) int64 µs, max = never
     use_days: np.ndarray = field(repr=False)  # (N, weeks) uint8 distinct days with a use
@@ -287,7 +293,7 @@ class Simulation:
             catalog, residents, world, classes, params, start, weeks, seed, digest, vocab,
             frequency,
             held_bundles=np.zeros((n, b), bool), held_services=np.zeros((n, s), bool),
-            accepted_week=np.full((n, b), -1, np.int16), fatigue=np.zeros((n, b), np.uint8),
+            accepted_week=np.full((n, b), -1, np.int16), fatigue=np.zeros((n, b), np.float16),
             new_bundles=np.zeros((n, b), bool), new_services=np.zeros((n, s), bool),
             consent=residents.consent.copy(),
             erased_at=np.full(n, np.iinfo(np.int64).max, np.int64),
@@ -507,6 +513,8 @@ class Simulation:
         if week >= self.weeks:
             raise RuntimeError(f"the simulation has only {self.weeks} weeks")
         days = np.arange(7 * week, 7 * week + 7)
+        if week:
+            self.fatigue *= np.float16(0.5 ** (1.0 / self.params.fatigue_half_life_weeks))
         # Phase A decides who is active and exposed; phase B writes the events. Without a
         # recommender both run block by block on the same tastes; with one, every block's
         # phase A must finish before the recommender is asked once for all exposed
@@ -692,7 +700,7 @@ class Simulation:
         ignored = ~click & ~already
         np.add.at(self.fatigue, (rows[f_res[ignored]], f_bundle[ignored]), 1)
         self.fatigue[rows[f_res[ignored]], f_bundle[ignored]] = np.minimum(
-            self.fatigue[rows[f_res[ignored]], f_bundle[ignored]], 20)
+            self.fatigue[rows[f_res[ignored]], f_bundle[ignored]], MAX_FATIGUE)
         new_res, new_bundle = rows[f_res[sub_idx]], f_bundle[sub_idx]
         self.held_bundles[new_res, new_bundle] = True
         self.new_bundles[new_res, new_bundle] = True

@@ -151,3 +151,21 @@ def test_habits_are_steady_and_as_frequent_as_their_services(catalog: Catalog,
     per_match = habit / np.where(rows < 200, match[:, maas], match[:, civic])
     assert per_match[:200].min() > 0.5 * params.habit_bundle  # MaaS: near a bus pass
     assert per_match[200:].max() < 0.1 * params.habit_bundle  # civic documents: rare
+
+
+def test_fatigue_recovers_with_its_half_life(catalog: Catalog, end_date) -> None:
+    from dataclasses import replace
+
+    from bouquet.simulation.behaviour import BehaviourParams, Simulation
+
+    params = replace(BehaviourParams(), fatigue_half_life_weeks=2.0)
+    sim = Simulation.create(catalog, 2000, 4, 5, end=end_date, params=params)
+    sim.history()
+    sim.fatigue[:, 3] = 8
+    for _ in range(4):
+        sim.step()
+    # three weekly recoveries (after weeks 1, 2, 3) of half-life 2 weeks; browsing that
+    # ignored the bundle again only adds
+    fatigue = sim.fatigue[:, 3].astype(float)
+    assert np.median(fatigue) == pytest.approx(8 * 0.5 ** 1.5, rel=0.01)
+    assert fatigue.min() >= 8 * 0.5 ** 1.5 * 0.99
