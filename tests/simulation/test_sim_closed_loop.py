@@ -26,7 +26,7 @@ from bouquet.simulation.closed_loop import (
     run_policy,
     t_quantile_975,
 )
-from bouquet.simulation.policies import HttpPolicy, PopularPolicy, ScoringPolicy
+from bouquet.simulation.policies import HttpPolicy, OraclePolicy, PopularPolicy, ScoringPolicy
 from bouquet.simulation.sinks import MemorySink
 
 
@@ -160,6 +160,40 @@ def test_popular_learns_from_events_only(catalog: Catalog, end_date) -> None:
     assert allowed[catalog.bundle_ids.index("senior-pass")] or policy.holdings[
         policy._row[rid], catalog.bundle_ids.index("senior-pass")]
     assert not allowed[catalog.bundle_ids.index("student-pass")]
+
+
+def test_the_oracle_personalises_only_with_consent(catalog: Catalog, end_date) -> None:
+    import pyarrow as pa
+
+    from bouquet.core.eventlog import SCHEMA
+
+    oracle = OraclePolicy()
+    _, sim = run_policy(oracle, catalog, residents=1500, weeks=2, seed=4, end=end_date)
+    ids = list(oracle._row)
+    rows = np.arange(len(ids))
+    # what it knows is what was observed: consent changes of the run included
+    assert (oracle.consent == sim.consent).all()
+    assert 0 < oracle.consent.sum() < len(ids)
+    answers = oracle.recommend(ids, 3)
+    popular = PopularPolicy.recommend(oracle, ids, 3)
+    allowed = oracle.allowed(rows)
+    truth = np.where(allowed, sim.bundle_affinity(sim.affinity(rows)), -np.inf)
+    for i in rows:
+        if oracle.consent[i]:
+            best = [catalog.bundle_ids[j] for j in np.argsort(-truth[i], kind="stable")[:3]
+                    if np.isfinite(truth[i, j])]
+            assert answers[i] == best
+        else:
+            assert answers[i] == popular[i]  # the lawful non-personalised fallback
+    assert sum(a != p for a, p in zip(answers, popular, strict=True)) > len(ids) // 3
+    # a withdrawal it observes turns personalisation off for that resident
+    rid = next(r for r in ids if oracle.consent[oracle._row[r]]
+               and oracle.recommend([r], 3) != PopularPolicy.recommend(oracle, [r], 3))
+    row = {name: None for name in SCHEMA.names}
+    row.update(event_id="c1", resident_id=rid, type="consent", channel="app", value=0.0,
+               ts=datetime(2025, 6, 1, tzinfo=UTC), schema_version=1)
+    oracle.observe(pa.Table.from_pylist([row], schema=SCHEMA))
+    assert oracle.recommend([rid], 3) == PopularPolicy.recommend(oracle, [rid], 3)
 
 
 def test_a_scoring_function_can_be_the_policy(catalog: Catalog, end_date, caplog) -> None:
