@@ -14,14 +14,16 @@ The model, in order of what drives the numbers (see docs/simulation.md):
   neighbourhood and what they are eligible for. So the log starts the way a city does:
   most residents have had one or two contacts in the last year.
 * **Cadence.** A resident's chance to be active on a day is ``1 - exp(-rate)`` with
-  ``rate = (base_rate * activity * usage**elasticity * burst_week + habit) * weekday *
-  season``: ``activity`` is log-normal (heavy-tailed), ``usage`` sums
-  ``exp(affinity) * frequency`` over the services held (plus a little ad-hoc use of
-  others), ``burst_week`` is a gamma-distributed weekly multiplier (people have active and
-  quiet weeks); ``habit`` is the steady rate that offers subscribed during the window add
-  (the engagement hypothesis), scaled by how often their services are used. The
-  parameters are calibrated so the generated ``use`` stream matches the real ValleyBike
-  log (see :mod:`bouquet.simulation.calibration`).
+  ``rate = (base_rate * activity * usage**elasticity * burst_week + habit + occasional)
+  * weekday * season``, and 0 in the weeks the resident is away: ``activity`` is
+  log-normal (heavy-tailed), ``usage`` sums ``exp(affinity) * frequency`` over the
+  services held (plus a little ad-hoc use of others), ``burst_week`` is a gamma-distributed
+  weekly multiplier correlated from week to week (organic use comes in spells);
+  ``habit`` is the steady rate that offers subscribed during the window add (the
+  engagement hypothesis), scaled by how often their services are used; ``occasional`` is
+  a small one-off need everyone has. The parameters are fitted so the generated ``use``
+  stream matches the real ValleyBike log's shape and week-to-week regularity (see
+  :mod:`bouquet.simulation.calibration`).
 * **Use.** An active day holds 1 + Poisson uses; each picks a service with probability
   proportional to ``exp(affinity) * frequency`` among held services (mostly) and others
   available (rarely). Per-use services not covered by a subscription are paid (``pay``),
@@ -114,15 +116,23 @@ WEEKDAY_WEIGHTS = np.array([1.04, 1.06, 1.06, 1.06, 1.06, 0.96, 0.76])
 class BehaviourParams:
     """Knobs of the behaviour model; the defaults are the calibrated ones."""
 
-    # cadence (calibrated on ValleyBike: see calibration.py and docs/simulation.md)
-    activity_sigma: float = 2.6
-    base_rate: float = 0.0045
+    # cadence: fitted so the simulated use stream matches the nine statistics of the
+    # ValleyBike calibration window (calibration.py, docs/simulation.md section 4)
+    activity_sigma: float = 2.4
+    base_rate: float = 0.0043
     usage_elasticity: float = 0.5
     adhoc_usage: float = 0.6
-    burst_shape: float = 0.25
-    extra_uses: float = 0.27
+    # organic use comes in spells: a Gamma(burst_shape) weekly multiplier, correlated
+    # from week to week (burst_persistence: correlation of its Gaussian latent)
+    burst_shape: float = 0.04
+    burst_persistence: float = 0.88
+    # a one-off need now and then, whatever the resident's activity (daily rate)
+    occasional_rate: float = 0.0012
+    # share of resident-weeks with no use at all (holidays, illness): routines skip weeks
+    away_share: float = 0.043
+    extra_uses: float = 1.13
     extra_uses_sigma: float = 0.8
-    extra_uses_slope: float = 4.0
+    extra_uses_slope: float = 0.5
     max_uses_per_day: int = 8
     season_amplitude: float = 0.12
     # holdings and discovery
@@ -168,6 +178,27 @@ def service_frequency(catalog: Catalog) -> np.ndarray:
     """Relative usage frequency of every catalog service (demo values, domain fallback)."""
     return np.array([SERVICE_FREQUENCY.get(s.id, DOMAIN_FREQUENCY.get(s.domain.value, 0.1))
                      for s in catalog.services], np.float32)
+
+
+@functools.cache
+def _gamma_quantile_table(shape: float) -> tuple[np.ndarray, np.ndarray]:
+    from scipy.special import gammaincinv, gammaln, log_ndtr, ndtr
+
+    z = np.linspace(-8.5, 8.5, 4097)
+    q = gammaincinv(shape, np.minimum(ndtr(z), 1 - 1e-16))
+    # deep in the lower tail the quantile underflows; there P(X < x) ~ x^k / Gamma(k + 1)
+    tail = (log_ndtr(z) + gammaln(shape + 1)) / shape
+    log_q = np.where(q > 1e-200, np.log(np.maximum(q, 1e-300)), tail)
+    return z, log_q - np.log(shape)
+
+
+def gamma_of_normal(z: np.ndarray, shape: float) -> np.ndarray:
+    """Gamma(``shape``, mean 1) variates from standard normal ones, monotonically (the
+    Gamma quantile of the normal CDF: a Gaussian copula), so correlated normals give
+    correlated gamma variates. Interpolated in log space on a fine grid (within 0.2% of
+    the exact quantile; |z| is clipped at 8.5)."""
+    grid, log_q = _gamma_quantile_table(float(shape))
+    return np.exp(np.interp(z, grid, log_q)).astype(np.float32)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -255,6 +286,7 @@ class Simulation:
     use_days: np.ndarray = field(repr=False)  # (N, weeks) uint8 distinct days with a use
     class_events: np.ndarray = field(repr=False)  # (3, weeks) events per cadence class
     last_use_day: np.ndarray = field(repr=False)  # (N,) int16 last day counted, -1: none
+    burst_latent: np.ndarray = field(repr=False)  # (N,) float32 latent of the weekly burst
     last_history_use: np.ndarray = field(repr=False)  # (N,) int64 µs, min: none
     day_start_us: np.ndarray = field(repr=False)  # (7*weeks + 1,) local midnights in UTC µs
     day_factor: np.ndarray = field(repr=False)  # (7*weeks,) weekday * season
@@ -300,6 +332,7 @@ class Simulation:
             use_days=np.zeros((n, weeks), np.uint8),
             class_events=np.zeros((len(CADENCE_CLASS_NAMES), weeks), np.int64),
             last_use_day=np.full(n, -1, np.int16),
+            burst_latent=np.zeros(n, np.float32),
             last_history_use=np.full(n, np.iinfo(np.int64).min, np.int64),
             day_start_us=day_start, day_factor=day_factor.astype(np.float32),
         )
@@ -493,9 +526,19 @@ class Simulation:
         adhoc = p.adhoc_usage * (t.usage_w * t.ok).sum(1) / np.maximum(t.ok.sum(1), 1)
         usage = (t.usage_w * t.held).sum(1) + adhoc
         organic = p.base_rate * self.residents.activity[rows] * usage ** p.usage_elasticity
-        burst = rng.gamma(p.burst_shape, 1.0 / p.burst_shape, len(organic))
+        # the weekly burst is Gamma(shape, mean 1) every week, correlated from one week to
+        # the next through a Gaussian latent (active and quiet periods last a while)
+        eps = rng.standard_normal(len(organic)).astype(np.float32)
+        if days[0] == 0:
+            latent = eps
+        else:
+            rho = p.burst_persistence
+            latent = rho * self.burst_latent[rows] + np.sqrt(1 - rho * rho) * eps
+        self.burst_latent[rows] = latent
+        burst = gamma_of_normal(latent, p.burst_shape)
         # a habit is a routine: it keeps its rate every week, outside the weekly burst
-        rate = organic * burst + self._habit(t, rows)
+        rate = organic * burst + self._habit(t, rows) + p.occasional_rate
+        rate = np.where(rng.random(len(rate)) < p.away_share, 0.0, rate)  # away this week
         daily = rate[:, None] * self.day_factor[days][None, :]
         alive = self.erased_at[rows][:, None] > self.day_start_us[days][None, :]
         active = (rng.random(daily.shape) < -np.expm1(-daily)) & alive

@@ -95,7 +95,8 @@ CALIBRATION_END = "2025-06-02"
 def calibrate(
     valleybike: Path = typer.Option(Path("../shared/data/valleybike/trips.tsv.gz"),
                                     "--valleybike", help="The real bike-share log."),
-    residents: int = typer.Option(20000, "--residents", "-n", min=100),
+    residents: int = typer.Option(50000, "--residents", "-n", min=100, help="Simulated "
+                                  "residents (fewer make the regularity statistics noisy)."),
     seed: int = typer.Option(1, "--seed"),
     end: str = typer.Option(CALIBRATION_END, "--end", help="Day after the last simulated "
                             "day, YYYY-MM-DD."),

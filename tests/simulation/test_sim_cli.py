@@ -61,10 +61,9 @@ def test_simulate_compare_prints_shares_with_intervals(cli: CliRunner, tmp_path:
             "--seeds", "1", "--residents", "100", code=1)
 
 
-@pytest.mark.xfail(strict=True, reason="regularity statistics not fitted yet")
 def test_simulate_calibrate(cli: CliRunner, shared_data: Path) -> None:
     result = _invoke(cli, "simulate", "calibrate", "--valleybike",
-                     str(shared_data / "valleybike" / "trips.tsv.gz"), "--residents", "15000")
+                     str(shared_data / "valleybike" / "trips.tsv.gz"))
     assert result.output.count(" ok ") >= 9 and "OUT" not in result.output
     _invoke(cli, "simulate", "calibrate", "--valleybike", "/nonexistent.tsv.gz", code=2)
 
