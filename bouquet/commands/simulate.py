@@ -86,6 +86,13 @@ def run(
     _write_json(json_path, summary.as_dict())
 
 
+#: Units of the calibration statistics in ``calibrate --json``.
+CALIBRATION_UNITS = {
+    "median_per_person": "uses", "share_once": "share of people",
+    "top10_share": "share of uses", "dau_mau": "ratio", "wau_mau": "ratio",
+    "weeks_active_share": "share of weeks", "week_persistence": "probability",
+    "heavy_weeks_active_share": "share of weeks", "weekly_of_active": "share of people",
+}
 #: The simulated calendar of the documented calibration figures (any other gives slightly
 #: different figures: weekday alignment and season).
 CALIBRATION_END = "2025-06-02"
@@ -140,10 +147,29 @@ def calibrate(
         table.add_row(name, f"{getattr(ref, name):,}", f"{getattr(check, name):,}",
                       f"{int(sim[name]):,}", "", "")
     console.print(table)
-    _write_json(json_path, {"real": {y: s.as_dict() for y, s in real.items()},
-                            "simulated": sim, "tolerances": TOLERANCES,
-                            "residents": residents, "weeks": WINDOW_WEEKS, "seed": seed,
-                            "end": end})
+    if json_path is not None:
+        from bouquet.benchmarks.harness import BenchResult, write_json
+
+        result = BenchResult("calibrate", params={
+            "residents": residents, "weeks": WINDOW_WEEKS, "seed": seed, "end": end,
+            "real_window": f"ISO weeks 23-34 of {REFERENCE_YEAR}",
+            "check_window": f"ISO weeks 23-34 of {CHECK_YEAR}",
+            "tolerances": {k: list(v) for k, v in TOLERANCES.items()},
+        })
+        for name in STATISTICS:
+            unit = CALIBRATION_UNITS[name]
+            result.add(f"real_{name}", getattr(ref, name), unit)
+            result.add(f"sim_{name}", sim[name], unit)
+            result.add(f"real_{CHECK_YEAR}_{name}", getattr(check, name), unit)
+        for name in ("people", "heavy_people", "uses"):
+            unit = "uses" if name == "uses" else "people"
+            result.add(f"real_{name}", getattr(ref, name), unit)
+            result.add(f"sim_{name}", sim[name], unit)
+            result.add(f"real_{CHECK_YEAR}_{name}", getattr(check, name), unit)
+        result.add("out_of_tolerance", sum(not TOLERANCES[k][0] <= sim[k] <= TOLERANCES[k][1]
+                                           for k in STATISTICS), "statistics")
+        write_json(result, json_path)
+        console.print(f"wrote {json_path}")
     if failed:
         raise typer.Exit(1)
 
