@@ -240,18 +240,13 @@ def run_policy(policy: Policy, catalog: Catalog, *, residents: int, weeks: int, 
 
 # --- comparison over seeds ------------------------------------------------------------
 
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
-         9: 2.262, 10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}
-
-
 def t_quantile_975(dof: int) -> float:
-    """Two-sided 95% Student t quantile (table; 1.96 beyond 30 degrees of freedom)."""
+    """Two-sided 95% Student t quantile for ``dof`` degrees of freedom."""
     if dof <= 0:
         return math.nan
-    for limit in sorted(_T975):
-        if dof <= limit:
-            return _T975[limit]
-    return 1.96
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, dof))
 
 
 @dataclass(frozen=True)
