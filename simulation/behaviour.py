@@ -435,17 +435,20 @@ class Simulation:
         them a use goes to), so a MaaS bundle (about 1, like a bus pass) can become
         near-daily and a civic-documents bundle (about 0.04) barely changes anything."""
         p = self.params
-        bundles = self.new_bundles[rows]
-        services = self.new_services[rows]
-        if not (bundles.any() or services.any()):
-            return np.zeros(len(rows), np.float32)
-        match_b = _sigmoid(p.habit_slope * (t.bundle_aff - p.habit_midpoint))
-        match_s = _sigmoid(p.habit_slope * (t.aff - p.habit_midpoint))
-        weight = np.exp(p.taste_temperature * t.aff)
-        freq_b = (t.usage_w @ self._membership_f32.T) / (weight @ self._membership_f32.T)
-        return (p.habit_bundle * (match_b * freq_b * bundles).sum(1)
-                + p.habit_service * (match_s * self.frequency * services).sum(1)
-                ).astype(np.float32)
+        out = np.zeros(len(rows), np.float32)
+        # only the few residents who took an offer in the window have a habit
+        some = np.flatnonzero(self.new_bundles[rows].any(1) | self.new_services[rows].any(1))
+        if len(some) == 0:
+            return out
+        bundles, services = self.new_bundles[rows[some]], self.new_services[rows[some]]
+        aff, bundle_aff, usage_w = t.aff[some], t.bundle_aff[some], t.usage_w[some]
+        match_b = _sigmoid(p.habit_slope * (bundle_aff - p.habit_midpoint))
+        match_s = _sigmoid(p.habit_slope * (aff - p.habit_midpoint))
+        weight = np.exp(p.taste_temperature * aff)
+        freq_b = (usage_w @ self._membership_f32.T) / (weight @ self._membership_f32.T)
+        out[some] = (p.habit_bundle * (match_b * freq_b * bundles).sum(1)
+                     + p.habit_service * (match_s * self.frequency * services).sum(1))
+        return out
 
     def _times(self, rng: np.random.Generator, day_index: np.ndarray) -> np.ndarray:
         """A local time of day (by :data:`HOUR_WEIGHTS`) on each given day, in UTC µs."""
