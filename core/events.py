@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from bouquet.core.cadence import EXPOSURE_TYPES, OUTREACH_TYPES, RESPONSE_TYPES, USE_TYPES
 from bouquet.core.catalog import AGE_BANDS, HOUSEHOLDS, Catalog
 
 SCHEMA_VERSION = 1
@@ -45,10 +46,10 @@ class EventType(StrEnum):
     PROFILE = "profile"  # context carries the resident's declared attributes
 
 
-#: Types that are a resident's contact with a service (engagement counts these).
-CONTACT_TYPES: frozenset[str] = frozenset(
-    {"view", "click", "subscribe", "use", "pay", "rate", "dismiss", "unsubscribe"}
-)
+#: Types that belong to a cadence class (use, response or exposure: see
+#: :mod:`bouquet.core.cadence`) and that this schema accepts (outreach outcomes are not
+#: accepted yet).
+CONTACT_TYPES: frozenset[str] = (USE_TYPES | RESPONSE_TYPES | EXPOSURE_TYPES) - OUTREACH_TYPES
 #: Administrative types: they change state but are not contacts.
 ADMIN_TYPES: frozenset[str] = frozenset({"erase", "consent", "profile"})
 

@@ -14,12 +14,16 @@ The model, in order of what drives the numbers (see docs/simulation.md):
   neighbourhood and what they are eligible for. So the log starts the way a city does:
   most residents have had one or two contacts in the last year.
 * **Cadence.** A resident's chance to be active on a day is ``1 - exp(-rate)`` with
-  ``rate = base_rate * activity * usage**elasticity * burst_week * weekday * season``:
-  ``activity`` is log-normal (heavy-tailed), ``usage`` sums ``exp(affinity) * frequency``
-  over the services held (plus a little ad-hoc use of others), ``burst_week`` is a
-  gamma-distributed weekly multiplier (people have active and quiet weeks). The
-  parameters are calibrated so the generated ``use`` stream matches the real ValleyBike
-  log (see :mod:`bouquet.simulation.calibration`).
+  ``rate = (base_rate * activity * usage**elasticity * burst_week + habit + occasional)
+  * weekday * season``, and 0 in the weeks the resident is away: ``activity`` is
+  log-normal (heavy-tailed), ``usage`` sums ``exp(affinity) * frequency`` over the
+  services held (plus a little ad-hoc use of others), ``burst_week`` is a gamma-distributed
+  weekly multiplier correlated from week to week (organic use comes in spells);
+  ``habit`` is the steady rate that offers subscribed during the window add (the
+  engagement hypothesis), scaled by how often their services are used; ``occasional`` is
+  a small one-off need everyone has. The parameters are fitted so the generated ``use``
+  stream matches the real ValleyBike log's shape and week-to-week regularity (see
+  :mod:`bouquet.simulation.calibration`).
 * **Use.** An active day holds 1 + Poisson uses; each picks a service with probability
   proportional to ``exp(affinity) * frequency`` among held services (mostly) and others
   available (rarely). Per-use services not covered by a subscription are paid (``pay``),
@@ -27,7 +31,8 @@ The model, in order of what drives the numbers (see docs/simulation.md):
 * **Discovery.** Some active days include an app session: browsing views of bundles (by
   taste), shown recommendations (closed loop), clicks, dismissals and subscriptions. The
   chance to click and subscribe rises with affinity and falls with fatigue (how often the
-  resident was shown the bundle without acting); ineligible offers are never subscribed.
+  resident was shown the bundle without acting, recovering with a half-life of a few
+  weeks); ineligible offers are never subscribed.
 * **Churn and administration.** Held offers with low affinity are sometimes dropped
   (``unsubscribe``); a few residents change consent or ask for erasure, after which they
   produce nothing.
@@ -51,7 +56,14 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from bouquet.core.catalog import Catalog
-from bouquet.simulation.columns import C, EventColumns, T, Vocabulary
+from bouquet.simulation.columns import (
+    CADENCE_CLASS_NAMES,
+    TYPE_CLASS,
+    C,
+    EventColumns,
+    T,
+    Vocabulary,
+)
 from bouquet.simulation.residents import (
     ProfileClasses,
     Residents,
@@ -91,6 +103,8 @@ DOMAIN_FREQUENCY: dict[str, float] = {
     "mobility": 0.8, "energy": 0.08, "housing": 0.2, "payment": 0.3, "culture": 0.2,
     "sport": 0.35, "health": 0.08, "childhood": 0.5, "environment": 0.1, "civic": 0.05,
 }
+#: Fatigue (decayed count of ignored views of one bundle) stops growing here.
+MAX_FATIGUE = 20
 #: Relative activity by hour of the day (local time): commuting peaks and an evening.
 HOUR_WEIGHTS = np.array([0.4, 0.2, 0.1, 0.1, 0.2, 0.6, 1.6, 3.5, 5.0, 4.0, 3.4, 3.8,
                          4.6, 4.4, 4.0, 4.4, 5.2, 6.0, 5.6, 4.4, 3.2, 2.2, 1.4, 0.8])
@@ -102,15 +116,23 @@ WEEKDAY_WEIGHTS = np.array([1.04, 1.06, 1.06, 1.06, 1.06, 0.96, 0.76])
 class BehaviourParams:
     """Knobs of the behaviour model; the defaults are the calibrated ones."""
 
-    # cadence (calibrated on ValleyBike: see calibration.py and docs/simulation.md)
-    activity_sigma: float = 2.6
-    base_rate: float = 0.0045
+    # cadence: fitted so the simulated use stream matches the nine statistics of the
+    # ValleyBike calibration window (calibration.py, docs/simulation.md section 4)
+    activity_sigma: float = 2.4
+    base_rate: float = 0.0043
     usage_elasticity: float = 0.5
     adhoc_usage: float = 0.6
-    burst_shape: float = 0.25
-    extra_uses: float = 0.27
+    # organic use comes in spells: a Gamma(burst_shape) weekly multiplier, correlated
+    # from week to week (burst_persistence: correlation of its Gaussian latent)
+    burst_shape: float = 0.04
+    burst_persistence: float = 0.88
+    # a one-off need now and then, whatever the resident's activity (daily rate)
+    occasional_rate: float = 0.0012
+    # share of resident-weeks with no use at all (holidays, illness): routines skip weeks
+    away_share: float = 0.043
+    extra_uses: float = 1.13
     extra_uses_sigma: float = 0.8
-    extra_uses_slope: float = 4.0
+    extra_uses_slope: float = 0.5
     max_uses_per_day: int = 8
     season_amplitude: float = 0.12
     # holdings and discovery
@@ -124,12 +146,19 @@ class BehaviourParams:
     subscribe_slope: float = 1.4
     subscribe_bias: float = -2.3
     fatigue_penalty: float = 0.6
+    # fatigue recovers: an ignored view weighs half as much this many weeks later (an
+    # assumption, of the order of the few weeks advertising's effects take to halve)
+    fatigue_half_life_weeks: float = 4.0
     dismiss_share: float = 0.2
     service_subscribe: float = 0.01
     churn_week: float = 0.01
     # habit: daily use rate a subscription taken during the window adds, by match quality
-    habit_bundle: float = 0.25
-    habit_service: float = 0.08
+    # and times the offer's usage frequency (1 = a bus pass or a bike share). At frequency
+    # 1 and full match, a bundle makes its holder as regular as the median heavy
+    # ValleyBike rider (29.5 active days of 84: -ln(1 - 29.5/84) = 0.43 a day); a single
+    # service keeps its smaller share of a bundle's habit (0.32).
+    habit_bundle: float = 0.43
+    habit_service: float = 0.14
     habit_slope: float = 1.5
     habit_midpoint: float = 1.5
     # money and feedback
@@ -149,6 +178,27 @@ def service_frequency(catalog: Catalog) -> np.ndarray:
     """Relative usage frequency of every catalog service (demo values, domain fallback)."""
     return np.array([SERVICE_FREQUENCY.get(s.id, DOMAIN_FREQUENCY.get(s.domain.value, 0.1))
                      for s in catalog.services], np.float32)
+
+
+@functools.cache
+def _gamma_quantile_table(shape: float) -> tuple[np.ndarray, np.ndarray]:
+    from scipy.special import gammaincinv, gammaln, log_ndtr, ndtr
+
+    z = np.linspace(-8.5, 8.5, 4097)
+    q = gammaincinv(shape, np.minimum(ndtr(z), 1 - 1e-16))
+    # deep in the lower tail the quantile underflows; there P(X < x) ~ x^k / Gamma(k + 1)
+    tail = (log_ndtr(z) + gammaln(shape + 1)) / shape
+    log_q = np.where(q > 1e-200, np.log(np.maximum(q, 1e-300)), tail)
+    return z, log_q - np.log(shape)
+
+
+def gamma_of_normal(z: np.ndarray, shape: float) -> np.ndarray:
+    """Gamma(``shape``, mean 1) variates from standard normal ones, monotonically (the
+    Gamma quantile of the normal CDF: a Gaussian copula), so correlated normals give
+    correlated gamma variates. Interpolated in log space on a fine grid (within 0.2% of
+    the exact quantile; |z| is clipped at 8.5)."""
+    grid, log_q = _gamma_quantile_table(float(shape))
+    return np.exp(np.interp(z, grid, log_q)).astype(np.float32)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -230,11 +280,14 @@ class Simulation:
     accepted_week: np.ndarray = field(repr=False)  # (N, B) int16, week a rec was accepted
     new_bundles: np.ndarray = field(repr=False)  # (N, B) bool, subscribed during the window
     new_services: np.ndarray = field(repr=False)  # (N, S) bool, subscribed during the window
-    fatigue: np.ndarray = field(repr=False)  # (N, B) uint8
+    fatigue: np.ndarray = field(repr=False)  # (N, B) float16, decayed ignored views
     consent: np.ndarray = field(repr=False)  # (N,) bool, current
     erased_at: np.ndarray = field(repr=False)  # (N,) int64 µs, max = never
-    active_days: np.ndarray = field(repr=False)  # (N, weeks) uint8 distinct contact days
-    last_history_contact: np.ndarray = field(repr=False)  # (N,) int64 µs, min: none
+    use_days: np.ndarray = field(repr=False)  # (N, weeks) uint8 distinct days with a use
+    class_events: np.ndarray = field(repr=False)  # (3, weeks) events per cadence class
+    last_use_day: np.ndarray = field(repr=False)  # (N,) int16 last day counted, -1: none
+    burst_latent: np.ndarray = field(repr=False)  # (N,) float32 latent of the weekly burst
+    last_history_use: np.ndarray = field(repr=False)  # (N,) int64 µs, min: none
     day_start_us: np.ndarray = field(repr=False)  # (7*weeks + 1,) local midnights in UTC µs
     day_factor: np.ndarray = field(repr=False)  # (7*weeks,) weekday * season
     week_done: int = 0
@@ -272,12 +325,15 @@ class Simulation:
             catalog, residents, world, classes, params, start, weeks, seed, digest, vocab,
             frequency,
             held_bundles=np.zeros((n, b), bool), held_services=np.zeros((n, s), bool),
-            accepted_week=np.full((n, b), -1, np.int16), fatigue=np.zeros((n, b), np.uint8),
+            accepted_week=np.full((n, b), -1, np.int16), fatigue=np.zeros((n, b), np.float16),
             new_bundles=np.zeros((n, b), bool), new_services=np.zeros((n, s), bool),
             consent=residents.consent.copy(),
             erased_at=np.full(n, np.iinfo(np.int64).max, np.int64),
-            active_days=np.zeros((n, weeks), np.uint8),
-            last_history_contact=np.full(n, np.iinfo(np.int64).min, np.int64),
+            use_days=np.zeros((n, weeks), np.uint8),
+            class_events=np.zeros((len(CADENCE_CLASS_NAMES), weeks), np.int64),
+            last_use_day=np.full(n, -1, np.int16),
+            burst_latent=np.zeros(n, np.float32),
+            last_history_use=np.full(n, np.iinfo(np.int64).min, np.int64),
             day_start_us=day_start, day_factor=day_factor.astype(np.float32),
         )
 
@@ -371,16 +427,28 @@ class Simulation:
 
     def _habit(self, t: _BlockTastes, rows: np.ndarray) -> np.ndarray:
         """Daily use rate added by offers subscribed during the window: the engagement
-        hypothesis (a well-matched new bundle becomes a routine) — assumed, not measured."""
+        hypothesis (a well-matched new offer becomes a routine) — assumed, not measured.
+
+        A routine is only as frequent as the services it is made of: each offer's rate is
+        scaled by its usage frequency for this resident (for a bundle, the mean frequency
+        of its services weighted by ``exp(affinity)``, the weights that decide which of
+        them a use goes to), so a MaaS bundle (about 1, like a bus pass) can become
+        near-daily and a civic-documents bundle (about 0.04) barely changes anything."""
         p = self.params
-        bundles = self.new_bundles[rows]
-        services = self.new_services[rows]
-        if not (bundles.any() or services.any()):
-            return np.zeros(len(rows), np.float32)
-        match_b = _sigmoid(p.habit_slope * (t.bundle_aff - p.habit_midpoint))
-        match_s = _sigmoid(p.habit_slope * (t.aff - p.habit_midpoint))
-        return (p.habit_bundle * (match_b * bundles).sum(1)
-                + p.habit_service * (match_s * services).sum(1)).astype(np.float32)
+        out = np.zeros(len(rows), np.float32)
+        # only the few residents who took an offer in the window have a habit
+        some = np.flatnonzero(self.new_bundles[rows].any(1) | self.new_services[rows].any(1))
+        if len(some) == 0:
+            return out
+        bundles, services = self.new_bundles[rows[some]], self.new_services[rows[some]]
+        aff, bundle_aff, usage_w = t.aff[some], t.bundle_aff[some], t.usage_w[some]
+        match_b = _sigmoid(p.habit_slope * (bundle_aff - p.habit_midpoint))
+        match_s = _sigmoid(p.habit_slope * (aff - p.habit_midpoint))
+        weight = np.exp(p.taste_temperature * aff)
+        freq_b = (usage_w @ self._membership_f32.T) / (weight @ self._membership_f32.T)
+        out[some] = (p.habit_bundle * (match_b * freq_b * bundles).sum(1)
+                     + p.habit_service * (match_s * self.frequency * services).sum(1))
+        return out
 
     def _times(self, rng: np.random.Generator, day_index: np.ndarray) -> np.ndarray:
         """A local time of day (by :data:`HOUR_WEIGHTS`) on each given day, in UTC µs."""
@@ -424,7 +492,7 @@ class Simulation:
             self.held_services[rows[r_local[~is_bundle]], offer[~is_bundle] - n_b] = True
             gap = start - registered[r_local] - 2 * US
             when = registered[r_local] + 2 * US + (rng.random(len(r_local)) * gap).astype(np.int64)
-            np.maximum.at(self.last_history_contact, rows[r_local], when)
+            np.maximum.at(self.last_history_use, rows[r_local], when)
             channel = rng.choice([C["app"], C["web"], C["desk"]], len(r_local), p=[.5, .3, .2])
             parts.append(self._subscriptions(rng, rows[r_local], offer, when, channel, -1))
         return EventColumns.concat(parts).sorted()
@@ -460,17 +528,28 @@ class Simulation:
         p = self.params
         adhoc = p.adhoc_usage * (t.usage_w * t.ok).sum(1) / np.maximum(t.ok.sum(1), 1)
         usage = (t.usage_w * t.held).sum(1) + adhoc
-        rate = p.base_rate * self.residents.activity[rows] * usage ** p.usage_elasticity
-        rate += self._habit(t, rows)
-        burst = rng.gamma(p.burst_shape, 1.0 / p.burst_shape, len(rate))
-        daily = (rate * burst)[:, None] * self.day_factor[days][None, :]
+        organic = p.base_rate * self.residents.activity[rows] * usage ** p.usage_elasticity
+        # the weekly burst is Gamma(shape, mean 1) every week, correlated from one week to
+        # the next through a Gaussian latent (active and quiet periods last a while)
+        eps = rng.standard_normal(len(organic)).astype(np.float32)
+        if days[0] == 0:
+            latent = eps
+        else:
+            rho = p.burst_persistence
+            latent = rho * self.burst_latent[rows] + np.sqrt(1 - rho * rho) * eps
+        self.burst_latent[rows] = latent
+        burst = gamma_of_normal(latent, p.burst_shape)
+        # a habit is a routine: it keeps its rate every week, outside the weekly burst
+        rate = organic * burst + self._habit(t, rows) + p.occasional_rate
+        rate = np.where(rng.random(len(rate)) < p.away_share, 0.0, rate)  # away this week
+        daily = rate[:, None] * self.day_factor[days][None, :]
         alive = self.erased_at[rows][:, None] > self.day_start_us[days][None, :]
         active = (rng.random(daily.shape) < -np.expm1(-daily)) & alive
         session = active & (rng.random(active.shape) < p.app_session)
         # engaged residents open the digest more often than dormant ones
-        opens = p.digest_open * (0.3 + 0.7 * np.minimum(1.0, 7 * rate * burst))
+        opens = p.digest_open * (0.3 + 0.7 * np.minimum(1.0, 7 * rate))
         digest = (rng.random(len(rate)) < opens) & alive[:, 0]
-        return active, session, digest, (rate * burst).astype(np.float32)
+        return active, session, digest, rate.astype(np.float32)
 
     def step(self, recommender: RowRecommender | None = None, k: int = 3,
              rec_tag: str | None = None) -> WeekResult:
@@ -480,6 +559,8 @@ class Simulation:
         if week >= self.weeks:
             raise RuntimeError(f"the simulation has only {self.weeks} weeks")
         days = np.arange(7 * week, 7 * week + 7)
+        if week:
+            self.fatigue *= np.float16(0.5 ** (1.0 / self.params.fatigue_half_life_weeks))
         # Phase A decides who is active and exposed; phase B writes the events. Without a
         # recommender both run block by block on the same tastes; with one, every block's
         # phase A must finish before the recommender is asked once for all exposed
@@ -527,14 +608,28 @@ class Simulation:
         events = EventColumns.concat(parts)
         events = self._administration(week, days, events)
         events.ts = np.minimum(events.ts, self.end_us - US)
-        contact = events.type <= T["unsubscribe"]
-        # local day of each contact (day starts are local midnights, DST included)
-        day_of = np.searchsorted(self.day_start_us[days[0]:days[-1] + 1], events.ts[contact],
-                                 side="right") - 1
-        codes = np.unique(events.resident[contact].astype(np.int64) * 8 + np.clip(day_of, 0, 6))
-        self.active_days[:, week] = np.bincount(codes // 8, minlength=self.n).astype(np.uint8)
+        kind = TYPE_CLASS[events.type]
+        self.class_events[:, week] = np.bincount(kind[kind >= 0],
+                                                 minlength=len(CADENCE_CLASS_NAMES))
+        self._count_use_days(events.resident[kind == CADENCE_CLASS_NAMES.index("use")],
+                             events.ts[kind == CADENCE_CLASS_NAMES.index("use")])
         self.week_done += 1
         return WeekResult(week, events.sorted(), len(exposed), shown, accepted)
+
+    def _count_use_days(self, resident: np.ndarray, ts: np.ndarray) -> None:
+        """Add a week's use-class events to :attr:`use_days`: cadence is use cadence.
+
+        Days are local (day starts are local midnights, DST included). A few events of a
+        week land just after it (a rating hours after a Sunday-evening use): they count
+        on their own day, and a day already counted by the previous week is not counted
+        twice (:attr:`last_use_day`).
+        """
+        day = np.searchsorted(self.day_start_us, ts, side="right") - 1
+        pairs = np.unique(resident.astype(np.int64) * (len(self.day_start_us) + 1) + day)
+        who, day = np.divmod(pairs, len(self.day_start_us) + 1)
+        new = (day > self.last_use_day[who]) & (day < 7 * self.weeks)
+        np.add.at(self.use_days, (who[new], day[new] // 7), 1)
+        np.maximum.at(self.last_use_day, who, day.astype(self.last_use_day.dtype))
 
     def _week_block(self, rng: np.random.Generator, week: int, rows: np.ndarray,
                     days: np.ndarray, active: np.ndarray, session: np.ndarray,
@@ -651,7 +746,7 @@ class Simulation:
         ignored = ~click & ~already
         np.add.at(self.fatigue, (rows[f_res[ignored]], f_bundle[ignored]), 1)
         self.fatigue[rows[f_res[ignored]], f_bundle[ignored]] = np.minimum(
-            self.fatigue[rows[f_res[ignored]], f_bundle[ignored]], 20)
+            self.fatigue[rows[f_res[ignored]], f_bundle[ignored]], MAX_FATIGUE)
         new_res, new_bundle = rows[f_res[sub_idx]], f_bundle[sub_idx]
         self.held_bundles[new_res, new_bundle] = True
         self.new_bundles[new_res, new_bundle] = True

@@ -9,15 +9,20 @@ later use, dismissals and fatigue), hands the week's events to the policy
 every policy, so each seed is a paired comparison — and reports mean shares with 95%
 confidence intervals over seeds.
 
-Cadence of a resident at the end of the run (contacts = the eight contact event types;
-the trailing window is the last 28 days, split into four 7-day weeks):
+Cadence is **use cadence** (:mod:`bouquet.core.cadence`): a resident is active on a day
+when they use, pay for, subscribe to or rate a service. Being shown a bundle (exposure)
+or clicking or dismissing it (response) does not make anyone a weekly user; both are
+reported beside it, as events per resident per week. Cadence of a resident at the end of
+the run (the trailing window is the last 28 days, split into four 7-day weeks):
 
-* **daily** — active on at least 20 of the last 28 days (about five days a week);
-* **weekly** — otherwise, active in at least 3 of the last 4 weeks;
-* **monthly** — otherwise, active at least once in the last 28 days;
-* **yearly** — otherwise, at least one contact in the last 52 weeks;
-* **dormant** — no contact in the last 52 weeks.
+* **daily** — a use on at least 20 of the last 28 days (about five days a week);
+* **weekly** — otherwise, a use in at least 3 of the last 4 weeks;
+* **monthly** — otherwise, a use at least once in the last 28 days;
+* **yearly** — otherwise, at least one use in the last 52 weeks (the history's
+  subscriptions count);
+* **dormant** — no use in the last 52 weeks.
 
+*Weekly or better* (daily + weekly) is :func:`bouquet.core.cadence.weekly_or_better`.
 Residents who asked for erasure are left out of the shares. The thresholds are those of
 the operators' report (:class:`bouquet.analytics.engagement.CadenceRules` defaults; a test
 keeps them equal), computed here on the simulator's own week grid (7-day blocks from the
@@ -37,9 +42,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from bouquet.core.cadence import (
+    DAILY_MIN_DAYS,
+    WINDOW_WEEKS,
+    weekly_or_better,
+)
 from bouquet.core.catalog import Catalog
 from bouquet.simulation.behaviour import DAY_US, BehaviourParams, Simulation
-from bouquet.simulation.columns import to_arrow
+from bouquet.simulation.columns import CADENCE_CLASS_NAMES, to_arrow
 from bouquet.simulation.policies import (
     CityView,
     NoRecommendations,
@@ -52,9 +62,7 @@ from bouquet.simulation.policies import (
 log = logging.getLogger(__name__)
 
 CADENCES: tuple[str, ...] = ("daily", "weekly", "monthly", "yearly", "dormant")
-DAILY_MIN_DAYS = 20
-WEEKLY_MIN_WEEKS = 3
-TRAILING_WEEKS = 4
+TRAILING_WEEKS = WINDOW_WEEKS
 HISTORY_CHUNK_ROWS = 1 << 19
 
 #: Policies by name for the CLI; :func:`register_policy` adds more (e.g. a trained model).
@@ -90,19 +98,18 @@ def make_policy(name: str, seed: int = 0) -> Policy:
 
 def cadence_codes(sim: Simulation) -> np.ndarray:
     """Index into :data:`CADENCES` per resident after the weeks simulated so far (-1 for
-    erased residents)."""
+    erased residents), from use days only."""
     done = sim.week_done
-    recent = sim.active_days[:, max(0, done - TRAILING_WEEKS):done].astype(np.int32)
+    recent = sim.use_days[:, max(0, done - TRAILING_WEEKS):done].astype(np.int32)
     days = recent.sum(1)
-    weeks_active = (recent > 0).sum(1)
-    earlier = sim.active_days[:, :max(0, done - TRAILING_WEEKS)].sum(1) > 0
+    earlier = sim.use_days[:, :max(0, done - TRAILING_WEEKS)].sum(1) > 0
     end_us = int(sim.day_start_us[7 * done])
     year_ago = end_us - 364 * DAY_US
-    history = sim.last_history_contact >= year_ago
+    history = sim.last_history_use >= year_ago
     code = np.full(sim.n, 4, np.int8)
     code[earlier | history] = 3
     code[days > 0] = 2
-    code[weeks_active >= WEEKLY_MIN_WEEKS] = 1
+    code[weekly_or_better(recent)] = 1
     code[days >= DAILY_MIN_DAYS] = 0
     code[sim.erased_at < np.iinfo(np.int64).max] = -1
     return code
@@ -123,8 +130,11 @@ class PolicyRun:
 
     policy: str
     seed: int
-    shares: dict[str, float]
-    weekly_active: list[float]  # share of residents with a contact, per week
+    shares: dict[str, float]  # use cadence at the end, by class (CADENCES)
+    weekly_use_active: list[float]  # share of residents with a use, per week
+    weekly_share: list[float]  # weekly-or-better share (use) at the end of each week
+    #: events per resident per week over the run, by cadence class (use, response, exposure)
+    per_resident_week: dict[str, float] = field(default_factory=dict)
     exposed: int = 0
     shown: int = 0
     accepted: int = 0
@@ -201,7 +211,7 @@ def run_policy(policy: Policy, catalog: Catalog, *, residents: int, weeks: int, 
     if shows:
         tag = (f"{getattr(policy, 'model_version', 'sim')}."
                f"{getattr(policy, 'variant', policy.name)}.")
-    run = PolicyRun(policy.name, seed, {}, [], start=sim.start,
+    run = PolicyRun(policy.name, seed, {}, [], [], start=sim.start,
                     end=sim.start.fromordinal(sim.start.toordinal() + 7 * weeks),
                     run_tag=sim.run_tag)
     for week in range(weeks):
@@ -212,10 +222,16 @@ def run_policy(policy: Policy, catalog: Catalog, *, residents: int, weeks: int, 
         run.shown += result.shown
         run.accepted += result.subscribed_from_recs
         alive = sim.erased_at == np.iinfo(np.int64).max
-        run.weekly_active.append(float((sim.active_days[alive, week] > 0).mean()))
+        run.weekly_use_active.append(float((sim.use_days[alive, week] > 0).mean()))
+        run.weekly_share.append(float(weekly_or_better(sim.use_days[alive, :week + 1]).mean()))
         if on_week is not None:
             on_week(week, len(result.events))
     run.shares = cadence_shares(sim)
+    # per resident (not erased at the end) and week; erased residents' events are so few
+    # that counting them in the numerator changes nothing visible
+    alive_n = max(int((sim.erased_at == np.iinfo(np.int64).max).sum()), 1)
+    run.per_resident_week = {name: float(sim.class_events[i].sum() / alive_n / weeks)
+                             for i, name in enumerate(CADENCE_CLASS_NAMES)}
     run.events = seq
     run.events_by_type = dict(sorted(by_type.items()))
     run.seconds = time.perf_counter() - started
@@ -224,18 +240,13 @@ def run_policy(policy: Policy, catalog: Catalog, *, residents: int, weeks: int, 
 
 # --- comparison over seeds ------------------------------------------------------------
 
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
-         9: 2.262, 10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}
-
-
 def t_quantile_975(dof: int) -> float:
-    """Two-sided 95% Student t quantile (table; 1.96 beyond 30 degrees of freedom)."""
+    """Two-sided 95% Student t quantile for ``dof`` degrees of freedom."""
     if dof <= 0:
         return math.nan
-    for limit in sorted(_T975):
-        if dof <= limit:
-            return _T975[limit]
-    return 1.96
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, dof))
 
 
 @dataclass(frozen=True)
@@ -254,9 +265,26 @@ class Estimate:
         return cls(mean, mean - half, mean + half)
 
 
+#: Figures of a run that :meth:`Comparison.estimate` and :meth:`Comparison.uplift` know:
+#: the cadence shares, ``weekly_or_better`` and events per resident-week by class.
+FIGURES: tuple[str, ...] = (*CADENCES, "weekly_or_better", *CADENCE_CLASS_NAMES)
+
+
+def run_figure(run: PolicyRun, figure: str) -> float:
+    """One figure of :data:`FIGURES` for one run."""
+    if figure == "weekly_or_better":
+        return run.shares["daily"] + run.shares["weekly"]
+    if figure in run.shares:
+        return run.shares[figure]
+    if figure in run.per_resident_week:
+        return run.per_resident_week[figure]
+    raise ValueError(f"unknown figure {figure!r}; known: {', '.join(FIGURES)}")
+
+
 @dataclass
 class Comparison:
-    """Cadence shares per policy: estimates over seeds, plus every run."""
+    """Use cadence shares and per-class contacts per policy: estimates over seeds, plus
+    every run."""
 
     policies: list[str]
     seeds: list[int]
@@ -264,33 +292,35 @@ class Comparison:
     weeks: int
     runs: list[PolicyRun]
 
+    def estimate(self, policy: str, figure: str) -> Estimate:
+        """Mean and 95% interval over seeds of one figure of :data:`FIGURES`."""
+        return Estimate.of([run_figure(r, figure) for r in self.runs if r.policy == policy])
+
     def shares(self, policy: str) -> dict[str, Estimate]:
-        runs = [r for r in self.runs if r.policy == policy]
-        out = {c: Estimate.of([r.shares[c] for r in runs]) for c in CADENCES}
-        out["weekly_or_better"] = Estimate.of([r.shares["daily"] + r.shares["weekly"]
-                                               for r in runs])
-        return out
+        return {c: self.estimate(policy, c) for c in (*CADENCES, "weekly_or_better")}
 
-    def uplift(self, policy: str, baseline: str, cadence: str = "weekly_or_better"
+    def per_resident_week(self, policy: str) -> dict[str, Estimate]:
+        """Use, response and exposure events per resident per week."""
+        return {c: self.estimate(policy, c) for c in CADENCE_CLASS_NAMES}
+
+    def uplift(self, policy: str, baseline: str, figure: str = "weekly_or_better"
                ) -> Estimate:
-        """Paired difference (same seed) in a cadence share between two policies."""
-        def share(r: PolicyRun) -> float:
-            if cadence == "weekly_or_better":
-                return r.shares["daily"] + r.shares["weekly"]
-            return r.shares[cadence]
-
-        base = {r.seed: share(r) for r in self.runs if r.policy == baseline}
-        diffs = [share(r) - base[r.seed] for r in self.runs
+        """Paired difference (same seed) in one figure between two policies."""
+        base = {r.seed: run_figure(r, figure) for r in self.runs if r.policy == baseline}
+        diffs = [run_figure(r, figure) - base[r.seed] for r in self.runs
                  if r.policy == policy and r.seed in base]
         return Estimate.of(diffs)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "residents": self.residents, "weeks": self.weeks, "seeds": self.seeds,
-            "policies": {p: {c: vars(e) for c, e in self.shares(p).items()}
+            "cadence": "use",
+            "policies": {p: {c: vars(self.estimate(p, c)) for c in FIGURES}
                          for p in self.policies},
             "runs": [{"policy": r.policy, "seed": r.seed, "shares": r.shares,
-                      "shown": r.shown, "accepted": r.accepted, "events": r.events,
+                      "per_resident_week": r.per_resident_week,
+                      "weekly_share": r.weekly_share, "shown": r.shown,
+                      "accepted": r.accepted, "events": r.events,
                       "seconds": round(r.seconds, 2)} for r in self.runs],
         }
 

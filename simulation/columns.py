@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from bouquet.core.cadence import CADENCE_CLASSES, cadence_class
 from bouquet.core.catalog import Catalog
 from bouquet.core.eventlog import SCHEMA
 
@@ -25,6 +26,11 @@ from bouquet.core.eventlog import SCHEMA
 EVENT_TYPES: tuple[str, ...] = ("view", "click", "subscribe", "use", "pay", "rate", "dismiss",
                                 "unsubscribe", "erase", "consent", "profile")
 T = {name: code for code, name in enumerate(EVENT_TYPES)}
+#: Cadence classes (:mod:`bouquet.core.cadence`) in the order of :data:`TYPE_CLASS` codes.
+CADENCE_CLASS_NAMES: tuple[str, ...] = tuple(CADENCE_CLASSES)
+#: Cadence class code of each type code (index into CADENCE_CLASS_NAMES; -1: administrative).
+TYPE_CLASS = np.array([CADENCE_CLASS_NAMES.index(c) if (c := cadence_class(t)) else -1
+                       for t in EVENT_TYPES], np.int8)
 CHANNELS: tuple[str, ...] = ("app", "web", "kiosk", "desk", "phone", "partner", "system")
 C = {name: code for code, name in enumerate(CHANNELS)}
 

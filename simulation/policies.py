@@ -17,9 +17,10 @@ by :func:`bouquet.simulation.closed_loop.run_policy` when present:
   e.g. from the serving API's answers.
 
 Implementations: :class:`NoRecommendations`, :class:`PopularPolicy`,
-:class:`RandomPolicy`, :class:`OraclePolicy` (reads hidden tastes: an upper reference for
-tests, never a product), and two adapters for trained models — :class:`ScoringPolicy`
-wraps an in-process scoring function, :class:`HttpPolicy` asks a running serving API.
+:class:`RandomPolicy`, :class:`OraclePolicy` (reads hidden tastes, for consenting
+residents only: the ceiling a lawful policy could reach, never a product), and two adapters
+for trained models — :class:`ScoringPolicy` wraps an in-process scoring function,
+:class:`HttpPolicy` asks a running serving API.
 """
 
 from __future__ import annotations
@@ -177,9 +178,13 @@ class PopularPolicy(_EventTracking):
 
     name = variant = "popular"
 
+    def popularity(self) -> np.ndarray:
+        """(B,) ranking scores: subscriptions so far, ties broken by catalog order."""
+        counts = self.subscriptions.astype(float)
+        return counts + 1e-6 * -np.arange(len(counts))
+
     def recommend(self, resident_ids: Sequence[str], k: int) -> list[list[str]]:
-        popularity = self.subscriptions.astype(float)
-        return self._top_k(resident_ids, k, popularity + 1e-6 * -np.arange(len(popularity)))
+        return self._top_k(resident_ids, k, self.popularity())
 
 
 class RandomPolicy(_EventTracking):
@@ -195,19 +200,37 @@ class RandomPolicy(_EventTracking):
                            self._rng.random((len(resident_ids), len(self.catalog.bundles))))
 
 
-class OraclePolicy(_EventTracking):
-    """The bundles each resident truly likes best (reads the hidden tastes): an upper
-    reference that shows the loop rewards better targeting. Tests only."""
+class OraclePolicy(PopularPolicy):
+    """The consent-respecting ceiling: the bundles each *consenting* resident truly likes
+    best (reads the hidden tastes), and for everyone else the popular bundles — the
+    lawful non-personalised fallback. No lawful policy may personalise for a resident
+    without consent, so a ceiling that did would be one no policy can reach. Consent is
+    what the policy has observed: the public table at the start, then the ``consent``
+    events. Tests and comparisons only, never a product."""
 
     name = variant = "oracle"
 
     def start(self, city: CityView) -> None:
         super().start(city)
         self._sim = city.hidden
+        self.consent = city.residents["consent"].to_numpy(zero_copy_only=False).astype(bool)
+
+    def observe(self, events: pa.Table) -> None:
+        super().observe(events)
+        changes = events.filter(pc.equal(events["type"], "consent"))
+        if changes.num_rows:
+            rows = self._rows(changes["resident_id"])
+            order = np.argsort(changes["ts"].cast(pa.int64()).to_numpy(), kind="stable")
+            granted = changes["value"].to_numpy(zero_copy_only=False) > 0.5
+            self.consent[rows[order]] = granted[order]
 
     def recommend(self, resident_ids: Sequence[str], k: int) -> list[list[str]]:
         rows = np.array([self._row.get(r, 0) for r in resident_ids])
-        scores = self._sim.bundle_affinity(self._sim.affinity(rows))
+        popularity = self.popularity()
+        scores = np.broadcast_to(popularity, (len(rows), len(popularity))).copy()
+        personal = np.nonzero(self.consent[rows])[0]
+        if len(personal):
+            scores[personal] = self._sim.bundle_affinity(self._sim.affinity(rows[personal]))
         return self._top_k(resident_ids, k, scores)
 
 

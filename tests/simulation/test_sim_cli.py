@@ -61,10 +61,24 @@ def test_simulate_compare_prints_shares_with_intervals(cli: CliRunner, tmp_path:
             "--seeds", "1", "--residents", "100", code=1)
 
 
-def test_simulate_calibrate(cli: CliRunner, shared_data: Path) -> None:
+def test_simulate_calibrate(cli: CliRunner, shared_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "calibrate.json"
     result = _invoke(cli, "simulate", "calibrate", "--valleybike",
-                     str(shared_data / "valleybike" / "trips.tsv.gz"), "--residents", "15000")
-    assert result.output.count(" ok ") >= 5 and "OUT" not in result.output
+                     str(shared_data / "valleybike" / "trips.tsv.gz"), "--json", str(out))
+    assert result.output.count(" ok ") >= 9 and "OUT" not in result.output
+    payload = json.loads(out.read_text())  # the benchmark output contract
+    assert payload["benchmark"] == "calibrate"
+    assert {"started_at", "machine", "versions", "params", "figures"} <= set(payload)
+    figures = payload["figures"]
+    for name in ("weeks_active_share", "week_persistence", "heavy_weeks_active_share",
+                 "weekly_of_active", "median_per_person", "share_once", "top10_share",
+                 "dau_mau", "wau_mau"):
+        for side in ("real", "sim"):
+            assert set(figures[f"{side}_{name}"]) == {"value", "unit"}
+        low, high = payload["params"]["tolerances"][name]
+        assert low <= figures[f"sim_{name}"]["value"] <= high
+    assert figures["real_weeks_active_share"]["value"] == pytest.approx(0.152, abs=0.001)
+    assert figures["out_of_tolerance"]["value"] == 0
     _invoke(cli, "simulate", "calibrate", "--valleybike", "/nonexistent.tsv.gz", code=2)
 
 

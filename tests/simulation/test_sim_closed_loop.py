@@ -9,24 +9,24 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 import numpy as np
+import pandas as pd
 import pyarrow.compute as pc
 import pytest
 from sim_support import shown_within_serving_rules
 
+from bouquet.core.cadence import DAILY_MIN_DAYS, WEEKLY_MIN_WEEKS, cadence_class
 from bouquet.core.catalog import Catalog
 from bouquet.core.recommendation import parse_recommendation_id
 from bouquet.simulation.behaviour import Simulation
 from bouquet.simulation.closed_loop import (
     CADENCES,
-    DAILY_MIN_DAYS,
-    WEEKLY_MIN_WEEKS,
     Estimate,
     cadence_codes,
     compare,
     run_policy,
     t_quantile_975,
 )
-from bouquet.simulation.policies import HttpPolicy, PopularPolicy, ScoringPolicy
+from bouquet.simulation.policies import HttpPolicy, OraclePolicy, PopularPolicy, ScoringPolicy
 from bouquet.simulation.sinks import MemorySink
 
 
@@ -53,19 +53,46 @@ def test_the_loop_tells_policies_apart(catalog: Catalog, end_date) -> None:
 def test_cadence_classes_by_hand(catalog: Catalog, end_date) -> None:
     sim = Simulation.create(catalog, 7, 6, 1, end=end_date)
     sim.week_done = 6
-    sim.active_days[:] = 0
-    sim.active_days[0, 2:] = [5, 5, 5, 5]  # 20 days in the last 4 weeks: daily
-    sim.active_days[1, 2:] = [5, 5, 5, 4]  # 19 days, every week: weekly
-    sim.active_days[2, 2:] = [1, 0, 1, 1]  # 3 of 4 weeks: weekly
-    sim.active_days[3, 2:] = [0, 0, 6, 6]  # 12 days but only 2 weeks: monthly
-    sim.active_days[4, 0] = 3  # active before the last 4 weeks only: yearly
-    sim.last_history_contact[5] = int(sim.day_start_us[0]) - 10 * 86_400_000_000  # yearly
+    sim.use_days[:] = 0
+    sim.use_days[0, 2:] = [5, 5, 5, 5]  # 20 days in the last 4 weeks: daily
+    sim.use_days[1, 2:] = [5, 5, 5, 4]  # 19 days, every week: weekly
+    sim.use_days[2, 2:] = [1, 0, 1, 1]  # 3 of 4 weeks: weekly
+    sim.use_days[3, 2:] = [0, 0, 6, 6]  # 12 days but only 2 weeks: monthly
+    sim.use_days[4, 0] = 3  # active before the last 4 weeks only: yearly
+    sim.last_history_use[5] = int(sim.day_start_us[0]) - 10 * 86_400_000_000  # yearly
     # resident 6: a contact 400 days before the end only: dormant
-    sim.last_history_contact[6] = int(sim.day_start_us[-1]) - 400 * 86_400_000_000
+    sim.last_history_use[6] = int(sim.day_start_us[-1]) - 400 * 86_400_000_000
     assert [CADENCES[c] for c in cadence_codes(sim)] == [
         "daily", "weekly", "weekly", "monthly", "yearly", "yearly", "dormant"]
     sim.erased_at[6] = 0
     assert cadence_codes(sim)[6] == -1
+
+
+def test_cadence_is_use_cadence_and_the_other_classes_are_counted_beside_it(
+        popular_run) -> None:
+    table, sim, run = popular_run
+    frame = table.select(["resident_id", "type", "ts"]).to_pandas()
+    frame = frame[frame["ts"] >= pd.Timestamp(int(sim.day_start_us[0]), unit="us", tz="UTC")]
+    kind = frame["type"].map(cadence_class)
+    # use days per resident and week, recomputed from the events on local days
+    uses = frame[kind == "use"]
+    local = uses["ts"].dt.tz_convert(sim.params.timezone).dt.tz_localize(None)
+    day = (local.dt.normalize() - pd.Timestamp(sim.start)).dt.days.to_numpy()
+    rows = pd.Index(sim.residents.ids).get_indexer(uses["resident_id"])
+    expected = np.zeros_like(sim.use_days)
+    pairs = np.unique(np.stack([rows, day]), axis=1)
+    np.add.at(expected, (pairs[0], pairs[1] // 7), 1)
+    assert (sim.use_days == expected).all()
+    # a view is exposure, not use: residents who were only shown bundles are not active
+    viewers = set(frame.loc[kind == "exposure", "resident_id"]) - set(uses["resident_id"])
+    assert viewers
+    assert not sim.use_days[pd.Index(sim.residents.ids).get_indexer(list(viewers))].any()
+    alive = (sim.erased_at == np.iinfo(np.int64).max).sum()
+    for name in ("use", "response", "exposure"):
+        per_week = (kind == name).sum() / alive / sim.weeks
+        assert run.per_resident_week[name] == pytest.approx(per_week)
+    assert run.per_resident_week["exposure"] > 0
+    assert run.weekly_share[-1] == pytest.approx(run.shares["daily"] + run.shares["weekly"])
 
 
 def test_thresholds_match_the_operators_report() -> None:
@@ -79,11 +106,12 @@ def test_thresholds_match_the_operators_report() -> None:
 
 
 def test_confidence_intervals() -> None:
-    assert t_quantile_975(2) == pytest.approx(4.303)
-    assert t_quantile_975(1000) == 1.96
+    assert t_quantile_975(2) == pytest.approx(4.303, abs=1e-3)
+    assert t_quantile_975(14) == pytest.approx(2.145, abs=1e-3)  # not rounded to 15's
+    assert t_quantile_975(1000) == pytest.approx(1.962, abs=1e-3)
     e = Estimate.of([0.1, 0.2, 0.3])
     assert e.mean == pytest.approx(0.2)
-    assert e.high - e.mean == pytest.approx(4.303 * 0.1 / np.sqrt(3))
+    assert e.high - e.mean == pytest.approx(4.303 * 0.1 / np.sqrt(3), rel=1e-4)
     single = Estimate.of([0.5])
     assert single.mean == 0.5 and single.low != single.low  # NaN: no interval from one seed
 
@@ -133,6 +161,40 @@ def test_popular_learns_from_events_only(catalog: Catalog, end_date) -> None:
     assert allowed[catalog.bundle_ids.index("senior-pass")] or policy.holdings[
         policy._row[rid], catalog.bundle_ids.index("senior-pass")]
     assert not allowed[catalog.bundle_ids.index("student-pass")]
+
+
+def test_the_oracle_personalises_only_with_consent(catalog: Catalog, end_date) -> None:
+    import pyarrow as pa
+
+    from bouquet.core.eventlog import SCHEMA
+
+    oracle = OraclePolicy()
+    _, sim = run_policy(oracle, catalog, residents=1500, weeks=2, seed=4, end=end_date)
+    ids = list(oracle._row)
+    rows = np.arange(len(ids))
+    # what it knows is what was observed: consent changes of the run included
+    assert (oracle.consent == sim.consent).all()
+    assert 0 < oracle.consent.sum() < len(ids)
+    answers = oracle.recommend(ids, 3)
+    popular = PopularPolicy.recommend(oracle, ids, 3)
+    allowed = oracle.allowed(rows)
+    truth = np.where(allowed, sim.bundle_affinity(sim.affinity(rows)), -np.inf)
+    for i in rows:
+        if oracle.consent[i]:
+            best = [catalog.bundle_ids[j] for j in np.argsort(-truth[i], kind="stable")[:3]
+                    if np.isfinite(truth[i, j])]
+            assert answers[i] == best
+        else:
+            assert answers[i] == popular[i]  # the lawful non-personalised fallback
+    assert sum(a != p for a, p in zip(answers, popular, strict=True)) > len(ids) // 3
+    # a withdrawal it observes turns personalisation off for that resident
+    rid = next(r for r in ids if oracle.consent[oracle._row[r]]
+               and oracle.recommend([r], 3) != PopularPolicy.recommend(oracle, [r], 3))
+    row = {name: None for name in SCHEMA.names}
+    row.update(event_id="c1", resident_id=rid, type="consent", channel="app", value=0.0,
+               ts=datetime(2025, 6, 1, tzinfo=UTC), schema_version=1)
+    oracle.observe(pa.Table.from_pylist([row], schema=SCHEMA))
+    assert oracle.recommend([rid], 3) == PopularPolicy.recommend(oracle, [rid], 3)
 
 
 def test_a_scoring_function_can_be_the_policy(catalog: Catalog, end_date, caplog) -> None:
