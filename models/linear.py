@@ -263,18 +263,40 @@ def _add_rows(out: np.ndarray, weights: sp.csr_matrix, rows: np.ndarray,
 
 
 def top_k_per_column(weights: sp.spmatrix | np.ndarray, k: int) -> sp.csr_matrix:
-    """Keep the ``k`` largest-magnitude entries of each column (ties: lower row first)."""
+    """Keep the ``k`` largest-magnitude entries of each column (ties: lower row first), as
+    float32 CSR. A dense input is cut in column blocks, never copied whole into a sparse
+    matrix first (a dense 32,770 × 4,771 weight matrix would take 1.2 GB as CSR)."""
+    if not sp.issparse(weights):
+        dense = np.asarray(weights)
+        n_rows, n_cols = dense.shape
+        if k >= n_rows:
+            return sp.csr_matrix(dense, dtype=np.float32)
+        rows, cols, vals = [], [], []
+        for lo in range(0, n_cols, 256):
+            block = dense[:, lo:lo + 256]
+            # stable ordering by (-|w|, row): sort the candidates argpartition keeps
+            part = np.argpartition(-np.abs(block), k - 1, axis=0)[:k]
+            for j in range(block.shape[1]):
+                picked = part[:, j]
+                order = np.lexsort((picked, -np.abs(block[picked, j])))
+                chosen = np.sort(picked[order])
+                rows.append(chosen)
+                cols.append(np.full(len(chosen), lo + j))
+                vals.append(block[chosen, j])
+        return sp.csr_matrix((np.concatenate(vals).astype(np.float32),
+                              (np.concatenate(rows), np.concatenate(cols))),
+                             shape=dense.shape)
     csc = sp.csc_matrix(weights, dtype=np.float32)
     csc.sum_duplicates()
     data, indices, indptr = [], [], [0]
     for col in range(csc.shape[1]):
         lo, hi = csc.indptr[col], csc.indptr[col + 1]
-        values, rows = csc.data[lo:hi], csc.indices[lo:hi]
+        values, rows_ = csc.data[lo:hi], csc.indices[lo:hi]
         if hi - lo > k:
-            keep = np.sort(np.lexsort((rows, -np.abs(values)))[:k])
-            values, rows = values[keep], rows[keep]
+            keep = np.sort(np.lexsort((rows_, -np.abs(values)))[:k])
+            values, rows_ = values[keep], rows_[keep]
         data.append(values)
-        indices.append(rows)
+        indices.append(rows_)
         indptr.append(indptr[-1] + len(values))
     out = sp.csc_matrix((np.concatenate(data) if data else np.zeros(0, np.float32),
                          np.concatenate(indices) if indices else np.zeros(0, np.int32),
@@ -318,32 +340,39 @@ def per_target_terms(services_model: Any, bundles_model: Any
     return terms, [TermGroup("s", 0), TermGroup("b", 0)]
 
 
-def bundle_scorer_terms(scorer: Any, services_model: Any
+def bundle_scorer_terms(scorer: Any, services_model: Any, top_k: int | None = None
                         ) -> tuple[list[LinearTerm], list[TermGroup]]:
     """Terms of a fitted :class:`~bouquet.models.bundles.BundleScorer` for bundles, and of
     ``services_model`` (an item-to-item model on services) for services.
 
     The scorer is ``z(x W_t + u W_s) + mix · z(u S Lᵀ)``: its collaborative part (a
     cross-view EASE, or any item-to-item model on bundles) and its service-affinity part
-    (item kNN similarities ``S`` aggregated over the composition ``L``).
+    (item kNN similarities ``S`` aggregated over the composition ``L``). ``top_k`` keeps
+    the largest weights of each target column (the serving form of a large catalogue), cut
+    from the dense matrices directly.
     """
+    def kept(weights: Any) -> sp.csr_matrix:
+        if top_k is None:
+            return sp.csr_matrix(weights, dtype=np.float32)
+        return top_k_per_column(weights, top_k)
+
     collab = scorer.bundle_model_
     terms: list[LinearTerm] = []
     if hasattr(collab, "target_weights_"):
         binary = bool(collab.binary)
-        terms.append(LinearTerm("b", "b", sp.csr_matrix(collab.target_weights_), binary, 0))
+        terms.append(LinearTerm("b", "b", kept(collab.target_weights_), binary, 0))
         if collab.side_weights_ is not None:
-            terms.append(LinearTerm("s", "b", sp.csr_matrix(collab.side_weights_), binary, 0))
+            terms.append(LinearTerm("s", "b", kept(collab.side_weights_), binary, 0))
     else:
         weights, binary = item_weights(collab)
-        terms.append(LinearTerm("b", "b", weights, binary, 0))
+        terms.append(LinearTerm("b", "b", kept(weights), binary, 0))
     groups = [TermGroup("b", 0, 1.0, True)]
     if scorer.item_model_ is not None and scorer.mix > 0:
         similarity, binary = item_weights(scorer.item_model_)
-        affinity = sp.csr_matrix(similarity @ scorer.aggregation_.T, dtype=np.float32)
+        affinity = kept(similarity @ scorer.aggregation_.T)
         terms.append(LinearTerm("s", "b", affinity, binary, 1))
         groups.append(TermGroup("b", 1, float(scorer.mix), True))
     weights, binary = item_weights(services_model)
-    terms.append(LinearTerm("s", "s", weights, binary, 0))
+    terms.append(LinearTerm("s", "s", kept(weights), binary, 0))
     groups.append(TermGroup("s", 0))
     return terms, groups
