@@ -194,11 +194,16 @@ def load_event_arrays(settings: Settings, catalog: Catalog,
     partition), and erasures are looked up across the whole log on every call.
     """
     root = settings.event_log_path
+    if not root.is_dir():
+        raise ValueError(f"there is no event log at {root}: check BOUQUET_EVENT_LOG_DIR / "
+                         "BOUQUET_STATE_DIR, or ingest events first (`bouquet ingest`)")
     started = time.perf_counter()
     encoder = _Encoder(catalog)
     for start, end in _date_chunks(EventLog(root), chunk_events):
         encoder.add(read_events(root, start=start, end=end, columns=list(EVENT_COLUMNS)))
     arrays = encoder.finish()
+    if arrays.n_events == 0:
+        raise ValueError(f"the event log at {root} is empty: nothing to train on")
     log.info("read %d events of %d residents (%d consenting) in %.1f s",
              arrays.n_events, len(arrays.resident_ids), arrays.stats["residents_consenting"],
              time.perf_counter() - started)

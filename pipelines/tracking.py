@@ -101,6 +101,14 @@ def quiet_mlflow() -> None:
         logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
+def show_mlflow_progress(enabled: bool) -> None:
+    """Turn MLflow's own artifact progress bars on or off, so ``--no-progress`` silences
+    every bar (MLflow reads this switch from the environment when it transfers files)."""
+    import os
+
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "true" if enabled else "false"
+
+
 def is_local_store(uri: str) -> bool:
     return uri.startswith(("sqlite:", "file:", "/")) or "://" not in uri
 

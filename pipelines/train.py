@@ -76,6 +76,7 @@ from bouquet.pipelines.tracking import (
     flatten,
     git_state,
     log_deployable,
+    show_mlflow_progress,
 )
 
 log = logging.getLogger(__name__)
@@ -292,6 +293,7 @@ def train(settings: Settings, options: TrainOptions) -> TrainReport:
     if unknown:
         raise ValueError(f"unknown baselines {unknown}; choose from {', '.join(BASELINES)}")
     _check_primary(options)
+    show_mlflow_progress(options.progress)
     client = connect(settings)
     experiment_id = ensure_experiment(client, settings)
     registry = ModelRegistry(client, settings.registered_model)
