@@ -76,7 +76,8 @@ _COORDS_RE = re.compile(r"-?\d{1,3}\.\d{4,}\s*[,; ]\s*-?\d{1,3}\.\d{4,}")
 
 
 class EventRejected(ValueError):
-    """An event that cannot be accepted; ``reason`` is a stable machine-readable code."""
+    """An event that cannot be accepted; ``reason`` is a stable machine-readable code (of
+    the first problem: it labels the dead letter), ``detail`` says every problem found."""
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
@@ -284,12 +285,14 @@ _FIELD_REASONS = {
 
 
 def _rejection_from(exc: Exception) -> EventRejected:
+    """One rejection for every problem pydantic found: the first one's reason code, and all
+    of them in the detail (an empty object lists each missing field, not just the first)."""
     errors = getattr(exc, "errors", None)
     if not callable(errors):
         return EventRejected("bad_value", str(exc)[:300])
-    first = errors()[0]
+    found = errors()
+    first = found[0]
     field = str(first["loc"][0]) if first["loc"] else ""
-    where = ".".join(str(p) for p in first["loc"]) or "event"
     message = first["msg"]
     if first["type"] == "missing":
         reason = "missing_field"
@@ -303,7 +306,9 @@ def _rejection_from(exc: Exception) -> EventRejected:
         reason = "bad_target"
     else:
         reason = "bad_value"
-    return EventRejected(reason, f"{where}: {message}"[:300])
+    problems = [f"{'.'.join(str(p) for p in error['loc']) or 'event'}: {error['msg']}"
+                for error in found]
+    return EventRejected(reason, "; ".join(problems)[:1000])
 
 
 def check_against_catalog(
