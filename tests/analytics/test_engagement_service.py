@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from engagement_helpers import Log
 from typer.testing import CliRunner
 
 from bouquet.analytics.service import EngagementService
 from bouquet.core.settings import Settings
+from tests.analytics.engagement_helpers import Log
 
 
 class Clock:

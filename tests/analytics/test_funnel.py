@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from engagement_helpers import Log
 
 from bouquet.analytics.engagement import load_engagement_data, parse_recommendation_ids
 from bouquet.analytics.figures import funnel_figure, uplift_figure
@@ -21,6 +20,7 @@ from bouquet.analytics.funnel import (
 )
 from bouquet.core.catalog import load_catalog
 from bouquet.core.recommendation import make_recommendation_id, parse_recommendation_id
+from tests.analytics.engagement_helpers import Log
 
 CATALOG = load_catalog(None)
 

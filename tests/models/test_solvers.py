@@ -11,7 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from test_recommender_contract import (
+from threadpoolctl import threadpool_info
+
+from bouquet.models import CrossViewEASE, EASERecommender, Recommender, load_model, solvers
+from bouquet.models.solvers import MAX_DENSE_DIM, SolverDoesNotFitError, SolverEstimate, choose
+from tests.models.test_recommender_contract import (
     COMPOSITION,
     N_ITEMS,
     N_USERS,
@@ -19,10 +23,6 @@ from test_recommender_contract import (
     USER_ITEMS,
     RecommenderContract,
 )
-from threadpoolctl import threadpool_info
-
-from bouquet.models import CrossViewEASE, EASERecommender, Recommender, load_model, solvers
-from bouquet.models.solvers import MAX_DENSE_DIM, SolverDoesNotFitError, SolverEstimate, choose
 
 SIDE = {"side_items": SIDE_ITEMS, "composition": COMPOSITION}
 

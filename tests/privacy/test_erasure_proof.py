@@ -28,10 +28,14 @@ from bouquet.core.eventlog import read_events
 from bouquet.core.keys import Keys
 from bouquet.core.settings import Settings
 from bouquet.localstack import LocalStack, free_port
-from bouquet.models.deployable import DeployableModel, find_model_dir, load_model_dir
+from bouquet.models.deployable import (
+    DeployableModel,
+    find_model_dir,
+    load_model_dir,
+    model_location,
+)
 from bouquet.privacy.audit import audit_path, verify_chain
 from bouquet.privacy.compaction import rewrite_redis_aof
-from bouquet.privacy.erasure import model_location
 from tests.privacy.helpers import (
     file_occurrences,
     ingest_until_idle,

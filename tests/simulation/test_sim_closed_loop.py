@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 import pytest
-from sim_support import shown_within_serving_rules
 
 from bouquet.core.cadence import DAILY_MIN_DAYS, WEEKLY_MIN_WEEKS, cadence_class
 from bouquet.core.catalog import Catalog
@@ -28,6 +27,7 @@ from bouquet.simulation.closed_loop import (
 )
 from bouquet.simulation.policies import HttpPolicy, OraclePolicy, PopularPolicy, ScoringPolicy
 from bouquet.simulation.sinks import MemorySink
+from tests.simulation.sim_support import shown_within_serving_rules
 
 
 def test_the_loop_tells_policies_apart(catalog: Catalog, end_date) -> None:

@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
-from ingest_helpers import ReferenceState, dump_state
 
 from bouquet.core.catalog import load_catalog
 from bouquet.core.keys import Keys
@@ -19,6 +18,7 @@ from bouquet.streaming.state import (
     read_profile,
 )
 from bouquet.streaming.synthetic import StreamSpec, stream
+from tests.streaming.ingest_helpers import ReferenceState, dump_state
 
 CATALOG = load_catalog()
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
