@@ -334,7 +334,7 @@ def _initialise_tracking_store(uri: str) -> None:
     from mlflow.tracking import MlflowClient
 
     Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments(max_results=1)
 
 
 def _http_ok(url: str) -> bool:

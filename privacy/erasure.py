@@ -401,7 +401,7 @@ def scrub_artifacts(settings: Settings, register: ErasureRegister | None = None,
     )
 
     register = register or ErasureRegister.for_settings(settings)
-    client = MlflowClient(tracking_uri=settings.mlflow_uri)
+    client = MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
     try:
         versions = client.search_model_versions(f"name = '{settings.registered_model}'")
     except MlflowException:
@@ -464,7 +464,7 @@ def model_created_at(settings: Settings, model_version: str) -> float | None:
     try:
         from mlflow import MlflowClient
 
-        client = MlflowClient(tracking_uri=settings.mlflow_uri)
+        client = MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
         found = client.get_model_version(settings.registered_model,
                                          model_version.removeprefix("v"))
         return _run_started(client, found.run_id)

@@ -106,7 +106,7 @@ def champion_model(settings: Settings) -> DeployableModel:
     """The champion's model files, read where the MLflow store keeps them (not a copy)."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=settings.mlflow_uri)
+    client = MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
     version = client.get_model_version_by_alias(settings.registered_model, "champion")
     location = model_location(client, version.source)
     return load_model_dir(find_model_dir(Path(location.removeprefix("file://"))))
