@@ -42,9 +42,9 @@ from bouquet.core.events import (
     EventType,
     InteractionEvent,
     _context_depth,
-    _personal_data_in,
     check_against_catalog,
     parse_event,
+    personal_data_in,
 )
 from bouquet.core.keys import Keys
 from bouquet.core.recommendation import parse_recommendation_id
@@ -241,7 +241,7 @@ def plain_event(raw: bytes, max_bytes: int) -> tuple[_Plain, datetime] | None:
     context = e.context
     if context and (len(json.dumps(context, separators=(",", ":"))) > MAX_CONTEXT_BYTES
                     or _context_depth(context) > MAX_CONTEXT_DEPTH
-                    or _personal_data_in(context)):  # InteractionEvent's context rules
+                    or personal_data_in(context)):  # InteractionEvent's context rules
         return None
     kind = e.type
     if kind in CONTACT_TYPES:

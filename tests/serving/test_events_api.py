@@ -148,3 +148,24 @@ async def test_an_event_sent_over_http_changes_the_next_answer(settings) -> None
         thread.join(timeout=30)
     assert after["reranked"], "the events never reached the resident's recent list"
     assert ids(after).index(target.id) < ids(before).index(target.id)
+
+
+async def test_a_large_batch_is_validated_off_the_event_loop(settings, monkeypatch) -> None:
+    """Screening a large batch is CPU work: it must not run on the thread of the event loop,
+    which would stall every other request of the process meanwhile."""
+    from bouquet.serving import routes_events
+
+    threads: set[int] = set()
+    real = routes_events.parse_event
+
+    def recording(*args, **kwargs):
+        threads.add(threading.get_ident())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(routes_events, "parse_event", recording)
+    batch = [event(f"r{i}", context={"note": "x" * 200}) for i in range(100)]
+    batch[-1]["service_id"] = "teleporter"  # refused: nothing is produced
+    async with client_for(settings) as c:
+        answer = await c.post("/v1/events", json=batch)
+    assert answer.status_code == 422
+    assert threads and threading.get_ident() not in threads
