@@ -25,6 +25,21 @@ DEV_API_KEYS: dict[str, str] = {
     "dev-admin-key": "admin",
 }
 DEV_PSEUDONYM_SECRET = "dev-only-pseudonymisation-secret"
+#: Production refuses API keys and secrets shorter than this, or with fewer distinct
+#: characters than ``SECRET_MIN_DISTINCT`` (``"a" * 40`` is long and guessable). A value
+#: from ``python -c "import secrets; print(secrets.token_urlsafe(32))"`` (43 characters of
+#: 64 kinds) passes both.
+SECRET_MIN_LENGTH = 32
+SECRET_MIN_DISTINCT = 16
+
+
+def weak_secret(value: str) -> str | None:
+    """Why ``value`` is too weak to be an API key or a secret in production, or None."""
+    if len(value) < SECRET_MIN_LENGTH:
+        return f"shorter than {SECRET_MIN_LENGTH} characters"
+    if len(set(value)) < SECRET_MIN_DISTINCT:
+        return f"fewer than {SECRET_MIN_DISTINCT} distinct characters"
+    return None
 
 #: Confidence weight of each event type when building training matrices. Lives in
 #: configuration (override with BOUQUET_EVENT_WEIGHTS='{"use": 2.0, ...}' or the TOML
@@ -197,17 +212,33 @@ class Settings(BaseSettings):
                 f"BOUQUET_API_KEYS still holds development keys {placeholder_keys}; "
                 "set real keys for production"
             )
-        if self.pseudonym_secret == DEV_PSEUDONYM_SECRET or len(self.pseudonym_secret) < 32:
-            raise ValueError(
-                "BOUQUET_PSEUDONYM_SECRET must be set to a random secret of 32+ characters "
-                "in production"
-            )
+        # the message names the weak keys' roles, never any part of a key
+        weak_keys = sorted(f"a key of role {role!r} is {why}" for key, role
+                           in self.api_keys.items() if (why := weak_secret(key)))
+        if weak_keys:
+            raise ValueError(f"BOUQUET_API_KEYS: {'; '.join(weak_keys)}; {_MAKE_ONE}")
+        if self.pseudonym_secret == DEV_PSEUDONYM_SECRET:
+            raise ValueError(f"BOUQUET_PSEUDONYM_SECRET is the development secret; {_MAKE_ONE}")
+        why = weak_secret(self.pseudonym_secret)
+        if why:
+            raise ValueError(f"BOUQUET_PSEUDONYM_SECRET is {why}; {_MAKE_ONE}")
         if self.serving_bench_endpoints:
             raise ValueError(
                 "BOUQUET_SERVING_BENCH_ENDPOINTS is for benchmarks only (one of its endpoints "
                 "answers without an API key); unset it in production"
             )
         return self
+
+    @property
+    def development_credentials(self) -> list[str]:
+        """The variables that still hold the public development keys or secret: fine on a
+        laptop, an open door anywhere else."""
+        found = []
+        if set(self.api_keys) & set(DEV_API_KEYS):
+            found.append("BOUQUET_API_KEYS")
+        if self.pseudonym_secret == DEV_PSEUDONYM_SECRET:
+            found.append("BOUQUET_PSEUDONYM_SECRET")
+        return found
 
     # --- derived locations -------------------------------------------------------------
     @property
@@ -226,6 +257,9 @@ class Settings(BaseSettings):
     @property
     def stack_dir(self) -> Path:
         return self.state_dir / "stack"
+
+
+_MAKE_ONE = ("make one with `python -c \"import secrets; print(secrets.token_urlsafe(32))\"`")
 
 
 class _TomlFileSource(PydanticBaseSettingsSource):

@@ -43,6 +43,10 @@ def pseudonymise_command(
     from bouquet.privacy.pseudonyms import pseudonymise
 
     settings = get_settings()
+    if "BOUQUET_PSEUDONYM_SECRET" in settings.development_credentials:
+        typer.echo("warning: BOUQUET_PSEUDONYM_SECRET is not set: these pseudonyms use the "
+                   "public development secret, so anyone can recompute them from account "
+                   "ids; set the deployment's secret for real ids", err=True)
     from_stdin = not account_ids or account_ids == ["-"]
     ids = [line.rstrip("\n") for line in sys.stdin if line.strip()] if from_stdin \
         else account_ids
