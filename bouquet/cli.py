@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import pkgutil
 
 import typer
 
 from bouquet import __version__, commands
+from bouquet.core.statefiles import PRIVATE_UMASK
 
 app = typer.Typer(
     name="bouquet",
@@ -43,6 +45,9 @@ def main(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Bouquet command line. Configuration comes from the environment (see the README)."""
+    # every file a command creates (event log, MLflow artifacts, exports, reports) is
+    # readable by this account only, whatever the shell's umask (core/statefiles.py)
+    os.umask(PRIVATE_UMASK)
     configure_logging(verbose)
 
 

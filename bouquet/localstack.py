@@ -28,6 +28,7 @@ from urllib.parse import urlparse
 import psutil
 
 from bouquet.core.settings import Settings
+from bouquet.core.statefiles import PRIVATE_UMASK, open_private, private_dir
 
 log = logging.getLogger(__name__)
 
@@ -175,10 +176,13 @@ class LocalStack:
         return None
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.logfile(name), "ab") as logf:
+        private_dir(self.dir)
+        with os.fdopen(open_private(self.logfile(name), os.O_WRONLY | os.O_CREAT | os.O_APPEND),
+                       "ab") as logf:
+            # the services create their files (Redis's AOF, MLflow's artifacts) 0600
             proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+                                    stdin=subprocess.DEVNULL, start_new_session=True, env=env,
+                                    umask=PRIVATE_UMASK)
         self._record(name, proc)
 
     # --- services -----------------------------------------------------------------------
@@ -218,15 +222,14 @@ class LocalStack:
         if not port_is_free("127.0.0.1", port):
             raise StackError(f"port {port} (REDIS_URL) is taken by another process: stop it, "
                              f"or choose another port with REDIS_URL=redis://127.0.0.1:<port>/0")
-        data = self.settings.state_dir / "redis"
-        data.mkdir(parents=True, exist_ok=True)
+        data = private_dir(self.settings.state_dir / "redis")
         self._spawn("redis", [binary, "--port", str(port), "--bind", "127.0.0.1",
                               "--dir", str(data.resolve()), "--appendonly", "yes",
                               "--appendfsync", "everysec", "--save", "",
                               "--protected-mode", "yes", "--daemonize", "no"])
 
     def _prepare_mlflow(self, ui: bool) -> None:
-        self.settings.mlflow_artifact_root.mkdir(parents=True, exist_ok=True)
+        private_dir(self.settings.mlflow_artifact_root)
         if self.settings.mlflow_uri.startswith("sqlite:///"):
             _initialise_tracking_store(self.settings.mlflow_uri)
         if not ui or self.managed_process("mlflow"):
@@ -243,7 +246,7 @@ class LocalStack:
 
     def up(self, *, mlflow_ui: bool = False, timeout_s: float = 60.0) -> list[ServiceStatus]:
         """Start what is missing, wait until healthy, create the topics."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.dir)
         self._start_kafka()
         self._start_redis()
         self._prepare_mlflow(mlflow_ui)
@@ -333,7 +336,10 @@ def _initialise_tracking_store(uri: str) -> None:
     """Create (or migrate) the SQLite tracking store so the first run does not pay for it."""
     from mlflow.tracking import MlflowClient
 
-    Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    database = Path(uri.removeprefix("sqlite:///"))
+    private_dir(database.parent)
+    if not database.exists():  # SQLite creates it under the process's umask: make it 0600
+        os.close(open_private(database, os.O_WRONLY | os.O_CREAT))
     MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
 
 

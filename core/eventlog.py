@@ -8,7 +8,8 @@ most a ``.tmp-*`` file that readers ignore. The consumer commits Kafka offsets o
 
 Physical duplicates are allowed (a redelivered batch after a crash may be written twice);
 :func:`read_events` removes them on ``event_id``, so every reader sees each event once.
-Any data scientist can open the files with pandas, pyarrow or DuckDB.
+Any data scientist can open the files with pandas, pyarrow or DuckDB. Files are created
+0600 and directories 0700 (:mod:`bouquet.core.statefiles`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+
+from bouquet.core.statefiles import create_private, private_dir
 
 log = logging.getLogger(__name__)
 
@@ -117,14 +120,14 @@ class EventLog:
     def _write_file(self, day: date, table: pa.Table) -> Path:
         directory = self.partition_dir(day)
         new_dir = not directory.exists()
-        directory.mkdir(parents=True, exist_ok=True)
+        private_dir(directory)
         if new_dir:
             fsync_dir(self.root)
         self._seq += 1
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
         name = f"part-{stamp}-{self.writer_id}-{self._seq:06d}.parquet"
         tmp = directory / f".tmp-{name}"
-        with open(tmp, "wb") as handle:
+        with create_private(tmp) as handle:
             pq.write_table(table, handle, compression="zstd")
             handle.flush()
             os.fsync(handle.fileno())

@@ -41,6 +41,7 @@ from typing import Any
 
 from bouquet.core.keys import Keys
 from bouquet.core.settings import Settings
+from bouquet.core.statefiles import open_private, private_dir
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +127,8 @@ class AuditLog:
             "outcome": outcome,
             "detail": detail,
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
+        private_dir(self.path.parent)
+        fd = open_private(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
         try:
             with os.fdopen(fd, "r+b", closefd=False) as handle:
                 fcntl.flock(fd, fcntl.LOCK_EX)

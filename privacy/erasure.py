@@ -59,6 +59,7 @@ import numpy as np
 
 from bouquet.core.keys import Keys
 from bouquet.core.settings import Settings
+from bouquet.core.statefiles import open_private, private_dir
 from bouquet.privacy.audit import resident_ref
 
 log = logging.getLogger(__name__)
@@ -188,8 +189,8 @@ class ErasureRegister:
                                     separators=(",", ":")).encode() + b"\n")
         if not lines:
             return []
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        private_dir(self.path.parent)
+        fd = open_private(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             os.write(fd, b"".join(lines))
