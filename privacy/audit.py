@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 #: Approximate cap of the Redis stream (the file keeps everything).
 STREAM_MAXLEN = 100_000
 #: Actions recorded (free text is allowed; these are the ones Bouquet writes).
-ACTIONS = ("erasure", "export", "consent", "promotion", "rollback", "publish",
+ACTIONS = ("erasure", "export", "consent", "profile", "promotion", "rollback", "publish",
            "publish-rollback", "compaction", "model-scrub")
 _GENESIS = "0" * 64
 
@@ -107,6 +107,13 @@ def _last_line(handle: Any) -> bytes | None:
     return data.rstrip(b"\n") or None
 
 
+def entry(action: str, *, actor: str, target: str | None = None, outcome: str = "ok",
+          **detail: Any) -> dict[str, Any]:
+    """One audit record, not yet chained or written (see :meth:`AuditLog.record_many`)."""
+    return {"at": datetime.now(UTC).isoformat(timespec="microseconds"), "action": action,
+            "actor": actor, "target": target, "outcome": outcome, "detail": detail}
+
+
 class AuditLog:
     """Append audit records to the file (durable) and the Redis stream (best effort)."""
 
@@ -119,14 +126,14 @@ class AuditLog:
     def record(self, action: str, *, actor: str, target: str | None = None,
                outcome: str = "ok", **detail: Any) -> dict[str, Any]:
         """Append one record; returns it (with its ``prev`` hash). Durable on return."""
-        entry: dict[str, Any] = {
-            "at": datetime.now(UTC).isoformat(timespec="microseconds"),
-            "action": action,
-            "actor": actor,
-            "target": target,
-            "outcome": outcome,
-            "detail": detail,
-        }
+        return self.record_many([entry(action, actor=actor, target=target, outcome=outcome,
+                                       **detail)])[0]
+
+    def record_many(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Append several records (made by :func:`entry`) in order, chained, with one write
+        and one fsync; returns them with their ``prev`` hashes. Durable on return."""
+        if not entries:
+            return []
         private_dir(self.path.parent)
         fd = open_private(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
         try:
@@ -134,18 +141,25 @@ class AuditLog:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 try:
                     last = _last_line(handle)
-                    entry["prev"] = _line_hash(last) if last else _GENESIS
-                    line = json.dumps(entry, separators=(",", ":"), sort_keys=True,
-                                      default=str).encode("utf-8") + b"\n"
-                    os.write(fd, line)  # O_APPEND: lands at the end, in one write
+                    previous = _line_hash(last) if last else _GENESIS
+                    lines = []
+                    for record in entries:
+                        record["prev"] = previous
+                        line = json.dumps(record, separators=(",", ":"), sort_keys=True,
+                                          default=str).encode("utf-8")
+                        previous = _line_hash(line)
+                        lines.append(line + b"\n")
+                    os.write(fd, b"".join(lines))  # O_APPEND: lands at the end, in one write
                     os.fsync(fd)
                 finally:
                     fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
-        self._to_stream(entry)
-        log.info("audit: %s %s by %s (%s)", action, target or "", actor, outcome)
-        return entry
+        for record in entries:
+            self._to_stream(record)
+            log.info("audit: %s %s by %s (%s)", record["action"], record["target"] or "",
+                     record["actor"], record["outcome"])
+        return entries
 
     def _to_stream(self, entry: dict[str, Any]) -> None:
         if self.redis is None:

@@ -60,9 +60,14 @@ import numpy as np
 from bouquet.core.keys import Keys
 from bouquet.core.settings import Settings
 from bouquet.core.statefiles import open_private, private_dir
-from bouquet.privacy.audit import resident_ref
+from bouquet.privacy.audit import AuditLog, resident_ref
+from bouquet.privacy.audit import entry as audit_entry
 
 log = logging.getLogger(__name__)
+
+
+#: Who the audit log names for erasures the consumer learns from the topic.
+INGEST_ACTOR = "system:bouquet-ingest"
 
 
 class RegisterKeyMismatch(RuntimeError):
@@ -302,13 +307,22 @@ class ErasureCascade:
         self.client = client
         self.keys = Keys(settings.redis_key_prefix)
         self.register = ErasureRegister.for_settings(settings)
+        self.audit = AuditLog(settings, client)
 
     def after_erase(self, erased: Iterable[str | tuple[str, float]]) -> int:
+        """Record the erasures, audit those the register did not know yet (an erasure made
+        through the API or the CLI is on record, and audited, before its event arrives; one
+        put on the topic by any other producer is audited here), delete published lists."""
         pairs = [(e, time.time()) if isinstance(e, str) else (e[0], float(e[1]))
                  for e in erased]
         if not pairs:
             return 0
-        self.register.record_many(pairs, "ingestion")
+        cutoffs = dict(pairs)
+        new = self.register.record_many(pairs, "ingestion")
+        self.audit.record_many([
+            audit_entry("erasure", actor=INGEST_ACTOR,
+                        target=f"resident:{self.register.ref(rid)[:16]}", source="ingestion",
+                        cutoff=cutoffs[rid]) for rid in new])
         return delete_published(self.client, self.keys, [rid for rid, _ in pairs])
 
     def erased_among(self, resident_ids: Iterable[str]) -> dict[str, float]:

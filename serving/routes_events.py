@@ -7,6 +7,10 @@
 * A batch is **all or nothing**: if any event is invalid the answer is ``422`` listing each
   bad event (index, reason code, detail) and *none* is produced, so a client never has to
   work out which half of a batch got in.
+* ``erase`` events need an ``admin`` key (``403`` otherwise, for the whole batch): apps
+  erase through ``DELETE /v1/residents/{id}``, which needs admin too. ``consent`` and
+  ``profile`` events (what a resident declares in an app) are open to ``app`` keys and each
+  one is audited, like ``PUT /v1/residents/{id}/consent``.
 * ``202`` only after the broker acknowledged every event (``acks=all``, via
   :meth:`EventProducer.send_and_wait` in a worker thread so the event loop keeps serving).
   Broker unreachable or slow → ``503`` with ``Retry-After``; the client re-sends with the
@@ -29,9 +33,16 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from bouquet.core.catalog import Catalog
-from bouquet.core.events import EventRejected, InteractionEvent, check_against_catalog, parse_event
+from bouquet.core.events import (
+    EventRejected,
+    EventType,
+    InteractionEvent,
+    check_against_catalog,
+    parse_event,
+)
 from bouquet.core.settings import Settings
 from bouquet.serving import metrics
+from bouquet.serving.auditing import actor, audit_log, declaration_entries
 from bouquet.serving.deps import AppRole, CatalogDep, SettingsDep
 from bouquet.serving.runtime import Runtime, RuntimeDep, runtime_of
 from bouquet.streaming.producer import EventProducer, ProduceFailed
@@ -148,6 +159,22 @@ def validate_body(raw: bytes, settings: Settings, catalog: Catalog) -> list[Inte
     return events
 
 
+def refuse_erasures_without_admin(events: list[InteractionEvent], role: str) -> None:
+    """An ``erase`` event forgets a resident everywhere: only an ``admin`` key may send one
+    (apps erase through ``DELETE /v1/residents/{id}``, which needs admin too and is
+    audited). Raises :class:`IntakeRefused` (403) for the whole batch otherwise."""
+    if role == "admin":
+        return
+    erasures = [i for i, e in enumerate(events) if e.type is EventType.ERASE]
+    if erasures:
+        raise IntakeRefused(403, "forbidden", "erase events need the 'admin' role (erase a "
+                            "resident with DELETE /v1/residents/{id}); none was accepted",
+                            events=len(events), problems=[
+                                {"index": i, "reason": "forbidden",
+                                 "detail": "an erase event needs the admin role"}
+                                for i in erasures])
+
+
 def _new_producer(settings: Settings) -> EventProducer:
     timeout_ms = int(settings.serving_intake_timeout_s * 1000)
     return EventProducer(settings, max_block_ms=timeout_ms, request_timeout_ms=timeout_ms,
@@ -174,7 +201,8 @@ async def _drop_producer(runtime: Runtime) -> None:
              openapi_extra={"requestBody": _REQUEST_BODY},
              responses={
                  401: {"description": "Missing or unknown API key"},
-                 403: {"description": "The key's role may not send events"},
+                 403: {"description": "The key's role may not send events, or the batch "
+                                      "holds an `erase` event and the key is not `admin`"},
                  413: {"description": "Body larger than the batch limit allows"},
                  422: {"description": "Invalid JSON, or invalid events (each listed with its "
                                       "index and reason code); none was accepted"},
@@ -182,7 +210,7 @@ async def _drop_producer(runtime: Runtime) -> None:
                                       "`Retry-After` seconds with the same event ids"},
              })
 async def post_events(request: Request, runtime: RuntimeDep, settings: SettingsDep,
-                      catalog: CatalogDep, _role: AppRole) -> JSONResponse:
+                      catalog: CatalogDep, role: AppRole) -> JSONResponse:
     """Validate with the consumer's rules, produce with `acks=all`, answer `202` once the
     broker acknowledged every event."""
     raw = await request.body()
@@ -191,6 +219,7 @@ async def post_events(request: Request, runtime: RuntimeDep, settings: SettingsD
             events = await run_in_threadpool(validate_body, raw, settings, catalog)
         else:
             events = validate_body(raw, settings, catalog)
+        refuse_erasures_without_admin(events, role)
     except IntakeRefused as exc:
         metrics.EVENTS.labels(exc.outcome).inc(exc.events)
         return _problem(exc.status, exc.detail, exc.problems)
@@ -206,6 +235,12 @@ async def post_events(request: Request, runtime: RuntimeDep, settings: SettingsD
                              "with the same event ids", headers={"Retry-After":
                                                                  str(RETRY_AFTER_S)})
     metrics.EVENTS.labels("accepted").inc(accepted)
+    entries = declaration_entries(events, actor(request, role), settings.pseudonym_secret)
+    if entries:
+        try:
+            await run_in_threadpool(audit_log(request.app).record_many, entries)
+        except OSError:  # the events are durable already: say so loudly, answer as done
+            log.exception("intake: %d declaration(s) accepted but not audited", len(entries))
     return JSONResponse(status_code=202, content={"accepted": accepted})
 
 

@@ -29,27 +29,19 @@ import logging
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import redis
 from fastapi import APIRouter, Body, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 
-from bouquet.core.events import Channel
+from bouquet.core.events import Channel, parse_event
 from bouquet.core.keys import Keys
 from bouquet.core.scripts import lua_script
 from bouquet.core.settings import Settings
-from bouquet.privacy.audit import AuditLog, api_actor, read_stream, resident_ref
-from bouquet.serving.deps import (
-    AdminRole,
-    AppRole,
-    OperatorRole,
-    ResidentId,
-    SettingsDep,
-    api_key_header,
-    close_sync_redis,
-    sync_redis,
-)
+from bouquet.privacy.audit import read_stream, resident_ref
+from bouquet.serving import auditing
+from bouquet.serving.auditing import actor, audit_log, declaration_entries, privacy_redis
+from bouquet.serving.deps import AdminRole, AppRole, OperatorRole, ResidentId, SettingsDep
 from bouquet.serving.runtime import Runtime, RuntimeDep
 from bouquet.streaming.producer import EventProducer, ProduceFailed
 
@@ -90,19 +82,6 @@ class ErasureAnswer(BaseModel):
     next_steps: list[str]
 
 
-def _sync_redis(app: FastAPI) -> redis.Redis:
-    """A synchronous client for the erasure, export, audit, which run in a worker thread."""
-    return sync_redis(app, "privacy_redis", socket_timeout=5)
-
-
-def _audit(app: FastAPI) -> AuditLog:
-    found = getattr(app.state, "audit_log", None)
-    if found is None:
-        found = AuditLog(app.state.settings, _sync_redis(app))
-        app.state.audit_log = found
-    return found
-
-
 def _problem(status: int, detail: str, **extra: Any) -> JSONResponse:
     headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
     return JSONResponse(status_code=status, content={"detail": detail, **extra},
@@ -130,10 +109,6 @@ async def _produce(runtime: Runtime, settings: Settings, event: dict[str, Any]) 
         raise
 
 
-def _actor(request: Request, role: str) -> str:
-    return api_actor(role, request.headers.get(api_key_header.model.name))
-
-
 # --- consent -------------------------------------------------------------------------------
 @router.put("/v1/residents/{resident_id}/consent", response_model=ConsentAnswer,
             summary="Give or withdraw personalisation consent",
@@ -159,6 +134,9 @@ async def put_consent(resident_id: ResidentId, request: Request, runtime: Runtim
         log.warning("consent for a resident not recorded, broker unavailable: %s", exc)
         return _problem(503, "the event broker is unavailable; consent was not changed — "
                              "retry")
+    entries = declaration_entries([parse_event(event)], actor(request, role),
+                                  settings.pseudonym_secret)
+    await asyncio.to_thread(audit_log(request.app).record_many, entries)
     answer = {"resident_id": resident_id, "personalisation": body.personalisation,
               "effective": False, "event_id": event["event_id"], "ts": event["ts"],
               "notice": None}
@@ -195,17 +173,16 @@ async def delete_resident(resident_id: ResidentId, request: Request, runtime: Ru
 
     app = request.app
     now = datetime.now(UTC)
-    report = await asyncio.to_thread(cascade, settings, _sync_redis(app), resident_id, at=now,
-                                     source="api")
+    report = await asyncio.to_thread(cascade, settings, privacy_redis(app), resident_id,
+                                     at=now, source="api")
     event = erase_event(resident_id, now)
     problems = list(report.errors)
     try:
         await _produce(runtime, settings, event)
     except ProduceFailed as exc:
         problems.append(f"broker: {exc}")
-    actor = _actor(request, role)
     outcome = "partial" if problems else "ok"
-    await asyncio.to_thread(_audit(app).record, "erasure", actor=actor,
+    await asyncio.to_thread(audit_log(app).record, "erasure", actor=actor(request, role),
                             target=f"resident:{report.ref[:16]}", outcome=outcome,
                             published_lists_deleted=report.published_lists_deleted,
                             event_id=event["event_id"], problems=problems)
@@ -239,11 +216,11 @@ async def export_resident(resident_id: ResidentId, request: Request, settings: S
 
     app = request.app
     try:
-        document = await asyncio.to_thread(build, settings, _sync_redis(app), resident_id)
+        document = await asyncio.to_thread(build, settings, privacy_redis(app), resident_id)
     except (RedisError, OSError) as exc:
         return _problem(503, f"Redis unavailable ({exc.__class__.__name__}); retry")
     reference = resident_ref(resident_id, settings.pseudonym_secret)[:16]
-    await asyncio.to_thread(_audit(app).record, "export", actor=_actor(request, role),
+    await asyncio.to_thread(audit_log(app).record, "export", actor=actor(request, role),
                             target=f"resident:{reference}", events=len(document["events"]))
     return JSONResponse(document)
 
@@ -255,13 +232,14 @@ async def audit_records(request: Request, _: OperatorRole,
                         count: Annotated[int, Query(ge=1, le=1000)] = 50) -> JSONResponse:
     app = request.app
     try:
-        records = await asyncio.to_thread(read_stream, _sync_redis(app), app.state.keys, count)
+        records = await asyncio.to_thread(read_stream, privacy_redis(app), app.state.keys,
+                                          count)
         source = "redis stream"
     except (RedisError, OSError):
-        records = list(reversed(await asyncio.to_thread(_audit(app).tail, count)))
+        records = list(reversed(await asyncio.to_thread(audit_log(app).tail, count)))
         source = "audit file (Redis unavailable)"
     return JSONResponse({"source": source, "records": records})
 
 
 async def shutdown(app: FastAPI) -> None:
-    close_sync_redis(app, "privacy_redis")
+    auditing.close(app)

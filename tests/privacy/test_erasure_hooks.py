@@ -14,7 +14,13 @@ import pyarrow.parquet as pq
 from bouquet.core.catalog import load_catalog
 from bouquet.core.eventlog import read_events
 from bouquet.core.keys import Keys
-from bouquet.privacy.erasure import ErasureCascade, ErasureRegister, without_erased
+from bouquet.privacy.audit import AuditLog, resident_ref
+from bouquet.privacy.erasure import (
+    INGEST_ACTOR,
+    ErasureCascade,
+    ErasureRegister,
+    without_erased,
+)
 from bouquet.streaming.batch import Batch, BatchBuilder
 from tests.privacy.helpers import ingest_until_idle, produce_events
 from tests.serving.support import publish, redis_client, small_model
@@ -103,6 +109,9 @@ def test_the_consumer_cascades_erase_events_and_drops_late_data(settings) -> Non
     assert ErasureRegister.for_settings(settings).cutoff("r3") == erased_at.timestamp()
     assert not client.exists(keys.recs(published.version, "r3", "b"))
     assert client.exists(keys.recs(published.version, "r5", "b"))
+    # an erasure that came over the topic, not through the API, is audited by the consumer
+    audited = [(r["action"], r["actor"], r["target"]) for r in AuditLog(settings).tail(5)]
+    assert audited == [("erasure", INGEST_ACTOR, f"resident:{cascade_ref(settings, 'r3')}")]
 
     second = [_event("r3", "view", before, service),  # a kiosk syncing late: dropped
               _event("r3", "click", after, service)]  # the resident came back: kept
@@ -114,4 +123,9 @@ def test_the_consumer_cascades_erase_events_and_drops_late_data(settings) -> Non
     assert ids == {first[i]["event_id"] for i in (0, 1, 3)} | {second[1]["event_id"]}
     assert [e["event_id"] for e in read_events(settings.event_log_path).to_dict("records")
             if e["resident_id"] == "r3"] == [second[1]["event_id"]]
+    assert len(AuditLog(settings).tail(5)) == 1  # audited once, however often it is seen
     client.close()
+
+
+def cascade_ref(settings, resident_id: str) -> str:
+    return resident_ref(resident_id, settings.pseudonym_secret)[:16]

@@ -120,6 +120,13 @@ async def test_consent_requests_are_checked(settings) -> None:
                        ).status_code < 500
         ok = await c.put(url, json={"personalisation": True}, headers=ADMIN)
         assert ok.status_code == 200 and ok.json()["effective"] is True
+    # only the accepted change is audited: by key fingerprint and keyed reference
+    from bouquet.privacy.audit import AuditLog, api_actor, resident_ref
+
+    records = AuditLog(settings).tail(5)
+    assert [(r["action"], r["actor"], r["target"], r["detail"]["value"]) for r in records] \
+        == [("consent", api_actor("admin", ADMIN["X-API-Key"]),
+             f"resident:{resident_ref('r7', settings.pseudonym_secret)[:16]}", 1)]
 
 
 async def test_erasure_over_http_reaches_redis_and_every_published_version(settings) -> None:

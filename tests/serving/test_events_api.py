@@ -169,3 +169,36 @@ async def test_a_large_batch_is_validated_off_the_event_loop(settings, monkeypat
         answer = await c.post("/v1/events", json=batch)
     assert answer.status_code == 422
     assert threads and threading.get_ident() not in threads
+
+
+async def test_an_app_key_cannot_erase_and_its_declarations_are_audited(settings) -> None:
+    """An ``erase`` event forgets a resident everywhere: from an ``app`` key the batch is
+    refused (403) and nothing is produced or erased; an ``admin`` key may send it. Consent
+    and profile events stay open to apps, and each is audited with the key's fingerprint."""
+    from bouquet.core.keys import Keys
+    from bouquet.privacy.audit import AuditLog, api_actor, resident_ref
+    from tests.serving.support import ADMIN, redis_client
+
+    ensure_topics(settings)
+    set_profile(settings, "r7", neighbourhood="centre", consent="1")
+    erase = event("r7", type="erase", service_id=None, channel="system")
+    async with client_for(settings) as c:
+        refused = await c.post("/v1/events", json=[event("r8"), erase])
+        assert refused.status_code == 403
+        assert [p["index"] for p in refused.json()["problems"]] == [1]
+        declared = await c.post("/v1/events", json=[
+            event("r7", type="consent", service_id=None, value=1),
+            event("r9", type="profile", service_id=None, context={"age_band": "26-40"})])
+        assert declared.status_code == 202
+        assert (await c.post("/v1/events", json=erase, headers=ADMIN)).status_code == 202
+    produced = consumed(settings, 3)
+    assert sorted(e["type"] for e in produced) == ["consent", "erase", "profile"]  # no use
+    client = redis_client(settings)
+    assert client.hget(Keys(settings.redis_key_prefix).profile("r7"), "consent") == b"1"
+    client.close()
+    records = AuditLog(settings).tail(10)
+    assert [(r["action"], r["target"]) for r in records] == [
+        ("consent", f"resident:{resident_ref('r7', settings.pseudonym_secret)[:16]}"),
+        ("profile", f"resident:{resident_ref('r9', settings.pseudonym_secret)[:16]}")]
+    assert {r["actor"] for r in records} == {api_actor("app", "dev-app-key")}
+    assert records[1]["detail"]["attributes"] == ["age_band"]
