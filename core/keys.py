@@ -157,6 +157,13 @@ class Keys:
         --pointer NAME``); the champion reads :meth:`current_version`."""
         return f"{self.prefix}rec:ptr:{_part(name)}"
 
+    # --- the HTTP API -------------------------------------------------------------------
+    def rate_limit(self, bucket: str, fingerprint: str) -> str:
+        """HASH ``tokens``, ``ts``: the token bucket of one API key (by its keyed
+        fingerprint, never the key) for one group of routes (``intake``, ``operator``);
+        expires once it would be full again."""
+        return f"{self.prefix}rl:{_part(bucket)}:{_part(fingerprint)}"
+
     # --- administration -----------------------------------------------------------------
     def audit(self) -> str:
         """STREAM of admin actions (erasure, export, promotion, rollback)."""

@@ -25,6 +25,7 @@ DEV_API_KEYS: dict[str, str] = {
     "dev-admin-key": "admin",
 }
 DEV_PSEUDONYM_SECRET = "dev-only-pseudonymisation-secret"
+DEV_SERVER_SECRET = "dev-only-server-secret"
 #: Production refuses API keys and secrets shorter than this, or with fewer distinct
 #: characters than ``SECRET_MIN_DISTINCT`` (``"a" * 40`` is long and guessable). A value
 #: from ``python -c "import secrets; print(secrets.token_urlsafe(32))"`` (43 characters of
@@ -140,7 +141,17 @@ class Settings(BaseSettings):
         default_factory=lambda: dict(DEV_API_KEYS)
     )
     pseudonym_secret: str = DEV_PSEUDONYM_SECRET
+    # Held by the serving and ingestion processes only (never by front ends or partners):
+    # keyed digests of API keys (rate limits, audit actors), recommendation ids, the audit
+    # chain; one key per purpose is derived from it (core/keyring.py).
+    server_secret: str = DEV_SERVER_SECRET
     small_cell_k: int = Field(default=5, ge=1)
+    # Per-key token buckets (requests per second, and burst) of the intake (POST /v1/events,
+    # PUT …/consent) and of the operator and admin API; 0 per second: no limit.
+    rate_limit_intake_per_s: float = Field(default=1000.0, ge=0)
+    rate_limit_intake_burst: int = Field(default=2000, ge=1)
+    rate_limit_operator_per_s: float = Field(default=50.0, ge=0)
+    rate_limit_operator_burst: int = Field(default=200, ge=1)
 
     # --- publish and real-time serving (issue 6; owner: serving) ------------------------
     # How many bundles / services are precomputed per resident by `bouquet publish`.
@@ -217,11 +228,14 @@ class Settings(BaseSettings):
                            in self.api_keys.items() if (why := weak_secret(key)))
         if weak_keys:
             raise ValueError(f"BOUQUET_API_KEYS: {'; '.join(weak_keys)}; {_MAKE_ONE}")
-        if self.pseudonym_secret == DEV_PSEUDONYM_SECRET:
-            raise ValueError(f"BOUQUET_PSEUDONYM_SECRET is the development secret; {_MAKE_ONE}")
-        why = weak_secret(self.pseudonym_secret)
-        if why:
-            raise ValueError(f"BOUQUET_PSEUDONYM_SECRET is {why}; {_MAKE_ONE}")
+        for variable, value, development in (
+                ("BOUQUET_PSEUDONYM_SECRET", self.pseudonym_secret, DEV_PSEUDONYM_SECRET),
+                ("BOUQUET_SERVER_SECRET", self.server_secret, DEV_SERVER_SECRET)):
+            if value == development:
+                raise ValueError(f"{variable} is the development secret; {_MAKE_ONE}")
+            why = weak_secret(value)
+            if why:
+                raise ValueError(f"{variable} is {why}; {_MAKE_ONE}")
         if self.serving_bench_endpoints:
             raise ValueError(
                 "BOUQUET_SERVING_BENCH_ENDPOINTS is for benchmarks only (one of its endpoints "
@@ -238,6 +252,8 @@ class Settings(BaseSettings):
             found.append("BOUQUET_API_KEYS")
         if self.pseudonym_secret == DEV_PSEUDONYM_SECRET:
             found.append("BOUQUET_PSEUDONYM_SECRET")
+        if self.server_secret == DEV_SERVER_SECRET:
+            found.append("BOUQUET_SERVER_SECRET")
         return found
 
     # --- derived locations -------------------------------------------------------------

@@ -122,12 +122,7 @@ class IntakeRefused(Exception):
 def validate_body(raw: bytes, settings: Settings, catalog: Catalog) -> list[InteractionEvent]:
     """The events of a request body, validated with the consumer's rules, all or nothing;
     raises :class:`IntakeRefused`. Pure CPU work: safe to run in a worker thread."""
-    limit = settings.serving_max_batch * settings.max_event_bytes
-    if len(raw) > limit:
-        raise IntakeRefused(413, "too_large", f"body of {len(raw)} bytes exceeds {limit} "
-                            f"bytes ({settings.serving_max_batch} events of at most "
-                            f"{settings.max_event_bytes} bytes)")
-    try:
+    try:  # the body's size was capped before it was read (serving.admission.body_cap)
         payload = json.loads(raw)
     except (ValueError, RecursionError) as exc:
         raise IntakeRefused(422, "rejected", f"body is not valid JSON: {str(exc)[:200]}") \

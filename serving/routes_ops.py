@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
 from bouquet.serving import metrics
-from bouquet.serving.body_limit import BodyLimit, body_limit
+from bouquet.serving.admission import Admission
 from bouquet.serving.runtime import RuntimeDep
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 def configure(app: FastAPI) -> None:
     app.add_middleware(metrics.MetricsMiddleware)
-    # added last, so outermost: an oversize body is refused before anything reads it
-    app.add_middleware(BodyLimit, limit=body_limit(app.state.settings))
+    # added last, so outermost: key, rate and body size are checked before anything reads
+    # the body
+    app.add_middleware(Admission, bouquet_app=app)
     app.add_exception_handler(Exception, _unexpected)

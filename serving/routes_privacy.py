@@ -16,9 +16,9 @@
 * ``GET /v1/admin/audit`` (``operator`` or ``admin``): the latest audit records (the Redis
   stream; the file when Redis is down). Records name residents by keyed reference only.
 
-Erasures and exports are audited (:mod:`bouquet.privacy.audit`) with the calling key's role and
-fingerprint. (Request bodies larger than the intake could ever accept are refused for every
-route by :class:`bouquet.serving.body_limit.BodyLimit`.)
+Erasures, exports and consent changes are audited (:mod:`bouquet.privacy.audit`) with the
+calling key's role and fingerprint. (Keys, rate limits and body caps are checked before any
+body is read, by :class:`bouquet.serving.admission.Admission`.)
 """
 
 from __future__ import annotations

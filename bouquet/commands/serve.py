@@ -42,7 +42,7 @@ def exposed_with_development_credentials(host: str, settings: Settings) -> str |
     found = settings.development_credentials
     if not found or is_loopback(host):
         return None
-    return (f"refusing to serve on {host}: {' and '.join(found)} still hold the public "
+    return (f"refusing to serve on {host}: {', '.join(found)} still hold the public "
             "development values, which anyone who reads the README can use. Set "
             f"{', '.join(found)} (make a secret with `python -c \"import secrets; "
             "print(secrets.token_urlsafe(32))\"`), or serve on 127.0.0.1")

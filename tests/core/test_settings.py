@@ -63,6 +63,9 @@ def test_production_refuses_development_secrets(monkeypatch) -> None:
     with pytest.raises(ValidationError, match="PSEUDONYM_SECRET is the development secret"):
         Settings()
     monkeypatch.setenv("BOUQUET_PSEUDONYM_SECRET", STRONG)
+    with pytest.raises(ValidationError, match="SERVER_SECRET is the development secret"):
+        Settings()
+    monkeypatch.setenv("BOUQUET_SERVER_SECRET", STRONG[::-1])
     assert Settings().env == "production"
     monkeypatch.setenv("BOUQUET_SERVING_BENCH_ENDPOINTS", "true")  # one answers without a key
     with pytest.raises(ValidationError, match="benchmarks only"):
@@ -79,13 +82,15 @@ def test_key_prefix_cannot_inject_key_syntax() -> None:
         Settings(redis_key_prefix="bq:*\r\n")
 
 
-@pytest.mark.parametrize("variable", ["BOUQUET_PSEUDONYM_SECRET", "BOUQUET_API_KEYS"])
+@pytest.mark.parametrize("variable", ["BOUQUET_PSEUDONYM_SECRET", "BOUQUET_SERVER_SECRET",
+                                      "BOUQUET_API_KEYS"])
 @pytest.mark.parametrize("weak, why", [("x" * 40, "fewer than 16 distinct"),
                                        ("abcdefghijklmnopqrstuvwxyz01234", "shorter than 32"),
                                        ("ab" * 20, "fewer than 16 distinct")])
 def test_production_refuses_weak_keys_and_secrets(monkeypatch, variable, weak, why) -> None:
     monkeypatch.setenv("BOUQUET_ENV", "production")
     monkeypatch.setenv("BOUQUET_PSEUDONYM_SECRET", STRONG)
+    monkeypatch.setenv("BOUQUET_SERVER_SECRET", STRONG[::-1])
     monkeypatch.setenv("BOUQUET_API_KEYS", f'{{"{STRONG_KEY}": "app"}}')
     value = weak if variable != "BOUQUET_API_KEYS" else f'{{"{weak}": "admin"}}'
     monkeypatch.setenv(variable, value)
@@ -95,9 +100,10 @@ def test_production_refuses_weak_keys_and_secrets(monkeypatch, variable, weak, w
 
 
 def test_development_credentials_are_named(monkeypatch) -> None:
-    monkeypatch.delenv("BOUQUET_API_KEYS", raising=False)
-    monkeypatch.delenv("BOUQUET_PSEUDONYM_SECRET", raising=False)
+    for name in ("BOUQUET_API_KEYS", "BOUQUET_PSEUDONYM_SECRET", "BOUQUET_SERVER_SECRET"):
+        monkeypatch.delenv(name, raising=False)
     assert Settings().development_credentials == ["BOUQUET_API_KEYS",
-                                                  "BOUQUET_PSEUDONYM_SECRET"]
-    assert Settings(api_keys={STRONG_KEY: "app"},
-                    pseudonym_secret=STRONG).development_credentials == []
+                                                  "BOUQUET_PSEUDONYM_SECRET",
+                                                  "BOUQUET_SERVER_SECRET"]
+    assert Settings(api_keys={STRONG_KEY: "app"}, pseudonym_secret=STRONG,
+                    server_secret=STRONG[::-1]).development_credentials == []
