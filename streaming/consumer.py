@@ -253,7 +253,7 @@ class IngestConsumer:
     def _new_consumer(self) -> KafkaConsumer:
         o = self.options
         return KafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            **self.settings.kafka_client_options(),
             group_id=self.settings.consumer_group,
             client_id=o.client_id,
             enable_auto_commit=False,
@@ -271,7 +271,7 @@ class IngestConsumer:
     def _dlq_producer(self) -> KafkaProducer:
         if self._producer is None:
             self._producer = KafkaProducer(
-                bootstrap_servers=self.settings.kafka_bootstrap_servers,
+                **self.settings.kafka_client_options(),
                 acks="all", enable_idempotence=True, linger_ms=5,
                 request_timeout_ms=10_000, delivery_timeout_ms=30_000, max_block_ms=10_000,
             )

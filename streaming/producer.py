@@ -54,7 +54,7 @@ class EventProducer:
                  max_block_ms: int = 10_000, **overrides: Any) -> None:
         self.topic = settings.topic_events
         config: dict[str, Any] = {
-            "bootstrap_servers": settings.kafka_bootstrap_servers,
+            **settings.kafka_client_options(),
             "acks": "all",
             "enable_idempotence": True,
             "max_block_ms": max_block_ms,

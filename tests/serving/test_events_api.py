@@ -87,7 +87,7 @@ def private_broker(make_settings):
     settings = make_settings(kafka_bootstrap_servers=f"127.0.0.1:{port}",
                              serving_intake_timeout_s=2.0)
     deadline = time.monotonic() + 30
-    while not kafka_ready(settings.kafka_bootstrap_servers, 1.0)[0]:
+    while not kafka_ready(settings, 1.0)[0]:
         assert time.monotonic() < deadline, "private broker did not start"
         time.sleep(0.2)
     ensure_topics(settings)
