@@ -37,6 +37,7 @@ from bouquet.analytics.tables import Table, plain
 from bouquet.core.catalog import Catalog, load_catalog
 from bouquet.core.eventlog import EventLog
 from bouquet.core.keys import Keys
+from bouquet.core.recommendation import RecommendationIds
 from bouquet.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class EngagementService:
         self.ttl_s = settings.engagement_cache_ttl_s if ttl_s is None else ttl_s
         self.k = settings.small_cell_k
         self.keys = Keys(settings.redis_key_prefix)
+        self.recommendation_ids = RecommendationIds.for_settings(settings)
         self._clock = clock
         self._lock = threading.Lock()
         self._fingerprint: tuple | None = None
@@ -95,7 +97,8 @@ class EngagementService:
                 found = self.fingerprint()
                 self._checked_at = now
                 if found != self._fingerprint or self._data is None:
-                    self._data = load_engagement_data(self.root, self.catalog)
+                    self._data = load_engagement_data(self.root, self.catalog,
+                                                      self.recommendation_ids)
                     self._fingerprint = found
                     self._memo = {}
                     self.computations += 1

@@ -172,7 +172,7 @@ class InteractionEvent(BaseModel):
                     "bundle_id": "compte-mobilite",
                     "ts": "2026-11-27T08:15:00+01:00",
                     "channel": "app",
-                    "recommendation_id": "v3.champion.9f2c41aa",
+                    "recommendation_id": "v3.champion.9f2c41aa07b1c3e0d95a8f61b2c7d4e5a6f7",
                 }
             ]
         },

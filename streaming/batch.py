@@ -47,7 +47,7 @@ from bouquet.core.events import (
     personal_data_in,
 )
 from bouquet.core.keys import Keys
-from bouquet.core.recommendation import parse_recommendation_id
+from bouquet.core.recommendation import RecommendationIds, development_ids
 from bouquet.streaming.state import FUNNEL_STAGES, PROFILE_BOOLEANS
 
 log = logging.getLogger(__name__)
@@ -197,10 +197,6 @@ _IDS = re.compile(
     + f"\x1f(?:{_TARGET_RE})?\x1f(?:{_TARGET_RE})?\x1f(?:{REFERENCE_RE[1:-1]})?").fullmatch
 
 
-#: the token of a recommendation id (core.recommendation's part rule), after a cached head
-_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,40}").fullmatch
-
-
 class FastEvent:
     """The attributes of :class:`InteractionEvent` the consumer reads (fast path only)."""
 
@@ -273,16 +269,18 @@ class BatchBuilder:
     """Validates records and appends them to a :class:`Batch` (one builder per consumer)."""
 
     def __init__(self, catalog: Catalog, keys: Keys, *, max_event_bytes: int = 8192,
-                 max_future_skew_s: int = 300) -> None:
+                 max_future_skew_s: int = 300,
+                 recommendation_ids: RecommendationIds | None = None) -> None:
         self.catalog = catalog
         self.keys = keys
+        self.recommendation_ids = recommendation_ids or development_ids()
         self.max_event_bytes = max_event_bytes
         self.max_future_skew = timedelta(seconds=max_future_skew_s)
         self._services = catalog.service_by_id
         self._bundles = catalog.bundle_by_id
         self._buckets: dict[date, tuple[str, str]] = {}
         self._targets: dict[tuple[str | None, str | None], tuple[str, str]] = {}
-        self._funnels: dict[str, tuple[str, str]] = {}
+        self._funnels: dict[tuple[str, str], tuple[str, str]] = {}
         self._combos: dict[tuple[str, ...], str] = {}
 
     def add(self, batch: Batch, record: Any, now: datetime | None = None) -> None:
@@ -387,22 +385,16 @@ class BatchBuilder:
         return found
 
     def _funnel(self, kind: str, recommendation_id: str) -> tuple[str, str, str]:
-        """(funnel key, stage, funnel index member) the event credits, or empty strings."""
+        """(funnel key, stage, funnel index member) the event credits, or empty strings.
+        The arm is the id's own only when its MAC verifies; any other id (foreign, altered,
+        made up by a client) credits the ``unattributed`` arm."""
         stage = FUNNEL_STAGES.get(kind)
         if stage is None:
             return "", "", ""
-        # the cache is keyed by "<model_version>.<variant>" (the id minus its token);
-        # parse_recommendation_id still decides whether the id is one of ours
-        head = recommendation_id[:recommendation_id.rfind(".") + 1]
-        found = self._funnels.get(head)
+        arm = self.recommendation_ids.arm(recommendation_id)
+        found = self._funnels.get(arm)
         if found is None:
-            attribution = parse_recommendation_id(recommendation_id)
-            if attribution is None:
-                return "", "", ""
-            pair = (attribution.model_version, attribution.variant)
-            found = self._funnels[head] = (self.keys.funnel(*pair), f"{pair[0]}:{pair[1]}")
-        elif not _TOKEN(recommendation_id, len(head)):
-            return "", "", ""
+            found = self._funnels[arm] = (self.keys.funnel(*arm), f"{arm[0]}:{arm[1]}")
         return found[0], stage, found[1]
 
     def _append(self, batch: Batch, event_id: str, resident_id: str, kind: str,

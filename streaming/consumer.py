@@ -55,6 +55,7 @@ from kafka.structs import OffsetAndMetadata
 from bouquet.core.catalog import Catalog, load_catalog
 from bouquet.core.eventlog import EventLog
 from bouquet.core.keys import Keys
+from bouquet.core.recommendation import RecommendationIds
 from bouquet.core.settings import Settings
 from bouquet.streaming import metrics
 from bouquet.streaming.batch import Batch, BatchBuilder, DeadLetter
@@ -208,7 +209,8 @@ class IngestConsumer:
         self.keys = Keys(settings.redis_key_prefix)
         self.builder = BatchBuilder(self.catalog, self.keys,
                                     max_event_bytes=settings.max_event_bytes,
-                                    max_future_skew_s=settings.max_future_skew_s)
+                                    max_future_skew_s=settings.max_future_skew_s,
+                                    recommendation_ids=RecommendationIds.for_settings(settings))
         self.event_log = EventLog(settings.event_log_path)
         self.stats = IngestStats()
         self._stop = threading.Event()

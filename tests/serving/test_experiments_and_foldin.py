@@ -12,7 +12,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from bouquet.core.catalog import load_catalog
-from bouquet.core.recommendation import parse_recommendation_id
+from bouquet.core.recommendation import development_ids
 from bouquet.models.online import ServingModel
 from bouquet.serving.experiments import Experiment, ExperimentConfigError, Variant
 from tests.serving.support import client_for, publish, set_profile, small_model
@@ -64,7 +64,7 @@ async def test_variants_serve_their_own_version_and_are_attributed(make_settings
     assert "non-personalised variant" in answers["popular"]["notice"]
     for variant, answer in answers.items():
         assert answer["variant"] == variant
-        assert parse_recommendation_id(answer["recommendation_id"]).variant == variant
+        assert development_ids().verify(answer["recommendation_id"]).variant == variant
 
 
 def test_fold_in_equals_implicits_recalculate_user() -> None:
