@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
@@ -327,11 +328,16 @@ def check_against_catalog(
     *,
     now: datetime | None = None,
     max_future_skew: timedelta = timedelta(minutes=5),
+    max_past_skew: Mapping[str, timedelta] | None = None,
 ) -> None:
     """Rules that need the catalog or the clock; raise :class:`EventRejected`.
 
+    ``max_past_skew``: channel → how far in the past an event of that channel may be
+    stamped (``Settings.past_skew_limits()``; a channel not in it, or None: no limit).
+
     Reason codes: ``unknown_service``, ``unknown_bundle``, ``service_not_in_bundle``,
-    ``unknown_neighbourhood``, ``future_timestamp``, ``ancient_timestamp``.
+    ``unknown_neighbourhood``, ``future_timestamp``, ``stale_timestamp``,
+    ``ancient_timestamp``.
     """
     if event.service_id and event.service_id not in catalog.service_by_id:
         raise EventRejected("unknown_service", f"service_id {event.service_id!r} is not in "
@@ -353,5 +359,10 @@ def check_against_catalog(
     if event.ts > now + max_future_skew:
         raise EventRejected("future_timestamp", f"ts {event.ts.isoformat()} is more than "
                             f"{int(max_future_skew.total_seconds())} s in the future")
+    limit = max_past_skew.get(event.channel.value) if max_past_skew else None
+    if limit is not None and event.ts < now - limit:
+        raise EventRejected("stale_timestamp", f"ts {event.ts.isoformat()} is more than "
+                            f"{int(limit.total_seconds())} s in the past, the limit of channel "
+                            f"{event.channel.value!r} (BOUQUET_MAX_PAST_SKEW_S)")
     if event.ts.year < 2000:
         raise EventRejected("ancient_timestamp", f"ts {event.ts.isoformat()} is before 2000")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import tomllib
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -68,6 +69,16 @@ DEFAULT_RETENTION_DAYS: dict[str, int] = {
     "rate": 800,
     "consent": 3650,
     "profile": 3650,
+}
+
+
+#: Oldest event time accepted per channel, in seconds before now (older events are
+#: dead-lettered, reason ``stale_timestamp``). Events from people's devices and counters
+#: arrive within days; a channel not listed (``partner``, ``system``: replays, history,
+#: backfills) has no limit. An old time stamp rewrites history (last week's figures, a
+#: consent decided long ago), so only the channels that legitimately carry history may.
+DEFAULT_MAX_PAST_SKEW_S: dict[str, int] = {
+    channel: 7 * 86400 for channel in ("app", "web", "kiosk", "desk", "phone")
 }
 
 
@@ -158,6 +169,8 @@ class Settings(BaseSettings):
     event_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
     retention_days: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_RETENTION_DAYS))
     max_future_skew_s: int = Field(default=300, ge=0)
+    max_past_skew_s: dict[str, int] = Field(
+        default_factory=lambda: dict(DEFAULT_MAX_PAST_SKEW_S))
     max_event_bytes: int = Field(default=8192, ge=256)
 
     # --- ingestion (streaming/, issue 4; see docs/ingestion.md) ---------------------------
@@ -167,6 +180,10 @@ class Settings(BaseSettings):
     ingest_heartbeat_interval_ms: int = Field(default=3000, ge=100)
     ingest_recent_cap: int = Field(default=50, ge=1, le=1000)
     ingest_dedup_ttl_s: int = Field(default=3 * 86400, ge=60)
+    # Distinct event dates in one batch (each is one fsynced Parquet file): a batch is
+    # closed early rather than grow past it, so a stream of scattered old dates costs
+    # batches, not thousands of files per batch.
+    ingest_batch_max_dates: int = Field(default=32, ge=1, le=10_000)
     ingest_counter_ttl_days: int = Field(default=120, ge=1)
 
     # --- serving and privacy -----------------------------------------------------------
@@ -239,6 +256,19 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, _TomlFileSource(settings_cls))
+
+    @field_validator("max_past_skew_s")
+    @classmethod
+    def _skews_non_negative(cls, value: dict[str, int]) -> dict[str, int]:
+        negative = {k: v for k, v in value.items() if v < 0}
+        if negative:
+            raise ValueError(f"past skews must be >= 0 seconds, got {negative}")
+        return value
+
+    def past_skew_limits(self) -> dict[str, timedelta]:
+        """Channel → how far in the past an event of that channel may be stamped (a
+        channel not listed has no limit)."""
+        return {channel: timedelta(seconds=s) for channel, s in self.max_past_skew_s.items()}
 
     @field_validator("event_weights")
     @classmethod

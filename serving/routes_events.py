@@ -137,13 +137,15 @@ def validate_body(raw: bytes, settings: Settings, catalog: Catalog) -> list[Inte
     events: list[InteractionEvent] = []
     problems: list[dict[str, Any]] = []
     skew = timedelta(seconds=settings.max_future_skew_s)
+    past_skew = settings.past_skew_limits()
     for index, item in enumerate(items):
         try:
             if isinstance(item, dict) and len(json.dumps(item)) > settings.max_event_bytes:
                 raise EventRejected("oversize", f"event is larger than "
                                                 f"{settings.max_event_bytes} bytes")
             event = parse_event(item, max_bytes=settings.max_event_bytes)
-            check_against_catalog(event, catalog, max_future_skew=skew)
+            check_against_catalog(event, catalog, max_future_skew=skew,
+                                  max_past_skew=past_skew)
             events.append(event)
         except EventRejected as exc:
             problems.append({"index": index, "reason": exc.reason, "detail": exc.detail})

@@ -95,6 +95,8 @@ class Batch:
     in_batch_duplicates: int = 0
     #: an ``erase`` event is among the rows (set as they are laid out)
     has_erasures: bool = False
+    #: the event dates (UTC) of the rows: one event-log file each
+    days: set[date] = field(default_factory=set)
     started: float = 0.0
 
     @property
@@ -270,12 +272,16 @@ class BatchBuilder:
 
     def __init__(self, catalog: Catalog, keys: Keys, *, max_event_bytes: int = 8192,
                  max_future_skew_s: int = 300,
+                 max_past_skew: Mapping[str, timedelta] | None = None,
+                 max_dates: int = 32,
                  recommendation_ids: RecommendationIds | None = None) -> None:
         self.catalog = catalog
         self.keys = keys
         self.recommendation_ids = recommendation_ids or development_ids()
         self.max_event_bytes = max_event_bytes
         self.max_future_skew = timedelta(seconds=max_future_skew_s)
+        self.max_past_skew = dict(max_past_skew or {})
+        self.max_dates = max_dates
         self._services = catalog.service_by_id
         self._bundles = catalog.bundle_by_id
         self._buckets: dict[date, tuple[str, str]] = {}
@@ -283,31 +289,31 @@ class BatchBuilder:
         self._funnels: dict[tuple[str, str], tuple[str, str]] = {}
         self._combos: dict[tuple[str, ...], str] = {}
 
-    def add(self, batch: Batch, record: Any, now: datetime | None = None) -> None:
-        """Add one ``ConsumerRecord`` to ``batch`` (as an event or as a dead letter)."""
-        self.add_records(batch, [record], now)
+    def add(self, batch: Batch, record: Any, now: datetime | None = None) -> bool:
+        """Add one ``ConsumerRecord`` to ``batch`` (as an event or as a dead letter); False
+        when the batch has no room for its event date (:meth:`add_records`)."""
+        return self.add_records(batch, [record], now) == 1
 
-    def add_records(self, batch: Batch, records: list[Any], now: datetime | None = None) -> None:
-        """Add the records of one partition, in offset order (as ``poll`` returns them).
+    def add_records(self, batch: Batch, records: list[Any], now: datetime | None = None) -> int:
+        """Add the records of one partition, in offset order (as ``poll`` returns them);
+        returns how many were taken. Fewer than given when a valid event would add an event
+        date beyond ``max_dates`` to the batch: the caller writes the batch and adds the
+        rest to the next one (a batch writes one file per event date).
 
-        The hot loop: a plain event that is in the catalog and not in the future is laid
-        out directly; anything else goes through :meth:`_add_checked`, i.e. exactly
+        The hot loop: a plain event that is in the catalog and within the clock's bounds is
+        laid out directly; anything else goes through :meth:`_add_checked`, i.e. exactly
         ``parse_event`` + ``check_against_catalog``.
         """
         if not records:
-            return
-        first = records[0]
-        key = (first.topic, first.partition)
-        batch.offsets[key] = records[-1].offset + 1
-        if key not in batch.first_offsets:
-            batch.first_offsets[key] = first.offset
-        batch.records += len(records)
+            return 0
         now = now or utc_now()
         latest = now + self.max_future_skew
+        floors = {channel: now - skew for channel, skew in self.max_past_skew.items()}
         max_bytes = self.max_event_bytes
         services, bundles = self._services, self._bundles
-        seen, produced = batch.event_ids, batch.produced_ms
+        seen, produced, days = batch.event_ids, batch.produced_ms, batch.days
         append = self._append
+        taken = 0
         for record in records:
             value = record.value
             try:
@@ -325,45 +331,70 @@ class BatchBuilder:
                         and (bundle_id is None
                              or ((bundle := bundles.get(bundle_id)) is not None
                                  and (service_id is None or service_id in bundle.services))) \
-                        and when <= latest and when.year >= 2000:
+                        and when <= latest and when.year >= 2000 \
+                        and ((floor := floors.get(e.channel)) is None or when >= floor):
                     if e.event_id in seen:
                         batch.in_batch_duplicates += 1
+                        taken += 1
                         continue
+                    day = when.date()
+                    if day not in days:
+                        if len(days) >= self.max_dates:
+                            break
+                        days.add(day)
                     append(batch, e.event_id, e.resident_id, e.type, service_id, bundle_id,
                            when, e.channel, e.value, e.recommendation_id, e.context)
                     seen.add(e.event_id)
                     if record.timestamp is not None and record.timestamp > 0:
                         produced.append(record.timestamp)
+                    taken += 1
                     continue
-            self._add_checked(batch, record, now)
+            if not self._add_checked(batch, record, now):
+                break
+            taken += 1
+        if taken:
+            first, last = records[0], records[taken - 1]
+            key = (first.topic, first.partition)
+            batch.offsets[key] = last.offset + 1
+            batch.first_offsets.setdefault(key, first.offset)
+            batch.records += taken
+        return taken
 
-    def _add_checked(self, batch: Batch, record: Any, now: datetime) -> None:
-        """The reference path: ``parse_event`` + ``check_against_catalog`` decide."""
+    def _add_checked(self, batch: Batch, record: Any, now: datetime) -> bool:
+        """The reference path: ``parse_event`` + ``check_against_catalog`` decide. False
+        (nothing added) when the event's date does not fit in the batch."""
         value = record.value
         try:
             if not value:
                 raise EventRejected(REASON_EMPTY, "the message has no value")
             event = parse_event(value, max_bytes=self.max_event_bytes)
             check_against_catalog(event, self.catalog, now=now,
-                                  max_future_skew=self.max_future_skew)
+                                  max_future_skew=self.max_future_skew,
+                                  max_past_skew=self.max_past_skew)
             if event.event_id in batch.event_ids:
                 batch.in_batch_duplicates += 1
-                return
+                return True
+            day = event.ts.date()
+            if day not in batch.days:
+                if len(batch.days) >= self.max_dates:
+                    return False
+                batch.days.add(day)
             self._append(batch, event.event_id, event.resident_id, event.type.value,
                          event.service_id, event.bundle_id, event.ts, event.channel.value,
                          event.value, event.recommendation_id, event.context)
         except EventRejected as exc:
             batch.dead_letters.append(self._letter(record, exc.reason, exc.detail))
-            return
+            return True
         except Exception as exc:  # a bug must not stop ingestion: dead-letter and go on
             log.exception("unexpected error validating %s[%d]@%d", record.topic,
                           record.partition, record.offset)
             batch.dead_letters.append(self._letter(record, REASON_INTERNAL,
                                                    f"{type(exc).__name__}: {exc}"[:300]))
-            return
+            return True
         batch.event_ids.add(event.event_id)
         if record.timestamp is not None and record.timestamp > 0:
             batch.produced_ms.append(record.timestamp)
+        return True
 
     @staticmethod
     def _letter(record: Any, reason: str, detail: str) -> DeadLetter:

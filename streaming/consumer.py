@@ -210,6 +210,8 @@ class IngestConsumer:
         self.builder = BatchBuilder(self.catalog, self.keys,
                                     max_event_bytes=settings.max_event_bytes,
                                     max_future_skew_s=settings.max_future_skew_s,
+                                    max_past_skew=settings.past_skew_limits(),
+                                    max_dates=settings.ingest_batch_max_dates,
                                     recommendation_ids=RecommendationIds.for_settings(settings))
         self.event_log = EventLog(settings.event_log_path)
         self.stats = IngestStats()
@@ -383,8 +385,15 @@ class IngestConsumer:
                 self.stats.first_record_at = time.time()
         count = 0
         for records in polled.values():
-            self.builder.add_records(batch, records, now)
             count += len(records)
+            taken = self.builder.add_records(batch, records, now)
+            while taken < len(records):  # the batch holds its most event dates: write it
+                self._positions.update(batch.offsets)
+                self._flush()
+                batch = self._batch
+                batch.started = time.monotonic()
+                records = records[taken:]
+                taken = self.builder.add_records(batch, records, now)
         self.stats.received += count
         metrics.EVENTS.labels("received").inc(count)
         self._positions.update(batch.offsets)

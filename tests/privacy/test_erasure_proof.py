@@ -54,9 +54,11 @@ def anyio_backend() -> str:
 def deployment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from bouquet.core import settings as settings_module
 
+    # the residents' histories are a year old: replayed as a backfill, no past limit
     settings = Settings(env="test", state_dir=tmp_path / "state",
                         kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
-                        redis_url=f"redis://127.0.0.1:{free_port()}/0", topic_partitions=2)
+                        redis_url=f"redis://127.0.0.1:{free_port()}/0", topic_partitions=2,
+                        max_past_skew_s={})
     stack = LocalStack(settings)
     stack.up(timeout_s=60)
     for name in ("MLFLOW_TRACKING_URI", "BOUQUET_MLFLOW_TRACKING_URI"):
@@ -64,7 +66,7 @@ def deployment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     for name, value in {"BOUQUET_ENV": "test", "BOUQUET_STATE_DIR": str(settings.state_dir),
                         "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
                         "REDIS_URL": settings.redis_url,
-                        "BOUQUET_TOPIC_PARTITIONS": "2"}.items():
+                        "BOUQUET_TOPIC_PARTITIONS": "2", "BOUQUET_MAX_PAST_SKEW_S": "{}"}.items():
         monkeypatch.setenv(name, value)
     settings_module.get_settings.cache_clear()
     try:

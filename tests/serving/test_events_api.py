@@ -202,3 +202,18 @@ async def test_an_app_key_cannot_erase_and_its_declarations_are_audited(settings
         ("profile", f"resident:{resident_ref('r9', settings.pseudonym_secret)[:16]}")]
     assert {r["actor"] for r in records} == {api_actor("app", "dev-app-key")}
     assert records[1]["detail"]["attributes"] == ["age_band"]
+
+
+async def test_the_intake_refuses_events_older_than_their_channels_limit(settings) -> None:
+    from datetime import timedelta
+
+    from bouquet.core.settings import DEFAULT_MAX_PAST_SKEW_S
+
+    limited = settings.model_copy(update={"max_past_skew_s": DEFAULT_MAX_PAST_SKEW_S})
+    old = (datetime.now(UTC) - timedelta(days=8)).isoformat()
+    async with client_for(limited) as c:
+        refused = await c.post("/v1/events", json=[event(ts=old), event(ts=old,
+                                                                         channel="partner")])
+    assert refused.status_code == 422
+    assert [(p["index"], p["reason"]) for p in refused.json()["problems"]] == [
+        (0, "stale_timestamp")]
