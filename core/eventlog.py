@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -69,6 +71,7 @@ class EventLog:
         self.root = Path(root)
         self.writer_id = writer_id or uuid.uuid4().hex[:8]
         self._seq = 0
+        self._next_stamp_us = 0
 
     def partition_dir(self, day: date) -> Path:
         return self.root / f"{PARTITION_PREFIX}{day.isoformat()}"
@@ -102,8 +105,8 @@ class EventLog:
         if table.num_rows == 0:
             return []
         if "ingested_at" not in table.column_names or table["ingested_at"].null_count:
-            now = pa.scalar(datetime.now(UTC), pa.timestamp("us", tz="UTC"))
-            column = pa.array([now.as_py()] * table.num_rows, pa.timestamp("us", tz="UTC"))
+            column = pa.array(self._receipt_stamps(table.num_rows),
+                              pa.timestamp("us", tz="UTC"))
             if "ingested_at" in table.column_names:
                 table = table.set_column(table.schema.get_field_index("ingested_at"),
                                          "ingested_at", column)
@@ -116,6 +119,17 @@ class EventLog:
             part = table.filter(pc.equal(days, day_text))
             written.append(self._write_file(date.fromisoformat(day_text), part))
         return written
+
+    def _receipt_stamps(self, n: int) -> np.ndarray:
+        """``ingested_at`` of ``n`` rows appended now (µs since the epoch): strictly
+        increasing in row order and across this writer's appends, so the log keeps the
+        order in which events were received — also between rows of one batch that land in
+        different date files — and readers can order by it (consent decisions take effect
+        in order of receipt)."""
+        now_us = time.time_ns() // 1000
+        base = max(now_us, self._next_stamp_us)
+        self._next_stamp_us = base + n
+        return base + np.arange(n, dtype=np.int64)
 
     def _write_file(self, day: date, table: pa.Table) -> Path:
         directory = self.partition_dir(day)

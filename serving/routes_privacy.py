@@ -2,10 +2,10 @@
 
 * ``PUT /v1/residents/{id}/consent`` (``app`` or ``admin``): personalisation consent given or
   withdrawn. The ``consent`` event is produced first (``acks=all``: durable, and the next
-  training reads it), then the resident's profile in Redis is updated with the same time
-  stamp under the consumer's rule (newer time stamp wins, ``consent_ts``), so the very next
-  recommendation request already obeys it. Broker down: ``503`` + ``Retry-After`` and
-  nothing changed.
+  training reads it) with the time of receipt as its Kafka time stamp, then the resident's
+  profile in Redis is updated with that receipt time under the consumer's rule (the later
+  receipt wins, ``consent_ts``), so the very next recommendation request already obeys
+  it. Broker down: ``503`` + ``Retry-After`` and nothing changed.
 * ``DELETE /v1/residents/{id}`` (``admin``): erasure. Register, real-time state and every
   published list at once (:func:`bouquet.privacy.erasure.cascade`), then an ``erase``
   event (the event log hides the resident from every reader as soon as it is ingested;
@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -88,9 +89,11 @@ def _problem(status: int, detail: str, **extra: Any) -> JSONResponse:
                         headers=headers)
 
 
-async def _produce(runtime: Runtime, settings: Settings, event: dict[str, Any]) -> None:
-    """Produce one event through the app's intake producer and wait for the broker's ack;
-    raises :class:`ProduceFailed` (the producer is then rebuilt on the next call)."""
+async def _produce(runtime: Runtime, settings: Settings, event: dict[str, Any],
+                   timestamp_ms: int | None = None) -> None:
+    """Produce one event through the app's intake producer and wait for the broker's ack
+    (``timestamp_ms``: the record's time stamp, default now); raises
+    :class:`ProduceFailed` (the producer is then rebuilt on the next call)."""
     async with runtime.producer_lock:
         if runtime.producer is None:
             timeout_ms = int(settings.serving_intake_timeout_s * 1000)
@@ -100,7 +103,7 @@ async def _produce(runtime: Runtime, settings: Settings, event: dict[str, Any]) 
         producer = runtime.producer
     try:
         await asyncio.to_thread(producer.send_and_wait, [event],
-                                settings.serving_intake_timeout_s)
+                                settings.serving_intake_timeout_s, timestamp_ms)
     except ProduceFailed:
         stale, runtime.producer = runtime.producer, None
         if stale is not None:
@@ -123,13 +126,16 @@ async def put_consent(resident_id: ResidentId, request: Request, runtime: Runtim
     withdrawal) and excludes the resident from the next training."""
     from bouquet.streaming.producer import new_event_id
 
-    now = datetime.now(UTC)
+    # received now: the Kafka record carries this time (ms) and the profile gets it too,
+    # so the consumer applying the event later writes the same values
+    received_ms = time.time_ns() // 1_000_000
+    now = datetime.fromtimestamp(received_ms / 1000, UTC)
     value = 1 if body.personalisation else 0
     event = {"schema_version": 1, "event_id": new_event_id("consent"),
              "resident_id": resident_id, "type": "consent", "ts": now.isoformat(),
              "channel": body.channel.value, "value": value}
     try:
-        await _produce(runtime, settings, event)
+        await _produce(runtime, settings, event, received_ms)
     except ProduceFailed as exc:
         log.warning("consent for a resident not recorded, broker unavailable: %s", exc)
         return _problem(503, "the event broker is unavailable; consent was not changed — "
@@ -143,7 +149,7 @@ async def put_consent(resident_id: ResidentId, request: Request, runtime: Runtim
     keys: Keys = request.app.state.keys
     try:
         applied = await request.app.state.redis.eval(
-            _CONSENT_LUA, 1, keys.profile(resident_id), str(value), f"{now.timestamp():.6f}")
+            _CONSENT_LUA, 1, keys.profile(resident_id), str(value), f"{received_ms / 1000:.3f}")
         answer["effective"] = bool(int(applied))
         if not answer["effective"]:
             answer["notice"] = ("a more recent consent decision is already recorded; it "

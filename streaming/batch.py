@@ -288,6 +288,7 @@ class BatchBuilder:
         self._targets: dict[tuple[str | None, str | None], tuple[str, str]] = {}
         self._funnels: dict[tuple[str, str], tuple[str, str]] = {}
         self._combos: dict[tuple[str, ...], str] = {}
+        self._now_s = 0.0  # the clock of the records being added (add_records)
 
     def add(self, batch: Batch, record: Any, now: datetime | None = None) -> bool:
         """Add one ``ConsumerRecord`` to ``batch`` (as an event or as a dead letter); False
@@ -307,6 +308,7 @@ class BatchBuilder:
         if not records:
             return 0
         now = now or utc_now()
+        self._now_s = now.timestamp()
         latest = now + self.max_future_skew
         floors = {channel: now - skew for channel, skew in self.max_past_skew.items()}
         max_bytes = self.max_event_bytes
@@ -343,7 +345,8 @@ class BatchBuilder:
                             break
                         days.add(day)
                     append(batch, e.event_id, e.resident_id, e.type, service_id, bundle_id,
-                           when, e.channel, e.value, e.recommendation_id, e.context)
+                           when, e.channel, e.value, e.recommendation_id, e.context,
+                           record.timestamp)
                     seen.add(e.event_id)
                     if record.timestamp is not None and record.timestamp > 0:
                         produced.append(record.timestamp)
@@ -381,7 +384,8 @@ class BatchBuilder:
                 batch.days.add(day)
             self._append(batch, event.event_id, event.resident_id, event.type.value,
                          event.service_id, event.bundle_id, event.ts, event.channel.value,
-                         event.value, event.recommendation_id, event.context)
+                         event.value, event.recommendation_id, event.context,
+                         record.timestamp)
         except EventRejected as exc:
             batch.dead_letters.append(self._letter(record, exc.reason, exc.detail))
             return True
@@ -430,8 +434,10 @@ class BatchBuilder:
 
     def _append(self, batch: Batch, event_id: str, resident_id: str, kind: str,
                 service_id: str | None, bundle_id: str | None, ts: datetime, channel: str,
-                value: float | None, reference: str | None, context: dict[str, Any]) -> None:
-        """Lay out one valid event: its log row and its Redis script slot."""
+                value: float | None, reference: str | None, context: dict[str, Any],
+                received_ms: int | None = None) -> None:
+        """Lay out one valid event: its log row and its Redis script slot (``received_ms``:
+        the record's Kafka time stamp, which orders consent decisions)."""
         batch.rows.append((
             event_id, resident_id, kind, service_id, bundle_id, ts, channel, value, reference,
             json.dumps(context, separators=(",", ":"), sort_keys=True) if context else None,
@@ -453,7 +459,7 @@ class BatchBuilder:
         elif kind == "profile":
             payload = profile_payload(context)
         elif kind == "consent":
-            payload = "1" if value == 1 else "0"
+            payload = consent_payload(value == 1, receipt_time(received_ms, self._now_s))
         else:  # erase
             payload = ""
             batch.has_erasures = True
@@ -464,6 +470,23 @@ class BatchBuilder:
         batch.slots.append(f"{event_id}\x1f{resident_id}\x1f{kind}\x1f{epoch}\x1f{combo}"
                            f"\x1f{payload}\x1f{members}\x1f{funnel_key}\x1f{stage}"
                            f"\x1f{funnel_member}")
+
+
+def receipt_time(record_timestamp_ms: int | None, now_s: float) -> float:
+    """When an event was received (epoch s): its Kafka record's time stamp — the producer's
+    clock at the send, i.e. the intake's for events that came over HTTP, or the broker's
+    with ``LogAppendTime`` — never later than now; ``now_s`` when the record has none."""
+    if record_timestamp_ms is None or record_timestamp_ms <= 0:
+        return now_s
+    return min(record_timestamp_ms / 1000, now_s)
+
+
+def consent_payload(granted: bool, received_s: float) -> str:
+    """The batch script's payload of a consent event: ``<1|0> <receipt epoch s>``. Consent
+    decisions take effect in order of receipt (the later receipt wins), not by the time
+    stamp the client wrote, which a client chooses (serving/set_consent.lua, the API's
+    write, uses the same rule and the same clock)."""
+    return f"{'1' if granted else '0'} {received_s:.3f}"
 
 
 def holding_members(service_id: str | None, bundle_id: str | None) -> str:

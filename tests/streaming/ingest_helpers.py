@@ -119,10 +119,9 @@ class ReferenceState:
                 prof["profile_ts"] = epoch
             return
         if kind == "consent":
-            prof = self.profile[rid]
-            if epoch >= float(prof.get("consent_ts", "-inf")):
-                prof["consent"] = "1" if e["value"] == 1 else "0"
-                prof["consent_ts"] = epoch
+            # in order of receipt: a resident's events are received in stream order (one
+            # partition); the receipt times themselves are the broker's (not compared)
+            self.profile[rid]["consent"] = "1" if e["value"] == 1 else "0"
             return
         item = {"event_id": e["event_id"], "type": kind, "ts": _round(epoch),
                 "channel": e["channel"]}
@@ -215,7 +214,8 @@ def dump_state(client: redis.Redis, prefix: str) -> dict[str, Any]:
             for item in value:
                 item["ts"] = _round(item["ts"])
         elif kind == "hash":
-            value = {f.decode(): v.decode() for f, v in raw.items()}
+            value = {f.decode(): v.decode() for f, v in raw.items()
+                     if f != b"consent_ts"}  # a receipt time: the broker's clock
             if name.endswith(":holdings_ts") or name.endswith(":profile"):
                 value = {f: _round(v) if (f.endswith("_ts") or name.endswith("_ts")) else v
                          for f, v in value.items()}
