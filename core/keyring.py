@@ -31,3 +31,17 @@ def key_fingerprint(secret: str, api_key: str) -> str:
     keys without the server secret (a plain hash of a short key could)."""
     key = derived_key(secret, "api-key-fingerprint")
     return hashlib.blake2b(api_key.encode("utf-8"), key=key, digest_size=8).hexdigest()
+
+
+def resident_ref(resident_id: str, secret: str) -> str:
+    """The keyed reference of a resident (HMAC-SHA256 with ``BOUQUET_PSEUDONYM_SECRET``,
+    hex): how the erasure register, the audit log and the dead-letter topic's keys name a
+    resident without holding the id.
+
+    Not reversible without the secret (unlike a plain hash, which anyone could recompute
+    from a list of candidate ids); stable, so late events and later audits match it.
+    """
+    if not secret:
+        raise ValueError("a secret is required to reference a resident")
+    message = ("bouquet-erasure-register:" + resident_id).encode("utf-8")
+    return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()

@@ -351,10 +351,13 @@ class Settings(BaseSettings):
         return options
 
     def topic_configs(self, topic: str) -> dict[str, str]:
-        """Configs Bouquet sets on a topic it creates (``retention.ms``)."""
-        retention = self.topic_dlq_retention_ms if topic == self.topic_dlq \
-            else self.topic_events_retention_ms
-        return {"retention.ms": str(retention)}
+        """Configs Bouquet sets on a topic it creates: ``retention.ms``; the dead-letter topic
+        is also compacted (its records are keyed by resident reference and position, so an
+        erased resident's letters can be deleted by tombstones: ``bouquet compact``)."""
+        if topic == self.topic_dlq:
+            return {"retention.ms": str(self.topic_dlq_retention_ms),
+                    "cleanup.policy": "compact,delete"}
+        return {"retention.ms": str(self.topic_events_retention_ms)}
 
     # --- derived locations -------------------------------------------------------------
     @property

@@ -29,7 +29,6 @@ import contextlib
 import fcntl
 import getpass
 import hashlib
-import hmac
 import json
 import logging
 import os
@@ -39,11 +38,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bouquet.core.keyring import resident_ref
 from bouquet.core.keys import Keys
 from bouquet.core.settings import Settings
 from bouquet.core.statefiles import open_private, private_dir
 
 log = logging.getLogger(__name__)
+
+__all__ = ["AuditLog", "api_actor", "cli_actor", "entry", "read_stream", "record_action",
+           "resident_ref", "verify_chain"]
 
 #: Approximate cap of the Redis stream (the file keeps everything).
 STREAM_MAXLEN = 100_000
@@ -51,19 +54,6 @@ STREAM_MAXLEN = 100_000
 ACTIONS = ("erasure", "export", "consent", "profile", "promotion", "rollback", "publish",
            "publish-rollback", "compaction", "model-scrub")
 _GENESIS = "0" * 64
-
-
-def resident_ref(resident_id: str, secret: str) -> str:
-    """The keyed reference of a resident in the erasure register and the audit log:
-    HMAC-SHA256(secret, ``"bouquet-erasure-register:" + id``), hex.
-
-    Not reversible without the secret (unlike a plain hash, which anyone could recompute
-    from a list of candidate ids); stable, so late events and later audits match it.
-    """
-    if not secret:
-        raise ValueError("a secret is required to reference a resident")
-    message = ("bouquet-erasure-register:" + resident_id).encode("utf-8")
-    return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
 
 
 def api_actor(role: str, api_key: str | None) -> str:

@@ -133,6 +133,10 @@ class ErasureRegister:
         """Erasure time (epoch s) of a resident, None if never erased."""
         return self._cutoffs.get(self.ref(resident_id))
 
+    def is_erased_ref(self, ref: str) -> bool:
+        """Whether a keyed reference (as the dead-letter topic's keys carry) is on record."""
+        return ref in self._cutoffs
+
     def __len__(self) -> int:
         return len(self._cutoffs)
 
@@ -271,14 +275,27 @@ def cascade(settings: Settings, client: Any, resident_id: str, *, at: datetime,
     """Erase a resident from the register, the real-time state and every published keyspace
     (synchronously; the event log and models follow via the ``erase`` event, compaction and
     the next training). Idempotent. Redis errors are reported, not raised, so the caller can
-    answer "retry" after doing what it could."""
-    from bouquet.streaming.state import erase_resident
+    answer "retry" after doing what it could.
+
+    The cutoff (``report.cutoff``, epoch s) is the later of ``at`` and the newest event time
+    the real-time state has seen for the resident: a device with its clock ahead may have
+    sent events stamped after the request, and a copy of one arriving later must not count
+    as new data. The caller stamps the ``erase`` event with it (:func:`erase_event`)."""
+    from bouquet.streaming.state import erase_resident, newest_event_times
 
     keys = Keys(settings.redis_key_prefix)
     register = register or ErasureRegister.for_settings(settings)
     cutoff = at.timestamp()
+    errors = []
+    try:  # events stamped after the request but already seen are erased data too
+        cutoff = max(cutoff, newest_event_times(client, keys, [resident_id]).get(
+            resident_id, cutoff))
+    except Exception as exc:  # Redis down: the request time; the consumer extends it
+        errors.append(f"redis: {exc.__class__.__name__}: {exc}")
     new = register.record(resident_id, cutoff, source)
-    report = CascadeReport(register.ref(resident_id), cutoff, new, False, 0, 0)
+    report = CascadeReport(register.ref(resident_id), cutoff, new, False, 0, 0, errors)
+    if errors:
+        return report
     try:
         erase_resident(client, keys, resident_id)
         report.realtime_erased = True
@@ -389,23 +406,67 @@ def _epoch(text: str | None) -> float | None:
 
 @dataclass
 class ArtifactScrub:
-    version: str
+    version: str | None  # the registered version, None for a run's artifact never registered
     source: str
     rows_removed: int
     residents_before: int
     rewritten: str  # "in place" | "re-uploaded" | "dry run"
+    run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class _ModelArtifact:
+    """One model artifact to check: a registered version's source, or the ``model`` folder
+    of a training run that was never registered (``bouquet train --no-register``, a search
+    trial); ``version`` None for the latter."""
+
+    source: str
+    run_id: str | None
+    version: Any = None
+
+
+def _model_artifacts(client: Any, settings: Settings) -> list[_ModelArtifact]:
+    """Every model artifact Bouquet's MLflow store holds: the registered versions, then the
+    runs of the experiment whose ``model`` folder no version points at."""
+    from mlflow.exceptions import MlflowException
+
+    found: dict[str, _ModelArtifact] = {}
+    try:
+        versions = client.search_model_versions(f"name = '{settings.registered_model}'")
+    except MlflowException:
+        versions = []
+    for mv in versions:
+        found.setdefault(mv.source or "", _ModelArtifact(mv.source or "", mv.run_id, mv))
+    experiment = client.get_experiment_by_name(settings.mlflow_experiment)
+    if experiment is None:
+        return list(found.values())
+    token = None
+    while True:
+        runs = client.search_runs([experiment.experiment_id], max_results=500,
+                                  page_token=token)
+        for run in runs:
+            source = f"{run.info.artifact_uri}/model"
+            if source in found or not any(
+                    a.path.endswith("meta.json")
+                    for a in client.list_artifacts(run.info.run_id, "model")):
+                continue
+            found[source] = _ModelArtifact(source, run.info.run_id)
+        token = runs.token
+        if not token:
+            return list(found.values())
 
 
 def scrub_artifacts(settings: Settings, register: ErasureRegister | None = None, *,
                     dry_run: bool = False) -> list[ArtifactScrub]:
-    """Rewrite every registered model version whose artifact still holds rows (ids, factors,
-    neighbourhood) of residents erased after the model was made.
+    """Rewrite every model artifact — of a registered version, or of a training run never
+    registered — that still holds rows (ids, factors, neighbourhood) of residents erased
+    after the model was made.
 
     A local artifact directory (the default ``STATE_DIR/mlartifacts`` store) is rewritten in
     place, each file atomically (temp + rename); a remote one (an MLflow server's store) is
-    downloaded, rewritten and logged back to the same run path. The version is tagged
-    ``erasure_scrubbed_at`` and ``erasure_rows_removed``. Scores of every other resident
-    are unchanged: rows are independent in a factor model.
+    downloaded, rewritten and logged back to the same run path. The version (or the run,
+    when there is none) is tagged ``erasure_scrubbed_at`` and ``erasure_rows_removed``.
+    Scores of every other resident are unchanged: rows are independent in a factor model.
     """
     import mlflow
     from mlflow import MlflowClient
@@ -415,20 +476,16 @@ def scrub_artifacts(settings: Settings, register: ErasureRegister | None = None,
 
     register = register or ErasureRegister.for_settings(settings)
     client = MlflowClient(tracking_uri=settings.mlflow_uri)
-    try:
-        versions = client.search_model_versions(f"name = '{settings.registered_model}'")
-    except MlflowException:
-        return []
     out: list[ArtifactScrub] = []
-    for mv in versions:
+    for target in _model_artifacts(client, settings):
         with tempfile.TemporaryDirectory(prefix="bouquet-scrub-") as tmp:
-            local = _local_dir(mv.source or "")
+            local = _local_dir(target.source)
             directory = local or Path(mlflow.artifacts.download_artifacts(
-                artifact_uri=mv.source, dst_path=tmp, tracking_uri=settings.mlflow_uri))
+                artifact_uri=target.source, dst_path=tmp, tracking_uri=settings.mlflow_uri))
             artifact = load_artifact(directory)
             ids = artifact.resident_ids.tolist()
             try:  # the run's start: its data were read after it
-                created = _run_started(client, mv.run_id)
+                created = _run_started(client, target.run_id)
             except MlflowException:
                 created = None
             if created is None:
@@ -456,18 +513,28 @@ def scrub_artifacts(settings: Settings, register: ErasureRegister | None = None,
                 else:
                     staged = Path(tmp) / "scrubbed" / "model"
                     scrubbed.save(staged)
-                    client.log_artifacts(mv.run_id, str(staged), "model")
+                    client.log_artifacts(target.run_id, str(staged), "model")
                     shutil.rmtree(staged.parent, ignore_errors=True)
                     how = "re-uploaded"
-                now = datetime.now(UTC).isoformat(timespec="seconds")
-                client.set_model_version_tag(mv.name, mv.version, "erasure_scrubbed_at", now)
-                client.set_model_version_tag(mv.name, mv.version, "erasure_rows_removed",
-                                             str(int((~keep).sum())))
-            out.append(ArtifactScrub(str(mv.version), mv.source or "", int((~keep).sum()),
-                                     len(ids), how))
-            log.info("model version %s: %d erased resident row(s) removed (%s)", mv.version,
+                _tag_scrubbed(client, target, int((~keep).sum()))
+            version = str(target.version.version) if target.version is not None else None
+            out.append(ArtifactScrub(version, target.source, int((~keep).sum()), len(ids), how,
+                                     target.run_id))
+            log.info("model artifact %s: %d erased resident row(s) removed (%s)",
+                     f"version {version}" if version else f"of run {target.run_id}",
                      int((~keep).sum()), how)
     return out
+
+
+def _tag_scrubbed(client: Any, target: _ModelArtifact, rows: int) -> None:
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    if target.version is not None:
+        mv = target.version
+        client.set_model_version_tag(mv.name, mv.version, "erasure_scrubbed_at", now)
+        client.set_model_version_tag(mv.name, mv.version, "erasure_rows_removed", str(rows))
+    else:
+        client.set_tag(target.run_id, "erasure_scrubbed_at", now)
+        client.set_tag(target.run_id, "erasure_rows_removed", str(rows))
 
 
 def model_created_at(settings: Settings, model_version: str) -> float | None:

@@ -181,7 +181,7 @@ async def delete_resident(resident_id: ResidentId, request: Request, runtime: Ru
     now = datetime.now(UTC)
     report = await asyncio.to_thread(cascade, settings, privacy_redis(app), resident_id,
                                      at=now, source="api")
-    event = erase_event(resident_id, now)
+    event = erase_event(resident_id, datetime.fromtimestamp(report.cutoff, UTC))
     problems = list(report.errors)
     try:
         await _produce(runtime, settings, event)

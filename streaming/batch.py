@@ -46,6 +46,7 @@ from bouquet.core.events import (
     parse_event,
     personal_data_in,
 )
+from bouquet.core.keyring import resident_ref
 from bouquet.core.keys import Keys
 from bouquet.core.recommendation import RecommendationIds, development_ids
 from bouquet.streaming.state import FUNNEL_STAGES, PROFILE_BOOLEANS
@@ -73,6 +74,33 @@ class DeadLetter:
     value: bytes | None
     reason: str
     detail: str
+
+    def resident_id(self) -> str | None:
+        """Whose message this was, as far as it says: the record's key (producers key by
+        resident id), else a ``resident_id`` in a value that still parses; None when
+        neither holds a valid id."""
+        candidates = [self.key.decode("utf-8", "replace") if self.key else None]
+        if self.value:
+            try:
+                payload = json.loads(self.value)
+            except (ValueError, RecursionError):
+                payload = None
+            if isinstance(payload, dict) and isinstance(payload.get("resident_id"), str):
+                candidates.append(payload["resident_id"])
+        return next((c for c in candidates if c and _VALID_ID(c)), None)
+
+    def dead_letter_key(self, secret: str) -> bytes:
+        """The key of this letter on the dead-letter topic: the resident's keyed reference
+        (never the id) and the source position, ``<ref>:<partition>:<offset>``, or
+        ``-:<partition>:<offset>`` when the message names no resident. The topic is
+        compacted: ``bouquet compact`` deletes an erased resident's letters by producing a
+        tombstone for each of their keys (docs/privacy.md)."""
+        rid = self.resident_id()
+        ref = resident_ref(rid, secret) if rid else "-"
+        return f"{ref}:{self.partition}:{self.offset}".encode()
+
+
+_VALID_ID = re.compile(ID_RE).fullmatch
 
 
 @dataclass
@@ -121,6 +149,40 @@ class Batch:
             return []
         return [(row[_RESIDENT], row[_TS].timestamp()) for row in self.rows
                 if row[_TYPE] == "erase"]
+
+    def extend_erasures(self, seen: Mapping[str, float]) -> int:
+        """Move each ``erase`` event's time stamp to the later of its own and the newest
+        event time seen for its resident — ``seen`` (resident id → epoch s, from the
+        real-time state: events of earlier batches) or an earlier event of this batch.
+        Returns how many moved.
+
+        The erasure's time stamp is its cutoff (readers hide, compaction drops and the
+        consumer refuses the resident's events stamped at or before it). A device whose
+        clock runs ahead may have sent events stamped after the erasure request; had the
+        cutoff stayed at the request time, a copy of such an event arriving after the
+        erasure would count as new data and rebuild what was erased."""
+        if not self.has_erasures:
+            return 0
+        newest: dict[str, float] = {}
+        moved = 0
+        for i, row in enumerate(self.rows):
+            rid, when = row[_RESIDENT], row[_TS]
+            epoch = when.timestamp()
+            if row[_TYPE] != "erase":
+                if epoch > newest.get(rid, float("-inf")):
+                    newest[rid] = epoch
+                continue
+            cutoff = max(epoch, newest.get(rid, epoch), seen.get(rid, epoch))
+            if cutoff > epoch:
+                self.rows[i] = (*row[:_TS], datetime.fromtimestamp(cutoff, UTC),
+                                *row[_TS + 1:])
+                moved += 1
+            newest.pop(rid, None)  # events after the erasure are the resident's new data
+        return moved
+
+    def erased_residents(self) -> list[str]:
+        """The residents of the batch's ``erase`` events."""
+        return [rid for rid, _ in self.erasures()]
 
     def drop_late(self, on_record: Mapping[str, float]) -> int:
         """Remove late data of erased residents before anything is written; returns how many.

@@ -59,7 +59,7 @@ from bouquet.core.recommendation import RecommendationIds
 from bouquet.core.settings import Settings
 from bouquet.streaming import metrics
 from bouquet.streaming.batch import Batch, BatchBuilder, DeadLetter
-from bouquet.streaming.state import StateConfig, StateWriter
+from bouquet.streaming.state import StateConfig, StateWriter, newest_event_times
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -563,7 +563,14 @@ class IngestConsumer:
         """Make the batch durable: DLQ sends, event log, Redis, DLQ acks and counters."""
         assert self._state is not None
         futures = self._send_dead_letters(batch.dead_letters)
-        if batch.events and self.erasure is not None:
+        if batch.has_erasures:
+            # an erasure's cutoff is the later of its time and the newest event time seen
+            # for the resident (before this batch's script erases what tells it)
+            assert self._redis is not None
+            seen = self._retry("redis", lambda: newest_event_times(
+                self._redis, self.keys, batch.erased_residents()))
+            batch.extend_erasures(seen)
+        if batch.events and (self.erasure is not None or batch.has_erasures):
             self._drop_erased_data(batch)
         if batch.events:
             # The log append and the Redis script run side by side (both mostly wait on
@@ -609,9 +616,8 @@ class IngestConsumer:
         time-stamped at or after it, came before it — on record, or earlier in the batch —
         the same outcome whatever the batch boundaries."""
         hooks = self.erasure
-        assert hooks is not None
-        on_record = self._retry("erasure register",
-                                lambda: hooks.erased_among(batch.resident_ids()))
+        on_record = {} if hooks is None else self._retry(
+            "erasure register", lambda: hooks.erased_among(batch.resident_ids()))
         dropped = batch.drop_late(on_record)
         if dropped:
             self.stats.erased_late += dropped
@@ -638,8 +644,10 @@ class IngestConsumer:
         if not letters:
             return []
         producer = self._dlq_producer()
-        return [producer.send(self.settings.topic_dlq, key=d.key, value=d.value or b"",
-                              headers=dead_letter_headers(d)) for d in letters]
+        secret = self.settings.pseudonym_secret
+        return [producer.send(self.settings.topic_dlq, key=d.dead_letter_key(secret),
+                              value=d.value or b"", headers=dead_letter_headers(d))
+                for d in letters]
 
     def _await_dead_letters(self, letters: list[DeadLetter], futures: list[Any]) -> None:
         """Wait for the broker's acks; re-send what failed, within the retry bound."""

@@ -192,6 +192,30 @@ def erase_resident(client: redis.Redis, keys: Keys, resident_id: str) -> None:
     sweep_resident_keys(client, keys, resident_id)
 
 
+def newest_event_times(client: redis.Redis, keys: Keys,
+                       resident_ids: Iterable[str]) -> dict[str, float]:
+    """Resident id → the newest event time (epoch s) the real-time state has seen for them:
+    their last contact, profile and holdings changes (one pipelined round trip). An erasure
+    takes the later of its request time and this as its cutoff (see
+    :meth:`bouquet.streaming.batch.Batch.extend_erasures`)."""
+    rids = list(dict.fromkeys(resident_ids))
+    if not rids:
+        return {}
+    pipe = client.pipeline(transaction=False)
+    for rid in rids:
+        pipe.zscore(keys.last_contact(), rid)
+        pipe.hget(keys.profile(rid), "profile_ts")
+        pipe.hvals(keys.holdings_ts(rid))
+    replies = pipe.execute()
+    out: dict[str, float] = {}
+    for i, rid in enumerate(rids):
+        contact, profile, holdings = replies[3 * i: 3 * i + 3]
+        times = [float(v) for v in (contact, profile, *holdings) if v is not None]
+        if times:
+            out[rid] = max(times)
+    return out
+
+
 def read_profile(client: redis.Redis, keys: Keys, resident_id: str) -> dict[str, Any]:
     """The resident's profile hash decoded for :func:`bouquet.core.catalog.eligibility_failure`:
     booleans as bool, ``consent`` as bool (False when never given), bookkeeping fields

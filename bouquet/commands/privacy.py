@@ -83,7 +83,7 @@ def erase_command(
     if event:
         from bouquet.streaming.producer import EventProducer, ProduceFailed
 
-        payload = erase_event(resident_id, now)
+        payload = erase_event(resident_id, datetime.fromtimestamp(report.cutoff, UTC))
         try:
             with EventProducer(settings) as producer:
                 producer.send_and_wait([payload], timeout_s=15)
@@ -142,10 +142,12 @@ def compact_command(
     json_path: Path = typer.Option(None, "--json", help="Write the report here."),
 ) -> None:
     """Apply erasures and per-type retention (BOUQUET_RETENTION_DAYS) to the event log's
-    files, merge small files; optionally scrub model artifacts; audited."""
+    files, merge small files, tombstone erased residents' dead letters; optionally scrub
+    model artifacts; audited."""
     from bouquet.privacy.audit import AuditLog, cli_actor
     from bouquet.privacy.compaction import compact, rewrite_redis_aof
-    from bouquet.privacy.erasure import RegisterKeyMismatch, scrub_artifacts
+    from bouquet.privacy.dead_letters import drop_erased_dead_letters
+    from bouquet.privacy.erasure import ErasureRegister, RegisterKeyMismatch, scrub_artifacts
 
     settings = get_settings()
     clock = datetime.fromisoformat(now) if now else None
@@ -167,6 +169,12 @@ def compact_command(
             result["models"] = [s.__dict__ for s in scrub_artifacts(settings, dry_run=dry_run)]
         except Exception as exc:  # MLflow unreachable: say so, keep the log result
             result["models"] = {"error": f"{exc.__class__.__name__}: {exc}"[:300]}
+    try:
+        scrub = drop_erased_dead_letters(settings, ErasureRegister.for_settings(settings),
+                                         dry_run=dry_run)
+        result["dead_letters"] = scrub.__dict__
+    except Exception as exc:  # the broker unreachable: say so, keep the other results
+        result["dead_letters"] = {"error": f"{exc.__class__.__name__}: {exc}"[:300]}
     if aof and not dry_run:
         result["redis_aof"] = rewrite_redis_aof(client) if client is not None \
             else "Redis unreachable"
@@ -177,7 +185,7 @@ def compact_command(
             dropped_erased=report.dropped_erased + report.dropped_erase_events,
             dropped_retention=report.dropped_retention,
             models=result.get("models") if models else None,
-            redis_aof=result.get("redis_aof"))
+            dead_letters=result.get("dead_letters"), redis_aof=result.get("redis_aof"))
     if client is not None:
         client.close()
     text = json.dumps(result, indent=1, default=str)
