@@ -33,7 +33,8 @@ def audit_log(app: FastAPI) -> AuditLog:
 
 def actor(request: Request, role: str) -> str:
     """``api:<role>:key-<fingerprint>`` of the key that made ``request``."""
-    return api_actor(role, request.headers.get(api_key_header.model.name))
+    return api_actor(role, request.headers.get(api_key_header.model.name),
+                     request.app.state.settings.server_secret)
 
 
 #: Event types that declare something about a resident (consent, attributes): apps may send

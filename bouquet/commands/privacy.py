@@ -200,11 +200,11 @@ def audit_command(
     verify: bool = typer.Option(False, "--verify", help="Check the file's hash chain."),
 ) -> None:
     """The latest audit records from the durable file (oldest first)."""
-    from bouquet.privacy.audit import AuditLog, audit_path, verify_chain
+    from bouquet.privacy.audit import AuditLog, audit_path, chain_key, verify_chain
 
     settings = get_settings()
     if verify:
-        ok, count, problem = verify_chain(audit_path(settings))
+        ok, count, problem = verify_chain(audit_path(settings), chain_key(settings))
         typer.echo(f"{count} records, chain {'intact' if ok else 'BROKEN: ' + problem}")
         if not ok:
             raise typer.Exit(1)

@@ -33,7 +33,7 @@ from bouquet.core.keys import Keys
 from bouquet.core.settings import Settings
 from bouquet.localstack import LocalStack, free_port
 from bouquet.models.artifact import load_artifact
-from bouquet.privacy.audit import audit_path, resident_ref, verify_chain
+from bouquet.privacy.audit import audit_path, chain_key, resident_ref, verify_chain
 from bouquet.privacy.compaction import rewrite_redis_aof
 from bouquet.privacy.erasure import ErasureCascade
 from tests.privacy.helpers import (
@@ -232,7 +232,7 @@ async def test_after_an_erasure_no_key_file_or_later_artifact_holds_the_id(
     assert any(":b:{" in f for f in redis_occurrences(client, KEPT))
 
     # and the audit trail says who did it, without the id
-    ok, count, problem = verify_chain(audit_path(settings))
+    ok, count, problem = verify_chain(audit_path(settings), chain_key(settings))
     assert ok, problem
     actions = [json.loads(line)["action"] for line in audit_path(settings).read_text()
                .splitlines()]

@@ -134,7 +134,7 @@ async def test_consent_requests_are_checked(settings) -> None:
 
     records = AuditLog(settings).tail(5)
     assert [(r["action"], r["actor"], r["target"], r["detail"]["value"]) for r in records] \
-        == [("consent", api_actor("admin", ADMIN["X-API-Key"]),
+        == [("consent", api_actor("admin", ADMIN["X-API-Key"], settings.server_secret),
              f"resident:{resident_ref('r7', settings.pseudonym_secret)[:16]}", 1)]
 
 

@@ -200,7 +200,8 @@ async def test_an_app_key_cannot_erase_and_its_declarations_are_audited(settings
     assert [(r["action"], r["target"]) for r in records] == [
         ("consent", f"resident:{resident_ref('r7', settings.pseudonym_secret)[:16]}"),
         ("profile", f"resident:{resident_ref('r9', settings.pseudonym_secret)[:16]}")]
-    assert {r["actor"] for r in records} == {api_actor("app", "dev-app-key")}
+    assert {r["actor"] for r in records} == {api_actor("app", "dev-app-key",
+                                                       settings.server_secret)}
     assert records[1]["detail"]["attributes"] == ["age_band"]
 
 
