@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 
 import psutil
 
-from bouquet.core.settings import Settings
+from bouquet.core.settings import Settings, redact_url
 from bouquet.core.statefiles import PRIVATE_UMASK, open_private, private_dir
 
 log = logging.getLogger(__name__)
@@ -117,9 +117,9 @@ def redis_ready(url: str) -> tuple[bool, str]:
         client.ping()
         version = client.info("server").get("redis_version", "?")
         client.close()
-        return True, f"{url} (redis {version})"
+        return True, f"{redact_url(url)} (redis {version})"
     except redis.RedisError as exc:
-        return False, f"no PING answer from {url}: {exc}"
+        return False, f"no PING answer from {redact_url(url)}: {exc.__class__.__name__}"
 
 
 def ensure_topics(settings: Settings, timeout_s: float = 20.0) -> None:
@@ -193,7 +193,8 @@ class LocalStack:
     def _local_target(self, url: str, default_port: int, variable: str) -> tuple[str, int] | None:
         host, port = _host_port(url, default_port)
         if host not in LOOPBACK:
-            log.info("%s points at %s: not starting a local service for it", variable, url)
+            log.info("%s points at %s: not starting a local service for it", variable,
+                     redact_url(url))
             return None
         return host, port
 
@@ -294,20 +295,22 @@ class LocalStack:
     def _mlflow_status(self) -> ServiceStatus:
         proc = self.managed_process("mlflow")
         uri = self.settings.mlflow_uri
+        shown = redact_url(uri)
         if proc is not None:
             url = f"http://127.0.0.1:{self.settings.local_mlflow_port}"
             ok = _http_ok(url + "/health")
-            return ServiceStatus("mlflow", ok, f"UI {url}, store {uri}" if ok else
+            return ServiceStatus("mlflow", ok, f"UI {url}, store {shown}" if ok else
                                  f"UI {url} not answering yet", proc.pid, True)
         if uri.startswith("sqlite:///"):
             database = Path(uri.removeprefix("sqlite:///"))
             ok = database.exists() and os.access(database, os.W_OK)
-            return ServiceStatus("mlflow", ok, f"store {uri}" if ok
+            return ServiceStatus("mlflow", ok, f"store {shown}" if ok
                                  else f"store {database} not initialised (run `stack up`)")
         if uri.startswith(("http://", "https://")):
             ok = _http_ok(uri.rstrip("/") + "/health")
-            return ServiceStatus("mlflow", ok, f"server {uri}" + ("" if ok else " not answering"))
-        return ServiceStatus("mlflow", True, f"store {uri}")
+            return ServiceStatus("mlflow", ok, f"server {shown}" + ("" if ok else
+                                                                    " not answering"))
+        return ServiceStatus("mlflow", True, f"store {shown}")
 
     def down(self, timeout_s: float = 10.0) -> list[str]:
         """Stop every process this stack started; return their names."""

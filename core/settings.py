@@ -15,6 +15,7 @@ import tomllib
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -33,6 +34,20 @@ DEV_SERVER_SECRET = "dev-only-server-secret"
 #: 64 kinds) passes both.
 SECRET_MIN_LENGTH = 32
 SECRET_MIN_DISTINCT = 16
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit for a log line or a status message: its password (``redis://:pw@host``,
+    ``http://user:pw@host``) replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}:" if parts.username else ":"
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    netloc = f"{user}***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def weak_secret(value: str) -> str | None:

@@ -26,7 +26,12 @@ from rich.console import Console
 from rich.rule import Rule
 
 from bouquet.core.keys import Keys
-from bouquet.core.settings import DEFAULT_MAX_PAST_SKEW_S, Settings, get_settings
+from bouquet.core.settings import (
+    DEFAULT_MAX_PAST_SKEW_S,
+    DEV_API_KEYS,
+    Settings,
+    get_settings,
+)
 
 console = Console()
 
@@ -183,7 +188,10 @@ def demo(
         console.print(Rule("[bold green]Bouquet demo is up[/]", align="left"))
         console.print(f"  API docs    {base}/docs")
         operator_key = next(k for k, r in settings.api_keys.items() if r == "operator")
-        console.print(f"  dashboard   {base}/dashboard#key={operator_key}")
+        # a link carrying the key only for the public development key (in a fragment, which
+        # the browser never sends); a real key is typed into the page
+        fragment = f"#key={operator_key}" if operator_key in DEV_API_KEYS else ""
+        console.print(f"  dashboard   {base}/dashboard{fragment}")
         console.print(f"  MLflow UI   http://127.0.0.1:{settings.local_mlflow_port}"
                       + ("  (not started in --quick mode)" if quick else ""))
         console.print(f"  event log   {settings.event_log_path}")
