@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 import redis
+from cachetools import LRUCache
 
 from bouquet.analytics import figures, funnel, live
 from bouquet.analytics.engagement import (
@@ -41,6 +42,11 @@ from bouquet.core.recommendation import RecommendationIds
 from bouquet.core.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: Computed tables kept per log state (least recently used first out): a request's
+#: ``by``, ``value``, ``weeks``/``months``/``days`` make the key, so an unbounded cache would
+#: grow with whatever an operator key asks for.
+MEMO_ENTRIES = 256
 
 LIVE_ACTIVE_SPEC = SuppressionSpec(counts=["active"])
 LIVE_CONTACTS_SPEC = SuppressionSpec(counts=["contacts"])
@@ -70,7 +76,7 @@ class EngagementService:
         self._fingerprint: tuple | None = None
         self._checked_at = -float("inf")
         self._data: EngagementData | None = None
-        self._memo: dict[tuple, Any] = {}
+        self._memo: LRUCache[tuple, Any] = LRUCache(maxsize=MEMO_ENTRIES)
         self.computations = 0  # how many times the log was read (tests check the cache)
 
     # --- cache ---------------------------------------------------------------------------
@@ -100,7 +106,7 @@ class EngagementService:
                     self._data = load_engagement_data(self.root, self.catalog,
                                                       self.recommendation_ids)
                     self._fingerprint = found
-                    self._memo = {}
+                    self._memo.clear()
                     self.computations += 1
             return self._data
 
@@ -124,7 +130,8 @@ class EngagementService:
     def invalidate(self) -> None:
         """Forget everything (the next call re-reads the log)."""
         with self._lock:
-            self._data, self._fingerprint, self._memo = None, None, {}
+            self._data, self._fingerprint = None, None
+            self._memo.clear()
             self._checked_at = -float("inf")
 
     # --- figures -------------------------------------------------------------------------

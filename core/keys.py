@@ -71,10 +71,6 @@ class Keys:
         """Every per-resident key of :data:`RESIDENT_KINDS` for one resident."""
         return [getattr(self, kind)(resident_id) for kind in RESIDENT_KINDS]
 
-    def resident_pattern(self, resident_id: str) -> str:
-        """SCAN pattern of every per-resident key (used by erasure)."""
-        return f"{self.prefix}r:{{{_resident(resident_id)}}}:*"
-
     def profiles_pattern(self) -> str:
         """SCAN pattern of every resident's profile hash."""
         return f"{self.prefix}r:{{*}}:profile"

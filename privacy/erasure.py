@@ -212,23 +212,37 @@ class ErasureRegister:
 
 
 # --- Redis: real-time state and the published keyspace -------------------------------------
+def pointer_keys(client: Any, keys: Keys) -> dict[str, str]:
+    """Every version pointer, name → key, without a SCAN of the keyspace: ``current`` and
+    each pointer a published version's meta hash names (``bouquet publish --pointer``
+    records it there)."""
+    versions = [_text(v) for v in client.zrange(keys.versions(), 0, -1)]
+    names = {"current"}
+    if versions:
+        pipe = client.pipeline(transaction=False)
+        for version in versions:
+            pipe.hget(keys.version_meta(version), "pointer")
+        names |= {_text(name) for name in pipe.execute() if name}
+    return {name: keys.current_version() if name == "current" else keys.variant_pointer(name)
+            for name in sorted(names)}
+
+
 def published_versions(client: Any, keys: Keys) -> set[str]:
     """Every keyspace version that may still hold resident lists: those on record in
     ``rec:versions``, those a pointer names, and each one's ``previous`` (kept for rollback)."""
-    found = {v.decode() if isinstance(v, bytes) else v
-             for v in client.zrange(keys.versions(), 0, -1)}
-    pointers = [keys.current_version()]
-    pattern = keys.variant_pointer("x")[:-1] + "*"
-    pointers += [k.decode() if isinstance(k, bytes) else k
-                 for k in client.scan_iter(match=pattern, count=1000)]
-    for value in client.mget(pointers):
+    found = {_text(v) for v in client.zrange(keys.versions(), 0, -1)}
+    for value in client.mget(list(pointer_keys(client, keys).values())):
         if value:
-            found.add(value.decode() if isinstance(value, bytes) else value)
+            found.add(_text(value))
     for version in list(found):
         previous = client.hget(keys.version_meta(version), "previous")
         if previous:
-            found.add(previous.decode() if isinstance(previous, bytes) else previous)
+            found.add(_text(previous))
     return found
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def delete_published(client: Any, keys: Keys, resident_ids: Iterable[str],
