@@ -11,7 +11,12 @@ import pytest
 from engagement_helpers import Log
 
 from bouquet.analytics.engagement import load_engagement_data, parse_recommendation_ids
-from bouquet.analytics.figures import funnel_figure, uplift_figure
+from bouquet.analytics.figures import (
+    funnel_figure,
+    suppressed_arms,
+    suppressed_uplift,
+    uplift_figure,
+)
 from bouquet.analytics.funnel import (
     choose_baseline,
     funnel_by_arm,
@@ -116,15 +121,16 @@ def test_uplift_against_the_control_arm(tmp_path: Path) -> None:
 def test_funnel_suppression_hides_small_arms_and_their_uplift(tmp_path: Path) -> None:
     data = load_engagement_data(funnel_log(tmp_path), CATALOG)
     arms = funnel_by_arm(data.funnel_events)
-    table = funnel_figure(arms, 5)
+    table = funnel_figure(suppressed_arms(arms, 5), 5)
     control = next(r for r in table.rows if r["arm"] == "v1:control")
     assert control["residents_shown"] == 10
     assert control["used_residents"] is None and control["used_rate"] is None
     assert control["subscribed_residents"] is None  # 2 residents
-    lifted = {r["stage"]: r for r in uplift_figure(uplift(arms), 5).rows}
+    lifted = {r["stage"]: r for r in uplift_figure(suppressed_uplift(uplift(arms), 5), 5).rows}
     assert lifted["opened"]["difference"] is None  # control opened: 4 residents
     assert all(lifted[s]["ci_low"] is None for s in ("subscribed", "used"))
-    everything = {r["stage"]: r for r in uplift_figure(uplift(arms), 1).rows}
+    everything = {r["stage"]: r for r in uplift_figure(suppressed_uplift(uplift(arms), 1),
+                                                        1).rows}
     assert not math.isnan(everything["opened"]["ci_low"])
 
 
@@ -160,7 +166,7 @@ def test_funnel_and_uplift_by_neighbourhood_and_domain(tmp_path: Path) -> None:
     assert set(by_domain["value"]) == {"mobility"}
     assert by_domain["residents_shown"].sum() == 22
     # the neighbourhoods partition the residents: never one lonely hidden cell per column
-    table = funnel_figure(by_nb, 5)
+    table = funnel_figure(suppressed_arms(by_nb, 5), 5, by="neighbourhood")
     for arm in ("v1:control", "v2:personal"):
         rows = [r for r in table.rows if r["arm"] == arm]
         for column in ("residents_shown", "opened_residents", "subscribed_residents"):
