@@ -348,12 +348,19 @@ class ErasureCascade:
                  for e in erased]
         if not pairs:
             return 0
-        cutoffs = dict(pairs)
-        new = self.register.record_many(pairs, "ingestion")
+        # audited before the register learns them: a crash in between audits an erasure
+        # twice when the batch is replayed, never not at all
+        self.register.reload()
+        known = self.register.erased_among(rid for rid, _ in pairs)
+        latest: dict[str, float] = {}
+        for rid, cutoff in pairs:
+            latest[rid] = max(cutoff, latest.get(rid, cutoff))
         self.audit.record_many([
             audit_entry("erasure", actor=INGEST_ACTOR,
                         target=f"resident:{self.register.ref(rid)[:16]}", source="ingestion",
-                        cutoff=cutoffs[rid]) for rid in new])
+                        cutoff=cutoff)
+            for rid, cutoff in latest.items() if cutoff > known.get(rid, float("-inf"))])
+        self.register.record_many(pairs, "ingestion")
         return delete_published(self.client, self.keys, [rid for rid, _ in pairs])
 
     def erased_among(self, resident_ids: Iterable[str]) -> dict[str, float]:

@@ -570,7 +570,7 @@ class IngestConsumer:
             seen = self._retry("redis", lambda: newest_event_times(
                 self._redis, self.keys, batch.erased_residents()))
             batch.extend_erasures(seen)
-        if batch.events and (self.erasure is not None or batch.has_erasures):
+        if batch.events and self.erasure is not None:
             self._drop_erased_data(batch)
         if batch.events:
             # The log append and the Redis script run side by side (both mostly wait on
@@ -616,8 +616,9 @@ class IngestConsumer:
         time-stamped at or after it, came before it — on record, or earlier in the batch —
         the same outcome whatever the batch boundaries."""
         hooks = self.erasure
-        on_record = {} if hooks is None else self._retry(
-            "erasure register", lambda: hooks.erased_among(batch.resident_ids()))
+        assert hooks is not None
+        on_record = self._retry("erasure register",
+                                lambda: hooks.erased_among(batch.resident_ids()))
         dropped = batch.drop_late(on_record)
         if dropped:
             self.stats.erased_late += dropped
