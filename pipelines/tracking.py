@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bouquet.core.settings import Settings
+from bouquet.core.statefiles import private_dir
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def probe(uri: str, timeout_s: float = 5.0) -> None:
     elif uri.startswith("sqlite:///"):
         database = Path(uri.removeprefix("sqlite:///"))
         try:
-            database.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(database.parent)
         except OSError as exc:
             raise TrackingUnavailable(
                 f"cannot create the MLflow SQLite store folder {database.parent} "
@@ -129,8 +130,7 @@ def ensure_experiment(client: Any, settings: Settings) -> str:
         return found.experiment_id
     location = None
     if is_local_store(settings.mlflow_uri):
-        root = settings.mlflow_artifact_root.resolve()
-        root.mkdir(parents=True, exist_ok=True)
+        root = private_dir(settings.mlflow_artifact_root.resolve())
         location = root.as_uri()
     experiment_id = client.create_experiment(name, artifact_location=location,
                                              tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})

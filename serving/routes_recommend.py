@@ -18,7 +18,6 @@ from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 
 from bouquet.core.catalog import Domain
-from bouquet.core.recommendation import make_recommendation_id
 from bouquet.models.online import unpack_list
 from bouquet.serving import metrics
 from bouquet.serving.deps import AppRole, ResidentId
@@ -120,7 +119,7 @@ class _Answer(BaseModel):
     resident_id: str
     recommendation_id: str = Field(description="Echo it in later events (click, subscribe…) "
                                                "so the funnel is attributed",
-                                   examples=["v3.champion.9f2c41aa07b1"])
+                                   examples=["v3.champion.9f2c41aa07b1c3e0d95a8f61b2c7d4e5a6f7"])
     model_version: str = Field(examples=["v3"])
     keyspace_version: str | None = Field(examples=["v3-20261127T081500123Z"])
     variant: str = Field(description="Experiment variant the resident is assigned to",
@@ -174,7 +173,7 @@ async def _answer(request: Request, kind: str, resident_id: str) -> Response:
     model_version = model.model_version if model else "none"
     body = orjson.dumps({
         "resident_id": resident_id,
-        "recommendation_id": make_recommendation_id(model_version, variant.name),
+        "recommendation_id": runtime.recommendation_ids.mint(model_version, variant.name),
         "model_version": model_version,
         "keyspace_version": model.version if model else None,
         "variant": variant.name,

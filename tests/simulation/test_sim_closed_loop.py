@@ -15,7 +15,7 @@ import pytest
 
 from bouquet.core.cadence import DAILY_MIN_DAYS, WEEKLY_MIN_WEEKS, cadence_class
 from bouquet.core.catalog import Catalog
-from bouquet.core.recommendation import parse_recommendation_id
+from bouquet.core.recommendation import development_ids
 from bouquet.simulation.behaviour import Simulation
 from bouquet.simulation.closed_loop import (
     CADENCES,
@@ -121,7 +121,7 @@ def test_recommendations_are_allowed_and_attributed(popular_run, catalog: Catalo
     assert run.shown > 0
     shown = shown_within_serving_rules(table, run.shown, catalog)
     for event in shown:
-        attribution = parse_recommendation_id(event["recommendation_id"])
+        attribution = development_ids().verify(event["recommendation_id"])
         assert attribution is not None and attribution.variant == "popular"
     # a subscription taken from a recommendation echoes the id of the view
     views = {(e["resident_id"], e["bundle_id"], e["recommendation_id"]) for e in shown}
