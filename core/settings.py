@@ -193,7 +193,7 @@ class Settings(BaseSettings):
         default_factory=lambda: dict(DEFAULT_MAX_PAST_SKEW_S))
     max_event_bytes: int = Field(default=8192, ge=256)
 
-    # --- ingestion (streaming/, issue 4; see docs/ingestion.md) ---------------------------
+    # --- ingestion (streaming/; see docs/ingestion.md) ---------------------------------
     ingest_batch_max_events: int = Field(default=5000, ge=1, le=100_000)
     ingest_batch_max_ms: int = Field(default=1000, ge=10)
     ingest_session_timeout_ms: int = Field(default=10_000, ge=1000)
@@ -225,14 +225,14 @@ class Settings(BaseSettings):
     rate_limit_operator_per_s: float = Field(default=50.0, ge=0)
     rate_limit_operator_burst: int = Field(default=200, ge=1)
 
-    # --- training and promotion (see docs/training.md) ----------------------------------
+    # --- training and promotion (see docs/training.md) ---------------------------------
     # A candidate is promoted only when its hold-out evaluation covers at least this many
     # residents, and when it beats the popularity baseline and the current champion with a
     # paired bootstrap 95% interval (this many resamples) that excludes 0.
     train_min_eval_residents: int = Field(default=200, ge=1)
     train_bootstrap_samples: int = Field(default=2000, ge=100)
 
-    # --- publish and real-time serving ---------------------------------------------------
+    # --- publish and real-time serving -------------------------------------------------
     # How many bundles / services are precomputed per resident by `bouquet publish`.
     publish_top_n: int = Field(default=50, ge=1, le=1000)
     # Residents scored and written per Redis pipeline.
@@ -266,7 +266,7 @@ class Settings(BaseSettings):
     # benchmark's floors; the second without a key). Off by default; refused in production.
     serving_bench_endpoints: bool = False
 
-    # --- engagement analytics (issue 7; owner: analytics; see docs/engagement.md) ---------
+    # --- engagement analytics (analytics/; see docs/engagement.md) ---------------------
     # Trailing window of the cadence classes, whole weeks (daily = 5 days a week of it,
     # weekly = 3 weeks in 4, scaled to the window).
     engagement_window_days: int = Field(default=28, ge=7, le=364, multiple_of=7)

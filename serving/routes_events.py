@@ -59,7 +59,7 @@ class Accepted(BaseModel):
 def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
     """The model's JSON schema with its ``$defs`` inlined: pydantic's ``#/$defs/…``
     references do not resolve inside an OpenAPI document (which has no root ``$defs``), so
-    clients and schema-driven tools could not read the request body (issue 8)."""
+    clients and schema-driven tools could not read the request body."""
     defs = schema.pop("$defs", {})
 
     def walk(node: Any) -> Any:

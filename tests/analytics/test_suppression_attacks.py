@@ -18,10 +18,8 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import pandas as pd
-from engagement_helpers import random_log
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from recoverability import Published
 
 from bouquet.analytics import figures
 from bouquet.analytics.engagement import DIMENSIONS
@@ -36,6 +34,8 @@ from bouquet.analytics.tables import Table
 from bouquet.core.catalog import load_catalog
 from bouquet.core.recommendation import development_ids
 from bouquet.core.settings import Settings
+from tests.analytics.engagement_helpers import random_log
+from tests.analytics.recoverability import Published
 
 CATALOG = load_catalog(None)
 K = 5
