@@ -448,6 +448,7 @@ def _model_artifacts(client: Any, settings: Settings) -> list[_ModelArtifact]:
     """Every model Bouquet's MLflow store holds: the registered versions, then the logged
     models of the experiment no version points at, then first-release runs' ``model``
     folders no version points at."""
+    import mlflow
     from mlflow.exceptions import MlflowException
 
     from bouquet.models.deployable import model_location
@@ -473,15 +474,19 @@ def _model_artifacts(client: Any, settings: Settings) -> list[_ModelArtifact]:
         token = logged.token
         if not token:
             break
+    # a run that logged a model is covered above; MLflow resolves such a run's ``model``
+    # path to the logged model through the process's global tracking URI, so it is not
+    # listed again (a first-release run's folder is listed at its artifact URI instead)
+    with_logged = {a.run_id for a in found.values() if a.model_id}
     token = None
     while True:
         runs = client.search_runs([experiment.experiment_id], max_results=500,
                                   page_token=token)
         for run in runs:
             source = f"{run.info.artifact_uri}/model"
-            if source in found or not any(
-                    a.path.endswith("meta.json")
-                    for a in client.list_artifacts(run.info.run_id, "model")):
+            if source in found or run.info.run_id in with_logged or not any(
+                    a.path.endswith("meta.json") for a in mlflow.artifacts.list_artifacts(
+                        artifact_uri=source, tracking_uri=settings.mlflow_uri)):
                 continue
             found[source] = _ModelArtifact(source, run.info.run_id)
         token = runs.token

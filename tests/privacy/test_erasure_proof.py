@@ -215,6 +215,7 @@ async def test_after_an_erasure_no_key_file_or_later_artifact_holds_the_id(
     # the simulated city has erasures of its own: at least ours, 27 events and 1 request
     assert report["log"]["dropped_erased"] >= 27 and report["log"]["dropped_erase_events"] >= 1
     assert report["redis_aof"] == "rewritten"
+    assert isinstance(report["models"], list), report["models"]
     assert sorted((m["version"] is None, m["rows_removed"]) for m in report["models"]) == [
         (False, 1), (True, 1)]  # the champion and the run never registered
     assert report["dead_letters"]["tombstoned"] == 1
