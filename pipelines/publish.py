@@ -327,7 +327,10 @@ class Publisher:
         pattern = self.keys.variant_pointer("x")[:-1] + "*"
         names += [key.decode() for key in self.redis.scan_iter(match=pattern, count=1000)]
         out = set()
-        for value in self.redis.mget(names):
+        pipe = self.redis.pipeline(transaction=False)  # not MGET: pointers span slots
+        for name in names:
+            pipe.get(name)
+        for value in pipe.execute():
             if value:
                 version = value.decode()
                 out.add(version)

@@ -28,6 +28,7 @@ from bouquet.core.redisclient import (
     redis_client,
 )
 from bouquet.core.settings import Settings
+from bouquet.privacy.erasure import delete_published, published_versions
 from bouquet.serving.store import OnlineStore
 from bouquet.streaming.state import StateWriter, erase_resident
 from bouquet.streaming.synthetic import StreamSpec, stream
@@ -176,6 +177,27 @@ def test_serving_reads_what_ingestion_wrote_on_the_cluster(cluster_settings: Set
         assert state.holdings == {m.decode() for m in client.smembers(keys.holdings(rid))}
         assert state.profile.get("consent") == single.read_profile(client, keys,
                                                                    rid).get("consent")
+
+
+def test_erasure_finds_and_deletes_published_lists_across_pointers(
+        cluster_settings: Settings, client: SyncClient) -> None:
+    """The erasure cascade's Redis part: versions on record, named by pointers (keys in
+    several slots) or kept as a previous version, and the resident's lists in each."""
+    keys = Keys(cluster_settings.redis_key_prefix)
+    client.zadd(keys.versions(), {"v1-a": 1, "v2-b": 2})
+    client.hset(keys.version_meta("v2-b"), mapping={"previous": "v0-z", "pointer": "current"})
+    client.hset(keys.version_meta("v3-c"), mapping={"pointer": "challenger"})
+    client.zadd(keys.versions(), {"v3-c": 3})
+    client.set(keys.current_version(), "v2-b")
+    client.set(keys.variant_pointer("challenger"), "v4-d")  # moved on since v3-c
+    versions = published_versions(client, keys)
+    assert versions == {"v0-z", "v1-a", "v2-b", "v3-c", "v4-d"}
+    for version in versions:
+        for rid in ("ana", "bob"):
+            client.set(keys.recs(version, rid, "b"), b"x")
+    assert delete_published(client, keys, ["ana"]) == len(versions)
+    assert not any(client.exists(keys.recs(v, "ana", "b")) for v in versions)
+    assert all(client.exists(keys.recs(v, "bob", "b")) for v in versions)
 
 
 def test_a_cluster_url_that_reaches_one_server_fails_at_once(cluster_url: str) -> None:
