@@ -205,8 +205,9 @@ def read_events(
 
 # --- columnar scan --------------------------------------------------------------------------
 
-#: Rows per chunk of :func:`scan_events` (whole event dates adding up to about this many).
-SCAN_CHUNK_EVENTS = 2_000_000
+#: Rows per chunk of :func:`scan_events` (whole event dates adding up to about this many):
+#: a chunk's keys and one of its columns, about 100 bytes a row, are held at a time.
+SCAN_CHUNK_EVENTS = 1_000_000
 _NEVER = np.iinfo(np.int64).max
 
 

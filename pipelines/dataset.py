@@ -208,6 +208,7 @@ def load_event_arrays(settings: Settings, catalog: Catalog,
     encoder = _Encoder(catalog, capacity=sum(rows for *_, rows in plan))
     for chunk in scan_events(root, chunks=plan):
         encoder.add(chunk)
+        del chunk  # before the next is read
         # Arrow's allocator keeps freed pages for reuse; each chunk's strings are gone
         # once encoded, so give them back rather than carry them into training
         pa.default_memory_pool().release_unused()
