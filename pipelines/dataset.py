@@ -6,10 +6,10 @@ Two steps, so one read of the log serves the hold-out split *and* the final fit:
    (:func:`bouquet.core.eventlog.scan_events`: de-duplicated, erasures applied, the rows
    of ``read_events``) and turns it into compact numeric columns — resident codes, type
    codes, catalog indices, nanosecond timestamps, 17 bytes an event — plus each resident's
-   current state: consent (their latest ``consent`` event has value 1; no consent event
-   means *not* consenting, personalisation is opt-in) and declared attributes (their
-   latest ``profile`` event). :meth:`EventArrays.from_frame` does the same for events
-   already in a DataFrame.
+   current state: consent (the ``consent`` event received last — ``ingested_at``, not the
+   client's time stamp — has value 1; no consent event means *not* consenting,
+   personalisation is opt-in) and declared attributes (their latest ``profile`` event).
+   :meth:`EventArrays.from_frame` does the same for events already in a DataFrame.
 2. :func:`build_dataset` selects the events before a cut-off, from consenting residents,
    and builds the matrices with ``scipy.sparse.coo_matrix`` (duplicates summed): no Python
    loop runs per event, and the per-event temporaries (strengths, the drivers' sorts) are
@@ -66,7 +66,7 @@ NS_PER_DAY = 86_400 * 10**9
 
 #: The only columns training reads from the log.
 EVENT_COLUMNS: tuple[str, ...] = (
-    "resident_id", "type", "service_id", "bundle_id", "ts", "value", "context",
+    "resident_id", "type", "service_id", "bundle_id", "ts", "value", "context", "ingested_at",
 )
 #: Event type codes used in :class:`EventArrays` (index = code).
 TYPES: tuple[str, ...] = tuple(t.value for t in EventType)
@@ -112,7 +112,8 @@ class EventArrays:
     def from_frame(cls, frame: pd.DataFrame, catalog: Catalog) -> EventArrays:
         """Encode events as returned by ``read_events(columns=EVENT_COLUMNS)`` (each once;
         put in time order here if they are not)."""
-        table = pa.Table.from_pandas(frame[list(EVENT_COLUMNS)], preserve_index=False)
+        columns = [c for c in EVENT_COLUMNS if c in frame.columns or c != "ingested_at"]
+        table = pa.Table.from_pandas(frame[columns], preserve_index=False)
         encoder = _Encoder(catalog, capacity=table.num_rows)
         encoder.add(EventChunk.of(table))
         return encoder.finish()
@@ -203,6 +204,9 @@ def load_event_arrays(settings: Settings, catalog: Catalog,
     log is never held twice.
     """
     root = settings.event_log_path
+    if not root.is_dir():
+        raise ValueError(f"there is no event log at {root}: check BOUQUET_EVENT_LOG_DIR / "
+                         "BOUQUET_STATE_DIR, or ingest events first (`bouquet ingest`)")
     started = time.perf_counter()
     plan = date_chunks(EventLog(root), chunk_events)
     encoder = _Encoder(catalog, capacity=sum(rows for *_, rows in plan))
@@ -214,6 +218,8 @@ def load_event_arrays(settings: Settings, catalog: Catalog,
         pa.default_memory_pool().release_unused()
     arrays = encoder.finish()
     pa.default_memory_pool().release_unused()
+    if arrays.n_events == 0:
+        raise ValueError(f"the event log at {root} is empty: nothing to train on")
     log.info("read %d events of %d residents (%d consenting) in %.1f s",
              arrays.n_events, len(arrays.resident_ids), arrays.stats["residents_consenting"],
              time.perf_counter() - started)
@@ -238,6 +244,7 @@ class _Encoder:
         self.filled = 0
         self.consent_who: list[np.ndarray] = []
         self.consent_value: list[np.ndarray] = []
+        self.consent_received: list[np.ndarray] = []
         self.profile_who: list[np.ndarray] = []
         self.profile_context: list[pa.Array] = []
         self.stats = {"events": 0, "unknown_service_events": 0, "unknown_bundle_events": 0,
@@ -291,6 +298,9 @@ class _Encoder:
             value = chunk.column("value").cast(pa.float64())
             self.consent_value.append(
                 pc.fill_null(value, np.nan).to_numpy()[rows[is_consent]])
+            # consent takes effect in order of receipt (ingested_at), not of the time stamp
+            # the client wrote; events without it (built by hand) keep time order
+            self.consent_received.append(_received_ns(chunk, rows[is_consent]))
         is_profile = kind == _CODE["profile"]
         if is_profile.any():
             who = resident[is_profile]
@@ -304,11 +314,13 @@ class _Encoder:
         resident, kind, service, bundle, ts = (self.columns[name][:self.filled]
                                                for name in self._DTYPES)
         n_res = self.n_residents
-        # Consent: the latest consent event per resident decides (events are in time order).
+        # Consent: the consent event received last decides (ties: the later one read).
         consent = np.zeros(n_res, dtype=bool)
         if self.consent_who:
             who, value = np.concatenate(self.consent_who), np.concatenate(self.consent_value)
-            last = _last_index(who)
+            received = np.concatenate(self.consent_received)
+            order = np.lexsort((received, who))  # stable: ties keep the order read
+            last = order[_last_index(who[order])]
             consent[who[last]] = value[last] == 1.0
         profiles = _parse_profiles(
             np.concatenate(self.profile_who) if self.profile_who else np.zeros(0, np.int32),
@@ -337,6 +349,21 @@ def _codes_in(values: pa.Array, names: tuple[str, ...] | list[str],
     codes = pc.fill_null(found, -1).to_numpy()[rows]
     unknown = int(((codes < 0) & values.is_valid().to_numpy(zero_copy_only=False)[rows]).sum())
     return codes, unknown
+
+
+def _received_ns(chunk: EventChunk, rows: np.ndarray) -> np.ndarray:
+    """When each selected row was received (``ingested_at``, ns since the epoch, int64 min
+    when missing); its event time when the events carry no receipt time (built by hand)."""
+    source = chunk.source
+    names = source.column_names if isinstance(source, pa.Table) else source.schema.names
+    if "ingested_at" not in names:
+        return chunk.ts[rows]
+    times = chunk.column("ingested_at")
+    if not pa.types.is_timestamp(times.type):
+        times = times.cast(pa.timestamp("ns", tz="UTC"))
+    times = times.cast(pa.timestamp("ns", tz=times.type.tz))
+    missing = np.iinfo(np.int64).min
+    return pc.fill_null(times.cast(pa.int64()), missing).to_numpy()[rows]
 
 
 def build_dataset(

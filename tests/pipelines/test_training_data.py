@@ -270,7 +270,8 @@ def test_columnar_read_encodes_exactly_the_events_read_events_returns(
     np.testing.assert_array_equal(got.ts, [t.value for t in frame["ts"].dt.as_unit("ns")])
     assert got.stats["unknown_service_events"] == (frame["service_id"] == "retired-service").sum()
     assert got.stats["unknown_bundle_events"] == (frame["bundle_id"] == "retired-bundle").sum()
-    consent = frame[frame["type"] == "consent"].groupby("resident_id")["value"].last()
+    consents = frame[frame["type"] == "consent"].sort_values("ingested_at", kind="stable")
+    consent = consents.groupby("resident_id")["value"].last()  # the one received last
     assert sorted(got.resident_ids[got.consent]) == sorted(consent.index[consent == 1.0])
     profile = frame[frame["type"] == "profile"].groupby("resident_id")["context"].last()
     declared = {got.resident_ids[code]: got.profiles.loc[code, "neighbourhood"]
@@ -343,3 +344,24 @@ def test_drivers_are_the_largest_share_whatever_the_block_of_residents(
         got = {(data.resident_ids[r], c): int(v)
                for r, c, v in zip(coo.row, coo.col, coo.data, strict=True)}
         assert len(got) > 100 and got == want
+
+
+def test_consent_is_decided_by_the_order_of_receipt(log_root: Path, tmp_path: Path) -> None:
+    """The consent event received last decides, whatever time stamps clients wrote: a
+    withdrawal received after a grant stands even when stamped earlier, and the other way
+    round."""
+    from bouquet.core.settings import Settings
+    from bouquet.pipelines.dataset import load_event_arrays
+
+    log = EventLog(log_root)
+    log.append([ev("a", "consent", 1, value=1), ev("b", "consent", 9, value=0)])
+    log.append([ev("a", "consent", 9, value=0), ev("b", "consent", 1, value=1)])
+    for resident in ("a", "b"):
+        log.append([ev(resident, "use", 2, service=S[0])])
+    arrays = EventArrays.from_frame(read_events(log_root, columns=list(EVENT_COLUMNS)), CATALOG)
+    consenting = dict(zip(arrays.resident_ids, arrays.consent, strict=True))
+    assert consenting == {"a": False, "b": True}
+    # the columnar scan training uses decides the same way
+    settings = Settings(env="test", state_dir=tmp_path / "s", event_log_dir=log_root)
+    scanned = load_event_arrays(settings, CATALOG, chunk_events=1)
+    assert dict(zip(scanned.resident_ids, scanned.consent, strict=True)) == consenting
