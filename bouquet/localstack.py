@@ -121,7 +121,7 @@ def redis_ready(url: str) -> tuple[bool, str]:
 
 
 def ensure_topics(settings: Settings, timeout_s: float = 20.0) -> None:
-    """Create the events and dead-letter topics if they do not exist yet."""
+    """Create the events, dead-letter and outreach topics if they do not exist yet."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
@@ -131,7 +131,8 @@ def ensure_topics(settings: Settings, timeout_s: float = 20.0) -> None:
     try:
         existing = set(admin.list_topics())
         wanted = [NewTopic(name, num_partitions=settings.topic_partitions, replication_factor=1)
-                  for name in (settings.topic_events, settings.topic_dlq) if name not in existing]
+                  for name in (settings.topic_events, settings.topic_dlq, settings.topic_outreach)
+                  if name not in existing]
         if wanted:
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(wanted)

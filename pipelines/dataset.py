@@ -5,8 +5,9 @@ Two steps, so one read of the log serves the hold-out split *and* the final fit:
 1. :meth:`EventArrays.from_frame` turns the events returned by
    :func:`bouquet.core.eventlog.read_events` (de-duplicated, erasures applied) into compact
    numeric columns — resident codes, type codes, catalog indices, nanosecond timestamps —
-   plus each resident's current state: consent (their latest ``consent`` event has value
-   1; no consent event means *not* consenting, personalisation is opt-in) and declared
+   plus each resident's current state: consent (their latest personalisation ``consent``
+   event has value 1; no consent event means *not* consenting, personalisation is opt-in;
+   contact consent, for outreach, is another purpose and plays no part) and declared
    attributes (their latest ``profile`` event).
 2. :func:`build_dataset` selects the events before a cut-off, from consenting residents,
    and builds the matrices with ``scipy.sparse.coo_matrix`` (duplicates summed): no Python
@@ -271,18 +272,21 @@ class _Encoder:
         self.stats["unknown_bundle_events"] += int(
             ((bundle < 0) & frame["bundle_id"].notna().to_numpy()).sum())
         self.stats["unknown_type_events"] += int((kind < 0).sum())
-        is_consent = kind == _CODE["consent"]
+        # Personalisation consent only: contact consent (outreach) is another purpose, and
+        # its events say so in their context (written compact by the intake and consumer).
+        is_consent = (kind == _CODE["consent"]) & ~frame["context"].str.contains(
+            '"purpose":"contact"', regex=False, na=False).to_numpy(dtype=bool)
         if is_consent.any():
             self.consent_who.append(resident[is_consent])
             self.consent_value.append(
                 frame["value"].to_numpy(dtype=np.float64, na_value=np.nan)[is_consent])
         is_profile = kind == _CODE["profile"]
         if is_profile.any():
-            who = resident[is_profile]
-            last = _last_index(who)
-            self.profile_who.append(who[last])
+            # every profile event: each sets only the attributes it carries (as ingestion
+            # writes the profile hash), so a later one may leave earlier attributes standing
+            self.profile_who.append(resident[is_profile])
             self.profile_context.append(
-                frame["context"].to_numpy(dtype=object, na_value=None)[is_profile][last])
+                frame["context"].to_numpy(dtype=object, na_value=None)[is_profile])
 
     def finish(self) -> EventArrays:
         catalog = self.catalog
@@ -527,25 +531,29 @@ def _ts_value(moment: pd.Timestamp | Any) -> int:
 
 
 def _parse_profiles(who: np.ndarray, contexts: np.ndarray, catalog: Catalog) -> pd.DataFrame:
-    """Declared attributes of each resident's latest profile event, indexed by code.
+    """Declared attributes of each resident, indexed by code: per attribute, the value of
+    the latest profile event that declares it (a profile event sets only the attributes it
+    carries, the rule of the real-time profile hash).
 
-    ``who``/``contexts`` are candidates in time order (several per resident possible):
-    the last one per resident wins. JSON is parsed once, by Arrow, for the winners only.
+    ``who``/``contexts`` are every profile event in time order (several per resident
+    possible). JSON is parsed once, by Arrow.
     """
     columns = [*PROFILE_FIELDS, "neighbourhood_code"]
     if len(who) == 0:
         return pd.DataFrame(columns=columns, index=pd.Index([], dtype=np.int64))
-    last = _last_index(who)
-    who, contexts = who[last], contexts[last]
     lines = "\n".join(c if isinstance(c, str) and c.startswith("{") else "{}" for c in contexts)
     table = pajson.read_json(io.BytesIO(lines.encode()),
                              parse_options=pajson.ParseOptions(newlines_in_values=False))
-    out = pd.DataFrame(index=pd.Index(who.astype(np.int64)))
+    residents = np.unique(who)
+    out = pd.DataFrame(index=pd.Index(residents.astype(np.int64)))
     for name in PROFILE_FIELDS:
+        values = np.full(len(residents), None, dtype=object)
         if name in table.column_names and not pa.types.is_null(table[name].type):
-            out[name] = table[name].to_numpy(zero_copy_only=False)
-        else:
-            out[name] = None
+            column = table[name].to_numpy(zero_copy_only=False)
+            given = np.flatnonzero(table[name].is_valid().to_numpy(zero_copy_only=False))
+            last = given[_last_index(who[given])]
+            values[np.searchsorted(residents, who[last])] = column[last]
+        out[name] = values
     out["neighbourhood_code"] = pd.Categorical(
         out["neighbourhood"], categories=list(catalog.neighbourhood_ids)).codes.astype(np.int16)
     return out

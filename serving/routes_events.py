@@ -25,16 +25,38 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from bouquet.core.events import EventRejected, InteractionEvent, check_against_catalog, parse_event
+from bouquet.core.events import (
+    EventRejected,
+    EventType,
+    InteractionEvent,
+    check_against_catalog,
+    consent_purpose,
+    parse_event,
+)
 from bouquet.core.settings import Settings
 from bouquet.serving import metrics
-from bouquet.serving.deps import AppRole, CatalogDep, SettingsDep
+from bouquet.serving.deps import CatalogDep, IntakeRole, SettingsDep
 from bouquet.serving.runtime import Runtime, RuntimeDep, runtime_of
 from bouquet.streaming.producer import EventProducer, ProduceFailed
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["events"])
 RETRY_AFTER_S = 5
+
+
+#: What the messaging gateway reports: a nudge delivered, opened or dismissed.
+GATEWAY_TYPES: frozenset[EventType] = frozenset({EventType.NOTIFY, EventType.OPEN,
+                                                 EventType.DISMISS})
+
+
+def gateway_may_send(event: InteractionEvent) -> bool:
+    """A ``gateway`` key sends outreach outcomes and contact-consent withdrawals (an SMS
+    "STOP", an unsubscribe link), nothing else: it cannot use, subscribe, grant consent
+    or erase on a resident's behalf."""
+    if event.type in GATEWAY_TYPES:
+        return True
+    return (event.type == EventType.CONSENT and event.value == 0
+            and consent_purpose(event.context) == "contact")
 
 
 class Accepted(BaseModel):
@@ -113,7 +135,10 @@ async def _drop_producer(runtime: Runtime) -> None:
              openapi_extra={"requestBody": _REQUEST_BODY},
              responses={
                  401: {"description": "Missing or unknown API key"},
-                 403: {"description": "The key's role may not send events"},
+                 403: {"description": "The key's role may not send events, or a gateway "
+                                      "key sent an event other than notify, open, dismiss "
+                                      "or a contact-consent withdrawal (each listed); none "
+                                      "was accepted"},
                  413: {"description": "Body larger than the batch limit allows"},
                  422: {"description": "Invalid JSON, or invalid events (each listed with its "
                                       "index and reason code); none was accepted"},
@@ -121,9 +146,11 @@ async def _drop_producer(runtime: Runtime) -> None:
                                       "`Retry-After` seconds with the same event ids"},
              })
 async def post_events(request: Request, runtime: RuntimeDep, settings: SettingsDep,
-                      catalog: CatalogDep, _role: AppRole) -> JSONResponse:
+                      catalog: CatalogDep, role: IntakeRole) -> JSONResponse:
     """Validate with the consumer's rules, produce with `acks=all`, answer `202` once the
-    broker acknowledged every event."""
+    broker acknowledged every event. Apps (`app` keys) send any interaction; the messaging
+    gateway (`gateway` keys) only `notify`, `open`, `dismiss` and contact-consent
+    withdrawals."""
     limit = settings.serving_max_batch * settings.max_event_bytes
     raw = await request.body()
     if len(raw) > limit:
@@ -160,6 +187,16 @@ async def post_events(request: Request, runtime: RuntimeDep, settings: SettingsD
         metrics.EVENTS.labels("rejected").inc(len(items))
         return _problem(422, f"{len(problems)} of {len(items)} events rejected; none was "
                              "accepted", problems)
+    if role == "gateway":
+        refused = [{"index": index, "reason": "not_for_gateway",
+                    "detail": f"a gateway key may not send a {event.type.value!r} event"
+                              + (" of this kind" if event.type == EventType.CONSENT else "")}
+                   for index, event in enumerate(events) if not gateway_may_send(event)]
+        if refused:
+            metrics.EVENTS.labels("rejected").inc(len(items))
+            return _problem(403, f"{len(refused)} of {len(items)} events are not outreach "
+                                 "outcomes or contact withdrawals; none was accepted",
+                            refused)
     try:
         producer = await _producer(runtime, settings)
         accepted = await asyncio.to_thread(producer.send_and_wait, events,

@@ -21,7 +21,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from bouquet.core.keys import Keys
-from bouquet.core.profile import decode_profile
+from bouquet.core.profile import CONSENT_FIELDS, decode_profile
 from bouquet.core.scripts import lua_script
 from bouquet.models.online import PublishedVersion, decode_meta, unpack_list
 
@@ -113,12 +113,24 @@ class OnlineStore:
         self._read = redis.register_script(_READ_LUA)
         self._consent = redis.register_script(_CONSENT_LUA)
 
-    async def set_consent(self, resident_id: str, consent: bool, at: datetime) -> bool:
-        """Record a consent decision in the real-time profile, newer time stamp winning (the
-        consumer's rule for consent events); False when a newer decision already stands."""
-        applied = await self._consent(keys=[self.keys.profile(resident_id)],
-                                      args=["1" if consent else "0", f"{at.timestamp():.6f}"])
-        return bool(int(applied))
+    async def set_consent(self, resident_id: str, consent: bool, at: datetime,
+                          purpose: str = "personalisation") -> bool:
+        """Record a consent decision of ``purpose`` in the real-time profile, newer time
+        stamp winning (the consumer's rule for consent events); False when a newer decision
+        already stands. Contact consent also keeps the outreach planner's contactable set;
+        that set is only where the planner starts (it re-reads each profile), so it is
+        written after the profile rather than in the same script, which keeps the script on
+        the resident's own hash slot."""
+        field = CONSENT_FIELDS[purpose]
+        applied = bool(int(await self._consent(
+            keys=[self.keys.profile(resident_id)],
+            args=[field, "1" if consent else "0", f"{at.timestamp():.6f}"])))
+        if applied and purpose == "contact":
+            if consent:
+                await self.redis.sadd(self.keys.contactable(), resident_id)
+            else:
+                await self.redis.srem(self.keys.contactable(), resident_id)
+        return applied
 
     async def pointers(self, names: Iterable[str]) -> dict[str, str | None]:
         """Current keyspace version of ``current`` and of each named experiment pointer."""

@@ -44,10 +44,11 @@ from bouquet.core.events import (
     _context_depth,
     _personal_data_in,
     check_against_catalog,
+    consent_purpose,
     parse_event,
 )
 from bouquet.core.keys import Keys
-from bouquet.core.profile import profile_payload
+from bouquet.core.profile import consent_payload, profile_payload
 from bouquet.core.recommendation import parse_recommendation_id
 from bouquet.streaming.state import FUNNEL_STAGES
 
@@ -250,7 +251,7 @@ def plain_event(raw: bytes, max_bytes: int) -> tuple[_Plain, datetime] | None:
                 or (kind == "rate" and (value is None or not 1 <= value <= 5)):
             return None
     elif service_id is not None or bundle_id is not None \
-            or (kind == "consent" and value not in (0, 1)):
+            or (kind == "consent" and (value not in (0, 1) or consent_purpose(context) is None)):
         return None
     try:
         when = datetime.fromisoformat(e.ts).astimezone(UTC)
@@ -431,7 +432,7 @@ class BatchBuilder:
         elif kind == "profile":
             payload = profile_payload(context)
         elif kind == "consent":
-            payload = "1" if value == 1 else "0"
+            payload = consent_payload(consent_purpose(context) or "personalisation", value)
         else:  # erase
             payload = ""
             batch.has_erasures = True

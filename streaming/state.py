@@ -42,7 +42,9 @@ log = logging.getLogger(__name__)
 #: Event-type → funnel stage credited when the event carries a Bouquet recommendation id.
 FUNNEL_STAGES: dict[str, str] = {
     "view": "shown",
+    "notify": "shown",  # an outreach message delivered
     "click": "opened",
+    "open": "opened",  # an outreach message opened
     "subscribe": "subscribed",
     "use": "used",
 }
@@ -121,7 +123,7 @@ class StateWriter:
             keys.last_contact(), keys.active_index(), keys.funnel_index(),
             str(self.config.dedup_ttl_s), str(self.config.recent_cap),
             str(self.config.counter_ttl_s), str(self.config.recent_ttl_s),
-            ",".join(RESIDENT_KINDS),
+            ",".join(RESIDENT_KINDS), keys.contactable(),
         ]
         self._apply = client.register_script(_APPLY_LUA)
         self._dlq = client.register_script(_DLQ_LUA)

@@ -246,3 +246,18 @@ def test_reading_in_date_chunks_gives_the_same_arrays(log_root: Path, tmp_path: 
     a = list(chunked.resident_ids).index("a")
     assert chunked.profiles.loc[a, "neighbourhood"] == NB[4]
     assert build_dataset(chunked, PARAMS).fingerprint == build_dataset(whole, PARAMS).fingerprint
+
+
+def test_contact_consent_is_not_personalisation_consent_and_profiles_merge(log_root) -> None:
+    contact = json.dumps({"purpose": "contact"}, separators=(",", ":"))
+    arrays = arrays_of(log_root, [
+        ev("ann", "consent", 9, value=1),
+        ev("ann", "consent", 5, value=0, context=contact),  # contact withdrawn, later
+        ev("bob", "consent", 9, value=1, context=contact),  # contact only
+        ev("ann", "profile", 8, context=json.dumps({"neighbourhood": NB[1]})),
+        ev("ann", "profile", 4, context=json.dumps({"channels": ["sms"]})),  # nb stays
+        ev("ann", "use", 3, service=S[0]), ev("bob", "use", 3, service=S[0]),
+    ])
+    codes = {rid: i for i, rid in enumerate(arrays.resident_ids)}
+    assert arrays.consent[codes["ann"]] and not arrays.consent[codes["bob"]]
+    assert arrays.neighbourhood_codes(np.array([codes["ann"]]))[0] == 1

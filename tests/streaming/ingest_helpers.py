@@ -120,9 +120,11 @@ class ReferenceState:
             return
         if kind == "consent":
             prof = self.profile[rid]
-            if epoch >= float(prof.get("consent_ts", "-inf")):
-                prof["consent"] = "1" if e["value"] == 1 else "0"
-                prof["consent_ts"] = epoch
+            field = "contact" if (e.get("context") or {}).get("purpose") == "contact" \
+                else "consent"
+            if epoch >= float(prof.get(f"{field}_ts", "-inf")):
+                prof[field] = "1" if e["value"] == 1 else "0"
+                prof[f"{field}_ts"] = epoch
             return
         item = {"event_id": e["event_id"], "type": kind, "ts": _round(epoch),
                 "channel": e["channel"]}
