@@ -1,0 +1,197 @@
+"""The planner's Redis reads and writes: the contactable set, residents' profiles and
+records, their holdings and published lists, the published version — in chunked scripts.
+
+A million residents cannot be read one round trip at a time, and a script per resident
+costs more in the client than in Redis. So one script call reads a chunk of residents
+(``read_residents.lua``), returning a few strings per resident, and one call writes a
+chunk of records (``write_records.lua``). The scripts build key names from fixed parts
+checked here against :class:`~bouquet.core.keys.Keys` at start-up (as ingestion does), so
+they need a single Redis primary, like ingestion's batch script (docs/outreach.md).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import redis
+
+from bouquet.core.keys import Keys
+from bouquet.core.outreach import ResidentRecord, decode_record
+from bouquet.core.profile import decode_value
+from bouquet.core.scripts import lua_script
+from bouquet.models.online import decode_meta, unpack_list
+from bouquet.outreach.candidates import PublishedLists
+from bouquet.outreach.decide import PROFILE_COLUMNS, OfferState, Residents
+
+_READ_LUA = lua_script("bouquet.outreach", "read_residents.lua")
+_WRITE_LUA = lua_script("bouquet.outreach", "write_records.lua")
+#: Profile fields read per resident: consents, the columns decide() needs, and when contact
+#: consent was last decided (to tell an erasure before it from one after).
+PROFILE_FIELDS: tuple[str, ...] = ("contact", "consent", *PROFILE_COLUMNS, "contact_ts")
+#: Residents per script call: each call holds Redis for a few milliseconds.
+CHUNK = 1000
+#: Script calls per round trip.
+PIPELINED_CALLS = 50
+
+
+class KeyFormatChanged(RuntimeError):
+    """``Keys`` builds a name the planner's scripts would not: the scripts must change."""
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+class OutreachStore:
+    """Chunked reads and writes of the planner's per-resident state."""
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.redis = client
+        self.keys = keys
+        sample = keys.profile("R0")
+        self._r_pre = sample[: sample.rindex("{R0}") + 1]
+        self._r_suf = "}:"
+        for kind in ("profile", "outreach", "holdings", "dismissed"):
+            built = getattr(keys, kind)("R0")
+            if built != f"{self._r_pre}R0{self._r_suf}{kind}":
+                raise KeyFormatChanged(f"Keys builds {built!r}; the planner's scripts "
+                                       "would not")
+        self._read = client.register_script(_READ_LUA)
+        self._write = client.register_script(_WRITE_LUA)
+
+    # --- the published version -----------------------------------------------------------
+    def published(self, neighbourhoods: Iterable[str]) -> PublishedLists | None:
+        """The version the ``current`` pointer names (what the champion variant serves):
+        its ids, reason vocabulary and popular lists; None when nothing is published."""
+        version = self.redis.get(self.keys.current_version())
+        if not version:
+            return None
+        version = _text(version)
+        meta = decode_meta(self.redis.hgetall(self.keys.version_meta(version)))
+        if "model_version" not in meta:
+            return None
+        lists = PublishedLists(
+            version=version, model_version=meta["model_version"],
+            bundle_ids=json.loads(meta.get("bundle_ids", "[]")),
+            service_ids=json.loads(meta.get("service_ids", "[]")),
+            reason_vocab=json.loads(meta.get("reason_vocab", '["cf"]')),
+            personalised=meta.get("personalised", "1") != "0")
+        names = ["_all", *neighbourhoods]
+        pipe = self.redis.pipeline(transaction=False)
+        for kind in ("b", "s"):
+            for nb in names:
+                pipe.get(self.keys.popular(version, nb, kind))
+        replies = iter(pipe.execute())
+        for kind in ("b", "s"):
+            for nb in names:
+                entries = unpack_list(next(replies))
+                if len(entries):
+                    lists.popular[(kind, nb)] = entries
+        return lists
+
+    # --- residents -----------------------------------------------------------------------
+    def contactable(self) -> list[str]:
+        """The contactable set, sorted (a plan does not depend on Redis' set order)."""
+        return sorted(_text(m) for m in self.redis.smembers(self.keys.contactable()))
+
+    def _call(self, mode: str, resident_ids: Sequence[str], version: str | None) -> list[Any]:
+        b_pre = s_pre = l_suf = ""
+        if version is not None:
+            b_key = self.keys.recs(version, "R0", "b")
+            b_pre, l_suf = b_key[: b_key.rindex("{R0}") + 1], "}"
+            s_key = self.keys.recs(version, "R0", "s")
+            s_pre = s_key[: s_key.rindex("{R0}") + 1]
+        head = [mode, self._r_pre, self._r_suf, b_pre, s_pre, l_suf, ",".join(PROFILE_FIELDS)]
+        out: list[Any] = []
+        self.redis.script_load(_READ_LUA)
+        group = CHUNK * PIPELINED_CALLS
+        for first in range(0, len(resident_ids), group):
+            pipe = self.redis.pipeline(transaction=False)
+            for start in range(first, min(first + group, len(resident_ids)), CHUNK):
+                pipe.evalsha(self._read.sha, 0, *head, *resident_ids[start:start + CHUNK])
+            for reply in pipe.execute():
+                out += reply
+        return out
+
+    def residents(self, resident_ids: Sequence[str]) -> tuple[list[dict[str, Any]],
+                                                              list[ResidentRecord | None]]:
+        """Per resident, the profile fields (decoded like the profile hash) and the record."""
+        flat = self._call("state", resident_ids, None)
+        profiles: list[dict[str, Any]] = []
+        records: list[ResidentRecord | None] = []
+        empty_record = "\x1f\x1f\x1f"
+        for i in range(0, len(flat), 2):
+            values = _text(flat[i]).split("\x1f")
+            profiles.append({name: decode_value(name, value) for name, value in
+                             zip(PROFILE_FIELDS, values, strict=False) if value != ""})
+            raw = _text(flat[i + 1])
+            records.append(None if raw == empty_record else _record(raw))
+        return profiles, records
+
+    def resident_table(self, resident_ids: Sequence[str]) -> tuple[Residents, np.ndarray]:
+        """:class:`Residents` of the ids (profile columns, consents, records; ``erased`` is
+        left False for the caller), and each one's contact-consent time (NaN: none)."""
+        profiles, records = self.residents(resident_ids)
+        residents = Residents(
+            ids=np.array(resident_ids, dtype=object),
+            contact=np.array([p.get("contact") is True for p in profiles], dtype=bool),
+            consent=np.array([p.get("consent") is True for p in profiles], dtype=bool),
+            erased=np.zeros(len(profiles), dtype=bool),
+            profile={name: np.array([p.get(name) for p in profiles] + [None],
+                                    dtype=object)[:-1] for name in PROFILE_COLUMNS},
+            records=records)
+        contact_ts = np.array([_float(p.get("contact_ts")) for p in profiles],
+                              dtype=np.float64)
+        return residents, contact_ts
+
+    def offers(self, resident_ids: Sequence[str], version: str | None) -> OfferState:
+        """Holdings, dismissed offers and the published lists of the version (for
+        :func:`~bouquet.outreach.decide.decide`'s candidates)."""
+        flat = self._call("offers", resident_ids, version)
+        holdings = [_text(v) for v in flat[0::4]]
+        dismissed = [_text(v) for v in flat[1::4]]
+        as_bytes = [v if isinstance(v, bytes) else str(v).encode() for v in flat]
+        return OfferState(holdings, dismissed, {"b": as_bytes[2::4], "s": as_bytes[3::4]})
+
+    def write_records(self, records: dict[str, ResidentRecord], ttl_s: int) -> int:
+        """Write changed records (chunked script); returns how many were kept."""
+        items = list(records.items())
+        head = [self._r_pre, self._r_suf, str(int(ttl_s))]
+        written = 0
+        self.redis.script_load(_WRITE_LUA)
+        group = CHUNK * PIPELINED_CALLS
+        for first in range(0, len(items), group):
+            pipe = self.redis.pipeline(transaction=False)
+            for start in range(first, min(first + group, len(items)), CHUNK):
+                args: list[str] = []
+                for rid, record in items[start:start + CHUNK]:
+                    encoded = record.encode()
+                    args += [rid, encoded["sent"], encoded["pending"], encoded["streak"],
+                             encoded["paused_until"]]
+                pipe.evalsha(self._write.sha, 0, *head, *args)
+            written += sum(int(reply) for reply in pipe.execute())
+        return written
+
+    def neighbourhoods(self, resident_ids: Sequence[str]) -> dict[str, str]:
+        """Declared neighbourhood of residents (those who declared one)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for rid in resident_ids:
+            pipe.hget(self.keys.profile(rid), "neighbourhood")
+        return {rid: _text(v) for rid, v in zip(resident_ids, pipe.execute(), strict=True)
+                if v}
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _record(raw: str) -> ResidentRecord:
+    sent, pending, streak, paused = (raw.split("\x1f") + ["", "", "", ""])[:4]
+    return decode_record({"sent": sent, "pending": pending, "streak": streak or "0",
+                          "paused_until": paused or "0"})
