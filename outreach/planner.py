@@ -108,6 +108,14 @@ class Planner:
         zone = ZoneInfo(self.settings.outreach_timezone)
         return datetime.fromtimestamp(time.time() if now is None else now, zone).date()
 
+    def plan_instant(self, day: date, now: float | None = None) -> float:
+        """When ``bouquet outreach run`` plans ``day``: its planning hour (local), or now if
+        that has passed."""
+        zone = ZoneInfo(self.settings.outreach_timezone)
+        at = datetime(day.year, day.month, day.day, self.settings.outreach_plan_hour,
+                      tzinfo=zone).timestamp()
+        return max(at, time.time() if now is None else now)
+
     def plan(self, day: date | None = None, *, now: float | None = None,
              dry_run: bool = False, deliver: bool = True) -> tuple[PlanReport, DayPlan]:
         """Plan ``day`` (default: today, local) at instant ``now`` (default: the clock).
