@@ -26,7 +26,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from bouquet.core.catalog import Catalog
-from bouquet.models.online import ENTRY, unpack_list
+from bouquet.models.online import ENTRY
+
+#: First byte of a packed list (:func:`bouquet.models.online.pack_list`'s format).
+_FORMAT = b"\x01"
 
 KINDS: tuple[str, ...] = ("b", "s")
 
@@ -159,37 +162,94 @@ class CandidateBuilder:
         """(items, reasons) of one kind for a chunk of residents (see the module docstring).
         ``neighbourhood`` indexes :attr:`neighbourhoods` (−1: none declared)."""
         n_rows = len(packed)
-        # the resident's own list, by score (a stable sort, as serving's)
-        lists = [unpack_list(p) if use else np.empty(0, ENTRY)
-                 for p, use in zip(packed, personalise, strict=True)]
-        width = max((len(x) for x in lists), default=0)
+        # the resident's own list, by score (a stable sort, as serving's); unpacked for
+        # every row at once (what unpack_list reads: a format byte, then 8-byte entries)
+        usable = [bool(use) and len(p) > 1 and p[:1] == _FORMAT and (len(p) - 1) % ENTRY.itemsize
+                  == 0 for p, use in zip(packed, personalise, strict=True)]
+        counts = np.array([(len(p) - 1) // ENTRY.itemsize if ok else 0
+                           for p, ok in zip(packed, usable, strict=True)], dtype=np.int64)
+        width = int(counts.max()) if n_rows else 0
         own = np.full((n_rows, width), -1, dtype=np.int64)
         own_reason = np.full((n_rows, width), self._no_reason, dtype=np.int64)
         score = np.full((n_rows, width), -np.inf)
-        for row, entries in enumerate(lists):
-            if len(entries):
-                own[row, :len(entries)] = entries["i"]
-                own_reason[row, :len(entries)] = entries["r"]
-                score[row, :len(entries)] = entries["s"]
-        order = np.argsort(-score, axis=1, kind="stable")
-        own = np.take_along_axis(own, order, axis=1)
-        own_reason = np.take_along_axis(own_reason, order, axis=1)
+        if width:
+            entries = np.frombuffer(b"".join(p[1:] for p, ok in zip(packed, usable, strict=True)
+                                             if ok), dtype=ENTRY)
+            row = np.repeat(np.arange(n_rows), counts)
+            column = np.arange(len(entries)) - np.repeat(np.cumsum(counts) - counts, counts)
+            own[row, column] = entries["i"]
+            own_reason[row, column] = entries["r"]
+            score[row, column] = entries["s"]
+        if width > 1 and not (score[:, 1:] <= score[:, :-1]).all():  # publish sorts them
+            order = np.argsort(-score, axis=1, kind="stable")
+            own = np.take_along_axis(own, order, axis=1)
+            own_reason = np.take_along_axis(own_reason, order, axis=1)
         own_reason = np.where(own_reason < self._no_reason, own_reason, self._no_reason)
-        # then the neighbourhood's popular list, then the city's
-        popular, _ = self._popular[kind]
+        # then the neighbourhood's popular list, then the city's: each row is the sequence
+        # own list, neighbourhood's list, city's list, read position by position (the
+        # first offers almost always survive the filters, so a short prefix of each row is
+        # read first, and the whole row only where the prefix had too few)
+        _, lengths = self._popular[kind]
         city = len(self.neighbourhoods)
-        nb_rows = np.where(neighbourhood >= 0, neighbourhood, city)
-        near = np.where((neighbourhood >= 0)[:, None], popular[nb_rows], -1)
-        far = np.broadcast_to(popular[city], (n_rows, popular.shape[1]))
-        version_items = np.concatenate([own, near, far], axis=1)
-        reasons = np.concatenate([
-            own_reason,
-            np.broadcast_to((self._popular_code + nb_rows)[:, None], near.shape),
-            np.full(far.shape, self._popular_code + city)], axis=1)
-        # to catalog indices (−1 out of range or gone from the catalog), then the filters
+        near_rows = np.where(neighbourhood >= 0, neighbourhood, city)
+        near_length = np.where(neighbourhood >= 0, lengths[near_rows], 0)
+        total = counts + near_length + lengths[city]
+        n = self.per_kind
+        prefix = min(int(total.max()) if n_rows else 0, 2 * n + 8)
+        items, reasons = self._sequence(kind, own, own_reason, counts, near_rows, near_length,
+                                        np.arange(prefix))
+        out_items, out_reasons, found = self._first_allowed(kind, items, reasons, signature,
+                                                            blocked)
+        short = np.flatnonzero((found < n) & (total > prefix))
+        if len(short):
+            items, reasons = self._sequence(kind, own[short], own_reason[short], counts[short],
+                                            near_rows[short], near_length[short],
+                                            np.arange(int(total[short].max())))
+            more_items, more_reasons, _ = self._first_allowed(
+                kind, items, reasons, signature[short], blocked[short])
+            out_items[short], out_reasons[short] = more_items, more_reasons
+        return out_items.astype(np.int32), out_reasons.astype(np.int32)
+
+    def _sequence(self, kind: str, own: np.ndarray, own_reason: np.ndarray,
+                  counts: np.ndarray, near_rows: np.ndarray, near_length: np.ndarray,
+                  positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(catalog items, reasons) at ``positions`` of each row's sequence: its own list
+        (``counts`` long), its neighbourhood's popular list, the city's; −1 past the end,
+        or where the version's item is not in the catalog."""
+        popular, lengths = self._popular[kind]
+        city = len(self.neighbourhoods)
+        shape = (len(counts), len(positions))
+        at = np.broadcast_to(positions[None, :], shape)
+        in_near = at - counts[:, None]
+        in_far = in_near - near_length[:, None]
+        version_items = np.full(shape, -1, dtype=np.int64)
+        reasons = np.full(shape, -1, dtype=np.int64)
+        mine = at < counts[:, None]
+        if own.shape[1]:
+            column = np.minimum(at, own.shape[1] - 1)
+            version_items = np.where(mine, np.take_along_axis(own, column, axis=1), -1)
+            reasons = np.where(mine, np.take_along_axis(own_reason, column, axis=1), -1)
+        if popular.shape[1]:
+            near = ~mine & (in_near < near_length[:, None])
+            far = ~mine & ~near & (in_far < lengths[city])
+            width = popular.shape[1] - 1
+            version_items = np.where(near, popular[near_rows[:, None],
+                                                   np.clip(in_near, 0, width)], version_items)
+            version_items = np.where(far, popular[city, np.clip(in_far, 0, width)],
+                                     version_items)
+            reasons = np.where(near, (self._popular_code + near_rows)[:, None], reasons)
+            reasons = np.where(far, self._popular_code + city, reasons)
         lookup = self.to_catalog[kind]
         in_range = (version_items >= 0) & (version_items < len(lookup) - 1)
         items = np.where(in_range, lookup[np.where(in_range, version_items, -1)], -1)
+        return items, reasons
+
+    def _first_allowed(self, kind: str, items: np.ndarray, reasons: np.ndarray,
+                       signature: np.ndarray, blocked: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The first ``per_kind`` items of each row that the filters allow, each once, with
+        their reasons (−1 padding), and how many each row had (at most ``per_kind``)."""
+        n_rows, width = items.shape
         n_items = len(self.catalog_ids[kind])
         safe = np.maximum(items, 0)
         ok = items >= 0
@@ -197,21 +257,18 @@ class CandidateBuilder:
             ok &= self.permitted_matrix(kind)[signature[:, None], safe]
             ok &= ~np.take_along_axis(blocked, safe, axis=1)
         # first occurrence of each item in a row
-        first = np.full((n_rows, max(n_items, 1)), items.shape[1], dtype=np.int64)
+        first = np.full((n_rows, max(n_items, 1)), width, dtype=np.int64)
         rows = np.arange(n_rows)
-        for j in range(items.shape[1] - 1, -1, -1):
+        for j in range(width - 1, -1, -1):
             hit = ok[:, j]
             first[rows[hit], safe[hit, j]] = j
-        ok &= first[rows[:, None], safe] == np.arange(items.shape[1])[None, :]
-        # the first n survivors
+        ok &= first[rows[:, None], safe] == np.arange(width)[None, :]
         n = self.per_kind
-        taken = ok & (np.cumsum(ok, axis=1) <= n)
-        position = np.argsort(~taken, axis=1, kind="stable")[:, :n]
-        got = np.take_along_axis(taken, position, axis=1)
-        out_items = np.where(got, np.take_along_axis(items, position, axis=1), -1)
-        out_reasons = np.where(got, np.take_along_axis(reasons, position, axis=1), -1)
-        if out_items.shape[1] < n:  # fewer columns than n at all
-            pad = n - out_items.shape[1]
-            out_items = np.pad(out_items, ((0, 0), (0, pad)), constant_values=-1)
-            out_reasons = np.pad(out_reasons, ((0, 0), (0, pad)), constant_values=-1)
-        return out_items.astype(np.int32), out_reasons.astype(np.int32)
+        rank = np.cumsum(ok, axis=1)
+        row, column = np.nonzero(ok & (rank <= n))
+        out_items = np.full((n_rows, n), -1, dtype=np.int64)
+        out_reasons = np.full((n_rows, n), -1, dtype=np.int64)
+        slot = rank[row, column] - 1
+        out_items[row, slot] = items[row, column]
+        out_reasons[row, slot] = reasons[row, column]
+        return out_items, out_reasons, np.minimum(rank[:, -1] if width else 0, n)

@@ -20,7 +20,9 @@ and carries the plan out; the property tests drive :func:`decide` over random hi
 
 from __future__ import annotations
 
-import uuid
+import os
+import random
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
@@ -40,6 +42,10 @@ from bouquet.outreach.rules import ContactRules, earliest_send, settle, with_nud
 from bouquet.outreach.timing import DayClock, QuietTables, choose_send_minutes, hour_profile
 
 UNKNOWN_SEGMENT = "_unknown"
+#: Message ids only need to be distinct (the gateway de-duplicates on them): a PRNG seeded
+#: from the OS, reseeded in forked children, rather than a system call per message.
+_message_ids = random.Random(secrets.randbits(128))
+os.register_at_fork(after_in_child=lambda: _message_ids.seed(secrets.randbits(128)))
 #: Why a contactable resident got no nudge (the plan's ``excluded`` counts).
 EXCLUSIONS: tuple[str, ...] = ("no_contact_consent", "erased", "holdout", "paused",
                                "no_time_today", "no_offer", "budget")
@@ -219,10 +225,12 @@ def decide(day: date, now: float, residents: Residents, offers: Callable[[np.nda
 
     # 3. what and how: candidates × accepted channels, Thompson draws, best gain
     channels = list(OUTREACH_CHANNELS)
-    accepted = np.zeros((n, len(channels)), dtype=bool)
-    default = [c in config.default_channels for c in channels]
-    for i, declared in enumerate(column["channels"]):
-        accepted[i] = [c in declared for c in channels] if declared else default
+    declared, which = _distinct(column["channels"])
+    accepted = np.array([[c in (d or config.default_channels) for c in channels]
+                         for d in declared], dtype=bool).reshape(-1, len(channels))[which]
+    # the filters' "permitted" depends on few profile attributes: one row per distinct
+    # combination (serving caches it the same way)
+    profiles, profile_of = _distinct_rows([column[name] for name in SIGNATURE_COLUMNS])
     builder = CandidateBuilder(catalog, lists, filters, list(catalog.neighbourhood_ids),
                                config.candidates)
     n_bundles = len(catalog.bundle_ids)
@@ -240,8 +248,10 @@ def decide(day: date, now: float, residents: Residents, offers: Callable[[np.nda
         state = offers(rows)
         offer_parts, reason_parts = [], []
         for kind in KINDS:
-            signature = np.array([builder.signature(kind, _profile_of(column, i))
-                                  for i in rows], dtype=np.int64)
+            rows_of = np.array([builder.signature(kind, dict(zip(SIGNATURE_COLUMNS, key,
+                                                                  strict=True)))
+                                for key in profiles], dtype=np.int64)
+            signature = rows_of[profile_of[rows]]
             blocked = builder.blocked(kind, state.holdings, state.dismissed)
             personalise = residents.consent[rows].astype(bool) & lists.personalised
             items, reasons = builder.build(kind, personalise, state.packed[kind],
@@ -274,10 +284,10 @@ def decide(day: date, now: float, residents: Residents, offers: Callable[[np.nda
     # 4. at what time
     picked = np.flatnonzero(who)
     weights = hour_profile(knowledge.hours, neighbourhood, len(segments),
-                           config.hour_prior_events)
+                           config.hour_prior_events, picked)
     offset = np.floor(holdout_points(ids[picked], f"minute:{day.isoformat()}") * 60
                       ).astype(np.int64)
-    minute, ok = choose_send_minutes(weights[picked], window[picked], earliest_minute[picked],
+    minute, ok = choose_send_minutes(weights, window[picked], earliest_minute[picked],
                                      offset, tables)
     picked, minute = picked[ok], minute[ok]  # every picked resident was feasible
     send_at = clock.epochs[minute]
@@ -297,7 +307,7 @@ def decide(day: date, now: float, residents: Residents, offers: Callable[[np.nda
     references = [make_recommendation_id(model_version, OUTREACH_VARIANT) for _ in picked]
     nudges = pd.DataFrame({
         "resident_id": ids[picked],
-        "message_id": [uuid.uuid4().hex for _ in picked],
+        "message_id": [f"{_message_ids.getrandbits(128):032x}" for _ in picked],
         "recommendation_id": references,
         "offer_kind": np.where(offer < n_bundles, "bundle", "service"),
         "offer_id": offer_names[offer],
@@ -319,8 +329,25 @@ def decide(day: date, now: float, residents: Residents, offers: Callable[[np.nda
                    residents=n, paused_now=paused_now, model_version=model_version)
 
 
-def _profile_of(column: dict[str, np.ndarray], i: int) -> dict[str, Any]:
-    return {name: values[i] for name, values in column.items() if values[i] is not None}
+#: The profile attributes eligibility and availability read (``OfferRanker.permitted``).
+SIGNATURE_COLUMNS: tuple[str, ...] = ("neighbourhood", "age_band", "household", "student",
+                                      "low_income")
+
+
+def _distinct(values: np.ndarray) -> tuple[list[Any], np.ndarray]:
+    """The distinct values of an object column (None included) and each row's index."""
+    index: dict[Any, int] = {}
+    which = np.fromiter((index.setdefault(v, len(index)) for v in values), dtype=np.int64,
+                        count=len(values))
+    return list(index), which
+
+
+def _distinct_rows(columns: list[np.ndarray]) -> tuple[list[tuple[Any, ...]], np.ndarray]:
+    """The distinct rows of several object columns and each row's index."""
+    if not len(columns[0]):
+        return [], np.zeros(0, dtype=np.int64)
+    return _distinct(np.fromiter(zip(*columns, strict=True), dtype=object,
+                                 count=len(columns[0])))
 
 
 def _within_budgets(gain: np.ndarray, who: np.ndarray, channels: list[str],

@@ -1,13 +1,19 @@
 """What the planner learns from the event log: when residents are active, how nudges fared,
 and how often each service is used.
 
-The log is read through :func:`~bouquet.core.eventlog.read_events` (de-duplicated) over the
-last ``BOUQUET_OUTREACH_HISTORY_DAYS``, in runs of whole event dates so that no more than a
-few million events are held at once (a duplicate is the same event, so the same date), and
-each run is reduced to arrays before the next is read. Erasures are applied as
-``read_events`` applies them — an event is gone when its resident has an ``erase`` event
-time-stamped at or after it — from the erase events of the window itself (an erase event
-before the window cannot hide an event inside it), so the rest of the log is never read.
+The log is read over the last ``BOUQUET_OUTREACH_HISTORY_DAYS`` in runs of whole event dates
+(a few million events at a time), each reduced to arrays before the next is read, as Arrow
+columns turned into integer codes (dictionary encoding) — a million residents' history is
+tens of millions of events, which the pandas objects of
+:func:`~bouquet.core.eventlog.read_events` would hold in many gigabytes. What the planner
+sees is what ``read_events`` returns, by the same rules:
+
+* **each event once**: a run whose event ids are all distinct (the rule: a physical
+  duplicate only follows a crash) is used as it is; otherwise its duplicates are dropped
+  (a duplicate is the same event, so it is in the same date's files);
+* **erasures**: an event is gone when its resident has an ``erase`` event time-stamped at or
+  after it; only the erase events from the window's first day on can hide an event of the
+  window, so the rest of the log is never read.
 
 Out of each run:
 
@@ -24,23 +30,28 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from bouquet.core.cadence import USE_TYPES
 from bouquet.core.catalog import Catalog
-from bouquet.core.eventlog import EventLog, erased_residents, read_events, read_table
+from bouquet.core.eventlog import SCHEMA, EventLog, read_table
 from bouquet.core.events import CONTACT_TYPES, OUTREACH_CHANNELS
 from bouquet.core.outreach import OUTREACH_VARIANT
 from bouquet.outreach.learning import offer_frequency, service_frequency
 
-COLUMNS = ["resident_id", "type", "service_id", "bundle_id", "ts", "channel",
+COLUMNS = ["event_id", "resident_id", "type", "service_id", "bundle_id", "ts", "channel",
            "recommendation_id"]
 #: Types whose local hour says when a resident is there to read a nudge.
 HOUR_TYPES: frozenset[str] = CONTACT_TYPES - {"notify"}
 CHUNK_EVENTS = 2_000_000
+_US_PER_HOUR = 3_600_000_000
 
 
 @dataclass
@@ -67,7 +78,7 @@ class History:
 
 def hash_ids(values: Sequence[str] | np.ndarray) -> np.ndarray:
     """A 64-bit hash of each resident id (pandas' vectorised hash): how events are matched
-    to residents without building a string index per run."""
+    to residents without a string index."""
     return pd.util.hash_array(np.asarray(values, dtype=object), categorize=False)
 
 
@@ -87,66 +98,128 @@ def _date_runs(log: EventLog, start: date, end: date, rows: int) -> list[tuple[d
     return runs
 
 
-def read_history(root: Path, catalog: Catalog, resident_ids: Sequence[str], now: float, days: int,
-                 timezone: str, chunk_events: int = CHUNK_EVENTS) -> History:
+def _erasures(log: EventLog, start: date) -> dict[str, int]:
+    """Resident id → time (µs) of their latest erase event, from ``start`` on."""
+    files = log.files(start)
+    if not files:
+        return {}
+    found = ds.dataset([str(f) for f in files], schema=SCHEMA, format="parquet").to_table(
+        columns=["resident_id", "ts"], filter=pc.field("type") == "erase")
+    if found.num_rows == 0:
+        return {}
+    latest = found.group_by("resident_id").aggregate([("ts", "max")])
+    return dict(zip(latest["resident_id"].to_pylist(),
+                    latest["ts_max"].cast(pa.int64()).to_pylist(), strict=True))
+
+
+def _once(table: pa.Table) -> pa.Table:
+    """The rows of ``table`` with each event id once (any copy: copies are the same
+    event)."""
+    if len(pc.unique(table["event_id"])) == table.num_rows:
+        return table
+    indexed = table.append_column("_row", pa.array(np.arange(table.num_rows)))
+    first = indexed.group_by("event_id", use_threads=False).aggregate([("_row", "min")])
+    return table.take(pa.array(np.sort(first["_row_min"].to_numpy())))
+
+
+def _codes(column: pa.ChunkedArray, mapping: dict[str, int]) -> np.ndarray:
+    """Integer codes of a string column through ``mapping`` (−1: null or unmapped)."""
+    encoded = pc.dictionary_encode(column.combine_chunks())
+    lookup = np.array([mapping.get(v, -1) for v in encoded.dictionary.to_pylist()] + [-1],
+                      dtype=np.int64)
+    indices = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+    return lookup[indices]
+
+
+def _residents(column: pa.ChunkedArray, index: pd.Index) -> tuple[np.ndarray, np.ndarray]:
+    """Per event: its resident's hash, and their position in ``index`` (hashes of the
+    residents being planned; −1 for others) — hashed and looked up once per distinct
+    resident of the run, not per event."""
+    encoded = pc.dictionary_encode(column.combine_chunks())
+    hashes = hash_ids(encoded.dictionary.to_numpy(zero_copy_only=False))
+    indices = encoded.indices.to_numpy(zero_copy_only=False)
+    return hashes[indices], index.get_indexer(hashes)[indices]
+
+
+def _utc_offsets(since_us: int, until_us: int, timezone: str) -> tuple[int, np.ndarray]:
+    """(first UTC hour, offset in seconds of local time at each UTC hour of the window):
+    time-zone changes happen on the hour."""
+    zone = ZoneInfo(timezone)
+    first = since_us // _US_PER_HOUR
+    last = until_us // _US_PER_HOUR
+    offsets = np.array([datetime.fromtimestamp(h * 3600, zone).utcoffset().total_seconds()
+                        for h in range(first, last + 1)], dtype=np.int64)
+    return first, offsets
+
+
+def read_history(root: Path, catalog: Catalog, resident_ids: Sequence[str], now: float,
+                 days: int, timezone: str, chunk_events: int = CHUNK_EVENTS) -> History:
     """Hours of ``resident_ids``, outcomes and usage frequency over the ``days`` before
     ``now`` (see the module docstring)."""
     n = len(resident_ids)
     moment = datetime.fromtimestamp(now, UTC)
     start = (moment - timedelta(days=days)).date()
-    since = pd.Timestamp(moment - timedelta(days=days))
-    until = pd.Timestamp(moment)
-    wanted = hash_ids(resident_ids) if n else np.zeros(0, np.uint64)
-    order = np.argsort(wanted, kind="stable")
-    sorted_wanted = wanted[order]
-    hours = np.zeros(n * 24, dtype=np.float32)
+    since_us, until_us = int((now - days * 86400) * 1e6), int(now * 1e6)
+    first_hour, offsets = _utc_offsets(since_us, until_us, timezone)
+    wanted = pd.Index(hash_ids(resident_ids) if n else np.zeros(0, np.uint64))
+    if not wanted.is_unique:  # two ids with one 64-bit hash: both keep the first's hours
+        wanted = pd.Index(wanted.where(~wanted.duplicated(), np.uint64(0)))
+    hours = np.zeros(n * 24, dtype=np.float64)
     n_bundles = len(catalog.bundle_ids)
     bundle_index = {b: i for i, b in enumerate(catalog.bundle_ids)}
     service_index = {s: i for i, s in enumerate(catalog.service_ids)}
     members = [[service_index[s] for s in b.services if s in service_index]
                for b in catalog.bundles]
-    member_count = np.array([len(m) for m in members], dtype=np.int64)
+    member_count = np.array([len(m) for m in members] + [0], dtype=np.int64)
     member_start = np.concatenate([[0], np.cumsum(member_count)[:-1]]).astype(np.int64)
     member_flat = np.array([s for m in members for s in m], dtype=np.int64)
+    type_names = sorted(HOUR_TYPES | USE_TYPES | {"notify", "open", "erase", "consent",
+                                                  "profile"})
+    type_code = {t: i for i, t in enumerate(type_names)}
+    is_hour_type = np.array([t in HOUR_TYPES for t in type_names] + [False])
+    is_use_type = np.array([t in USE_TYPES for t in type_names] + [False])
+    channel_code = {c: i for i, c in enumerate(OUTREACH_CHANNELS)}
     log = EventLog(root)
-    erase_table = read_table(root, start=start, columns=["resident_id", "type", "ts"])
-    cutoffs = erased_residents(erase_table)
-    del erase_table
+    cutoffs = _erasures(log, start)
+    erased_ids = pa.array(list(cutoffs), pa.string())
     delivered, opened, converted = [], [], []
     use_who, use_service, use_weight = [], [], []
     events = 0
     for first, last in _date_runs(log, start, moment.date(), chunk_events):
-        frame = read_events(root, start=first, end=last, columns=COLUMNS,
-                            apply_erasures=False)
-        keep = (frame["ts"] >= since) & (frame["ts"] <= until)
+        table = _once(read_table(root, start=first, end=last, columns=COLUMNS))
+        ts = table["ts"].cast(pa.int64()).to_numpy()
+        keep = (ts >= since_us) & (ts <= until_us)
         if cutoffs:
-            cut = frame["resident_id"].map(cutoffs)
-            keep &= cut.isna() | (frame["ts"] > cut)
-        frame = frame[keep.to_numpy()]
-        events += len(frame)
-        if frame.empty:
+            hit = pc.is_in(table["resident_id"], value_set=erased_ids).to_numpy(
+                zero_copy_only=False)
+            for i in np.flatnonzero(hit & keep):
+                if ts[i] <= cutoffs[table["resident_id"][int(i)].as_py()]:
+                    keep[i] = False
+        if not keep.all():
+            table = table.filter(pa.array(keep))
+            ts = ts[keep]
+        events += table.num_rows
+        if table.num_rows == 0:
             continue
-        kind = frame["type"]
-        who = hash_ids(frame["resident_id"].to_numpy(object))
+        who, planned = _residents(table["resident_id"], wanted)
+        kind = _codes(table["type"], type_code)
         # hours of the residents being planned
-        pos = np.searchsorted(sorted_wanted, who)
-        pos = np.minimum(pos, max(n - 1, 0))
-        found = (sorted_wanted[pos] == who) if n else np.zeros(len(who), bool)
-        is_hour = kind.isin(HOUR_TYPES).to_numpy() & found
-        if is_hour.any():
-            local = frame["ts"][is_hour].dt.tz_convert(timezone).dt.hour.to_numpy()
-            np.add.at(hours, order[pos[is_hour]] * 24 + local, 1.0)
+        hour_rows = is_hour_type[kind] & (planned >= 0)
+        if hour_rows.any():
+            t = ts[hour_rows]
+            local = ((t // 1_000_000 + offsets[t // _US_PER_HOUR - first_hour]) // 3600) % 24
+            hours += np.bincount(planned[hour_rows] * 24 + local, minlength=n * 24)
         # use of services, everyone
-        is_use = kind.isin(USE_TYPES).to_numpy()
-        service = frame["service_id"].map(service_index)
-        direct = is_use & service.notna().to_numpy()
+        is_use = is_use_type[kind]
+        service = _codes(table["service_id"], service_index)
+        direct = is_use & (service >= 0)
         use_who.append(who[direct])
-        use_service.append(service[direct].to_numpy(np.int64))
+        use_service.append(service[direct])
         use_weight.append(np.ones(int(direct.sum())))
-        bundle = frame["bundle_id"].map(bundle_index)
-        spread = is_use & ~direct & bundle.notna().to_numpy()
+        bundle = _codes(table["bundle_id"], bundle_index)
+        spread = is_use & ~direct & (bundle >= 0)
         if spread.any():
-            b = bundle[spread].to_numpy(np.int64)
+            b = bundle[spread]
             size = member_count[b]
             use_who.append(np.repeat(who[spread], size))
             starts = np.repeat(member_start[b], size)
@@ -154,31 +227,33 @@ def read_history(root: Path, catalog: Catalog, resident_ids: Sequence[str], now:
             use_service.append(member_flat[starts + within])
             use_weight.append(np.repeat(1.0 / np.maximum(size, 1), size))
         # outreach outcomes
-        reference = frame["recommendation_id"]
-        ours = reference.notna() & reference.str.contains(f".{OUTREACH_VARIANT}.",
-                                                          regex=False, na=False)
-        if ours.any():
-            part = frame[ours.to_numpy()]
-            part = part[part["recommendation_id"].str.split(".").str[1] == OUTREACH_VARIANT]
-            offer = part["bundle_id"].map(bundle_index)
-            offer = offer.where(offer.notna(), part["service_id"].map(service_index)
-                                + n_bundles)
-            rows = pd.DataFrame({"resident_id": part["resident_id"].to_numpy(object),
-                                 "recommendation_id": part["recommendation_id"].to_numpy(object),
-                                 "offer": offer.to_numpy(), "channel": part["channel"].map(
-                                     {c: i for i, c in enumerate(OUTREACH_CHANNELS)}).to_numpy(),
-                                 "ts": part["ts"].to_numpy()})
-            kinds = part["type"].to_numpy()
-            delivered.append(rows[kinds == "notify"])
-            opened.append(rows[kinds == "open"])
-            converted.append(rows.loc[np.isin(kinds, list(USE_TYPES)), "recommendation_id"])
+        ours = pc.fill_null(pc.match_substring(table["recommendation_id"],
+                                               f".{OUTREACH_VARIANT}."), False)
+        if pc.any(ours).as_py():
+            part = table.filter(ours)
+            references = part["recommendation_id"].to_pylist()
+            variant = np.array([r.split(".")[1] == OUTREACH_VARIANT if r.count(".") == 2
+                                else False for r in references])
+            part_kind = kind[ours.to_numpy(zero_copy_only=False)]
+            offer = _codes(part["bundle_id"], bundle_index)
+            service_offer = _codes(part["service_id"], service_index)
+            offer = np.where(offer >= 0, offer, np.where(service_offer >= 0,
+                                                         service_offer + n_bundles, -1))
+            rows = pd.DataFrame({
+                "resident_id": part["resident_id"].to_pylist(),
+                "recommendation_id": references, "offer": offer,
+                "channel": _codes(part["channel"], channel_code),
+                "ts": ts[ours.to_numpy(zero_copy_only=False)]})
+            delivered.append(rows[variant & (part_kind == type_code["notify"])])
+            opened.append(rows[variant & (part_kind == type_code["open"])])
+            converted.append(rows.loc[variant & is_use_type[part_kind], "recommendation_id"])
     service_rate = service_frequency(
         np.concatenate(use_who) if use_who else np.zeros(0, np.uint64),
         np.concatenate(use_service) if use_service else np.zeros(0, np.int64),
         np.concatenate(use_weight) if use_weight else np.zeros(0),
         len(catalog.service_ids), days / 7.0)
     return History(
-        hours=hours.reshape(n, 24),
+        hours=hours.reshape(n, 24).astype(np.float32),
         outcomes=Outcomes(_outcome_rows(delivered), _outcome_rows(opened),
                           frozenset(pd.concat(converted).tolist()) if converted
                           else frozenset()),
@@ -187,13 +262,12 @@ def read_history(root: Path, catalog: Catalog, resident_ids: Sequence[str], now:
 
 
 def _outcome_rows(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """One row per nudge (its first event), offer and channel known; ``ts`` as µs."""
     columns = ["resident_id", "recommendation_id", "offer", "channel", "ts"]
     if not parts:
-        return pd.DataFrame({c: [] for c in columns})
+        return pd.DataFrame({c: pd.Series(dtype=np.int64 if c in ("offer", "channel", "ts")
+                                          else object) for c in columns})
     rows = pd.concat(parts, ignore_index=True)
-    rows = rows.dropna(subset=["offer", "channel"])
+    rows = rows[(rows["offer"] >= 0) & (rows["channel"] >= 0)]
     rows = rows.sort_values("ts", kind="stable").drop_duplicates("recommendation_id")
-    rows["offer"] = rows["offer"].astype(np.int64)
-    rows["channel"] = rows["channel"].astype(np.int64)
     return rows.reset_index(drop=True)
-

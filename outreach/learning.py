@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 #: Default rates before any outcome is seen (a push campaign opens at roughly this rate).
 PRIOR_OPEN = 0.2
@@ -78,15 +79,20 @@ def fit_cells(segment: np.ndarray, offer: np.ndarray, channel: np.ndarray,
 def service_frequency(resident: np.ndarray, service: np.ndarray, weight: np.ndarray,
                       n_services: int, weeks: float) -> np.ndarray:
     """Uses per week per user of each service (see the module docstring). ``resident`` are
-    any integer keys (hashes), ``service`` catalog indices, ``weight`` the share of a use
-    event each row carries (1, or 1/k for a bundle event spread over k services)."""
+    64-bit hashes of the ids, ``service`` catalog indices (< 65,536, as packed lists allow),
+    ``weight`` the share of a use event each row carries (1, or 1/k for a bundle event
+    spread over k services)."""
     service = np.asarray(service, dtype=np.int64)
     uses = np.bincount(service, weights=weight, minlength=n_services)
     users = np.zeros(n_services)
     if len(service):
-        pairs = np.unique(np.stack([np.asarray(resident).astype(np.uint64),
-                                    service.astype(np.uint64)], axis=1), axis=0)
-        users = np.bincount(pairs[:, 1].astype(np.int64), minlength=n_services).astype(float)
+        # one key per (resident, service): the resident's hash with its low 16 bits
+        # replaced by the service (a collision needs two 48-bit hashes equal)
+        keys = (np.asarray(resident).astype(np.uint64) & ~np.uint64(0xFFFF)) \
+            | service.astype(np.uint64)
+        distinct = pd.unique(keys)
+        users = np.bincount((distinct & np.uint64(0xFFFF)).astype(np.int64),
+                            minlength=n_services).astype(float)
     rate = np.divide(uses, users * max(weeks, 1e-9), out=np.full(n_services, np.nan),
                      where=users > 0)
     known = rate[~np.isnan(rate)]

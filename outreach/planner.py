@@ -125,6 +125,9 @@ class Planner:
         clock = time.perf_counter()
         now = time.time() if now is None else float(now)
         day = day or self.today(now)
+        if abs((day - self.today(now)).days) > 366:
+            raise ValueError(f"{day.isoformat()} is more than a year from "
+                             f"{self.today(now).isoformat()}: a plan is for a day near now")
         if not dry_run and self.ledger.has(day):
             raise PlanExists(f"{day.isoformat()} is already planned "
                              f"({self.ledger.path(day)})")
@@ -213,14 +216,13 @@ class Planner:
         if missing:
             known.update(self.store.neighbourhoods(missing))
         window = self.config.rules.response_window_s
-        matured = np.datetime64(int((now - window) * 1e6), "us")
+        matured = int((now - window) * 1e6)  # outcome times are µs since the epoch
         shape = (len(segments), len(self.catalog.bundle_ids) + len(self.catalog.service_ids),
                  len(OUTREACH_CHANNELS))
         strength = self.settings.outreach_prior_strength
 
         def cells(rows: Any, wins: frozenset[str], prior: float) -> BetaCells:
-            rows = rows[rows["ts"].to_numpy(dtype="datetime64[us]") <= matured] \
-                if len(rows) else rows
+            rows = rows[rows["ts"].to_numpy(np.int64) <= matured]
             seg = np.array([index.get(known.get(r, ""), unknown) for r in rows["resident_id"]],
                            dtype=np.int64)
             return fit_cells(seg, rows["offer"].to_numpy(np.int64),
@@ -241,10 +243,7 @@ class Planner:
         if not plan.planned:
             return
         ids = plan.nudges["resident_id"].tolist()
-        pipe = self.redis.pipeline(transaction=False)
-        for rid in ids:
-            pipe.hget(self.keys.profile(rid), "contact")
-        still = np.array([v in (b"1", "1") for v in pipe.execute()], dtype=bool)
+        still = self.store.contact(ids)
         register = ErasureRegister.for_settings(self.settings)
         erased = register.erased_among(ids)
         if erased:

@@ -12,10 +12,11 @@ they need a single Redis primary, like ingestion's batch script (docs/outreach.m
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import redis
 
 from bouquet.core.keys import Keys
@@ -97,7 +98,10 @@ class OutreachStore:
         """The contactable set, sorted (a plan does not depend on Redis' set order)."""
         return sorted(_text(m) for m in self.redis.smembers(self.keys.contactable()))
 
-    def _call(self, mode: str, resident_ids: Sequence[str], version: str | None) -> list[Any]:
+    def _groups(self, mode: str, resident_ids: Sequence[str], version: str | None,
+                width: int) -> Iterator[list[list[bytes]]]:
+        """The script's columns (``width`` of them), one group of chunks at a time, so that
+        a caller turns them into arrays before the next group is read."""
         b_pre = s_pre = l_suf = ""
         if version is not None:
             b_key = self.keys.recs(version, "R0", "b")
@@ -105,56 +109,65 @@ class OutreachStore:
             s_key = self.keys.recs(version, "R0", "s")
             s_pre = s_key[: s_key.rindex("{R0}") + 1]
         head = [mode, self._r_pre, self._r_suf, b_pre, s_pre, l_suf, ",".join(PROFILE_FIELDS)]
-        out: list[Any] = []
         self.redis.script_load(_READ_LUA)
         group = CHUNK * PIPELINED_CALLS
         for first in range(0, len(resident_ids), group):
+            columns: list[list[bytes]] = [[] for _ in range(width)]
             pipe = self.redis.pipeline(transaction=False)
             for start in range(first, min(first + group, len(resident_ids)), CHUNK):
                 pipe.evalsha(self._read.sha, 0, *head, *resident_ids[start:start + CHUNK])
             for reply in pipe.execute():
-                out += reply
+                for column, part in zip(columns, reply, strict=True):
+                    column.extend(part)
+            yield columns
+
+    def _call(self, mode: str, resident_ids: Sequence[str], version: str | None,
+              width: int) -> list[list[bytes]]:
+        """Every group's columns, joined."""
+        out: list[list[bytes]] = [[] for _ in range(width)]
+        for columns in self._groups(mode, resident_ids, version, width):
+            for whole, part in zip(out, columns, strict=True):
+                whole.extend(part)
         return out
 
-    def residents(self, resident_ids: Sequence[str]) -> tuple[list[dict[str, Any]],
-                                                              list[ResidentRecord | None]]:
-        """Per resident, the profile fields (decoded like the profile hash) and the record."""
-        flat = self._call("state", resident_ids, None)
-        profiles: list[dict[str, Any]] = []
-        records: list[ResidentRecord | None] = []
-        empty_record = "\x1f\x1f\x1f"
-        for i in range(0, len(flat), 2):
-            values = _text(flat[i]).split("\x1f")
-            profiles.append({name: decode_value(name, value) for name, value in
-                             zip(PROFILE_FIELDS, values, strict=False) if value != ""})
-            raw = _text(flat[i + 1])
-            records.append(None if raw == empty_record else _record(raw))
-        return profiles, records
-
     def resident_table(self, resident_ids: Sequence[str]) -> tuple[Residents, np.ndarray]:
-        """:class:`Residents` of the ids (profile columns, consents, records; ``erased`` is
-        left False for the caller), and each one's contact-consent time (NaN: none)."""
-        profiles, records = self.residents(resident_ids)
+        """:class:`Residents` of the ids (profile columns as the profile hash decodes them,
+        consents, records; ``erased`` is left False for the caller), and each one's
+        contact-consent time (NaN: none)."""
+        n = len(resident_ids)
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in (*PROFILE_COLUMNS,
+                                                                    "contact", "consent",
+                                                                    "contact_ts")}
+        records: list[ResidentRecord | None] = []
+        for columns in self._groups("state", resident_ids, None, len(PROFILE_FIELDS) + 4):
+            raw = dict(zip(PROFILE_FIELDS, columns, strict=False))
+            for name in PROFILE_COLUMNS:
+                parts[name].append(_decoded(name, raw[name]))
+            parts["contact"].append(np.array(raw["contact"], dtype=object) == b"1")
+            parts["consent"].append(np.array(raw["consent"], dtype=object) == b"1")
+            parts["contact_ts"].append(np.array([_float(v) for v in raw["contact_ts"]]))
+            sent, pending, streak, paused = columns[len(PROFILE_FIELDS):]
+            for a, b, c, d in zip(sent, pending, streak, paused, strict=True):
+                records.append(decode_record({"sent": a, "pending": b, "streak": c or b"0",
+                                              "paused_until": d or b"0"})
+                               if a or b or (c and c != b"0") or (d and d != b"0") else None)
+
+        def joined(name: str, dtype: Any) -> np.ndarray:
+            return np.concatenate(parts[name]) if parts[name] else np.zeros(0, dtype)
+
         residents = Residents(
-            ids=np.array(resident_ids, dtype=object),
-            contact=np.array([p.get("contact") is True for p in profiles], dtype=bool),
-            consent=np.array([p.get("consent") is True for p in profiles], dtype=bool),
-            erased=np.zeros(len(profiles), dtype=bool),
-            profile={name: np.array([p.get(name) for p in profiles] + [None],
-                                    dtype=object)[:-1] for name in PROFILE_COLUMNS},
+            ids=np.array(resident_ids, dtype=object), contact=joined("contact", bool),
+            consent=joined("consent", bool), erased=np.zeros(n, dtype=bool),
+            profile={name: joined(name, object) for name in PROFILE_COLUMNS},
             records=records)
-        contact_ts = np.array([_float(p.get("contact_ts")) for p in profiles],
-                              dtype=np.float64)
-        return residents, contact_ts
+        return residents, joined("contact_ts", np.float64)
 
     def offers(self, resident_ids: Sequence[str], version: str | None) -> OfferState:
         """Holdings, dismissed offers and the published lists of the version (for
         :func:`~bouquet.outreach.decide.decide`'s candidates)."""
-        flat = self._call("offers", resident_ids, version)
-        holdings = [_text(v) for v in flat[0::4]]
-        dismissed = [_text(v) for v in flat[1::4]]
-        as_bytes = [v if isinstance(v, bytes) else str(v).encode() for v in flat]
-        return OfferState(holdings, dismissed, {"b": as_bytes[2::4], "s": as_bytes[3::4]})
+        holdings, dismissed, bundles, services = self._call("offers", resident_ids, version, 4)
+        return OfferState([_text(v) for v in holdings], [_text(v) for v in dismissed],
+                          {"b": bundles, "s": services})
 
     def write_records(self, records: dict[str, ResidentRecord], ttl_s: int) -> int:
         """Write changed records (chunked script); returns how many were kept."""
@@ -166,14 +179,19 @@ class OutreachStore:
         for first in range(0, len(items), group):
             pipe = self.redis.pipeline(transaction=False)
             for start in range(first, min(first + group, len(items)), CHUNK):
-                args: list[str] = []
+                args = []
                 for rid, record in items[start:start + CHUNK]:
                     encoded = record.encode()
-                    args += [rid, encoded["sent"], encoded["pending"], encoded["streak"],
-                             encoded["paused_until"]]
+                    args.append(f"{rid}\x1f{encoded['sent']}\x1f{encoded['pending']}"
+                                f"\x1f{encoded['streak']}\x1f{encoded['paused_until']}")
                 pipe.evalsha(self._write.sha, 0, *head, *args)
             written += sum(int(reply) for reply in pipe.execute())
         return written
+
+    def contact(self, resident_ids: Sequence[str]) -> np.ndarray:
+        """Whether each resident's profile says contact consent now."""
+        (column,) = self._call("contact", resident_ids, None, 1)
+        return np.array(column, dtype=object) == b"1"
 
     def neighbourhoods(self, resident_ids: Sequence[str]) -> dict[str, str]:
         """Declared neighbourhood of residents (those who declared one)."""
@@ -184,14 +202,20 @@ class OutreachStore:
                 if v}
 
 
+def _decoded(name: str, values: list[bytes]) -> np.ndarray:
+    """A profile column as the profile hash decodes it (None where absent); each distinct
+    stored value is decoded once."""
+    if not values:
+        return np.empty(0, dtype=object)
+    codes, uniques = pd.factorize(np.array(values, dtype=object))
+    decoded = np.empty(len(uniques), dtype=object)
+    for i, value in enumerate(uniques):  # one by one: a tuple must stay one element
+        decoded[i] = decode_value(name, value) if value != b"" else None
+    return decoded[codes]
+
+
 def _float(value: Any) -> float:
     try:
         return float(value)
     except (TypeError, ValueError):
         return float("nan")
-
-
-def _record(raw: str) -> ResidentRecord:
-    sent, pending, streak, paused = (raw.split("\x1f") + ["", "", "", ""])[:4]
-    return decode_record({"sent": sent, "pending": pending, "streak": streak or "0",
-                          "paused_until": paused or "0"})

@@ -95,21 +95,24 @@ class QuietTables:
 
 
 def hour_profile(counts: np.ndarray, neighbourhood: np.ndarray, n_neighbourhoods: int,
-                 prior_events: float) -> np.ndarray:
-    """(n, 24) weights of each local hour for each resident: their own events by hour plus
-    ``prior_events`` events' worth of their neighbourhood's hour distribution (each
-    resident of the neighbourhood weighs once in it, however active); a neighbourhood with
-    no history borrows the city's, and a city with none is flat."""
+                 prior_events: float, rows: np.ndarray | None = None) -> np.ndarray:
+    """(rows, 24) weights of each local hour for residents ``rows`` (default: all): their
+    own events by hour plus ``prior_events`` events' worth of their neighbourhood's hour
+    distribution, in which every resident of the neighbourhood (all of ``counts``) weighs
+    once, however active; a neighbourhood with no history borrows the city's, and a city
+    with none is flat."""
     counts = np.asarray(counts, dtype=np.float64)
-    totals = counts.sum(axis=1, keepdims=True)
-    shares = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
-    nb = np.zeros((n_neighbourhoods, HOURS))
-    np.add.at(nb, neighbourhood, shares)
-    city = shares.sum(axis=0)
+    totals = counts.sum(axis=1)
+    weight = np.divide(1.0, totals, out=np.zeros_like(totals), where=totals > 0)
+    nb = np.stack([np.bincount(neighbourhood, weights=counts[:, h] * weight,
+                               minlength=n_neighbourhoods) for h in range(HOURS)], axis=1) \
+        if len(counts) else np.zeros((n_neighbourhoods, HOURS))
+    city = nb.sum(axis=0)
     city = city / city.sum() if city.sum() > 0 else np.full(HOURS, 1.0 / HOURS)
     nb_totals = nb.sum(axis=1, keepdims=True)
     nb = np.where(nb_totals > 0, nb / np.where(nb_totals > 0, nb_totals, 1.0), city[None, :])
-    return counts + prior_events * nb[neighbourhood]
+    rows = np.arange(len(counts)) if rows is None else rows
+    return counts[rows] + prior_events * nb[neighbourhood[rows]]
 
 
 def choose_send_minutes(weights: np.ndarray, window: np.ndarray, earliest_minute: np.ndarray,

@@ -136,6 +136,8 @@ def _preview(app: FastAPI, day: date | None) -> dict[str, Any]:
             report, plan = planner.plan(day, now=planner.plan_instant(day), dry_run=True)
         except NothingPublished as exc:
             raise HTTPException(409, detail=str(exc)) from None
+        except ValueError as exc:  # a day too far from today
+            raise HTTPException(422, detail=str(exc)) from None
         nudges = plan.nudges.copy()
         zone = ZoneInfo(settings.outreach_timezone)
         nudges["hour"] = [f"{datetime.fromtimestamp(t, zone).hour:02d}"
@@ -152,8 +154,9 @@ def _preview(app: FastAPI, day: date | None) -> dict[str, Any]:
             "(aggregates only)")
 async def outreach_plan_preview(request: Request, _: OperatorRole,
                                 date: Annotated[date | None, Query(
-                                    description="Day to preview, YYYY-MM-DD (default: "
-                                                "today, local)")] = None) -> JSONResponse:
+                                    description="Day to preview, YYYY-MM-DD, within a year "
+                                                "of today (default: today, local)")] = None
+                                ) -> JSONResponse:
     """What `bouquet outreach plan --date D` would do, computed now without recording or
     sending: nudges by channel, neighbourhood, domain and local send hour, and why the
     other contactable residents would get none. Nothing here names a resident."""

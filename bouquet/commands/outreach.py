@@ -57,7 +57,7 @@ def plan_command(
         ensure_topics(settings)
     try:
         report, _ = planner_for(settings).plan(when, dry_run=dry_run)
-    except (PlanExists, NothingPublished) as exc:
+    except (PlanExists, NothingPublished, ValueError) as exc:
         raise _fail(str(exc)) from None
     typer.echo(json.dumps(report.as_dict(), indent=2))
     if report.problems:
