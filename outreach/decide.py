@@ -240,7 +240,6 @@ def decide(day: date, now: float, residents: Residents, offers: Callable[[np.nda
     per_channel_open = np.zeros((n, len(channels)), dtype=np.float32)
     per_channel_convert = np.zeros((n, len(channels)), dtype=np.float32)
     frequency = knowledge.frequency
-    ch_axis = np.arange(len(channels))[None, None, :]
     nb_catalog = np.where(neighbourhood < len(catalog.neighbourhood_ids), neighbourhood, -1)
     chosen_idx = np.flatnonzero(who)
     for start in range(0, len(chosen_idx), config.chunk):
@@ -262,11 +261,15 @@ def decide(day: date, now: float, residents: Residents, offers: Callable[[np.nda
         offer = np.concatenate(offer_parts, axis=1)  # (R, C)
         reason = np.concatenate(reason_parts, axis=1)
         valid = (offer >= 0)[:, :, None] & accepted[rows][:, None, :]
-        safe_offer = np.maximum(offer, 0)[:, :, None]
-        seg = neighbourhood[rows][:, None, None]
-        p_open = knowledge.open_cells.sample(rng, seg, safe_offer, ch_axis)
-        p_convert = knowledge.convert_cells.sample(rng, seg, safe_offer, ch_axis)
-        gain = np.where(valid, p_open * p_convert * frequency[safe_offer], -np.inf)
+        # one draw per (resident, candidate, accepted channel), none for the others
+        r, c, h = np.nonzero(valid)
+        cell_offer, seg = offer[r, c], neighbourhood[rows][r]
+        p_open = np.zeros(valid.shape)
+        p_convert = np.zeros(valid.shape)
+        p_open[r, c, h] = knowledge.open_cells.sample(rng, seg, cell_offer, h)
+        p_convert[r, c, h] = knowledge.convert_cells.sample(rng, seg, cell_offer, h)
+        gain = np.full(valid.shape, -np.inf)
+        gain[r, c, h] = p_open[r, c, h] * p_convert[r, c, h] * frequency[cell_offer]
         best = np.argmax(gain, axis=1)  # (R, channels): best candidate per channel
         take = np.take_along_axis
         per_channel_gain[rows] = take(gain, best[:, None, :], axis=1)[:, 0, :]
@@ -323,8 +326,7 @@ def decide(day: date, now: float, residents: Residents, offers: Callable[[np.nda
         "reason": [texts[c] for c in reason_code],
     }, columns=NUDGE_COLUMNS)
     for i, when, reference in zip(picked.tolist(), send_at.tolist(), references, strict=True):
-        changed[ids[i]] = records[i] = with_nudge(records[i] or ResidentRecord(), when,
-                                                  reference)
+        changed[ids[i]] = records[i] = with_nudge(records[i], when, reference)
     return DayPlan(day=day, now=now, nudges=nudges, records=changed, excluded=excluded,
                    residents=n, paused_now=paused_now, model_version=model_version)
 

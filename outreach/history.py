@@ -103,8 +103,11 @@ def _erasures(log: EventLog, start: date) -> dict[str, int]:
     files = log.files(start)
     if not files:
         return {}
-    found = ds.dataset([str(f) for f in files], schema=SCHEMA, format="parquet").to_table(
-        columns=["resident_id", "ts"], filter=pc.field("type") == "erase")
+    dataset = ds.dataset([str(f) for f in files], schema=SCHEMA, format="parquet")
+    # erasures are rare: look at the short type column first
+    if not pc.any(pc.equal(dataset.to_table(columns=["type"])["type"], "erase")).as_py():
+        return {}
+    found = dataset.to_table(columns=["resident_id", "ts"], filter=pc.field("type") == "erase")
     if found.num_rows == 0:
         return {}
     latest = found.group_by("resident_id").aggregate([("ts", "max")])

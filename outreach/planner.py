@@ -7,17 +7,18 @@
    turned into the cells' posteriors (:mod:`bouquet.outreach.learning`).
 2. **Decision**: :func:`bouquet.outreach.decide.decide`, with a random generator seeded from
    the holdout salt and the day, so the same inputs give the same plan.
-3. **Last checks.** Just before anything is written, the planned residents' contact consent
-   is read again and the erasure register re-read: a withdrawal or an erasure that arrived
-   while the plan was made drops the nudge.
-4. **Record, then deliver.** The ledger file of the day (which refuses a second plan of the
-   same day), the residents' records (caps, pending outcomes, pauses), then one message per
-   nudge on the outreach topic. Recording first means a delivery that fails costs the
-   resident a nudge, never a second one on the same day.
+3. **Last checks, record, then deliver.** The erasure register is re-read, and the
+   residents' records (caps, pending outcomes, pauses) are written by a script that reads
+   each nudged resident's contact consent again, atomically with the write: a withdrawal or
+   an erasure that arrived while the plan was made drops the nudge. Then the ledger file of
+   the day (a day is planned once), then one message per nudge on the outreach topic.
+   Recording first means a delivery that fails costs the resident a nudge, never a second
+   one on the same day.
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
@@ -28,6 +29,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import msgspec
 import numpy as np
 import pyarrow as pa
 import redis
@@ -54,6 +56,7 @@ from bouquet.outreach.decide import (
 from bouquet.outreach.history import History, read_history
 from bouquet.outreach.learning import PRIOR_CONVERT, PRIOR_OPEN, BetaCells, fit_cells
 from bouquet.outreach.store import OutreachStore
+from bouquet.outreach.timing import DayClock
 from bouquet.privacy.erasure import ErasureRegister
 
 log = logging.getLogger(__name__)
@@ -121,6 +124,19 @@ class Planner:
         """Plan ``day`` (default: today, local) at instant ``now`` (default: the clock).
         ``dry_run``: decide only (the operators' preview); ``deliver=False``: record but put
         nothing on the outreach topic (benchmarks)."""
+        # A plan allocates millions of small objects and creates no reference cycles worth
+        # collecting meanwhile: the cyclic collector, which would walk all of them again and
+        # again, waits until the plan is done.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._plan(day, now=now, dry_run=dry_run, deliver=deliver)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _plan(self, day: date | None, *, now: float | None, dry_run: bool, deliver: bool
+              ) -> tuple[PlanReport, DayPlan]:
         timings: dict[str, float] = {}
         clock = time.perf_counter()
         now = time.time() if now is None else float(now)
@@ -163,13 +179,9 @@ class Planner:
             timings["total_s"] = time.perf_counter() - clock
             return report, plan
         step = time.perf_counter()
-        self._last_checks(plan)
+        self._record(plan, day, lists)
         report.planned = plan.planned
         report.by_channel = _by_channel(plan)
-        self.ledger.write(day, self._ledger_rows(plan, lists))
-        keep_s = max(self.config.rules.keep_s, self.config.rules.pause_s) \
-            + self.config.rules.response_window_s + 86400
-        self.store.write_records(plan.records, int(keep_s))
         timings["record_s"] = time.perf_counter() - step
         if deliver and plan.planned:
             step = time.perf_counter()
@@ -237,26 +249,26 @@ class Planner:
                          frequency=history.frequency, opened=outcomes.opened_ids)
 
     # --- carrying the plan out -------------------------------------------------------------
-    def _last_checks(self, plan: DayPlan) -> None:
-        """Drop nudges of residents who withdrew contact consent or were erased while the
-        plan was made."""
-        if not plan.planned:
-            return
-        ids = plan.nudges["resident_id"].tolist()
-        still = self.store.contact(ids)
-        register = ErasureRegister.for_settings(self.settings)
-        erased = register.erased_among(ids)
-        if erased:
-            still &= np.array([rid not in erased for rid in ids])
-        if still.all():
-            return
-        dropped = set(np.asarray(ids, dtype=object)[~still])
-        plan.nudges = plan.nudges[still].reset_index(drop=True)
-        for rid in dropped:
+    def _record(self, plan: DayPlan, day: date, lists: PublishedLists) -> None:
+        """The last checks, then the records and the ledger: a resident erased while the
+        plan was made loses their nudge, and so does one whose profile no longer says
+        contact consent (checked by the records' script, atomically with their write)."""
+        ids = plan.nudges["resident_id"].to_numpy(dtype=object)
+        erased = ErasureRegister.for_settings(self.settings).erased_among(ids.tolist())
+        for rid in erased:
             plan.records.pop(rid, None)
-        plan.excluded["no_contact_consent"] += len(dropped)
-        log.info("outreach: %d nudge(s) dropped at the last check (consent withdrawn or "
-                 "erased while planning)", len(dropped))
+        rules = self.config.rules
+        keep_s = max(rules.keep_s, rules.pause_s) + rules.response_window_s + 86400
+        withdrawn = self.store.write_records(plan.records, set(ids.tolist()) - set(erased),
+                                             int(keep_s))
+        dropped = set(erased) | set(withdrawn)
+        if dropped:
+            plan.nudges = plan.nudges[~np.isin(ids, list(dropped))].reset_index(drop=True)
+            plan.excluded["no_contact_consent"] += len(set(withdrawn))
+            plan.excluded["erased"] += len(erased)
+            log.info("outreach: %d nudge(s) dropped at the last check (consent withdrawn or "
+                     "erased while planning)", len(dropped))
+        self.ledger.write(day, self._ledger_rows(plan, lists))
 
     def _ledger_rows(self, plan: DayPlan, lists: PublishedLists) -> pa.Table:
         frame = plan.nudges
@@ -284,23 +296,28 @@ class Planner:
 
     def messages(self, plan: DayPlan) -> list[tuple[bytes, bytes]]:
         """(key, value) of each nudge's message on the outreach topic."""
-        zone = ZoneInfo(self.settings.outreach_timezone)
         names = {**{b.id: b.name for b in self.catalog.bundles},
                  **{s.id: s.name for s in self.catalog.services}}
-        out = []
         frame = plan.nudges
-        for row in zip(frame["resident_id"], frame["message_id"], frame["recommendation_id"],
-                       frame["channel"], frame["send_at"], frame["offer_kind"],
-                       frame["offer_id"], frame["reason"], strict=True):
-            rid, message_id, reference, channel, send_at, kind, offer, reason = row
+        if not len(frame):
+            return []
+        clock = DayClock.of(plan.day, self.settings.outreach_timezone)
+        minutes = clock.minute_of(frame["send_at"].to_numpy(np.float64))
+        local = {int(m): clock.iso(float(clock.epochs[m])) for m in np.unique(minutes)}
+        encode = msgspec.json.Encoder().encode
+        day = plan.day.isoformat()
+        columns = [frame[c].to_numpy(dtype=object) for c in (
+            "resident_id", "message_id", "recommendation_id", "channel", "offer_kind",
+            "offer_id", "reason")]
+        out = []
+        for (rid, message_id, reference, channel, kind, offer, reason), minute in zip(
+                zip(*columns, strict=True), minutes.tolist(), strict=True):
             body = {"schema_version": MESSAGE_SCHEMA_VERSION, "message_id": message_id,
                     "resident_id": rid, "recommendation_id": reference, "channel": channel,
-                    "send_at": datetime.fromtimestamp(float(send_at), zone).isoformat(),
+                    "send_at": local[minute],
                     "offer": {"kind": kind, "id": offer, "name": names.get(offer, offer)},
-                    "reason": reason, "variant": OUTREACH_VARIANT,
-                    "plan_date": plan.day.isoformat()}
-            out.append((rid.encode(), json.dumps(body, separators=(",", ":"),
-                                                 ensure_ascii=False).encode()))
+                    "reason": reason, "variant": OUTREACH_VARIANT, "plan_date": day}
+            out.append((rid.encode(), encode(body)))
         return out
 
     def _deliver(self, plan: DayPlan) -> int:

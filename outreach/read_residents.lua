@@ -1,11 +1,12 @@
--- What the outreach planner reads of many residents, in one call per chunk (ARGV after the
--- header are resident ids; key names are built here from the fixed parts the planner
--- passes, checked against bouquet.core.keys.Keys, so this needs a single Redis primary,
--- like the ingestion script). The reply is column by column — one array per field, one
+-- What the outreach planner reads of many residents, in one call per chunk (ARGV[8]: the
+-- resident ids joined by \31, one argument rather than a thousand, which the client would
+-- encode one by one; key names are built here from the fixed parts the planner passes,
+-- checked against bouquet.core.keys.Keys, so this needs a single Redis primary, like the
+-- ingestion script). The reply is column by column — one array per field, one
 -- entry per resident, "" when absent — so the client parses arrays, not residents.
 -- ARGV: mode ("state" | "offers"), resident key prefix "<p>r:{", suffix "}:", bundles list
 -- prefix "<p>rec:<version>:b:{", services list prefix, list suffix "}", profile fields
--- ("a,b,c"), then resident ids.
+-- ("a,b,c"), resident ids.
 -- state: the profile fields, then the record's sent, pending, streak, paused_until
 -- offers: holdings joined by spaces, dismissed joined by spaces, packed bundles list,
 --   packed services list
@@ -19,10 +20,10 @@ local width = 4
 if mode == 'state' then width = #fields + #record elseif mode == 'contact' then width = 1 end
 local cols = {}
 for j = 1, width do cols[j] = {} end
-for a = 8, #ARGV do
-  local rid = ARGV[a]
+local i = 0
+for rid in string.gmatch(ARGV[8], '[^\31]+') do
   local base = r_pre .. rid .. r_suf
-  local i = a - 7
+  i = i + 1
   if mode == 'state' then
     local values = redis.call('HMGET', base .. 'profile', unpack(fields))
     for j = 1, #fields do cols[j][i] = values[j] or '' end

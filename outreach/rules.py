@@ -92,9 +92,12 @@ def earliest_send(records: Sequence[ResidentRecord | None], now: float, rules: C
     return out
 
 
-def with_nudge(record: ResidentRecord, send_at: float, recommendation_id: str
+def with_nudge(record: ResidentRecord | None, send_at: float, recommendation_id: str
                ) -> ResidentRecord:
-    """The record once a nudge is planned."""
-    return ResidentRecord(sent=[*record.sent, send_at],
-                          pending=[*record.pending, (send_at, recommendation_id)],
-                          streak=record.streak, paused_until=record.paused_until)
+    """The record once a nudge is planned (``record`` is the plan's own, updated in place;
+    None: a first record)."""
+    if record is None:
+        return ResidentRecord(sent=[send_at], pending=[(send_at, recommendation_id)])
+    record.sent.append(send_at)
+    record.pending.append((send_at, recommendation_id))
+    return record

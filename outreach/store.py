@@ -115,7 +115,8 @@ class OutreachStore:
             columns: list[list[bytes]] = [[] for _ in range(width)]
             pipe = self.redis.pipeline(transaction=False)
             for start in range(first, min(first + group, len(resident_ids)), CHUNK):
-                pipe.evalsha(self._read.sha, 0, *head, *resident_ids[start:start + CHUNK])
+                pipe.evalsha(self._read.sha, 0, *head,
+                             "\x1f".join(resident_ids[start:start + CHUNK]))
             for reply in pipe.execute():
                 for column, part in zip(columns, reply, strict=True):
                     column.extend(part)
@@ -166,27 +167,33 @@ class OutreachStore:
         """Holdings, dismissed offers and the published lists of the version (for
         :func:`~bouquet.outreach.decide.decide`'s candidates)."""
         holdings, dismissed, bundles, services = self._call("offers", resident_ids, version, 4)
-        return OfferState([_text(v) for v in holdings], [_text(v) for v in dismissed],
+        return OfferState([v.decode() if v else "" for v in holdings],
+                          [v.decode() if v else "" for v in dismissed],
                           {"b": bundles, "s": services})
 
-    def write_records(self, records: dict[str, ResidentRecord], ttl_s: int) -> int:
-        """Write changed records (chunked script); returns how many were kept."""
+    def write_records(self, records: dict[str, ResidentRecord], nudged: set[str],
+                      ttl_s: int) -> list[str]:
+        """Write changed records (chunked script) and make the last consent check with it:
+        returns the residents of ``nudged`` whose profile no longer says contact consent,
+        whose record was left as it was and whose nudge must be dropped."""
         items = list(records.items())
         head = [self._r_pre, self._r_suf, str(int(ttl_s))]
-        written = 0
+        dropped: list[str] = []
         self.redis.script_load(_WRITE_LUA)
         group = CHUNK * PIPELINED_CALLS
         for first in range(0, len(items), group):
             pipe = self.redis.pipeline(transaction=False)
             for start in range(first, min(first + group, len(items)), CHUNK):
-                args = []
+                lines = []
                 for rid, record in items[start:start + CHUNK]:
                     encoded = record.encode()
-                    args.append(f"{rid}\x1f{encoded['sent']}\x1f{encoded['pending']}"
-                                f"\x1f{encoded['streak']}\x1f{encoded['paused_until']}")
-                pipe.evalsha(self._write.sha, 0, *head, *args)
-            written += sum(int(reply) for reply in pipe.execute())
-        return written
+                    lines.append(f"{'1' if rid in nudged else '0'}\x1f{rid}"
+                                 f"\x1f{encoded['sent']}\x1f{encoded['pending']}"
+                                 f"\x1f{encoded['streak']}\x1f{encoded['paused_until']}")
+                pipe.evalsha(self._write.sha, 0, *head, "\x1e".join(lines))
+            for reply in pipe.execute():
+                dropped += [_text(rid) for rid in reply]
+        return dropped
 
     def contact(self, resident_ids: Sequence[str]) -> np.ndarray:
         """Whether each resident's profile says contact consent now."""

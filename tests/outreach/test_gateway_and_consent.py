@@ -87,3 +87,27 @@ async def test_contact_consent_through_the_consent_api(settings) -> None:
     events = produced(settings, 3)
     assert [(e["value"], e.get("context")) for e in events] == [
         (1, None), (1, {"purpose": "contact"}), (0, {"purpose": "contact"})]
+
+
+def test_the_records_script_drops_the_nudge_of_a_resident_who_withdrew_meanwhile(
+        settings) -> None:
+    from bouquet.core.outreach import ResidentRecord, decode_record
+    from bouquet.outreach.store import OutreachStore
+
+    keys = Keys(settings.redis_key_prefix)
+    client = redis_client(settings)
+    try:
+        for rid, contact in (("still", "1"), ("gone", "0")):
+            client.hset(keys.profile(rid), mapping={"contact": contact})
+        nudge = ResidentRecord(sent=[1.79e9], pending=[(1.79e9, "v1.outreach.000000000001")])
+        settled = ResidentRecord(streak=1)
+        dropped = OutreachStore(client, keys).write_records(
+            {"still": nudge, "gone": nudge, "erased": nudge, "quiet": settled},
+            {"still", "gone", "erased"}, 3600)
+        assert sorted(dropped) == ["erased", "gone"]  # no profile: erased meanwhile
+        assert decode_record(client.hgetall(keys.outreach("still"))) == nudge
+        assert not client.exists(keys.outreach("gone"), keys.outreach("erased"),
+                                 keys.outreach("quiet"))  # quiet has no profile either
+        assert 0 < client.ttl(keys.outreach("still")) <= 3600
+    finally:
+        client.close()
