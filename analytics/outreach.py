@@ -53,7 +53,8 @@ from bouquet.analytics.tables import Table
 from bouquet.core.cadence import USE_TYPES, WINDOW_WEEKS, weekly_or_better
 from bouquet.core.catalog import Catalog
 from bouquet.core.eventlog import EventLog, read_events
-from bouquet.core.outreach import OUTREACH_VARIANT, NudgeLedger, in_holdout
+from bouquet.core.outreach import NudgeLedger, in_holdout, outreach_references
+from bouquet.core.recommendation import RecommendationIds, development_ids
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +109,11 @@ def _week(days: np.ndarray) -> np.ndarray:
 
 
 def load_outreach_data(event_log: Path, ledger_root: Path, catalog: Catalog, salt: str,
-                       share: float) -> OutreachData:
-    """Read the log and the ledger once (see the module docstring)."""
+                       share: float, recommendation_ids: RecommendationIds | None = None
+                       ) -> OutreachData:
+    """Read the log and the ledger once (see the module docstring). Outcomes count only
+    the nudge ids ``recommendation_ids`` verifies (the deployment's, from
+    :meth:`RecommendationIds.for_settings`; default: the development key's)."""
     frame = read_events(event_log, columns=_EVENT_COLUMNS)
     codes, ids = pd.factorize(frame["resident_id"])
     ts = frame["ts"]
@@ -132,7 +136,8 @@ def load_outreach_data(event_log: Path, ledger_root: Path, catalog: Catalog, sal
     week = _week(day)
     # outreach outcomes: events carrying an outreach recommendation id
     reference = frame["recommendation_id"]
-    ours = (reference.str.split(".").str[1] == OUTREACH_VARIANT).fillna(False).to_numpy(bool)
+    ours = outreach_references(reference.to_numpy(object),
+                               recommendation_ids or development_ids())
     stage = pd.Series(kind).map({"notify": "sent", "open": "opened", "dismiss": "dismissed",
                                  **dict.fromkeys(USE_TYPES, "converted")}).to_numpy(object)
     pick = ours & pd.notna(stage)
@@ -372,10 +377,12 @@ class OutreachFigures:
 
     def __init__(self, event_log: Path, ledger_root: Path, catalog: Catalog, *, salt: str,
                  share: float, k: int, ttl_s: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 recommendation_ids: RecommendationIds | None = None) -> None:
         self.event_log, self.ledger_root = Path(event_log), Path(ledger_root)
         self.catalog, self.salt, self.share, self.k = catalog, salt, share, k
         self.ttl_s, self._clock = ttl_s, clock
+        self.recommendation_ids = recommendation_ids
         self._lock = threading.Lock()
         self._data: OutreachData | None = None
         self._fingerprint: tuple | None = None
@@ -400,7 +407,8 @@ class OutreachFigures:
                 self._checked = now
                 if self._data is None or found != self._fingerprint:
                     self._data = load_outreach_data(self.event_log, self.ledger_root,
-                                                    self.catalog, self.salt, self.share)
+                                                    self.catalog, self.salt, self.share,
+                                                    self.recommendation_ids)
                     self._fingerprint = found
             return self._data
 

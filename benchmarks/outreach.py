@@ -62,7 +62,8 @@ def fill(state: str, redis_url: str, residents: int, history_days: int, seed: in
     from bouquet.core.catalog import load_catalog
     from bouquet.core.eventlog import EventLog
     from bouquet.core.keys import Keys
-    from bouquet.core.outreach import ResidentRecord
+    from bouquet.core.outreach import OUTREACH_VARIANT, ResidentRecord
+    from bouquet.core.recommendation import RecommendationIds
     from bouquet.models.online import pack_list, pack_rows
 
     started = time.perf_counter()
@@ -88,7 +89,9 @@ def fill(state: str, redis_url: str, residents: int, history_days: int, seed: in
     offer = rng.integers(0, len(offers), n)
     is_bundle = offer < len(catalog.bundle_ids)
     channel = np.array(["push", "email", "sms"], dtype=object)[rng.integers(0, 3, n)]
-    refs = np.array([f"v1.outreach.{i:012x}" for i in range(n)], dtype=object)
+    minter = RecommendationIds.for_settings(settings)
+    refs = np.array([minter.mint("v1", OUTREACH_VARIANT, nonce=i) for i in range(n)],
+                    dtype=object)
     opened = rng.random(n) < 0.25
     converted = opened & (rng.random(n) < 0.3)
     rows: dict[str, list[Any]] = {k: [] for k in ("event_id", "resident_id", "type",

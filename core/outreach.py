@@ -36,6 +36,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from bouquet.core.eventlog import fsync_dir
+from bouquet.core.recommendation import RecommendationIds
+from bouquet.core.statefiles import create_private, open_private, private_dir
 
 #: The experiment variant of outreach's recommendation ids (``<model_version>.outreach.<t>``).
 OUTREACH_VARIANT = "outreach"
@@ -46,6 +48,22 @@ MINUTES_PER_DAY = 1440
 
 
 # --- holdout -------------------------------------------------------------------------------
+def outreach_references(references: Iterable[str | None], ids: RecommendationIds
+                        ) -> np.ndarray:
+    """Which of ``references`` (recommendation ids echoed in events) are ids of nudges this
+    deployment minted. Any client may echo any id, so only ids that verify count as a
+    nudge's outcome: a made-up ``….outreach.…`` id neither inflates the operators' figures
+    nor teaches the planner. One verification per distinct id."""
+    values = np.asarray(list(references), dtype=object)
+    distinct = {r for r in set(values.tolist()) if isinstance(r, str)}
+    ours = set()
+    for reference in distinct:
+        found = ids.verify(reference)
+        if found is not None and found.variant == OUTREACH_VARIANT:
+            ours.add(reference)
+    return np.fromiter((r in ours for r in values.tolist()), dtype=bool, count=len(values))
+
+
 def holdout_points(resident_ids: Iterable[str], salt: str) -> np.ndarray:
     """Each resident's stable point in [0, 1): a keyed hash of the id and the salt (changing
     the salt reshuffles everyone)."""
@@ -185,17 +203,17 @@ class NudgeLedger:
 
     def write(self, day: date, table: pa.Table) -> Path:
         """Write the plan of ``day``; raises :class:`PlanExists` when it has one."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        private_dir(self.root)
         target = self.path(day)
         with _Lock(self.root):
             if target.exists():
                 raise PlanExists(f"{day.isoformat()} is already planned ({target})")
             new_dir = not target.parent.exists()
-            target.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(target.parent)
             if new_dir:
                 fsync_dir(self.root)
             tmp = target.parent / f".tmp-{target.name}"
-            with open(tmp, "wb") as handle:
+            with create_private(tmp) as handle:
                 pq.write_table(table.select(list(LEDGER_COLUMNS)).cast(LEDGER_SCHEMA), handle,
                                compression="zstd")
                 handle.flush()
@@ -229,7 +247,7 @@ class _Lock:
         self.fd = -1
 
     def __enter__(self) -> _Lock:
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o640)
+        self.fd = open_private(self.path, os.O_WRONLY | os.O_CREAT)
         fcntl.flock(self.fd, fcntl.LOCK_EX)
         return self
 

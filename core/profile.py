@@ -72,7 +72,10 @@ def profile_payload(context: Mapping[str, Any]) -> str:
     return "\t".join(parts)
 
 
-def consent_payload(purpose: str, value: float | None) -> str:
-    """``field\\t0|1`` a consent event of ``purpose`` writes into the hash (the field's
-    time stamp is ``<field>_ts``)."""
-    return f"{CONSENT_FIELDS[purpose]}\t{'1' if value == 1 else '0'}"
+def consent_payload(purpose: str, granted: bool, received_s: float) -> str:
+    """The ingestion script's payload of a consent event of ``purpose``:
+    ``<field>\\t<1|0>\\t<receipt epoch s>`` (the field's time stamp is ``<field>_ts``).
+    Decisions of each purpose take effect in order of receipt (the later receipt wins), not
+    by the time stamp the client wrote, which a client chooses; the consent API
+    (serving/set_consent.lua) writes by the same rule and the same clock."""
+    return f"{CONSENT_FIELDS[purpose]}\t{'1' if granted else '0'}\t{received_s:.3f}"

@@ -34,7 +34,7 @@ import pandas as pd
 from bouquet.core.catalog import Catalog
 from bouquet.core.events import OUTREACH_CHANNELS
 from bouquet.core.outreach import OUTREACH_VARIANT, ResidentRecord, holdout_points, in_holdout
-from bouquet.core.recommendation import make_recommendation_id
+from bouquet.core.recommendation import RecommendationIds, development_ids
 from bouquet.core.settings import Settings
 from bouquet.outreach.candidates import KINDS, CandidateBuilder, OfferFilters, PublishedLists
 from bouquet.outreach.learning import BetaCells
@@ -65,6 +65,9 @@ class PlanConfig:
     candidates: int = 5
     hour_prior_events: float = 10.0
     chunk: int = 50_000
+    #: Mints the nudges' recommendation ids with the deployment's key, so the funnel and
+    #: the outreach figures credit what follows a nudge (unsigned ids credit nothing).
+    recommendation_ids: RecommendationIds = field(default_factory=development_ids)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PlanConfig:
@@ -82,6 +85,7 @@ class PlanConfig:
             default_channels=tuple(settings.outreach_default_channels),
             candidates=settings.outreach_candidates,
             hour_prior_events=settings.outreach_hour_prior_events,
+            recommendation_ids=RecommendationIds.for_settings(settings),
         )
 
 
@@ -307,7 +311,8 @@ def decide(day: date, now: float, residents: Residents, offers: Callable[[np.nda
     for code in set(reason_code):
         texts[code] = filters.reason_text(code, day)
     model_version = lists.model_version
-    references = [make_recommendation_id(model_version, OUTREACH_VARIANT) for _ in picked]
+    references = [config.recommendation_ids.mint(model_version, OUTREACH_VARIANT)
+                  for _ in picked]
     nudges = pd.DataFrame({
         "resident_id": ids[picked],
         "message_id": [f"{_message_ids.getrandbits(128):032x}" for _ in picked],

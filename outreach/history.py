@@ -43,7 +43,8 @@ from bouquet.core.cadence import USE_TYPES
 from bouquet.core.catalog import Catalog
 from bouquet.core.eventlog import SCHEMA, EventLog, read_table
 from bouquet.core.events import CONTACT_TYPES, OUTREACH_CHANNELS
-from bouquet.core.outreach import OUTREACH_VARIANT
+from bouquet.core.outreach import OUTREACH_VARIANT, outreach_references
+from bouquet.core.recommendation import RecommendationIds, development_ids
 from bouquet.outreach.learning import offer_frequency, service_frequency
 
 COLUMNS = ["event_id", "resident_id", "type", "service_id", "bundle_id", "ts", "channel",
@@ -156,9 +157,13 @@ def _utc_offsets(since_us: int, until_us: int, timezone: str) -> tuple[int, np.n
 
 
 def read_history(root: Path, catalog: Catalog, resident_ids: Sequence[str], now: float,
-                 days: int, timezone: str, chunk_events: int = CHUNK_EVENTS) -> History:
+                 days: int, timezone: str, chunk_events: int = CHUNK_EVENTS,
+                 recommendation_ids: RecommendationIds | None = None) -> History:
     """Hours of ``resident_ids``, outcomes and usage frequency over the ``days`` before
-    ``now`` (see the module docstring)."""
+    ``now`` (see the module docstring). Outcomes count only the nudge ids
+    ``recommendation_ids`` verifies (the deployment's, from
+    :meth:`RecommendationIds.for_settings`; default: the development key's)."""
+    recommendation_ids = recommendation_ids or development_ids()
     n = len(resident_ids)
     moment = datetime.fromtimestamp(now, UTC)
     start = (moment - timedelta(days=days)).date()
@@ -235,8 +240,7 @@ def read_history(root: Path, catalog: Catalog, resident_ids: Sequence[str], now:
         if pc.any(ours).as_py():
             part = table.filter(ours)
             references = part["recommendation_id"].to_pylist()
-            variant = np.array([r.split(".")[1] == OUTREACH_VARIANT if r.count(".") == 2
-                                else False for r in references])
+            variant = outreach_references(references, recommendation_ids)
             part_kind = kind[ours.to_numpy(zero_copy_only=False)]
             offer = _codes(part["bundle_id"], bundle_index)
             service_offer = _codes(part["service_id"], service_index)

@@ -157,7 +157,8 @@ class Planner:
         step = time.perf_counter()
         history = read_history(self.settings.event_log_path, self.catalog, ids, now,
                                self.settings.outreach_history_days,
-                               self.settings.outreach_timezone)
+                               self.settings.outreach_timezone,
+                               recommendation_ids=self.config.recommendation_ids)
         knowledge = self._knowledge(history, residents, now)
         timings["read_history_s"] = time.perf_counter() - step
         step = time.perf_counter()

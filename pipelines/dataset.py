@@ -5,10 +5,11 @@ Two steps, so one read of the log serves the hold-out split *and* the final fit:
 1. :meth:`EventArrays.from_frame` turns the events returned by
    :func:`bouquet.core.eventlog.read_events` (de-duplicated, erasures applied) into compact
    numeric columns — resident codes, type codes, catalog indices, nanosecond timestamps —
-   plus each resident's current state: consent (their latest personalisation ``consent``
-   event has value 1; no consent event means *not* consenting, personalisation is opt-in;
-   contact consent, for outreach, is another purpose and plays no part) and declared
-   attributes (their latest ``profile`` event).
+   plus each resident's current state: consent (the personalisation ``consent`` event
+   received last — ``ingested_at``, not the client's time stamp — has value 1; no consent
+   event means *not* consenting, personalisation is opt-in; contact consent, for outreach,
+   is another purpose and plays no part) and declared attributes (their latest ``profile``
+   event).
 2. :func:`build_dataset` selects the events before a cut-off, from consenting residents,
    and builds the matrices with ``scipy.sparse.coo_matrix`` (duplicates summed): no Python
    loop runs per event, which is what lets a million residents and tens of millions of
@@ -61,7 +62,7 @@ NS_PER_DAY = 86_400 * 10**9
 
 #: The only columns training reads from the log.
 EVENT_COLUMNS: tuple[str, ...] = (
-    "resident_id", "type", "service_id", "bundle_id", "ts", "value", "context",
+    "resident_id", "type", "service_id", "bundle_id", "ts", "value", "context", "ingested_at",
 )
 #: Event type codes used in :class:`EventArrays` (index = code).
 TYPES: tuple[str, ...] = tuple(t.value for t in EventType)
@@ -238,6 +239,7 @@ class _Encoder:
         self.parts: list[tuple[np.ndarray, ...]] = []
         self.consent_who: list[np.ndarray] = []
         self.consent_value: list[np.ndarray] = []
+        self.consent_received: list[np.ndarray] = []
         self.profile_who: list[np.ndarray] = []
         self.profile_context: list[np.ndarray] = []
         self.stats = {"events": 0, "unknown_service_events": 0, "unknown_bundle_events": 0,
@@ -280,6 +282,10 @@ class _Encoder:
             self.consent_who.append(resident[is_consent])
             self.consent_value.append(
                 frame["value"].to_numpy(dtype=np.float64, na_value=np.nan)[is_consent])
+            # consent takes effect in order of receipt (ingested_at), not of the time stamp
+            # the client wrote; a frame without it (built by hand) keeps time order
+            received = frame["ingested_at"] if "ingested_at" in frame else frame["ts"]
+            self.consent_received.append(_ts_ns(received)[is_consent])
         is_profile = kind == _CODE["profile"]
         if is_profile.any():
             # every profile event: each sets only the attributes it carries (as ingestion
@@ -295,11 +301,13 @@ class _Encoder:
         resident, kind, service, bundle, ts = (np.concatenate(c) for c in columns)
         self.parts.clear()
         n_res = len(self.index)
-        # Consent: the latest consent event per resident decides (events are in time order).
+        # Consent: the consent event received last decides (ties: the later one read).
         consent = np.zeros(n_res, dtype=bool)
         if self.consent_who:
             who, value = np.concatenate(self.consent_who), np.concatenate(self.consent_value)
-            last = _last_index(who)
+            received = np.concatenate(self.consent_received)
+            order = np.lexsort((received, who))  # stable: ties keep the order read
+            last = order[_last_index(who[order])]
             consent[who[last]] = value[last] == 1.0
         profiles = _parse_profiles(
             np.concatenate(self.profile_who) if self.profile_who else np.zeros(0, np.int32),

@@ -37,10 +37,10 @@ import pyarrow.dataset as ds
 from bouquet.core.eventlog import COLUMNS, SCHEMA, EventLog
 from bouquet.core.events import consent_purpose
 from bouquet.core.keys import Keys
-from bouquet.core.outreach import OUTREACH_VARIANT, NudgeLedger, decode_record, in_holdout
-from bouquet.core.recommendation import parse_recommendation_id
+from bouquet.core.outreach import NudgeLedger, decode_record, in_holdout, outreach_references
+from bouquet.core.recommendation import RecommendationIds
 from bouquet.core.settings import Settings
-from bouquet.privacy.erasure import ErasureRegister
+from bouquet.privacy.erasure import ErasureRegister, pointer_keys
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +104,11 @@ def realtime_state(client: Any, keys: Keys, resident_id: str) -> dict[str, Any]:
             pipe.sismember(key, resident_id)
         memberships = [k[len(keys.prefix):] for k, member in
                        zip(active_keys, pipe.execute(), strict=True) if member]
-    other = sorted(_text(k) for k in client.scan_iter(match=keys.resident_pattern(resident_id),
-                                                      count=1000))
+    names = keys.resident_keys(resident_id)  # every per-resident key: no SCAN needed
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.exists(name)
+    other = sorted(name for name, found in zip(names, pipe.execute(), strict=True) if found)
     return {
         "profile": {_text(k): _text(v) for k, v in profile.items()},
         "holdings": sorted(_text(h) for h in holdings),
@@ -122,11 +125,7 @@ def published_lists(client: Any, keys: Keys, resident_id: str) -> list[dict[str,
     """The resident's precomputed lists in every version a pointer names, decoded."""
     from bouquet.models.online import decode_meta, unpack_list
 
-    pointers = {"current": keys.current_version()}
-    prefix = keys.variant_pointer("x")[:-1]
-    for raw in client.scan_iter(match=prefix + "*", count=1000):
-        name = _text(raw)
-        pointers[name[len(prefix):]] = name
+    pointers = pointer_keys(client, keys)
     out = []
     for pointer, key in sorted(pointers.items()):
         version = client.get(key)
@@ -155,10 +154,9 @@ def outreach_state(settings: Settings, client: Any, keys: Keys, resident_id: str
     """What outreach holds about the resident (see the module docstring)."""
     record = decode_record(client.hgetall(keys.outreach(resident_id)))
     references = {r for _, r in record.pending}
-    for e in events:
-        attribution = parse_recommendation_id(e.get("recommendation_id"))
-        if attribution is not None and attribution.variant == OUTREACH_VARIANT:
-            references.add(e["recommendation_id"])
+    echoed = [e.get("recommendation_id") for e in events]
+    verified = outreach_references(echoed, RecommendationIds.for_settings(settings))
+    references.update(r for r, ours in zip(echoed, verified, strict=True) if ours)
     nudges = []
     if references:
         rows = NudgeLedger(settings.outreach_ledger_path).read(

@@ -17,7 +17,6 @@ Static parts of every answer (names, services, prices) are built once per catalo
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -83,16 +82,11 @@ class OfferRanker:
         self._service_static = {s.id: self._static_service(s) for s in catalog.services}
         self.reason_recent_days = reason_recent_days
         self._names = {**self.service_names, **{b.id: b.name for b in catalog.bundles}}
-        # a reason's JSON per (code, day): codes are a version's vocabulary plus the recent
+        # a reason's text per (code, day): codes are a version's vocabulary plus the recent
         # events re-ranking names; bounded whatever comes
-        self._reason_json: LRUCache[tuple[str, date], str] = LRUCache(maxsize=100_000)
+        self._reason_text: LRUCache[tuple[str, date], str] = LRUCache(maxsize=100_000)
         # one entry per distinct profile × query: few in a city, bounded whatever comes
         self._permitted: LRUCache[tuple[Any, ...], frozenset[str]] = LRUCache(maxsize=50_000)
-        # Each item's static JSON without its closing brace (see items_json).
-        self._bundle_json = {k: json.dumps(v, separators=(",", ":"))[:-1]
-                             for k, v in self._bundle_static.items()}
-        self._service_json = {k: json.dumps(v, separators=(",", ":"))[:-1]
-                              for k, v in self._service_static.items()}
 
     # --- static parts --------------------------------------------------------------------
     def _static_bundle(self, bundle: Any) -> dict[str, Any]:
@@ -117,24 +111,23 @@ class OfferRanker:
         }
 
     # --- serialisation -------------------------------------------------------------------
-    def items_json(self, kind: str, items: list[Pick], today: date | None = None) -> str:
-        """The JSON array of an answer's items, from fragments serialised once per catalog
-        (an item's names, services and price never change between requests) and reasons
-        rendered once a day per code (their wording depends on how long ago the event was)."""
-        fragments = self._bundle_json if kind == "b" else self._service_json
+    def items(self, kind: str, picks: list[Pick], today: date | None = None
+              ) -> list[dict[str, Any]]:
+        """An answer's items: each offer's static part (names, services, price — built once
+        per catalog) with its score, source and reason (rendered once a day per code: the
+        wording depends on how long ago the event was)."""
+        static = self._bundle_static if kind == "b" else self._service_static
         today = today or datetime.now(UTC).date()
-        parts = []
-        for pick in items:
+        out = []
+        for pick in picks:
             key = (pick.reason_code, today)
-            reason = self._reason_json.get(key)
+            reason = self._reason_text.get(key)
             if reason is None:
-                reason = self._reason_json[key] = (
-                    f',"reason":{json.dumps(self.reason_text(pick.reason_code, today))}'
-                    f',"reason_code":{json.dumps(pick.reason_code)}')
+                reason = self._reason_text[key] = self.reason_text(pick.reason_code, today)
             score = pick.score if pick.score == pick.score else 0.0  # never emit NaN
-            parts.append(f'{fragments[pick.item_id]},"score":{score:.6f}{reason},'
-                         f'"source":"{pick.source}"}}')
-        return "[" + ",".join(parts) + "]"
+            out.append({**static[pick.item_id], "score": score, "reason": reason,
+                        "reason_code": pick.reason_code, "source": pick.source})
+        return out
 
     # --- reasons ---------------------------------------------------------------------------
     def reason_text(self, code: str, today: date | None = None) -> str:

@@ -44,7 +44,8 @@ def figures_of(app: FastAPI) -> OutreachFigures:
         found = app.state.outreach_figures = OutreachFigures(
             settings.event_log_path, settings.outreach_ledger_path, app.state.catalog,
             salt=settings.outreach_holdout_salt, share=settings.outreach_holdout_share,
-            k=settings.small_cell_k, ttl_s=settings.engagement_cache_ttl_s)
+            k=settings.small_cell_k, ttl_s=settings.engagement_cache_ttl_s,
+            recommendation_ids=runtime_of(app).recommendation_ids)
     return found
 
 

@@ -2,11 +2,11 @@
 
 * ``PUT /v1/residents/{id}/consent`` (``app`` or ``admin``): personalisation consent, contact
   consent (outreach), or both, given or withdrawn. One ``consent`` event per purpose is
-  produced first (``acks=all``: durable, and the next training reads it), then the
-  resident's profile in Redis is updated with the same time stamp under the consumer's rule
-  (newer time stamp wins, ``consent_ts`` / ``contact_ts``), so the very next recommendation
-  request and the next outreach plan already obey it. Broker down: ``503`` + ``Retry-After`` and
-  nothing changed.
+  produced first (``acks=all``: durable, and the next training reads it) with the time of
+  receipt as its Kafka time stamp, then the resident's profile in Redis is updated with that
+  receipt time under the consumer's rule (the later receipt wins, ``consent_ts`` /
+  ``contact_ts``), so the very next recommendation request and the next outreach plan
+  already obey it. Broker down: ``503`` + ``Retry-After`` and nothing changed.
 * ``DELETE /v1/residents/{id}`` (``admin``): erasure. Register, real-time state and every
   published list at once (:func:`bouquet.privacy.erasure.cascade`), then an ``erase``
   event (the event log hides the resident from every reader as soon as it is ingested;
@@ -17,9 +17,9 @@
 * ``GET /v1/admin/audit`` (``operator`` or ``admin``): the latest audit records (the Redis
   stream; the file when Redis is down). Records name residents by keyed reference only.
 
-Erasures and exports are audited (:mod:`bouquet.privacy.audit`) with the calling key's role and
-fingerprint. (Request bodies larger than the intake could ever accept are refused for every
-route by :class:`bouquet.serving.body_limit.BodyLimit`.)
+Erasures, exports and consent changes are audited (:mod:`bouquet.privacy.audit`) with the
+calling key's role and fingerprint. (Keys, rate limits and body caps are checked before any
+body is read, by :class:`bouquet.serving.admission.Admission`.)
 """
 
 from __future__ import annotations
@@ -27,28 +27,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import redis
 from fastapi import APIRouter, Body, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from redis.exceptions import RedisError
 
-from bouquet.core.events import Channel
+from bouquet.core.events import Channel, parse_event
 from bouquet.core.settings import Settings
-from bouquet.privacy.audit import AuditLog, api_actor, read_stream, resident_ref
-from bouquet.serving.deps import (
-    AdminRole,
-    AppRole,
-    OperatorRole,
-    ResidentId,
-    SettingsDep,
-    api_key_header,
-    close_sync_redis,
-    sync_redis,
-)
+from bouquet.privacy.audit import read_stream, resident_ref
+from bouquet.serving import auditing
+from bouquet.serving.auditing import actor, audit_log, declaration_entries, privacy_redis
+from bouquet.serving.deps import AdminRole, AppRole, OperatorRole, ResidentId, SettingsDep
 from bouquet.serving.runtime import Runtime, RuntimeDep
 from bouquet.streaming.producer import EventProducer, ProduceFailed
 
@@ -110,28 +103,17 @@ class ErasureAnswer(BaseModel):
     next_steps: list[str]
 
 
-def _sync_redis(app: FastAPI) -> redis.Redis:
-    """A synchronous client for the erasure, export, audit, which run in a worker thread."""
-    return sync_redis(app, "privacy_redis", socket_timeout=5)
-
-
-def _audit(app: FastAPI) -> AuditLog:
-    found = getattr(app.state, "audit_log", None)
-    if found is None:
-        found = AuditLog(app.state.settings, _sync_redis(app))
-        app.state.audit_log = found
-    return found
-
-
 def _problem(status: int, detail: str, **extra: Any) -> JSONResponse:
     headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
     return JSONResponse(status_code=status, content={"detail": detail, **extra},
                         headers=headers)
 
 
-async def _produce(runtime: Runtime, settings: Settings, *events: dict[str, Any]) -> None:
-    """Produce events through the app's intake producer and wait for the broker's acks;
-    raises :class:`ProduceFailed` (the producer is then rebuilt on the next call)."""
+async def _produce(runtime: Runtime, settings: Settings, events: list[dict[str, Any]],
+                   timestamp_ms: int | None = None) -> None:
+    """Produce events through the app's intake producer and wait for the broker's acks
+    (``timestamp_ms``: the records' time stamp, default now); raises
+    :class:`ProduceFailed` (the producer is then rebuilt on the next call)."""
     async with runtime.producer_lock:
         if runtime.producer is None:
             timeout_ms = int(settings.serving_intake_timeout_s * 1000)
@@ -140,18 +122,14 @@ async def _produce(runtime: Runtime, settings: Settings, *events: dict[str, Any]
                 delivery_timeout_ms=timeout_ms + 1000)
         producer = runtime.producer
     try:
-        await asyncio.to_thread(producer.send_and_wait, list(events),
-                                settings.serving_intake_timeout_s)
+        await asyncio.to_thread(producer.send_and_wait, events,
+                                settings.serving_intake_timeout_s, timestamp_ms)
     except ProduceFailed:
         stale, runtime.producer = runtime.producer, None
         if stale is not None:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(stale.close, 0)
         raise
-
-
-def _actor(request: Request, role: str) -> str:
-    return api_actor(role, request.headers.get(api_key_header.model.name))
 
 
 # --- consent -------------------------------------------------------------------------------
@@ -169,7 +147,10 @@ async def put_consent(resident_id: ResidentId, request: Request, runtime: Runtim
     effect at the next outreach plan."""
     from bouquet.streaming.producer import new_event_id
 
-    now = datetime.now(UTC)
+    # received now: the Kafka records carry this time (ms) and the profile gets it too,
+    # so the consumer applying the events later writes the same values
+    received_ms = time.time_ns() // 1_000_000
+    now = datetime.fromtimestamp(received_ms / 1000, UTC)
     events = []
     for purpose, given in body.decisions():
         event = {"schema_version": 1, "event_id": new_event_id("consent"),
@@ -179,11 +160,14 @@ async def put_consent(resident_id: ResidentId, request: Request, runtime: Runtim
             event["context"] = {"purpose": purpose}
         events.append(event)
     try:
-        await _produce(runtime, settings, *events)
+        await _produce(runtime, settings, events, received_ms)
     except ProduceFailed as exc:
         log.warning("consent for a resident not recorded, broker unavailable: %s", exc)
         return _problem(503, "the event broker is unavailable; consent was not changed — "
                              "retry")
+    entries = declaration_entries([parse_event(e) for e in events], actor(request, role),
+                                  settings.pseudonym_secret)
+    await asyncio.to_thread(audit_log(request.app).record_many, entries)
     answer = {"resident_id": resident_id, "personalisation": body.personalisation,
               "contact": body.contact, "effective": False,
               "event_id": events[0]["event_id"], "event_ids": [e["event_id"] for e in events],
@@ -220,17 +204,16 @@ async def delete_resident(resident_id: ResidentId, request: Request, runtime: Ru
 
     app = request.app
     now = datetime.now(UTC)
-    report = await asyncio.to_thread(cascade, settings, _sync_redis(app), resident_id, at=now,
-                                     source="api")
-    event = erase_event(resident_id, now)
+    report = await asyncio.to_thread(cascade, settings, privacy_redis(app), resident_id,
+                                     at=now, source="api")
+    event = erase_event(resident_id, datetime.fromtimestamp(report.cutoff, UTC))
     problems = list(report.errors)
     try:
-        await _produce(runtime, settings, event)
+        await _produce(runtime, settings, [event])
     except ProduceFailed as exc:
         problems.append(f"broker: {exc}")
-    actor = _actor(request, role)
     outcome = "partial" if problems else "ok"
-    await asyncio.to_thread(_audit(app).record, "erasure", actor=actor,
+    await asyncio.to_thread(audit_log(app).record, "erasure", actor=actor(request, role),
                             target=f"resident:{report.ref[:16]}", outcome=outcome,
                             published_lists_deleted=report.published_lists_deleted,
                             event_id=event["event_id"], problems=problems)
@@ -264,11 +247,11 @@ async def export_resident(resident_id: ResidentId, request: Request, settings: S
 
     app = request.app
     try:
-        document = await asyncio.to_thread(build, settings, _sync_redis(app), resident_id)
+        document = await asyncio.to_thread(build, settings, privacy_redis(app), resident_id)
     except (RedisError, OSError) as exc:
         return _problem(503, f"Redis unavailable ({exc.__class__.__name__}); retry")
     reference = resident_ref(resident_id, settings.pseudonym_secret)[:16]
-    await asyncio.to_thread(_audit(app).record, "export", actor=_actor(request, role),
+    await asyncio.to_thread(audit_log(app).record, "export", actor=actor(request, role),
                             target=f"resident:{reference}", events=len(document["events"]))
     return JSONResponse(document)
 
@@ -280,13 +263,14 @@ async def audit_records(request: Request, _: OperatorRole,
                         count: Annotated[int, Query(ge=1, le=1000)] = 50) -> JSONResponse:
     app = request.app
     try:
-        records = await asyncio.to_thread(read_stream, _sync_redis(app), app.state.keys, count)
+        records = await asyncio.to_thread(read_stream, privacy_redis(app), app.state.keys,
+                                          count)
         source = "redis stream"
     except (RedisError, OSError):
-        records = list(reversed(await asyncio.to_thread(_audit(app).tail, count)))
+        records = list(reversed(await asyncio.to_thread(audit_log(app).tail, count)))
         source = "audit file (Redis unavailable)"
     return JSONResponse({"source": source, "records": records})
 
 
 async def shutdown(app: FastAPI) -> None:
-    close_sync_redis(app, "privacy_redis")
+    auditing.close(app)

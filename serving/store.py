@@ -115,16 +115,17 @@ class OnlineStore:
 
     async def set_consent(self, resident_id: str, consent: bool, at: datetime,
                           purpose: str = "personalisation") -> bool:
-        """Record a consent decision of ``purpose`` in the real-time profile, newer time
-        stamp winning (the consumer's rule for consent events); False when a newer decision
-        already stands. Contact consent also keeps the outreach planner's contactable set;
-        that set is only where the planner starts (it re-reads each profile), so it is
-        written after the profile rather than in the same script, which keeps the script on
-        the resident's own hash slot."""
+        """Record a consent decision of ``purpose`` received at ``at`` (server time, to the
+        millisecond: the Kafka time stamp its event carries) in the real-time profile, the
+        later receipt winning (the consumer's rule for consent events); False when a later
+        decision already stands. Contact consent also keeps the outreach planner's
+        contactable set; that set is only where the planner starts (it re-reads each
+        profile), so it is written after the profile rather than in the same script, which
+        keeps the script on the resident's own hash slot."""
         field = CONSENT_FIELDS[purpose]
         applied = bool(int(await self._consent(
             keys=[self.keys.profile(resident_id)],
-            args=[field, "1" if consent else "0", f"{at.timestamp():.6f}"])))
+            args=[field, "1" if consent else "0", f"{at.timestamp():.3f}"])))
         if applied and purpose == "contact":
             if consent:
                 await self.redis.sadd(self.keys.contactable(), resident_id)

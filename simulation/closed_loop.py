@@ -35,7 +35,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Any
 
@@ -48,6 +48,7 @@ from bouquet.core.cadence import (
     weekly_or_better,
 )
 from bouquet.core.catalog import Catalog
+from bouquet.core.recommendation import RecommendationIds
 from bouquet.simulation.behaviour import DAY_US, BehaviourParams, Simulation
 from bouquet.simulation.columns import CADENCE_CLASS_NAMES, to_arrow
 from bouquet.simulation.policies import (
@@ -173,7 +174,9 @@ def run_policy(policy: Policy, catalog: Catalog, *, residents: int, weeks: int, 
                k: int = 3, end: date | None = None, params: BehaviourParams | None = None,
                sink: Callable[[pa.Table], None] | None = None,
                on_week: Callable[[int, int], None] | None = None,
-               simulation: Simulation | None = None) -> tuple[PolicyRun, Simulation]:
+               simulation: Simulation | None = None,
+               recommendation_ids: RecommendationIds | None = None
+               ) -> tuple[PolicyRun, Simulation]:
     """Simulate ``weeks`` weeks of a ``residents``-strong city under ``policy``.
 
     ``sink`` receives the history, then each week's events (Arrow, event-log layout, sorted
@@ -183,6 +186,8 @@ def run_policy(policy: Policy, catalog: Catalog, *, residents: int, weeks: int, 
     started = time.perf_counter()
     sim = simulation or Simulation.create(catalog, residents, weeks, seed, end=end,
                                           params=params)
+    if recommendation_ids is not None:  # the deployment's key (default: the development one)
+        sim.vocab = replace(sim.vocab, minter=recommendation_ids)
     start_hook = getattr(policy, "start", None)
     if start_hook is not None:
         start_hook(CityView(catalog, sim.residents.public_table(catalog), sim))

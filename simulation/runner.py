@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bouquet.core.catalog import load_catalog
+from bouquet.core.recommendation import RecommendationIds
 from bouquet.core.settings import Settings
 from bouquet.simulation.behaviour import BehaviourParams
 from bouquet.simulation.calibration import CadenceStats, simulated_statistics
@@ -98,7 +99,8 @@ def simulate(settings: Settings, *, residents: int, weeks: int, seed: int,
     try:
         run, sim = run_policy(make_policy(policy, seed), catalog, residents=residents,
                               weeks=weeks, seed=seed, end=end, params=params, sink=sink,
-                              on_week=lambda w, n: bar.set_postfix_str(f"week {w + 1}/{weeks}"))
+                              on_week=lambda w, n: bar.set_postfix_str(f"week {w + 1}/{weeks}"),
+                              recommendation_ids=RecommendationIds.for_settings(settings))
         if to == "memory":
             bar.update(sink.events)
     finally:

@@ -2,7 +2,7 @@
 -- erase_resident_fn.lua). ARGV after the header: one argument per event, its STRIDE fields
 -- joined by \x1f: event_id, resident_id, type, ts (epoch s), combination
 -- "day|week|channel|domain|factor", payload (recent item JSON | profile "k\tv\t..." |
--- consent "<consent|contact>\t0|1"), members (holdings "b:x s:y" | dismissed bundle id), funnel key,
+-- consent "<consent|contact>\t<0|1>\t<receipt epoch s>"), members (holdings "b:x s:y" | dismissed bundle id), funnel key,
 -- funnel stage, funnel index member ("<model_version>:<variant>").
 -- Returns {applied, duplicates, erased resident ids...}.
 --
@@ -99,13 +99,15 @@ for a = FIRST, #ARGV do
         nb_cache[rid] = nil
       end
     elseif typ == 'consent' then
-      -- payload "<field>\t0|1": consent (personalisation) or contact (outreach), each
-      -- last-writer-wins on its own time stamp; contact also keeps the contactable index
-      local field, given = string.match(payload, '^([^\t]+)\t([01])$')
+      -- payload "<field>\t<0|1>\t<receipt epoch s>": consent (personalisation) or contact
+      -- (outreach); for each, the later receipt wins, whatever time stamp the client wrote
+      -- (the consent API writes by the same rule: serving/set_consent.lua); contact also
+      -- keeps the contactable index
+      local field, given, received = string.match(payload, '^([^\t]+)\t([01])\t(%S+)$')
       local pk = R_PRE .. rid .. R_SUF .. 'profile'
       local cur = tonumber(redis.call('HGET', pk, field .. '_ts') or '-1e300')
-      if tonumber(tstext) >= cur then
-        redis.call('HSET', pk, field, given, field .. '_ts', tstext)
+      if tonumber(received) >= cur then
+        redis.call('HSET', pk, field, given, field .. '_ts', received)
         if field == 'contact' then
           if given == '1' then redis.call('SADD', CONTACTABLE, rid)
           else redis.call('SREM', CONTACTABLE, rid) end

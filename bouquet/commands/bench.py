@@ -20,6 +20,7 @@ from bouquet.benchmarks import (
     families,
     ingest,
     outreach,
+    screen,
     serve,
     soak,
     train,
@@ -31,8 +32,8 @@ log = logging.getLogger(__name__)
 bench_app = typer.Typer(help="Benchmarks; each prints a table and can write contract JSON.",
                         no_args_is_help=True)
 #: Every benchmark, in the order ``bench all`` runs them.
-BENCHMARKS: tuple[ModuleType, ...] = (bundles, engagement, families, ingest, outreach, serve,
-                                      soak, train)
+BENCHMARKS: tuple[ModuleType, ...] = (bundles, engagement, families, ingest, outreach, screen,
+                                      serve, soak, train)
 
 
 @bench_app.command("all")

@@ -119,7 +119,7 @@ def rollback(pointer: str = typer.Option("current", help="Pointer to roll back."
         console.print(f"[red]rollback failed:[/] {exc}")
         raise typer.Exit(1) from None
     record_action(get_settings(), "publish-rollback", target=f"pointer:{pointer}",
-                  from_version=old, to_version=new)  # audit (issue 8)
+                  from_version=old, to_version=new)  # audit
     console.print(f"{pointer}: {old} -> {new}")
 
 

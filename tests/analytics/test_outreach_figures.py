@@ -14,6 +14,7 @@ from bouquet.analytics.outreach import OutreachFigures, load_outreach_data, plan
 from bouquet.core.catalog import load_catalog
 from bouquet.core.eventlog import EventLog
 from bouquet.core.outreach import LEDGER_SCHEMA, NudgeLedger, in_holdout
+from bouquet.core.recommendation import development_ids
 
 CATALOG = load_catalog()
 MONDAY = datetime(2026, 11, 2, 9, tzinfo=UTC)  # ISO week 2026-W45
@@ -45,7 +46,7 @@ def stores(tmp_path):
                                    service_id="bike-share"))
     nudged = people[:12]
     for i, rid in enumerate(nudged):
-        ref = f"v1.outreach.{i:012x}"
+        ref = development_ids().mint("v1", "outreach", nonce=i)
         rows.append(record(n := n + 1, rid, "notify", MONDAY + timedelta(hours=1),
                            bundle_id="maas-urban", channel="push", recommendation_id=ref))
         if i < 6:

@@ -54,10 +54,10 @@ def test_profile_hash_encoding_round_trips_channels_and_contact() -> None:
     fields = payload.split("\t")
     raw = dict(zip(fields[0::2], fields[1::2], strict=True))
     assert raw == {"channels": "push,email", "quiet_hours": "21:00-08:00", "student": "1"}
-    field, value = consent_payload("contact", 1).split("\t")
+    field, value, received = consent_payload("contact", True, 1790000000.0).split("\t")
     raw[field] = value
-    raw["contact_ts"] = "1790000000.0"
+    raw["contact_ts"] = received
     decoded = decode_profile({k.encode(): v.encode() for k, v in raw.items()})
     assert decoded == {"channels": ("push", "email"), "quiet_hours": "21:00-08:00",
                        "student": True, "contact": True, "consent": False}
-    assert consent_payload("personalisation", 0) == "consent\t0"
+    assert consent_payload("personalisation", False, 1.5) == "consent\t0\t1.500"

@@ -11,6 +11,7 @@ from kafka import KafkaConsumer
 
 from bouquet.core.keys import Keys
 from bouquet.localstack import ensure_topics
+from bouquet.privacy.audit import AuditLog, api_actor
 from tests.serving.support import client_for, redis_client
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
@@ -59,6 +60,10 @@ async def test_gateway_key_sends_outcomes_and_contact_withdrawals_only(settings)
         assert (await c.post("/v1/events", json=forbidden[0])).status_code == 202
     assert [e["event_id"] for e in produced(settings, 5)] == \
         [e["event_id"] for e in allowed] + [forbidden[0]["event_id"]]
+    # the withdrawal is audited like every consent, with its purpose and the gateway's key
+    (record,) = [r for r in AuditLog(settings).tail(10) if r["action"] == "consent"]
+    assert record["detail"]["purpose"] == "contact" and record["detail"]["value"] == 0
+    assert record["actor"] == api_actor("gateway", "dev-gateway-key", settings.server_secret)
 
 
 async def test_contact_consent_through_the_consent_api(settings) -> None:

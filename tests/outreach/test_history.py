@@ -10,6 +10,7 @@ import pytest
 
 from bouquet.core.catalog import load_catalog
 from bouquet.core.eventlog import EventLog, read_events
+from bouquet.core.recommendation import development_ids
 from bouquet.outreach.history import read_history
 
 CATALOG = load_catalog()
@@ -57,9 +58,12 @@ def test_history_is_read_events_by_local_hour(tmp_path) -> None:
     assert frequency == pytest.approx(4 / 3 / (30 / 7))
 
 
-def test_outcomes_of_nudges_are_found_by_their_recommendation_id(tmp_path) -> None:
+def test_outcomes_of_nudges_are_found_by_their_verified_recommendation_id(tmp_path) -> None:
     at = datetime(2026, 5, 4, 9, tzinfo=UTC)
-    ref, other = "v2.outreach.00000000000a", "v2.champion.00000000000b"
+    # a nudge's id as the planner mints it, another answer's, and a made-up nudge id
+    ref = development_ids().mint("v2", "outreach")
+    other = development_ids().mint("v2", "champion")
+    forged = "v2.outreach." + "0" * 36
     EventLog(tmp_path).append([
         row(1, "ann", "notify", at, service_id=None, bundle_id="maas-urban", channel="push",
             recommendation_id=ref),
@@ -69,6 +73,8 @@ def test_outcomes_of_nudges_are_found_by_their_recommendation_id(tmp_path) -> No
             bundle_id="maas-urban", recommendation_id=ref),
         row(4, "ann", "open", at, service_id=None, bundle_id="maas-urban", channel="push",
             recommendation_id=other),  # not a nudge
+        row(5, "ann", "notify", at, service_id=None, bundle_id="maas-urban", channel="push",
+            recommendation_id=forged),  # not minted here: teaches nothing
     ])
     history = read_history(tmp_path, CATALOG, ["ann"], (at + timedelta(days=3)).timestamp(),
                            30, "Europe/Paris")

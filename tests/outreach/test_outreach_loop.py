@@ -15,7 +15,7 @@ from kafka import KafkaConsumer
 from bouquet.core.catalog import load_catalog
 from bouquet.core.keys import Keys
 from bouquet.core.outreach import PlanExists, in_holdout
-from bouquet.core.recommendation import parse_recommendation_id
+from bouquet.core.recommendation import RecommendationIds
 from bouquet.localstack import ensure_topics
 from bouquet.outreach.planner import Planner
 from bouquet.serving.ranking import OfferRanker
@@ -107,7 +107,8 @@ async def test_plan_deliver_report_outcomes_and_see_them(make_settings) -> None:
     assert set(by_resident) == set(RESIDENTS) - holdout
     for rid, body in by_resident.items():
         assert body["resident_id"] == rid
-        assert parse_recommendation_id(body["recommendation_id"]).variant == "outreach"
+        minted = RecommendationIds.for_settings(settings).verify(body["recommendation_id"])
+        assert minted is not None and minted.variant == "outreach"
         index = RESIDENTS.index(rid)
         assert body["channel"] in (("push", "email") if index % 2 else ("sms",))
         assert body["offer"]["kind"] in ("bundle", "service") and body["reason"]

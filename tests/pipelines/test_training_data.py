@@ -261,3 +261,17 @@ def test_contact_consent_is_not_personalisation_consent_and_profiles_merge(log_r
     codes = {rid: i for i, rid in enumerate(arrays.resident_ids)}
     assert arrays.consent[codes["ann"]] and not arrays.consent[codes["bob"]]
     assert arrays.neighbourhood_codes(np.array([codes["ann"]]))[0] == 1
+
+
+def test_consent_is_decided_by_the_order_of_receipt(log_root: Path) -> None:
+    """The consent event received last decides, whatever time stamps clients wrote: a
+    withdrawal received after a grant stands even when stamped earlier, and the other way
+    round."""
+    log = EventLog(log_root)
+    log.append([ev("a", "consent", 1, value=1), ev("b", "consent", 9, value=0)])
+    log.append([ev("a", "consent", 9, value=0), ev("b", "consent", 1, value=1)])
+    for resident in ("a", "b"):
+        log.append([ev(resident, "use", 2, service=S[0])])
+    arrays = EventArrays.from_frame(read_events(log_root, columns=list(EVENT_COLUMNS)), CATALOG)
+    consenting = dict(zip(arrays.resident_ids, arrays.consent, strict=True))
+    assert consenting == {"a": False, "b": True}

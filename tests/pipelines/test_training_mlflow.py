@@ -25,7 +25,12 @@ from bouquet.core.settings import Settings
 from bouquet.localstack import free_port
 from bouquet.models.deployable import load_model_dir
 from bouquet.pipelines.registry import ModelRegistry
-from bouquet.pipelines.tracking import TrackingUnavailable, connect, download_model_dir
+from bouquet.pipelines.tracking import (
+    TrackingUnavailable,
+    connect,
+    download_model_dir,
+    fluent_store,
+)
 from bouquet.pipelines.train import TrainOptions, search_trials, train
 
 pytestmark = pytest.mark.integration  # a real MLflow store (SQLite) on disk
@@ -104,7 +109,8 @@ def test_run_records_everything_and_registers_the_best_candidate(settings: Setti
     assert version.tags["model_kind"] == chosen
 
     # an MLflow Model: pyfunc loads it and answers; publish's path reads the same files
-    model = mlflow.pyfunc.load_model(f"models:/{settings.registered_model}/{report.version}")
+    with fluent_store(settings.mlflow_uri):
+        model = mlflow.pyfunc.load_model(f"models:/{settings.registered_model}/{report.version}")
     answer = model.predict(pd.DataFrame({"resident_id": ["r-example"], "k": [3]}))
     assert list(answer.columns) == ["resident_id", "rank", "bundle_id", "score"]
     assert len(answer) == 3

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from sim_support import shown_within_serving_rules
-
 from bouquet.core.catalog import Catalog
 from bouquet.simulation.closed_loop import make_policy, run_policy
 from bouquet.simulation.model_policy import ModelPolicy
 from bouquet.simulation.sinks import MemorySink
+from tests.simulation.sim_support import shown_within_serving_rules
 
 
 def test_model_policy_retrains_weekly_and_respects_serving_rules(catalog: Catalog,

@@ -21,7 +21,7 @@ import redis
 
 from bouquet.core.catalog import Catalog
 from bouquet.core.keys import Keys
-from bouquet.core.recommendation import parse_recommendation_id
+from bouquet.core.recommendation import development_ids
 from bouquet.core.redisdump import read_keys, scan_keys
 from bouquet.core.settings import Settings
 from bouquet.localstack import ensure_topics
@@ -119,12 +119,12 @@ class ReferenceState:
                 prof["profile_ts"] = epoch
             return
         if kind == "consent":
-            prof = self.profile[rid]
+            # in order of receipt, per purpose: a resident's events are received in stream
+            # order (one partition); the receipt times themselves are the broker's (not
+            # compared)
             field = "contact" if (e.get("context") or {}).get("purpose") == "contact" \
                 else "consent"
-            if epoch >= float(prof.get(f"{field}_ts", "-inf")):
-                prof[field] = "1" if e["value"] == 1 else "0"
-                prof[f"{field}_ts"] = epoch
+            self.profile[rid][field] = "1" if e["value"] == 1 else "0"
             return
         item = {"event_id": e["event_id"], "type": kind, "ts": _round(epoch),
                 "channel": e["channel"]}
@@ -161,11 +161,11 @@ class ReferenceState:
                         self.holdings[rid].discard(member)
         if kind == "dismiss" and bid:
             self.dismissed[rid].add(bid)
-        attribution = parse_recommendation_id(e.get("recommendation_id"))
-        if kind in STAGES and attribution:
-            self.funnel[self.keys.funnel(attribution.model_version, attribution.variant)][
-                STAGES[kind]] += 1
-            self.funnel_index.add(f"{attribution.model_version}:{attribution.variant}")
+        if kind in STAGES and e.get("recommendation_id"):
+            # signed ids credit their arm, any other id the unattributed one
+            model_version, variant = development_ids().arm(e["recommendation_id"])
+            self.funnel[self.keys.funnel(model_version, variant)][STAGES[kind]] += 1
+            self.funnel_index.add(f"{model_version}:{variant}")
 
     def dump(self) -> dict[str, Any]:
         """The expected state in :func:`dump_state`'s normalised form."""
@@ -203,10 +203,12 @@ class ReferenceState:
 
 
 def dump_state(client: redis.Redis, prefix: str) -> dict[str, Any]:
-    """Every key under ``prefix`` except de-duplication markers, normalised for comparison
-    (prefix stripped; timestamps rounded to ms; recent items decoded)."""
+    """Every key under ``prefix`` except de-duplication markers and the audit stream (its
+    records carry their time of writing), normalised for comparison (prefix stripped;
+    timestamps rounded to ms; recent items decoded)."""
+    audit = Keys(prefix).audit().encode()
     names = [k for k in scan_keys(client, f"{prefix}*")
-             if not k.decode()[len(prefix):].startswith(MARKERS)]
+             if not k.decode()[len(prefix):].startswith(MARKERS) and k != audit]
     out: dict[str, Any] = {}
     for key, kind, raw in read_keys(client, names):
         name = key[len(prefix):]
@@ -215,7 +217,9 @@ def dump_state(client: redis.Redis, prefix: str) -> dict[str, Any]:
             for item in value:
                 item["ts"] = _round(item["ts"])
         elif kind == "hash":
-            value = {f.decode(): v.decode() for f, v in raw.items()}
+            value = {f.decode(): v.decode() for f, v in raw.items()
+                     if f not in (b"consent_ts", b"contact_ts")}  # receipt times: the
+            # broker's clock
             if name.endswith(":holdings_ts") or name.endswith(":profile"):
                 value = {f: _round(v) if (f.endswith("_ts") or name.endswith("_ts")) else v
                          for f, v in value.items()}
