@@ -43,6 +43,7 @@ from bouquet.core.outreach import (
     NudgeLedger,
     PlanExists,
 )
+from bouquet.core.redisclient import redis_client
 from bouquet.core.settings import Settings
 from bouquet.outreach.candidates import OfferFilters, PublishedLists
 from bouquet.outreach.decide import (
@@ -102,7 +103,7 @@ class Planner:
         self.filters = filters
         self.config = PlanConfig.from_settings(settings)
         self.keys = Keys(settings.redis_key_prefix)
-        self.redis = client or redis.Redis.from_url(settings.redis_url, socket_timeout=60)
+        self.redis = client or redis_client(settings.redis_url, socket_timeout=60)
         self.store = OutreachStore(self.redis, self.keys)
         self.ledger = NudgeLedger(settings.outreach_ledger_path)
 

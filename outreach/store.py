@@ -5,8 +5,10 @@ A million residents cannot be read one round trip at a time, and a script per re
 costs more in the client than in Redis. So one script call reads a chunk of residents
 (``read_residents.lua``), returning a few strings per resident, and one call writes a
 chunk of records (``write_records.lua``). The scripts build key names from fixed parts
-checked here against :class:`~bouquet.core.keys.Keys` at start-up (as ingestion does), so
-they need a single Redis primary, like ingestion's batch script (docs/outreach.md).
+checked here against :class:`~bouquet.core.keys.Keys` at start-up (as ingestion does). A
+call covers residents of many hash slots, and the contactable set is on the ``{eng}`` slot,
+so the planner needs a single Redis (like ``bouquet publish``'s pointer switch): on a Redis
+Cluster the store refuses to start, with :class:`SingleRedisOnly` (docs/outreach.md).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import redis
 from bouquet.core.keys import Keys
 from bouquet.core.outreach import ResidentRecord, decode_record
 from bouquet.core.profile import decode_value
+from bouquet.core.redisclient import is_cluster
 from bouquet.core.scripts import lua_script
 from bouquet.models.online import decode_meta, unpack_list
 from bouquet.outreach.candidates import PublishedLists
@@ -42,6 +45,10 @@ class KeyFormatChanged(RuntimeError):
     """``Keys`` builds a name the planner's scripts would not: the scripts must change."""
 
 
+class SingleRedisOnly(RuntimeError):
+    """The planner was given a Redis Cluster client; its scripts need one Redis."""
+
+
 def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
@@ -50,6 +57,9 @@ class OutreachStore:
     """Chunked reads and writes of the planner's per-resident state."""
 
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        if is_cluster(client):
+            raise SingleRedisOnly("the outreach planner needs a single Redis (redis://), "
+                                  "not a Redis Cluster: docs/outreach.md")
         self.redis = client
         self.keys = keys
         sample = keys.profile("R0")

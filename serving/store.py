@@ -119,9 +119,12 @@ class OnlineStore:
         millisecond: the Kafka time stamp its event carries) in the real-time profile, the
         later receipt winning (the consumer's rule for consent events); False when a later
         decision already stands. Contact consent also keeps the outreach planner's
-        contactable set; that set is only where the planner starts (it re-reads each
-        profile), so it is written after the profile rather than in the same script, which
-        keeps the script on the resident's own hash slot."""
+        contactable set (``{eng}`` slot), in a second call after the profile write, so that
+        the script stays on the resident's own hash slot (a Redis Cluster allows no other).
+        A crash between the two leaves the set stale until the consumer applies this
+        decision's event (same receipt time: it writes the same decision and updates the
+        set); harmless meanwhile, because the set is only an index of the profile's
+        ``contact`` field, which the planner re-checks."""
         field = CONSENT_FIELDS[purpose]
         applied = bool(int(await self._consent(
             keys=[self.keys.profile(resident_id)],
@@ -138,7 +141,12 @@ class OnlineStore:
         names = list(names)
         keys = [self.keys.current_version() if n == "current" else self.keys.variant_pointer(n)
                 for n in names]
-        values = await self.redis.mget(keys)
+        # GETs in a pipeline, not one MGET: the pointers need not share a Redis Cluster
+        # slot, and a cluster client splits a pipeline by node (one round trip on one Redis)
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.get(key)
+        values = await pipe.execute()
         return {n: (_text(v) if v is not None else None) for n, v in zip(names, values,
                                                                          strict=True)}
 

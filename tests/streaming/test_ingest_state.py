@@ -193,6 +193,28 @@ def test_contact_consent_is_its_own_purpose_and_keeps_the_contactable_set(
     assert client.smembers(keys.contactable()) == set()
 
 
+def test_contact_decisions_and_erasures_in_one_batch_keep_their_order(
+        settings: Settings, client) -> None:
+    """The contactable set follows each resident's last contact decision in the batch, and
+    an erasure drops what came before it, not what follows it."""
+    keys = Keys(settings.redis_key_prefix)
+    writer = StateWriter(client, keys)
+    contact = {"purpose": "contact"}
+    apply(writer, keys, [
+        ev(1, "gone", "consent", 1, value=1, context=contact),
+        ev(2, "gone", "erase", 2),
+        ev(3, "back", "erase", 1),
+        ev(4, "back", "consent", 2, value=1, context=contact),
+        ev(5, "fickle", "consent", 1, value=1, context=contact),
+        ev(6, "fickle", "consent", 2, value=0, context=contact),
+        ev(7, "firm", "consent", 1, value=0, context=contact),
+        ev(8, "firm", "consent", 2, value=1, context=contact),
+    ])
+    assert client.smembers(keys.contactable()) == {b"back", b"firm"}
+    assert "contact" not in read_profile(client, keys, "gone")
+    assert read_profile(client, keys, "fickle")["contact"] is False
+
+
 def test_dead_letters_are_counted_once_per_position(settings: Settings, client) -> None:
     keys = Keys(settings.redis_key_prefix)
     writer = StateWriter(client, keys)
