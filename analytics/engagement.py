@@ -120,6 +120,8 @@ LIFETIME: tuple[tuple[int, int | None, str], ...] = (
 #: Event type → funnel stage (the consumer credits the same stages, see docs/engagement.md).
 FUNNEL_STAGE_OF_TYPE: dict[str, str] = {
     "view": "shown", "click": "opened", "subscribe": "subscribed", "use": "used",
+    # an outreach message delivered, opened (attributed like an answer of the API)
+    "notify": "shown", "open": "opened",
 }
 FUNNEL_STAGES: tuple[str, ...] = ("shown", "opened", "subscribed", "used")
 

@@ -43,7 +43,7 @@ def _part(value: str) -> str:
 #: resident id and building ``<prefix>r:{<rid>}:<kind>``. Erasure deletes exactly these
 #: (atomically, in the ingestion script); a new per-resident key is added here too.
 RESIDENT_KINDS: tuple[str, ...] = ("recent", "profile", "holdings", "holdings_ts",
-                                   "dismissed")
+                                   "dismissed", "outreach")
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,8 @@ class Keys:
         return f"{self.prefix}r:{{{_resident(resident_id)}}}:recent"
 
     def profile(self, resident_id: str) -> str:
-        """HASH of declared attributes (neighbourhood, age_band, …) and ``consent`` (0/1)."""
+        """HASH of declared attributes (neighbourhood, age_band, …, outreach ``channels`` and
+        ``quiet_hours``), ``consent`` (personalisation) and ``contact`` (outreach), 0/1."""
         return f"{self.prefix}r:{{{_resident(resident_id)}}}:profile"
 
     def holdings(self, resident_id: str) -> str:
@@ -73,6 +74,12 @@ class Keys:
         """HASH ``b:<id>``/``s:<id>`` → epoch seconds of the latest subscribe/unsubscribe
         applied to ``holdings``, so an older event arriving late cannot undo a newer one."""
         return f"{self.prefix}r:{{{_resident(resident_id)}}}:holdings_ts"
+
+    def outreach(self, resident_id: str) -> str:
+        """HASH of the outreach planner's record of the resident: ``sent`` (send times of
+        recent nudges), ``pending`` (nudges whose outcome is not settled yet), ``streak``
+        (nudges in a row not opened), ``paused_until``; with a TTL, refreshed on write."""
+        return f"{self.prefix}r:{{{_resident(resident_id)}}}:outreach"
 
     def resident_keys(self, resident_id: str) -> list[str]:
         """Every per-resident key of :data:`RESIDENT_KINDS` for one resident."""
@@ -173,6 +180,14 @@ class Keys:
         """STRING: the keyspace version an experiment variant reads (``bouquet publish
         --pointer NAME``); the champion reads :meth:`current_version`."""
         return f"{self.prefix}rec:ptr:{_part(name)}"
+
+    # --- outreach -------------------------------------------------------------------------
+    def contactable(self) -> str:
+        """SET of residents whose latest contact consent is a grant: where the outreach
+        planner starts (it re-checks each one's profile, which is the truth). An index kept
+        with the profile's ``contact`` field by ingestion (an aggregate record, so it shares
+        the ``{eng}`` slot) and by the consent API; erasure removes the resident."""
+        return f"{self.prefix}{{eng}}:out:contactable"
 
     # --- the HTTP API -------------------------------------------------------------------
     def rate_limit(self, bucket: str, fingerprint: str) -> str:

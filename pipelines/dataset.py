@@ -6,10 +6,12 @@ Two steps, so one read of the log serves the hold-out split *and* the final fit:
    (:func:`bouquet.core.eventlog.scan_events`: de-duplicated, erasures applied, the rows
    of ``read_events``) and turns it into compact numeric columns — resident codes, type
    codes, catalog indices, nanosecond timestamps, 17 bytes an event — plus each resident's
-   current state: consent (the ``consent`` event received last — ``ingested_at``, not the
-   client's time stamp — has value 1; no consent event means *not* consenting,
-   personalisation is opt-in) and declared attributes (their latest ``profile`` event).
-   :meth:`EventArrays.from_frame` does the same for events already in a DataFrame.
+   current state: consent (the personalisation ``consent`` event received last —
+   ``ingested_at``, not the client's time stamp — has value 1; no consent event means *not*
+   consenting, personalisation is opt-in; contact consent, for outreach, is another purpose
+   and plays no part) and declared attributes (per attribute, the latest ``profile`` event
+   declaring it). :meth:`EventArrays.from_frame` does the same for events already in a
+   DataFrame.
 2. :func:`build_dataset` selects the events before a cut-off, from consenting residents,
    and builds the matrices with ``scipy.sparse.coo_matrix`` (duplicates summed): no Python
    loop runs per event, and the per-event temporaries (strengths, the drivers' sorts) are
@@ -293,6 +295,16 @@ class _Encoder:
         self.filled += len(rows)
         self.stats["events"] += len(rows)
         is_consent = kind == _CODE["consent"]
+        is_profile = kind == _CODE["profile"]
+        context = chunk.column("context").cast(pa.string()) \
+            if is_consent.any() or is_profile.any() else None
+        if context is not None and is_consent.any():
+            # Personalisation consent only: contact consent (outreach) is another purpose,
+            # and its events say so in their context (written compact by the intake and
+            # the consumer).
+            contact = pc.fill_null(pc.match_substring(
+                context.take(pa.array(rows[is_consent])), '"purpose":"contact"'), False)
+            is_consent[is_consent] = ~contact.to_numpy(zero_copy_only=False)
         if is_consent.any():
             self.consent_who.append(resident[is_consent])
             value = chunk.column("value").cast(pa.float64())
@@ -301,13 +313,11 @@ class _Encoder:
             # consent takes effect in order of receipt (ingested_at), not of the time stamp
             # the client wrote; events without it (built by hand) keep time order
             self.consent_received.append(_received_ns(chunk, rows[is_consent]))
-        is_profile = kind == _CODE["profile"]
-        if is_profile.any():
-            who = resident[is_profile]
-            last = _last_index(who)
-            context = chunk.column("context").cast(pa.string())
-            self.profile_who.append(who[last])
-            self.profile_context.append(context.take(pa.array(rows[is_profile][last])))
+        if context is not None and is_profile.any():
+            # every profile event: each sets only the attributes it carries (as ingestion
+            # writes the profile hash), so a later one may leave earlier attributes standing
+            self.profile_who.append(resident[is_profile])
+            self.profile_context.append(context.take(pa.array(rows[is_profile])))
 
     def finish(self) -> EventArrays:
         catalog = self.catalog
@@ -616,16 +626,17 @@ def _ts_value(moment: pd.Timestamp | Any) -> int:
 
 
 def _parse_profiles(who: np.ndarray, contexts: pa.Array, catalog: Catalog) -> pd.DataFrame:
-    """Declared attributes of each resident's latest profile event, indexed by code.
+    """Declared attributes of each resident, indexed by code: per attribute, the value of
+    the latest profile event that declares it (a profile event sets only the attributes it
+    carries, the rule of the real-time profile hash).
 
-    ``who``/``contexts`` are candidates in time order (several per resident possible):
-    the last one per resident wins. JSON is parsed once, by Arrow, for the winners only.
+    ``who``/``contexts`` are every profile event in time order (several per resident
+    possible). JSON is parsed once, by Arrow.
     """
     columns = [*PROFILE_FIELDS, "neighbourhood_code"]
     if len(who) == 0:
         return pd.DataFrame(columns=columns, index=pd.Index([], dtype=np.int64))
-    last = _last_index(who)
-    who, contexts = who[last], contexts.take(pa.array(last)).cast(pa.string())
+    contexts = contexts.cast(pa.string())
     # one JSON object per line, built in Arrow: the contexts never become Python strings
     objects = pc.if_else(pc.fill_null(pc.starts_with(contexts, "{"), False), contexts, "{}")
     lines = pc.binary_join_element_wise(objects, "", "\n")
@@ -634,15 +645,26 @@ def _parse_profiles(who: np.ndarray, contexts: pa.Array, catalog: Catalog) -> pd
     text = data[bounds[0]:bounds[-1]]
     table = pajson.read_json(pa.BufferReader(text),
                              parse_options=pajson.ParseOptions(newlines_in_values=False))
-    out = pd.DataFrame(index=pd.Index(who.astype(np.int64)))
+    residents = np.unique(who)
+    out = pd.DataFrame(index=pd.Index(residents.astype(np.int64)))
     for name in PROFILE_FIELDS:
+        values = np.full(len(residents), None, dtype=object)
         if name in table.column_names and not pa.types.is_null(table[name].type):
             column = table[name]
-            # text attributes as categories: a few distinct values for a million residents
-            out[name] = column.dictionary_encode().to_pandas().array \
-                if pa.types.is_string(column.type) else column.to_numpy(zero_copy_only=False)
-        else:
-            out[name] = None
+            given = np.flatnonzero(column.is_valid().to_numpy(zero_copy_only=False))
+            last = given[_last_index(who[given])]
+            at = np.searchsorted(residents, who[last])
+            taken = column.take(pa.array(last)).combine_chunks()
+            if pa.types.is_string(taken.type):
+                # text attributes as categories: a few distinct values for a million residents
+                encoded = taken.dictionary_encode()
+                codes = np.full(len(residents), -1, dtype=np.int32)
+                codes[at] = encoded.indices.to_numpy(zero_copy_only=False)
+                out[name] = pd.Categorical.from_codes(
+                    codes, categories=encoded.dictionary.to_pylist())
+                continue
+            values[at] = taken.to_numpy(zero_copy_only=False)
+        out[name] = values
     out["neighbourhood_code"] = pd.Categorical(
         out["neighbourhood"], categories=list(catalog.neighbourhood_ids)).codes.astype(np.int16)
     return out

@@ -30,6 +30,7 @@ from bouquet.serving import (
     routes_health,
     routes_operator,
     routes_ops,
+    routes_outreach,
     routes_privacy,
     routes_recommend,
 )
@@ -41,7 +42,9 @@ Tailored bundles of urban services for residents, in real time.
 
 * **Front-end apps** (`app` key): send interactions (`POST /v1/events`), ask for bundles
   (`GET /v1/residents/{id}/bundles`).
-* **Operators** (`operator` key): engagement frequency, funnel, dashboard.
+* **Operators** (`operator` key): engagement frequency, funnel, outreach, dashboard.
+* **The messaging gateway** (`gateway` key): outreach outcomes (`notify`, `open`,
+  `dismiss`) and contact-consent withdrawals through `POST /v1/events`, nothing else.
 * **Administrators** (`admin` key): erasure, export, model promotion.
 
 Authenticate with the `X-API-Key` header.
@@ -53,7 +56,7 @@ Authenticate with the `X-API-Key` header.
 #: other route.
 ROUTE_MODULES: tuple[ModuleType, ...] = (
     routes_recommend, routes_events, routes_catalog, routes_privacy, routes_operator,
-    routes_health, routes_ops,
+    routes_outreach, routes_health, routes_ops,
 )
 
 

@@ -1,11 +1,14 @@
 -- The engagement aggregates (all under the {eng} hash tag: one cluster slot), applied from
 -- records t[i..j] (flat arrays) built by bouquet.streaming.state (and, for what only the
 -- resident's own slot knows, by apply_group.lua); counts are numbers:
---   'X', rid                        erase rid from every active set and from last contact
+--   'X', rid                        erase rid from every active set, from last contact and
+--                                   from the contactable set
 --   'M', nk, key * nk, nm, rid * nm add the residents to each of the nk active sets
 --   'Z', n, (score, rid) * n        raise last-contact times (ZADD GT)
 --   'I', key, field, n, ttl         HINCRBY; ttl 1: the key gets the counter TTL
 --   'F', member                     a funnel arm into the funnel index
+--   'K', rid, 1|0                   contact consent granted | withdrawn: rid into | out of
+--                                   the contactable set (an index; the profile is the truth)
 -- Every active set written goes into the index once and gets the counter TTL once.
 local written, noted = {}, {}
 local ttl_keys, ttl_noted = {}, {}
@@ -20,6 +23,7 @@ end
 
 local function erase_aggregates(rid)
   redis.call('ZREM', LAST, rid)
+  redis.call('SREM', CONTACTABLE, rid)
   for _, k in ipairs(redis.call('SMEMBERS', AIDX)) do
     if redis.call('SREM', k, rid) == 0 and redis.call('EXISTS', k) == 0 then
       redis.call('SREM', AIDX, k)  -- the set expired: prune the index on the way
@@ -65,6 +69,10 @@ local function apply_records(t, i, j)
     elseif op == 'F' then
       redis.call('SADD', FIDX, t[i + 1])
       i = i + 2
+    elseif op == 'K' then
+      if tonumber(t[i + 2]) == 1 then redis.call('SADD', CONTACTABLE, t[i + 1])
+      else redis.call('SREM', CONTACTABLE, t[i + 1]) end
+      i = i + 3
     else
       return redis.error_reply('unknown aggregate record ' .. tostring(op))
     end

@@ -11,7 +11,8 @@
 --     rid, nops, op *, last contact ts ('' if none), nitems, recent item * nitems
 --     ops in order: 'E' (erase) | 'N', n, bucket index * n (contacts: the resident goes into
 --     the neighbourhood sets of those days/weeks, its neighbourhood read now) | 'P', ts,
---     "k\tv\t..." (profile) | 'C', 0|1, receipt ts (consent) | 'S'|'U', ts, "b:x s:y"
+--     "k\tv\t..." (profile) | 'C', field, 0|1, receipt ts (consent of one purpose: field
+--     'consent' personalisation, 'contact' outreach) | 'S'|'U', ts, "b:x s:y"
 --     (subscribe, unsubscribe) | 'D', bundle id (dismiss)
 -- ARGV[3], msgpack: the consumer's aggregate records (aggregates_fn.lua), one flat array.
 --
@@ -51,6 +52,7 @@ local erased = {}
 local nb_members = {}  -- nb -> bucket -> rids (no key strings built per resident)
 local nb_order = {}
 local zargs = {}
+local contact, contact_order = {}, {}  -- rid -> last contact decision written ('0'|'1')
 local TRIM_TO, RECENT_TTL_TEXT = tostring(CAP - 1), tostring(RECENT_TTL)
 
 local n_res = B[a]
@@ -78,6 +80,8 @@ for _ = 1, n_res do
     elseif op == 'E' then
       for _, kind in ipairs(KINDS) do redis.call('DEL', base .. kind) end
       erased[#erased + 1] = rid
+      -- its 'X' record takes it out of the contactable set
+      if contact[rid] ~= nil then contact[rid] = false end
       nb = nil
       a = a + 1
     elseif op == 'P' then
@@ -92,14 +96,20 @@ for _ = 1, n_res do
       end
       a = a + 3
     elseif op == 'C' then
-      -- the later receipt wins, whatever time stamp the client wrote (the consent API
-      -- writes by the same rule: serving/set_consent.lua)
+      -- per purpose, the later receipt wins, whatever time stamp the client wrote (the
+      -- consent API writes by the same rule: serving/set_consent.lua); a contact decision
+      -- written also updates the contactable set, through an aggregate record ('K')
+      local field, given, received = B[a + 1], B[a + 2], B[a + 3]
       local pk = base .. 'profile'
-      local cur = tonumber(redis.call('HGET', pk, 'consent_ts') or '-1e300')
-      if tonumber(B[a + 2]) >= cur then
-        redis.call('HSET', pk, 'consent', B[a + 1], 'consent_ts', B[a + 2])
+      local cur = tonumber(redis.call('HGET', pk, field .. '_ts') or '-1e300')
+      if tonumber(received) >= cur then
+        redis.call('HSET', pk, field, given, field .. '_ts', received)
+        if field == 'contact' then
+          if contact[rid] == nil then contact_order[#contact_order + 1] = rid end
+          contact[rid] = given
+        end
       end
-      a = a + 3
+      a = a + 4
     elseif op == 'S' or op == 'U' then
       -- last writer wins by event time, per holdings member; ties to the later-ingested
       local ts = tonumber(B[a + 1])
@@ -131,7 +141,8 @@ for _ = 1, n_res do
 end
 
 -- what only this slot knew, as aggregate records: erasures first (the consumer's records
--- hold only what came after them), then neighbourhood sets and last-contact times
+-- hold only what came after them), then neighbourhood sets, last-contact times and contact
+-- decisions (each resident's last one written, after any erasure of it)
 local own = {}
 for _, rid in ipairs(erased) do own[#own + 1] = 'X'; own[#own + 1] = rid end
 local tail = {}
@@ -147,6 +158,11 @@ end
 if #zargs > 0 then
   tail[#tail + 1] = 'Z'; tail[#tail + 1] = #zargs / 2
   for _, v in ipairs(zargs) do tail[#tail + 1] = v end
+end
+for _, rid in ipairs(contact_order) do
+  if contact[rid] then
+    tail[#tail + 1] = 'K'; tail[#tail + 1] = rid; tail[#tail + 1] = tonumber(contact[rid])
+  end
 end
 
 local records = cmsgpack.unpack(ARGV[3])

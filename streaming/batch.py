@@ -43,12 +43,13 @@ from bouquet.core.events import (
     InteractionEvent,
     _context_depth,
     check_against_catalog,
+    consent_purpose,
     parse_event,
     personal_data_in,
 )
 from bouquet.core.keyring import resident_ref
 from bouquet.core.keys import Keys
-from bouquet.core.profile import profile_payload
+from bouquet.core.profile import consent_payload, profile_payload
 from bouquet.core.recommendation import RecommendationIds, development_ids
 from bouquet.streaming.state import FUNNEL_STAGES
 
@@ -311,7 +312,7 @@ def plain_event(raw: bytes, max_bytes: int) -> tuple[_Plain, datetime] | None:
                 or (kind == "rate" and (value is None or not 1 <= value <= 5)):
             return None
     elif service_id is not None or bundle_id is not None \
-            or (kind == "consent" and value not in (0, 1)):
+            or (kind == "consent" and (value not in (0, 1) or consent_purpose(context) is None)):
         return None
     try:
         when = datetime.fromisoformat(e.ts).astimezone(UTC)
@@ -523,7 +524,8 @@ class BatchBuilder:
         elif kind == "profile":
             payload = profile_payload(context)
         elif kind == "consent":
-            payload = consent_payload(value == 1, receipt_time(received_ms, self._now_s))
+            payload = consent_payload(consent_purpose(context) or "personalisation",
+                                      value == 1, receipt_time(received_ms, self._now_s))
         else:  # erase
             payload = ""
             batch.has_erasures = True
@@ -541,14 +543,6 @@ def receipt_time(record_timestamp_ms: int | None, now_s: float) -> float:
     if record_timestamp_ms is None or record_timestamp_ms <= 0:
         return now_s
     return min(record_timestamp_ms / 1000, now_s)
-
-
-def consent_payload(granted: bool, received_s: float) -> str:
-    """The batch script's payload of a consent event: ``<1|0> <receipt epoch s>``. Consent
-    decisions take effect in order of receipt (the later receipt wins), not by the time
-    stamp the client wrote, which a client chooses (serving/set_consent.lua, the API's
-    write, uses the same rule and the same clock)."""
-    return f"{'1' if granted else '0'} {received_s:.3f}"
 
 
 def holding_members(service_id: str | None, bundle_id: str | None) -> str:

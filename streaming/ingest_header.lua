@@ -1,7 +1,7 @@
 -- Shared start of the ingestion scripts. ARGV[1]: the header, a msgpack array of the
 -- fixed parts of the key names (checked against bouquet.core.keys.Keys at start-up by
--- bouquet.streaming.state), the marker bucket width, TTLs and caps, and the per-resident key
--- kinds to erase; ARGV[2] (and ARGV[3]): the call's own arguments, msgpack too — one
+-- bouquet.streaming.state), the marker bucket width, TTLs and caps, the per-resident key
+-- kinds to erase and the contactable set; ARGV[2] (and ARGV[3]): the call's own arguments, msgpack too — one
 -- argument instead of thousands keeps the client's cost per event low (docs/ingestion.md).
 local H = cmsgpack.unpack(ARGV[1])
 local R_PRE, R_SUF, A_PRE = H[1], H[2], H[3]
@@ -10,6 +10,7 @@ local SEEN_PRE, APPLIED_PRE = H[7], H[8]
 local WIDTH, CAP, COUNTER_TTL = tonumber(H[9]), tonumber(H[10]), tonumber(H[11])
 local RECENT_TTL = tonumber(H[12])
 local KINDS = H[13]
+local CONTACTABLE = H[14]  -- the outreach planner's contactable set (under {eng})
 -- Markers (event ids, outbox entry ids) go into a SET per time bucket of WIDTH seconds (a
 -- third of the de-duplication window); a lookup checks the current bucket and the three
 -- before it, so a marker is kept at least the window and at most a third longer.

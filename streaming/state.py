@@ -68,7 +68,9 @@ log = logging.getLogger(__name__)
 #: Event-type → funnel stage credited when the event carries a Bouquet recommendation id.
 FUNNEL_STAGES: dict[str, str] = {
     "view": "shown",
+    "notify": "shown",  # an outreach message delivered
     "click": "opened",
+    "open": "opened",  # an outreach message opened
     "subscribe": "subscribed",
     "use": "used",
 }
@@ -81,8 +83,9 @@ SINGLE_TAG = "all"
 
 #: One event's Redis part, laid out by :mod:`bouquet.streaming.batch`: event id, resident
 #: id, type, time (epoch s, text), combination (day, ISO week, channel, domain, factor),
-#: payload (the ``recent`` item JSON | profile ``"k\\tv\\t…"`` | consent ``"<0|1> <receipt
-#: epoch s>"``), members (holdings ``"b:x s:y"`` | dismissed bundle id), funnel key,
+#: payload (the ``recent`` item JSON | profile ``"k\\tv\\t…"`` | consent
+#: ``"<consent|contact>\\t<0|1>\\t<receipt epoch s>"``), members (holdings ``"b:x s:y"`` |
+#: dismissed bundle id), funnel key,
 #: funnel stage, funnel index member.
 Slot = tuple[str, str, str, str, tuple[str, str, str, str, str], str, str, str, str, str]
 
@@ -137,6 +140,9 @@ def _templates(keys: Keys) -> dict[str, str]:
     ]
     for kind in RESIDENT_KINDS:
         checks.append((getattr(keys, kind)(rid), r_pre + rid + r_suf + kind))
+    if hash_slot(keys.contactable()) != hash_slot(keys.active_index()):
+        raise KeyFormatChanged("the contactable set must share the engagement aggregates' "
+                               "hash tag: the aggregate records update it")
     for built, scripted in checks:
         if built != scripted:
             raise KeyFormatChanged(f"Keys builds {built!r} but the ingest scripts would "
@@ -173,6 +179,7 @@ class StateWriter:
             keys.funnel_index(), t["seen_pre"], t["applied_pre"],
             marker_width_s(self.config.dedup_ttl_s), self.config.recent_cap,
             self.config.counter_ttl_s, self.config.recent_ttl_s, list(RESIDENT_KINDS),
+            keys.contactable(),
         ])
         self._shas = {name: client.register_script(text).sha for name, text in
                       (("group", _GROUP_LUA), ("global", _GLOBAL_LUA),
@@ -296,8 +303,8 @@ class StateWriter:
                 res.ops.append(("P", epoch, payload))
                 res.run = None  # the neighbourhood may change: later contacts re-read it
             elif kind == "consent":
-                value, received = payload.split(" ", 1)
-                res.ops.append(("C", value, received))
+                purpose_field, value, received = payload.split("\t")
+                res.ops.append(("C", purpose_field, value, received))
 
         body: list[Any] = ["outbox" if self.cluster else "direct", tag, entry, len(eids), *eids,
                            len(buckets)]
@@ -480,7 +487,7 @@ def _text(value: Any) -> str:
 
 def erase_resident(client: SyncClient, keys: Keys, resident_id: str) -> None:
     """Forget a resident in the real-time state: delete all their per-resident keys, take
-    them out of every active-resident set and of the last-contact ZSET.
+    them out of every active-resident set, of the last-contact ZSET and of the contactable set.
 
     Idempotent, and safe to call from the admin API as well as from the consumer.
     Aggregate counters (contact counts, funnel) hold no resident id and stay. No SCAN:

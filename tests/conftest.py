@@ -63,6 +63,7 @@ def make_settings(stack: Settings, tmp_path: Path) -> Callable[..., Settings]:
             "redis_url": stack.redis_url,
             "topic_events": f"t{tag}.interactions",
             "topic_dlq": f"t{tag}.interactions.dlq",
+            "topic_outreach": f"t{tag}.outreach",
             "topic_partitions": 2,
             "consumer_group": f"g{tag}",
             "redis_key_prefix": f"t{tag}:",

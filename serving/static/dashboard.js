@@ -283,6 +283,41 @@
     ], uplift.rows, (r) => `${r.arm}/${r.stage}`);
   }
 
+  /* Outreach breaks down by neighbourhood and domain only; other choices show the city. */
+  function outreachScope() {
+    const s = scope();
+    return ["neighbourhood", "domain"].includes(s.by) ? s :
+      { by: "all", value: "", label: "whole city" };
+  }
+
+  async function renderOutreach() {
+    const s = outreachScope();
+    const weeks = Math.min(Number($("weeks").value) || 12, 12);
+    $("outreach-scope").textContent = `(${s.label}, last ${weeks} weeks)`;
+    const params = { by: s.by === "all" ? "" : s.by, value: s.value, weeks: String(weeks) };
+    const [funnel, lift] = await Promise.all([
+      api(`/v1/operator/outreach${query(params)}`),
+      api(`/v1/operator/outreach/lift${query(params)}`),
+    ]);
+    const pick = (rows) => rows.filter((r) => r.dimension === s.by &&
+      (s.by === "all" || !s.value || r.value === s.value));
+    table($("outreach"), [
+      ["week", "week"], ...(s.by === "all" ? [] : [["value", s.by]]),
+      ["planned", "planned", "count"], ["sent", "sent", "count"],
+      ["opened", "opened", "count"], ["open_rate", "open rate", "share"],
+      ["converted", "converted", "count"], ["conversion_rate", "conversion", "share"],
+      ["dismissed", "dismissed", "count"], ["contactable", "contactable", "count"],
+      ["opted_out", "opted out", "count"], ["opt_out_rate", "opt-out rate", "share"],
+    ], pick(funnel.rows), (r) => `${r.week}/${r.value}`);
+    table($("outreach-lift"), [
+      ["week", "week"], ...(s.by === "all" ? [] : [["value", s.by]]),
+      ["nudged_residents", "nudged", "count"], ["nudged_share", "weekly+ share", "share"],
+      ["holdout_residents", "holdout", "count"], ["holdout_share", "weekly+ share", "share"],
+      ["difference", "difference", "ci"], ["ci_low", "95% low", "ci"],
+      ["ci_high", "95% high", "ci"],
+    ], pick(lift.rows), (r) => `${r.week}/${r.value}`);
+  }
+
   function renderLive() {
     const live = summary.live;
     if (!live || !live.active) {
@@ -358,7 +393,8 @@
       fillValues();
       renderHeadline();
       renderLive();
-      await Promise.all([renderCharts(), renderBreakdown(), renderFunnel(), renderCohorts()]);
+      await Promise.all([renderCharts(), renderBreakdown(), renderFunnel(), renderCohorts(),
+        renderOutreach()]);
       const src = summary.source;
       $("source").textContent = `Event log: ${fmt(src.events, "count")} events, ` +
         `${fmt(src.contacts, "count")} contacts, ${src.first_day || "–"} to ` +
@@ -385,9 +421,9 @@
     $("key-input").focus();
   }
 
-  async function downloadCsv(event, path, name) {
+  async function downloadCsv(event, path, name, scoper) {
     event.preventDefault();
-    const s = scope();
+    const s = (scoper || scope)();
     const text = await api(`${path}${query({ by: s.by, value: s.value, format: "csv" })}`,
       true);
     const a = document.createElement("a");
@@ -407,11 +443,11 @@
     });
     $("by").addEventListener("change", () => { fillValues(); load(); });
     $("value").addEventListener("change", () => { document.body.dataset.ready = "false";
-      Promise.all([renderCharts(), renderFunnel()]).then(() => {
+      Promise.all([renderCharts(), renderFunnel(), renderOutreach()]).then(() => {
         document.body.dataset.ready = "true";
       }); });
     $("weeks").addEventListener("change", () => { document.body.dataset.ready = "false";
-      Promise.all([renderCharts(), renderFunnel()]).then(() => {
+      Promise.all([renderCharts(), renderFunnel(), renderOutreach()]).then(() => {
         document.body.dataset.ready = "true";
       }); });
     $("refresh").addEventListener("click", load);
@@ -425,6 +461,11 @@
       (e) => downloadCsv(e, "/v1/operator/engagement/stickiness", "stickiness.csv"));
     $("csv-funnel").addEventListener("click",
       (e) => downloadCsv(e, "/v1/operator/funnel", "funnel.csv"));
+    $("csv-outreach").addEventListener("click",
+      (e) => downloadCsv(e, "/v1/operator/outreach", "outreach.csv", outreachScope));
+    $("csv-outreach-lift").addEventListener("click",
+      (e) => downloadCsv(e, "/v1/operator/outreach/lift", "outreach_lift.csv",
+        outreachScope));
     if (key()) load(); else askKey("");
   }
 

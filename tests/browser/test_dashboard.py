@@ -174,6 +174,11 @@ def test_dashboard_draws_what_the_api_says(server: str, browser) -> None:
     uplift = api(server, "/v1/operator/funnel/uplift?weeks=26")
     assert page.inner_text("#uplift-baseline") == uplift["baseline"]
     assert page.locator("#uplift tbody tr").count() == len(uplift["rows"])
+    # outreach: no nudge in this city yet, so both tables say so (and the page loaded them)
+    for table_id, path in (("#outreach", "/v1/operator/outreach?weeks=12"),
+                           ("#outreach-lift", "/v1/operator/outreach/lift?weeks=12")):
+        assert api(server, path)["rows"] == []
+        assert page.inner_text(f"{table_id} tbody") == "no data yet"
 
     # breakdown table (neighbourhood, latest complete week): every cell = the API, hidden
     # ones ◌, shares of nobody –

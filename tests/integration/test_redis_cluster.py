@@ -74,6 +74,8 @@ SINGLE_REDIS_CONTRACT: list[Callable[[Settings, Any], None]] = [
     single.test_erase_resident_forgets_everything_personal,
     single.test_dead_letters_are_counted_once_per_position,
     single.test_an_erase_event_deletes_every_per_resident_kind,
+    single.test_contact_consent_is_its_own_purpose_and_keeps_the_contactable_set,
+    single.test_contact_decisions_and_erasures_in_one_batch_keep_their_order,
 ]
 
 
@@ -147,6 +149,70 @@ def test_a_crash_between_the_two_steps_loses_and_doubles_nothing(
         expected = ReferenceState(single.CATALOG, prefix).apply_all(
             [*events[:900], erasure]).dump()
     assert dump_state(client, prefix) == expected
+
+
+def test_contact_consent_reaches_the_contactable_set_once_after_a_crash(
+        cluster_settings: Settings, client: SyncClient,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A contact decision is written to the profile in the resident's slot and reaches the
+    contactable set (``{eng}``) through the outbox: after a crash between the two steps the
+    profile already says it, the set does not yet, and a drain completes it once."""
+    keys = Keys(cluster_settings.redis_key_prefix)
+    contact = {"purpose": "contact"}
+    residents = [f"c{i}" for i in range(12)]
+    events = [single.ev(i, rid, "consent", i, value=1, context=contact)
+              for i, rid in enumerate(residents)]
+    events.append(single.ev(99, "c0", "consent", 99, value=0, context=contact))
+    crashing = StateWriter(client, keys)
+    _crash_before_the_aggregates(crashing, monkeypatch)
+    with pytest.raises(_Crash):
+        single.apply(crashing, keys, events)
+    assert single.read_profile(client, keys, "c1")["contact"] is True
+    assert client.smembers(keys.contactable()) == set()
+    fresh = StateWriter(client, keys)
+    assert fresh.drain() > 0
+    assert fresh.drain() == 0
+    assert client.smembers(keys.contactable()) == {r.encode() for r in residents[1:]}
+    applied, dups, _ = single.apply(fresh, keys, events)  # a replay changes nothing
+    assert applied == 0 and dups == len(events)
+    assert client.smembers(keys.contactable()) == {r.encode() for r in residents[1:]}
+
+
+def test_the_consent_api_writes_contact_consent_on_the_cluster(
+        cluster_settings: Settings, client: SyncClient) -> None:
+    """The consent API's profile write (one slot) then its contactable-set update
+    (``{eng}``), through the asyncio cluster client; a decision received earlier than the
+    one standing changes neither."""
+    from datetime import UTC, datetime, timedelta
+
+    keys = Keys(cluster_settings.redis_key_prefix)
+    now = datetime.now(UTC)
+
+    async def decide() -> list[bool]:
+        store = OnlineStore(async_redis_client(cluster_settings.redis_url), keys)
+        try:
+            return [await store.set_consent("ana", True, now, "contact"),
+                    await store.set_consent("bob", True, now, "contact"),
+                    await store.set_consent("bob", False, now + timedelta(seconds=1),
+                                            "contact"),
+                    await store.set_consent("bob", True, now, "contact")]
+        finally:
+            await store.redis.aclose()
+
+    assert asyncio.run(decide()) == [True, True, True, False]
+    assert client.smembers(keys.contactable()) == {b"ana"}
+    assert single.read_profile(client, keys, "bob")["contact"] is False
+    assert hash_slot(keys.contactable()) == hash_slot(keys.active_index())
+
+
+def test_the_outreach_planner_refuses_a_cluster(cluster_settings: Settings,
+                                                client: SyncClient) -> None:
+    """The planner's chunked scripts cover residents of many slots per call: it needs a
+    single Redis, and says so at once rather than failing mid-plan with CROSSSLOT."""
+    from bouquet.outreach.store import OutreachStore, SingleRedisOnly
+
+    with pytest.raises(SingleRedisOnly, match="single Redis"):
+        OutreachStore(client, Keys(cluster_settings.redis_key_prefix))
 
 
 def test_serving_reads_what_ingestion_wrote_on_the_cluster(cluster_settings: Settings,

@@ -270,13 +270,19 @@ def test_columnar_read_encodes_exactly_the_events_read_events_returns(
     np.testing.assert_array_equal(got.ts, [t.value for t in frame["ts"].dt.as_unit("ns")])
     assert got.stats["unknown_service_events"] == (frame["service_id"] == "retired-service").sum()
     assert got.stats["unknown_bundle_events"] == (frame["bundle_id"] == "retired-bundle").sum()
-    consents = frame[frame["type"] == "consent"].sort_values("ingested_at", kind="stable")
+    personalisation = (frame["type"] == "consent") & ~frame["context"].str.contains(
+        '"purpose":"contact"', regex=False, na=False)
+    consents = frame[personalisation].sort_values("ingested_at", kind="stable")
     consent = consents.groupby("resident_id")["value"].last()  # the one received last
     assert sorted(got.resident_ids[got.consent]) == sorted(consent.index[consent == 1.0])
-    profile = frame[frame["type"] == "profile"].groupby("resident_id")["context"].last()
+    # per attribute, the latest profile event declaring it
+    neighbourhood: dict[str, str] = {}
+    for rid, text in frame.loc[frame["type"] == "profile", ["resident_id", "context"]].values:
+        if "neighbourhood" in json.loads(text):
+            neighbourhood[rid] = json.loads(text)["neighbourhood"]
     declared = {got.resident_ids[code]: got.profiles.loc[code, "neighbourhood"]
                 for code in got.profiles.index}
-    assert declared == {rid: json.loads(c)["neighbourhood"] for rid, c in profile.items()}
+    assert {r: v for r, v in declared.items() if isinstance(v, str)} == neighbourhood
     # and what training builds from them is the same dataset
     whole = EventArrays.from_frame(frame, CATALOG)
     assert build_dataset(got, PARAMS).fingerprint == build_dataset(whole, PARAMS).fingerprint
@@ -344,6 +350,21 @@ def test_drivers_are_the_largest_share_whatever_the_block_of_residents(
         got = {(data.resident_ids[r], c): int(v)
                for r, c, v in zip(coo.row, coo.col, coo.data, strict=True)}
         assert len(got) > 100 and got == want
+
+
+def test_contact_consent_is_not_personalisation_consent_and_profiles_merge(log_root) -> None:
+    contact = json.dumps({"purpose": "contact"}, separators=(",", ":"))
+    arrays = arrays_of(log_root, [
+        ev("ann", "consent", 9, value=1),
+        ev("ann", "consent", 5, value=0, context=contact),  # contact withdrawn, later
+        ev("bob", "consent", 9, value=1, context=contact),  # contact only
+        ev("ann", "profile", 8, context=json.dumps({"neighbourhood": NB[1]})),
+        ev("ann", "profile", 4, context=json.dumps({"channels": ["sms"]})),  # nb stays
+        ev("ann", "use", 3, service=S[0]), ev("bob", "use", 3, service=S[0]),
+    ])
+    codes = {rid: i for i, rid in enumerate(arrays.resident_ids)}
+    assert arrays.consent[codes["ann"]] and not arrays.consent[codes["bob"]]
+    assert arrays.neighbourhood_codes(np.array([codes["ann"]]))[0] == 1
 
 
 def test_consent_is_decided_by_the_order_of_receipt(log_root: Path, tmp_path: Path) -> None:
