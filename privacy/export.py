@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from bouquet.core.eventlog import COLUMNS, SCHEMA, EventLog
+from bouquet.core.eventlog import COLUMNS, DECLARED_COLUMNS, SCHEMA, EventLog, merge_declared
 from bouquet.core.keys import Keys
 from bouquet.core.settings import Settings
 from bouquet.privacy.erasure import ErasureRegister, pointer_keys
@@ -63,6 +63,7 @@ def resident_events(settings: Settings, resident_id: str,
     if cutoff is not None:
         frame = frame[frame["ts"].map(lambda t: t.timestamp()) > cutoff]
     frame = frame.sort_values("ts", kind="stable")
+    frame = frame.assign(context=merge_declared(frame)).drop(columns=list(DECLARED_COLUMNS))
     out = []
     for row in frame.to_dict("records"):
         event = {k: v for k, v in row.items() if v is not None and not
