@@ -79,6 +79,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -282,12 +283,15 @@ def _catalog_attribute(frame: pd.DataFrame, catalog: Catalog
 
 
 def load_engagement_data(root: Path, catalog: Catalog,
-                         recommendation_ids: RecommendationIds | None = None
-                         ) -> EngagementData:
+                         recommendation_ids: RecommendationIds | None = None,
+                         contact_types: Iterable[str] = CONTACT_TYPES) -> EngagementData:
     """Read the event log once (through :func:`read_events`) and reduce it to arrays.
 
     ``recommendation_ids`` verifies the ids the funnel credits (the deployment's, from
-    :meth:`RecommendationIds.for_settings`; default: the development key's)."""
+    :meth:`RecommendationIds.for_settings`; default: the development key's).
+    ``contact_types`` are the event types the cadence figures count (one cadence class of
+    :mod:`bouquet.core.cadence`, or all of them); the funnel and the dimension values are
+    those of every contact whatever the selection, as in the DuckDB path."""
     started = time.perf_counter()
     frame = read_events(Path(root), columns=_COLUMNS)
     n_events = len(frame)
@@ -338,16 +342,18 @@ def load_engagement_data(root: Path, catalog: Catalog,
                                 "domain": (dom, dom_values), "factor": (fac, fac_values),
                                 "channel": (chan, chan_values)},
                             recommendation_ids or development_ids())
+    selected = np.isin(type_codes[is_contact], [i for i, t in enumerate(type_names)
+                                                if t in set(contact_types)])
     data = EngagementData(
         n_residents=n_res,
         first_day=first_day,
         nb=nb_of_res,
         nb_values=tuple(nb_values),
-        res=res_codes[is_contact],
-        day=day[is_contact],
-        domain=dom, domain_values=tuple(dom_values),
-        factor=fac, factor_values=tuple(fac_values),
-        channel=chan, channel_values=tuple(chan_values),
+        res=res_codes[is_contact][selected],
+        day=day[is_contact][selected],
+        domain=np.asarray(dom)[selected], domain_values=tuple(dom_values),
+        factor=np.asarray(fac)[selected], factor_values=tuple(fac_values),
+        channel=np.asarray(chan)[selected], channel_values=tuple(chan_values),
         funnel_events=funnel,
         events=n_events,
         first_event_day=int(day.min()) if n_events else None,
