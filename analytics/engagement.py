@@ -1,15 +1,20 @@
 """Engagement frequency from the event log: cadence, stickiness, contacts, cohorts.
 
-This is the one place where Bouquet's engagement figures are defined and computed; the
-operator API, ``bouquet report engagement`` and the dashboard all show what this module
-returns (through :mod:`bouquet.analytics.service`, which adds caching and small-cell
-suppression). The definitions are repeated in ``docs/engagement.md``.
+This is where Bouquet's engagement figures are defined, with the table layouts
+(:class:`Engagement`) every reader gets. The operator API, ``bouquet report engagement`` and
+the dashboard compute them in DuckDB SQL over the Parquet log
+(:mod:`bouquet.analytics.logdb`, out of core), through :mod:`bouquet.analytics.service`,
+which adds caching and small-cell suppression. The in-memory computation below
+(:func:`load_engagement_data`, :func:`compute_engagement`) is the definitions written a
+second, independent way: the tests hold the SQL equal to it, and ``bouquet bench
+engagement`` measures both. The definitions are repeated in ``docs/engagement.md``.
 
 Definitions
 -----------
 *Contact*
-    Any event whose type is in :data:`bouquet.core.events.CONTACT_TYPES` (view, click,
-    subscribe, use, pay, rate, dismiss, unsubscribe). ``erase``, ``consent`` and
+    An event of the selected cadence classes (:mod:`bouquet.core.cadence`): *use* (use, pay,
+    subscribe, rate) is the headline, *response* (click, dismiss, unsubscribe, open) and
+    *exposure* (view, notify) are shown beside it. ``erase``, ``consent`` and
     ``profile`` are administrative and never count. Events come from
     :func:`bouquet.core.eventlog.read_events`, so duplicates are removed and erased
     residents are gone.

@@ -222,7 +222,7 @@ def suppressed_breakdown(eng: Engagement, figure: str, k: int, by: str) -> pd.Da
 
 def engagement_figure(eng: Engagement, figure: str, k: int, *, by: str = "all",
                       value: str | None = None, last: int | None = None,
-                      shown: pd.DataFrame | None = None) -> Table:
+                      shown: pd.DataFrame | None = None, events: str = "use") -> Table:
     """One engagement figure for ``by`` (all, or every value of one dimension, or one
     ``value``), limited to the ``last`` weeks (months, days, cohorts): cut from the
     suppressed whole breakdown (``shown``, default: computed here)."""
@@ -236,7 +236,7 @@ def engagement_figure(eng: Engagement, figure: str, k: int, *, by: str = "all",
         shown = _last(shown, period_col, last)
     rules = eng.rules
     return Table.from_frame(
-        figure, fig.title, shown, k, columns=fig.columns, by=by, value=value,
+        figure, fig.title, shown, k, columns=fig.columns, by=by, value=value, events=events,
         rules={"window_days": rules.window_days, "daily_min_days": rules.daily_min_days,
                "weekly_min_weeks": rules.weekly_min_weeks,
                "yearly_weeks": rules.yearly_weeks},
