@@ -60,7 +60,8 @@ Definitions
     ``mau`` = distinct residents active in the month; ``dau_mean`` = mean over the month's
     observed days of daily actives; ``wau_mean`` = mean WAU over the ISO weeks whose
     Thursday falls in the month (the ISO rule for assigning a week to a month);
-    ``dau_mau`` and ``wau_mau`` are their ratios to ``mau``.
+    ``dau_mau`` and ``wau_mau`` are their ratios to ``mau``, given for complete months only
+    (``month_complete``: the log covers every day of the month).
 
 Breakdowns
 ----------
@@ -81,6 +82,7 @@ resident or per event. See ``docs/engagement.md`` for measured run times.
 
 from __future__ import annotations
 
+import calendar
 import logging
 import math
 import time
@@ -368,6 +370,16 @@ def load_engagement_data(root: Path, catalog: Catalog,
     log.info("engagement data: %d events, %d contacts, %d residents read in %.2f s",
              n_events, data.contacts, n_res, data.load_seconds)
     return data
+
+
+def month_ratios(dau_mean: np.ndarray, wau_mean: np.ndarray, mau: np.ndarray,
+                 complete: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """DAU/MAU and WAU/MAU of calendar months; NaN for a month the log covers in part (its
+    first and last): its actives over a few days divided by full ISO weeks' actives gave
+    WAU/MAU above 100 %."""
+    ok = complete & (mau > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (np.where(ok, dau_mean / mau, np.nan), np.where(ok, wau_mean / mau, np.nan))
 
 
 def parse_recommendation_ids(values: pd.Series, ids: RecommendationIds) -> pd.DataFrame:
@@ -730,6 +742,11 @@ def _tables(grid: _Grid, data: EngagementData, rules: CadenceRules, d0: int, w0:
     with np.errstate(divide="ignore", invalid="ignore"):
         dau_mean_m = dau_month / days_obs_month
         wau_mean_m = np.where(weeks_per_month > 0, wau_month / weeks_per_month, np.nan)
+        complete = np.array([calendar.monthrange(1970 + int(m) // 12, int(m) % 12 + 1)[1]
+                             for m in month_abs]) == days_obs_month
+        complete_g = np.tile(complete, g_n)
+        dau_mau, wau_mau = month_ratios(dau_mean_m.reshape(-1), wau_mean_m.reshape(-1),
+                                        mau_m.reshape(-1).astype(float), complete_g)
         monthly = pd.DataFrame({
             "dimension": np.repeat(dims, n_months), "value": np.repeat(vals, n_months),
             "month": np.tile(m_labels, g_n),
@@ -737,8 +754,7 @@ def _tables(grid: _Grid, data: EngagementData, rules: CadenceRules, d0: int, w0:
             "weeks": np.tile(weeks_per_month, g_n),
             "mau": mau_m.reshape(-1), "dau_mean": dau_mean_m.reshape(-1),
             "wau_mean": wau_mean_m.reshape(-1),
-            "dau_mau": np.where(mau_m > 0, dau_mean_m / mau_m, np.nan).reshape(-1),
-            "wau_mau": np.where(mau_m > 0, wau_mean_m / mau_m, np.nan).reshape(-1),
+            "dau_mau": dau_mau, "wau_mau": wau_mau, "month_complete": complete_g,
         })
 
     # cohorts: keep the triangle (months_since < months left)

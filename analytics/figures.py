@@ -101,7 +101,7 @@ FIGURES: dict[str, FigureDef] = {
     "monthly": FigureDef(
         title="Calendar months: monthly actives, mean daily and weekly actives, stickiness",
         columns=[*_KEYS, "month", "days_observed", "weeks", "mau", "dau_mean", "wau_mean",
-                 "dau_mau", "wau_mau"],
+                 "dau_mau", "wau_mau", "month_complete"],
         spec=SuppressionSpec(
             counts=["mau", "dau_mean", "wau_mean"],
             gates=[("mau", ["dau_mean", "wau_mean"])],

@@ -57,6 +57,7 @@ from bouquet.analytics.engagement import (
     CadenceRules,
     Engagement,
     day_of_epoch,
+    month_ratios,
 )
 from bouquet.core.cadence import CADENCE_CLASSES
 from bouquet.core.catalog import AggregationFactor, Catalog, Domain
@@ -171,8 +172,18 @@ def _finish_contacts(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _finish_monthly(frame: pd.DataFrame) -> pd.DataFrame:
     frame["wau_mean"] = frame["wau_mean"].astype(float)
-    frame["dau_mau"] = _ratio(frame["dau_mean"], frame["mau"])
-    frame["wau_mau"] = _ratio(frame["wau_mean"], frame["mau"])
+    frame["month_complete"] = frame["month_complete"].astype(bool)
+    frame = _ratios_of_complete_months(frame)
+    return frame[["g", "month", "days_observed", "weeks", "mau", "dau_mean", "wau_mean",
+                  "dau_mau", "wau_mau", "month_complete"]]
+
+
+def _ratios_of_complete_months(frame: pd.DataFrame) -> pd.DataFrame:
+    """DAU/MAU and WAU/MAU of complete months only (see
+    :func:`bouquet.analytics.engagement.month_ratios`)."""
+    frame["dau_mau"], frame["wau_mau"] = month_ratios(
+        frame["dau_mean"].to_numpy(float), frame["wau_mean"].to_numpy(float),
+        frame["mau"].to_numpy(float), frame["month_complete"].to_numpy(bool))
     return frame
 
 

@@ -37,6 +37,8 @@ SELECT month::INTEGER AS month,
        printf('%04d-%02d', 1970 + month // 12, month % 12 + 1) AS label,
        (SELECT count(*) FROM calendar_days AS d WHERE d.month = m.month) AS days_observed,
        (SELECT count(*) FROM calendar_weeks AS w WHERE month_of(w.week * 7) = m.month)
-           AS weeks
+           AS weeks,
+       day(last_day(make_date((1970 + month // 12)::INTEGER, (month % 12 + 1)::INTEGER, 1)))
+           AS days_in_month
 FROM range(month_of(getvariable('first_day')), month_of(getvariable('last_day')) + 1)
      AS m(month);

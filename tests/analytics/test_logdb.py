@@ -211,3 +211,17 @@ def test_a_log_written_before_typed_columns_gives_the_same_neighbourhoods(tmp_pa
         assert known["centre"] == known["docks"] == 1
     finally:
         db.close()
+
+
+def test_a_partial_month_is_flagged_and_not_divided_by_full_weeks(engagements) -> None:
+    """The log starts on 3 July: July's few days of actives are not a month's, so its
+    stickiness ratios are left out rather than shown above 100 %."""
+    monthly = engagements[("use",)][1].monthly
+    city = monthly[monthly["dimension"] == "all"].set_index("month")
+    assert not city.loc["2026-07", "month_complete"]
+    assert city.loc[["2026-08", "2026-09", "2026-10"], "month_complete"].all()
+    partial = monthly[~monthly["month_complete"]]
+    assert partial["wau_mau"].isna().all() and partial["dau_mau"].isna().all()
+    assert (partial["mau"] > 0).any()  # there were actives to divide
+    complete = monthly[monthly["month_complete"] & (monthly["mau"] > 0)]
+    assert complete["wau_mau"].notna().all() and (complete["wau_mau"] <= 1).all()
