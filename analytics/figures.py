@@ -249,13 +249,25 @@ def suppressed_arms(arms: pd.DataFrame, k: int) -> pd.DataFrame:
     return suppress(arms, FUNNEL_SPEC, k) if not arms.empty else arms
 
 
+#: What an empty funnel answer says: the funnel fills only when front ends echo the id, so
+#: an operator who sees nothing must learn why rather than conclude that nobody converts.
+EMPTY_FUNNEL_HINT = (
+    "No event carries a recommendation_id yet. The funnel counts the view, click, subscribe "
+    "and use events whose recommendation_id echoes the one a recommendation answer gave: "
+    "front ends must send it back with each of those events (docs/engagement.md, "
+    "Recommendation funnel and uplift).")
+
+
 def funnel_figure(shown: pd.DataFrame, k: int, *, by: str = "all", value: str | None = None,
                   **meta: object) -> Table:
-    """The funnel figure from :func:`suppressed_arms`, for one ``value`` of ``by`` or all."""
+    """The funnel figure from :func:`suppressed_arms`, for one ``value`` of ``by`` or all;
+    with no arm at all, ``hint`` says what front ends must send."""
+    selected = only_value(shown, by, value)
+    if shown.empty:
+        meta = {**meta, "hint": EMPTY_FUNNEL_HINT}
     return Table.from_frame("funnel", "Recommendation funnel per model version and variant "
                             "(residents; attributed through recommendation_id)",
-                            only_value(shown, by, value), k, columns=FUNNEL_COLUMNS, by=by,
-                            value=value, **meta)
+                            selected, k, columns=FUNNEL_COLUMNS, by=by, value=value, **meta)
 
 
 def funnel_weekly_figure(weekly: pd.DataFrame, k: int, **meta: object) -> Table:

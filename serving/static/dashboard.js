@@ -285,6 +285,10 @@
       ["used_residents", "used", "count"], ["used_rate", "use rate", "share"],
       ["shown_events", "shown (events)", "count"],
     ], arms.rows, (r) => r.arm);
+    // an empty funnel says why (front ends must echo recommendation_id), not just "no data"
+    const hint = $("funnel-hint");
+    hint.textContent = arms.hint || "";
+    hint.hidden = !arms.hint;
     $("uplift-baseline").textContent = uplift.baseline || "the baseline";
     table($("uplift"), [
       ["arm", "arm"], ["stage", "stage"], ["rate", "rate", "share"],

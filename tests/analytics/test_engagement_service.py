@@ -8,6 +8,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from bouquet.analytics.service import EngagementService
+from bouquet.core.recommendation import development_ids
 from bouquet.core.settings import Settings
 from tests.analytics.engagement_helpers import Log
 
@@ -125,3 +126,19 @@ def test_the_headline_counts_use_with_response_and_exposure_beside(tmp_path: Pat
     shown = svc.figure("contacts", events="exposure").rows[-1]
     assert use["contacts"] == 0 and shown["contacts"] == 12 * 7
     assert svc.figure("cadence").to_json()["events"] == "use"
+
+
+def test_an_empty_funnel_says_what_front_ends_must_send(tmp_path: Path) -> None:
+    sample_log(tmp_path / "log")  # uses, none echoing a recommendation id
+    svc = EngagementService(settings_for(tmp_path), ttl_s=3600)
+    empty = svc.funnel().to_json()
+    assert empty["rows"] == [] and "recommendation_id" in empty["hint"]
+    assert "docs/engagement.md" in empty["hint"]
+    log = Log()
+    for i in range(6):
+        log.add(f"v{i}", "view", 1, recommendation_id=development_ids().mint(
+            "v1", "personal", nonce=i))
+    log.write(tmp_path / "log")
+    svc.invalidate()
+    filled = svc.funnel().to_json()
+    assert filled["rows"] and "hint" not in filled

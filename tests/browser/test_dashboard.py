@@ -193,6 +193,8 @@ def test_dashboard_draws_what_the_api_says(server: str, browser) -> None:
               "subscribed": "subscribed_residents", "used": "used_residents"}
     for arm, stage, value in bars:
         assert int(value) == arms[arm][column[stage]], (arm, stage)
+    assert "hint" not in api(server, "/v1/operator/funnel?weeks=26")
+    assert page.is_hidden("#funnel-hint")  # shown only when the API says the funnel is empty
     uplift = api(server, "/v1/operator/funnel/uplift?weeks=26")
     assert page.inner_text("#uplift-baseline") == uplift["baseline"]
     assert page.locator("#uplift tbody tr").count() == len(uplift["rows"])
