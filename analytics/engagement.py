@@ -489,7 +489,7 @@ def compute_engagement(data: EngagementData, rules: CadenceRules | None = None) 
     rules = rules or CadenceRules()
     started = time.perf_counter()
     if data.first_event_day is None:
-        return _empty(rules)
+        return empty_engagement(rules)
     d0, d1 = data.first_event_day, data.last_event_day
     w0, w1 = int(week_of_day(d0)), int(week_of_day(d1))
     m0 = int(month_of_day(np.array([d0]))[0])
@@ -834,7 +834,8 @@ def _lifetime(grid: _Grid, dims: list[str], vals: list[str]) -> pd.DataFrame:
     return pd.DataFrame({"dimension": dims, "value": vals, **columns})
 
 
-def _empty(rules: CadenceRules) -> Engagement:
+def empty_engagement(rules: CadenceRules) -> Engagement:
+    """The figures of a log with no event (both computations answer the same)."""
     empty = pd.DataFrame({"dimension": [], "value": []})
     return Engagement(cadence=empty, stickiness=empty, contacts=empty, cohorts=empty,
                       monthly=empty, daily=empty, lifetime=empty, rules=rules,

@@ -35,7 +35,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date
 from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
@@ -57,6 +56,7 @@ from bouquet.analytics.engagement import (
     CadenceRules,
     Engagement,
     day_of_epoch,
+    empty_engagement,
     month_ratios,
 )
 from bouquet.core.cadence import CADENCE_CLASSES
@@ -418,7 +418,7 @@ class LogDatabase:
         started = time.perf_counter()
         with self._lock:
             if not self.events:
-                return _empty(rules)
+                return empty_engagement(rules)
             return self._engagement(tuple(classes), rules, started)
 
     def _engagement(self, classes: tuple[str, ...], rules: CadenceRules,
@@ -505,16 +505,3 @@ def _buckets(spec: Sequence[tuple[int, int | None, str]], skip_zero: bool = Fals
     rows = [(name, low, high) for low, high, name in spec if not (skip_zero and high == 0)]
     return pd.DataFrame({"name": [r[0] for r in rows], "low": [r[1] for r in rows],
                          "high": pd.array([r[2] for r in rows], dtype="Int64")})
-
-
-def _empty(rules: CadenceRules) -> Engagement:
-    empty = pd.DataFrame({"dimension": [], "value": []})
-    return Engagement(cadence=empty, stickiness=empty, contacts=empty, cohorts=empty,
-                      monthly=empty, daily=empty, lifetime=empty, rules=rules,
-                      summary={"events": 0, "contacts": 0, "residents": 0,
-                               "contacted_residents": 0, "first_day": None,
-                               "last_day": None, "weeks": 0})
-
-
-def epoch_day(value: date) -> int:
-    return (value - date(1970, 1, 1)).days
