@@ -112,8 +112,10 @@ def redis_ready(url: str) -> tuple[bool, str]:
     """True when Redis answers PING."""
     import redis
 
+    from bouquet.core.redisclient import redis_client
+
     try:
-        client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+        client = redis_client(url, socket_timeout=1, socket_connect_timeout=1)
         client.ping()
         version = client.info("server").get("redis_version", "?")
         client.close()

@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import ModuleType
 
-import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -23,6 +22,7 @@ from fastapi.responses import JSONResponse
 from bouquet import __version__
 from bouquet.core.catalog import load_catalog
 from bouquet.core.keys import Keys
+from bouquet.core.redisclient import async_redis_client
 from bouquet.core.settings import Settings, get_settings
 from bouquet.serving import (
     routes_catalog,
@@ -80,8 +80,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.catalog = load_catalog(settings.catalog_path)
     app.state.keys = Keys(settings.redis_key_prefix)
-    app.state.redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2,
-                                              socket_connect_timeout=2, max_connections=64)
+    app.state.redis = async_redis_client(settings.redis_url, socket_timeout=2,
+                                         socket_connect_timeout=2, max_connections=64)
 
     @app.exception_handler(RequestValidationError)
     async def _clear_422(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -24,6 +24,7 @@ from fastapi.security import APIKeyHeader
 from bouquet.core.catalog import Catalog
 from bouquet.core.events import ID_RE
 from bouquet.core.keys import Keys
+from bouquet.core.redisclient import redis_client
 from bouquet.core.settings import Settings
 
 Role = Literal["app", "operator", "admin"]
@@ -65,8 +66,8 @@ def sync_redis(app: Any, name: str, socket_timeout: float) -> redis.Redis:
     figures, erasure, exports). Closed by :func:`close_sync_redis` at shutdown."""
     found = getattr(app.state, name, None)
     if found is None:
-        found = redis.Redis.from_url(app.state.settings.redis_url,
-                                     socket_timeout=socket_timeout, socket_connect_timeout=2)
+        found = redis_client(app.state.settings.redis_url, socket_timeout=socket_timeout,
+                             socket_connect_timeout=2)
         setattr(app.state, name, found)
     return found
 

@@ -1,5 +1,5 @@
 -- Record a consent change; the later *receipt* wins (server time, never the time stamp a
--- client wrote), the consumer's rule for consent events (streaming/apply_batch.lua). The
+-- client wrote), the consumer's rule for consent events (streaming/apply_group.lua). The
 -- API receives the decision at ARGV[2] and produces its event with that Kafka time stamp,
 -- so when the consumer applies the event later it writes the same values, and an event
 -- received earlier (in the backlog) cannot undo it.

@@ -127,7 +127,12 @@ class OnlineStore:
         names = list(names)
         keys = [self.keys.current_version() if n == "current" else self.keys.variant_pointer(n)
                 for n in names]
-        values = await self.redis.mget(keys)
+        # GETs in a pipeline, not one MGET: the pointers need not share a Redis Cluster
+        # slot, and a cluster client splits a pipeline by node (one round trip on one Redis)
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.get(key)
+        values = await pipe.execute()
         return {n: (_text(v) if v is not None else None) for n, v in zip(names, values,
                                                                          strict=True)}
 

@@ -5,7 +5,7 @@ outputs of a batch directly instead of going through intermediate objects:
 
 * rows of the event-log table (:data:`bouquet.core.eventlog.COLUMNS`), to become one
   Arrow table per batch;
-* the flat argument list of the Redis batch script (:mod:`bouquet.streaming.state`);
+* one Redis slot per event (a tuple: what :mod:`bouquet.streaming.state` aggregates);
 * dead letters (original bytes + reason) for the dead-letter topic.
 
 Validation is exactly :func:`bouquet.core.events.parse_event` followed by
@@ -106,12 +106,13 @@ _VALID_ID = re.compile(ID_RE).fullmatch
 
 @dataclass
 class Batch:
-    """What one flush writes: log rows, Redis script slots, dead letters, offsets."""
+    """What one flush writes: log rows, Redis slots (one per event), dead letters, offsets."""
 
     #: one tuple per valid event, in :data:`_LOG_COLUMNS` order (a tuple per event is
     #: cheaper on the hot path than eleven list appends; :meth:`table` transposes in C)
     rows: list[tuple[Any, ...]] = field(default_factory=list)
-    slots: list[str] = field(default_factory=list)
+    #: each valid event's Redis part (:data:`bouquet.streaming.state.Slot`), in row order
+    slots: list[tuple[Any, ...]] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     #: (topic, partition) → next offset to commit (last offset in the batch + 1)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
@@ -350,7 +351,7 @@ class BatchBuilder:
         self._buckets: dict[date, tuple[str, str]] = {}
         self._targets: dict[tuple[str | None, str | None], tuple[str, str]] = {}
         self._funnels: dict[tuple[str, str], tuple[str, str]] = {}
-        self._combos: dict[tuple[str, ...], str] = {}
+        self._combos: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._now_s = 0.0  # the clock of the records being added (add_records)
 
     def add(self, batch: Batch, record: Any, now: datetime | None = None) -> bool:
@@ -499,8 +500,8 @@ class BatchBuilder:
                 service_id: str | None, bundle_id: str | None, ts: datetime, channel: str,
                 value: float | None, reference: str | None, context: dict[str, Any],
                 received_ms: int | None = None) -> None:
-        """Lay out one valid event: its log row and its Redis script slot (``received_ms``:
-        the record's Kafka time stamp, which orders consent decisions)."""
+        """Lay out one valid event: its log row and its Redis slot (``received_ms``: the
+        record's Kafka time stamp, which orders consent decisions)."""
         batch.rows.append((
             event_id, resident_id, kind, service_id, bundle_id, ts, channel, value, reference,
             json.dumps(context, separators=(",", ":"), sort_keys=True) if context else None,
@@ -526,13 +527,11 @@ class BatchBuilder:
         else:  # erase
             payload = ""
             batch.has_erasures = True
-        combo = self._combos.get((day, week, channel, domain, factor))
-        if combo is None:
-            combo = self._combos[(day, week, channel, domain, factor)] = \
-                f"{day}|{week}|{channel}|{domain}|{factor}"
-        batch.slots.append(f"{event_id}\x1f{resident_id}\x1f{kind}\x1f{epoch}\x1f{combo}"
-                           f"\x1f{payload}\x1f{members}\x1f{funnel_key}\x1f{stage}"
-                           f"\x1f{funnel_member}")
+        # one shared tuple per distinct combination: the state writer caches by identity
+        key = (day, week, channel, domain, factor)
+        combo = self._combos.setdefault(key, key)
+        batch.slots.append((event_id, resident_id, kind, epoch, combo, payload, members,
+                            funnel_key, stage, funnel_member))
 
 
 def receipt_time(record_timestamp_ms: int | None, now_s: float) -> float:

@@ -26,6 +26,7 @@ from bouquet.analytics.engagement import CADENCES, CadenceRules
 from bouquet.analytics.figures import BadQuery
 from bouquet.analytics.service import EngagementService, plain_dict
 from bouquet.analytics.tables import Table
+from bouquet.core.redisclient import SyncClient, redis_client
 from bouquet.core.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -118,8 +119,11 @@ def _print(table: Table, view: str, by: str) -> None:
     console.print(out)
 
 
-def _live_client(settings: Settings) -> redis.Redis | None:
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
+def _live_client(settings: Settings) -> SyncClient | None:
+    try:
+        client = redis_client(settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
+    except (redis.RedisError, OSError):  # a cluster client asks for the slot map at once
+        return None
     try:
         client.ping()
     except (redis.RedisError, OSError):

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from datetime import UTC, date, datetime, timedelta
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from bouquet.core.eventlog import (
     COLUMNS,
@@ -15,6 +17,7 @@ from bouquet.core.eventlog import (
     EventLog,
     read_events,
     read_table,
+    scan_events,
 )
 
 T0 = datetime(2026, 1, 31, 22, 0, tzinfo=UTC)
@@ -83,6 +86,23 @@ def test_reader_returns_only_the_columns_asked_for_even_without_ts(tmp_path) -> 
     frame = read_events(tmp_path, columns=["event_id"])
     assert list(frame.columns) == ["event_id"]
     assert list(frame["event_id"]) == ["e1", "e2"]  # still in time order
+
+
+@pytest.mark.parametrize("chunk_events", [1, 700, 10**9])
+def test_columnar_scan_returns_exactly_what_read_events_returns(tmp_path, messy_log,
+                                                                 chunk_events) -> None:
+    messy_log(tmp_path)
+    expected = read_events(tmp_path)
+    assert read_table(tmp_path).num_rows > len(expected) + 100  # copies and erasures to undo
+    assert expected["channel"].str.startswith("copy-").any()  # an earlier copy won
+    chunks = list(scan_events(tmp_path, chunk_events=chunk_events))
+    assert len(chunks) > 1 or chunk_events > 10**6
+    scanned = pd.concat([c.table(COLUMNS).to_pandas() for c in chunks], ignore_index=True)
+    pd.testing.assert_frame_equal(scanned, expected)
+    unerased = pd.concat([c.table(COLUMNS).to_pandas()
+                          for c in scan_events(tmp_path, apply_erasures=False)],
+                         ignore_index=True)
+    pd.testing.assert_frame_equal(unerased, read_events(tmp_path, apply_erasures=False))
 
 
 def test_ingested_at_keeps_the_order_of_receipt(tmp_path) -> None:

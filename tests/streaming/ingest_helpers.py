@@ -29,7 +29,8 @@ from bouquet.streaming.producer import EventProducer
 
 CONTACTS = {"view", "click", "subscribe", "use", "pay", "rate", "dismiss", "unsubscribe"}
 STAGES = {"view": "shown", "click": "opened", "subscribe": "subscribed", "use": "used"}
-MARKERS = ("ingest:seen:", "ingest:dlqseen:")
+#: ingestion bookkeeping (de-duplication markers, outbox, applied outbox entries), not state
+MARKERS = ("ingest:seen:", "ingest:{dlq}:seen:", "ingest:outbox:", "{eng}:applied:")
 
 
 def produce(settings: Settings, messages: list[tuple[bytes | None, bytes]]) -> None:
@@ -221,7 +222,7 @@ def dump_state(client: redis.Redis, prefix: str) -> dict[str, Any]:
                          for f, v in value.items()}
         elif kind == "set":
             value = {m.decode() for m in raw}
-            if name == "eng:active:index":  # members are key names: compare without prefix
+            if name == "{eng}:active:index":  # members are key names: compare without prefix
                 value = {m[len(prefix):] for m in value}
         elif kind == "zset":
             value = {m.decode(): _round(sc) for m, sc in raw}
