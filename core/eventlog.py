@@ -226,6 +226,26 @@ def merge_declared(frame: pd.DataFrame) -> pd.Series:
     return pd.Series(context, index=frame.index, dtype=object)
 
 
+def _with_context(table: pa.Table) -> pa.Table:
+    """``table`` whose ``context`` has the declared attribute columns put back, as
+    :func:`read_events` gives it; only the rows that declare something are rebuilt."""
+    present = [n for n in DECLARED_COLUMNS if n in table.column_names]
+    if "context" not in table.column_names or not present or table.num_rows == 0:
+        return table
+    declares = np.zeros(table.num_rows, bool)
+    for n in present:
+        declares |= table[n].is_valid().to_numpy(zero_copy_only=False)
+    if not declares.any():
+        return table
+    where = np.flatnonzero(declares)
+    merged = merge_declared(table.select(["context", *present])
+                            .take(pa.array(where)).to_pandas())
+    context = table["context"].to_numpy(zero_copy_only=False).astype(object)
+    context[where] = merged.to_numpy(dtype=object)
+    return table.set_column(table.schema.get_field_index("context"), "context",
+                            pa.array(context, pa.string(), from_pandas=True))
+
+
 def _plain(value: Any) -> Any:
     return bool(value) if isinstance(value, (bool, np.bool_)) else value
 
@@ -296,7 +316,7 @@ def read_events(
             keep = cutoff.isna() | (frame["ts"] > cutoff)
             frame = frame[keep.to_numpy()]
     if "context" in wanted:
-        frame = frame.assign(context=merge_declared(frame))
+        frame = frame.assign(context=merge_declared(frame).astype(frame["context"].dtype))
     return frame.sort_values("ts", kind="stable")[wanted].reset_index(drop=True)
 
 
@@ -368,14 +388,28 @@ class EventChunk:
             return self.source[name].combine_chunks()
         return self.source.to_table(columns=[name])[name].combine_chunks()
 
+    def full_context(self, rows: np.ndarray) -> pa.Array:
+        """``context`` of the raw ``rows`` as their events carried it: a profile's declared
+        attributes are typed columns in the files, so they are put back into the JSON
+        (:func:`merge_declared`) for readers that parse the whole context."""
+        raw = self._raw(["context"]).take(pa.array(rows, pa.int64()))
+        return _with_context(raw)["context"].combine_chunks()
+
+    def _raw(self, wanted: list[str]) -> pa.Table:
+        """Raw rows of ``wanted``, plus the declared attribute columns when ``context`` is
+        among them (to put back into it)."""
+        names = (self.source.column_names if isinstance(self.source, pa.Table)
+                 else self.source.schema.names)
+        extra = [n for n in DECLARED_COLUMNS if n in names and n not in wanted] \
+            if "context" in wanted else []
+        columns = [*wanted, *extra]
+        return (self.source.select(columns) if isinstance(self.source, pa.Table)
+                else self.source.to_table(columns=columns))
+
     def table(self, columns: Iterable[str]) -> pa.Table:
         """The events as an Arrow table (what :func:`read_events` returns, in Arrow)."""
         wanted = list(columns)
-        if isinstance(self.source, pa.Table):
-            raw = self.source.select(wanted)
-        else:
-            raw = self.source.to_table(columns=wanted)
-        return raw.take(pa.array(self.rows))
+        return _with_context(self._raw(wanted).take(pa.array(self.rows))).select(wanted)
 
     @classmethod
     def read(cls, dataset: ds.Dataset,

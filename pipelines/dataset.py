@@ -305,9 +305,8 @@ class _Encoder:
         if is_profile.any():
             who = resident[is_profile]
             last = _last_index(who)
-            context = chunk.column("context").cast(pa.string())
             self.profile_who.append(who[last])
-            self.profile_context.append(context.take(pa.array(rows[is_profile][last])))
+            self.profile_context.append(chunk.full_context(rows[is_profile][last]))
 
     def finish(self) -> EventArrays:
         catalog = self.catalog
