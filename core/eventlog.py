@@ -14,6 +14,7 @@ Any data scientist can open the files with pandas, pyarrow or DuckDB. Files are 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -50,9 +51,21 @@ SCHEMA = pa.schema(
         ("context", pa.string()),
         ("schema_version", pa.int16()),
         ("ingested_at", pa.timestamp("us", tz="UTC")),
+        # the declared attributes of a `profile` event (core.events.ResidentProfile), typed;
+        # the free-form rest of its context stays in `context`
+        ("neighbourhood", pa.string()),
+        ("age_band", pa.string()),
+        ("household", pa.string()),
+        ("student", pa.bool_()),
+        ("low_income", pa.bool_()),
     ]
 )
 COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
+#: Columns holding a profile's declared attributes. Files written before they existed keep
+#: the attributes inside `context`; every reader gets both forms right (:func:`read_events`
+#: puts them back into `context`, the analytics view falls back to `context`).
+DECLARED_COLUMNS: tuple[str, ...] = ("neighbourhood", "age_band", "household", "student",
+                                     "low_income")
 PARTITION_PREFIX = "date="
 
 
@@ -105,6 +118,7 @@ class EventLog:
         table = records if isinstance(records, pa.Table) else _to_table(records)
         if table.num_rows == 0:
             return []
+        table = split_declared(table)
         if "ingested_at" not in table.column_names or table["ingested_at"].null_count:
             column = pa.array(self._receipt_stamps(table.num_rows),
                               pa.timestamp("us", tz="UTC"))
@@ -149,6 +163,91 @@ class EventLog:
         os.replace(tmp, directory / name)
         fsync_dir(directory)
         return directory / name
+
+
+def split_declared(table: pa.Table) -> pa.Table:
+    """``table`` with each profile event's declared attributes moved from ``context`` into
+    :data:`DECLARED_COLUMNS` (the rest of the context stays JSON; None when nothing is
+    left). Rows that already fill those columns, and other event types, are kept as they
+    are; so are contexts that declare nothing (only those that name an attribute are
+    parsed)."""
+    n = table.num_rows
+    names = set(table.column_names)
+    for name in DECLARED_COLUMNS:
+        if name not in names:
+            table = table.append_column(name, pa.nulls(n, SCHEMA.field(name).type))
+    if "context" not in names or n == 0:
+        return table
+    filled = np.zeros(n, bool)
+    for name in DECLARED_COLUMNS:
+        filled |= table[name].is_valid().to_numpy(zero_copy_only=False)
+    candidate = pc.and_(pc.equal(table["type"], "profile"), pc.match_substring_regex(
+        table["context"], '"(' + "|".join(DECLARED_COLUMNS) + ')"'))
+    rows = np.flatnonzero(pc.fill_null(candidate, False).to_numpy(zero_copy_only=False)
+                          & ~filled)
+    if rows.size == 0:
+        return table
+    context = table["context"].to_numpy(zero_copy_only=False).astype(object)
+    declared: dict[str, np.ndarray] = {
+        name: table[name].to_numpy(zero_copy_only=False).astype(object)
+        for name in DECLARED_COLUMNS}
+    for i in rows.tolist():
+        found = json.loads(context[i])
+        for name in DECLARED_COLUMNS:
+            declared[name][i] = found.pop(name, None)
+        context[i] = json.dumps(found, separators=(",", ":"), sort_keys=True) if found \
+            else None
+    table = table.set_column(table.schema.get_field_index("context"), "context",
+                             pa.array(context, pa.string(), from_pandas=True))
+    for name in DECLARED_COLUMNS:
+        table = table.set_column(table.schema.get_field_index(name), name,
+                                 pa.array(declared[name], SCHEMA.field(name).type,
+                                          from_pandas=True))
+    return table
+
+
+def merge_declared(frame: pd.DataFrame) -> pd.Series:
+    """The full ``context`` of each row, as the event carried it: the JSON of ``context``
+    with the typed declared attributes put back (rows written before typed columns still
+    hold them in ``context``)."""
+    context = frame["context"].to_numpy(dtype=object, na_value=None).copy()
+    present = [n for n in DECLARED_COLUMNS if n in frame.columns]
+    if not present or not len(frame):
+        return pd.Series(context, index=frame.index, dtype=object)
+    values = {n: frame[n].to_numpy(dtype=object, na_value=None) for n in present}
+    has = np.zeros(len(frame), bool)
+    for n in present:
+        has |= pd.notna(values[n])
+    for i in np.flatnonzero(has).tolist():
+        merged = json.loads(context[i]) if context[i] else {}
+        merged.update({n: _plain(values[n][i]) for n in present
+                       if values[n][i] is not None and not pd.isna(values[n][i])})
+        context[i] = json.dumps(merged, separators=(",", ":"), sort_keys=True)
+    return pd.Series(context, index=frame.index, dtype=object)
+
+
+def _with_context(table: pa.Table) -> pa.Table:
+    """``table`` whose ``context`` has the declared attribute columns put back, as
+    :func:`read_events` gives it; only the rows that declare something are rebuilt."""
+    present = [n for n in DECLARED_COLUMNS if n in table.column_names]
+    if "context" not in table.column_names or not present or table.num_rows == 0:
+        return table
+    declares = np.zeros(table.num_rows, bool)
+    for n in present:
+        declares |= table[n].is_valid().to_numpy(zero_copy_only=False)
+    if not declares.any():
+        return table
+    where = np.flatnonzero(declares)
+    merged = merge_declared(table.select(["context", *present])
+                            .take(pa.array(where)).to_pandas())
+    context = table["context"].to_numpy(zero_copy_only=False).astype(object)
+    context[where] = merged.to_numpy(dtype=object)
+    return table.set_column(table.schema.get_field_index("context"), "context",
+                            pa.array(context, pa.string(), from_pandas=True))
+
+
+def _plain(value: Any) -> Any:
+    return bool(value) if isinstance(value, (bool, np.bool_)) else value
 
 
 def _to_table(records: Sequence[dict[str, Any]]) -> pa.Table:
@@ -202,7 +301,7 @@ def read_events(
     """
     wanted = list(columns) if columns is not None else list(COLUMNS)
     needed = list(dict.fromkeys([*wanted, "event_id", "ingested_at", "resident_id", "ts",
-                                 "type"]))
+                                 "type", *(DECLARED_COLUMNS if "context" in wanted else ())]))
     table = read_table(root, start=start, end=end, columns=needed)
     frame = table.to_pandas()
     if len(frame):
@@ -216,6 +315,8 @@ def read_events(
             cutoff = frame["resident_id"].map(erased)
             keep = cutoff.isna() | (frame["ts"] > cutoff)
             frame = frame[keep.to_numpy()]
+    if "context" in wanted:
+        frame = frame.assign(context=merge_declared(frame).astype(frame["context"].dtype))
     return frame.sort_values("ts", kind="stable")[wanted].reset_index(drop=True)
 
 
@@ -287,14 +388,28 @@ class EventChunk:
             return self.source[name].combine_chunks()
         return self.source.to_table(columns=[name])[name].combine_chunks()
 
+    def full_context(self, rows: np.ndarray) -> pa.Array:
+        """``context`` of the raw ``rows`` as their events carried it: a profile's declared
+        attributes are typed columns in the files, so they are put back into the JSON
+        (:func:`merge_declared`) for readers that parse the whole context."""
+        raw = self._raw(["context"]).take(pa.array(rows, pa.int64()))
+        return _with_context(raw)["context"].combine_chunks()
+
+    def _raw(self, wanted: list[str]) -> pa.Table:
+        """Raw rows of ``wanted``, plus the declared attribute columns when ``context`` is
+        among them (to put back into it)."""
+        names = (self.source.column_names if isinstance(self.source, pa.Table)
+                 else self.source.schema.names)
+        extra = [n for n in DECLARED_COLUMNS if n in names and n not in wanted] \
+            if "context" in wanted else []
+        columns = [*wanted, *extra]
+        return (self.source.select(columns) if isinstance(self.source, pa.Table)
+                else self.source.to_table(columns=columns))
+
     def table(self, columns: Iterable[str]) -> pa.Table:
         """The events as an Arrow table (what :func:`read_events` returns, in Arrow)."""
         wanted = list(columns)
-        if isinstance(self.source, pa.Table):
-            raw = self.source.select(wanted)
-        else:
-            raw = self.source.to_table(columns=wanted)
-        return raw.take(pa.array(self.rows))
+        return _with_context(self._raw(wanted).take(pa.array(self.rows))).select(wanted)
 
     @classmethod
     def read(cls, dataset: ds.Dataset,

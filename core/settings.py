@@ -277,6 +277,13 @@ class Settings(BaseSettings):
     # The operator API re-checks the event log's file list at most this often; an
     # unchanged log is never re-read.
     engagement_cache_ttl_s: float = Field(default=30.0, ge=0)
+    # The figures are DuckDB SQL over the event log's Parquet files (analytics/logdb.py):
+    # memory DuckDB may use before it spills to disk (DuckDB's own syntax: "1GB", "512MB"),
+    # its threads, and where it spills (default STATE_DIR/analytics-spill: spilled rows hold
+    # resident ids, so they stay in the private state folder and go when the query ends).
+    analytics_memory_limit: str = Field(default="1GB", pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B$")
+    analytics_threads: int = Field(default=2, ge=1, le=256)
+    analytics_spill_dir: Path | None = None
 
     # --- outreach (see docs/outreach.md) -------------------------------------------------
     # Local time zone of the city: send times, quiet hours and the planning hour.
@@ -463,6 +470,10 @@ class Settings(BaseSettings):
     @property
     def event_log_path(self) -> Path:
         return self.event_log_dir or self.state_dir / "eventlog"
+
+    @property
+    def analytics_spill_path(self) -> Path:
+        return self.analytics_spill_dir or self.state_dir / "analytics-spill"
 
     @property
     def mlflow_uri(self) -> str:

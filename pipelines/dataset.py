@@ -296,9 +296,8 @@ class _Encoder:
         self.stats["events"] += len(rows)
         is_consent = kind == _CODE["consent"]
         is_profile = kind == _CODE["profile"]
-        context = chunk.column("context").cast(pa.string()) \
-            if is_consent.any() or is_profile.any() else None
-        if context is not None and is_consent.any():
+        if is_consent.any():
+            context = chunk.column("context").cast(pa.string())
             # Personalisation consent only: contact consent (outreach) is another purpose,
             # and its events say so in their context (written compact by the intake and
             # the consumer).
@@ -313,11 +312,11 @@ class _Encoder:
             # consent takes effect in order of receipt (ingested_at), not of the time stamp
             # the client wrote; events without it (built by hand) keep time order
             self.consent_received.append(_received_ns(chunk, rows[is_consent]))
-        if context is not None and is_profile.any():
+        if is_profile.any():
             # every profile event: each sets only the attributes it carries (as ingestion
             # writes the profile hash), so a later one may leave earlier attributes standing
             self.profile_who.append(resident[is_profile])
-            self.profile_context.append(context.take(pa.array(rows[is_profile])))
+            self.profile_context.append(chunk.full_context(rows[is_profile]))
 
     def finish(self) -> EventArrays:
         catalog = self.catalog

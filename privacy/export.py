@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from bouquet.core.eventlog import COLUMNS, SCHEMA, EventLog
+from bouquet.core.eventlog import COLUMNS, DECLARED_COLUMNS, SCHEMA, EventLog, merge_declared
 from bouquet.core.events import consent_purpose
 from bouquet.core.keys import Keys
 from bouquet.core.outreach import NudgeLedger, decode_record, in_holdout, outreach_references
@@ -70,6 +70,7 @@ def resident_events(settings: Settings, resident_id: str,
     if cutoff is not None:
         frame = frame[frame["ts"].map(lambda t: t.timestamp()) > cutoff]
     frame = frame.sort_values("ts", kind="stable")
+    frame = frame.assign(context=merge_declared(frame)).drop(columns=list(DECLARED_COLUMNS))
     out = []
     for row in frame.to_dict("records"):
         event = {k: v for k, v in row.items() if v is not None and not

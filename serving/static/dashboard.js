@@ -161,21 +161,32 @@
       const d = 100 * (h.share_weekly_plus - before);
       trend = `${d >= 0 ? "+" : ""}${d.toFixed(1)} pt in 4 weeks`;
     }
+    /* The headline counts use (the resident acts with a service); response and exposure
+     * are beside it, never mixed in: showing more must not raise the headline. */
     card(box, "known", `known residents (${h.week})`, h.known, "count");
-    card(box, "share_weekly_plus", "at a weekly or daily cadence", h.share_weekly_plus,
+    card(box, "share_weekly_plus", "using a service weekly or daily", h.share_weekly_plus,
       "share", trend);
-    card(box, "share_dormant", "dormant (no contact in a year)", h.share_dormant, "share");
-    card(box, "dau_mau", "DAU / MAU", h.dau_mau, "share");
-    card(box, "wau_mau", "WAU / MAU", h.wau_mau, "share");
-    card(box, "mean_contacts_per_known", "contacts per resident this week",
+    const beside = summary.beside || {};
+    if (beside.response) {
+      card(box, "response_share_weekly_plus", "responding to offers weekly or daily",
+        beside.response.share_weekly_plus, "share", "clicks, dismissals, unsubscriptions");
+    }
+    if (beside.exposure) {
+      card(box, "exposure_share_weekly_plus", "shown offers weekly or daily",
+        beside.exposure.share_weekly_plus, "share", "exposure, not engagement");
+    }
+    card(box, "share_dormant", "dormant (no use in a year)", h.share_dormant, "share");
+    card(box, "dau_mau", "DAU / MAU (use)", h.dau_mau, "share");
+    card(box, "wau_mau", "WAU / MAU (use)", h.wau_mau, "share");
+    card(box, "mean_contacts_per_known", "uses per resident this week",
       h.mean_contacts_per_known, "mean");
-    card(box, "share_single_contact", "only ever one contact", h.share_single_contact,
+    card(box, "share_single_contact", "only ever one use", h.share_single_contact,
       "share");
     const live = summary.live;
     if (live && live.active) {
-      card(box, "live_today", `active today (${live.active.day}, live)`,
+      card(box, "live_today", `active today (${live.active.day}, live, any contact)`,
         liveValue(live, "day", "all"), "count");
-      card(box, "live_week", `active this week (${live.active.week}, live)`,
+      card(box, "live_week", `active this week (${live.active.week}, live, any contact)`,
         liveValue(live, "week", "all"), "count");
     }
   }
@@ -274,6 +285,10 @@
       ["used_residents", "used", "count"], ["used_rate", "use rate", "share"],
       ["shown_events", "shown (events)", "count"],
     ], arms.rows, (r) => r.arm);
+    // an empty funnel says why (front ends must echo recommendation_id), not just "no data"
+    const hint = $("funnel-hint");
+    hint.textContent = arms.hint || "";
+    hint.hidden = !arms.hint;
     $("uplift-baseline").textContent = uplift.baseline || "the baseline";
     table($("uplift"), [
       ["arm", "arm"], ["stage", "stage"], ["rate", "rate", "share"],
@@ -356,7 +371,10 @@
       for (let m = 0; m < maxM; m += 1) {
         const r = rows.find((x) => x.months_since === m);
         if (!r) { tr.insertCell(); continue; }
-        const td = cell(tr, r.retention, "share", `m${m}`, r.suppressed);
+        // the API names the hidden value `retention`: a suppressed cell shows ◌, not the
+        // "no residents" dash
+        const td = cell(tr, r.retention, "share", "retention", r.suppressed);
+        td.dataset.col = `m${m}`;
         if (r.retention !== null) td.style.setProperty("--heat", r.retention.toFixed(3));
       }
     });
