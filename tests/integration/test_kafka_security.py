@@ -90,7 +90,8 @@ def test_settings_reach_each_client_and_topics_get_their_configs(monkeypatch) ->
     assert {(t.name, t.replication_factor, tuple(t.topic_configs.items())) for t in created} \
         == {(settings.topic_events, 3, (("retention.ms", "86400000"),)),
             (settings.topic_dlq, 3, (("retention.ms", "3600000"),
-                                     ("cleanup.policy", "compact,delete")))}
+                                     ("cleanup.policy", "compact,delete"))),
+            (settings.topic_outreach, 3, (("retention.ms", "86400000"),))}
     assert "s3cret-password" not in repr(settings)
 
 
