@@ -9,8 +9,10 @@ that last set a field, for last-writer-wins) and are not attributes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
+
+from bouquet.core.catalog import AGE_BANDS, HOUSEHOLDS
 
 #: Declared attributes that are booleans (``profile`` events); ``consent`` is one too, set
 #: by consent events only.
@@ -52,3 +54,30 @@ def profile_payload(context: Mapping[str, Any]) -> str:
             value = "1" if value else "0"
         parts += (name, str(value))
     return "\t".join(parts)
+
+
+# --- segments ------------------------------------------------------------------------------
+#: The declared attributes that make a resident's *segment*, the unit of the segment
+#: cold start (popular with residents like you) and of exploration's conversion rates.
+SEGMENT_FIELDS: tuple[str, ...] = ("neighbourhood", "age_band", "household")
+
+
+def segment_id(neighbourhood: str, age_band: str, household: str) -> str:
+    """``<neighbourhood>:<age band>:<household>``, safe inside a Redis key (``65+`` is
+    written ``65plus``)."""
+    return f"{neighbourhood}:{age_band.replace('+', 'plus')}:{household}"
+
+
+def segment_of(profile: Mapping[str, Any]) -> str | None:
+    """The segment of a decoded profile; None unless all three attributes are declared."""
+    values = [profile.get(name) for name in SEGMENT_FIELDS]
+    if not all(isinstance(v, str) and v for v in values):
+        return None
+    return segment_id(*values)
+
+
+def all_segments(neighbourhoods: Iterable[str]) -> list[str]:
+    """Every segment of a catalog's neighbourhoods, in a fixed order (neighbourhood, age
+    band, household)."""
+    return [segment_id(nb, age, household) for nb in neighbourhoods for age in AGE_BANDS
+            for household in HOUSEHOLDS]
