@@ -144,6 +144,8 @@ class PolicyRun:
     start: date | None = None
     end: date | None = None
     run_tag: str = ""
+    #: what the policy says of its run (the model policy: family, promotion, fits)
+    notes: dict[str, Any] = field(default_factory=dict)
 
 
 def _adapter(sim: Simulation, policy: Policy) -> Callable[[np.ndarray, int], Any]:
@@ -258,6 +260,7 @@ def run_policy(policy: Policy, catalog: Catalog, *, residents: int, weeks: int, 
                              for i, name in enumerate(CADENCE_CLASS_NAMES)}
     run.events = seq
     run.events_by_type = dict(sorted(by_type.items()))
+    run.notes = dict(getattr(policy, "run_notes", dict)())
     run.seconds = time.perf_counter() - started
     return run, sim
 
@@ -393,7 +396,7 @@ class Comparison:
             "runs": [{"policy": r.policy, "seed": r.seed, "shares": r.shares,
                       "per_resident_week": r.per_resident_week,
                       "weekly_share": r.weekly_share, "shown": r.shown,
-                      "accepted": r.accepted, "events": r.events,
+                      "accepted": r.accepted, "events": r.events, "notes": r.notes,
                       "seconds": round(r.seconds, 2)} for r in self.runs],
         }
 

@@ -123,6 +123,13 @@ class ModelPolicy(BasePolicy):
                                         for a in self.last_answers]
         return [a.bundle_ids() for a in self.last_answers]
 
+    def run_notes(self) -> dict[str, Any]:
+        """What the run did: the family served (None: popular lists only, no candidate
+        promoted), the fit that promoted it, and every selection's decision."""
+        promoted = next((s["fit"] for s in self.selections if s["promote"]), None)
+        return {"family": self.family, "promoted_at_fit": promoted, "fits": self.fits,
+                "selections": self.selections}
+
     # --- serve ---------------------------------------------------------------------------
     def state(self, resident_id: str, personalise: bool) -> ResidentState:
         """The resident as one request of the API reads them (``OnlineStore.resident``)."""

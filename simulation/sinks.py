@@ -103,10 +103,12 @@ class KafkaSink:
         self.events = 0
         self._pending: list[Any] = []
         self._t0: float | None = None
+        self._unconfirmed: list[str] = []  # ids sent since the last wait_applied
 
     def __call__(self, table: pa.Table, offsets: np.ndarray | None = None) -> None:
         if self._t0 is None:
             self._t0 = time.monotonic()
+        self._unconfirmed += table["event_id"].to_pylist()
         reported = 0
         for i, payload in enumerate(table_to_payloads(table)):
             due = (offsets[i] if offsets is not None
@@ -137,6 +139,39 @@ class KafkaSink:
         except KafkaError as exc:
             raise ProduceFailed(f"broker did not acknowledge an event: {exc}") from exc
         self._pending.clear()
+
+    def wait_applied(self, settings: Settings, timeout_s: float = 120.0) -> bool:
+        """Block until ingestion has applied every event sent since the last call (its
+        de-duplication marker is in Redis: the consumer writes it with the event's
+        effects); False, with a warning, after ``timeout_s``. The closed loop waits so the
+        next week's answers are given on what residents did this week."""
+        import redis
+
+        from bouquet.core.keys import Keys
+
+        self._check()
+        keys = Keys(settings.redis_key_prefix)
+        missing = [keys.seen_event(e) for e in self._unconfirmed]
+        self._unconfirmed = []
+        client = redis.Redis.from_url(settings.redis_url)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while missing:
+                pipe = client.pipeline(transaction=False)
+                for key in missing:
+                    pipe.exists(key)
+                missing = [k for k, found in zip(missing, pipe.execute(), strict=True)
+                           if not found]
+                if not missing:
+                    break
+                if time.monotonic() > deadline:
+                    log.warning("%d events not applied by ingestion after %.0f s",
+                                len(missing), timeout_s)
+                    return False
+                time.sleep(0.25)
+        finally:
+            client.close()
+        return True
 
     def close(self) -> None:
         try:

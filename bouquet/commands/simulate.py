@@ -56,6 +56,14 @@ def run(
                                "popular, random (or a registered policy)."),
     intensity: float = typer.Option(1.0, "--intensity", min=0.01, help="Multiply every "
                                     "resident's activity (load tests; leaves the calibration)."),
+    until_week: int | None = typer.Option(None, "--until-week", min=0, help="Stop after this "
+                                          "many weeks (resume later with --from-week)."),
+    from_week: int = typer.Option(0, "--from-week", min=0, help="Resume a run stopped with "
+                                  "--until-week (same seed, residents, weeks and --end): "
+                                  "earlier weeks are simulated again, not sent."),
+    api_url: str | None = typer.Option(None, "--api-url", help="Residents are answered by "
+                                       "the serving API at this URL (policy 'api'); to "
+                                       "Kafka, each week waits until ingestion applied it."),
     json_path: Path | None = typer.Option(None, "--json", help="Write the run summary here."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
 ) -> None:
@@ -69,7 +77,8 @@ def run(
         ensure_topics(settings)
     summary, _ = simulate(settings, residents=residents, weeks=weeks, seed=seed, to=to.value,
                           rate=rate, end=date.fromisoformat(end) if end else None,
-                          policy=policy, intensity=intensity, progress=progress)
+                          policy=policy, intensity=intensity, progress=progress,
+                          from_week=from_week, until_week=until_week, api_url=api_url)
     table = Table("figure", "value", title=f"simulation {summary.run_tag}")
     table.add_row("residents", f"{summary.residents:,}")
     table.add_row("period", f"{summary.start} … {summary.end} ({summary.weeks} weeks, "
@@ -188,12 +197,16 @@ def compare(
     seeds: int = typer.Option(20, "--seeds", min=1, help="Cities per policy (the default "
                               "is sized so the paired 95% interval of popular - none is "
                               "within 10% of popular's weekly share; see docs)."),
-    first_seed: int = typer.Option(1, "--first-seed", min=0, help="Seeds are first_seed.."
-                                   "first_seed+N-1 (keep seeds used for choices out)."),
+    first_seed: int = typer.Option(1, "--first-seed", min=0, help="The first seed; seeds "
+                                   "follow it (keep seeds used for choices out)."),
     residents: int = typer.Option(10000, "--residents", "-n", min=100),
     k: int = typer.Option(3, "--k", min=1, max=20, help="Bundles shown per exposure."),
     retrain_every: int = typer.Option(2, "--retrain-every", min=1, help="The model policy "
                                       "retrains its family every N weeks."),
+    force: bool = typer.Option(False, "--force-promotion", help="The model policy serves "
+                               "its chosen family even when it does not beat popularity on "
+                               "the hold-out (as `bouquet train --force`): a diagnostic of "
+                               "the model's targeting, not the product's rule."),
     end: str | None = typer.Option(None, "--end", help="Day after the last simulated day, "
                                    "YYYY-MM-DD (default: today); fix it to reproduce figures."),
     quick: bool = typer.Option(False, "--quick", help=f"Small and fast ({QUICK_COMPARE}): "
@@ -228,7 +241,7 @@ def compare(
         for name in ("bouquet.pipelines", "bouquet.models", "matplotlib"):
             logging.getLogger(name).setLevel(logging.WARNING)
     settings = get_settings()
-    register_policy("model", lambda seed: ModelPolicy(settings,
+    register_policy("model", lambda seed: ModelPolicy(settings, force=force,
                                                       retrain_every_weeks=retrain_every))
     catalog = load_catalog(settings.catalog_path)
     load_before = os.getloadavg()
@@ -289,6 +302,13 @@ def compare(
         e = found.gap_closed
         lines.append(f"share of the popular → oracle gap the model closes: {e.mean:.0%} "
                      f"[{e.low:.0%}, {e.high:.0%}]")
+    served = [r for r in result.runs if r.policy == "model"]
+    if served:
+        promoted = [r for r in served if r.notes.get("family")]
+        families = sorted({str(r.notes["family"]) for r in promoted})
+        lines.append(f"model promoted (beat popularity on the hold-out) on {len(promoted)} of "
+                     f"{len(served)} seeds{' (' + ', '.join(families) + ')' if families else ''}"
+                     "; otherwise it served the popular lists")
     timing = (f"{len(result.runs)} runs in {wall / 60:.1f} min wall, {cpu / 60:.1f} min CPU; "
               f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after "
               f"({os.cpu_count()} CPUs)")
@@ -305,10 +325,12 @@ def compare(
 
         bench = BenchResult("compare", params={
             "policies": names, "residents": residents, "seeds": result.seeds, "weeks": weeks,
-            "k": k, "retrain_every_weeks": retrain_every, "end": end, "quick": quick,
-            "cadence": "use"})
+            "k": k, "retrain_every_weeks": retrain_every, "force_promotion": force,
+            "end": end, "quick": quick, "cadence": "use"})
         for name, value, unit in benchmark_figures(result):
             bench.add(name, value, unit)
+        if served:
+            bench.add("model_promoted_seeds", len(promoted), "seeds")
         bench.add("wall_s", wall, "s")
         bench.add("cpu_s", cpu, "s")
         bench.add("load_average_before", load_before[0], "processes")
