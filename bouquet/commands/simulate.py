@@ -225,7 +225,7 @@ def compare(
     import time
 
     from bouquet.core.catalog import load_catalog
-    from bouquet.simulation.closed_loop import CADENCES, register_policy
+    from bouquet.simulation.closed_loop import CADENCES, register_policy, run_figure
     from bouquet.simulation.closed_loop import compare as run_compare
     from bouquet.simulation.columns import CADENCE_CLASS_NAMES
     from bouquet.simulation.model_policy import ModelPolicy
@@ -336,8 +336,12 @@ def compare(
         bench.add("load_average_before", load_before[0], "processes")
         bench.add("load_average_after", load_after[0], "processes")
         bench.notes.append(timing)
-        bench.notes.append("runs: " + ", ".join(
-            f"{r.policy}@{r.seed} {r.seconds:.1f}s" for r in result.runs))
+        bench.notes.append("runs (policy@seed: weekly or better, seconds[, family served]): "
+                           + ", ".join(
+                               f"{r.policy}@{r.seed} {100 * run_figure(r, 'weekly_or_better'):.2f}%"
+                               f" {r.seconds:.1f}s"
+                               + (f" {r.notes.get('family')}" if r.policy == "model" else "")
+                               for r in result.runs))
         write_json(bench, json_path)
         console.print(f"wrote {json_path}")
 
