@@ -64,7 +64,7 @@ bench: setup
 	@$(MAKE) --no-print-directory system-deps APT_PACKAGES="$(APT_PACKAGES_BENCH)"
 	$(BIN)/bouquet bench all --json results/bench.json
 
-# Reliability under time and crashes (issue 8, docs/reliability.md): bounded, ~10 minutes.
+# Reliability under time and crashes (docs/reliability.md): bounded, ~10 minutes.
 soak: setup
 	$(BIN)/bouquet bench soak --minutes 5 --json results/soak.json
 	$(BIN)/bouquet bench kill-replay --events 200000 --kills 30 --json results/soak-kill-replay.json

@@ -91,6 +91,7 @@ import pyarrow.compute as pc
 from bouquet.core.catalog import AggregationFactor, Catalog, Domain
 from bouquet.core.eventlog import read_events
 from bouquet.core.events import CONTACT_TYPES
+from bouquet.core.recommendation import RecommendationIds, development_ids
 
 log = logging.getLogger(__name__)
 
@@ -280,8 +281,13 @@ def _catalog_attribute(frame: pd.DataFrame, catalog: Catalog
             np.zeros(0, np.int32), factors)
 
 
-def load_engagement_data(root: Path, catalog: Catalog) -> EngagementData:
-    """Read the event log once (through :func:`read_events`) and reduce it to arrays."""
+def load_engagement_data(root: Path, catalog: Catalog,
+                         recommendation_ids: RecommendationIds | None = None
+                         ) -> EngagementData:
+    """Read the event log once (through :func:`read_events`) and reduce it to arrays.
+
+    ``recommendation_ids`` verifies the ids the funnel credits (the deployment's, from
+    :meth:`RecommendationIds.for_settings`; default: the development key's)."""
     started = time.perf_counter()
     frame = read_events(Path(root), columns=_COLUMNS)
     n_events = len(frame)
@@ -330,7 +336,8 @@ def load_engagement_data(root: Path, catalog: Catalog) -> EngagementData:
                                 "neighbourhood": (nb_of_res[res_codes[is_contact]],
                                                   nb_values),
                                 "domain": (dom, dom_values), "factor": (fac, fac_values),
-                                "channel": (chan, chan_values)})
+                                "channel": (chan, chan_values)},
+                            recommendation_ids or development_ids())
     data = EngagementData(
         n_residents=n_res,
         first_day=first_day,
@@ -352,33 +359,35 @@ def load_engagement_data(root: Path, catalog: Catalog) -> EngagementData:
     return data
 
 
-#: The shape of a Bouquet recommendation id (mirrors :mod:`bouquet.core.recommendation`,
-#: applied with Arrow's regex kernel instead of once per event in Python).
-REC_ID_RE = (r"^(?P<model_version>[A-Za-z0-9_-]{1,40})\.(?P<variant>[A-Za-z0-9_-]{1,40})"
-             r"\.(?P<token>[A-Za-z0-9_-]{1,40})$")
-
-
-def parse_recommendation_ids(values: pd.Series) -> pd.DataFrame:
-    """Model version and variant of each id (None where the id is missing or foreign)."""
-    arr = pa.array(values.to_numpy(dtype=object), pa.string(), from_pandas=True)
-    valid = pc.fill_null(pc.match_substring_regex(arr, REC_ID_RE), False)
-    parts = pc.extract_regex(pc.if_else(valid, arr, pa.scalar("x.x.x")), REC_ID_RE)
-    mv = pc.if_else(valid, parts.field("model_version"), pa.scalar(None, pa.string()))
-    var = pc.if_else(valid, parts.field("variant"), pa.scalar(None, pa.string()))
-    return pd.DataFrame({"model_version": mv.to_numpy(zero_copy_only=False),
-                         "variant": var.to_numpy(zero_copy_only=False)}, index=values.index)
+def parse_recommendation_ids(values: pd.Series, ids: RecommendationIds) -> pd.DataFrame:
+    """Model version and variant each id credits: its own when it verifies, ``unattributed``
+    for any other id, None where there is no id. One verification per distinct id (the
+    events that echo one answer share it)."""
+    present = values.notna().to_numpy()
+    distinct = pd.unique(values[present])
+    arms = [ids.arm(v) for v in distinct]
+    lookup = pd.Index(distinct)
+    model_version = np.full(len(values), None, object)
+    variant = np.full(len(values), None, object)
+    if len(distinct):
+        where = lookup.get_indexer(values[present])
+        model_version[present] = np.array([a[0] for a in arms], object)[where]
+        variant[present] = np.array([a[1] for a in arms], object)[where]
+    return pd.DataFrame({"model_version": model_version, "variant": variant},
+                        index=values.index)
 
 
 def _funnel_events(contacts: pd.DataFrame, stage: np.ndarray, res: np.ndarray,
-                   day: np.ndarray, dims: dict[str, tuple[np.ndarray, list[str]]]
-                   ) -> pd.DataFrame:
-    """Contacts that carry a Bouquet recommendation id and map to a funnel stage
-    (``stage``: the stage of each contact's type, or None), with their dimension values
-    (categoricals, so that breakdowns cost little memory)."""
+                   day: np.ndarray, dims: dict[str, tuple[np.ndarray, list[str]]],
+                   ids: RecommendationIds) -> pd.DataFrame:
+    """Contacts that carry a recommendation id and map to a funnel stage (``stage``: the
+    stage of each contact's type, or None), credited to the id's arm when it verifies and
+    to ``unattributed`` otherwise, with their dimension values (categoricals, so that
+    breakdowns cost little memory)."""
     has_rec = contacts["recommendation_id"].notna().to_numpy() if len(contacts) else \
         np.zeros(0, bool)
     mask = has_rec & (stage != None)  # noqa: E711 - element-wise on an object array
-    parsed = parse_recommendation_ids(contacts["recommendation_id"][mask])
+    parsed = parse_recommendation_ids(contacts["recommendation_id"][mask], ids)
     keep = parsed["model_version"].notna().to_numpy()
     out = pd.DataFrame({
         "resident": res[mask][keep],

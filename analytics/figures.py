@@ -9,6 +9,7 @@ dashboard, so a number is computed and suppressed in exactly one place.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,7 +23,7 @@ from bouquet.analytics.engagement import (
     QUANTILES,
     Engagement,
 )
-from bouquet.analytics.suppression import SuppressionSpec, suppress
+from bouquet.analytics.suppression import FLAG, SuppressionSpec, suppress
 from bouquet.analytics.tables import Table
 
 #: ``by`` values accepted everywhere.
@@ -175,12 +176,21 @@ def select(frame: pd.DataFrame, by: str, value: str | None) -> pd.DataFrame:
     if frame.empty:
         return frame
     out = frame[frame["dimension"] == by]
-    if value is not None and by != "all":
-        known = set(out["value"])
-        if value not in known:
-            raise BadQuery(f"{by} {value!r} has no data; values: {', '.join(sorted(known))}")
-        out = out[out["value"] == value]
-    return out
+    return only_value(out, by, value)
+
+
+def only_value(frame: pd.DataFrame, by: str, value: str | None) -> pd.DataFrame:
+    """The rows of one ``value`` of the ``by`` breakdown (``BadQuery`` if it has none).
+
+    Applied only to a breakdown suppressed as a whole: suppressing the selected rows alone
+    would drop the complementary cells chosen against the other values, and a hidden cell
+    could then be recovered as the city's figure minus the other values' ones."""
+    if value is None or by == "all" or frame.empty:
+        return frame
+    known = set(frame["value"])
+    if value not in known:
+        raise BadQuery(f"{by} {value!r} has no data; values: {', '.join(sorted(known))}")
+    return frame[frame["value"] == value]
 
 
 def _last(frame: pd.DataFrame, column: str, n: int | None) -> pd.DataFrame:
@@ -192,18 +202,13 @@ def _last(frame: pd.DataFrame, column: str, n: int | None) -> pd.DataFrame:
     return frame[frame[column].isin(keep)]
 
 
-def engagement_figure(eng: Engagement, figure: str, k: int, *, by: str = "all",
-                      value: str | None = None, last: int | None = None) -> Table:
-    """One engagement figure for ``by`` (all, or every value of one dimension, or one
-    ``value``), limited to the ``last`` weeks (months, days, cohorts), suppressed."""
+def suppressed_breakdown(eng: Engagement, figure: str, k: int, by: str) -> pd.DataFrame:
+    """One engagement figure's whole ``by`` breakdown (every value, every period), with its
+    derived shares, suppressed as a whole — what every selection of it is cut from."""
     if figure not in FIGURES:
         raise BadQuery(f"figure must be one of {', '.join(FIGURES)}, not {figure!r}")
     fig = FIGURES[figure]
-    frame = select(getattr(eng, figure), by, value)
-    period_col = {"week": "week_start", "month": "month", "day": "day",
-                  "cohort": "cohort", "none": None}[fig.period]
-    if not frame.empty:
-        frame = (_last(frame, period_col, last) if period_col else frame).copy()
+    frame = select(getattr(eng, figure), by, None).copy()
     if figure == "cadence" and not frame.empty:
         frame["active_window"] = frame[["daily", "weekly", "monthly"]].sum(axis=1)
         known = frame["known"].to_numpy(dtype=float)
@@ -212,7 +217,23 @@ def engagement_figure(eng: Engagement, figure: str, k: int, *, by: str = "all",
                 frame[f"share_{c}"] = np.where(known > 0, frame[c] / known, np.nan)
             frame["share_weekly_plus"] = np.where(
                 known > 0, (frame["daily"] + frame["weekly"]) / known, np.nan)
-    shown = suppress(frame, fig.spec, k) if not frame.empty else frame
+    return suppress(frame, fig.spec, k) if not frame.empty else frame
+
+
+def engagement_figure(eng: Engagement, figure: str, k: int, *, by: str = "all",
+                      value: str | None = None, last: int | None = None,
+                      shown: pd.DataFrame | None = None) -> Table:
+    """One engagement figure for ``by`` (all, or every value of one dimension, or one
+    ``value``), limited to the ``last`` weeks (months, days, cohorts): cut from the
+    suppressed whole breakdown (``shown``, default: computed here)."""
+    if shown is None:
+        shown = suppressed_breakdown(eng, figure, k, by)
+    fig = FIGURES[figure]
+    period_col = {"week": "week_start", "month": "month", "day": "day",
+                  "cohort": "cohort", "none": None}[fig.period]
+    shown = only_value(shown, by, value)
+    if period_col and not shown.empty:
+        shown = _last(shown, period_col, last)
     rules = eng.rules
     return Table.from_frame(
         figure, fig.title, shown, k, columns=fig.columns, by=by, value=value,
@@ -223,11 +244,18 @@ def engagement_figure(eng: Engagement, figure: str, k: int, *, by: str = "all",
     )
 
 
-def funnel_figure(arms: pd.DataFrame, k: int, **meta: object) -> Table:
-    shown = suppress(arms, FUNNEL_SPEC, k) if not arms.empty else arms
+def suppressed_arms(arms: pd.DataFrame, k: int) -> pd.DataFrame:
+    """The funnel per arm (every value of a breakdown), suppressed as a whole."""
+    return suppress(arms, FUNNEL_SPEC, k) if not arms.empty else arms
+
+
+def funnel_figure(shown: pd.DataFrame, k: int, *, by: str = "all", value: str | None = None,
+                  **meta: object) -> Table:
+    """The funnel figure from :func:`suppressed_arms`, for one ``value`` of ``by`` or all."""
     return Table.from_frame("funnel", "Recommendation funnel per model version and variant "
-                            "(residents; attributed through recommendation_id)", shown, k,
-                            columns=FUNNEL_COLUMNS, **meta)
+                            "(residents; attributed through recommendation_id)",
+                            only_value(shown, by, value), k, columns=FUNNEL_COLUMNS, by=by,
+                            value=value, **meta)
 
 
 def funnel_weekly_figure(weekly: pd.DataFrame, k: int, **meta: object) -> Table:
@@ -237,8 +265,41 @@ def funnel_weekly_figure(weekly: pd.DataFrame, k: int, **meta: object) -> Table:
                                                *FUNNEL_COLUMNS[4:]], **meta)
 
 
-def uplift_figure(table: pd.DataFrame, k: int, **meta: object) -> Table:
-    shown = suppress(table, UPLIFT_SPEC, k) if not table.empty else table
+def suppressed_uplift(table: pd.DataFrame, k: int, arms: pd.DataFrame | None = None
+                      ) -> pd.DataFrame:
+    """Uplift rows of a whole breakdown, suppressed; with ``arms`` (:func:`suppressed_arms`
+    of the same breakdown), an uplift count is also hidden wherever the funnel hides the same
+    number (residents shown, residents converted of an arm or of the baseline): the two
+    figures publish the same counts and must hide the same ones."""
+    if table.empty:
+        return table
+    preset = _funnel_hidden_in_uplift(table, arms) if arms is not None else None
+    return suppress(table, UPLIFT_SPEC, k, preset=preset)
+
+
+def uplift_figure(shown: pd.DataFrame, k: int, *, by: str = "all", value: str | None = None,
+                  **meta: object) -> Table:
+    """The uplift figure from :func:`suppressed_uplift`, for one ``value`` of ``by`` or all."""
     return Table.from_frame("uplift", "Uplift of each arm over the baseline: difference of "
-                            "conversion rates with a 95% Newcombe interval", shown, k,
-                            columns=UPLIFT_COLUMNS, **meta)
+                            "conversion rates with a 95% Newcombe interval",
+                            only_value(shown, by, value), k, columns=UPLIFT_COLUMNS, by=by,
+                            value=value, **meta)
+
+
+def _funnel_hidden_in_uplift(table: pd.DataFrame, arms: pd.DataFrame
+                             ) -> dict[str, np.ndarray]:
+    """Uplift column → rows whose number the suppressed funnel hides."""
+    hidden = {(r["value"], r["arm"], c) for r in arms.to_dict("records")
+              for c in (r.get(FLAG) or [])}
+    rows = table.to_dict("records")
+
+    def mask(arm_column: str, column_of: Any) -> np.ndarray:
+        return np.array([(r["value"], r[arm_column], column_of(r)) in hidden for r in rows],
+                        dtype=bool)
+
+    return {
+        "residents": mask("arm", lambda r: "residents_shown"),
+        "converted": mask("arm", lambda r: f"{r['stage']}_residents"),
+        "baseline_residents": mask("baseline", lambda r: "residents_shown"),
+        "baseline_converted": mask("baseline", lambda r: f"{r['stage']}_residents"),
+    }

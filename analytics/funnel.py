@@ -2,7 +2,9 @@
 
 Attribution needs no look-up: every answer of the recommendation API carries a
 ``recommendation_id`` = ``<model_version>.<variant>.<token>`` that front ends echo in the
-events that follow (:mod:`bouquet.core.recommendation`). An *arm* is a (model version,
+events that follow (:mod:`bouquet.core.recommendation`). The token is signed: an id that
+does not verify (made up or altered by a client) is credited to the ``unattributed`` row,
+never to an arm, and takes no part in uplift. An *arm* is a (model version,
 variant) pair. Stages, by event type (the consumer credits ``Keys.funnel`` counters the
 same way): ``view`` → **shown**, ``click`` → **opened**, ``subscribe`` → **subscribed**,
 ``use`` → **used**.
@@ -34,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from bouquet.analytics.engagement import FUNNEL_STAGES, iso_week_label, week_of_day
+from bouquet.core.recommendation import UNATTRIBUTED
 
 #: z for a two-sided 95 % interval.
 Z95 = 1.959963984540054
@@ -120,10 +123,19 @@ def funnel_by_arm(events: pd.DataFrame, *, since_day: int | None = None,
     return out[columns].sort_values(order).reset_index(drop=True)
 
 
+def experiment_arms(arms: pd.DataFrame) -> pd.DataFrame:
+    """The arms of the experiment: without the ``unattributed`` row (events echoing ids
+    that do not verify), which is no arm anyone assigned residents to."""
+    if arms.empty:
+        return arms
+    return arms[arms["model_version"] != UNATTRIBUTED]
+
+
 def choose_baseline(arms: pd.DataFrame, requested: str | None = None) -> str | None:
     """The baseline arm: ``requested`` (``<model_version>:<variant>``, or a variant name),
     else the first arm whose variant is in :data:`BASELINE_VARIANTS`, else the arm that
-    showed recommendations to the most residents."""
+    showed recommendations to the most residents (never the ``unattributed`` row)."""
+    arms = experiment_arms(arms)
     if arms.empty:
         return None
     if requested:
@@ -147,6 +159,7 @@ def uplift(arms: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
     columns = ["dimension", "value", "arm", "baseline", "stage", "residents", "converted",
                "rate", "baseline_residents", "baseline_converted", "baseline_rate",
                "difference", "ci_low", "ci_high", "relative_uplift", "significant"]
+    arms = experiment_arms(arms)
     base = choose_baseline(arms, baseline)
     if base is None:
         return pd.DataFrame({c: [] for c in columns})

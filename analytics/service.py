@@ -19,8 +19,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import redis
+from cachetools import LRUCache
 
 from bouquet.analytics import figures, funnel, live
 from bouquet.analytics.engagement import (
@@ -37,14 +39,50 @@ from bouquet.analytics.tables import Table, plain
 from bouquet.core.catalog import Catalog, load_catalog
 from bouquet.core.eventlog import EventLog
 from bouquet.core.keys import Keys
+from bouquet.core.recommendation import RecommendationIds
 from bouquet.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
-LIVE_ACTIVE_SPEC = SuppressionSpec(counts=["active"])
-LIVE_CONTACTS_SPEC = SuppressionSpec(counts=["contacts"])
+#: Computed tables kept per log state (least recently used first out): a request's
+#: ``by``, ``value``, ``weeks``/``months``/``days`` make the key, so an unbounded cache would
+#: grow with whatever an operator key asks for.
+MEMO_ENTRIES = 256
+
+#: Live actives: the neighbourhood sets of a day or week add up to the city's set (a
+#: resident counts in the neighbourhood their profile had): rule 4 across them, per bucket.
+LIVE_ACTIVE_SPEC = SuppressionSpec(counts=["active"], across=["period", "bucket"],
+                                   across_cells=["active"])
+#: Live contacts: the types of a day or week add up to its ``all`` row: rule 4 across the
+#: types (a ``dimension`` column says which rows are types), per bucket.
+LIVE_CONTACTS_SPEC = SuppressionSpec(counts=["contacts"], across=["period", "bucket"],
+                                     partition_dimensions=("type",), across_cells=["contacts"])
 LIVE_FUNNEL_SPEC = SuppressionSpec(counts=[f"{s}_events" for s in
                                            ("shown", "opened", "subscribed", "used")])
+ROLLING_SPEC = SuppressionSpec(counts=["active"])
+
+
+def live_tables(snap: live.LiveSnapshot, k: int) -> dict[str, Table]:
+    """The live snapshot's four tables, suppressed (what the API, the CSV export and the
+    dashboard show)."""
+    meta = {"day": snap.day, "week": snap.week, "taken_at": snap.taken_at}
+    contacts = snap.contacts.assign(dimension=np.where(snap.contacts["type"] == "all",
+                                                       "all", "type"))
+    return {
+        "active": Table.from_frame(
+            "live_active", "Distinct active residents today, yesterday and this week "
+            "(Redis)", suppress(snap.active, LIVE_ACTIVE_SPEC, k), k, **meta),
+        "contacts": Table.from_frame(
+            "live_contacts", "Contact events per type today, yesterday and this week "
+            "(Redis)", suppress(contacts, LIVE_CONTACTS_SPEC, k), k,
+            columns=list(snap.contacts.columns), **meta),
+        "funnel": Table.from_frame(
+            "live_funnel", "Attributed funnel events per arm since ingestion began "
+            "(Redis)", suppress(snap.funnel, LIVE_FUNNEL_SPEC, k), k, **meta),
+        "rolling": Table.from_frame(
+            "live_rolling", "Residents whose latest contact is in the trailing window "
+            "(Redis)", suppress(snap.rolling, ROLLING_SPEC, k), k, **meta),
+    }
 
 
 def rules_from_settings(settings: Settings) -> CadenceRules:
@@ -63,12 +101,13 @@ class EngagementService:
         self.ttl_s = settings.engagement_cache_ttl_s if ttl_s is None else ttl_s
         self.k = settings.small_cell_k
         self.keys = Keys(settings.redis_key_prefix)
+        self.recommendation_ids = RecommendationIds.for_settings(settings)
         self._clock = clock
         self._lock = threading.Lock()
         self._fingerprint: tuple | None = None
         self._checked_at = -float("inf")
         self._data: EngagementData | None = None
-        self._memo: dict[tuple, Any] = {}
+        self._memo: LRUCache[tuple, Any] = LRUCache(maxsize=MEMO_ENTRIES)
         self.computations = 0  # how many times the log was read (tests check the cache)
 
     # --- cache ---------------------------------------------------------------------------
@@ -95,9 +134,10 @@ class EngagementService:
                 found = self.fingerprint()
                 self._checked_at = now
                 if found != self._fingerprint or self._data is None:
-                    self._data = load_engagement_data(self.root, self.catalog)
+                    self._data = load_engagement_data(self.root, self.catalog,
+                                                      self.recommendation_ids)
                     self._fingerprint = found
-                    self._memo = {}
+                    self._memo.clear()
                     self.computations += 1
             return self._data
 
@@ -121,16 +161,20 @@ class EngagementService:
     def invalidate(self) -> None:
         """Forget everything (the next call re-reads the log)."""
         with self._lock:
-            self._data, self._fingerprint, self._memo = None, None, {}
+            self._data, self._fingerprint = None, None
+            self._memo.clear()
             self._checked_at = -float("inf")
 
     # --- figures -------------------------------------------------------------------------
     def figure(self, name: str, *, by: str = "all", value: str | None = None,
                last: int | None = None) -> Table:
         """An engagement figure (see :data:`bouquet.analytics.figures.FIGURES`)."""
+        shown = self._cached(("shown", name, by, self.k), lambda: figures.suppressed_breakdown(
+            self.engagement(), name, self.k, by))
         return self._cached(("figure", name, by, value, last, self.k),
                             lambda: figures.engagement_figure(self.engagement(), name, self.k,
-                                                              by=by, value=value, last=last))
+                                                              by=by, value=value, last=last,
+                                                              shown=shown))
 
     def _since_day(self, weeks: int | None) -> int | None:
         data = self._current()
@@ -143,16 +187,22 @@ class EngagementService:
 
     def funnel_arms(self, weeks: int | None = None, by: str = "all",
                     value: str | None = None) -> pd.DataFrame:
+        """The funnel per arm of every value of ``by`` (unsuppressed), or of one ``value``."""
         if by not in figures.BREAKDOWNS:
             raise figures.BadQuery(f"by must be one of {', '.join(figures.BREAKDOWNS)}")
         arms = self._cached(("arms", weeks, by), lambda: funnel.funnel_by_arm(
             self._current().funnel_events, since_day=self._since_day(weeks), by=by))
-        return figures.select(arms, by, value) if value is not None else arms
+        return figures.only_value(arms, by, value)
+
+    def _suppressed_arms(self, weeks: int | None, by: str) -> pd.DataFrame:
+        """The whole breakdown's funnel, suppressed once (values are selected after)."""
+        return self._cached(("arms_shown", weeks, by, self.k), lambda: figures.suppressed_arms(
+            self.funnel_arms(weeks, by), self.k))
 
     def funnel(self, weeks: int | None = None, by: str = "all",
                value: str | None = None) -> Table:
-        return figures.funnel_figure(self.funnel_arms(weeks, by, value), self.k,
-                                     weeks=weeks, by=by, value=value)
+        return figures.funnel_figure(self._suppressed_arms(weeks, by), self.k, weeks=weeks,
+                                     by=by, value=value)
 
     def funnel_weekly(self, weeks: int | None = None) -> Table:
         frame = self._cached(("arms_weekly", weeks), lambda: funnel.funnel_by_arm(
@@ -161,36 +211,30 @@ class EngagementService:
 
     def uplift(self, baseline: str | None = None, weeks: int | None = None,
                by: str = "all", value: str | None = None) -> Table:
-        arms = self.funnel_arms(weeks, by, value)
-        try:
-            table = funnel.uplift(arms, baseline)
-        except ValueError as exc:
-            raise figures.BadQuery(str(exc)) from None
-        chosen = table["baseline"].iloc[0] if len(table) else funnel.choose_baseline(arms)
-        return figures.uplift_figure(table, self.k, weeks=weeks, baseline=chosen, by=by,
+        """Uplift over the whole breakdown, suppressed together with the funnel's numbers,
+        then the ``value`` asked for."""
+        arms = self.funnel_arms(weeks, by)
+        figures.only_value(arms, by, value)  # an unknown value is a BadQuery here too
+
+        def whole() -> tuple[pd.DataFrame, str | None]:
+            try:
+                table = funnel.uplift(arms, baseline)
+            except ValueError as exc:
+                raise figures.BadQuery(str(exc)) from None
+            chosen = table["baseline"].iloc[0] if len(table) else \
+                funnel.choose_baseline(arms)
+            return figures.suppressed_uplift(table, self.k, self._suppressed_arms(weeks, by)), \
+                chosen
+
+        shown, chosen = self._cached(("uplift_shown", baseline, weeks, by, self.k), whole)
+        return figures.uplift_figure(shown, self.k, weeks=weeks, baseline=chosen, by=by,
                                      value=value,
                                      method="Newcombe hybrid score (method 10), 95%")
 
     # --- live ----------------------------------------------------------------------------
     def live(self, client: redis.Redis, now: datetime | None = None) -> dict[str, Table]:
         """Today's and this week's counters from Redis, suppressed like everything else."""
-        snap = live.snapshot(client, self.keys, now)
-        meta = {"day": snap.day, "week": snap.week, "taken_at": snap.taken_at}
-        return {
-            "active": Table.from_frame(
-                "live_active", "Distinct active residents today, yesterday and this week "
-                "(Redis)", suppress(snap.active, LIVE_ACTIVE_SPEC, self.k), self.k, **meta),
-            "contacts": Table.from_frame(
-                "live_contacts", "Contact events per type today, yesterday and this week "
-                "(Redis)", suppress(snap.contacts, LIVE_CONTACTS_SPEC, self.k), self.k,
-                **meta),
-            "funnel": Table.from_frame(
-                "live_funnel", "Attributed funnel events per arm since ingestion began "
-                "(Redis)", suppress(snap.funnel, LIVE_FUNNEL_SPEC, self.k), self.k, **meta),
-            "rolling": Table.from_frame(
-                "live_rolling", "Residents whose latest contact is in the trailing window "
-                "(Redis)", suppress(snap.rolling, LIVE_ACTIVE_SPEC, self.k), self.k, **meta),
-        }
+        return live_tables(live.snapshot(client, self.keys, now), self.k)
 
     # --- summary -------------------------------------------------------------------------
     def summary(self, client: redis.Redis | None = None) -> dict[str, Any]:

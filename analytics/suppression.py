@@ -26,6 +26,10 @@ through :func:`suppress`, with ``k = Settings.small_cell_k`` (default 5). The ru
 
 Domain, factor and channel slices overlap (a resident is active in several domains), so
 no exact subtraction exists across their values and rule 4 does not apply to them.
+
+A table is suppressed whole — every value of its breakdown, every period — before any
+selection (``?value=``, ``?weeks=``) is cut from it (:mod:`bouquet.analytics.figures`):
+the complementary cells of rules 3 and 4 are chosen against the whole table.
 """
 
 from __future__ import annotations
@@ -72,9 +76,12 @@ def _small(values: np.ndarray, k: int) -> np.ndarray:
     return (v > 0) & (v < k)
 
 
-def suppress(frame: pd.DataFrame, spec: SuppressionSpec, k: int) -> pd.DataFrame:
+def suppress(frame: pd.DataFrame, spec: SuppressionSpec, k: int,
+             preset: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
     """Return a copy of ``frame`` with hidden cells set to missing and a ``suppressed``
-    column listing, per row, the names of the hidden cells (empty list when none)."""
+    column listing, per row, the names of the hidden cells (empty list when none).
+    ``preset``: column → rows hidden from the start (the same number hidden in another
+    figure)."""
     out = frame.copy()
     if out.empty:
         out[FLAG] = pd.Series([], dtype=object)
@@ -87,6 +94,8 @@ def suppress(frame: pd.DataFrame, spec: SuppressionSpec, k: int) -> pd.DataFrame
     def col(name: str) -> int:
         return pos[name]
 
+    for name, rows in (preset or {}).items():
+        hidden[:, col(name)] |= rows
     for name in spec.counts:
         hidden[:, col(name)] |= _small(numeric[:, col(name)], k)
     for gate, dependents in spec.gates:

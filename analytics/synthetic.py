@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 
 from bouquet.core.catalog import Catalog
 from bouquet.core.eventlog import EventLog
+from bouquet.core.recommendation import RecommendationIds, development_ids
 
 #: (share of residents, probability of a contact on a given day)
 CADENCE_MIX: tuple[tuple[float, float], ...] = (
@@ -49,8 +50,11 @@ class SyntheticSpec:
     recommended_share: float = 0.5
 
 
-def generate(catalog: Catalog, spec: SyntheticSpec) -> pa.Table:
-    """The events, as an Arrow table in the event-log layout (not yet written)."""
+def generate(catalog: Catalog, spec: SyntheticSpec,
+             recommendation_ids: RecommendationIds | None = None) -> pa.Table:
+    """The events, as an Arrow table in the event-log layout (not yet written); their
+    recommendation ids are minted by ``recommendation_ids`` (default: the development
+    key's, which the reports of a test deployment verify)."""
     rng = np.random.default_rng(spec.seed)
     end = spec.end or (datetime.now(UTC).date() - timedelta(days=1))
     start = end - timedelta(days=spec.days - 1)
@@ -94,9 +98,9 @@ def generate(catalog: Catalog, spec: SyntheticSpec) -> pa.Table:
     is_view = (types == "view") & (rng.random(m) < spec.recommended_share)
     variant = np.where(personal[res], "personal", "control")
     token = rng.integers(0, 2**31, m)
-    rec_ids = np.char.add(np.char.add("v1.", variant.astype(str)),
-                          np.char.add(".", np.char.mod("%08x", token)))
-    rec[is_view] = rec_ids[is_view]
+    minter = recommendation_ids or development_ids()
+    rec[is_view] = [minter.mint("v1", str(v), nonce=int(t))
+                    for v, t in zip(variant[is_view], token[is_view], strict=True)]
     convert = np.where(personal[res], 0.22, 0.15)
     follow = is_view & (rng.random(m) < convert)
     follow_types = np.array(["click", "subscribe", "use"])[rng.choice(3, follow.sum(),

@@ -94,9 +94,8 @@ def _bare(settings: Settings, expected: int, partitions: list[int] | None,
     """Poll without processing until ``expected`` records; first record → last record."""
     from kafka import KafkaConsumer, TopicPartition
 
-    common = dict(bootstrap_servers=settings.kafka_bootstrap_servers,
-                  enable_auto_commit=False, auto_offset_reset="earliest",
-                  max_poll_records=10_000, **FETCH)
+    common = dict(**settings.kafka_client_options(), enable_auto_commit=False,
+                  auto_offset_reset="earliest", max_poll_records=10_000, **FETCH)
     if partitions is None:
         consumer = KafkaConsumer(group_id=settings.consumer_group, session_timeout_ms=6000,
                                  heartbeat_interval_ms=1000, **common)
@@ -306,7 +305,7 @@ def _redis_cpu(settings: Settings) -> float:
 def _partition_counts(settings: Settings) -> dict[int, int]:
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    consumer = KafkaConsumer(**settings.kafka_client_options())
     tps = [TopicPartition(settings.topic_events, p)
            for p in sorted(consumer.partitions_for_topic(settings.topic_events) or [])]
     ends = consumer.end_offsets(tps)

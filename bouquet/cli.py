@@ -9,6 +9,7 @@ Commands wire :class:`~bouquet.core.settings.Settings` to one object and call on
 from __future__ import annotations
 
 import logging
+import os
 
 import typer
 
@@ -27,6 +28,7 @@ from bouquet.commands import (
     stack,
     train,
 )
+from bouquet.core.statefiles import PRIVATE_UMASK
 
 app = typer.Typer(
     name="bouquet",
@@ -85,6 +87,9 @@ def main(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Bouquet command line. Configuration comes from the environment (see the README)."""
+    # every file a command creates (event log, MLflow artifacts, exports, reports) is
+    # readable by this account only, whatever the shell's umask (core/statefiles.py)
+    os.umask(PRIVATE_UMASK)
     configure_logging(verbose)
 
 

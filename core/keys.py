@@ -71,10 +71,6 @@ class Keys:
         """Every per-resident key of :data:`RESIDENT_KINDS` for one resident."""
         return [getattr(self, kind)(resident_id) for kind in RESIDENT_KINDS]
 
-    def resident_pattern(self, resident_id: str) -> str:
-        """SCAN pattern of every per-resident key (used by erasure)."""
-        return f"{self.prefix}r:{{{_resident(resident_id)}}}:*"
-
     def profiles_pattern(self) -> str:
         """SCAN pattern of every resident's profile hash."""
         return f"{self.prefix}r:{{*}}:profile"
@@ -156,6 +152,13 @@ class Keys:
         """STRING: the keyspace version an experiment variant reads (``bouquet publish
         --pointer NAME``); the champion reads :meth:`current_version`."""
         return f"{self.prefix}rec:ptr:{_part(name)}"
+
+    # --- the HTTP API -------------------------------------------------------------------
+    def rate_limit(self, bucket: str, fingerprint: str) -> str:
+        """HASH ``tokens``, ``ts``: the token bucket of one API key (by its keyed
+        fingerprint, never the key) for one group of routes (``intake``, ``operator``);
+        expires once it would be full again."""
+        return f"{self.prefix}rl:{_part(bucket)}:{_part(fingerprint)}"
 
     # --- administration -----------------------------------------------------------------
     def audit(self) -> str:

@@ -12,10 +12,12 @@ from __future__ import annotations
 import functools
 import os
 import tomllib
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -30,6 +32,36 @@ DEV_API_KEYS: dict[str, str] = {
     "dev-admin-key": "admin",
 }
 DEV_PSEUDONYM_SECRET = "dev-only-pseudonymisation-secret"
+DEV_SERVER_SECRET = "dev-only-server-secret"
+#: Production refuses API keys and secrets shorter than this, or with fewer distinct
+#: characters than ``SECRET_MIN_DISTINCT`` (``"a" * 40`` is long and guessable). A value
+#: from ``python -c "import secrets; print(secrets.token_urlsafe(32))"`` (43 characters of
+#: 64 kinds) passes both.
+SECRET_MIN_LENGTH = 32
+SECRET_MIN_DISTINCT = 16
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit for a log line or a status message: its password (``redis://:pw@host``,
+    ``http://user:pw@host``) replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}:" if parts.username else ":"
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    netloc = f"{user}***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def weak_secret(value: str) -> str | None:
+    """Why ``value`` is too weak to be an API key or a secret in production, or None."""
+    if len(value) < SECRET_MIN_LENGTH:
+        return f"shorter than {SECRET_MIN_LENGTH} characters"
+    if len(set(value)) < SECRET_MIN_DISTINCT:
+        return f"fewer than {SECRET_MIN_DISTINCT} distinct characters"
+    return None
 
 #: Confidence weight of each event type when building training matrices. Lives in
 #: configuration (override with BOUQUET_EVENT_WEIGHTS='{"use": 2.0, ...}' or the TOML
@@ -57,6 +89,16 @@ DEFAULT_RETENTION_DAYS: dict[str, int] = {
     "rate": 800,
     "consent": 3650,
     "profile": 3650,
+}
+
+
+#: Oldest event time accepted per channel, in seconds before now (older events are
+#: dead-lettered, reason ``stale_timestamp``). Events from people's devices and counters
+#: arrive within days; a channel not listed (``partner``, ``system``: replays, history,
+#: backfills) has no limit. An old time stamp rewrites history (last week's figures, a
+#: consent decided long ago), so only the channels that legitimately carry history may.
+DEFAULT_MAX_PAST_SKEW_S: dict[str, int] = {
+    channel: 7 * 86400 for channel in ("app", "web", "kiosk", "desk", "phone")
 }
 
 
@@ -97,7 +139,42 @@ class Settings(BaseSettings):
     topic_events: str = "bouquet.interactions"
     topic_dlq: str = "bouquet.interactions.dlq"
     topic_partitions: int = Field(default=4, ge=1, le=1024)
+    # Topics Bouquet creates: replicas per partition, and how long each topic keeps records
+    # (the interactions topic and the dead-letter topic hold raw events, resident ids
+    # included: their retention is part of the erasure deadline, docs/privacy.md).
+    topic_replication_factor: int = Field(default=1, ge=1, le=32)
+    topic_events_retention_ms: int = Field(default=7 * 86_400_000, ge=60_000)
+    topic_dlq_retention_ms: int = Field(default=7 * 86_400_000, ge=60_000)
     consumer_group: str = "bouquet-ingest"
+    # Client security, under the standard names; every producer, consumer and admin client
+    # gets them through kafka_client_options(). Passwords are SecretStr: never in a repr.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", validation_alias=AliasChoices("KAFKA_SECURITY_PROTOCOL",
+                                                           "BOUQUET_KAFKA_SECURITY_PROTOCOL"))
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None, validation_alias=AliasChoices("KAFKA_SASL_MECHANISM",
+                                                    "BOUQUET_KAFKA_SASL_MECHANISM"))
+    kafka_sasl_username: str | None = Field(
+        default=None, validation_alias=AliasChoices("KAFKA_SASL_USERNAME",
+                                                    "BOUQUET_KAFKA_SASL_USERNAME"))
+    kafka_sasl_password: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("KAFKA_SASL_PASSWORD",
+                                                    "BOUQUET_KAFKA_SASL_PASSWORD"))
+    kafka_ssl_cafile: Path | None = Field(
+        default=None, validation_alias=AliasChoices("KAFKA_SSL_CAFILE",
+                                                    "BOUQUET_KAFKA_SSL_CAFILE"))
+    kafka_ssl_certfile: Path | None = Field(
+        default=None, validation_alias=AliasChoices("KAFKA_SSL_CERTFILE",
+                                                    "BOUQUET_KAFKA_SSL_CERTFILE"))
+    kafka_ssl_keyfile: Path | None = Field(
+        default=None, validation_alias=AliasChoices("KAFKA_SSL_KEYFILE",
+                                                    "BOUQUET_KAFKA_SSL_KEYFILE"))
+    kafka_ssl_password: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("KAFKA_SSL_PASSWORD",
+                                                    "BOUQUET_KAFKA_SSL_PASSWORD"))
+    kafka_ssl_check_hostname: bool = Field(
+        default=True, validation_alias=AliasChoices("KAFKA_SSL_CHECK_HOSTNAME",
+                                                    "BOUQUET_KAFKA_SSL_CHECK_HOSTNAME"))
 
     # --- Redis -------------------------------------------------------------------------
     redis_key_prefix: str = Field(default="bq:", pattern=r"^[A-Za-z0-9_.:-]{0,32}$")
@@ -117,15 +194,21 @@ class Settings(BaseSettings):
     impression_weight: float | None = Field(default=0.0, ge=0)
     retention_days: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_RETENTION_DAYS))
     max_future_skew_s: int = Field(default=300, ge=0)
+    max_past_skew_s: dict[str, int] = Field(
+        default_factory=lambda: dict(DEFAULT_MAX_PAST_SKEW_S))
     max_event_bytes: int = Field(default=8192, ge=256)
 
-    # --- ingestion (streaming/, issue 4; see docs/ingestion.md) ---------------------------
+    # --- ingestion (streaming/; see docs/ingestion.md) ---------------------------------
     ingest_batch_max_events: int = Field(default=5000, ge=1, le=100_000)
     ingest_batch_max_ms: int = Field(default=1000, ge=10)
     ingest_session_timeout_ms: int = Field(default=10_000, ge=1000)
     ingest_heartbeat_interval_ms: int = Field(default=3000, ge=100)
     ingest_recent_cap: int = Field(default=50, ge=1, le=1000)
     ingest_dedup_ttl_s: int = Field(default=3 * 86400, ge=60)
+    # Distinct event dates in one batch (each is one fsynced Parquet file): a batch is
+    # closed early rather than grow past it, so a stream of scattered old dates costs
+    # batches, not thousands of files per batch.
+    ingest_batch_max_dates: int = Field(default=32, ge=1, le=10_000)
     ingest_counter_ttl_days: int = Field(default=120, ge=1)
 
     # --- serving and privacy -----------------------------------------------------------
@@ -135,16 +218,26 @@ class Settings(BaseSettings):
         default_factory=lambda: dict(DEV_API_KEYS)
     )
     pseudonym_secret: str = DEV_PSEUDONYM_SECRET
+    # Held by the serving and ingestion processes only (never by front ends or partners):
+    # keyed digests of API keys (rate limits, audit actors), recommendation ids, the audit
+    # chain; one key per purpose is derived from it (core/keyring.py).
+    server_secret: str = DEV_SERVER_SECRET
     small_cell_k: int = Field(default=5, ge=1)
+    # Per-key token buckets (requests per second, and burst) of the intake (POST /v1/events,
+    # PUT …/consent) and of the operator and admin API; 0 per second: no limit.
+    rate_limit_intake_per_s: float = Field(default=1000.0, ge=0)
+    rate_limit_intake_burst: int = Field(default=2000, ge=1)
+    rate_limit_operator_per_s: float = Field(default=50.0, ge=0)
+    rate_limit_operator_burst: int = Field(default=200, ge=1)
 
-    # --- training and promotion (see docs/training.md) ----------------------------------
+    # --- training and promotion (see docs/training.md) ---------------------------------
     # A candidate is promoted only when its hold-out evaluation covers at least this many
     # residents, and when it beats the popularity baseline and the current champion with a
     # paired bootstrap 95% interval (this many resamples) that excludes 0.
     train_min_eval_residents: int = Field(default=200, ge=1)
     train_bootstrap_samples: int = Field(default=2000, ge=100)
 
-    # --- publish and real-time serving ---------------------------------------------------
+    # --- publish and real-time serving -------------------------------------------------
     # How many bundles / services are precomputed per resident by `bouquet publish`.
     publish_top_n: int = Field(default=50, ge=1, le=1000)
     # Residents scored and written per Redis pipeline.
@@ -189,7 +282,7 @@ class Settings(BaseSettings):
     # benchmark's floors; the second without a key). Off by default; refused in production.
     serving_bench_endpoints: bool = False
 
-    # --- engagement analytics (issue 7; owner: analytics; see docs/engagement.md) ---------
+    # --- engagement analytics (analytics/; see docs/engagement.md) ---------------------
     # Trailing window of the cadence classes, whole weeks (daily = 5 days a week of it,
     # weekly = 3 weeks in 4, scaled to the window).
     engagement_window_days: int = Field(default=28, ge=7, le=364, multiple_of=7)
@@ -220,6 +313,19 @@ class Settings(BaseSettings):
             raise ValueError(f"cannot read BOUQUET_CONFIG_FILE={path}: {exc}") from exc
         return (init_settings, env_settings, toml)
 
+    @field_validator("max_past_skew_s")
+    @classmethod
+    def _skews_non_negative(cls, value: dict[str, int]) -> dict[str, int]:
+        negative = {k: v for k, v in value.items() if v < 0}
+        if negative:
+            raise ValueError(f"past skews must be >= 0 seconds, got {negative}")
+        return value
+
+    def past_skew_limits(self) -> dict[str, timedelta]:
+        """Channel → how far in the past an event of that channel may be stamped (a
+        channel not listed has no limit)."""
+        return {channel: timedelta(seconds=s) for channel, s in self.max_past_skew_s.items()}
+
     @field_validator("event_weights")
     @classmethod
     def _weights_non_negative(cls, value: dict[str, float]) -> dict[str, float]:
@@ -227,6 +333,15 @@ class Settings(BaseSettings):
         if negative:
             raise ValueError(f"event weights must be >= 0, got {negative}")
         return value
+
+    @model_validator(mode="after")
+    def _sasl_is_complete(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL_") and not (
+                self.kafka_sasl_mechanism and self.kafka_sasl_username
+                and self.kafka_sasl_password):
+            raise ValueError(f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                             "KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD")
+        return self
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets_in_production(self) -> Settings:
@@ -238,17 +353,67 @@ class Settings(BaseSettings):
                 f"BOUQUET_API_KEYS still holds development keys {placeholder_keys}; "
                 "set real keys for production"
             )
-        if self.pseudonym_secret == DEV_PSEUDONYM_SECRET or len(self.pseudonym_secret) < 32:
-            raise ValueError(
-                "BOUQUET_PSEUDONYM_SECRET must be set to a random secret of 32+ characters "
-                "in production"
-            )
+        # the message names the weak keys' roles, never any part of a key
+        weak_keys = sorted(f"a key of role {role!r} is {why}" for key, role
+                           in self.api_keys.items() if (why := weak_secret(key)))
+        if weak_keys:
+            raise ValueError(f"BOUQUET_API_KEYS: {'; '.join(weak_keys)}; {_MAKE_ONE}")
+        for variable, value, development in (
+                ("BOUQUET_PSEUDONYM_SECRET", self.pseudonym_secret, DEV_PSEUDONYM_SECRET),
+                ("BOUQUET_SERVER_SECRET", self.server_secret, DEV_SERVER_SECRET)):
+            if value == development:
+                raise ValueError(f"{variable} is the development secret; {_MAKE_ONE}")
+            why = weak_secret(value)
+            if why:
+                raise ValueError(f"{variable} is {why}; {_MAKE_ONE}")
         if self.serving_bench_endpoints:
             raise ValueError(
                 "BOUQUET_SERVING_BENCH_ENDPOINTS is for benchmarks only (one of its endpoints "
                 "answers without an API key); unset it in production"
             )
         return self
+
+    @property
+    def development_credentials(self) -> list[str]:
+        """The variables that still hold the public development keys or secret: fine on a
+        laptop, an open door anywhere else."""
+        found = []
+        if set(self.api_keys) & set(DEV_API_KEYS):
+            found.append("BOUQUET_API_KEYS")
+        if self.pseudonym_secret == DEV_PSEUDONYM_SECRET:
+            found.append("BOUQUET_PSEUDONYM_SECRET")
+        if self.server_secret == DEV_SERVER_SECRET:
+            found.append("BOUQUET_SERVER_SECRET")
+        return found
+
+    def kafka_client_options(self) -> dict[str, Any]:
+        """The connection and security options of every Kafka client Bouquet makes
+        (kafka-python's names): producers, consumers and admin clients alike."""
+        options: dict[str, Any] = {"bootstrap_servers": self.kafka_bootstrap_servers,
+                                   "security_protocol": self.kafka_security_protocol}
+        if self.kafka_security_protocol.startswith("SASL_"):
+            assert self.kafka_sasl_password is not None  # checked by _sasl_is_complete
+            options.update(sasl_mechanism=self.kafka_sasl_mechanism,
+                           sasl_plain_username=self.kafka_sasl_username,
+                           sasl_plain_password=self.kafka_sasl_password.get_secret_value())
+        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            options["ssl_check_hostname"] = self.kafka_ssl_check_hostname
+            for name in ("cafile", "certfile", "keyfile"):
+                value = getattr(self, f"kafka_ssl_{name}")
+                if value is not None:
+                    options[f"ssl_{name}"] = str(value)
+            if self.kafka_ssl_password is not None:
+                options["ssl_password"] = self.kafka_ssl_password.get_secret_value()
+        return options
+
+    def topic_configs(self, topic: str) -> dict[str, str]:
+        """Configs Bouquet sets on a topic it creates: ``retention.ms``; the dead-letter topic
+        is also compacted (its records are keyed by resident reference and position, so an
+        erased resident's letters can be deleted by tombstones: ``bouquet compact``)."""
+        if topic == self.topic_dlq:
+            return {"retention.ms": str(self.topic_dlq_retention_ms),
+                    "cleanup.policy": "compact,delete"}
+        return {"retention.ms": str(self.topic_events_retention_ms)}
 
     # --- derived locations -------------------------------------------------------------
     @property
@@ -267,6 +432,9 @@ class Settings(BaseSettings):
     @property
     def stack_dir(self) -> Path:
         return self.state_dir / "stack"
+
+
+_MAKE_ONE = ("make one with `python -c \"import secrets; print(secrets.token_urlsafe(32))\"`")
 
 
 def _readable(path: str) -> Path:

@@ -5,9 +5,10 @@ Two steps, so one read of the log serves the hold-out split *and* the final fit:
 1. :meth:`EventArrays.from_frame` turns the events returned by
    :func:`bouquet.core.eventlog.read_events` (de-duplicated, erasures applied) into compact
    numeric columns — resident codes, type codes, catalog indices, nanosecond timestamps —
-   plus each resident's current state: consent (their latest ``consent`` event has value
-   1; no consent event means *not* consenting, personalisation is opt-in) and declared
-   attributes (their latest ``profile`` event).
+   plus each resident's current state: consent (the ``consent`` event received last —
+   ``ingested_at``, not the client's time stamp — has value 1; no consent event means *not*
+   consenting, personalisation is opt-in) and declared attributes (their latest ``profile``
+   event).
 2. :func:`build_dataset` selects the events before a cut-off, from consenting residents,
    and builds the matrices with ``scipy.sparse.coo_matrix`` (duplicates summed): no Python
    loop runs per event, which is what lets a million residents and tens of millions of
@@ -67,7 +68,7 @@ NS_PER_DAY = 86_400 * 10**9
 
 #: The only columns training reads from the log.
 EVENT_COLUMNS: tuple[str, ...] = (
-    "resident_id", "type", "service_id", "bundle_id", "ts", "value", "context",
+    "resident_id", "type", "service_id", "bundle_id", "ts", "value", "context", "ingested_at",
     "recommendation_id",
 )
 #: Event type codes used in :class:`EventArrays` (index = code).
@@ -238,11 +239,16 @@ def load_event_arrays(settings: Settings, catalog: Catalog,
     partition), and erasures are looked up across the whole log on every call.
     """
     root = settings.event_log_path
+    if not root.is_dir():
+        raise ValueError(f"there is no event log at {root}: check BOUQUET_EVENT_LOG_DIR / "
+                         "BOUQUET_STATE_DIR, or ingest events first (`bouquet ingest`)")
     started = time.perf_counter()
     encoder = _Encoder(catalog)
     for start, end in _date_chunks(EventLog(root), chunk_events):
         encoder.add(read_events(root, start=start, end=end, columns=list(EVENT_COLUMNS)))
     arrays = encoder.finish()
+    if arrays.n_events == 0:
+        raise ValueError(f"the event log at {root} is empty: nothing to train on")
     log.info("read %d events of %d residents (%d consenting) in %.1f s",
              arrays.n_events, len(arrays.resident_ids), arrays.stats["residents_consenting"],
              time.perf_counter() - started)
@@ -276,6 +282,7 @@ class _Encoder:
         self.parts: list[tuple[np.ndarray, ...]] = []
         self.consent_who: list[np.ndarray] = []
         self.consent_value: list[np.ndarray] = []
+        self.consent_received: list[np.ndarray] = []
         self.profile_who: list[np.ndarray] = []
         self.profile_context: list[np.ndarray] = []
         self.stats = {"events": 0, "unknown_service_events": 0, "unknown_bundle_events": 0,
@@ -317,6 +324,10 @@ class _Encoder:
             self.consent_who.append(resident[is_consent])
             self.consent_value.append(
                 frame["value"].to_numpy(dtype=np.float64, na_value=np.nan)[is_consent])
+            # consent takes effect in order of receipt (ingested_at), not of the time stamp
+            # the client wrote; a frame without it (built by hand) keeps time order
+            received = frame["ingested_at"] if "ingested_at" in frame else frame["ts"]
+            self.consent_received.append(_ts_ns(received)[is_consent])
         is_profile = kind == _CODE["profile"]
         if is_profile.any():
             who = resident[is_profile]
@@ -332,11 +343,13 @@ class _Encoder:
         resident, kind, service, bundle, ts, recommended = (np.concatenate(c) for c in columns)
         self.parts.clear()
         n_res = len(self.index)
-        # Consent: the latest consent event per resident decides (events are in time order).
+        # Consent: the consent event received last decides (ties: the later one read).
         consent = np.zeros(n_res, dtype=bool)
         if self.consent_who:
             who, value = np.concatenate(self.consent_who), np.concatenate(self.consent_value)
-            last = _last_index(who)
+            received = np.concatenate(self.consent_received)
+            order = np.lexsort((received, who))  # stable: ties keep the order read
+            last = order[_last_index(who[order])]
             consent[who[last]] = value[last] == 1.0
         profiles = _parse_profiles(
             np.concatenate(self.profile_who) if self.profile_who else np.zeros(0, np.int32),

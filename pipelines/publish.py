@@ -40,7 +40,7 @@ from bouquet.models.base import top_n
 from bouquet.models.deployable import DeployableModel, load_model_dir
 from bouquet.models.online import PublishedVersion, decode_meta, pack_list, pack_rows, unpack_list
 from bouquet.models.reasons import Driver
-from bouquet.pipelines.tracking import download_model_dir
+from bouquet.pipelines.tracking import client_of, download_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -189,10 +189,9 @@ def load_registered(settings: Settings, *, alias: str = "champion",
     import tempfile
     from pathlib import Path
 
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(tracking_uri=settings.mlflow_uri)
+    client = client_of(settings)
     name = settings.registered_model
     try:
         found = (client.get_model_version(name, version) if version

@@ -125,13 +125,11 @@ class ModelRegistry:
             return []
 
     # --- writing ---------------------------------------------------------------------------
-    def register(self, run_id: str, source: str, tags: dict[str, str],
-                 model_id: str | None = None) -> VersionInfo:
+    def register(self, run_id: str, source: str, tags: dict[str, str]) -> VersionInfo:
         """A new version of the model logged at ``source`` (``models:/<id>``)."""
         self._ensure_model()
         mv = self.client.create_model_version(self.name, source=source, run_id=run_id,
-                                              tags={k: str(v) for k, v in tags.items()},
-                                              model_id=model_id)
+                                              tags={k: str(v) for k, v in tags.items()})
         log.info("registered %s version %s", self.name, mv.version)
         return self._info(mv)
 

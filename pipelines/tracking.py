@@ -9,15 +9,18 @@ failure into :class:`TrackingUnavailable`, whose message is one line the CLI pri
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from bouquet.core.settings import Settings
+from bouquet.core.statefiles import private_dir
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +65,7 @@ def probe(uri: str, timeout_s: float = 5.0) -> None:
     elif uri.startswith("sqlite:///"):
         database = Path(uri.removeprefix("sqlite:///"))
         try:
-            database.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(database.parent)
         except OSError as exc:
             raise TrackingUnavailable(
                 f"cannot create the MLflow SQLite store folder {database.parent} "
@@ -101,6 +104,12 @@ def quiet_mlflow() -> None:
         logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
+def show_mlflow_progress(enabled: bool) -> None:
+    """Turn MLflow's own artifact progress bars on or off, so ``--no-progress`` silences
+    every bar (MLflow reads this switch from the environment when it transfers files)."""
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "true" if enabled else "false"
+
+
 def is_local_store(uri: str) -> bool:
     return uri.startswith(("sqlite:", "file:", "/")) or "://" not in uri
 
@@ -121,8 +130,7 @@ def ensure_experiment(client: Any, settings: Settings) -> str:
         return found.experiment_id
     location = None
     if is_local_store(settings.mlflow_uri):
-        root = settings.mlflow_artifact_root.resolve()
-        root.mkdir(parents=True, exist_ok=True)
+        root = private_dir(settings.mlflow_artifact_root.resolve())
         location = root.as_uri()
     experiment_id = client.create_experiment(name, artifact_location=location,
                                              tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
@@ -165,10 +173,11 @@ def finite_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
             if v is not None and not math.isnan(float(v))}
 
 
-def log_deployable(client: Any, settings: Settings, run_id: str, model: Any
-                   ) -> tuple[str, str | None]:
+def log_deployable(client: Any, settings: Settings, run_id: str, model: Any) -> str:
     """Log a deployable model to the run as an MLflow Model (pyfunc flavour, with a
-    signature and an input example); returns (model URI, logged model id).
+    signature and an input example); returns where its files are (the logged model's
+    artifact location: registering that, rather than ``models:/<id>``, lets the registry
+    resolve it without MLflow's process-wide tracking URI).
 
     The Bouquet artifact directory (``meta.json`` + ``arrays.npz``) is the model's artifact
     ``bouquet_model``; the flavour's code is :mod:`bouquet.pipelines.mlflow_model`, logged
@@ -189,15 +198,49 @@ def log_deployable(client: Any, settings: Settings, run_id: str, model: Any
         outputs=Schema([ColSpec("string", "resident_id"), ColSpec("long", "rank"),
                         ColSpec("string", "bundle_id"), ColSpec("double", "score")]))
     example = pd.DataFrame({"resident_id": ["r-example"], "k": [3]})
-    mlflow.set_tracking_uri(settings.mlflow_uri)
-    with tempfile.TemporaryDirectory(prefix="bouquet-model-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bouquet-model-") as tmp, \
+            fluent_store(settings.mlflow_uri):
         directory = model.save(Path(tmp) / mlflow_model.ARTIFACT)
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=mlflow_model.__file__,
                 artifacts={mlflow_model.ARTIFACT: str(directory)}, signature=signature,
                 input_example=example, pip_requirements=[f"bouquet=={_bouquet_version()}"])
-    return info.model_uri, getattr(info, "model_id", None)
+    return str(client.get_logged_model(info.model_id).artifact_location)
+
+
+@contextlib.contextmanager
+def fluent_store(uri: str) -> Iterator[None]:
+    """MLflow's fluent API (``log_model``) works on process-wide tracking and registry URIs
+    (which it also copies into the environment for subprocesses); set them for one call and
+    put back exactly what was there — unset included — so no other client of this process,
+    nor a later settings object reading ``MLFLOW_TRACKING_URI``, is redirected."""
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_uris
+    from mlflow.tracking._tracking_service import utils as tracking_uris
+
+    previous = tracking_uris._tracking_uri, registry_uris._registry_uri
+    saved_env = {name: os.environ.get(name)
+                 for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        tracking_uris._tracking_uri, registry_uris._registry_uri = previous
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def client_of(settings: Settings) -> Any:
+    """An ``MlflowClient`` on the settings' store, registry included (never the process's
+    global registry URI)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
 
 
 def download_model_dir(settings: Settings, source: str, dst: Path) -> Path:
@@ -205,11 +248,10 @@ def download_model_dir(settings: Settings, source: str, dst: Path) -> Path:
     (an MLflow Model's ``artifacts/bouquet_model``, or a plain run artifact directory as
     the first release registered)."""
     import mlflow
-    from mlflow import MlflowClient
 
     from bouquet.models.deployable import find_model_dir, model_location
 
-    location = model_location(MlflowClient(tracking_uri=settings.mlflow_uri), source)
+    location = model_location(client_of(settings), source)
     return find_model_dir(mlflow.artifacts.download_artifacts(
         artifact_uri=location, dst_path=str(dst), tracking_uri=settings.mlflow_uri))
 

@@ -76,6 +76,7 @@ from bouquet.pipelines.tracking import (
     flatten,
     git_state,
     log_deployable,
+    show_mlflow_progress,
 )
 
 log = logging.getLogger(__name__)
@@ -300,6 +301,7 @@ def train(settings: Settings, options: TrainOptions) -> TrainReport:
     if unknown:
         raise ValueError(f"unknown baselines {unknown}; choose from {', '.join(BASELINES)}")
     _check_primary(options)
+    show_mlflow_progress(options.progress)
     client = connect(settings)
     experiment_id = ensure_experiment(client, settings)
     registry = ModelRegistry(client, settings.registered_model)
@@ -409,7 +411,7 @@ def _run(client: Any, registry: ModelRegistry, run: Any, settings: Settings,
             deployable = final.to_deployable(final_data, popular, _model_meta(
                 final_data, split, options, chosen, metrics))
         with stages("log"):
-            model_uri, model_id = log_deployable(client, settings, run_id, deployable)
+            model_uri = log_deployable(client, settings, run_id, deployable)
             _log_json(client, run_id, {"split": split.describe(),
                                        "dataset": final_data.summary(),
                                        "train_dataset": split.train.summary(),
@@ -419,8 +421,8 @@ def _run(client: Any, registry: ModelRegistry, run: Any, settings: Settings,
         if options.register:
             with stages("register"):
                 assert decision is not None
-                version = _register(client, registry, run_id, model_uri, model_id, split,
-                                    final_data, options, chosen, decision)
+                version = _register(client, registry, run_id, model_uri, split, final_data,
+                                    options, chosen, decision)
     for name, stage in stages.times.items():
         client.log_metric(run_id, f"time/{name.replace(':', '.')}_s", stage["s"])
     return TrainReport(
@@ -533,14 +535,14 @@ def _choose(evaluations: dict[str, Evaluation], candidates: tuple[str, ...],
 
 
 def _register(client: Any, registry: ModelRegistry, run_id: str, model_uri: str,
-              model_id: str | None, split: Split, data: Dataset, options: TrainOptions,
-              chosen: Evaluation, decision: Decision) -> str:
+              split: Split, data: Dataset, options: TrainOptions, chosen: Evaluation,
+              decision: Decision) -> str:
     info = registry.register(run_id, model_uri, {
         "split_id": split.id, "dataset_fingerprint": data.fingerprint,
         "train_fingerprint": split.train.fingerprint,
         "primary_metric": options.primary_metric, "primary_value": repr(chosen.primary_mean),
         "model_kind": chosen.kind, "catalog_fingerprint": data.catalog_fingerprint,
-        "catalog_version": data.catalog_version}, model_id=model_id)
+        "catalog_version": data.catalog_version})
     if decision.promote:
         registry.promote(info.version, decision.reason)
     client.set_tag(run_id, "registered_version", info.version)

@@ -6,9 +6,11 @@ out, who exported a resident's data, who moved the serving model. Two sinks, one
 * **a durable file** — ``STATE_DIR/audit/audit.jsonl``, one JSON object per line, appended
   under an exclusive ``flock`` with ``O_APPEND`` and ``fsync``ed before :meth:`AuditLog.record`
   returns, so several processes (serving workers, the CLI) can append and a record that was
-  reported is on disk. Each line carries ``prev``, the SHA-256 of the line before it: the
-  file is a hash chain, and :func:`verify_chain` detects a line edited, removed or
-  reordered after the fact (append-only by evidence, not only by convention).
+  reported is on disk. Each line carries ``prev``, the HMAC-SHA256 of the line before it
+  under a key derived from ``BOUQUET_SERVER_SECRET``: the file is a keyed hash chain, and
+  :func:`verify_chain` detects a line edited, removed or reordered after the fact — also when
+  the editor rewrote every later ``prev``, which takes the secret (append-only by evidence,
+  not only by convention).
 * **the Redis stream** ``Keys.audit()`` (``XADD``, capped at :data:`STREAM_MAXLEN` entries,
   approximately) — what an operator API or dashboard reads. Best effort: Redis being down
   never loses an audit record (the file is the record of truth) and never blocks the action.
@@ -18,8 +20,8 @@ Records never hold a raw resident id: a resident is named by its *erasure refere
 erased id, yet an administrator who holds the secret can still answer "was this resident
 erased, and when?" by computing the reference.
 
-Who: ``api:<role>:key-<fingerprint>`` for an API call (a SHA-256 prefix of the key, never the
-key), ``cli:<user>@<host>`` for a command, ``system:<component>`` for automatic actions
+Who: ``api:<role>:key-<fingerprint>`` for an API call (a keyed fingerprint of the key,
+never the key), ``cli:<user>@<host>`` for a command, ``system:<component>`` for automatic actions
 (e.g. a promotion decided by ``bouquet train``).
 """
 
@@ -39,36 +41,29 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bouquet.core.keyring import derived_key, key_fingerprint, resident_ref
 from bouquet.core.keys import Keys
 from bouquet.core.settings import Settings
+from bouquet.core.statefiles import open_private, private_dir
 
 log = logging.getLogger(__name__)
+
+__all__ = ["AuditLog", "api_actor", "cli_actor", "entry", "read_stream", "record_action",
+           "resident_ref", "verify_chain"]
 
 #: Approximate cap of the Redis stream (the file keeps everything).
 STREAM_MAXLEN = 100_000
 #: Actions recorded (free text is allowed; these are the ones Bouquet writes).
-ACTIONS = ("erasure", "export", "consent", "promotion", "rollback", "publish",
+ACTIONS = ("erasure", "export", "consent", "profile", "promotion", "rollback", "publish",
            "publish-rollback", "compaction", "model-scrub")
 _GENESIS = "0" * 64
 
 
-def resident_ref(resident_id: str, secret: str) -> str:
-    """The keyed reference of a resident in the erasure register and the audit log:
-    HMAC-SHA256(secret, ``"bouquet-erasure-register:" + id``), hex.
-
-    Not reversible without the secret (unlike a plain hash, which anyone could recompute
-    from a list of candidate ids); stable, so late events and later audits match it.
-    """
-    if not secret:
-        raise ValueError("a secret is required to reference a resident")
-    message = ("bouquet-erasure-register:" + resident_id).encode("utf-8")
-    return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
-
-
-def api_actor(role: str, api_key: str | None) -> str:
-    """``api:<role>:key-<fingerprint>``: which key acted, without storing the key."""
-    fingerprint = hashlib.sha256((api_key or "").encode("utf-8")).hexdigest()[:12]
-    return f"api:{role}:key-{fingerprint}"
+def api_actor(role: str, api_key: str | None, secret: str) -> str:
+    """``api:<role>:key-<fingerprint>``: which key acted, without storing the key. The
+    fingerprint is keyed (``BOUQUET_SERVER_SECRET``): a plain hash of a short or guessable
+    key could be matched against candidate keys by anyone who reads the log."""
+    return f"api:{role}:key-{key_fingerprint(secret, api_key or '')[:12]}"
 
 
 def cli_actor() -> str:
@@ -84,8 +79,15 @@ def audit_path(settings: Settings) -> Path:
     return settings.state_dir / "audit" / "audit.jsonl"
 
 
-def _line_hash(line: bytes) -> str:
-    return hashlib.sha256(line.rstrip(b"\n")).hexdigest()
+def chain_key(settings: Settings) -> bytes:
+    """The key of the audit chain, derived from ``BOUQUET_SERVER_SECRET``."""
+    return derived_key(settings.server_secret, "audit-chain")
+
+
+def _line_hash(line: bytes, key: bytes) -> str:
+    """HMAC-SHA256 of a line: keyed, so that whoever can write the file but does not hold
+    the server secret cannot rewrite the chain after editing a line."""
+    return hmac.new(key, line.rstrip(b"\n"), hashlib.sha256).hexdigest()
 
 
 def _last_line(handle: Any) -> bytes | None:
@@ -106,45 +108,60 @@ def _last_line(handle: Any) -> bytes | None:
     return data.rstrip(b"\n") or None
 
 
+def entry(action: str, *, actor: str, target: str | None = None, outcome: str = "ok",
+          **detail: Any) -> dict[str, Any]:
+    """One audit record, not yet chained or written (see :meth:`AuditLog.record_many`)."""
+    return {"at": datetime.now(UTC).isoformat(timespec="microseconds"), "action": action,
+            "actor": actor, "target": target, "outcome": outcome, "detail": detail}
+
+
 class AuditLog:
     """Append audit records to the file (durable) and the Redis stream (best effort)."""
 
     def __init__(self, settings: Settings, redis_client: Any = None) -> None:
         self.settings = settings
         self.path = audit_path(settings)
+        self.key = chain_key(settings)
         self.keys = Keys(settings.redis_key_prefix)
         self.redis = redis_client
 
     def record(self, action: str, *, actor: str, target: str | None = None,
                outcome: str = "ok", **detail: Any) -> dict[str, Any]:
         """Append one record; returns it (with its ``prev`` hash). Durable on return."""
-        entry: dict[str, Any] = {
-            "at": datetime.now(UTC).isoformat(timespec="microseconds"),
-            "action": action,
-            "actor": actor,
-            "target": target,
-            "outcome": outcome,
-            "detail": detail,
-        }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
+        return self.record_many([entry(action, actor=actor, target=target, outcome=outcome,
+                                       **detail)])[0]
+
+    def record_many(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Append several records (made by :func:`entry`) in order, chained, with one write
+        and one fsync; returns them with their ``prev`` hashes. Durable on return."""
+        if not entries:
+            return []
+        private_dir(self.path.parent)
+        fd = open_private(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
         try:
             with os.fdopen(fd, "r+b", closefd=False) as handle:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 try:
                     last = _last_line(handle)
-                    entry["prev"] = _line_hash(last) if last else _GENESIS
-                    line = json.dumps(entry, separators=(",", ":"), sort_keys=True,
-                                      default=str).encode("utf-8") + b"\n"
-                    os.write(fd, line)  # O_APPEND: lands at the end, in one write
+                    previous = _line_hash(last, self.key) if last else _GENESIS
+                    lines = []
+                    for record in entries:
+                        record["prev"] = previous
+                        line = json.dumps(record, separators=(",", ":"), sort_keys=True,
+                                          default=str).encode("utf-8")
+                        previous = _line_hash(line, self.key)
+                        lines.append(line + b"\n")
+                    os.write(fd, b"".join(lines))  # O_APPEND: lands at the end, in one write
                     os.fsync(fd)
                 finally:
                     fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
-        self._to_stream(entry)
-        log.info("audit: %s %s by %s (%s)", action, target or "", actor, outcome)
-        return entry
+        for record in entries:
+            self._to_stream(record)
+            log.info("audit: %s %s by %s (%s)", record["action"], record["target"] or "",
+                     record["actor"], record["outcome"])
+        return entries
 
     def _to_stream(self, entry: dict[str, Any]) -> None:
         if self.redis is None:
@@ -173,8 +190,9 @@ class AuditLog:
                     yield json.loads(line)
 
 
-def verify_chain(path: Path) -> tuple[bool, int, str]:
-    """Check the hash chain of an audit file: (ok, records checked, problem or "")."""
+def verify_chain(path: Path, key: bytes) -> tuple[bool, int, str]:
+    """Check the keyed hash chain of an audit file (``key``: :func:`chain_key`): (ok,
+    records checked, problem or "")."""
     if not path.exists():
         return True, 0, ""
     previous = _GENESIS
@@ -189,7 +207,7 @@ def verify_chain(path: Path) -> tuple[bool, int, str]:
                 return False, count, f"line {number} is not JSON"
             if entry.get("prev") != previous:
                 return False, count, f"line {number} does not follow line {number - 1}"
-            previous = _line_hash(line)
+            previous = _line_hash(line, key)
             count += 1
     return True, count, ""
 

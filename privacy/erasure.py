@@ -59,9 +59,15 @@ import numpy as np
 
 from bouquet.core.keys import Keys
 from bouquet.core.settings import Settings
-from bouquet.privacy.audit import resident_ref
+from bouquet.core.statefiles import open_private, private_dir
+from bouquet.privacy.audit import AuditLog, resident_ref
+from bouquet.privacy.audit import entry as audit_entry
 
 log = logging.getLogger(__name__)
+
+
+#: Who the audit log names for erasures the consumer learns from the topic.
+INGEST_ACTOR = "system:bouquet-ingest"
 
 
 class RegisterKeyMismatch(RuntimeError):
@@ -127,6 +133,10 @@ class ErasureRegister:
         """Erasure time (epoch s) of a resident, None if never erased."""
         return self._cutoffs.get(self.ref(resident_id))
 
+    def is_erased_ref(self, ref: str) -> bool:
+        """Whether a keyed reference (as the dead-letter topic's keys carry) is on record."""
+        return ref in self._cutoffs
+
     def __len__(self) -> int:
         return len(self._cutoffs)
 
@@ -188,8 +198,8 @@ class ErasureRegister:
                                     separators=(",", ":")).encode() + b"\n")
         if not lines:
             return []
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        private_dir(self.path.parent)
+        fd = open_private(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             os.write(fd, b"".join(lines))
@@ -202,23 +212,37 @@ class ErasureRegister:
 
 
 # --- Redis: real-time state and the published keyspace -------------------------------------
+def pointer_keys(client: Any, keys: Keys) -> dict[str, str]:
+    """Every version pointer, name → key, without a SCAN of the keyspace: ``current`` and
+    each pointer a published version's meta hash names (``bouquet publish --pointer``
+    records it there)."""
+    versions = [_text(v) for v in client.zrange(keys.versions(), 0, -1)]
+    names = {"current"}
+    if versions:
+        pipe = client.pipeline(transaction=False)
+        for version in versions:
+            pipe.hget(keys.version_meta(version), "pointer")
+        names |= {_text(name) for name in pipe.execute() if name}
+    return {name: keys.current_version() if name == "current" else keys.variant_pointer(name)
+            for name in sorted(names)}
+
+
 def published_versions(client: Any, keys: Keys) -> set[str]:
     """Every keyspace version that may still hold resident lists: those on record in
     ``rec:versions``, those a pointer names, and each one's ``previous`` (kept for rollback)."""
-    found = {v.decode() if isinstance(v, bytes) else v
-             for v in client.zrange(keys.versions(), 0, -1)}
-    pointers = [keys.current_version()]
-    pattern = keys.variant_pointer("x")[:-1] + "*"
-    pointers += [k.decode() if isinstance(k, bytes) else k
-                 for k in client.scan_iter(match=pattern, count=1000)]
-    for value in client.mget(pointers):
+    found = {_text(v) for v in client.zrange(keys.versions(), 0, -1)}
+    for value in client.mget(list(pointer_keys(client, keys).values())):
         if value:
-            found.add(value.decode() if isinstance(value, bytes) else value)
+            found.add(_text(value))
     for version in list(found):
         previous = client.hget(keys.version_meta(version), "previous")
         if previous:
-            found.add(previous.decode() if isinstance(previous, bytes) else previous)
+            found.add(_text(previous))
     return found
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def delete_published(client: Any, keys: Keys, resident_ids: Iterable[str],
@@ -265,14 +289,27 @@ def cascade(settings: Settings, client: Any, resident_id: str, *, at: datetime,
     """Erase a resident from the register, the real-time state and every published keyspace
     (synchronously; the event log and models follow via the ``erase`` event, compaction and
     the next training). Idempotent. Redis errors are reported, not raised, so the caller can
-    answer "retry" after doing what it could."""
-    from bouquet.streaming.state import erase_resident
+    answer "retry" after doing what it could.
+
+    The cutoff (``report.cutoff``, epoch s) is the later of ``at`` and the newest event time
+    the real-time state has seen for the resident: a device with its clock ahead may have
+    sent events stamped after the request, and a copy of one arriving later must not count
+    as new data. The caller stamps the ``erase`` event with it (:func:`erase_event`)."""
+    from bouquet.streaming.state import erase_resident, newest_event_times
 
     keys = Keys(settings.redis_key_prefix)
     register = register or ErasureRegister.for_settings(settings)
     cutoff = at.timestamp()
+    errors = []
+    try:  # events stamped after the request but already seen are erased data too
+        cutoff = max(cutoff, newest_event_times(client, keys, [resident_id]).get(
+            resident_id, cutoff))
+    except Exception as exc:  # Redis down: the request time; the consumer extends it
+        errors.append(f"redis: {exc.__class__.__name__}: {exc}")
     new = register.record(resident_id, cutoff, source)
-    report = CascadeReport(register.ref(resident_id), cutoff, new, False, 0, 0)
+    report = CascadeReport(register.ref(resident_id), cutoff, new, False, 0, 0, errors)
+    if errors:
+        return report
     try:
         erase_resident(client, keys, resident_id)
         report.realtime_erased = True
@@ -301,12 +338,28 @@ class ErasureCascade:
         self.client = client
         self.keys = Keys(settings.redis_key_prefix)
         self.register = ErasureRegister.for_settings(settings)
+        self.audit = AuditLog(settings, client)
 
     def after_erase(self, erased: Iterable[str | tuple[str, float]]) -> int:
+        """Record the erasures, audit those the register did not know yet (an erasure made
+        through the API or the CLI is on record, and audited, before its event arrives; one
+        put on the topic by any other producer is audited here), delete published lists."""
         pairs = [(e, time.time()) if isinstance(e, str) else (e[0], float(e[1]))
                  for e in erased]
         if not pairs:
             return 0
+        # audited before the register learns them: a crash in between audits an erasure
+        # twice when the batch is replayed, never not at all
+        self.register.reload()
+        known = self.register.erased_among(rid for rid, _ in pairs)
+        latest: dict[str, float] = {}
+        for rid, cutoff in pairs:
+            latest[rid] = max(cutoff, latest.get(rid, cutoff))
+        self.audit.record_many([
+            audit_entry("erasure", actor=INGEST_ACTOR,
+                        target=f"resident:{self.register.ref(rid)[:16]}", source="ingestion",
+                        cutoff=cutoff)
+            for rid, cutoff in latest.items() if cutoff > known.get(rid, float("-inf"))])
         self.register.record_many(pairs, "ingestion")
         return delete_published(self.client, self.keys, [rid for rid, _ in pairs])
 
@@ -370,56 +423,117 @@ def _epoch(text: str | None) -> float | None:
 
 @dataclass
 class ArtifactScrub:
-    version: str
+    version: str | None  # the registered version, None for a run's artifact never registered
     source: str
     rows_removed: int
     residents_before: int
     rewritten: str  # "in place" | "re-uploaded" | "dry run"
+    run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class _ModelArtifact:
+    """One model to check: a registered version's, or one a training run logged that was
+    never registered (``bouquet train --no-register``); ``version`` None for the latter.
+    ``source`` is where its files are; ``model_id`` the MLflow logged model holding them
+    (None for a first-release run artifact folder)."""
+
+    source: str
+    run_id: str | None
+    version: Any = None
+    model_id: str | None = None
+
+
+def _model_artifacts(client: Any, settings: Settings) -> list[_ModelArtifact]:
+    """Every model Bouquet's MLflow store holds: the registered versions, then the logged
+    models of the experiment no version points at, then first-release runs' ``model``
+    folders no version points at."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from bouquet.models.deployable import model_location
+
+    found: dict[str, _ModelArtifact] = {}
+    try:
+        versions = client.search_model_versions(f"name = '{settings.registered_model}'")
+    except MlflowException:
+        versions = []
+    for mv in versions:
+        source = model_location(client, mv.source or "")
+        found.setdefault(source, _ModelArtifact(source, mv.run_id, mv, _model_id_in(source)))
+    experiment = client.get_experiment_by_name(settings.mlflow_experiment)
+    if experiment is None:
+        return list(found.values())
+    token = None
+    while True:
+        logged = client.search_logged_models(experiment_ids=[experiment.experiment_id],
+                                             max_results=100, page_token=token)
+        for model in logged:
+            found.setdefault(model.artifact_location, _ModelArtifact(
+                model.artifact_location, model.source_run_id, None, model.model_id))
+        token = logged.token
+        if not token:
+            break
+    # a run that logged a model is covered above; MLflow resolves such a run's ``model``
+    # path to the logged model through the process's global tracking URI, so it is not
+    # listed again (a first-release run's folder is listed at its artifact URI instead)
+    with_logged = {a.run_id for a in found.values() if a.model_id}
+    token = None
+    while True:
+        runs = client.search_runs([experiment.experiment_id], max_results=500,
+                                  page_token=token)
+        for run in runs:
+            source = f"{run.info.artifact_uri}/model"
+            if source in found or run.info.run_id in with_logged or not any(
+                    a.path.endswith("meta.json") for a in mlflow.artifacts.list_artifacts(
+                        artifact_uri=source, tracking_uri=settings.mlflow_uri)):
+                continue
+            found[source] = _ModelArtifact(source, run.info.run_id)
+        token = runs.token
+        if not token:
+            return list(found.values())
+
+
+def _model_id_in(location: str) -> str | None:
+    """The logged model id in a logged model's artifact location (``…/models/m-…/artifacts``),
+    None for a run's folder."""
+    parts = location.rstrip("/").split("/")
+    return parts[-2] if len(parts) >= 3 and parts[-3] == "models" \
+        and parts[-2].startswith("m-") else None
 
 
 def scrub_artifacts(settings: Settings, register: ErasureRegister | None = None, *,
                     dry_run: bool = False) -> list[ArtifactScrub]:
-    """Rewrite every registered model version whose model still holds rows (ids, factors or
-    input rows, neighbourhood) of residents erased after the model was made.
+    """Rewrite every model — of a registered version, or of a training run never
+    registered — that still holds rows (ids, factors or input rows, neighbourhood) of
+    residents erased after the model was made.
 
-    A local artifact directory (the default ``STATE_DIR/mlartifacts`` store) is rewritten in
+    A local model directory (the default ``STATE_DIR/mlartifacts`` store) is rewritten in
     place, each file atomically (temp + rename); a remote one (an MLflow server's store) is
-    downloaded, rewritten and logged back to the same model. The version is tagged
-    ``erasure_scrubbed_at`` and ``erasure_rows_removed``. Scores of every other resident
-    are unchanged: a resident's row (factors, or input rows of a linear model) is theirs
-    alone.
+    downloaded, rewritten and logged back to the same logged model (or run path). The
+    version (or the run, when there is none) is tagged ``erasure_scrubbed_at`` and
+    ``erasure_rows_removed``. Scores of every other resident are unchanged: a resident's
+    row (factors, or input rows of a linear model) is theirs alone.
     """
     import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from bouquet.models.deployable import (
-        find_model_dir,
-        load_model_dir,
-        logged_model_id,
-        model_location,
-    )
+    from bouquet.models.deployable import find_model_dir, load_model_dir
 
     register = register or ErasureRegister.for_settings(settings)
-    client = MlflowClient(tracking_uri=settings.mlflow_uri)
-    try:
-        versions = client.search_model_versions(f"name = '{settings.registered_model}'")
-    except MlflowException:
-        return []
+    client = MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
     out: list[ArtifactScrub] = []
-    for mv in versions:
-        source = mv.source or ""
-        model_id = logged_model_id(source)
-        location = model_location(client, source)
+    for target in _model_artifacts(client, settings):
         with tempfile.TemporaryDirectory(prefix="bouquet-scrub-") as tmp:
-            local = _local_dir(location)
+            local = _local_dir(target.source)
             root = local or Path(mlflow.artifacts.download_artifacts(
-                artifact_uri=source, dst_path=tmp, tracking_uri=settings.mlflow_uri))
+                artifact_uri=target.source, dst_path=tmp, tracking_uri=settings.mlflow_uri))
             directory = find_model_dir(root)
             model = load_model_dir(directory)
             ids = model.resident_ids.tolist()
             try:  # the run's start: its data were read after it
-                created = _run_started(client, mv.run_id)
+                created = _run_started(client, target.run_id)
             except MlflowException:
                 created = None
             if created is None:
@@ -439,21 +553,32 @@ def scrub_artifacts(settings: Settings, register: ErasureRegister | None = None,
                 else:
                     staged = Path(tmp) / "scrubbed"
                     scrubbed.save(staged / directory.relative_to(root))
-                    if model_id:
-                        client.log_model_artifacts(model_id, str(staged))
+                    if target.model_id:
+                        client.log_model_artifacts(target.model_id, str(staged))
                     else:
-                        client.log_artifacts(mv.run_id, str(staged / directory.relative_to(
+                        client.log_artifacts(target.run_id, str(staged / directory.relative_to(
                             root)), "model")
                     shutil.rmtree(staged, ignore_errors=True)
                     how = "re-uploaded"
-                now = datetime.now(UTC).isoformat(timespec="seconds")
-                client.set_model_version_tag(mv.name, mv.version, "erasure_scrubbed_at", now)
-                client.set_model_version_tag(mv.name, mv.version, "erasure_rows_removed",
-                                             str(int((~keep).sum())))
-            out.append(ArtifactScrub(str(mv.version), source, int((~keep).sum()), len(ids), how))
-            log.info("model version %s: %d erased resident row(s) removed (%s)", mv.version,
+                _tag_scrubbed(client, target, int((~keep).sum()))
+            version = str(target.version.version) if target.version is not None else None
+            out.append(ArtifactScrub(version, target.source, int((~keep).sum()), len(ids), how,
+                                     target.run_id))
+            log.info("model %s: %d erased resident row(s) removed (%s)",
+                     f"version {version}" if version else f"of run {target.run_id}",
                      int((~keep).sum()), how)
     return out
+
+
+def _tag_scrubbed(client: Any, target: _ModelArtifact, rows: int) -> None:
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    if target.version is not None:
+        mv = target.version
+        client.set_model_version_tag(mv.name, mv.version, "erasure_scrubbed_at", now)
+        client.set_model_version_tag(mv.name, mv.version, "erasure_rows_removed", str(rows))
+    else:
+        client.set_tag(target.run_id, "erasure_scrubbed_at", now)
+        client.set_tag(target.run_id, "erasure_rows_removed", str(rows))
 
 
 def model_created_at(settings: Settings, model_version: str) -> float | None:
@@ -464,7 +589,7 @@ def model_created_at(settings: Settings, model_version: str) -> float | None:
     try:
         from mlflow import MlflowClient
 
-        client = MlflowClient(tracking_uri=settings.mlflow_uri)
+        client = MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
         found = client.get_model_version(settings.registered_model,
                                          model_version.removeprefix("v"))
         return _run_started(client, found.run_id)

@@ -33,7 +33,7 @@ import pyarrow.dataset as ds
 from bouquet.core.eventlog import COLUMNS, SCHEMA, EventLog
 from bouquet.core.keys import Keys
 from bouquet.core.settings import Settings
-from bouquet.privacy.erasure import ErasureRegister
+from bouquet.privacy.erasure import ErasureRegister, pointer_keys
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +97,11 @@ def realtime_state(client: Any, keys: Keys, resident_id: str) -> dict[str, Any]:
             pipe.sismember(key, resident_id)
         memberships = [k[len(keys.prefix):] for k, member in
                        zip(active_keys, pipe.execute(), strict=True) if member]
-    other = sorted(_text(k) for k in client.scan_iter(match=keys.resident_pattern(resident_id),
-                                                      count=1000))
+    names = keys.resident_keys(resident_id)  # every per-resident key: no SCAN needed
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.exists(name)
+    other = sorted(name for name, found in zip(names, pipe.execute(), strict=True) if found)
     return {
         "profile": {_text(k): _text(v) for k, v in profile.items()},
         "holdings": sorted(_text(h) for h in holdings),
@@ -115,11 +118,7 @@ def published_lists(client: Any, keys: Keys, resident_id: str) -> list[dict[str,
     """The resident's precomputed lists in every version a pointer names, decoded."""
     from bouquet.models.online import decode_meta, unpack_list
 
-    pointers = {"current": keys.current_version()}
-    prefix = keys.variant_pointer("x")[:-1]
-    for raw in client.scan_iter(match=prefix + "*", count=1000):
-        name = _text(raw)
-        pointers[name[len(prefix):]] = name
+    pointers = pointer_keys(client, keys)
     out = []
     for pointer, key in sorted(pointers.items()):
         version = client.get(key)

@@ -35,6 +35,10 @@ _ADMITTED: dict[str, frozenset[str]] = {
     "admin": frozenset({"admin"}),
 }
 
+#: Where :class:`bouquet.serving.admission.Admission` leaves the role of the request's key,
+#: found before the body was read, for :class:`RoleKey` to check without a second look-up.
+ROLE_SCOPE_KEY = "bouquet.role"
+
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
                               description="API key; its role is set in BOUQUET_API_KEYS")
 
@@ -143,7 +147,8 @@ class RoleKey(APIKeyHeader):
         self.admitted = _ADMITTED[needed] if needed is not None else None
 
     async def __call__(self, request: HTTPConnection) -> str:  # type: ignore[override]
-        role = key_table(request.app).role(request.headers.get("x-api-key"))
+        role = request.scope.get(ROLE_SCOPE_KEY) or \
+            key_table(request.app).role(request.headers.get("x-api-key"))
         if role is None:
             raise HTTPException(status.HTTP_401_UNAUTHORIZED,
                                 detail="missing or unknown API key (header X-API-Key)",

@@ -40,6 +40,8 @@ ANSWERS = Counter("bouquet_recommendations_total",
                   ["kind", "variant", "personalised", "reranked"])
 EVENTS = Counter("bouquet_intake_events_total", "Events taken by POST /v1/events, by outcome",
                  ["outcome"])
+ADMISSION = Counter("bouquet_http_refused_total", "Requests refused before routing, their "
+                    "body unread: unauthenticated, or over a key's rate limit", ["reason"])
 MULTIPROCESS = "PROMETHEUS_MULTIPROC_DIR"
 
 

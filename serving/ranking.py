@@ -32,7 +32,6 @@ Static parts of every answer (names, services, prices) are built once per catalo
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ from cachetools import LRUCache
 
 from bouquet.core.catalog import Bundle, Catalog, Service, available_in, eligibility_failure
 from bouquet.core.profile import segment_of
-from bouquet.core.recommendation import make_recommendation_id
+from bouquet.core.recommendation import RecommendationIds
 from bouquet.models.confidence import Strengths, is_impression
 from bouquet.models.online import PublishedVersion
 from bouquet.models.reasons import ReasonEvent, day_of
@@ -144,16 +143,11 @@ class OfferRanker:
         self._service_static = {s.id: self._static_service(s) for s in catalog.services}
         self.reason_recent_days = reason_recent_days
         self._names = {**self.service_names, **{b.id: b.name for b in catalog.bundles}}
-        # a reason's JSON per (code, day): codes are a version's vocabulary plus the recent
+        # a reason's text per (code, day): codes are a version's vocabulary plus the recent
         # events re-ranking names; bounded whatever comes
-        self._reason_json: LRUCache[tuple[str, date], str] = LRUCache(maxsize=100_000)
+        self._reason_text: LRUCache[tuple[str, date], str] = LRUCache(maxsize=100_000)
         # one entry per distinct profile × query: few in a city, bounded whatever comes
         self._permitted: LRUCache[tuple[Any, ...], frozenset[str]] = LRUCache(maxsize=50_000)
-        # Each item's static JSON without its closing brace (see items_json).
-        self._bundle_json = {k: json.dumps(v, separators=(",", ":"))[:-1]
-                             for k, v in self._bundle_static.items()}
-        self._service_json = {k: json.dumps(v, separators=(",", ":"))[:-1]
-                              for k, v in self._service_static.items()}
         # per loaded version: its segments' rows in the exploration counts
         self._segment_rows: LRUCache[str, dict[str, int]] = LRUCache(maxsize=16)
 
@@ -190,28 +184,27 @@ class OfferRanker:
         }
 
     # --- serialisation -------------------------------------------------------------------
-    def items_json(self, kind: str, items: list[Pick], today: date | None = None,
-                   answer: Answer | None = None) -> str:
-        """The JSON array of an answer's items, from fragments serialised once per catalog
-        (an item's names, services and price never change between requests) and reasons
-        rendered once a day per code (their wording depends on how long ago the event was).
-        With ``answer``, each item carries the recommendation id to echo for it."""
-        fragments = self._bundle_json if kind == "b" else self._service_json
+    def items(self, kind: str, picks: list[Pick], today: date | None = None,
+              answer: Answer | None = None) -> list[dict[str, Any]]:
+        """An answer's items: each offer's static part (names, services, price — built once
+        per catalog) with its score, source and reason (rendered once a day per code: the
+        wording depends on how long ago the event was). With ``answer``, each item carries
+        the recommendation id to echo in events about it."""
+        static = self._bundle_static if kind == "b" else self._service_static
         today = today or datetime.now(UTC).date()
-        parts = []
-        for pick in items:
-            reference = ("" if answer is None else
-                         f',"recommendation_id":"{answer.item_recommendation_id(pick)}"')
+        out = []
+        for pick in picks:
             key = (pick.reason_code, today)
-            reason = self._reason_json.get(key)
+            reason = self._reason_text.get(key)
             if reason is None:
-                reason = self._reason_json[key] = (
-                    f',"reason":{json.dumps(self.reason_text(pick.reason_code, today))}'
-                    f',"reason_code":{json.dumps(pick.reason_code)}')
+                reason = self._reason_text[key] = self.reason_text(pick.reason_code, today)
             score = pick.score if pick.score == pick.score else 0.0  # never emit NaN
-            parts.append(f'{fragments[pick.item_id]},"score":{score:.6f}{reason},'
-                         f'"source":"{pick.source}"{reference}}}')
-        return "[" + ",".join(parts) + "]"
+            item = {**static[pick.item_id], "score": score, "reason": reason,
+                    "reason_code": pick.reason_code, "source": pick.source}
+            if answer is not None:
+                item["recommendation_id"] = answer.item_recommendation_id(pick)
+            out.append(item)
+        return out
 
     # --- reasons ---------------------------------------------------------------------------
     def reason_text(self, code: str, today: date | None = None) -> str:
@@ -538,23 +531,23 @@ class OfferRanker:
 
 def answer(ranker: OfferRanker, kind: str, resident_id: str, state: ResidentState,
            model: PublishedVersion | None, *, variant: str, personalise: bool, rerank: bool,
-           k: int, zone: str | None = None, domain: str | None = None,
-           now: float | None = None) -> Answer:
+           k: int, ids: RecommendationIds, zone: str | None = None,
+           domain: str | None = None, now: float | None = None) -> Answer:
     """The whole answer to one request once the resident's state is read: ranked by the
     rules above, with its recommendation ids — what the API serialises, and what the closed
     loop shows its simulated residents.
 
     ``personalise``: the variant personalises and the version has personal lists (the
-    resident's consent is read from ``state``); ``rerank``: fold recent events in.
+    resident's consent is read from ``state``); ``rerank``: fold recent events in; ``ids``:
+    the deployment's minter (signed ids, so the funnel credits them).
     """
     ranked = ranker.rank(kind, state, model, k=k, personalise=personalise and state.consent,
                          rerank=rerank, zone=zone, domain=domain,
                          baseline_variant=not personalise, now=now, resident_id=resident_id)
     model_version = model.model_version if model else "none"
-    explore_id = (make_recommendation_id(model_version, explore_variant(variant))
+    explore_id = (ids.mint(model_version, explore_variant(variant))
                   if ranked.explored else None)
-    return Answer(ranked, model_version, variant,
-                  make_recommendation_id(model_version, variant), explore_id)
+    return Answer(ranked, model_version, variant, ids.mint(model_version, variant), explore_id)
 
 
 def _answer_rng(resident_id: str, now: float, model_version: str) -> np.random.Generator:

@@ -1,10 +1,16 @@
 """Event intake: ``POST /v1/events`` — one event or a batch, validated, then on Kafka.
 
 * Validation is the consumer's own (:func:`parse_event` + :func:`check_against_catalog`),
-  so an event the API accepts is never dead-lettered for a schema reason later.
+  so an event the API accepts is never dead-lettered for a schema reason later. A body
+  larger than :data:`INLINE_BODY_BYTES` is parsed and validated in a worker thread, so a
+  large batch (or a crafted one) never holds the event loop that serves everyone else.
 * A batch is **all or nothing**: if any event is invalid the answer is ``422`` listing each
   bad event (index, reason code, detail) and *none* is produced, so a client never has to
   work out which half of a batch got in.
+* ``erase`` events need an ``admin`` key (``403`` otherwise, for the whole batch): apps
+  erase through ``DELETE /v1/residents/{id}``, which needs admin too. ``consent`` and
+  ``profile`` events (what a resident declares in an app) are open to ``app`` keys and each
+  one is audited, like ``PUT /v1/residents/{id}/consent``.
 * ``202`` only after the broker acknowledged every event (``acks=all``, via
   :meth:`EventProducer.send_and_wait` in a worker thread so the event loop keeps serving).
   Broker unreachable or slow → ``503`` with ``Retry-After``; the client re-sends with the
@@ -22,12 +28,21 @@ from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from bouquet.core.events import EventRejected, InteractionEvent, check_against_catalog, parse_event
+from bouquet.core.catalog import Catalog
+from bouquet.core.events import (
+    EventRejected,
+    EventType,
+    InteractionEvent,
+    check_against_catalog,
+    parse_event,
+)
 from bouquet.core.settings import Settings
 from bouquet.serving import metrics
+from bouquet.serving.auditing import actor, audit_log, declaration_entries
 from bouquet.serving.deps import AppRole, CatalogDep, SettingsDep
 from bouquet.serving.runtime import Runtime, RuntimeDep, runtime_of
 from bouquet.streaming.producer import EventProducer, ProduceFailed
@@ -44,7 +59,7 @@ class Accepted(BaseModel):
 def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
     """The model's JSON schema with its ``$defs`` inlined: pydantic's ``#/$defs/…``
     references do not resolve inside an OpenAPI document (which has no root ``$defs``), so
-    clients and schema-driven tools could not read the request body (issue 8)."""
+    clients and schema-driven tools could not read the request body."""
     defs = schema.pop("$defs", {})
 
     def walk(node: Any) -> Any:
@@ -87,6 +102,76 @@ def _problem(status: int, detail: str, problems: list[dict[str, Any]] | None = N
     return JSONResponse(status_code=status, content=content, headers=headers)
 
 
+#: Bodies up to this size are parsed and validated on the event loop (a thread hop costs
+#: more than validating a few events); larger ones in a worker thread, so that one large
+#: batch — up to ``BOUQUET_SERVING_MAX_BATCH`` events of context to screen — never stalls
+#: the other requests of the process.
+INLINE_BODY_BYTES = 16 * 1024
+
+
+class IntakeRefused(Exception):
+    """A request body the intake refuses as a whole (nothing of it is produced)."""
+
+    def __init__(self, status: int, outcome: str, detail: str, events: int = 1,
+                 problems: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.outcome, self.detail = status, outcome, detail
+        self.events, self.problems = events, problems
+
+
+def validate_body(raw: bytes, settings: Settings, catalog: Catalog) -> list[InteractionEvent]:
+    """The events of a request body, validated with the consumer's rules, all or nothing;
+    raises :class:`IntakeRefused`. Pure CPU work: safe to run in a worker thread."""
+    try:  # the body's size was capped before it was read (serving.admission.body_cap)
+        payload = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise IntakeRefused(422, "rejected", f"body is not valid JSON: {str(exc)[:200]}") \
+            from None
+    items = payload if isinstance(payload, list) else [payload]
+    if not items:
+        raise IntakeRefused(422, "rejected", "an empty batch: send one event object or a "
+                            "non-empty array", events=0)
+    if len(items) > settings.serving_max_batch:
+        raise IntakeRefused(422, "too_large", f"{len(items)} events in one batch; the limit "
+                            f"is {settings.serving_max_batch} (BOUQUET_SERVING_MAX_BATCH)")
+    events: list[InteractionEvent] = []
+    problems: list[dict[str, Any]] = []
+    skew = timedelta(seconds=settings.max_future_skew_s)
+    past_skew = settings.past_skew_limits()
+    for index, item in enumerate(items):
+        try:
+            if isinstance(item, dict) and len(json.dumps(item)) > settings.max_event_bytes:
+                raise EventRejected("oversize", f"event is larger than "
+                                                f"{settings.max_event_bytes} bytes")
+            event = parse_event(item, max_bytes=settings.max_event_bytes)
+            check_against_catalog(event, catalog, max_future_skew=skew,
+                                  max_past_skew=past_skew)
+            events.append(event)
+        except EventRejected as exc:
+            problems.append({"index": index, "reason": exc.reason, "detail": exc.detail})
+    if problems:
+        raise IntakeRefused(422, "rejected", f"{len(problems)} of {len(items)} events "
+                            "rejected; none was accepted", events=len(items),
+                            problems=problems)
+    return events
+
+
+def refuse_erasures_without_admin(events: list[InteractionEvent], role: str) -> None:
+    """An ``erase`` event forgets a resident everywhere: only an ``admin`` key may send one
+    (apps erase through ``DELETE /v1/residents/{id}``, which needs admin too and is
+    audited). Raises :class:`IntakeRefused` (403) for the whole batch otherwise."""
+    if role == "admin":
+        return
+    erasures = [i for i, e in enumerate(events) if e.type is EventType.ERASE]
+    if erasures:
+        raise IntakeRefused(403, "forbidden", "erase events need the 'admin' role (erase a "
+                            "resident with DELETE /v1/residents/{id}); none was accepted",
+                            events=len(events), problems=[
+                                {"index": i, "reason": "forbidden",
+                                 "detail": "an erase event needs the admin role"}
+                                for i in erasures])
+
+
 def _new_producer(settings: Settings) -> EventProducer:
     timeout_ms = int(settings.serving_intake_timeout_s * 1000)
     return EventProducer(settings, max_block_ms=timeout_ms, request_timeout_ms=timeout_ms,
@@ -113,7 +198,8 @@ async def _drop_producer(runtime: Runtime) -> None:
              openapi_extra={"requestBody": _REQUEST_BODY},
              responses={
                  401: {"description": "Missing or unknown API key"},
-                 403: {"description": "The key's role may not send events"},
+                 403: {"description": "The key's role may not send events, or the batch "
+                                      "holds an `erase` event and the key is not `admin`"},
                  413: {"description": "Body larger than the batch limit allows"},
                  422: {"description": "Invalid JSON, or invalid events (each listed with its "
                                       "index and reason code); none was accepted"},
@@ -121,45 +207,19 @@ async def _drop_producer(runtime: Runtime) -> None:
                                       "`Retry-After` seconds with the same event ids"},
              })
 async def post_events(request: Request, runtime: RuntimeDep, settings: SettingsDep,
-                      catalog: CatalogDep, _role: AppRole) -> JSONResponse:
+                      catalog: CatalogDep, role: AppRole) -> JSONResponse:
     """Validate with the consumer's rules, produce with `acks=all`, answer `202` once the
     broker acknowledged every event."""
-    limit = settings.serving_max_batch * settings.max_event_bytes
     raw = await request.body()
-    if len(raw) > limit:
-        metrics.EVENTS.labels("too_large").inc()
-        return _problem(413, f"body of {len(raw)} bytes exceeds {limit} bytes "
-                             f"({settings.serving_max_batch} events of at most "
-                             f"{settings.max_event_bytes} bytes)")
     try:
-        payload = json.loads(raw)
-    except (ValueError, RecursionError) as exc:
-        metrics.EVENTS.labels("rejected").inc()
-        return _problem(422, f"body is not valid JSON: {str(exc)[:200]}")
-    items = payload if isinstance(payload, list) else [payload]
-    if not items:
-        return _problem(422, "an empty batch: send one event object or a non-empty array")
-    if len(items) > settings.serving_max_batch:
-        metrics.EVENTS.labels("too_large").inc()
-        return _problem(422, f"{len(items)} events in one batch; the limit is "
-                             f"{settings.serving_max_batch} (BOUQUET_SERVING_MAX_BATCH)")
-    events: list[InteractionEvent] = []
-    problems: list[dict[str, Any]] = []
-    skew = timedelta(seconds=settings.max_future_skew_s)
-    for index, item in enumerate(items):
-        try:
-            if isinstance(item, dict) and len(json.dumps(item)) > settings.max_event_bytes:
-                raise EventRejected("oversize", f"event is larger than "
-                                                f"{settings.max_event_bytes} bytes")
-            event = parse_event(item, max_bytes=settings.max_event_bytes)
-            check_against_catalog(event, catalog, max_future_skew=skew)
-            events.append(event)
-        except EventRejected as exc:
-            problems.append({"index": index, "reason": exc.reason, "detail": exc.detail})
-    if problems:
-        metrics.EVENTS.labels("rejected").inc(len(items))
-        return _problem(422, f"{len(problems)} of {len(items)} events rejected; none was "
-                             "accepted", problems)
+        if len(raw) > INLINE_BODY_BYTES:
+            events = await run_in_threadpool(validate_body, raw, settings, catalog)
+        else:
+            events = validate_body(raw, settings, catalog)
+        refuse_erasures_without_admin(events, role)
+    except IntakeRefused as exc:
+        metrics.EVENTS.labels(exc.outcome).inc(exc.events)
+        return _problem(exc.status, exc.detail, exc.problems)
     try:
         producer = await _producer(runtime, settings)
         accepted = await asyncio.to_thread(producer.send_and_wait, events,
@@ -172,6 +232,12 @@ async def post_events(request: Request, runtime: RuntimeDep, settings: SettingsD
                              "with the same event ids", headers={"Retry-After":
                                                                  str(RETRY_AFTER_S)})
     metrics.EVENTS.labels("accepted").inc(accepted)
+    entries = declaration_entries(events, actor(request, role), settings.pseudonym_secret)
+    if entries:
+        try:
+            await run_in_threadpool(audit_log(request.app).record_many, entries)
+        except OSError:  # the events are durable already: say so loudly, answer as done
+            log.exception("intake: %d declaration(s) accepted but not audited", len(entries))
     return JSONResponse(status_code=202, content={"accepted": accepted})
 
 

@@ -19,9 +19,10 @@ History figures are computed from the event log in a worker thread and cached in
 
 ``GET /dashboard`` serves the dashboard page and ``/dashboard/assets/*`` its scripts and
 styles — all from ``serving/static``, no CDN. The page itself holds no data and is public;
-its data calls send the operator key, which the page asks for and keeps in
-``sessionStorage`` (``/dashboard#key=…`` or ``?key=…`` pre-fills it for a demo; the page
-then removes it from the address bar).
+its data calls send the operator key in the ``X-API-Key`` header, which the page asks for
+and keeps in ``sessionStorage``. ``/dashboard#key=…`` pre-fills it for the local demo (the
+development key: a fragment never reaches the server, and the page then removes it from the
+address bar); a key is never taken from, or sent in, a query string.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ published version is loaded in this process — ``ready`` when Redis answers too
 ``degraded`` when Redis is down and answers come from the lists held in memory — and 503
 (``not_ready``) only when there is no model to answer with. Pulling every instance out of
 the balancer because the shared Redis blinked would turn a degraded service into an outage.
-``/metrics`` is Prometheus text (no resident data, so no key needed; expose it on the
-internal network only).
+``/metrics`` is Prometheus text (no resident data): open on a laptop, behind a key in
+production like ``/docs`` and ``/openapi.json`` (:mod:`bouquet.serving.admission`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
 from bouquet.serving import metrics
-from bouquet.serving.body_limit import BodyLimit, body_limit
+from bouquet.serving.admission import Admission
 from bouquet.serving.runtime import RuntimeDep
 
 log = logging.getLogger(__name__)
@@ -66,16 +66,19 @@ async def prometheus_metrics() -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    """A true bug: log it with an id the client can quote, answer a clean JSON 500."""
+    """A true bug: log it with an id the client can quote, answer a clean JSON 500. The log
+    names the route's template (``/v1/residents/{resident_id}/bundles``), never the path,
+    which carries the resident's id."""
     error_id = secrets.token_hex(6)
-    log.error("unhandled error %s on %s %s", error_id, request.method, request.url.path,
-              exc_info=exc)
+    route = getattr(request.scope.get("route"), "path", None) or "unmatched route"
+    log.error("unhandled error %s on %s %s", error_id, request.method, route, exc_info=exc)
     return JSONResponse(status_code=500, content={"detail": "internal error",
                                                   "error_id": error_id})
 
 
 def configure(app: FastAPI) -> None:
     app.add_middleware(metrics.MetricsMiddleware)
-    # added last, so outermost: an oversize body is refused before anything reads it
-    app.add_middleware(BodyLimit, limit=body_limit(app.state.settings))
+    # added last, so outermost: key, rate and body size are checked before anything reads
+    # the body
+    app.add_middleware(Admission, bouquet_app=app)
     app.add_exception_handler(Exception, _unexpected)

@@ -2,10 +2,10 @@
 
 * ``PUT /v1/residents/{id}/consent`` (``app`` or ``admin``): personalisation consent given or
   withdrawn. The ``consent`` event is produced first (``acks=all``: durable, and the next
-  training reads it), then the resident's profile in Redis is updated with the same time
-  stamp under the consumer's rule (newer time stamp wins, ``consent_ts``), so the very next
-  recommendation request already obeys it. Broker down: ``503`` + ``Retry-After`` and
-  nothing changed.
+  training reads it) with the time of receipt as its Kafka time stamp, then the resident's
+  profile in Redis is updated with that receipt time under the consumer's rule (the later
+  receipt wins, ``consent_ts``), so the very next recommendation request already obeys
+  it. Broker down: ``503`` + ``Retry-After`` and nothing changed.
 * ``DELETE /v1/residents/{id}`` (``admin``): erasure. Register, real-time state and every
   published list at once (:func:`bouquet.privacy.erasure.cascade`), then an ``erase``
   event (the event log hides the resident from every reader as soon as it is ingested;
@@ -16,9 +16,9 @@
 * ``GET /v1/admin/audit`` (``operator`` or ``admin``): the latest audit records (the Redis
   stream; the file when Redis is down). Records name residents by keyed reference only.
 
-Erasures and exports are audited (:mod:`bouquet.privacy.audit`) with the calling key's role and
-fingerprint. (Request bodies larger than the intake could ever accept are refused for every
-route by :class:`bouquet.serving.body_limit.BodyLimit`.)
+Erasures, exports and consent changes are audited (:mod:`bouquet.privacy.audit`) with the
+calling key's role and fingerprint. (Keys, rate limits and body caps are checked before any
+body is read, by :class:`bouquet.serving.admission.Admission`.)
 """
 
 from __future__ import annotations
@@ -26,28 +26,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import redis
 from fastapi import APIRouter, Body, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 
-from bouquet.core.events import Channel
+from bouquet.core.events import Channel, parse_event
 from bouquet.core.settings import Settings
-from bouquet.privacy.audit import AuditLog, api_actor, read_stream, resident_ref
-from bouquet.serving.deps import (
-    AdminRole,
-    AppRole,
-    OperatorRole,
-    ResidentId,
-    SettingsDep,
-    api_key_header,
-    close_sync_redis,
-    sync_redis,
-)
+from bouquet.privacy.audit import read_stream, resident_ref
+from bouquet.serving import auditing
+from bouquet.serving.auditing import actor, audit_log, declaration_entries, privacy_redis
+from bouquet.serving.deps import AdminRole, AppRole, OperatorRole, ResidentId, SettingsDep
 from bouquet.serving.runtime import Runtime, RuntimeDep
 from bouquet.streaming.producer import EventProducer, ProduceFailed
 
@@ -87,28 +80,17 @@ class ErasureAnswer(BaseModel):
     next_steps: list[str]
 
 
-def _sync_redis(app: FastAPI) -> redis.Redis:
-    """A synchronous client for the erasure, export, audit, which run in a worker thread."""
-    return sync_redis(app, "privacy_redis", socket_timeout=5)
-
-
-def _audit(app: FastAPI) -> AuditLog:
-    found = getattr(app.state, "audit_log", None)
-    if found is None:
-        found = AuditLog(app.state.settings, _sync_redis(app))
-        app.state.audit_log = found
-    return found
-
-
 def _problem(status: int, detail: str, **extra: Any) -> JSONResponse:
     headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
     return JSONResponse(status_code=status, content={"detail": detail, **extra},
                         headers=headers)
 
 
-async def _produce(runtime: Runtime, settings: Settings, event: dict[str, Any]) -> None:
-    """Produce one event through the app's intake producer and wait for the broker's ack;
-    raises :class:`ProduceFailed` (the producer is then rebuilt on the next call)."""
+async def _produce(runtime: Runtime, settings: Settings, event: dict[str, Any],
+                   timestamp_ms: int | None = None) -> None:
+    """Produce one event through the app's intake producer and wait for the broker's ack
+    (``timestamp_ms``: the record's time stamp, default now); raises
+    :class:`ProduceFailed` (the producer is then rebuilt on the next call)."""
     async with runtime.producer_lock:
         if runtime.producer is None:
             timeout_ms = int(settings.serving_intake_timeout_s * 1000)
@@ -118,17 +100,13 @@ async def _produce(runtime: Runtime, settings: Settings, event: dict[str, Any]) 
         producer = runtime.producer
     try:
         await asyncio.to_thread(producer.send_and_wait, [event],
-                                settings.serving_intake_timeout_s)
+                                settings.serving_intake_timeout_s, timestamp_ms)
     except ProduceFailed:
         stale, runtime.producer = runtime.producer, None
         if stale is not None:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(stale.close, 0)
         raise
-
-
-def _actor(request: Request, role: str) -> str:
-    return api_actor(role, request.headers.get(api_key_header.model.name))
 
 
 # --- consent -------------------------------------------------------------------------------
@@ -145,17 +123,23 @@ async def put_consent(resident_id: ResidentId, request: Request, runtime: Runtim
     withdrawal) and excludes the resident from the next training."""
     from bouquet.streaming.producer import new_event_id
 
-    now = datetime.now(UTC)
+    # received now: the Kafka record carries this time (ms) and the profile gets it too,
+    # so the consumer applying the event later writes the same values
+    received_ms = time.time_ns() // 1_000_000
+    now = datetime.fromtimestamp(received_ms / 1000, UTC)
     value = 1 if body.personalisation else 0
     event = {"schema_version": 1, "event_id": new_event_id("consent"),
              "resident_id": resident_id, "type": "consent", "ts": now.isoformat(),
              "channel": body.channel.value, "value": value}
     try:
-        await _produce(runtime, settings, event)
+        await _produce(runtime, settings, event, received_ms)
     except ProduceFailed as exc:
         log.warning("consent for a resident not recorded, broker unavailable: %s", exc)
         return _problem(503, "the event broker is unavailable; consent was not changed — "
                              "retry")
+    entries = declaration_entries([parse_event(event)], actor(request, role),
+                                  settings.pseudonym_secret)
+    await asyncio.to_thread(audit_log(request.app).record_many, entries)
     answer = {"resident_id": resident_id, "personalisation": body.personalisation,
               "effective": False, "event_id": event["event_id"], "ts": event["ts"],
               "notice": None}
@@ -189,17 +173,16 @@ async def delete_resident(resident_id: ResidentId, request: Request, runtime: Ru
 
     app = request.app
     now = datetime.now(UTC)
-    report = await asyncio.to_thread(cascade, settings, _sync_redis(app), resident_id, at=now,
-                                     source="api")
-    event = erase_event(resident_id, now)
+    report = await asyncio.to_thread(cascade, settings, privacy_redis(app), resident_id,
+                                     at=now, source="api")
+    event = erase_event(resident_id, datetime.fromtimestamp(report.cutoff, UTC))
     problems = list(report.errors)
     try:
         await _produce(runtime, settings, event)
     except ProduceFailed as exc:
         problems.append(f"broker: {exc}")
-    actor = _actor(request, role)
     outcome = "partial" if problems else "ok"
-    await asyncio.to_thread(_audit(app).record, "erasure", actor=actor,
+    await asyncio.to_thread(audit_log(app).record, "erasure", actor=actor(request, role),
                             target=f"resident:{report.ref[:16]}", outcome=outcome,
                             published_lists_deleted=report.published_lists_deleted,
                             event_id=event["event_id"], problems=problems)
@@ -233,11 +216,11 @@ async def export_resident(resident_id: ResidentId, request: Request, settings: S
 
     app = request.app
     try:
-        document = await asyncio.to_thread(build, settings, _sync_redis(app), resident_id)
+        document = await asyncio.to_thread(build, settings, privacy_redis(app), resident_id)
     except (RedisError, OSError) as exc:
         return _problem(503, f"Redis unavailable ({exc.__class__.__name__}); retry")
     reference = resident_ref(resident_id, settings.pseudonym_secret)[:16]
-    await asyncio.to_thread(_audit(app).record, "export", actor=_actor(request, role),
+    await asyncio.to_thread(audit_log(app).record, "export", actor=actor(request, role),
                             target=f"resident:{reference}", events=len(document["events"]))
     return JSONResponse(document)
 
@@ -249,13 +232,14 @@ async def audit_records(request: Request, _: OperatorRole,
                         count: Annotated[int, Query(ge=1, le=1000)] = 50) -> JSONResponse:
     app = request.app
     try:
-        records = await asyncio.to_thread(read_stream, _sync_redis(app), app.state.keys, count)
+        records = await asyncio.to_thread(read_stream, privacy_redis(app), app.state.keys,
+                                          count)
         source = "redis stream"
     except (RedisError, OSError):
-        records = list(reversed(await asyncio.to_thread(_audit(app).tail, count)))
+        records = list(reversed(await asyncio.to_thread(audit_log(app).tail, count)))
         source = "audit file (Redis unavailable)"
     return JSONResponse({"source": source, "records": records})
 
 
 async def shutdown(app: FastAPI) -> None:
-    close_sync_redis(app, "privacy_redis")
+    auditing.close(app)

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 
+from bouquet.core.recommendation import RecommendationIds
 from bouquet.serving.experiments import Experiment
 from bouquet.serving.holder import ModelHolder
 from bouquet.serving.ranking import OfferRanker
@@ -25,6 +26,8 @@ class Runtime:
     holder: ModelHolder
     experiment: Experiment
     ranker: OfferRanker
+    #: mints the recommendation_id of every answer (signed: core/recommendation.py)
+    recommendation_ids: RecommendationIds
     rerank_enabled: bool = True
     bench_endpoints: bool = False
     producer: Any = None
@@ -44,6 +47,7 @@ def runtime_of(app: FastAPI) -> Runtime:
                              settings.serving_pointer_poll_ms)
         ranker = OfferRanker.from_settings(catalog, settings)
         runtime = Runtime(store, holder, experiment, ranker,
+                          RecommendationIds.for_settings(settings),
                           rerank_enabled=settings.serving_rerank,
                           bench_endpoints=settings.serving_bench_endpoints)
         app.state.bouquet_runtime = runtime

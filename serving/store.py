@@ -118,10 +118,12 @@ class OnlineStore:
         self._consent = redis.register_script(_CONSENT_LUA)
 
     async def set_consent(self, resident_id: str, consent: bool, at: datetime) -> bool:
-        """Record a consent decision in the real-time profile, newer time stamp winning (the
-        consumer's rule for consent events); False when a newer decision already stands."""
+        """Record a consent decision received at ``at`` (server time, to the millisecond:
+        the Kafka time stamp its event carries) in the real-time profile, the later receipt
+        winning (the consumer's rule for consent events); False when a later decision
+        already stands."""
         applied = await self._consent(keys=[self.keys.profile(resident_id)],
-                                      args=["1" if consent else "0", f"{at.timestamp():.6f}"])
+                                      args=["1" if consent else "0", f"{at.timestamp():.3f}"])
         return bool(int(applied))
 
     async def pointers(self, names: Iterable[str]) -> dict[str, str | None]:

@@ -473,10 +473,12 @@ class Simulation:
             start = int(self.day_start_us[0])
             registered = start - span + (rng.random(len(rows)) * (span - DAY_US)).astype(np.int64)
             cls = self.residents.profile_class[rows]
+            # the history is what the city knew before the window: a backfill by the
+            # system, not events from people's devices (whose channels have a past limit)
             parts.append(EventColumns.build(rows, T["profile"], ts=registered,
-                                            channel=C["app"], context=cls))
+                                            channel=C["system"], context=cls))
             parts.append(EventColumns.build(rows, T["consent"], ts=registered + US,
-                                            channel=C["app"],
+                                            channel=C["system"],
                                             value=self.consent[rows].astype(float)))
             # offers held: bundles and single services chosen by taste among those allowed
             aff = self.affinity(rows)
@@ -493,8 +495,9 @@ class Simulation:
             gap = start - registered[r_local] - 2 * US
             when = registered[r_local] + 2 * US + (rng.random(len(r_local)) * gap).astype(np.int64)
             np.maximum.at(self.last_history_use, rows[r_local], when)
-            channel = rng.choice([C["app"], C["web"], C["desk"]], len(r_local), p=[.5, .3, .2])
-            parts.append(self._subscriptions(rng, rows[r_local], offer, when, channel, -1))
+            held = self._subscriptions(rng, rows[r_local], offer, when, C["system"], -1)
+            held.channel[:] = C["system"]  # their first payments too
+            parts.append(held)
         return EventColumns.concat(parts).sorted()
 
     def _subscriptions(self, rng: np.random.Generator, residents: np.ndarray, offer: np.ndarray,

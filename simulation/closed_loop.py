@@ -35,7 +35,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -48,6 +48,7 @@ from bouquet.core.cadence import (
     weekly_or_better,
 )
 from bouquet.core.catalog import Catalog
+from bouquet.core.recommendation import RecommendationIds
 from bouquet.simulation.behaviour import DAY_US, BehaviourParams, Simulation
 from bouquet.simulation.columns import CADENCE_CLASS_NAMES, to_arrow
 from bouquet.simulation.policies import (
@@ -183,7 +184,9 @@ def run_policy(policy: Policy, catalog: Catalog, *, residents: int, weeks: int, 
                sink: Callable[[pa.Table], None] | None = None,
                on_week: Callable[[int, int], None] | None = None,
                simulation: Simulation | None = None, from_week: int = 0,
-               until_week: int | None = None) -> tuple[PolicyRun, Simulation]:
+               until_week: int | None = None,
+               recommendation_ids: RecommendationIds | None = None
+               ) -> tuple[PolicyRun, Simulation]:
     """Simulate ``weeks`` weeks of a ``residents``-strong city under ``policy``.
 
     ``sink`` receives the history, then each week's events (Arrow, event-log layout, sorted
@@ -202,6 +205,8 @@ def run_policy(policy: Policy, catalog: Catalog, *, residents: int, weeks: int, 
     until_week = weeks if until_week is None else until_week
     if not 0 <= from_week <= until_week <= weeks:
         raise ValueError(f"weeks {from_week}..{until_week} are not within 0..{weeks}")
+    if recommendation_ids is not None:  # the deployment's key (default: the development one)
+        sim.vocab = replace(sim.vocab, minter=recommendation_ids)
     start_hook = getattr(policy, "start", None)
     if start_hook is not None:
         start_hook(CityView(catalog, sim.residents.public_table(catalog), sim))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 from bouquet.core.cadence import CADENCE_CLASSES, cadence_class
 from bouquet.core.catalog import Catalog
 from bouquet.core.eventlog import SCHEMA
+from bouquet.core.recommendation import RecommendationIds, development_ids
 
 #: Type codes (index into this tuple) used in :attr:`EventColumns.type`.
 EVENT_TYPES: tuple[str, ...] = ("view", "click", "subscribe", "use", "pay", "rate", "dismiss",
@@ -147,6 +148,8 @@ class Vocabulary:
     #: week -> resident row -> id given by the policy for the whole answer, or per bundle
     #: index (an answer whose items carry their own ids, e.g. an explored slot)
     rec_ids: dict[int, dict[int, str | dict[int, str]]]
+    #: mints the ids of in-process policies (signed, as the API's: core/recommendation.py)
+    minter: RecommendationIds = field(default_factory=development_ids)
 
     @classmethod
     def build(cls, resident_ids: np.ndarray, catalog: Catalog, contexts: list[str],
@@ -175,8 +178,9 @@ class Vocabulary:
             tag = self.rec_tags.get(int(w))
             if tag is None:
                 continue
-            out[mask] = hex_strings(mix64(self.seed, 0x5EC, int(w), resident[mask]), 12,
-                                    prefix=tag).astype(str)
+            model_version, variant, _ = tag.split(".")
+            out[mask] = [self.minter.mint(model_version, variant, nonce=int(n)) for n in
+                         mix64(self.seed, 0x5EC, int(w), resident[mask])]
         return pa.array(out, pa.string())
 
 

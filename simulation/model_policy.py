@@ -18,7 +18,8 @@ a deployed Bouquet would see — the events the loop hands to ``observe``:
   about, a :class:`~bouquet.serving.store.ResidentState` built from the events as the
   ingestion consumer keeps it in Redis (declared profile and consent, holdings, dismissed
   bundles, the latest contacts) and ranked by serving's rules (fold-in, filters, rotation,
-  segment cold start, exploration). Recommendation ids are minted by serving's helper.
+  segment cold start, exploration). Recommendation ids are minted there with the
+  deployment's key, as the API's are.
 
 It measures whether *targeting by the product* moves cadence compared with popularity, on
 the simulator's assumptions (see docs/simulation.md) — not real-world uplift.
@@ -38,6 +39,7 @@ import pyarrow as pa
 
 from bouquet.core.events import CONTACT_TYPES
 from bouquet.core.profile import DECLARED_BOOLEANS
+from bouquet.core.recommendation import RecommendationIds
 from bouquet.core.settings import Settings
 from bouquet.models.deployable import DeployableModel
 from bouquet.models.online import PublishedVersion, unpack_list
@@ -89,6 +91,8 @@ class ModelPolicy(BasePolicy):
         self.selections: list[dict[str, Any]] = []  # what each family selection decided
         self.last_answers: list[Answer] = []
         self.last_recommendation_ids: list[list[str]] | None = None
+        # the deployment's key: ids the consumer and the reports verify and credit
+        self.recommendation_ids = RecommendationIds.for_settings(self.settings)
 
     # --- the loop's hooks -------------------------------------------------------------------
     def start(self, city: CityView) -> None:
@@ -148,7 +152,7 @@ class ModelPolicy(BasePolicy):
         rerank = personalise and self.settings.serving_rerank
         return answer(self.ranker, "b", resident_id, self.state(resident_id, personalise),
                       version, variant=self.variant, personalise=personalise, rerank=rerank,
-                      k=k, now=now)
+                      k=k, ids=self.recommendation_ids, now=now)
 
     # --- train and publish -----------------------------------------------------------------
     def fit(self) -> None:

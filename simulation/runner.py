@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bouquet.core.catalog import load_catalog
+from bouquet.core.recommendation import RecommendationIds
 from bouquet.core.settings import Settings
 from bouquet.simulation.behaviour import BehaviourParams
 from bouquet.simulation.calibration import CadenceStats, simulated_statistics
@@ -115,7 +116,8 @@ def simulate(settings: Settings, *, residents: int, weeks: int, seed: int,
     try:
         run, sim = run_policy(chosen, catalog, residents=residents, weeks=weeks, seed=seed,
                               end=end, params=params, sink=sink, on_week=on_week,
-                              from_week=from_week, until_week=until_week)
+                              from_week=from_week, until_week=until_week,
+                              recommendation_ids=RecommendationIds.for_settings(settings))
         if to == "memory":
             bar.update(sink.events)
     finally:

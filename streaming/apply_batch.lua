@@ -2,7 +2,7 @@
 -- erase_resident_fn.lua). ARGV after the header: one argument per event, its STRIDE fields
 -- joined by \x1f: event_id, resident_id, type, ts (epoch s), combination
 -- "day|week|channel|domain|factor", payload (recent item JSON | profile "k\tv\t..." |
--- consent "0"/"1"), members (holdings "b:x s:y" | dismissed bundle id), funnel key,
+-- consent "<0|1> <receipt epoch s>"), members (holdings "b:x s:y" | dismissed bundle id), funnel key,
 -- funnel stage, funnel index member ("<model_version>:<variant>").
 -- Returns {applied, duplicates, erased resident ids...}.
 --
@@ -99,10 +99,13 @@ for a = FIRST, #ARGV do
         nb_cache[rid] = nil
       end
     elseif typ == 'consent' then
+      -- payload "<1|0> <receipt epoch s>": the later receipt wins, whatever time stamp the
+      -- client wrote (the consent API writes by the same rule: serving/set_consent.lua)
+      local value, received = string.match(payload, '^([01]) (%S+)$')
       local pk = R_PRE .. rid .. R_SUF .. 'profile'
       local cur = tonumber(redis.call('HGET', pk, 'consent_ts') or '-1e300')
-      if tonumber(tstext) >= cur then
-        redis.call('HSET', pk, 'consent', payload, 'consent_ts', tstext)
+      if tonumber(received) >= cur then
+        redis.call('HSET', pk, 'consent', value, 'consent_ts', received)
       end
     else
       -- a contact

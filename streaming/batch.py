@@ -42,13 +42,14 @@ from bouquet.core.events import (
     EventType,
     InteractionEvent,
     _context_depth,
-    _personal_data_in,
     check_against_catalog,
     parse_event,
+    personal_data_in,
 )
+from bouquet.core.keyring import resident_ref
 from bouquet.core.keys import Keys
 from bouquet.core.profile import profile_payload
-from bouquet.core.recommendation import parse_recommendation_id
+from bouquet.core.recommendation import RecommendationIds, development_ids
 from bouquet.streaming.state import FUNNEL_STAGES
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,33 @@ class DeadLetter:
     reason: str
     detail: str
 
+    def resident_id(self) -> str | None:
+        """Whose message this was, as far as it says: the record's key (producers key by
+        resident id), else a ``resident_id`` in a value that still parses; None when
+        neither holds a valid id."""
+        candidates = [self.key.decode("utf-8", "replace") if self.key else None]
+        if self.value:
+            try:
+                payload = json.loads(self.value)
+            except (ValueError, RecursionError):
+                payload = None
+            if isinstance(payload, dict) and isinstance(payload.get("resident_id"), str):
+                candidates.append(payload["resident_id"])
+        return next((c for c in candidates if c and _VALID_ID(c)), None)
+
+    def dead_letter_key(self, secret: str) -> bytes:
+        """The key of this letter on the dead-letter topic: the resident's keyed reference
+        (never the id) and the source position, ``<ref>:<partition>:<offset>``, or
+        ``-:<partition>:<offset>`` when the message names no resident. The topic is
+        compacted: ``bouquet compact`` deletes an erased resident's letters by producing a
+        tombstone for each of their keys (docs/privacy.md)."""
+        rid = self.resident_id()
+        ref = resident_ref(rid, secret) if rid else "-"
+        return f"{ref}:{self.partition}:{self.offset}".encode()
+
+
+_VALID_ID = re.compile(ID_RE).fullmatch
+
 
 @dataclass
 class Batch:
@@ -96,6 +124,8 @@ class Batch:
     in_batch_duplicates: int = 0
     #: an ``erase`` event is among the rows (set as they are laid out)
     has_erasures: bool = False
+    #: the event dates (UTC) of the rows: one event-log file each
+    days: set[date] = field(default_factory=set)
     started: float = 0.0
 
     @property
@@ -120,6 +150,40 @@ class Batch:
             return []
         return [(row[_RESIDENT], row[_TS].timestamp()) for row in self.rows
                 if row[_TYPE] == "erase"]
+
+    def extend_erasures(self, seen: Mapping[str, float]) -> int:
+        """Move each ``erase`` event's time stamp to the later of its own and the newest
+        event time seen for its resident — ``seen`` (resident id → epoch s, from the
+        real-time state: events of earlier batches) or an earlier event of this batch.
+        Returns how many moved.
+
+        The erasure's time stamp is its cutoff (readers hide, compaction drops and the
+        consumer refuses the resident's events stamped at or before it). A device whose
+        clock runs ahead may have sent events stamped after the erasure request; had the
+        cutoff stayed at the request time, a copy of such an event arriving after the
+        erasure would count as new data and rebuild what was erased."""
+        if not self.has_erasures:
+            return 0
+        newest: dict[str, float] = {}
+        moved = 0
+        for i, row in enumerate(self.rows):
+            rid, when = row[_RESIDENT], row[_TS]
+            epoch = when.timestamp()
+            if row[_TYPE] != "erase":
+                if epoch > newest.get(rid, float("-inf")):
+                    newest[rid] = epoch
+                continue
+            cutoff = max(epoch, newest.get(rid, epoch), seen.get(rid, epoch))
+            if cutoff > epoch:
+                self.rows[i] = (*row[:_TS], datetime.fromtimestamp(cutoff, UTC),
+                                *row[_TS + 1:])
+                moved += 1
+            newest.pop(rid, None)  # events after the erasure are the resident's new data
+        return moved
+
+    def erased_residents(self) -> list[str]:
+        """The residents of the batch's ``erase`` events."""
+        return [rid for rid, _ in self.erasures()]
 
     def drop_late(self, on_record: Mapping[str, float]) -> int:
         """Remove late data of erased residents before anything is written; returns how many.
@@ -198,10 +262,6 @@ _IDS = re.compile(
     + f"\x1f(?:{_TARGET_RE})?\x1f(?:{_TARGET_RE})?\x1f(?:{REFERENCE_RE[1:-1]})?").fullmatch
 
 
-#: the token of a recommendation id (core.recommendation's part rule), after a cached head
-_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,40}").fullmatch
-
-
 class FastEvent:
     """The attributes of :class:`InteractionEvent` the consumer reads (fast path only)."""
 
@@ -242,7 +302,7 @@ def plain_event(raw: bytes, max_bytes: int) -> tuple[_Plain, datetime] | None:
     context = e.context
     if context and (len(json.dumps(context, separators=(",", ":"))) > MAX_CONTEXT_BYTES
                     or _context_depth(context) > MAX_CONTEXT_DEPTH
-                    or _personal_data_in(context)):  # InteractionEvent's context rules
+                    or personal_data_in(context)):  # InteractionEvent's context rules
         return None
     kind = e.type
     if kind in CONTACT_TYPES:
@@ -274,43 +334,51 @@ class BatchBuilder:
     """Validates records and appends them to a :class:`Batch` (one builder per consumer)."""
 
     def __init__(self, catalog: Catalog, keys: Keys, *, max_event_bytes: int = 8192,
-                 max_future_skew_s: int = 300) -> None:
+                 max_future_skew_s: int = 300,
+                 max_past_skew: Mapping[str, timedelta] | None = None,
+                 max_dates: int = 32,
+                 recommendation_ids: RecommendationIds | None = None) -> None:
         self.catalog = catalog
         self.keys = keys
+        self.recommendation_ids = recommendation_ids or development_ids()
         self.max_event_bytes = max_event_bytes
         self.max_future_skew = timedelta(seconds=max_future_skew_s)
+        self.max_past_skew = dict(max_past_skew or {})
+        self.max_dates = max_dates
         self._services = catalog.service_by_id
         self._bundles = catalog.bundle_by_id
         self._buckets: dict[date, tuple[str, str]] = {}
         self._targets: dict[tuple[str | None, str | None], tuple[str, str]] = {}
-        self._funnels: dict[str, tuple[str, str]] = {}
+        self._funnels: dict[tuple[str, str], tuple[str, str]] = {}
         self._combos: dict[tuple[str, ...], str] = {}
+        self._now_s = 0.0  # the clock of the records being added (add_records)
 
-    def add(self, batch: Batch, record: Any, now: datetime | None = None) -> None:
-        """Add one ``ConsumerRecord`` to ``batch`` (as an event or as a dead letter)."""
-        self.add_records(batch, [record], now)
+    def add(self, batch: Batch, record: Any, now: datetime | None = None) -> bool:
+        """Add one ``ConsumerRecord`` to ``batch`` (as an event or as a dead letter); False
+        when the batch has no room for its event date (:meth:`add_records`)."""
+        return self.add_records(batch, [record], now) == 1
 
-    def add_records(self, batch: Batch, records: list[Any], now: datetime | None = None) -> None:
-        """Add the records of one partition, in offset order (as ``poll`` returns them).
+    def add_records(self, batch: Batch, records: list[Any], now: datetime | None = None) -> int:
+        """Add the records of one partition, in offset order (as ``poll`` returns them);
+        returns how many were taken. Fewer than given when a valid event would add an event
+        date beyond ``max_dates`` to the batch: the caller writes the batch and adds the
+        rest to the next one (a batch writes one file per event date).
 
-        The hot loop: a plain event that is in the catalog and not in the future is laid
-        out directly; anything else goes through :meth:`_add_checked`, i.e. exactly
+        The hot loop: a plain event that is in the catalog and within the clock's bounds is
+        laid out directly; anything else goes through :meth:`_add_checked`, i.e. exactly
         ``parse_event`` + ``check_against_catalog``.
         """
         if not records:
-            return
-        first = records[0]
-        key = (first.topic, first.partition)
-        batch.offsets[key] = records[-1].offset + 1
-        if key not in batch.first_offsets:
-            batch.first_offsets[key] = first.offset
-        batch.records += len(records)
+            return 0
         now = now or utc_now()
+        self._now_s = now.timestamp()
         latest = now + self.max_future_skew
+        floors = {channel: now - skew for channel, skew in self.max_past_skew.items()}
         max_bytes = self.max_event_bytes
         services, bundles = self._services, self._bundles
-        seen, produced = batch.event_ids, batch.produced_ms
+        seen, produced, days = batch.event_ids, batch.produced_ms, batch.days
         append = self._append
+        taken = 0
         for record in records:
             value = record.value
             try:
@@ -328,45 +396,72 @@ class BatchBuilder:
                         and (bundle_id is None
                              or ((bundle := bundles.get(bundle_id)) is not None
                                  and (service_id is None or service_id in bundle.services))) \
-                        and when <= latest and when.year >= 2000:
+                        and when <= latest and when.year >= 2000 \
+                        and ((floor := floors.get(e.channel)) is None or when >= floor):
                     if e.event_id in seen:
                         batch.in_batch_duplicates += 1
+                        taken += 1
                         continue
+                    day = when.date()
+                    if day not in days:
+                        if len(days) >= self.max_dates:
+                            break
+                        days.add(day)
                     append(batch, e.event_id, e.resident_id, e.type, service_id, bundle_id,
-                           when, e.channel, e.value, e.recommendation_id, e.context)
+                           when, e.channel, e.value, e.recommendation_id, e.context,
+                           record.timestamp)
                     seen.add(e.event_id)
                     if record.timestamp is not None and record.timestamp > 0:
                         produced.append(record.timestamp)
+                    taken += 1
                     continue
-            self._add_checked(batch, record, now)
+            if not self._add_checked(batch, record, now):
+                break
+            taken += 1
+        if taken:
+            first, last = records[0], records[taken - 1]
+            key = (first.topic, first.partition)
+            batch.offsets[key] = last.offset + 1
+            batch.first_offsets.setdefault(key, first.offset)
+            batch.records += taken
+        return taken
 
-    def _add_checked(self, batch: Batch, record: Any, now: datetime) -> None:
-        """The reference path: ``parse_event`` + ``check_against_catalog`` decide."""
+    def _add_checked(self, batch: Batch, record: Any, now: datetime) -> bool:
+        """The reference path: ``parse_event`` + ``check_against_catalog`` decide. False
+        (nothing added) when the event's date does not fit in the batch."""
         value = record.value
         try:
             if not value:
                 raise EventRejected(REASON_EMPTY, "the message has no value")
             event = parse_event(value, max_bytes=self.max_event_bytes)
             check_against_catalog(event, self.catalog, now=now,
-                                  max_future_skew=self.max_future_skew)
+                                  max_future_skew=self.max_future_skew,
+                                  max_past_skew=self.max_past_skew)
             if event.event_id in batch.event_ids:
                 batch.in_batch_duplicates += 1
-                return
+                return True
+            day = event.ts.date()
+            if day not in batch.days:
+                if len(batch.days) >= self.max_dates:
+                    return False
+                batch.days.add(day)
             self._append(batch, event.event_id, event.resident_id, event.type.value,
                          event.service_id, event.bundle_id, event.ts, event.channel.value,
-                         event.value, event.recommendation_id, event.context)
+                         event.value, event.recommendation_id, event.context,
+                         record.timestamp)
         except EventRejected as exc:
             batch.dead_letters.append(self._letter(record, exc.reason, exc.detail))
-            return
+            return True
         except Exception as exc:  # a bug must not stop ingestion: dead-letter and go on
             log.exception("unexpected error validating %s[%d]@%d", record.topic,
                           record.partition, record.offset)
             batch.dead_letters.append(self._letter(record, REASON_INTERNAL,
                                                    f"{type(exc).__name__}: {exc}"[:300]))
-            return
+            return True
         batch.event_ids.add(event.event_id)
         if record.timestamp is not None and record.timestamp > 0:
             batch.produced_ms.append(record.timestamp)
+        return True
 
     @staticmethod
     def _letter(record: Any, reason: str, detail: str) -> DeadLetter:
@@ -388,28 +483,24 @@ class BatchBuilder:
         return found
 
     def _funnel(self, kind: str, recommendation_id: str) -> tuple[str, str, str]:
-        """(funnel key, stage, funnel index member) the event credits, or empty strings."""
+        """(funnel key, stage, funnel index member) the event credits, or empty strings.
+        The arm is the id's own only when its MAC verifies; any other id (foreign, altered,
+        made up by a client) credits the ``unattributed`` arm."""
         stage = FUNNEL_STAGES.get(kind)
         if stage is None:
             return "", "", ""
-        # the cache is keyed by "<model_version>.<variant>" (the id minus its token);
-        # parse_recommendation_id still decides whether the id is one of ours
-        head = recommendation_id[:recommendation_id.rfind(".") + 1]
-        found = self._funnels.get(head)
+        arm = self.recommendation_ids.arm(recommendation_id)
+        found = self._funnels.get(arm)
         if found is None:
-            attribution = parse_recommendation_id(recommendation_id)
-            if attribution is None:
-                return "", "", ""
-            pair = (attribution.model_version, attribution.variant)
-            found = self._funnels[head] = (self.keys.funnel(*pair), f"{pair[0]}:{pair[1]}")
-        elif not _TOKEN(recommendation_id, len(head)):
-            return "", "", ""
+            found = self._funnels[arm] = (self.keys.funnel(*arm), f"{arm[0]}:{arm[1]}")
         return found[0], stage, found[1]
 
     def _append(self, batch: Batch, event_id: str, resident_id: str, kind: str,
                 service_id: str | None, bundle_id: str | None, ts: datetime, channel: str,
-                value: float | None, reference: str | None, context: dict[str, Any]) -> None:
-        """Lay out one valid event: its log row and its Redis script slot."""
+                value: float | None, reference: str | None, context: dict[str, Any],
+                received_ms: int | None = None) -> None:
+        """Lay out one valid event: its log row and its Redis script slot (``received_ms``:
+        the record's Kafka time stamp, which orders consent decisions)."""
         batch.rows.append((
             event_id, resident_id, kind, service_id, bundle_id, ts, channel, value, reference,
             json.dumps(context, separators=(",", ":"), sort_keys=True) if context else None,
@@ -431,7 +522,7 @@ class BatchBuilder:
         elif kind == "profile":
             payload = profile_payload(context)
         elif kind == "consent":
-            payload = "1" if value == 1 else "0"
+            payload = consent_payload(value == 1, receipt_time(received_ms, self._now_s))
         else:  # erase
             payload = ""
             batch.has_erasures = True
@@ -442,6 +533,23 @@ class BatchBuilder:
         batch.slots.append(f"{event_id}\x1f{resident_id}\x1f{kind}\x1f{epoch}\x1f{combo}"
                            f"\x1f{payload}\x1f{members}\x1f{funnel_key}\x1f{stage}"
                            f"\x1f{funnel_member}")
+
+
+def receipt_time(record_timestamp_ms: int | None, now_s: float) -> float:
+    """When an event was received (epoch s): its Kafka record's time stamp — the producer's
+    clock at the send, i.e. the intake's for events that came over HTTP, or the broker's
+    with ``LogAppendTime`` — never later than now; ``now_s`` when the record has none."""
+    if record_timestamp_ms is None or record_timestamp_ms <= 0:
+        return now_s
+    return min(record_timestamp_ms / 1000, now_s)
+
+
+def consent_payload(granted: bool, received_s: float) -> str:
+    """The batch script's payload of a consent event: ``<1|0> <receipt epoch s>``. Consent
+    decisions take effect in order of receipt (the later receipt wins), not by the time
+    stamp the client wrote, which a client chooses (serving/set_consent.lua, the API's
+    write, uses the same rule and the same clock)."""
+    return f"{'1' if granted else '0'} {received_s:.3f}"
 
 
 def holding_members(service_id: str | None, bundle_id: str | None) -> str:

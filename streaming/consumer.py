@@ -55,10 +55,11 @@ from kafka.structs import OffsetAndMetadata
 from bouquet.core.catalog import Catalog, load_catalog
 from bouquet.core.eventlog import EventLog
 from bouquet.core.keys import Keys
+from bouquet.core.recommendation import RecommendationIds
 from bouquet.core.settings import Settings
 from bouquet.streaming import metrics
 from bouquet.streaming.batch import Batch, BatchBuilder, DeadLetter
-from bouquet.streaming.state import StateConfig, StateWriter
+from bouquet.streaming.state import StateConfig, StateWriter, newest_event_times
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -208,7 +209,10 @@ class IngestConsumer:
         self.keys = Keys(settings.redis_key_prefix)
         self.builder = BatchBuilder(self.catalog, self.keys,
                                     max_event_bytes=settings.max_event_bytes,
-                                    max_future_skew_s=settings.max_future_skew_s)
+                                    max_future_skew_s=settings.max_future_skew_s,
+                                    max_past_skew=settings.past_skew_limits(),
+                                    max_dates=settings.ingest_batch_max_dates,
+                                    recommendation_ids=RecommendationIds.for_settings(settings))
         self.event_log = EventLog(settings.event_log_path)
         self.stats = IngestStats()
         self._stop = threading.Event()
@@ -253,7 +257,7 @@ class IngestConsumer:
     def _new_consumer(self) -> KafkaConsumer:
         o = self.options
         return KafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            **self.settings.kafka_client_options(),
             group_id=self.settings.consumer_group,
             client_id=o.client_id,
             enable_auto_commit=False,
@@ -271,7 +275,7 @@ class IngestConsumer:
     def _dlq_producer(self) -> KafkaProducer:
         if self._producer is None:
             self._producer = KafkaProducer(
-                bootstrap_servers=self.settings.kafka_bootstrap_servers,
+                **self.settings.kafka_client_options(),
                 acks="all", enable_idempotence=True, linger_ms=5,
                 request_timeout_ms=10_000, delivery_timeout_ms=30_000, max_block_ms=10_000,
             )
@@ -381,8 +385,15 @@ class IngestConsumer:
                 self.stats.first_record_at = time.time()
         count = 0
         for records in polled.values():
-            self.builder.add_records(batch, records, now)
             count += len(records)
+            taken = self.builder.add_records(batch, records, now)
+            while taken < len(records):  # the batch holds its most event dates: write it
+                self._positions.update(batch.offsets)
+                self._flush()
+                batch = self._batch
+                batch.started = time.monotonic()
+                records = records[taken:]
+                taken = self.builder.add_records(batch, records, now)
         self.stats.received += count
         metrics.EVENTS.labels("received").inc(count)
         self._positions.update(batch.offsets)
@@ -552,6 +563,13 @@ class IngestConsumer:
         """Make the batch durable: DLQ sends, event log, Redis, DLQ acks and counters."""
         assert self._state is not None
         futures = self._send_dead_letters(batch.dead_letters)
+        if batch.has_erasures:
+            # an erasure's cutoff is the later of its time and the newest event time seen
+            # for the resident (before this batch's script erases what tells it)
+            assert self._redis is not None
+            seen = self._retry("redis", lambda: newest_event_times(
+                self._redis, self.keys, batch.erased_residents()))
+            batch.extend_erasures(seen)
         if batch.events and self.erasure is not None:
             self._drop_erased_data(batch)
         if batch.events:
@@ -627,8 +645,10 @@ class IngestConsumer:
         if not letters:
             return []
         producer = self._dlq_producer()
-        return [producer.send(self.settings.topic_dlq, key=d.key, value=d.value or b"",
-                              headers=dead_letter_headers(d)) for d in letters]
+        secret = self.settings.pseudonym_secret
+        return [producer.send(self.settings.topic_dlq, key=d.dead_letter_key(secret),
+                              value=d.value or b"", headers=dead_letter_headers(d))
+                for d in letters]
 
     def _await_dead_letters(self, letters: list[DeadLetter], futures: list[Any]) -> None:
         """Wait for the broker's acks; re-send what failed, within the retry bound."""

@@ -54,7 +54,7 @@ class EventProducer:
                  max_block_ms: int = 10_000, **overrides: Any) -> None:
         self.topic = settings.topic_events
         config: dict[str, Any] = {
-            "bootstrap_servers": settings.kafka_bootstrap_servers,
+            **settings.kafka_client_options(),
             "acks": "all",
             "enable_idempotence": True,
             "max_block_ms": max_block_ms,
@@ -70,24 +70,27 @@ class EventProducer:
             raise ProduceFailed(f"cannot reach the broker at {settings.kafka_bootstrap_servers}:"
                                 f" {exc}") from exc
 
-    def send(self, event: InteractionEvent | dict[str, Any]) -> Any:
-        """Queue one event; returns kafka-python's future (``.get()`` waits for the ack)."""
+    def send(self, event: InteractionEvent | dict[str, Any],
+             timestamp_ms: int | None = None) -> Any:
+        """Queue one event; returns kafka-python's future (``.get()`` waits for the ack).
+        ``timestamp_ms``: the record's time stamp (default: now), which is when the event
+        counts as received (consent decisions are ordered by it)."""
         key, value = encode_event(event)
-        return self._producer.send(self.topic, key=key, value=value)
+        return self._producer.send(self.topic, key=key, value=value, timestamp_ms=timestamp_ms)
 
     def send_raw(self, value: bytes, key: bytes | None = None, topic: str | None = None) -> Any:
         """Queue bytes as they are (tests and tools that must send malformed input)."""
         return self._producer.send(topic or self.topic, key=key, value=value)
 
     def send_and_wait(self, events: Iterable[InteractionEvent | dict[str, Any]],
-                      timeout_s: float = 10.0) -> int:
+                      timeout_s: float = 10.0, timestamp_ms: int | None = None) -> int:
         """Send events and return only once the broker acknowledged every one of them.
 
         Raises :class:`ProduceFailed` otherwise, so the HTTP intake can answer 503 and
         never acknowledge an event that was not written.
         """
         try:
-            futures = [self.send(event) for event in events]
+            futures = [self.send(event, timestamp_ms) for event in events]
             self._producer.flush(timeout=timeout_s)
             for future in futures:
                 future.get(timeout=timeout_s)

@@ -52,8 +52,6 @@ ACTIVE_DIMENSIONS: tuple[str, ...] = ("all", "nb", "domain", "factor", "channel"
 UNKNOWN_NEIGHBOURHOOD = "_unknown"
 #: Number of ARGV slots per event in the batch script.
 STRIDE = 10
-#: Keys examined per SCAN step when sweeping an erased resident's other keys.
-SWEEP_SCAN_COUNT = 20_000
 
 #: The ingestion scripts (``streaming/*.lua``): apply a batch, erase one resident, count
 #: dead letters. The first two share a header (key-name parts, TTLs) and the erase routine.
@@ -161,34 +159,42 @@ class StateWriter:
         return int(self._dlq(args=args))
 
 
-def sweep_resident_keys(client: redis.Redis, keys: Keys, resident_id: str,
-                        keep: Iterable[str] = ()) -> int:
-    """Delete every ``r:{rid}:*`` key except the kinds in ``keep`` (SCAN; for keys other
-    components add per resident). Returns how many were deleted."""
-    pattern = keys.resident_pattern(resident_id)
-    kept = {getattr(keys, kind)(resident_id) for kind in keep}
-    # SCAN walks the whole keyspace (de-duplication markers included: millions of keys);
-    # large steps keep the round trips few (each step blocks Redis ~1-2 ms, less than one
-    # script chunk)
-    doomed = [k for k in client.scan_iter(match=pattern, count=SWEEP_SCAN_COUNT)
-              if (k.decode() if isinstance(k, bytes) else k) not in kept]
-    if doomed:
-        client.delete(*doomed)
-    return len(doomed)
-
-
 def erase_resident(client: redis.Redis, keys: Keys, resident_id: str) -> None:
     """Forget a resident in the real-time state: delete all their per-resident keys, take
     them out of every active-resident set and of the last-contact ZSET.
 
     Idempotent, and safe to call from the admin API as well as from the consumer.
-    Aggregate counters (contact counts, funnel) hold no resident id and stay.
-    Reuses the consumer's erase routine, then sweeps ``Keys.resident_pattern`` for
-    per-resident keys written by other components.
+    Aggregate counters (contact counts, funnel) hold no resident id and stay. The consumer's
+    erase routine, with no SCAN: every per-resident key is one of
+    :data:`bouquet.core.keys.RESIDENT_KINDS` (a test holds ``Keys`` to it), and a sweep of
+    the keyspace grows with it (millions of de-duplication markers) and blocks Redis.
     """
     writer_header = StateWriter(client, keys)._header
     client.eval(_ERASE_LUA, 0, *writer_header, resident_id)
-    sweep_resident_keys(client, keys, resident_id)
+
+
+def newest_event_times(client: redis.Redis, keys: Keys,
+                       resident_ids: Iterable[str]) -> dict[str, float]:
+    """Resident id → the newest event time (epoch s) the real-time state has seen for them:
+    their last contact, profile and holdings changes (one pipelined round trip). An erasure
+    takes the later of its request time and this as its cutoff (see
+    :meth:`bouquet.streaming.batch.Batch.extend_erasures`)."""
+    rids = list(dict.fromkeys(resident_ids))
+    if not rids:
+        return {}
+    pipe = client.pipeline(transaction=False)
+    for rid in rids:
+        pipe.zscore(keys.last_contact(), rid)
+        pipe.hget(keys.profile(rid), "profile_ts")
+        pipe.hvals(keys.holdings_ts(rid))
+    replies = pipe.execute()
+    out: dict[str, float] = {}
+    for i, rid in enumerate(rids):
+        contact, profile, holdings = replies[3 * i: 3 * i + 3]
+        times = [float(v) for v in (contact, profile, *holdings) if v is not None]
+        if times:
+            out[rid] = max(times)
+    return out
 
 
 def read_profile(client: redis.Redis, keys: Keys, resident_id: str) -> dict[str, Any]:

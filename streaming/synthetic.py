@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bouquet.core.catalog import AGE_BANDS, HOUSEHOLDS, Catalog
+from bouquet.core.recommendation import RecommendationIds, development_ids
 
 _CONTACTS = ("view", "view", "view", "view", "click", "click", "use", "use", "pay",
              "subscribe", "unsubscribe", "dismiss", "rate")
@@ -39,9 +40,12 @@ class StreamSpec:
     end: datetime | None = None  # newest event time; default: now - 1 min
 
 
-def stream(catalog: Catalog, spec: StreamSpec) -> Iterator[dict[str, Any]]:
-    """Valid events (dicts in the wire format), in production order."""
+def stream(catalog: Catalog, spec: StreamSpec,
+           recommendation_ids: RecommendationIds | None = None) -> Iterator[dict[str, Any]]:
+    """Valid events (dicts in the wire format), in production order; recommendation ids are
+    minted by ``recommendation_ids`` (default: the development key's)."""
     rng = random.Random(spec.seed)
+    minter = recommendation_ids or development_ids()
     end = spec.end or (datetime.now(UTC) - timedelta(minutes=1))
     start = end - timedelta(days=spec.days)
     span = (end - start).total_seconds()
@@ -92,7 +96,8 @@ def stream(catalog: Catalog, spec: StreamSpec) -> Iterator[dict[str, Any]]:
             if kind in ("view", "click", "subscribe", "use") and rng.random() < 0.6:
                 variant = "champion" if rng.random() < 0.8 else "challenger"
                 version = rng.choice(("v1", "v2"))
-                event["recommendation_id"] = f"{version}.{variant}.{rng.getrandbits(32):08x}"
+                event["recommendation_id"] = minter.mint(version, variant,
+                                                         nonce=rng.getrandbits(48))
             if rng.random() < 0.1:
                 event["context"] = {"screen": rng.choice(("home", "map", "offers")),
                                     "position": rng.randint(1, 10)}

@@ -63,6 +63,9 @@ def make_settings(stack: Settings, tmp_path: Path) -> Callable[..., Settings]:
             "topic_partitions": 2,
             "consumer_group": f"g{tag}",
             "redis_key_prefix": f"t{tag}:",
+            # tests replay fixed-date histories (a year ago, last month) through Kafka, as a
+            # backfill would: no past limit per channel unless a test sets one
+            "max_past_skew_s": {},
         }
         values.update(overrides)
         return Settings(**values)

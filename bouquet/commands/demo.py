@@ -30,7 +30,12 @@ from rich.console import Console
 from rich.rule import Rule
 
 from bouquet.core.keys import Keys
-from bouquet.core.settings import Settings, get_settings
+from bouquet.core.settings import (
+    DEFAULT_MAX_PAST_SKEW_S,
+    DEV_API_KEYS,
+    Settings,
+    get_settings,
+)
 
 console = Console()
 
@@ -145,6 +150,12 @@ def _a_personalised_answer(base: str, headers: dict[str, str], settings: Setting
     return last
 
 
+def backfill_skew(weeks: int) -> dict[str, int]:
+    """Past limits (s) per channel that admit a simulated past of ``weeks`` weeks ending
+    yesterday, for every channel that has a limit by default."""
+    return {channel: (7 * weeks + 2) * 86400 for channel in DEFAULT_MAX_PAST_SKEW_S}
+
+
 def demo(
     quick: bool = typer.Option(False, "--quick", help="Smaller city; exit when done."),
     residents: int | None = typer.Option(None, "--residents", help="Override the city size."),
@@ -163,6 +174,9 @@ def demo(
             "--no-progress" if quick else "--progress"]
     env = dict(os.environ)
     env.setdefault("BOUQUET_EXPERIMENTS", json.dumps(EXPERIMENT))
+    # the demo backfills a simulated past through Kafka: people's channels may carry events
+    # as old as the simulated weeks here (a deployment keeps a week: BOUQUET_MAX_PAST_SKEW_S)
+    env.setdefault("BOUQUET_MAX_PAST_SKEW_S", json.dumps(backfill_skew(int(n_weeks))))
     base = f"http://{settings.api_host}:{settings.api_port}"
     background: list[subprocess.Popen[bytes]] = []
     started = time.monotonic()
@@ -203,7 +217,10 @@ def demo(
         else:
             console.print(f"  API docs    {base}/docs")
             operator_key = next(k for k, r in settings.api_keys.items() if r == "operator")
-            console.print(f"  dashboard   {base}/dashboard#key={operator_key}")
+            # a link carrying the key only for the public development key (in a fragment,
+            # which the browser never sends); a real key is typed into the page
+            fragment = f"#key={operator_key}" if operator_key in DEV_API_KEYS else ""
+            console.print(f"  dashboard   {base}/dashboard{fragment}")
             console.print(f"  MLflow UI   http://127.0.0.1:{settings.local_mlflow_port}")
         console.print(f"  event log   {settings.event_log_path}")
         if not quick:

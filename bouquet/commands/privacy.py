@@ -43,6 +43,10 @@ def pseudonymise_command(
     from bouquet.privacy.pseudonyms import pseudonymise
 
     settings = get_settings()
+    if "BOUQUET_PSEUDONYM_SECRET" in settings.development_credentials:
+        typer.echo("warning: BOUQUET_PSEUDONYM_SECRET is not set: these pseudonyms use the "
+                   "public development secret, so anyone can recompute them from account "
+                   "ids; set the deployment's secret for real ids", err=True)
     from_stdin = not account_ids or account_ids == ["-"]
     ids = [line.rstrip("\n") for line in sys.stdin if line.strip()] if from_stdin \
         else account_ids
@@ -79,7 +83,7 @@ def erase_command(
     if event:
         from bouquet.streaming.producer import EventProducer, ProduceFailed
 
-        payload = erase_event(resident_id, now)
+        payload = erase_event(resident_id, datetime.fromtimestamp(report.cutoff, UTC))
         try:
             with EventProducer(settings) as producer:
                 producer.send_and_wait([payload], timeout_s=15)
@@ -138,10 +142,12 @@ def compact_command(
     json_path: Path = typer.Option(None, "--json", help="Write the report here."),
 ) -> None:
     """Apply erasures and per-type retention (BOUQUET_RETENTION_DAYS) to the event log's
-    files, merge small files; optionally scrub model artifacts; audited."""
+    files, merge small files, tombstone erased residents' dead letters; optionally scrub
+    model artifacts; audited."""
     from bouquet.privacy.audit import AuditLog, cli_actor
     from bouquet.privacy.compaction import compact, rewrite_redis_aof
-    from bouquet.privacy.erasure import RegisterKeyMismatch, scrub_artifacts
+    from bouquet.privacy.dead_letters import drop_erased_dead_letters
+    from bouquet.privacy.erasure import ErasureRegister, RegisterKeyMismatch, scrub_artifacts
 
     settings = get_settings()
     clock = datetime.fromisoformat(now) if now else None
@@ -163,6 +169,12 @@ def compact_command(
             result["models"] = [s.__dict__ for s in scrub_artifacts(settings, dry_run=dry_run)]
         except Exception as exc:  # MLflow unreachable: say so, keep the log result
             result["models"] = {"error": f"{exc.__class__.__name__}: {exc}"[:300]}
+    try:
+        scrub = drop_erased_dead_letters(settings, ErasureRegister.for_settings(settings),
+                                         dry_run=dry_run)
+        result["dead_letters"] = scrub.__dict__
+    except Exception as exc:  # the broker unreachable: say so, keep the other results
+        result["dead_letters"] = {"error": f"{exc.__class__.__name__}: {exc}"[:300]}
     if aof and not dry_run:
         result["redis_aof"] = rewrite_redis_aof(client) if client is not None \
             else "Redis unreachable"
@@ -173,7 +185,7 @@ def compact_command(
             dropped_erased=report.dropped_erased + report.dropped_erase_events,
             dropped_retention=report.dropped_retention,
             models=result.get("models") if models else None,
-            redis_aof=result.get("redis_aof"))
+            dead_letters=result.get("dead_letters"), redis_aof=result.get("redis_aof"))
     if client is not None:
         client.close()
     text = json.dumps(result, indent=1, default=str)
@@ -188,11 +200,11 @@ def audit_command(
     verify: bool = typer.Option(False, "--verify", help="Check the file's hash chain."),
 ) -> None:
     """The latest audit records from the durable file (oldest first)."""
-    from bouquet.privacy.audit import AuditLog, audit_path, verify_chain
+    from bouquet.privacy.audit import AuditLog, audit_path, chain_key, verify_chain
 
     settings = get_settings()
     if verify:
-        ok, count, problem = verify_chain(audit_path(settings))
+        ok, count, problem = verify_chain(audit_path(settings), chain_key(settings))
         typer.echo(f"{count} records, chain {'intact' if ok else 'BROKEN: ' + problem}")
         if not ok:
             raise typer.Exit(1)

@@ -53,7 +53,7 @@ def publish_registered(*, alias: str = "champion", model_version: str | None = N
     from bouquet.core.catalog import load_catalog
     from bouquet.pipelines.publish import Publisher, PublishError, load_registered
     from bouquet.pipelines.registry import ModelRegistry
-    from bouquet.pipelines.tracking import TrackingUnavailable, connect
+    from bouquet.pipelines.tracking import TrackingUnavailable, connect, show_mlflow_progress
     from bouquet.privacy.audit import record_action
     from bouquet.privacy.erasure import (
         ErasureRegister,
@@ -65,6 +65,7 @@ def publish_registered(*, alias: str = "champion", model_version: str | None = N
 
     settings = get_settings()
     catalog = load_catalog(settings.catalog_path)
+    show_mlflow_progress(progress)
     personalised = True
     try:
         if model_version is None and alias == "champion":
@@ -118,7 +119,7 @@ def rollback(pointer: str = typer.Option("current", help="Pointer to roll back."
         console.print(f"[red]rollback failed:[/] {exc}")
         raise typer.Exit(1) from None
     record_action(get_settings(), "publish-rollback", target=f"pointer:{pointer}",
-                  from_version=old, to_version=new)  # audit (issue 8)
+                  from_version=old, to_version=new)  # audit
     console.print(f"{pointer}: {old} -> {new}")
 
 

@@ -1,5 +1,8 @@
 """``bouquet serve [--workers N] [--port P]``: the HTTP API under uvicorn (uvloop, httptools).
 
+It refuses to listen beyond this machine while the public development keys or secret are
+active (:func:`exposed_with_development_credentials`).
+
 Each worker builds its own app from the environment through the ``create_app`` factory.
 With several workers, Prometheus metrics are kept in a private multi-process folder so
 ``/metrics`` reports the whole server, whichever worker answers the scrape.
@@ -7,6 +10,7 @@ With several workers, Prometheus metrics are kept in a private multi-process fol
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import shutil
@@ -14,9 +18,34 @@ import tempfile
 
 import typer
 
-from bouquet.core.settings import get_settings
+from bouquet.core.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach (``localhost``, 127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def exposed_with_development_credentials(host: str, settings: Settings) -> str | None:
+    """Why serving on ``host`` would expose the public development keys or secret, or None.
+
+    ``BOUQUET_ENV=local`` keeps the development keys (printed in the README) so a laptop
+    needs no set-up; they are harmless only as long as nothing but the laptop can connect.
+    """
+    found = settings.development_credentials
+    if not found or is_loopback(host):
+        return None
+    return (f"refusing to serve on {host}: {', '.join(found)} still hold the public "
+            "development values, which anyone who reads the README can use. Set "
+            f"{', '.join(found)} (make a secret with `python -c \"import secrets; "
+            "print(secrets.token_urlsafe(32))\"`), or serve on 127.0.0.1")
 
 
 def serve(
@@ -31,16 +60,21 @@ def serve(
     import uvicorn
 
     settings = get_settings()
+    bind = host or settings.api_host
+    exposed = exposed_with_development_credentials(bind, settings)
+    if exposed:
+        typer.echo(f"error: {exposed}", err=True)
+        raise typer.Exit(2)
     metrics_dir = None
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         metrics_dir = tempfile.mkdtemp(prefix="bouquet-metrics-")
         # Read by prometheus_client in every worker (inherited by the spawned processes).
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    log.info("serving on http://%s:%d with %d worker(s); docs at /docs",
-             host or settings.api_host, port or settings.api_port, workers)
+    log.info("serving on http://%s:%d with %d worker(s); docs at /docs", bind,
+             port or settings.api_port, workers)
     try:
         uvicorn.run("bouquet.serving.app:create_app", factory=True,
-                    host=host or settings.api_host, port=port or settings.api_port,
+                    host=bind, port=port or settings.api_port,
                     workers=workers, loop="uvloop", http="httptools", access_log=access_log,
                     log_level="info", timeout_graceful_shutdown=10)
     finally:

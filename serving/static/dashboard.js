@@ -13,15 +13,14 @@
   const $ = (id) => document.getElementById(id);
   let summary = null;
 
-  /* --- the key: from #key= or ?key= once, then sessionStorage ------------------------- */
+  /* --- the key: from the #key= fragment once (the local demo's link, development key
+     only: a fragment is never sent to the server), then sessionStorage; never from a query
+     string, which would reach the server and its access logs ---------------------------- */
   function takeKeyFromUrl() {
     const url = new URL(window.location.href);
-    const fromHash = new URLSearchParams(url.hash.replace(/^#/, "")).get("key");
-    const fromQuery = url.searchParams.get("key");
-    const found = fromHash || fromQuery;
+    const found = new URLSearchParams(url.hash.replace(/^#/, "")).get("key");
     if (found) {
       sessionStorage.setItem(KEY, found);
-      url.searchParams.delete("key");
       url.hash = "";
       window.history.replaceState(null, "", url.pathname + url.search);
     }

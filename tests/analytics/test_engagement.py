@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from engagement_helpers import DAY0, Log, random_log, reference
 
 from bouquet.analytics.engagement import (
     CADENCES,
@@ -21,6 +20,7 @@ from bouquet.analytics.engagement import (
     week_of_day,
 )
 from bouquet.core.catalog import load_catalog
+from tests.analytics.engagement_helpers import DAY0, Log, random_log, reference
 
 CATALOG = load_catalog(None)
 

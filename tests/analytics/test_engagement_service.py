@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from engagement_helpers import Log
 from typer.testing import CliRunner
 
 from bouquet.analytics.service import EngagementService
 from bouquet.core.settings import Settings
+from tests.analytics.engagement_helpers import Log
 
 
 class Clock:
@@ -87,3 +87,16 @@ def test_report_engagement_prints_the_same_figures_as_the_service(tmp_path: Path
         assert bad.exit_code == 2 and "no data" in bad.output
     finally:
         settings_module.get_settings.cache_clear()
+
+
+def test_computed_figures_are_kept_in_a_bounded_cache(tmp_path: Path) -> None:
+    """Every distinct request (figure, breakdown, value, period count) is a cache entry: an
+    operator key looping over ``?days=1…5200`` must not grow the process without end."""
+    from bouquet.analytics.service import MEMO_ENTRIES
+
+    sample_log(tmp_path / "log")
+    svc = EngagementService(settings_for(tmp_path), ttl_s=3600)
+    for days in range(1, MEMO_ENTRIES + 60):
+        svc.figure("daily", last=days)
+    assert len(svc._memo) == MEMO_ENTRIES
+    assert svc.computations == 1

@@ -8,10 +8,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from engagement_helpers import Log
 
 from bouquet.analytics.engagement import load_engagement_data, parse_recommendation_ids
-from bouquet.analytics.figures import funnel_figure, uplift_figure
+from bouquet.analytics.figures import (
+    funnel_figure,
+    suppressed_arms,
+    suppressed_uplift,
+    uplift_figure,
+)
 from bouquet.analytics.funnel import (
     choose_baseline,
     funnel_by_arm,
@@ -20,9 +24,12 @@ from bouquet.analytics.funnel import (
     wilson,
 )
 from bouquet.core.catalog import load_catalog
-from bouquet.core.recommendation import make_recommendation_id, parse_recommendation_id
+from bouquet.core.recommendation import UNATTRIBUTED, development_ids
+from tests.analytics.engagement_helpers import Log
 
 CATALOG = load_catalog(None)
+#: the ids the API of a test deployment mints (development server secret)
+SIGN = development_ids()
 
 
 def test_wilson_and_newcombe_match_the_published_examples() -> None:
@@ -37,17 +44,14 @@ def test_wilson_and_newcombe_match_the_published_examples() -> None:
     assert (float(lo), round(float(hi), 4)) == (0.0, 0.2775)
 
 
-def test_recommendation_ids_parse_like_the_core_parser() -> None:
-    samples = [make_recommendation_id("v3", "champion"), "v1.a.b", "v1.a", "v1.a.b.c",
-               "x-y.z_1.tok", "a b.c.d", "...", "v" * 41 + ".a.b", "v1..t"]
-    parsed = parse_recommendation_ids(pd.Series(samples, dtype=object))
-    for text, (_, got) in zip(samples, parsed.iterrows(), strict=True):
-        want = parse_recommendation_id(text)
-        if want is None:
-            assert pd.isna(got["model_version"]), text
-        else:
-            assert (got["model_version"], got["variant"]) == (want.model_version,
-                                                               want.variant), text
+def test_recommendation_ids_credit_their_arm_only_when_signed() -> None:
+    samples = [SIGN.mint("v3", "champion"), "v1.a.b", "v1.a", "x-y.z_1.tok", "...", None,
+               SIGN.mint("v3", "champion").replace("v3", "v4"), SIGN.mint("v2", "x")]
+    parsed = parse_recommendation_ids(pd.Series(samples, dtype=object), SIGN)
+    got = [None if pd.isna(r.model_version) else (r.model_version, r.variant)
+           for r in parsed.itertuples()]
+    assert got == [("v3", "champion"), *[(UNATTRIBUTED, UNATTRIBUTED)] * 4, None,
+                   (UNATTRIBUTED, UNATTRIBUTED), ("v2", "x")]
 
 
 def funnel_log(root: Path) -> Path:
@@ -55,7 +59,7 @@ def funnel_log(root: Path) -> Path:
     # control: 10 residents shown, 4 open, 2 subscribe, 1 uses
     for i in range(10):
         rid = f"c{i}"
-        rec = f"v1.control.t{i}"
+        rec = SIGN.mint("v1", "control", nonce=i)
         log.add(rid, "view", 1, bundle_id="compte-mobilite", recommendation_id=rec)
         log.add(rid, "view", 2, bundle_id="compte-mobilite", recommendation_id=rec)  # twice
         if i < 4:
@@ -67,16 +71,17 @@ def funnel_log(root: Path) -> Path:
     # personal: 12 shown, 9 open, 6 subscribe
     for i in range(12):
         rid = f"p{i}"
-        rec = f"v2.personal.t{i}"
+        rec = SIGN.mint("v2", "personal", nonce=i)
         log.add(rid, "view", 1, bundle_id="compte-mobilite", recommendation_id=rec)
         if i < 9:
             log.add(rid, "click", 2, bundle_id="compte-mobilite", recommendation_id=rec)
         if i < 6:
             log.add(rid, "subscribe", 3, bundle_id="compte-mobilite", recommendation_id=rec)
-    # not attributable: a foreign id, a click of someone never shown, a pay (no stage)
+    # not attributable: a foreign id and a made-up one (credited to "unattributed", never
+    # to an arm), a pay (no stage)
     log.add("x", "click", 2, bundle_id="compte-mobilite", recommendation_id="partner-123")
     log.add("y", "click", 2, bundle_id="compte-mobilite", recommendation_id="v2.personal.zz")
-    log.add("c0", "pay", 4, service_id="bus", recommendation_id="v1.control.t0")
+    log.add("c0", "pay", 4, service_id="bus", recommendation_id=SIGN.mint("v1", "control", 0))
     return log.write(root)
 
 
@@ -88,8 +93,11 @@ def test_funnel_counts_residents_and_events_per_arm(tmp_path: Path) -> None:
     assert (c["opened_residents"], c["subscribed_residents"], c["used_residents"]) == (4, 2, 1)
     assert c["subscribed_rate"] == pytest.approx(0.2)
     p = arms.loc["v2:personal"]
-    assert (p["residents_shown"], p["opened_events"], p["opened_residents"]) == (12, 10, 9)
-    assert list(arms.index) == ["v1:control", "v2:personal"]
+    # y's click echoed a made-up "v2.personal.zz": it credits no arm
+    assert (p["residents_shown"], p["opened_events"], p["opened_residents"]) == (12, 9, 9)
+    u = arms.loc["unattributed:unattributed"]
+    assert (u["opened_events"], u["residents_shown"], u["shown_events"]) == (2, 0, 0)
+    assert list(arms.index) == ["unattributed:unattributed", "v1:control", "v2:personal"]
 
 
 def test_uplift_against_the_control_arm(tmp_path: Path) -> None:
@@ -104,6 +112,8 @@ def test_uplift_against_the_control_arm(tmp_path: Path) -> None:
     assert sub["relative_uplift"] == pytest.approx(0.5 / 0.2 - 1)
     assert sub["significant"] == (float(low) > 0)
     assert uplift(arms, baseline="personal")["arm"].unique().tolist() == ["v1:control"]
+    with pytest.raises(ValueError, match="not an arm"):  # the unattributed row is no arm
+        uplift(arms, baseline="unattributed")
     with pytest.raises(ValueError, match="not an arm"):
         uplift(arms, baseline="nope")
 
@@ -111,22 +121,24 @@ def test_uplift_against_the_control_arm(tmp_path: Path) -> None:
 def test_funnel_suppression_hides_small_arms_and_their_uplift(tmp_path: Path) -> None:
     data = load_engagement_data(funnel_log(tmp_path), CATALOG)
     arms = funnel_by_arm(data.funnel_events)
-    table = funnel_figure(arms, 5)
+    table = funnel_figure(suppressed_arms(arms, 5), 5)
     control = next(r for r in table.rows if r["arm"] == "v1:control")
     assert control["residents_shown"] == 10
     assert control["used_residents"] is None and control["used_rate"] is None
     assert control["subscribed_residents"] is None  # 2 residents
-    lifted = {r["stage"]: r for r in uplift_figure(uplift(arms), 5).rows}
+    lifted = {r["stage"]: r for r in uplift_figure(suppressed_uplift(uplift(arms), 5), 5).rows}
     assert lifted["opened"]["difference"] is None  # control opened: 4 residents
     assert all(lifted[s]["ci_low"] is None for s in ("subscribed", "used"))
-    everything = {r["stage"]: r for r in uplift_figure(uplift(arms), 1).rows}
+    everything = {r["stage"]: r for r in uplift_figure(suppressed_uplift(uplift(arms), 1),
+                                                        1).rows}
     assert not math.isnan(everything["opened"]["ci_low"])
 
 
 def test_weeks_restrict_the_funnel_to_the_latest_weeks(tmp_path: Path) -> None:
     log = Log()
-    log.add("a", "view", 0, bundle_id="compte-mobilite", recommendation_id="v1.x.t")
-    log.add("b", "view", 14, bundle_id="compte-mobilite", recommendation_id="v1.x.u")
+    log.add("a", "view", 0, bundle_id="compte-mobilite", recommendation_id=SIGN.mint("v1", "x"))
+    log.add("b", "view", 14, bundle_id="compte-mobilite",
+            recommendation_id=SIGN.mint("v1", "x"))
     data = load_engagement_data(log.write(tmp_path), CATALOG)
     weekly = funnel_by_arm(data.funnel_events, weekly=True)
     assert weekly["week"].tolist() == ["2024-W01", "2024-W03"]
@@ -145,7 +157,8 @@ def test_funnel_and_uplift_by_neighbourhood_and_domain(tmp_path: Path) -> None:
     by_nb = funnel_by_arm(data.funnel_events, by="neighbourhood")
     got = {(r.value, r.arm): r.residents_shown for r in by_nb.itertuples()}
     assert got == {("centre", "v1:control"): 6, ("centre", "v2:personal"): 6,
-                   ("_unknown", "v1:control"): 4, ("_unknown", "v2:personal"): 6}
+                   ("_unknown", "v1:control"): 4, ("_unknown", "v2:personal"): 6,
+                   ("_unknown", "unattributed:unattributed"): 0}
     lifted = uplift(by_nb)
     assert set(lifted["value"]) == {"centre", "_unknown"}
     assert (lifted["baseline"] == "v1:control").all() and len(lifted) == 6
@@ -153,7 +166,7 @@ def test_funnel_and_uplift_by_neighbourhood_and_domain(tmp_path: Path) -> None:
     assert set(by_domain["value"]) == {"mobility"}
     assert by_domain["residents_shown"].sum() == 22
     # the neighbourhoods partition the residents: never one lonely hidden cell per column
-    table = funnel_figure(by_nb, 5)
+    table = funnel_figure(suppressed_arms(by_nb, 5), 5, by="neighbourhood")
     for arm in ("v1:control", "v2:personal"):
         rows = [r for r in table.rows if r["arm"] == arm]
         for column in ("residents_shown", "opened_residents", "subscribed_residents"):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from engagement_helpers import random_log
 
 from bouquet.analytics.engagement import CADENCES, compute_engagement, load_engagement_data
 from bouquet.analytics.figures import FIGURES, engagement_figure
 from bouquet.analytics.suppression import FLAG, SuppressionSpec, suppress
 from bouquet.core.catalog import load_catalog
+from tests.analytics.engagement_helpers import random_log
 
 CATALOG = load_catalog(None)
 K = 5

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_bundles_scorer import CONTRACT, assert_agrees, independent_score
 from typer.testing import CliRunner
 
 import bouquet.benchmarks.synthetic_bundles as synthetic
 from bouquet.benchmarks.bundles import evaluate, load_bundle_data, run_bundles
 from bouquet.benchmarks.synthetic_bundles import SyntheticShape, write_synthetic
 from bouquet.models import EASERecommender, PopularityRecommender
+from tests.benchmarks.test_bundles_scorer import CONTRACT, assert_agrees, independent_score
 
 SMALL = SyntheticShape.parse("400,600,6000")
 

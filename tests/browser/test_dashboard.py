@@ -221,7 +221,7 @@ def test_dashboard_draws_what_the_api_says(server: str, browser) -> None:
 
 def test_a_wrong_key_asks_for_the_key_again(server: str, browser) -> None:
     page = browser.new_page()
-    page.goto(f"{server}/dashboard?key=not-a-key")
+    page.goto(f"{server}/dashboard#key=not-a-key")
     page.wait_for_selector("#key-form:not([hidden])")
     assert "unknown API key" in page.inner_text("#key-error")
     assert page.is_hidden("#main")

@@ -74,3 +74,25 @@ def test_reader_returns_only_the_columns_asked_for_even_without_ts(tmp_path) -> 
     frame = read_events(tmp_path, columns=["event_id"])
     assert list(frame.columns) == ["event_id"]
     assert list(frame["event_id"]) == ["e1", "e2"]  # still in time order
+
+
+def test_ingested_at_keeps_the_order_of_receipt(tmp_path) -> None:
+    """Rows of one append get strictly increasing ``ingested_at`` in row order — also across
+    the date files one batch is split into — and a later append later ones still."""
+    from datetime import UTC, datetime, timedelta
+
+    import pyarrow.parquet as pq
+
+    from bouquet.core.eventlog import EventLog
+
+    log = EventLog(tmp_path)
+    day = datetime(2026, 3, 2, tzinfo=UTC)
+    rows = [{"event_id": f"e{i}", "resident_id": "r1", "type": "consent", "value": i % 2,
+             "ts": day - timedelta(days=i % 3), "channel": "app", "schema_version": 1}
+            for i in range(9)]
+    log.append(rows[:6])
+    log.append(rows[6:])
+    table = pq.read_table(tmp_path).to_pylist()
+    received = {r["event_id"]: r["ingested_at"] for r in table}
+    ordered = [received[f"e{i}"] for i in range(9)]
+    assert ordered == sorted(ordered) and len(set(ordered)) == 9

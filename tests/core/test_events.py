@@ -144,3 +144,11 @@ def test_catalog_accepts_a_known_service_in_its_bundle() -> None:
 def test_openapi_example_is_itself_valid() -> None:
     example = InteractionEvent.model_config["json_schema_extra"]["examples"][0]
     assert parse_event(example).event_id == example["event_id"]
+
+
+def test_every_problem_of_an_event_is_reported_at_once() -> None:
+    with pytest.raises(EventRejected) as found:
+        parse_event({})
+    assert found.value.reason == "missing_field"
+    for field in ("schema_version", "event_id", "resident_id", "type", "ts", "channel"):
+        assert f"{field}: Field required" in found.value.detail, found.value.detail

@@ -7,6 +7,10 @@ from pydantic import ValidationError
 
 from bouquet.core.settings import Settings
 
+#: What `python -c "import secrets; print(secrets.token_urlsafe(32))"` prints.
+STRONG = "Xq3v0J8kTz1bR7mWc2LpN5yHs9dFg4Ae6UoKiQwErTy"
+STRONG_KEY = "kF2pZ7qL0xW9cV4bN8mR3tY6uJ1hG5sDaEoIkUyTrWq"
+
 
 def test_local_defaults_point_at_the_embedded_stack(tmp_path, monkeypatch) -> None:
     for name in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "MLFLOW_TRACKING_URI"):
@@ -53,9 +57,15 @@ def test_production_refuses_development_secrets(monkeypatch) -> None:
     with pytest.raises(ValidationError, match="development keys"):
         Settings()
     monkeypatch.setenv("BOUQUET_API_KEYS", '{"k-0a9f8e7d6c5b4a39": "app"}')
-    with pytest.raises(ValidationError, match="PSEUDONYM_SECRET"):
+    with pytest.raises(ValidationError, match="API_KEYS: a key of role 'app' is shorter"):
         Settings()
-    monkeypatch.setenv("BOUQUET_PSEUDONYM_SECRET", "x" * 40)
+    monkeypatch.setenv("BOUQUET_API_KEYS", f'{{"{STRONG_KEY}": "app"}}')
+    with pytest.raises(ValidationError, match="PSEUDONYM_SECRET is the development secret"):
+        Settings()
+    monkeypatch.setenv("BOUQUET_PSEUDONYM_SECRET", STRONG)
+    with pytest.raises(ValidationError, match="SERVER_SECRET is the development secret"):
+        Settings()
+    monkeypatch.setenv("BOUQUET_SERVER_SECRET", STRONG[::-1])
     assert Settings().env == "production"
     monkeypatch.setenv("BOUQUET_SERVING_BENCH_ENDPOINTS", "true")  # one answers without a key
     with pytest.raises(ValidationError, match="benchmarks only"):
@@ -70,3 +80,30 @@ def test_negative_event_weight_is_refused() -> None:
 def test_key_prefix_cannot_inject_key_syntax() -> None:
     with pytest.raises(ValidationError):
         Settings(redis_key_prefix="bq:*\r\n")
+
+
+@pytest.mark.parametrize("variable", ["BOUQUET_PSEUDONYM_SECRET", "BOUQUET_SERVER_SECRET",
+                                      "BOUQUET_API_KEYS"])
+@pytest.mark.parametrize("weak, why", [("x" * 40, "fewer than 16 distinct"),
+                                       ("abcdefghijklmnopqrstuvwxyz01234", "shorter than 32"),
+                                       ("ab" * 20, "fewer than 16 distinct")])
+def test_production_refuses_weak_keys_and_secrets(monkeypatch, variable, weak, why) -> None:
+    monkeypatch.setenv("BOUQUET_ENV", "production")
+    monkeypatch.setenv("BOUQUET_PSEUDONYM_SECRET", STRONG)
+    monkeypatch.setenv("BOUQUET_SERVER_SECRET", STRONG[::-1])
+    monkeypatch.setenv("BOUQUET_API_KEYS", f'{{"{STRONG_KEY}": "app"}}')
+    value = weak if variable != "BOUQUET_API_KEYS" else f'{{"{weak}": "admin"}}'
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError, match=why) as raised:
+        Settings()
+    assert weak not in str(raised.value)  # never echo a secret into a log
+
+
+def test_development_credentials_are_named(monkeypatch) -> None:
+    for name in ("BOUQUET_API_KEYS", "BOUQUET_PSEUDONYM_SECRET", "BOUQUET_SERVER_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    assert Settings().development_credentials == ["BOUQUET_API_KEYS",
+                                                  "BOUQUET_PSEUDONYM_SECRET",
+                                                  "BOUQUET_SERVER_SECRET"]
+    assert Settings(api_keys={STRONG_KEY: "app"}, pseudonym_secret=STRONG,
+                    server_secret=STRONG[::-1]).development_credentials == []

@@ -11,7 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from test_recommender_contract import (
+from threadpoolctl import threadpool_info
+
+from bouquet.models import CrossViewEASE, EASERecommender, Recommender, load_model, solvers
+from bouquet.models.solvers import MAX_DENSE_DIM, SolverDoesNotFitError, SolverEstimate, choose
+from tests.models.test_recommender_contract import (
     COMPOSITION,
     N_ITEMS,
     N_USERS,
@@ -19,10 +23,6 @@ from test_recommender_contract import (
     USER_ITEMS,
     RecommenderContract,
 )
-from threadpoolctl import threadpool_info
-
-from bouquet.models import CrossViewEASE, EASERecommender, Recommender, load_model, solvers
-from bouquet.models.solvers import MAX_DENSE_DIM, SolverDoesNotFitError, SolverEstimate, choose
 
 SIDE = {"side_items": SIDE_ITEMS, "composition": COMPOSITION}
 
@@ -227,26 +227,44 @@ def test_the_solver_is_saved_with_the_model(tmp_path) -> None:
     assert loaded.solver_estimate_ == model.solver_estimate_
 
 
-def test_a_fitted_model_loads_and_scores_without_threadpoolctl(tmp_path) -> None:
-    """The solver code pins BLAS at fit time only: serving must not need threadpoolctl."""
+def test_a_fitted_models_serving_form_scores_without_threadpoolctl(tmp_path) -> None:
+    """The solver code pins BLAS at fit time only: the model as served (its linear terms,
+    loaded from disk) needs neither threadpoolctl nor scikit-learn nor implicit."""
     import subprocess
     import sys
 
+    from bouquet.models.confidence import ConfidenceRule
+    from bouquet.models.linear import LinearModel, LinearTerm, TermGroup
+
     model = CrossViewEASE(l2=5.0, solver="lowrank", rank=8).fit(USER_ITEMS, **SIDE)
-    path = model.save(tmp_path / "m")
+    n_users, n_b = USER_ITEMS.shape
+    n_s = SIDE_ITEMS.shape[1]
+    served = LinearModel(
+        service_ids=[f"s{i}" for i in range(n_s)], bundle_ids=[f"b{i}" for i in range(n_b)],
+        bundle_services={f"b{i}": [] for i in range(n_b)}, neighbourhoods=[],
+        rule=ConfidenceRule({}), popular_services=np.zeros((1, n_s)),
+        popular_bundles=np.zeros((1, n_b)),
+        resident_ids=np.array([f"u{u}" for u in range(n_users)]),
+        resident_neighbourhood=np.full(n_users, -1, np.int16),
+        resident_services=SIDE_ITEMS, resident_bundles=USER_ITEMS,
+        terms=[LinearTerm("b", "b", sp.csr_matrix(model.target_weights_), True),
+               LinearTerm("s", "b", sp.csr_matrix(model.side_weights_), True),
+               LinearTerm("s", "s", sp.csr_matrix((n_s, n_s)), False)],
+        groups=[TermGroup("b", 0), TermGroup("s", 0)])
     expected = model.score(np.arange(3), USER_ITEMS[:3], side_items=SIDE_ITEMS[:3])
-    np.save(tmp_path / "expected.npy", expected)
-    sp.save_npz(tmp_path / "rows.npz", USER_ITEMS[:3])
-    sp.save_npz(tmp_path / "side.npz", SIDE_ITEMS[:3])
+    np.testing.assert_allclose(served.score(np.arange(3), "b"), expected, rtol=1e-5,
+                               atol=1e-6)
+    served.save(tmp_path / "m")
+    np.save(tmp_path / "expected.npy", served.score(np.arange(3), "b"))
     script = (
         "import sys\n"
-        "sys.modules['threadpoolctl'] = None\n"
-        "import numpy as np, scipy.sparse as sp\n"
-        "from bouquet.models import load_model\n"
-        f"m = load_model({str(path)!r})\n"
-        f"got = m.score(np.arange(3), sp.load_npz({str(tmp_path / 'rows.npz')!r}),"
-        f" side_items=sp.load_npz({str(tmp_path / 'side.npz')!r}))\n"
-        f"assert np.array_equal(got, np.load({str(tmp_path / 'expected.npy')!r}))\n"
+        "for banned in ('threadpoolctl', 'sklearn', 'implicit'):\n"
+        "    sys.modules[banned] = None\n"
+        "import numpy as np\n"
+        "from bouquet.models.deployable import load_model_dir\n"
+        f"m = load_model_dir({str(tmp_path / 'm')!r})\n"
+        f"assert np.array_equal(m.score(np.arange(3), 'b'), "
+        f"np.load({str(tmp_path / 'expected.npy')!r}))\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          timeout=120)

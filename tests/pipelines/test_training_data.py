@@ -285,3 +285,17 @@ def test_reading_in_date_chunks_gives_the_same_arrays(log_root: Path, tmp_path: 
     a = list(chunked.resident_ids).index("a")
     assert chunked.profiles.loc[a, "neighbourhood"] == NB[4]
     assert build_dataset(chunked, PARAMS).fingerprint == build_dataset(whole, PARAMS).fingerprint
+
+
+def test_consent_is_decided_by_the_order_of_receipt(log_root: Path) -> None:
+    """The consent event received last decides, whatever time stamps clients wrote: a
+    withdrawal received after a grant stands even when stamped earlier, and the other way
+    round."""
+    log = EventLog(log_root)
+    log.append([ev("a", "consent", 1, value=1), ev("b", "consent", 9, value=0)])
+    log.append([ev("a", "consent", 9, value=0), ev("b", "consent", 1, value=1)])
+    for resident in ("a", "b"):
+        log.append([ev(resident, "use", 2, service=S[0])])
+    arrays = EventArrays.from_frame(read_events(log_root, columns=list(EVENT_COLUMNS)), CATALOG)
+    consenting = dict(zip(arrays.resident_ids, arrays.consent, strict=True))
+    assert consenting == {"a": False, "b": True}

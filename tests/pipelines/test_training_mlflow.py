@@ -25,7 +25,12 @@ from bouquet.core.settings import Settings
 from bouquet.localstack import free_port
 from bouquet.models.deployable import load_model_dir
 from bouquet.pipelines.registry import ModelRegistry
-from bouquet.pipelines.tracking import TrackingUnavailable, connect, download_model_dir
+from bouquet.pipelines.tracking import (
+    TrackingUnavailable,
+    connect,
+    download_model_dir,
+    fluent_store,
+)
 from bouquet.pipelines.train import TrainOptions, search_trials, train
 
 pytestmark = pytest.mark.integration  # a real MLflow store (SQLite) on disk
@@ -104,7 +109,8 @@ def test_run_records_everything_and_registers_the_best_candidate(settings: Setti
     assert version.tags["model_kind"] == chosen
 
     # an MLflow Model: pyfunc loads it and answers; publish's path reads the same files
-    model = mlflow.pyfunc.load_model(f"models:/{settings.registered_model}/{report.version}")
+    with fluent_store(settings.mlflow_uri):
+        model = mlflow.pyfunc.load_model(f"models:/{settings.registered_model}/{report.version}")
     answer = model.predict(pd.DataFrame({"resident_id": ["r-example"], "k": [3]}))
     assert list(answer.columns) == ["resident_id", "rank", "bundle_id", "score"]
     assert len(answer) == 3
@@ -216,9 +222,10 @@ def test_cli_train_list_promote_rollback(cli: CliRunner, tmp_path: Path) -> None
     assert "hold-out residents" in result.output  # the summary names who was evaluated
     assert "serving is unchanged until `bouquet publish`" in result.output
     assert json.loads(out.read_text())["version"] == "1"
-    invoke(cli, "train", "--no-progress", "--candidates", "als", "--baselines", "",
-           "--no-refit", "-p", "factors=8", "-p", "cf_weight=-1", "-p", "affinity_weight=-1",
-           "--test-weeks", "8")
+    second = invoke(cli, "train", "--no-progress", "--candidates", "als", "--baselines", "",
+                    "--no-refit", "-p", "factors=8", "-p", "cf_weight=-1",
+                    "-p", "affinity_weight=-1", "--test-weeks", "8")
+    assert "Downloading artifacts" not in second.output  # the champion's model was fetched
     listing = invoke(cli, "model", "list").output
     assert "champion" in listing and "bundles.ndcg_at_10" in listing
     refused = invoke(cli, "model", "promote", "2", code=1)
@@ -248,12 +255,21 @@ def test_bad_tracking_uri_is_one_line_and_exit_code_1(cli: CliRunner,
         connect(Settings(env="test", mlflow_tracking_uri="nosuchscheme://x"))
 
 
-def test_empty_event_log_is_a_one_line_error(cli: CliRunner, tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_and_empty_event_logs_are_distinct_one_line_errors(
+        cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from bouquet.core import settings as settings_module
 
-    monkeypatch.setenv("BOUQUET_EVENT_LOG_DIR", str(tmp_path / "empty-log"))
+    missing = tmp_path / "no-such-log"
+    monkeypatch.setenv("BOUQUET_EVENT_LOG_DIR", str(missing))
     settings_module.get_settings.cache_clear()
     result = invoke(cli, "train", "--no-progress", code=1)
-    assert "error: the event log is empty" in result.output
+    assert f"error: there is no event log at {missing}" in result.output
+    assert "Traceback" not in result.output
+
+    empty = tmp_path / "empty-log"
+    empty.mkdir()
+    monkeypatch.setenv("BOUQUET_EVENT_LOG_DIR", str(empty))
+    settings_module.get_settings.cache_clear()
+    result = invoke(cli, "train", "--no-progress", code=1)
+    assert f"error: the event log at {empty} is empty" in result.output
     assert "Traceback" not in result.output

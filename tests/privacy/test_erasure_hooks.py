@@ -14,7 +14,13 @@ import pyarrow.parquet as pq
 from bouquet.core.catalog import load_catalog
 from bouquet.core.eventlog import read_events
 from bouquet.core.keys import Keys
-from bouquet.privacy.erasure import ErasureCascade, ErasureRegister, without_erased
+from bouquet.privacy.audit import AuditLog, resident_ref
+from bouquet.privacy.erasure import (
+    INGEST_ACTOR,
+    ErasureCascade,
+    ErasureRegister,
+    without_erased,
+)
 from bouquet.streaming.batch import Batch, BatchBuilder
 from tests.privacy.helpers import ingest_until_idle, produce_events
 from tests.serving.support import publish, redis_client, small_model
@@ -103,6 +109,9 @@ def test_the_consumer_cascades_erase_events_and_drops_late_data(settings) -> Non
     assert ErasureRegister.for_settings(settings).cutoff("r3") == erased_at.timestamp()
     assert not client.exists(keys.recs(published.version, "r3", "b"))
     assert client.exists(keys.recs(published.version, "r5", "b"))
+    # an erasure that came over the topic, not through the API, is audited by the consumer
+    audited = [(r["action"], r["actor"], r["target"]) for r in AuditLog(settings).tail(5)]
+    assert audited == [("erasure", INGEST_ACTOR, f"resident:{cascade_ref(settings, 'r3')}")]
 
     second = [_event("r3", "view", before, service),  # a kiosk syncing late: dropped
               _event("r3", "click", after, service)]  # the resident came back: kept
@@ -114,4 +123,32 @@ def test_the_consumer_cascades_erase_events_and_drops_late_data(settings) -> Non
     assert ids == {first[i]["event_id"] for i in (0, 1, 3)} | {second[1]["event_id"]}
     assert [e["event_id"] for e in read_events(settings.event_log_path).to_dict("records")
             if e["resident_id"] == "r3"] == [second[1]["event_id"]]
+    assert len(AuditLog(settings).tail(5)) == 1  # audited once, however often it is seen
     client.close()
+
+
+def cascade_ref(settings, resident_id: str) -> str:
+    return resident_ref(resident_id, settings.pseudonym_secret)[:16]
+
+
+def test_an_erasure_from_any_producer_takes_the_newest_time_seen_as_its_cutoff() -> None:
+    """An ``erase`` event stamped before events already seen of its resident (earlier in
+    the batch, or in the real-time state) is moved to the newest of them before anything is
+    written, so a late copy stamped in between is erased data, not new data."""
+    t = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    service = CATALOG.services[0].id
+    stream = [_event("r1", "use", t + timedelta(minutes=3), service),  # a clock ahead
+              _event("r1", "erase", t), _event("r1", "click", t + timedelta(minutes=2), service),
+              _event("r2", "erase", t), _event("r2", "view", t + timedelta(minutes=1), service),
+              _event("r3", "erase", t)]
+    builder, batch = BatchBuilder(CATALOG, Keys("t:")), Batch()
+    for offset, event in enumerate(stream):
+        builder.add(batch, SimpleNamespace(value=json.dumps(event).encode(), offset=offset,
+                                           topic="t", partition=0, timestamp=1, key=None))
+    seen = {"r2": (t + timedelta(minutes=5)).timestamp()}  # the real-time state's newest
+    assert batch.extend_erasures(seen) == 2
+    assert dict(batch.erasures()) == {"r1": (t + timedelta(minutes=3)).timestamp(),
+                                      "r2": (t + timedelta(minutes=5)).timestamp(),
+                                      "r3": t.timestamp()}
+    assert batch.drop_late({}) == 2  # r1's click and r2's view: erased data
+    assert [row[2] for row in batch.rows] == ["use", "erase", "erase", "erase"]

@@ -10,6 +10,9 @@ Kafka and the real consumer, ``train``, ``bouquet publish``, the admin API's ``D
 same searches find the id everywhere it should be (so they can fail), and afterwards a
 control resident is still found (so they did look). On the way, a third resident withdraws
 consent over the API: answered non-personalised at once, absent from the retrained model.
+The copies an erasure could leave behind are part of it: an event stamped after the request
+by a device whose clock runs ahead (and a copy of it arriving after the erasure), a model
+artifact of a training run never registered, and a dead letter of the resident.
 """
 
 from __future__ import annotations
@@ -22,16 +25,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
+from kafka import KafkaConsumer
 from typer.testing import CliRunner
 
 from bouquet.core.eventlog import read_events
 from bouquet.core.keys import Keys
 from bouquet.core.settings import Settings
 from bouquet.localstack import LocalStack, free_port
-from bouquet.models.deployable import DeployableModel, find_model_dir, load_model_dir
-from bouquet.privacy.audit import audit_path, verify_chain
+from bouquet.models.deployable import (
+    DeployableModel,
+    find_model_dir,
+    load_model_dir,
+    model_location,
+)
+from bouquet.privacy.audit import audit_path, chain_key, resident_ref, verify_chain
 from bouquet.privacy.compaction import rewrite_redis_aof
-from bouquet.privacy.erasure import model_location
+from bouquet.privacy.erasure import ErasureCascade
 from tests.privacy.helpers import (
     file_occurrences,
     ingest_until_idle,
@@ -55,9 +64,11 @@ def anyio_backend() -> str:
 def deployment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from bouquet.core import settings as settings_module
 
+    # the residents' histories are a year old: replayed as a backfill, no past limit
     settings = Settings(env="test", state_dir=tmp_path / "state",
                         kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
-                        redis_url=f"redis://127.0.0.1:{free_port()}/0", topic_partitions=2)
+                        redis_url=f"redis://127.0.0.1:{free_port()}/0", topic_partitions=2,
+                        max_past_skew_s={})
     stack = LocalStack(settings)
     stack.up(timeout_s=60)
     for name in ("MLFLOW_TRACKING_URI", "BOUQUET_MLFLOW_TRACKING_URI"):
@@ -65,7 +76,7 @@ def deployment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     for name, value in {"BOUQUET_ENV": "test", "BOUQUET_STATE_DIR": str(settings.state_dir),
                         "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
                         "REDIS_URL": settings.redis_url,
-                        "BOUQUET_TOPIC_PARTITIONS": "2"}.items():
+                        "BOUQUET_TOPIC_PARTITIONS": "2", "BOUQUET_MAX_PAST_SKEW_S": "{}"}.items():
         monkeypatch.setenv(name, value)
     settings_module.get_settings.cache_clear()
     try:
@@ -98,11 +109,30 @@ def history(rid: str) -> list[dict]:
              "channel": "app", **e, "ts": e["ts"].isoformat()} for e in events]
 
 
+def contact(rid: str, kind: str, at: datetime) -> dict:
+    return {"schema_version": 1, "event_id": f"ev-{uuid.uuid4().hex}", "resident_id": rid,
+            "type": kind, "service_id": "bike-share", "ts": at.isoformat(), "channel": "app"}
+
+
+def malformed_bytes(event: dict) -> bytes:
+    return json.dumps(event, separators=(",", ":")).encode()
+
+
+def dead_letters(settings: Settings) -> list[tuple[bytes, bytes | None]]:
+    """(key, value) of every record of the dead-letter topic, in order."""
+    consumer = KafkaConsumer(settings.topic_dlq, **settings.kafka_client_options(),
+                             auto_offset_reset="earliest", consumer_timeout_ms=3000)
+    try:
+        return [(record.key, record.value) for record in consumer]
+    finally:
+        consumer.close()
+
+
 def champion_model(settings: Settings) -> DeployableModel:
     """The champion's model files, read where the MLflow store keeps them (not a copy)."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=settings.mlflow_uri)
+    client = MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
     version = client.get_model_version_by_alias(settings.registered_model, "champion")
     location = model_location(client, version.source)
     return load_model_dir(find_model_dir(Path(location.removeprefix("file://"))))
@@ -117,13 +147,28 @@ async def test_after_an_erasure_no_key_file_or_later_artifact_holds_the_id(
     state = settings.state_dir
     simulate(settings, residents=600, weeks=10, seed=5, end=END, progress=False,
              save_residents=False)
-    produce_events(settings, history(ERASED) + history(KEPT) + history(WITHDRAWN))
+    # beyond the history: an event from a device whose clock runs ahead (stamped after the
+    # erasure request to come), and a malformed one that ends in the dead-letter topic
+    started = datetime.now(UTC)
+    ahead = contact(ERASED, "use", started + timedelta(minutes=4))
+    malformed = {**contact(ERASED, "use", started), "service_id": "teleporter"}
+    produce_events(settings, history(ERASED) + history(KEPT) + history(WITHDRAWN)
+                   + [ahead, malformed])
     ingest_until_idle(settings)
     train(settings, TrainOptions(params={"factors": 8}, baselines=(), refit=False,
                                  progress=False, candidates=("als",), force=True))
+    # a run logged without registration (an experiment): its model holds the resident
+    unregistered = train(settings, TrainOptions(params={"factors": 8}, baselines=(),
+                                                refit=False, progress=False, candidates=("als",),
+                                                force=True, register=False))
+    assert unregistered.version is None
     cli("publish", "--no-progress")
     client = redis.Redis.from_url(settings.redis_url)
     keys = Keys(settings.redis_key_prefix)
+    reference = resident_ref(ERASED, settings.pseudonym_secret)
+    letters = dead_letters(settings)
+    assert [k.split(b":")[0] for k, v in letters if v] == [reference.encode()]
+    assert all(ERASED.encode() not in k for k, _ in letters)  # keyed by reference only
 
     # before: the searches find the id in every store that should hold it
     trained = champion_model(settings).resident_ids.tolist()
@@ -155,15 +200,27 @@ async def test_after_an_erasure_no_key_file_or_later_artifact_holds_the_id(
     assert not client.exists(keys.recs(current, ERASED, "b"))
     assert client.exists(keys.recs(current, KEPT, "b"))
 
-    # the erase event reaches the log and the consumer; readers no longer see the resident
-    ingest_until_idle(settings)
+    # the erase event reaches the log and the consumer (wired as `bouquet ingest` wires
+    # it); readers no longer see the resident — the event stamped ahead included: the
+    # cutoff is the later of the request and the newest event time seen
+    hooks = ErasureCascade(settings, client)
+    ingest_until_idle(settings, erasure=hooks)
+    assert ERASED not in set(read_events(settings.event_log_path)["resident_id"])
+    # a copy from that device, stamped before the cutoff, arriving now: never written
+    produce_events(settings, [contact(ERASED, "click", started + timedelta(minutes=3))])
+    assert ingest_until_idle(settings, erasure=hooks).erased_late == 1
     assert ERASED not in set(read_events(settings.event_log_path)["resident_id"])
 
     report = json.loads(cli("compact", "--models", "--now", "2025-06-10T00:00:00+00:00"))
     # the simulated city has erasures of its own: at least ours, 27 events and 1 request
     assert report["log"]["dropped_erased"] >= 27 and report["log"]["dropped_erase_events"] >= 1
     assert report["redis_aof"] == "rewritten"
-    assert [m["rows_removed"] for m in report["models"]] == [1]
+    assert isinstance(report["models"], list), report["models"]
+    assert sorted((m["version"] is None, m["rows_removed"]) for m in report["models"]) == [
+        (False, 1), (True, 1)]  # the champion and the run never registered
+    assert report["dead_letters"]["tombstoned"] == 1
+    assert [v for k, v in dead_letters(settings) if k.startswith(reference.encode())] \
+        == [malformed_bytes(malformed), None]  # the letter, then its tombstone
     scrubbed = champion_model(settings)
     assert ERASED not in scrubbed.resident_ids.tolist() and KEPT in scrubbed.resident_ids
     assert np.isfinite(scrubbed.score(np.arange(2), "b")).all()
@@ -184,7 +241,7 @@ async def test_after_an_erasure_no_key_file_or_later_artifact_holds_the_id(
     assert any(":b:{" in f for f in redis_occurrences(client, KEPT))
 
     # and the audit trail says who did it, without the id
-    ok, count, problem = verify_chain(audit_path(settings))
+    ok, count, problem = verify_chain(audit_path(settings), chain_key(settings))
     assert ok, problem
     actions = [json.loads(line)["action"] for line in audit_path(settings).read_text()
                .splitlines()]

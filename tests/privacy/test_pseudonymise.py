@@ -27,3 +27,23 @@ def test_refuses_unsafe_use() -> None:
         pseudonymise("x", "s", prefix="a:b")
     with pytest.raises(ValueError, match="length"):
         pseudonymise("x", "s", length=4)
+
+
+def test_cli_warns_when_it_uses_the_development_secret(monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from bouquet.cli import app
+    from bouquet.core import settings as settings_module
+
+    monkeypatch.delenv("BOUQUET_PSEUDONYM_SECRET", raising=False)
+    settings_module.get_settings.cache_clear()
+    try:
+        dev = CliRunner().invoke(app, ["pseudonymise", "ACC-1"])
+        assert dev.exit_code == 0 and "development secret" in dev.stderr
+        assert re.fullmatch(r"p[0-9a-f]{20}\n", dev.stdout)  # the pseudonym alone on stdout
+        monkeypatch.setenv("BOUQUET_PSEUDONYM_SECRET", "a-real-secret-for-this-test")
+        settings_module.get_settings.cache_clear()
+        real = CliRunner().invoke(app, ["pseudonymise", "ACC-1"])
+        assert real.exit_code == 0 and real.stderr == ""
+    finally:
+        settings_module.get_settings.cache_clear()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing as mp
 from pathlib import Path
@@ -15,6 +16,7 @@ from bouquet.privacy.audit import (
     AuditLog,
     api_actor,
     audit_path,
+    chain_key,
     resident_ref,
     verify_chain,
 )
@@ -77,7 +79,7 @@ def test_audit_file_is_a_hash_chain_even_with_concurrent_writers(local: Settings
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
-    ok, count, problem = verify_chain(audit_path(local))
+    ok, count, problem = verify_chain(audit_path(local), chain_key(local))
     assert ok, problem
     assert count == 160
     records = [json.loads(line) for line in audit_path(local).read_text().splitlines()]
@@ -87,15 +89,45 @@ def test_audit_file_is_a_hash_chain_even_with_concurrent_writers(local: Settings
     edited = lines.copy()
     edited[10] = edited[10].replace('"export"', '"exp0rt"')
     audit_path(local).write_text("\n".join(edited) + "\n")
-    assert verify_chain(audit_path(local))[0] is False
+    assert verify_chain(audit_path(local), chain_key(local))[0] is False
     audit_path(local).write_text("\n".join(lines[:5] + lines[6:]) + "\n")
-    assert verify_chain(audit_path(local))[0] is False
+    assert verify_chain(audit_path(local), chain_key(local))[0] is False
 
 
 def test_api_actor_names_the_key_without_storing_it() -> None:
-    actor = api_actor("admin", "dev-admin-key")
+    actor = api_actor("admin", "dev-admin-key", "server-secret-a")
     assert actor.startswith("api:admin:key-") and "dev-admin-key" not in actor
-    assert actor != api_actor("admin", "another-key")
+    assert actor != api_actor("admin", "another-key", "server-secret-a")
+    # keyed: without the server secret, a candidate key cannot be tested against the log
+    assert actor == api_actor("admin", "dev-admin-key", "server-secret-a")
+    assert actor != api_actor("admin", "dev-admin-key", "server-secret-b")
+    plain = hashlib.sha256(b"dev-admin-key").hexdigest()[:12]
+    assert plain not in actor
+
+
+def test_a_chain_rewritten_after_an_edit_does_not_verify_without_the_secret(
+        local: Settings) -> None:
+    """Whoever can write the audit file could edit a line and recompute every later
+    ``prev``; with a keyed chain that takes the server secret."""
+    log = AuditLog(local)
+    for i in range(6):
+        log.record("export", actor="cli:test", target=f"resident:{i}")
+    lines = audit_path(local).read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    records[2]["target"] = "resident:someone-else"
+    forged, previous = [], "0" * 64
+    for record in records:  # the best an editor without the secret can do
+        record["prev"] = previous
+        line = json.dumps(record, separators=(",", ":"), sort_keys=True)
+        previous = hashlib.sha256(line.encode()).hexdigest()
+        forged.append(line)
+    audit_path(local).write_text("\n".join(forged) + "\n")
+    ok, _, problem = verify_chain(audit_path(local), chain_key(local))
+    assert not ok and "line 2" in problem
+    audit_path(local).write_text("\n".join(lines) + "\n")
+    assert verify_chain(audit_path(local), chain_key(local)) == (True, 6, "")
+    other = local.model_copy(update={"server_secret": "another-server-secret"})
+    assert verify_chain(audit_path(local), chain_key(other))[0] is False
 
 
 def test_audit_reaches_the_redis_stream(settings: Settings) -> None:

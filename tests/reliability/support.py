@@ -10,6 +10,7 @@ from pathlib import Path
 
 import redis
 
+from bouquet.core.settings import Settings
 from bouquet.localstack import kafka_ready
 from bouquet.localstack import resolve_broker_binary as broker_binary
 
@@ -52,7 +53,8 @@ def start_broker(port: int) -> subprocess.Popen[bytes]:
                              f"tcp://127.0.0.1:{port}", "--storage-engine", "memory://tansu/"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
-    while not kafka_ready(f"127.0.0.1:{port}", 1.0)[0]:
+    while not kafka_ready(Settings(env="test", kafka_bootstrap_servers=f"127.0.0.1:{port}"),
+                          1.0)[0]:
         if time.monotonic() > deadline:
             kill(proc)
             raise RuntimeError("broker did not start")

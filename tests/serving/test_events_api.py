@@ -87,7 +87,7 @@ def private_broker(make_settings):
     settings = make_settings(kafka_bootstrap_servers=f"127.0.0.1:{port}",
                              serving_intake_timeout_s=2.0)
     deadline = time.monotonic() + 30
-    while not kafka_ready(settings.kafka_bootstrap_servers, 1.0)[0]:
+    while not kafka_ready(settings, 1.0)[0]:
         assert time.monotonic() < deadline, "private broker did not start"
         time.sleep(0.2)
     ensure_topics(settings)
@@ -148,3 +148,73 @@ async def test_an_event_sent_over_http_changes_the_next_answer(settings) -> None
         thread.join(timeout=30)
     assert after["reranked"], "the events never reached the resident's recent list"
     assert ids(after).index(target.id) < ids(before).index(target.id)
+
+
+async def test_a_large_batch_is_validated_off_the_event_loop(settings, monkeypatch) -> None:
+    """Screening a large batch is CPU work: it must not run on the thread of the event loop,
+    which would stall every other request of the process meanwhile."""
+    from bouquet.serving import routes_events
+
+    threads: set[int] = set()
+    real = routes_events.parse_event
+
+    def recording(*args, **kwargs):
+        threads.add(threading.get_ident())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(routes_events, "parse_event", recording)
+    batch = [event(f"r{i}", context={"note": "x" * 200}) for i in range(100)]
+    batch[-1]["service_id"] = "teleporter"  # refused: nothing is produced
+    async with client_for(settings) as c:
+        answer = await c.post("/v1/events", json=batch)
+    assert answer.status_code == 422
+    assert threads and threading.get_ident() not in threads
+
+
+async def test_an_app_key_cannot_erase_and_its_declarations_are_audited(settings) -> None:
+    """An ``erase`` event forgets a resident everywhere: from an ``app`` key the batch is
+    refused (403) and nothing is produced or erased; an ``admin`` key may send it. Consent
+    and profile events stay open to apps, and each is audited with the key's fingerprint."""
+    from bouquet.core.keys import Keys
+    from bouquet.privacy.audit import AuditLog, api_actor, resident_ref
+    from tests.serving.support import ADMIN, redis_client
+
+    ensure_topics(settings)
+    set_profile(settings, "r7", neighbourhood="centre", consent="1")
+    erase = event("r7", type="erase", service_id=None, channel="system")
+    async with client_for(settings) as c:
+        refused = await c.post("/v1/events", json=[event("r8"), erase])
+        assert refused.status_code == 403
+        assert [p["index"] for p in refused.json()["problems"]] == [1]
+        declared = await c.post("/v1/events", json=[
+            event("r7", type="consent", service_id=None, value=1),
+            event("r9", type="profile", service_id=None, context={"age_band": "26-40"})])
+        assert declared.status_code == 202
+        assert (await c.post("/v1/events", json=erase, headers=ADMIN)).status_code == 202
+    produced = consumed(settings, 3)
+    assert sorted(e["type"] for e in produced) == ["consent", "erase", "profile"]  # no use
+    client = redis_client(settings)
+    assert client.hget(Keys(settings.redis_key_prefix).profile("r7"), "consent") == b"1"
+    client.close()
+    records = AuditLog(settings).tail(10)
+    assert [(r["action"], r["target"]) for r in records] == [
+        ("consent", f"resident:{resident_ref('r7', settings.pseudonym_secret)[:16]}"),
+        ("profile", f"resident:{resident_ref('r9', settings.pseudonym_secret)[:16]}")]
+    assert {r["actor"] for r in records} == {api_actor("app", "dev-app-key",
+                                                       settings.server_secret)}
+    assert records[1]["detail"]["attributes"] == ["age_band"]
+
+
+async def test_the_intake_refuses_events_older_than_their_channels_limit(settings) -> None:
+    from datetime import timedelta
+
+    from bouquet.core.settings import DEFAULT_MAX_PAST_SKEW_S
+
+    limited = settings.model_copy(update={"max_past_skew_s": DEFAULT_MAX_PAST_SKEW_S})
+    old = (datetime.now(UTC) - timedelta(days=8)).isoformat()
+    async with client_for(limited) as c:
+        refused = await c.post("/v1/events", json=[event(ts=old), event(ts=old,
+                                                                         channel="partner")])
+    assert refused.status_code == 422
+    assert [(p["index"], p["reason"]) for p in refused.json()["problems"]] == [
+        (0, "stale_timestamp")]

@@ -12,7 +12,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from bouquet.core.catalog import load_catalog
-from bouquet.core.recommendation import parse_recommendation_id
+from bouquet.core.recommendation import development_ids
 from bouquet.models.confidence import ConfidenceRule, Strengths
 from bouquet.models.factor import FactorModel
 from bouquet.models.foldin import als_gram, fold_in
@@ -66,7 +66,7 @@ async def test_variants_serve_their_own_version_and_are_attributed(make_settings
     assert "non-personalised variant" in answers["popular"]["notice"]
     for variant, answer in answers.items():
         assert answer["variant"] == variant
-        assert parse_recommendation_id(answer["recommendation_id"]).variant == variant
+        assert development_ids().verify(answer["recommendation_id"]).variant == variant
 
 
 def _factor_model(service_factors: np.ndarray, bundle_factors: np.ndarray,

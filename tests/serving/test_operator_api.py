@@ -16,6 +16,7 @@ from bouquet.analytics.service import EngagementService
 from bouquet.analytics.synthetic import SyntheticSpec
 from bouquet.analytics.synthetic import write as write_synthetic
 from bouquet.core.catalog import load_catalog
+from bouquet.core.recommendation import development_ids
 from bouquet.core.settings import Settings
 from bouquet.localstack import ensure_topics
 from bouquet.streaming.consumer import IngestConsumer, IngestOptions
@@ -36,7 +37,7 @@ def today_events(now: datetime, residents: int = 7) -> list[dict]:
                     "ts": (now - timedelta(minutes=1)).isoformat()})
     out.append({"schema_version": 1, "event_id": "op-today-rec", "resident_id": "t0",
                 "type": "view", "bundle_id": "compte-mobilite", "channel": "app",
-                "recommendation_id": "v9.personal.abc",
+                "recommendation_id": development_ids().mint("v9", "personal"),
                 "ts": (now - timedelta(minutes=1)).isoformat()})
     return out
 

@@ -26,7 +26,7 @@ CATALOG = load_catalog()
 def register_champion(settings, model: FactorModel, tmp_path) -> str:
     """Register ``model`` as the first release did: a plain run artifact directory (the
     current release logs an MLflow Model; both must publish)."""
-    client = MlflowClient(tracking_uri=settings.mlflow_uri)
+    client = MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
     settings.mlflow_artifact_root.mkdir(parents=True, exist_ok=True)
     experiment = client.create_experiment(
         "serving-test", artifact_location=settings.mlflow_artifact_root.resolve().as_uri())

@@ -8,7 +8,7 @@ import pytest
 
 from bouquet.core.catalog import load_catalog
 from bouquet.core.keys import Keys
-from bouquet.core.recommendation import parse_recommendation_id
+from bouquet.core.recommendation import development_ids
 from bouquet.pipelines.publish import popular_lists
 from tests.serving.support import (
     ADMIN,
@@ -45,7 +45,7 @@ async def test_publish_then_serve_personalised(served) -> None:
     assert answer["model_version"] == "v1"
     assert answer["keyspace_version"] == report.version
     assert answer["variant"] == "champion"
-    attribution = parse_recommendation_id(answer["recommendation_id"])
+    attribution = development_ids().verify(answer["recommendation_id"])
     assert attribution is not None and attribution[:2] == ("v1", "champion")
     assert len(answer["bundles"]) == 5
     first = answer["bundles"][0]

@@ -11,7 +11,7 @@ import numpy as np
 
 from bouquet.core.catalog import load_catalog
 from bouquet.core.profile import all_segments, segment_id
-from bouquet.core.recommendation import parse_recommendation_id
+from bouquet.core.recommendation import development_ids
 from bouquet.models.online import unpack_list
 from bouquet.pipelines.publish import publish_in_memory
 from bouquet.serving.ranking import EXPLORE, FALLBACK_SEGMENT, OfferRanker, answer
@@ -119,20 +119,22 @@ def test_exploration_fills_a_share_of_the_slots_by_thompson_sampling() -> None:
     for n in range(60):
         rid = f"r{n % 50}"
         found = answer(rules, "b", rid, state(lists, rid=rid), version, variant="champion",
-                       personalise=True, rerank=False, k=3, now=NOW + n * DAY)
+                       personalise=True, rerank=False, k=3, ids=development_ids(),
+                       now=NOW + n * DAY)
         items = found.ranked.items
         assert len(items) == 3 and len({p.item_id for p in items}) == 3
         assert [p.source for p in items].count(EXPLORE) == 1 == found.ranked.explored
         explored = items[-1]
         assert explored.source == explored.reason_code == EXPLORE
-        assert parse_recommendation_id(found.item_recommendation_id(explored))[:2] == \
+        assert development_ids().verify(found.item_recommendation_id(explored))[:2] == \
             ("v1", "champion-explore")
         assert found.item_recommendation_id(items[0]) == found.recommendation_id
         picks[explored.item_id] += 1
     assert picks.most_common(1)[0][0] == target, picks
     # the same resident, day and model version: the same answer
     again = [answer(rules, "b", "r7", state(lists, rid="r7"), version, variant="champion",
-                    personalise=True, rerank=False, k=3, now=NOW).bundle_ids()
+                    personalise=True, rerank=False, k=3, ids=development_ids(),
+                    now=NOW).bundle_ids()
              for _ in range(2)]
     assert again[0] == again[1]
     # no exploration without consent

@@ -12,11 +12,10 @@ import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 import pytest
-from sim_support import shown_within_serving_rules
 
 from bouquet.core.cadence import DAILY_MIN_DAYS, WEEKLY_MIN_WEEKS, cadence_class
 from bouquet.core.catalog import Catalog
-from bouquet.core.recommendation import parse_recommendation_id
+from bouquet.core.recommendation import development_ids
 from bouquet.simulation.behaviour import Simulation
 from bouquet.simulation.closed_loop import (
     CADENCES,
@@ -28,6 +27,7 @@ from bouquet.simulation.closed_loop import (
 )
 from bouquet.simulation.policies import HttpPolicy, OraclePolicy, PopularPolicy, ScoringPolicy
 from bouquet.simulation.sinks import MemorySink
+from tests.simulation.sim_support import shown_within_serving_rules
 
 
 def test_the_loop_tells_policies_apart(catalog: Catalog, end_date) -> None:
@@ -121,7 +121,7 @@ def test_recommendations_are_allowed_and_attributed(popular_run, catalog: Catalo
     assert run.shown > 0
     shown = shown_within_serving_rules(table, run.shown, catalog)
     for event in shown:
-        attribution = parse_recommendation_id(event["recommendation_id"])
+        attribution = development_ids().verify(event["recommendation_id"])
         assert attribution is not None and attribution.variant == "popular"
     # a subscription taken from a recommendation echoes the id of the view
     views = {(e["resident_id"], e["bundle_id"], e["recommendation_id"]) for e in shown}

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from sim_support import shown_within_serving_rules
-
 from bouquet.core.catalog import Catalog
-from bouquet.core.recommendation import parse_recommendation_id
+from bouquet.core.recommendation import development_ids
 from bouquet.core.settings import Settings
 from bouquet.simulation.closed_loop import make_policy, run_policy
 from bouquet.simulation.model_policy import ModelPolicy
 from bouquet.simulation.sinks import MemorySink
+from tests.simulation.sim_support import shown_within_serving_rules
 
 #: A small city's hold-out has a few dozen residents: enough to rank, not to promote by the
 #: production rule (200), so these tests force the chosen family through (`train --force`).
@@ -29,7 +28,7 @@ def test_model_policy_trains_publishes_and_serves_on_schedule(catalog: Catalog,
     assert policy.version.model_version == "v2" and run.shown > 0
     variants = set()
     for event in shown_within_serving_rules(sink.table(), run.shown, catalog):
-        found = parse_recommendation_id(event["recommendation_id"])
+        found = development_ids().verify(event["recommendation_id"])
         assert found is not None and found.model_version in ("v1", "v2")
         variants.add(found.variant)
     # one slot in three is explored, and the funnel sees it as its own arm

@@ -20,7 +20,7 @@ import redis
 
 from bouquet.core.catalog import Catalog
 from bouquet.core.keys import Keys
-from bouquet.core.recommendation import parse_recommendation_id
+from bouquet.core.recommendation import development_ids
 from bouquet.pipelines.publish import Publisher
 from bouquet.simulation.closed_loop import run_policy
 from bouquet.simulation.columns import table_to_payloads
@@ -48,12 +48,12 @@ def ingest(settings, catalog: Catalog, table) -> None:
     client = redis.Redis.from_url(settings.redis_url)
     builder = BatchBuilder(catalog, keys)
     writer = StateWriter(client, keys, state_config(settings))
-    payloads = [json.dumps(p).encode() for p in table_to_payloads(table)]
-    for start in range(0, len(payloads), 5000):
+    records = [Record("t", 0, offset, json.dumps(p).encode())
+               for offset, p in enumerate(table_to_payloads(table))]
+    start = 0
+    while start < len(records):  # a batch holds a bounded number of event dates
         batch = Batch()
-        builder.add_records(batch, [Record("t", 0, start + i, value)
-                                    for i, value in enumerate(payloads[start:start + 5000])],
-                            now=datetime.now(UTC))
+        start += builder.add_records(batch, records[start:start + 5000], now=datetime.now(UTC))
         assert not batch.dead_letters, batch.dead_letters[:3]
         writer.apply(batch.slots)
     client.close()
@@ -92,7 +92,7 @@ def test_a_resident_gets_the_same_answer_from_the_api_and_the_simulator(
             [(p.source, p.reason_code) for p in ranked.items]
         for item, pick in zip(api["bundles"], ranked.items, strict=True):
             assert item["score"] == pytest.approx(pick.score, abs=2e-6)
-            variant = parse_recommendation_id(item["recommendation_id"]).variant
+            variant = development_ids().verify(item["recommendation_id"]).variant
             assert variant == ("champion-explore" if pick.source == "explore" else "champion")
         assert (api["personalised"], api["fallback"]) == (ranked.personalised, ranked.fallback)
         seen["personalised"] += ranked.personalised

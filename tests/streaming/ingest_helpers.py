@@ -21,7 +21,7 @@ import redis
 
 from bouquet.core.catalog import Catalog
 from bouquet.core.keys import Keys
-from bouquet.core.recommendation import parse_recommendation_id
+from bouquet.core.recommendation import development_ids
 from bouquet.core.redisdump import read_keys, scan_keys
 from bouquet.core.settings import Settings
 from bouquet.localstack import ensure_topics
@@ -119,10 +119,9 @@ class ReferenceState:
                 prof["profile_ts"] = epoch
             return
         if kind == "consent":
-            prof = self.profile[rid]
-            if epoch >= float(prof.get("consent_ts", "-inf")):
-                prof["consent"] = "1" if e["value"] == 1 else "0"
-                prof["consent_ts"] = epoch
+            # in order of receipt: a resident's events are received in stream order (one
+            # partition); the receipt times themselves are the broker's (not compared)
+            self.profile[rid]["consent"] = "1" if e["value"] == 1 else "0"
             return
         item = {"event_id": e["event_id"], "type": kind, "ts": _round(epoch),
                 "channel": e["channel"]}
@@ -159,11 +158,11 @@ class ReferenceState:
                         self.holdings[rid].discard(member)
         if kind == "dismiss" and bid:
             self.dismissed[rid].add(bid)
-        attribution = parse_recommendation_id(e.get("recommendation_id"))
-        if kind in STAGES and attribution:
-            self.funnel[self.keys.funnel(attribution.model_version, attribution.variant)][
-                STAGES[kind]] += 1
-            self.funnel_index.add(f"{attribution.model_version}:{attribution.variant}")
+        if kind in STAGES and e.get("recommendation_id"):
+            # signed ids credit their arm, any other id the unattributed one
+            model_version, variant = development_ids().arm(e["recommendation_id"])
+            self.funnel[self.keys.funnel(model_version, variant)][STAGES[kind]] += 1
+            self.funnel_index.add(f"{model_version}:{variant}")
 
     def dump(self) -> dict[str, Any]:
         """The expected state in :func:`dump_state`'s normalised form."""
@@ -201,10 +200,12 @@ class ReferenceState:
 
 
 def dump_state(client: redis.Redis, prefix: str) -> dict[str, Any]:
-    """Every key under ``prefix`` except de-duplication markers, normalised for comparison
-    (prefix stripped; timestamps rounded to ms; recent items decoded)."""
+    """Every key under ``prefix`` except de-duplication markers and the audit stream (its
+    records carry their time of writing), normalised for comparison (prefix stripped;
+    timestamps rounded to ms; recent items decoded)."""
+    audit = Keys(prefix).audit().encode()
     names = [k for k in scan_keys(client, f"{prefix}*")
-             if not k.decode()[len(prefix):].startswith(MARKERS)]
+             if not k.decode()[len(prefix):].startswith(MARKERS) and k != audit]
     out: dict[str, Any] = {}
     for key, kind, raw in read_keys(client, names):
         name = key[len(prefix):]
@@ -213,7 +214,8 @@ def dump_state(client: redis.Redis, prefix: str) -> dict[str, Any]:
             for item in value:
                 item["ts"] = _round(item["ts"])
         elif kind == "hash":
-            value = {f.decode(): v.decode() for f, v in raw.items()}
+            value = {f.decode(): v.decode() for f, v in raw.items()
+                     if f != b"consent_ts"}  # a receipt time: the broker's clock
             if name.endswith(":holdings_ts") or name.endswith(":profile"):
                 value = {f: _round(v) if (f.endswith("_ts") or name.endswith("_ts")) else v
                          for f, v in value.items()}

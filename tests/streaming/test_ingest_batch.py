@@ -13,6 +13,7 @@ from bouquet.core.catalog import load_catalog
 from bouquet.core.eventlog import SCHEMA
 from bouquet.core.events import parse_event
 from bouquet.core.keys import Keys
+from bouquet.core.recommendation import development_ids
 from bouquet.streaming.batch import Batch, BatchBuilder, recent_item
 from bouquet.streaming.consumer import dead_letter_headers
 
@@ -140,7 +141,8 @@ def test_within_batch_duplicates_are_dropped() -> None:
 
 
 def test_log_columns_match_the_event_contract() -> None:
-    event = valid(type="use", value=2.5, recommendation_id="v1.champion.abc",
+    event = valid(type="use", value=2.5,
+                  recommendation_id=development_ids().mint("v1", "champion"),
                   context={"screen": "home", "a": [1, 2]})
     builder = BatchBuilder(CATALOG, Keys("t:"))
     batch = Batch()

@@ -14,8 +14,6 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from ingest_helpers import ReferenceState, dump_state, produce, start_ingest, wait_for_text
-from test_ingest_pipeline import ASSIGNED, assert_log_exact, run_in_process, wait_for_files
 
 from bouquet.core.catalog import load_catalog
 from bouquet.core.eventlog import read_table
@@ -23,6 +21,19 @@ from bouquet.localstack import free_port
 from bouquet.streaming import metrics
 from bouquet.streaming.consumer import IngestError
 from bouquet.streaming.synthetic import StreamSpec, encode, stream
+from tests.streaming.ingest_helpers import (
+    ReferenceState,
+    dump_state,
+    produce,
+    start_ingest,
+    wait_for_text,
+)
+from tests.streaming.test_ingest_pipeline import (
+    ASSIGNED,
+    assert_log_exact,
+    run_in_process,
+    wait_for_files,
+)
 
 CATALOG = load_catalog()
 

@@ -13,16 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import redis
-from ingest_helpers import (
-    ReferenceState,
-    dump_state,
-    late_event_ids,
-    produce,
-    start_ingest,
-    wait_for_text,
-)
 from kafka import KafkaConsumer, TopicPartition
-from test_ingest_batch import MALFORMED
 
 from bouquet.core.catalog import load_catalog
 from bouquet.core.eventlog import COLUMNS, read_events, read_table
@@ -32,6 +23,15 @@ from bouquet.core.settings import Settings
 from bouquet.privacy.erasure import ErasureCascade
 from bouquet.streaming.consumer import IngestConsumer, IngestOptions, IngestStats
 from bouquet.streaming.synthetic import StreamSpec, encode, stream
+from tests.streaming.ingest_helpers import (
+    ReferenceState,
+    dump_state,
+    late_event_ids,
+    produce,
+    start_ingest,
+    wait_for_text,
+)
+from tests.streaming.test_ingest_batch import MALFORMED
 
 CATALOG = load_catalog()
 COMPARED = [c for c in COLUMNS if c != "ingested_at"]

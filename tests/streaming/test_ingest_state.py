@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
-from ingest_helpers import ReferenceState, dump_state
 
 from bouquet.core.catalog import load_catalog
 from bouquet.core.keys import Keys
+from bouquet.core.recommendation import UNATTRIBUTED, development_ids
 from bouquet.core.settings import Settings
 from bouquet.streaming.batch import Batch, BatchBuilder
 from bouquet.streaming.state import (
@@ -19,8 +19,11 @@ from bouquet.streaming.state import (
     read_profile,
 )
 from bouquet.streaming.synthetic import StreamSpec, stream
+from tests.streaming.ingest_helpers import ReferenceState, dump_state
 
 CATALOG = load_catalog()
+#: an id the API minted (tests run with the development server secret)
+SIGNED = development_ids().mint("v7", "champion")
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
 
 
@@ -80,26 +83,35 @@ def test_semantics_of_one_resident(settings: Settings, client) -> None:
     apply(writer, keys, [
         ev(1, "ana", "profile", context={"neighbourhood": nb, "student": True}),
         ev(2, "ana", "consent", value=1),
-        ev(3, "ana", "view", 1, bundle_id=bundle.id, recommendation_id="v7.champion.aa"),
-        ev(4, "ana", "subscribe", 10, bundle_id=bundle.id, recommendation_id="v7.champion.aa"),
+        ev(3, "ana", "view", 1, bundle_id=bundle.id, recommendation_id=SIGNED),
+        ev(4, "ana", "subscribe", 10, bundle_id=bundle.id, recommendation_id=SIGNED),
         # an older unsubscribe arriving late must not undo the newer subscribe
         ev(5, "ana", "unsubscribe", 5, bundle_id=bundle.id),
         ev(6, "ana", "dismiss", 2, bundle_id=CATALOG.bundles[1].id),
-        ev(7, "ana", "use", 3, service_id=service.id, recommendation_id="v7.challenger.bb"),
-        ev(8, "ana", "consent", -60, value=0),  # older withdrawal: ignored
+        ev(7, "ana", "use", 3, service_id=service.id,
+           recommendation_id=development_ids().mint("v7", "challenger")),
+        # a made-up id (unsigned, or signed by nobody) credits no arm, only "unattributed"
+        ev(10, "ana", "click", 4, bundle_id=bundle.id, recommendation_id="v7.champion.aa"),
+        ev(11, "ana", "view", 4, bundle_id=bundle.id, recommendation_id="v9.made-up.bb"),
+        # a withdrawal with an older time stamp, received later: consent follows the
+        # order of receipt, not the time stamps clients write
+        ev(8, "ana", "consent", -60, value=0),
     ])
     assert client.smembers(keys.holdings("ana")) == {f"b:{bundle.id}".encode()}
     assert client.smembers(keys.dismissed("ana")) == {CATALOG.bundles[1].id.encode()}
     assert read_profile(client, keys, "ana") == {"neighbourhood": nb, "student": True,
-                                                 "consent": True}
+                                                 "consent": False}
     day = (T0 + timedelta(minutes=1)).date().isoformat()
     assert client.sismember(keys.active("day", day, "nb", nb), "ana")
     assert client.sismember(keys.active("day", day, "domain", service.domain.value), "ana")
     assert client.hgetall(keys.funnel("v7", "champion")) == {b"shown": b"1", b"subscribed": b"1"}
     assert client.hgetall(keys.funnel("v7", "challenger")) == {b"used": b"1"}
-    assert client.smembers(keys.funnel_index()) == {b"v7:champion", b"v7:challenger"}
+    assert client.hgetall(keys.funnel(UNATTRIBUTED, UNATTRIBUTED)) == {b"opened": b"1",
+                                                                      b"shown": b"1"}
+    assert client.smembers(keys.funnel_index()) == {b"v7:champion", b"v7:challenger",
+                                                    b"unattributed:unattributed"}
     recent = [json.loads(i) for i in client.lrange(keys.recent("ana"), 0, -1)]
-    assert [i["event_id"] for i in recent] == ["e7", "e6", "e5", "e4", "e3"]
+    assert [i["event_id"] for i in recent] == ["e11", "e10", "e7", "e6", "e5", "e4", "e3"]
     assert client.zscore(keys.last_contact(), "ana") == pytest.approx(
         (T0 + timedelta(minutes=10)).timestamp())
     assert client.ttl(keys.recent("ana")) > 0
@@ -140,10 +152,10 @@ def test_erase_resident_forgets_everything_personal(settings: Settings, client) 
         ev(2, "cy", "subscribe", 1, service_id=CATALOG.service_ids[0]),
         ev(3, "dee", "view", 1, service_id=CATALOG.service_ids[0]),
     ])
-    client.set(keys.resident_pattern("cy").replace("*", "other-component"), "x")
+    assert all(client.exists(name) for name in (keys.profile("cy"), keys.holdings("cy")))
     erase_resident(client, keys, "cy")
     erase_resident(client, keys, "cy")  # idempotent
-    assert list(client.scan_iter(match=keys.resident_pattern("cy"))) == []
+    assert not any(client.exists(name) for name in keys.resident_keys("cy"))
     assert client.zscore(keys.last_contact(), "cy") is None
     for key in client.smembers(keys.active_index()):
         assert not client.sismember(key, "cy")
