@@ -4,9 +4,11 @@ Each stage is the same ``bouquet`` command a user would type, run in order with 
 environment, so the demo proves the commands compose: stack up → simulate the demo city's
 year of history through Kafka → ingest → train (MLflow) → publish (Redis) → serve (HTTP),
 with ingestion behind it → the city's weeks, its residents answered by the API in the loop
-(the trained model, or popular lists for the experiment's baseline arm; recommendation ids
-minted by serving; each week ingested before the next is answered) → ask for bundles, send
-an event and see the answer change → engagement report, funnel and uplift.
+(the champion arm: the trained model once training promoted one, else the popular lists
+``bouquet publish`` serves without a champion; the baseline arm: popular lists;
+recommendation ids minted by serving; each week ingested before the next is answered)
+→ ask for bundles, send an event and see the answer change → engagement report, funnel
+and uplift.
 ``--quick`` uses a smaller city and exits when done (tests use it); the full demo keeps the
 API, the dashboard and the MLflow UI running until Ctrl-C, then stops what it started.
 """
