@@ -306,7 +306,9 @@ def compare(
     if served:
         promoted = [r for r in served if r.notes.get("family")]
         families = sorted({str(r.notes["family"]) for r in promoted})
-        lines.append(f"model promoted (beat popularity on the hold-out) on {len(promoted)} of "
+        why = ("promotion forced (--force-promotion)" if force
+               else "beat popularity on the hold-out")
+        lines.append(f"model promoted ({why}) on {len(promoted)} of "
                      f"{len(served)} seeds{' (' + ', '.join(families) + ')' if families else ''}"
                      "; otherwise it served the popular lists")
     timing = (f"{len(result.runs)} runs in {wall / 60:.1f} min wall, {cpu / 60:.1f} min CPU; "
