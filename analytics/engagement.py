@@ -1,15 +1,20 @@
 """Engagement frequency from the event log: cadence, stickiness, contacts, cohorts.
 
-This is the one place where Bouquet's engagement figures are defined and computed; the
-operator API, ``bouquet report engagement`` and the dashboard all show what this module
-returns (through :mod:`bouquet.analytics.service`, which adds caching and small-cell
-suppression). The definitions are repeated in ``docs/engagement.md``.
+This is where Bouquet's engagement figures are defined, with the table layouts
+(:class:`Engagement`) every reader gets. The operator API, ``bouquet report engagement`` and
+the dashboard compute them in DuckDB SQL over the Parquet log
+(:mod:`bouquet.analytics.logdb`, out of core), through :mod:`bouquet.analytics.service`,
+which adds caching and small-cell suppression. The in-memory computation below
+(:func:`load_engagement_data`, :func:`compute_engagement`) is the definitions written a
+second, independent way: the tests hold the SQL equal to it, and ``bouquet bench
+engagement`` measures both. The definitions are repeated in ``docs/engagement.md``.
 
 Definitions
 -----------
 *Contact*
-    Any event whose type is in :data:`bouquet.core.events.CONTACT_TYPES` (view, click,
-    subscribe, use, pay, rate, dismiss, unsubscribe). ``erase``, ``consent`` and
+    An event of the selected cadence classes (:mod:`bouquet.core.cadence`): *use* (use, pay,
+    subscribe, rate) is the headline, *response* (click, dismiss, unsubscribe, open) and
+    *exposure* (view, notify) are shown beside it. ``erase``, ``consent`` and
     ``profile`` are administrative and never count. Events come from
     :func:`bouquet.core.eventlog.read_events`, so duplicates are removed and erased
     residents are gone.
@@ -55,7 +60,8 @@ Definitions
     ``mau`` = distinct residents active in the month; ``dau_mean`` = mean over the month's
     observed days of daily actives; ``wau_mean`` = mean WAU over the ISO weeks whose
     Thursday falls in the month (the ISO rule for assigning a week to a month);
-    ``dau_mau`` and ``wau_mau`` are their ratios to ``mau``.
+    ``dau_mau`` and ``wau_mau`` are their ratios to ``mau``, given for complete months only
+    (``month_complete``: the log covers every day of the month).
 
 Breakdowns
 ----------
@@ -76,9 +82,11 @@ resident or per event. See ``docs/engagement.md`` for measured run times.
 
 from __future__ import annotations
 
+import calendar
 import logging
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -120,6 +128,8 @@ LIFETIME: tuple[tuple[int, int | None, str], ...] = (
 #: Event type → funnel stage (the consumer credits the same stages, see docs/engagement.md).
 FUNNEL_STAGE_OF_TYPE: dict[str, str] = {
     "view": "shown", "click": "opened", "subscribe": "subscribed", "use": "used",
+    # an outreach message delivered, opened (attributed like an answer of the API)
+    "notify": "shown", "open": "opened",
 }
 FUNNEL_STAGES: tuple[str, ...] = ("shown", "opened", "subscribed", "used")
 
@@ -282,12 +292,15 @@ def _catalog_attribute(frame: pd.DataFrame, catalog: Catalog
 
 
 def load_engagement_data(root: Path, catalog: Catalog,
-                         recommendation_ids: RecommendationIds | None = None
-                         ) -> EngagementData:
+                         recommendation_ids: RecommendationIds | None = None,
+                         contact_types: Iterable[str] = CONTACT_TYPES) -> EngagementData:
     """Read the event log once (through :func:`read_events`) and reduce it to arrays.
 
     ``recommendation_ids`` verifies the ids the funnel credits (the deployment's, from
-    :meth:`RecommendationIds.for_settings`; default: the development key's)."""
+    :meth:`RecommendationIds.for_settings`; default: the development key's).
+    ``contact_types`` are the event types the cadence figures count (one cadence class of
+    :mod:`bouquet.core.cadence`, or all of them); the funnel and the dimension values are
+    those of every contact whatever the selection, as in the DuckDB path."""
     started = time.perf_counter()
     frame = read_events(Path(root), columns=_COLUMNS)
     n_events = len(frame)
@@ -338,16 +351,18 @@ def load_engagement_data(root: Path, catalog: Catalog,
                                 "domain": (dom, dom_values), "factor": (fac, fac_values),
                                 "channel": (chan, chan_values)},
                             recommendation_ids or development_ids())
+    selected = np.isin(type_codes[is_contact], [i for i, t in enumerate(type_names)
+                                                if t in set(contact_types)])
     data = EngagementData(
         n_residents=n_res,
         first_day=first_day,
         nb=nb_of_res,
         nb_values=tuple(nb_values),
-        res=res_codes[is_contact],
-        day=day[is_contact],
-        domain=dom, domain_values=tuple(dom_values),
-        factor=fac, factor_values=tuple(fac_values),
-        channel=chan, channel_values=tuple(chan_values),
+        res=res_codes[is_contact][selected],
+        day=day[is_contact][selected],
+        domain=np.asarray(dom)[selected], domain_values=tuple(dom_values),
+        factor=np.asarray(fac)[selected], factor_values=tuple(fac_values),
+        channel=np.asarray(chan)[selected], channel_values=tuple(chan_values),
         funnel_events=funnel,
         events=n_events,
         first_event_day=int(day.min()) if n_events else None,
@@ -357,6 +372,16 @@ def load_engagement_data(root: Path, catalog: Catalog,
     log.info("engagement data: %d events, %d contacts, %d residents read in %.2f s",
              n_events, data.contacts, n_res, data.load_seconds)
     return data
+
+
+def month_ratios(dau_mean: np.ndarray, wau_mean: np.ndarray, mau: np.ndarray,
+                 complete: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """DAU/MAU and WAU/MAU of calendar months; NaN for a month the log covers in part (its
+    first and last): its actives over a few days divided by full ISO weeks' actives gave
+    WAU/MAU above 100 %."""
+    ok = complete & (mau > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (np.where(ok, dau_mean / mau, np.nan), np.where(ok, wau_mean / mau, np.nan))
 
 
 def parse_recommendation_ids(values: pd.Series, ids: RecommendationIds) -> pd.DataFrame:
@@ -466,7 +491,7 @@ def compute_engagement(data: EngagementData, rules: CadenceRules | None = None) 
     rules = rules or CadenceRules()
     started = time.perf_counter()
     if data.first_event_day is None:
-        return _empty(rules)
+        return empty_engagement(rules)
     d0, d1 = data.first_event_day, data.last_event_day
     w0, w1 = int(week_of_day(d0)), int(week_of_day(d1))
     m0 = int(month_of_day(np.array([d0]))[0])
@@ -719,6 +744,11 @@ def _tables(grid: _Grid, data: EngagementData, rules: CadenceRules, d0: int, w0:
     with np.errstate(divide="ignore", invalid="ignore"):
         dau_mean_m = dau_month / days_obs_month
         wau_mean_m = np.where(weeks_per_month > 0, wau_month / weeks_per_month, np.nan)
+        complete = np.array([calendar.monthrange(1970 + int(m) // 12, int(m) % 12 + 1)[1]
+                             for m in month_abs]) == days_obs_month
+        complete_g = np.tile(complete, g_n)
+        dau_mau, wau_mau = month_ratios(dau_mean_m.reshape(-1), wau_mean_m.reshape(-1),
+                                        mau_m.reshape(-1).astype(float), complete_g)
         monthly = pd.DataFrame({
             "dimension": np.repeat(dims, n_months), "value": np.repeat(vals, n_months),
             "month": np.tile(m_labels, g_n),
@@ -726,8 +756,7 @@ def _tables(grid: _Grid, data: EngagementData, rules: CadenceRules, d0: int, w0:
             "weeks": np.tile(weeks_per_month, g_n),
             "mau": mau_m.reshape(-1), "dau_mean": dau_mean_m.reshape(-1),
             "wau_mean": wau_mean_m.reshape(-1),
-            "dau_mau": np.where(mau_m > 0, dau_mean_m / mau_m, np.nan).reshape(-1),
-            "wau_mau": np.where(mau_m > 0, wau_mean_m / mau_m, np.nan).reshape(-1),
+            "dau_mau": dau_mau, "wau_mau": wau_mau, "month_complete": complete_g,
         })
 
     # cohorts: keep the triangle (months_since < months left)
@@ -807,7 +836,8 @@ def _lifetime(grid: _Grid, dims: list[str], vals: list[str]) -> pd.DataFrame:
     return pd.DataFrame({"dimension": dims, "value": vals, **columns})
 
 
-def _empty(rules: CadenceRules) -> Engagement:
+def empty_engagement(rules: CadenceRules) -> Engagement:
+    """The figures of a log with no event (both computations answer the same)."""
     empty = pd.DataFrame({"dimension": [], "value": []})
     return Engagement(cadence=empty, stickiness=empty, contacts=empty, cohorts=empty,
                       monthly=empty, daily=empty, lifetime=empty, rules=rules,

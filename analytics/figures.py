@@ -101,7 +101,7 @@ FIGURES: dict[str, FigureDef] = {
     "monthly": FigureDef(
         title="Calendar months: monthly actives, mean daily and weekly actives, stickiness",
         columns=[*_KEYS, "month", "days_observed", "weeks", "mau", "dau_mean", "wau_mean",
-                 "dau_mau", "wau_mau"],
+                 "dau_mau", "wau_mau", "month_complete"],
         spec=SuppressionSpec(
             counts=["mau", "dau_mean", "wau_mean"],
             gates=[("mau", ["dau_mean", "wau_mean"])],
@@ -222,7 +222,7 @@ def suppressed_breakdown(eng: Engagement, figure: str, k: int, by: str) -> pd.Da
 
 def engagement_figure(eng: Engagement, figure: str, k: int, *, by: str = "all",
                       value: str | None = None, last: int | None = None,
-                      shown: pd.DataFrame | None = None) -> Table:
+                      shown: pd.DataFrame | None = None, events: str = "use") -> Table:
     """One engagement figure for ``by`` (all, or every value of one dimension, or one
     ``value``), limited to the ``last`` weeks (months, days, cohorts): cut from the
     suppressed whole breakdown (``shown``, default: computed here)."""
@@ -236,7 +236,7 @@ def engagement_figure(eng: Engagement, figure: str, k: int, *, by: str = "all",
         shown = _last(shown, period_col, last)
     rules = eng.rules
     return Table.from_frame(
-        figure, fig.title, shown, k, columns=fig.columns, by=by, value=value,
+        figure, fig.title, shown, k, columns=fig.columns, by=by, value=value, events=events,
         rules={"window_days": rules.window_days, "daily_min_days": rules.daily_min_days,
                "weekly_min_weeks": rules.weekly_min_weeks,
                "yearly_weeks": rules.yearly_weeks},
@@ -249,13 +249,25 @@ def suppressed_arms(arms: pd.DataFrame, k: int) -> pd.DataFrame:
     return suppress(arms, FUNNEL_SPEC, k) if not arms.empty else arms
 
 
+#: What an empty funnel answer says: the funnel fills only when front ends echo the id, so
+#: an operator who sees nothing must learn why rather than conclude that nobody converts.
+EMPTY_FUNNEL_HINT = (
+    "No event carries a recommendation_id yet. The funnel counts the view, click, subscribe "
+    "and use events whose recommendation_id echoes the one a recommendation answer gave: "
+    "front ends must send it back with each of those events (docs/engagement.md, "
+    "Recommendation funnel and uplift).")
+
+
 def funnel_figure(shown: pd.DataFrame, k: int, *, by: str = "all", value: str | None = None,
                   **meta: object) -> Table:
-    """The funnel figure from :func:`suppressed_arms`, for one ``value`` of ``by`` or all."""
+    """The funnel figure from :func:`suppressed_arms`, for one ``value`` of ``by`` or all;
+    with no arm at all, ``hint`` says what front ends must send."""
+    selected = only_value(shown, by, value)
+    if shown.empty:
+        meta = {**meta, "hint": EMPTY_FUNNEL_HINT}
     return Table.from_frame("funnel", "Recommendation funnel per model version and variant "
                             "(residents; attributed through recommendation_id)",
-                            only_value(shown, by, value), k, columns=FUNNEL_COLUMNS, by=by,
-                            value=value, **meta)
+                            selected, k, columns=FUNNEL_COLUMNS, by=by, value=value, **meta)
 
 
 def funnel_weekly_figure(weekly: pd.DataFrame, k: int, **meta: object) -> Table:

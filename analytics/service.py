@@ -1,12 +1,16 @@
 """Engagement figures on demand, cached per event-log state: what the API and CLI call.
 
-Reading and reducing the event log is the expensive part (seconds for millions of
-events); the figures are cheap slices of it. :class:`EngagementService` therefore keeps
-the reduced log and every computed table in process, keyed on a fingerprint of the log's
-files (name, size, modification time). The fingerprint is re-checked at most every
-``ttl_s`` seconds (``Settings.engagement_cache_ttl_s``): a new file written by the consumer
-shows up within that delay, and an unchanged log is never re-read. Concurrent requests
-for a cold cache wait for one computation instead of starting several.
+Reducing the event log is the expensive part (DuckDB over the Parquet files,
+:class:`~bouquet.analytics.logdb.LogDatabase`); the figures are cheap slices of it.
+:class:`EngagementService` therefore keeps the reduced log and every computed table in
+process, keyed on a fingerprint of the log's files (name, size, modification time) and of
+the erasure register. The fingerprint is re-checked at most every ``ttl_s`` seconds
+(``Settings.engagement_cache_ttl_s``): a new file written by the consumer shows up within
+that delay, and an unchanged log is never re-read. Concurrent requests for a cold cache
+wait for one computation instead of starting several.
+
+Every engagement figure is computed over the contacts of one cadence class
+(:mod:`bouquet.core.cadence`): ``use`` — the headline —, ``response`` or ``exposure``.
 """
 
 from __future__ import annotations
@@ -25,15 +29,8 @@ import redis
 from cachetools import LRUCache
 
 from bouquet.analytics import figures, funnel, live
-from bouquet.analytics.engagement import (
-    CADENCES,
-    DIMENSIONS,
-    CadenceRules,
-    Engagement,
-    EngagementData,
-    compute_engagement,
-    load_engagement_data,
-)
+from bouquet.analytics.engagement import CADENCES, DIMENSIONS, CadenceRules, Engagement
+from bouquet.analytics.logdb import CLASSES, ErasureLookup, LogDatabase
 from bouquet.analytics.suppression import SuppressionSpec, suppress
 from bouquet.analytics.tables import Table, plain
 from bouquet.core.catalog import Catalog, load_catalog
@@ -94,7 +91,8 @@ class EngagementService:
 
     def __init__(self, settings: Settings, catalog: Catalog | None = None, *,
                  rules: CadenceRules | None = None, ttl_s: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 erasures: ErasureLookup | None = None) -> None:
         self.settings = settings
         self.catalog = catalog or load_catalog(settings.catalog_path)
         self.rules = rules or rules_from_settings(settings)
@@ -106,7 +104,8 @@ class EngagementService:
         self._lock = threading.Lock()
         self._fingerprint: tuple | None = None
         self._checked_at = -float("inf")
-        self._data: EngagementData | None = None
+        self.erasures = erasures
+        self._data: LogDatabase | None = None
         self._memo: LRUCache[tuple, Any] = LRUCache(maxsize=MEMO_ENTRIES)
         self.computations = 0  # how many times the log was read (tests check the cache)
 
@@ -116,8 +115,12 @@ class EngagementService:
         return self.settings.event_log_path
 
     def fingerprint(self) -> tuple:
-        """(relative name, size, mtime) of every complete file of the log."""
-        out = []
+        """(relative name, size, mtime) of every complete file of the log, and how many
+        residents the erasure register names."""
+        out: list[tuple] = []
+        if self.erasures is not None:
+            self.erasures.reload()
+            out.append(("erasure register", len(self.erasures), 0))
         for path in EventLog(self.root).files():
             try:
                 st = path.stat()
@@ -126,7 +129,7 @@ class EngagementService:
             out.append((str(path.relative_to(self.root)), st.st_size, st.st_mtime_ns))
         return tuple(out)
 
-    def _current(self) -> EngagementData:
+    def _current(self) -> LogDatabase:
         """The reduced log, re-read only when the files changed (checked every ttl_s)."""
         with self._lock:
             now = self._clock()
@@ -134,8 +137,11 @@ class EngagementService:
                 found = self.fingerprint()
                 self._checked_at = now
                 if found != self._fingerprint or self._data is None:
-                    self._data = load_engagement_data(self.root, self.catalog,
-                                                      self.recommendation_ids)
+                    if self._data is not None:
+                        self._data.close()
+                    self._data = LogDatabase.for_settings(
+                        self.settings, self.catalog, erasures=self.erasures,
+                        recommendation_ids=self.recommendation_ids)
                     self._fingerprint = found
                     self._memo.clear()
                     self.computations += 1
@@ -151,12 +157,16 @@ class EngagementService:
             self._memo[key] = value
         return value
 
-    def data(self) -> EngagementData:
+    def data(self) -> LogDatabase:
         return self._current()
 
-    def engagement(self) -> Engagement:
-        return self._cached(("engagement", self.rules),
-                            lambda: compute_engagement(self._current(), self.rules))
+    def engagement(self, events: str = "use") -> Engagement:
+        """Every engagement table over the contacts of one cadence class."""
+        if events not in CLASSES:
+            raise figures.BadQuery(f"events must be one of {', '.join(CLASSES)}, "
+                                   f"not {events!r}")
+        return self._cached(("engagement", events, self.rules),
+                            lambda: self._current().engagement((events,), self.rules))
 
     def invalidate(self) -> None:
         """Forget everything (the next call re-reads the log)."""
@@ -167,22 +177,24 @@ class EngagementService:
 
     # --- figures -------------------------------------------------------------------------
     def figure(self, name: str, *, by: str = "all", value: str | None = None,
-               last: int | None = None) -> Table:
-        """An engagement figure (see :data:`bouquet.analytics.figures.FIGURES`)."""
-        shown = self._cached(("shown", name, by, self.k), lambda: figures.suppressed_breakdown(
-            self.engagement(), name, self.k, by))
-        return self._cached(("figure", name, by, value, last, self.k),
-                            lambda: figures.engagement_figure(self.engagement(), name, self.k,
-                                                              by=by, value=value, last=last,
-                                                              shown=shown))
+               last: int | None = None, events: str = "use") -> Table:
+        """An engagement figure (see :data:`bouquet.analytics.figures.FIGURES`) over the
+        contacts of the cadence class ``events``."""
+        eng = self.engagement(events)
+        shown = self._cached(("shown", name, by, self.k, events),
+                             lambda: figures.suppressed_breakdown(eng, name, self.k, by))
+        return self._cached(("figure", name, by, value, last, self.k, events),
+                            lambda: figures.engagement_figure(eng, name, self.k, by=by,
+                                                              value=value, last=last,
+                                                              shown=shown, events=events))
 
     def _since_day(self, weeks: int | None) -> int | None:
         data = self._current()
-        if weeks is None or data.last_event_day is None:
+        if weeks is None or data.last_day is None:
             return None
         if weeks < 1:
             raise figures.BadQuery("weeks must be at least 1")
-        last_monday = data.last_event_day - (data.last_event_day + 3) % 7
+        last_monday = data.last_day - (data.last_day + 3) % 7
         return last_monday - 7 * (weeks - 1)
 
     def funnel_arms(self, weeks: int | None = None, by: str = "all",
@@ -190,8 +202,8 @@ class EngagementService:
         """The funnel per arm of every value of ``by`` (unsuppressed), or of one ``value``."""
         if by not in figures.BREAKDOWNS:
             raise figures.BadQuery(f"by must be one of {', '.join(figures.BREAKDOWNS)}")
-        arms = self._cached(("arms", weeks, by), lambda: funnel.funnel_by_arm(
-            self._current().funnel_events, since_day=self._since_day(weeks), by=by))
+        arms = self._cached(("arms", weeks, by), lambda: self._current().funnel(
+            since_day=self._since_day(weeks), by=by))
         return figures.only_value(arms, by, value)
 
     def _suppressed_arms(self, weeks: int | None, by: str) -> pd.DataFrame:
@@ -205,8 +217,8 @@ class EngagementService:
                                      by=by, value=value)
 
     def funnel_weekly(self, weeks: int | None = None) -> Table:
-        frame = self._cached(("arms_weekly", weeks), lambda: funnel.funnel_by_arm(
-            self._current().funnel_events, since_day=self._since_day(weeks), weekly=True))
+        frame = self._cached(("arms_weekly", weeks), lambda: self._current().funnel(
+            since_day=self._since_day(weeks), weekly=True))
         return figures.funnel_weekly_figure(frame, self.k, weeks=weeks)
 
     def uplift(self, baseline: str | None = None, weeks: int | None = None,
@@ -238,9 +250,10 @@ class EngagementService:
 
     # --- summary -------------------------------------------------------------------------
     def summary(self, client: redis.Redis | None = None) -> dict[str, Any]:
-        """Headline figures of the latest week with data, the dimension values (for
-        filters), the definitions' parameters and, with a Redis client, the live counters."""
-        eng = self.engagement()
+        """Headline figures of the latest complete week — use cadence, with the response and
+        exposure cadences beside it —, the dimension values (for filters), the definitions'
+        parameters and, with a Redis client, the live counters."""
+        eng = self.engagement("use")
         data = self._current()
         out: dict[str, Any] = {
             "source": eng.summary,
@@ -249,38 +262,48 @@ class EngagementService:
                       "daily_min_days": self.rules.daily_min_days,
                       "weekly_min_weeks": self.rules.weekly_min_weeks,
                       "yearly_weeks": self.rules.yearly_weeks},
-            "dimensions": {d: list(data.dimension_values(d)) for d in DIMENSIONS},
+            "dimensions": {d: list(data.dimension_values[d]) for d in DIMENSIONS},
             "cadences": list(CADENCES),
+            "classes": list(CLASSES),
             "headline": None,
+            "beside": {},
         }
         cadence = self.figure("cadence", last=6).rows
-        stick = self.figure("stickiness", last=6).rows
-        contacts = self.figure("contacts", last=6).rows
         if cadence:
             # the latest complete week (the week in progress is what the live counters show)
             complete = [i for i, r in enumerate(cadence) if r["week_complete"]]
             i = complete[-1] if complete else len(cadence) - 1
-            now_row = cadence[i]
             before = cadence[i - 4] if i >= 4 else None
             out["headline"] = {
-                "week": now_row["week"],
-                "week_complete": now_row["week_complete"],
-                "known": now_row["known"],
-                **{c: now_row[c] for c in CADENCES},
-                **{f"share_{c}": now_row[f"share_{c}"] for c in CADENCES},
-                "share_weekly_plus": now_row["share_weekly_plus"],
+                **self._week_figures("use", i),
+                **{c: cadence[i][c] for c in CADENCES},
+                **{f"share_{c}": cadence[i][f"share_{c}"] for c in CADENCES},
                 "share_weekly_plus_4_weeks_before": before["share_weekly_plus"]
                 if before else None,
-                "dau_mau": stick[i]["dau_mau"], "wau_mau": stick[i]["wau_mau"],
-                "mean_contacts_per_known": contacts[i]["mean_per_known"],
-                "p50_contacts_per_active": contacts[i]["p50"],
+                "p50_contacts_per_active": self.figure("contacts", last=6).rows[i]["p50"],
                 "share_single_contact": self.figure("lifetime").rows[0]["share_single"],
-                "suppressed": sorted(set(now_row["suppressed"]) | set(stick[i]["suppressed"])
-                                     | set(contacts[i]["suppressed"])),
             }
+            out["headline"]["suppressed"] = sorted(
+                set(out["headline"]["suppressed"])
+                | set(self.figure("contacts", last=6).rows[i]["suppressed"]))
+            out["beside"] = {events: self._week_figures(events, i) for events in CLASSES
+                             if events != "use"}
         if client is not None:
             out["live"] = {name: t.to_json() for name, t in self.live(client).items()}
         return plain_dict(out)
+
+    def _week_figures(self, events: str, i: int) -> dict[str, Any]:
+        """One cadence class's headline figures in row ``i`` of the latest six weeks."""
+        cadence = self.figure("cadence", last=6, events=events).rows[i]
+        stick = self.figure("stickiness", last=6, events=events).rows[i]
+        contacts = self.figure("contacts", last=6, events=events).rows[i]
+        return {"events": events, "week": cadence["week"],
+                "week_complete": cadence["week_complete"], "known": cadence["known"],
+                "share_weekly_plus": cadence["share_weekly_plus"],
+                "dau_mau": stick["dau_mau"], "wau_mau": stick["wau_mau"],
+                "mean_contacts_per_known": contacts["mean_per_known"],
+                "suppressed": sorted(set(cadence["suppressed"]) | set(stick["suppressed"])
+                                     | set(contacts["suppressed"]))}
 
 
 def plain_dict(value: Any) -> Any:

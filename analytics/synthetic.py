@@ -12,6 +12,7 @@ a higher cadence, a profile event per resident, and recommendation ids from two 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -55,6 +56,15 @@ def generate(catalog: Catalog, spec: SyntheticSpec,
     """The events, as an Arrow table in the event-log layout (not yet written); their
     recommendation ids are minted by ``recommendation_ids`` (default: the development
     key's, which the reports of a test deployment verify)."""
+    return pa.concat_tables(generate_chunks(catalog, spec, recommendation_ids))
+
+
+def generate_chunks(catalog: Catalog, spec: SyntheticSpec,
+                    recommendation_ids: RecommendationIds | None = None,
+                    days_per_chunk: int | None = None) -> Iterator[pa.Table]:
+    """The events of :func:`generate`, ``days_per_chunk`` days at a time (all of them by
+    default), so that a log of tens of millions of events is written out of core: the
+    residents are drawn once, each chunk's events from a generator seeded by the chunk."""
     rng = np.random.default_rng(spec.seed)
     end = spec.end or (datetime.now(UTC).date() - timedelta(days=1))
     start = end - timedelta(days=spec.days - 1)
@@ -66,9 +76,25 @@ def generate(catalog: Catalog, spec: SyntheticSpec,
     drifting = rng.random(n) < spec.drifting_share
     first = rng.integers(0, max(spec.days // 2, 1), n)
     personal = rng.random(n) < 0.5  # experiment arm of each resident
+    neighbourhoods = list(catalog.neighbourhood_ids)
+    contexts = np.array([json.dumps({"neighbourhood": v}, separators=(",", ":"))
+                         for v in neighbourhoods])
+    profile_context = contexts[rng.zipf(1.4, n) % len(neighbourhoods)]
+    step = days_per_chunk or spec.days
+    for chunk, low in enumerate(range(0, spec.days, step)):
+        days = range(low, min(low + step, spec.days))
+        yield _chunk(catalog, spec, np.random.default_rng([spec.seed, chunk]), chunk, days,
+                     start, base, drifting, first, personal, profile_context,
+                     recommendation_ids or development_ids())
 
+
+def _chunk(catalog: Catalog, spec: SyntheticSpec, rng: np.random.Generator, chunk: int,
+           days: range, start: date, base: np.ndarray, drifting: np.ndarray,
+           first: np.ndarray, personal: np.ndarray, profile_context: np.ndarray,
+           minter: RecommendationIds) -> pa.Table:
+    n = base.size
     res_chunks, day_chunks = [], []
-    for d in range(spec.days):
+    for d in days:
         weekday = (start + timedelta(days=d)).weekday()
         growth = 1 + (spec.drift - 1) * d / max(spec.days - 1, 1)
         p = base * np.where(drifting, growth, 1.0) * _WEEKDAY[weekday]
@@ -98,7 +124,6 @@ def generate(catalog: Catalog, spec: SyntheticSpec,
     is_view = (types == "view") & (rng.random(m) < spec.recommended_share)
     variant = np.where(personal[res], "personal", "control")
     token = rng.integers(0, 2**31, m)
-    minter = recommendation_ids or development_ids()
     rec[is_view] = [minter.mint("v1", str(v), nonce=int(t))
                     for v, t in zip(variant[is_view], token[is_view], strict=True)]
     convert = np.where(personal[res], 0.22, 0.15)
@@ -113,7 +138,6 @@ def generate(catalog: Catalog, spec: SyntheticSpec,
 
     f_idx = np.flatnonzero(follow)
     all_res = np.concatenate([res, res[f_idx]])
-    all_day = np.concatenate([day, day[f_idx]])
     all_ts = np.concatenate([ts, ts[f_idx] + np.timedelta64(90, "s")])
     all_types = np.concatenate([types, follow_types])
     all_service = np.concatenate([service_id, service_id[f_idx]])
@@ -121,22 +145,20 @@ def generate(catalog: Catalog, spec: SyntheticSpec,
     all_channel = np.concatenate([channels, channels[f_idx]])
     all_value = np.concatenate([value, np.full(f_idx.size, np.nan)])
     all_rec = np.concatenate([rec, rec[f_idx]])
-    del all_day
 
     # one profile per resident on their first day, before their contacts
-    neighbourhoods = list(catalog.neighbourhood_ids)
-    contexts = np.array([json.dumps({"neighbourhood": v}, separators=(",", ":"))
-                         for v in neighbourhoods])
-    profile_context = contexts[rng.zipf(1.4, n) % len(neighbourhoods)]
+    joining = np.flatnonzero((first >= days.start) & (first < days.stop))
     profile_ts = np.datetime64(ts0.replace(tzinfo=None), "us") + (
-        first * 86_400_000_000 + 5 * 3600 * 1_000_000).astype("timedelta64[us]")
+        first[joining] * 86_400_000_000 + 5 * 3600 * 1_000_000).astype("timedelta64[us]")
+    k = joining.size
 
-    total = all_res.size + n
-    rid = pa.array(np.concatenate([all_res, np.arange(n)]))
+    total = all_res.size + k
+    rid = pa.array(np.concatenate([all_res, joining]))
     resident_id = pc.binary_join_element_wise(
         pa.scalar(f"s{spec.seed}r"), pc.cast(rid, pa.string()), "")
     event_id = pc.binary_join_element_wise(
-        pa.scalar(f"s{spec.seed}e"), pc.cast(pa.array(np.arange(total)), pa.string()), "")
+        pa.scalar(f"s{spec.seed}c{chunk}e"), pc.cast(pa.array(np.arange(total)), pa.string()),
+        "")
     tz = pa.timestamp("us", tz="UTC")
 
     def strings(a: np.ndarray) -> pa.Array:
@@ -145,21 +167,27 @@ def generate(catalog: Catalog, spec: SyntheticSpec,
     return pa.table({
         "event_id": event_id,
         "resident_id": resident_id,
-        "type": strings(np.concatenate([all_types, np.full(n, "profile")])),
-        "service_id": strings(np.concatenate([all_service, np.full(n, None)])),
-        "bundle_id": strings(np.concatenate([all_bundle, np.full(n, None)])),
+        "type": strings(np.concatenate([all_types, np.full(k, "profile")])),
+        "service_id": strings(np.concatenate([all_service, np.full(k, None)])),
+        "bundle_id": strings(np.concatenate([all_bundle, np.full(k, None)])),
         "ts": pa.array(np.concatenate([all_ts, profile_ts]), tz),
-        "channel": strings(np.concatenate([all_channel, np.full(n, "app")])),
-        "value": pa.array(np.concatenate([all_value, np.full(n, np.nan)]), pa.float64(),
+        "channel": strings(np.concatenate([all_channel, np.full(k, "app")])),
+        "value": pa.array(np.concatenate([all_value, np.full(k, np.nan)]), pa.float64(),
                           from_pandas=True),
-        "recommendation_id": strings(np.concatenate([all_rec, np.full(n, None)])),
-        "context": strings(np.concatenate([np.full(all_res.size, None), profile_context])),
+        "recommendation_id": strings(np.concatenate([all_rec, np.full(k, None)])),
+        "context": strings(np.concatenate([np.full(all_res.size, None),
+                                           profile_context[joining]])),
         "schema_version": pa.array(np.ones(total, np.int16)),
     })
 
 
-def write(root: Path, catalog: Catalog, spec: SyntheticSpec) -> int:
-    """Generate and append to the event log at ``root``; returns the number of events."""
-    table = generate(catalog, spec)
-    EventLog(root, writer_id="synthetic").append(table)
-    return table.num_rows
+def write(root: Path, catalog: Catalog, spec: SyntheticSpec,
+          days_per_chunk: int | None = None) -> int:
+    """Generate and append to the event log at ``root`` (``days_per_chunk`` days at a time:
+    one file per event date and chunk); returns the number of events."""
+    log = EventLog(root, writer_id="synthetic")
+    written = 0
+    for table in generate_chunks(catalog, spec, days_per_chunk=days_per_chunk):
+        log.append(table)
+        written += table.num_rows
+    return written

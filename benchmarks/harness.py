@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 _VERSIONED = ("bouquet", "implicit", "numpy", "scipy", "scikit-learn", "pandas", "pyarrow",
-              "kafka-python", "redis", "mlflow", "fastapi", "uvicorn")
+              "kafka-python", "redis", "mlflow", "fastapi", "uvicorn", "duckdb")
 
 
 @dataclass

@@ -398,7 +398,7 @@ def _dump(client: Any, prefix: str) -> dict[str, Any]:
     for key, kind, raw in read_keys(client, scan_keys(client, f"{prefix}*")):
         if kind == "set":
             value: Any = sorted(raw)
-            if key.endswith("eng:active:index"):  # members are full key names
+            if key.endswith("{eng}:active:index"):  # members are full key names
                 value = sorted(m.decode()[len(prefix):] for m in raw)
         elif kind == "hash":
             value = sorted(raw.items())

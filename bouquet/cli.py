@@ -19,6 +19,7 @@ from bouquet.commands import (
     demo,
     ingest,
     model,
+    outreach,
     privacy,
     publish,
     replay,
@@ -100,7 +101,7 @@ def version() -> None:
 
 
 #: Every command group, in the order ``bouquet --help`` lists them.
-COMMANDS = (stack, demo, simulate, replay, ingest, train, model, publish, serve, report,
-            privacy, bench)
+COMMANDS = (stack, demo, simulate, replay, ingest, train, model, publish, serve, outreach,
+            report, privacy, bench)
 for _command in COMMANDS:
     _command.register(app)

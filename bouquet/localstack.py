@@ -112,8 +112,10 @@ def redis_ready(url: str) -> tuple[bool, str]:
     """True when Redis answers PING."""
     import redis
 
+    from bouquet.core.redisclient import redis_client
+
     try:
-        client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+        client = redis_client(url, socket_timeout=1, socket_connect_timeout=1)
         client.ping()
         version = client.info("server").get("redis_version", "?")
         client.close()
@@ -123,7 +125,7 @@ def redis_ready(url: str) -> tuple[bool, str]:
 
 
 def ensure_topics(settings: Settings, timeout_s: float = 20.0) -> None:
-    """Create the events and dead-letter topics if they do not exist yet, with the
+    """Create the events, dead-letter and outreach topics if they do not exist yet, with the
     configured replication factor and each topic's ``retention.ms``."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
@@ -136,7 +138,8 @@ def ensure_topics(settings: Settings, timeout_s: float = 20.0) -> None:
         wanted = [NewTopic(name, num_partitions=settings.topic_partitions,
                            replication_factor=settings.topic_replication_factor,
                            topic_configs=settings.topic_configs(name))
-                  for name in (settings.topic_events, settings.topic_dlq) if name not in existing]
+                  for name in (settings.topic_events, settings.topic_dlq,
+                               settings.topic_outreach) if name not in existing]
         if wanted:
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(wanted)

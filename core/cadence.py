@@ -10,9 +10,10 @@ in, because showing more would otherwise raise "cadence" by construction:
   what Bouquet or a service showed or sent;
 * **exposure** — ``view``, ``notify``: Bouquet showed or sent something.
 
-``open`` and ``notify`` are the outcomes of outreach messages; they are named here so the
-classes are complete, and the event schema accepts them once outreach exists. The
-administrative types (``erase``, ``consent``, ``profile``) belong to no class.
+``open`` and ``notify`` are the outcomes of outreach messages (:mod:`bouquet.outreach`),
+reported by the messaging gateway: a nudge delivered is exposure, a nudge opened (or
+dismissed) is a response, and neither is ever use. The administrative types (``erase``,
+``consent``, ``profile``) belong to no class.
 
 The weekly class is defined once here as well: a resident is *weekly or better* when they
 were active in at least :data:`WEEKLY_MIN_WEEKS` of the last :data:`WINDOW_WEEKS` weeks
@@ -26,7 +27,7 @@ import numpy as np
 USE_TYPES: frozenset[str] = frozenset({"use", "pay", "subscribe", "rate"})
 RESPONSE_TYPES: frozenset[str] = frozenset({"click", "dismiss", "unsubscribe", "open"})
 EXPOSURE_TYPES: frozenset[str] = frozenset({"view", "notify"})
-#: Outreach outcomes: classified above, accepted by the event schema once outreach exists.
+#: Outreach outcomes that exist for outreach alone (``dismiss`` is shared with the apps).
 OUTREACH_TYPES: frozenset[str] = frozenset({"open", "notify"})
 
 CADENCE_CLASSES: dict[str, frozenset[str]] = {

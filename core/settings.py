@@ -30,6 +30,7 @@ DEV_API_KEYS: dict[str, str] = {
     "dev-app-key": "app",
     "dev-operator-key": "operator",
     "dev-admin-key": "admin",
+    "dev-gateway-key": "gateway",
 }
 DEV_PSEUDONYM_SECRET = "dev-only-pseudonymisation-secret"
 DEV_SERVER_SECRET = "dev-only-server-secret"
@@ -89,6 +90,8 @@ DEFAULT_RETENTION_DAYS: dict[str, int] = {
     "rate": 800,
     "consent": 3650,
     "profile": 3650,
+    "notify": 400,
+    "open": 400,
 }
 
 
@@ -138,6 +141,7 @@ class Settings(BaseSettings):
     # --- Kafka -------------------------------------------------------------------------
     topic_events: str = "bouquet.interactions"
     topic_dlq: str = "bouquet.interactions.dlq"
+    topic_outreach: str = "bouquet.outreach"
     topic_partitions: int = Field(default=4, ge=1, le=1024)
     # Topics Bouquet creates: replicas per partition, and how long each topic keeps records
     # (the interactions topic and the dead-letter topic hold raw events, resident ids
@@ -214,7 +218,7 @@ class Settings(BaseSettings):
     # --- serving and privacy -----------------------------------------------------------
     api_host: str = "127.0.0.1"
     api_port: int = 8000
-    api_keys: dict[str, Literal["app", "operator", "admin"]] = Field(
+    api_keys: dict[str, Literal["app", "operator", "admin", "gateway"]] = Field(
         default_factory=lambda: dict(DEV_API_KEYS)
     )
     pseudonym_secret: str = DEV_PSEUDONYM_SECRET
@@ -289,6 +293,50 @@ class Settings(BaseSettings):
     # The operator API re-checks the event log's file list at most this often; an
     # unchanged log is never re-read.
     engagement_cache_ttl_s: float = Field(default=30.0, ge=0)
+    # The figures are DuckDB SQL over the event log's Parquet files (analytics/logdb.py):
+    # memory DuckDB may use before it spills to disk (DuckDB's own syntax: "1GB", "512MB"),
+    # its threads, and where it spills (default STATE_DIR/analytics-spill: spilled rows hold
+    # resident ids, so they stay in the private state folder and go when the query ends).
+    analytics_memory_limit: str = Field(default="1GB", pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B$")
+    analytics_threads: int = Field(default=2, ge=1, le=256)
+    analytics_spill_dir: Path | None = None
+
+    # --- outreach (see docs/outreach.md) -------------------------------------------------
+    # Local time zone of the city: send times, quiet hours and the planning hour.
+    outreach_timezone: str = "Europe/Paris"
+    # `bouquet outreach run` plans each day at this local hour.
+    outreach_plan_hour: int = Field(default=6, ge=0, le=23)
+    # Per resident: at most this many nudges in any 7 days, and this many hours between two.
+    outreach_max_per_week: int = Field(default=2, ge=1, le=7)
+    outreach_min_gap_h: float = Field(default=48.0, ge=24.0, le=24.0 * 28)
+    # Most nudges a day per channel (a channel not listed has no budget).
+    outreach_channel_budget: dict[Literal["push", "email", "sms"], int] = Field(
+        default_factory=lambda: {"sms": 50_000})
+    # After this many nudges in a row not opened, the resident is paused this many weeks.
+    outreach_pause_after: int = Field(default=3, ge=1, le=50)
+    outreach_pause_weeks: int = Field(default=4, ge=1, le=52)
+    # Share of contactable residents never nudged (stable hash of resident and salt).
+    outreach_holdout_share: float = Field(default=0.10, ge=0.0, lt=1.0)
+    outreach_holdout_salt: str = Field(default="bouquet-outreach", min_length=1)
+    # Default quiet hours (local), for residents who declare none.
+    outreach_quiet_hours: str = Field(
+        default="21:00-08:00",
+        pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9]$")
+    # Channels assumed accepted by a resident who consented to contact and declared none.
+    outreach_default_channels: list[Literal["push", "email", "sms"]] = Field(
+        default_factory=lambda: ["push"])
+    # Bundles and services considered per resident: the first N of each in the resident's
+    # answer (published list through the serving filters).
+    outreach_candidates: int = Field(default=5, ge=1, le=50)
+    # Days of the event log read for send hours, outcomes and usage frequency.
+    outreach_history_days: int = Field(default=90, ge=7, le=730)
+    # A nudge not opened this long after its send time counts as ignored.
+    outreach_response_window_h: float = Field(default=48.0, gt=0, le=24.0 * 28)
+    # Send hour: the resident's events weigh against this many events' worth of their
+    # neighbourhood's hour profile.
+    outreach_hour_prior_events: float = Field(default=10.0, ge=0)
+    # Thompson sampling: a cell's prior weighs as this many nudges of the pooled rate.
+    outreach_prior_strength: float = Field(default=10.0, gt=0)
 
     # --- local stack (embedded default) ------------------------------------------------
     # The broker and Redis ports come from KAFKA_BOOTSTRAP_SERVERS and REDIS_URL when they
@@ -312,6 +360,25 @@ class Settings(BaseSettings):
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ValueError(f"cannot read BOUQUET_CONFIG_FILE={path}: {exc}") from exc
         return (init_settings, env_settings, toml)
+
+    @field_validator("outreach_timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (an IANA name, e.g. "
+                             "Europe/Paris)") from None
+        return value
+
+    @field_validator("outreach_default_channels")
+    @classmethod
+    def _some_channel(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("outreach_default_channels must not repeat a channel")
+        return value
 
     @field_validator("max_past_skew_s")
     @classmethod
@@ -421,6 +488,10 @@ class Settings(BaseSettings):
         return self.event_log_dir or self.state_dir / "eventlog"
 
     @property
+    def analytics_spill_path(self) -> Path:
+        return self.analytics_spill_dir or self.state_dir / "analytics-spill"
+
+    @property
     def mlflow_uri(self) -> str:
         """Tracking URI; the local default is a SQLite file beside a local artifact folder."""
         return self.mlflow_tracking_uri or f"sqlite:///{self.state_dir.resolve()}/mlflow.db"
@@ -428,6 +499,11 @@ class Settings(BaseSettings):
     @property
     def mlflow_artifact_root(self) -> Path:
         return self.state_dir / "mlartifacts"
+
+    @property
+    def outreach_ledger_path(self) -> Path:
+        """The outreach plan ledger (one Parquet file per planned day)."""
+        return self.state_dir / "outreach" / "ledger"
 
     @property
     def stack_dir(self) -> Path:

@@ -54,6 +54,8 @@ _FLOAT32_MAX_CONDITION = 1e4
 #: Largest dense service co-use matrix the low-rank solver builds (bytes).
 _DENSE_CO_USE_BYTES = 2.0**30
 _GB = 2.0**30
+#: Rows of the float64 copy :func:`_gram` holds at a time.
+_GRAM_ROWS = 65_536
 
 
 class EASERecommender(Recommender):
@@ -154,7 +156,7 @@ class EASERecommender(Recommender):
 
     def _fit_primal(self, x: sp.csr_matrix) -> np.ndarray:
         """Invert the ``items × items`` Gram (LU, float64)."""
-        gram = (x.T @ x).toarray().astype(np.float64)
+        gram = _gram(x)
         gram[np.diag_indices_from(gram)] += self.l2
         p = scipy.linalg.inv(gram, overwrite_a=True, check_finite=False)
         b = p / (-np.diag(p))
@@ -507,7 +509,7 @@ class CrossViewEASE(Recommender):
             for k, b in blocks.items()
         ]
         a = sp.hstack(mats, format="csr")
-        gram = (a.T @ a).toarray().astype(np.float64)
+        gram = _gram(a)
         gram[np.diag_indices_from(gram)] += self.l2
         n_items = x.shape[1]
         eye = np.zeros((gram.shape[0], n_items))
@@ -833,3 +835,17 @@ def _sq_norm(block: sp.csr_matrix | np.ndarray) -> float:
     if isinstance(block, np.ndarray):
         return float(np.einsum("ij,ij->", block, block, dtype=np.float64))
     return float(block.multiply(block).sum())
+
+
+def _gram(a: sp.csr_matrix) -> np.ndarray:
+    """``a.T @ a`` as dense float64, summed in float64 a block of rows at a time.
+
+    Sparse products accumulate in the operands' dtype: over millions of float32 rows the
+    rounding of a Gram's entries outgrows a small ridge and the matrix stops being positive
+    definite (Cholesky fails). Casting one block at a time keeps the float64 copy small.
+    """
+    gram = np.zeros((a.shape[1], a.shape[1]))
+    for start in range(0, a.shape[0], _GRAM_ROWS):
+        part = a[start:start + _GRAM_ROWS].astype(np.float64)
+        gram += (part.T @ part).toarray()
+    return gram

@@ -2,17 +2,20 @@
 
 Two steps, so one read of the log serves the hold-out split *and* the final fit:
 
-1. :meth:`EventArrays.from_frame` turns the events returned by
-   :func:`bouquet.core.eventlog.read_events` (de-duplicated, erasures applied) into compact
-   numeric columns — resident codes, type codes, catalog indices, nanosecond timestamps —
-   plus each resident's current state: consent (the ``consent`` event received last —
+1. :func:`load_event_arrays` scans the log column by column in chunks of whole dates
+   (:func:`bouquet.core.eventlog.scan_events`: de-duplicated, erasures applied, the rows
+   of ``read_events``) and turns it into compact numeric columns — resident codes, type
+   codes, catalog indices, nanosecond timestamps, 17 bytes an event — plus each resident's
+   current state: consent (the personalisation ``consent`` event received last —
    ``ingested_at``, not the client's time stamp — has value 1; no consent event means *not*
-   consenting, personalisation is opt-in) and declared attributes (their latest ``profile``
-   event).
+   consenting, personalisation is opt-in; contact consent, for outreach, is another purpose
+   and plays no part) and declared attributes (per attribute, the latest ``profile`` event
+   declaring it). :meth:`EventArrays.from_frame` does the same for events already in a
+   DataFrame.
 2. :func:`build_dataset` selects the events before a cut-off, from consenting residents,
    and builds the matrices with ``scipy.sparse.coo_matrix`` (duplicates summed): no Python
-   loop runs per event, which is what lets a million residents and tens of millions of
-   events fit in a couple of minutes.
+   loop runs per event, and the per-event temporaries (strengths, the drivers' sorts) are
+   made a block at a time, so memory stays near the arrays' own size.
 
 Confidence of a pair (the :class:`~bouquet.models.confidence.ConfidenceRule`, which serving
 applies to recent events too)::
@@ -33,19 +36,17 @@ subscribe.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import date
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.json as pajson
-import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from bouquet.core.catalog import (
@@ -55,7 +56,13 @@ from bouquet.core.catalog import (
     available_in,
     eligibility_failure,
 )
-from bouquet.core.eventlog import EventLog, read_events
+from bouquet.core.eventlog import (
+    SCAN_CHUNK_EVENTS,
+    EventChunk,
+    EventLog,
+    date_chunks,
+    scan_events,
+)
 from bouquet.core.events import EventType
 from bouquet.core.profile import all_segments
 from bouquet.core.settings import Settings
@@ -123,9 +130,14 @@ class EventArrays:
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, catalog: Catalog) -> EventArrays:
-        """Encode events as returned by ``read_events(columns=EVENT_COLUMNS)``."""
-        encoder = _Encoder(catalog)
-        encoder.add(frame)
+        """Encode events as returned by ``read_events(columns=EVENT_COLUMNS)`` (each once;
+        put in time order here if they are not; ``ingested_at`` and ``recommendation_id``
+        may be absent from events built by hand)."""
+        columns = [c for c in EVENT_COLUMNS
+                   if c in frame.columns or c not in ("ingested_at", "recommendation_id")]
+        table = pa.Table.from_pandas(frame[columns], preserve_index=False)
+        encoder = _Encoder(catalog, capacity=table.num_rows)
+        encoder.add(EventChunk.of(table))
         return encoder.finish()
 
     def neighbourhood_codes(self, codes: np.ndarray) -> np.ndarray:
@@ -228,25 +240,32 @@ class Dataset:
 
 
 def load_event_arrays(settings: Settings, catalog: Catalog,
-                      chunk_events: int = 4_000_000) -> EventArrays:
+                      chunk_events: int = SCAN_CHUNK_EVENTS) -> EventArrays:
     """Read the event log (only the columns training needs) and encode it.
 
-    The log is read through :func:`~bouquet.core.eventlog.read_events` in runs of whole
-    event dates of about ``chunk_events`` events, each encoded and dropped before the next:
-    ``read_events`` holds a few copies of what it reads while it de-duplicates, so reading
-    tens of millions of events at once would need many GB for strings training never keeps.
-    Chunking by date is exact: a duplicate is the same event (same ``ts``, so same date
-    partition), and erasures are looked up across the whole log on every call.
+    The log is scanned in runs of whole event dates of about ``chunk_events`` raw rows
+    (:func:`~bouquet.core.eventlog.scan_events`: the rows and order of ``read_events``,
+    found from the event ids, ingestion times, times and residents alone), and each column
+    is read on its own, as Arrow arrays, and turned into numbers before the next: strings
+    never become Python objects and only one string column of one chunk is held at a time.
+    The numeric columns are filled into arrays sized from the Parquet footers, so the whole
+    log is never held twice.
     """
     root = settings.event_log_path
     if not root.is_dir():
         raise ValueError(f"there is no event log at {root}: check BOUQUET_EVENT_LOG_DIR / "
                          "BOUQUET_STATE_DIR, or ingest events first (`bouquet ingest`)")
     started = time.perf_counter()
-    encoder = _Encoder(catalog)
-    for start, end in _date_chunks(EventLog(root), chunk_events):
-        encoder.add(read_events(root, start=start, end=end, columns=list(EVENT_COLUMNS)))
+    plan = date_chunks(EventLog(root), chunk_events)
+    encoder = _Encoder(catalog, capacity=sum(rows for *_, rows in plan))
+    for chunk in scan_events(root, chunks=plan):
+        encoder.add(chunk)
+        del chunk  # before the next is read
+        # Arrow's allocator keeps freed pages for reuse; each chunk's strings are gone
+        # once encoded, so give them back rather than carry them into training
+        pa.default_memory_pool().release_unused()
     arrays = encoder.finish()
+    pa.default_memory_pool().release_unused()
     if arrays.n_events == 0:
         raise ValueError(f"the event log at {root} is empty: nothing to train on")
     log.info("read %d events of %d residents (%d consenting) in %.1f s",
@@ -255,94 +274,102 @@ def load_event_arrays(settings: Settings, catalog: Catalog,
     return arrays
 
 
-def _date_chunks(event_log: EventLog, chunk_events: int) -> list[tuple[date, date]]:
-    """Consecutive event-date ranges of about ``chunk_events`` rows (Parquet metadata)."""
-    chunks: list[tuple[date, date]] = []
-    first: date | None = None
-    rows = 0
-    days = event_log.partitions()
-    for day in days:
-        first = first or day
-        rows += sum(pq.read_metadata(f).num_rows for f in event_log.files(day, day))
-        if rows >= chunk_events:
-            chunks.append((first, day))
-            first, rows = None, 0
-    if first is not None:
-        chunks.append((first, days[-1]))
-    return chunks or [(date.min, date.max)]
-
-
 class _Encoder:
-    """Turns successive frames of events (in time order) into one :class:`EventArrays`,
-    with one resident code space across frames."""
+    """Turns successive :class:`~bouquet.core.eventlog.EventChunk` s (in time order) into
+    one :class:`EventArrays`, with one resident code space across chunks (codes in order of
+    first appearance)."""
 
-    def __init__(self, catalog: Catalog) -> None:
+    _DTYPES = {"resident": np.int32, "kind": np.int8, "service": np.int16,
+               "bundle": np.int16, "ts": np.int64, "recommended": np.bool_}
+
+    def __init__(self, catalog: Catalog, capacity: int) -> None:
         self.catalog = catalog
-        self.index = pd.Index([], dtype=object)
-        self.parts: list[tuple[np.ndarray, ...]] = []
+        self.ids: list[pa.Array] = []  # resident ids by code, in parts
+        self.known = pa.array([], pa.string())  # the parts concatenated (lookups)
+        self.n_residents = 0
+        self.columns = {name: np.empty(capacity, dtype)
+                        for name, dtype in self._DTYPES.items()}
+        self.filled = 0
         self.consent_who: list[np.ndarray] = []
         self.consent_value: list[np.ndarray] = []
         self.consent_received: list[np.ndarray] = []
         self.profile_who: list[np.ndarray] = []
-        self.profile_context: list[np.ndarray] = []
+        self.profile_context: list[pa.Array] = []
         self.stats = {"events": 0, "unknown_service_events": 0, "unknown_bundle_events": 0,
                       "unknown_type_events": 0}
 
-    def _codes(self, column: pd.Series) -> np.ndarray:
-        local, uniques = pd.factorize(column, sort=False)
-        known = self.index.get_indexer(pd.Index(uniques, dtype=object)) if len(self.index) \
-            else np.full(len(uniques), -1)
-        new = known < 0
-        known[new] = len(self.index) + np.arange(int(new.sum()))
-        if new.any():
-            self.index = self.index.append(pd.Index(np.asarray(uniques, dtype=object)[new]))
-        return known.astype(np.int32)[local]
+    def _resident_codes(self, chunk: EventChunk) -> np.ndarray:
+        """Global code of each of the chunk's distinct residents; new residents get the
+        next codes in the order they first appear among the chunk's events."""
+        codes = np.full(len(chunk.residents), -1, dtype=np.int32)
+        if self.n_residents:
+            codes = pc.fill_null(pc.index_in(chunk.residents, value_set=self.known),
+                                 -1).to_numpy().astype(np.int32)
+        if (codes < 0).any():
+            appearing = pd.unique(chunk.resident[chunk.rows])
+            new = appearing[codes[appearing] < 0]
+            codes[new] = self.n_residents + np.arange(len(new), dtype=np.int32)
+            self.n_residents += len(new)
+            self.ids.append(chunk.residents.take(pa.array(new)))
+            self.known = pa.concat_arrays(self.ids)
+        return codes
 
-    def add(self, frame: pd.DataFrame) -> None:
-        if not len(frame):
+    def _put(self, name: str, values: np.ndarray) -> None:
+        column = self.columns[name]
+        end = self.filled + len(values)
+        if end > len(column):  # more events than the footers announced: grow
+            grown = np.empty(max(end, 2 * len(column)), column.dtype)
+            grown[:self.filled] = column[:self.filled]
+            self.columns[name] = column = grown
+        column[self.filled:end] = values
+
+    def add(self, chunk: EventChunk) -> None:
+        rows = chunk.rows
+        if not len(rows):
             return
-        if not frame["ts"].is_monotonic_increasing:
-            frame = frame.sort_values("ts", kind="stable")
         catalog = self.catalog
-        resident = self._codes(frame["resident_id"])
-        kind = pd.Categorical(frame["type"], categories=list(TYPES)).codes.astype(np.int8)
-        service = pd.Categorical(frame["service_id"],
-                                 categories=list(catalog.service_ids)).codes.astype(np.int16)
-        bundle = pd.Categorical(frame["bundle_id"],
-                                categories=list(catalog.bundle_ids)).codes.astype(np.int16)
-        recommended = (frame["recommendation_id"].notna().to_numpy()
-                       if "recommendation_id" in frame else np.zeros(len(frame), bool))
-        self.parts.append((resident, kind, service, bundle, _ts_ns(frame["ts"]), recommended))
-        self.stats["events"] += len(frame)
-        self.stats["unknown_service_events"] += int(
-            ((service < 0) & frame["service_id"].notna().to_numpy()).sum())
-        self.stats["unknown_bundle_events"] += int(
-            ((bundle < 0) & frame["bundle_id"].notna().to_numpy()).sum())
-        self.stats["unknown_type_events"] += int((kind < 0).sum())
+        resident = self._resident_codes(chunk)[chunk.resident[rows]]
+        self._put("resident", resident)
+        kind, unknown = _codes_in(chunk.column("type"), TYPES, rows)
+        self._put("kind", kind.astype(np.int8))
+        self.stats["unknown_type_events"] += unknown
+        for name, ids in (("service", catalog.service_ids), ("bundle", catalog.bundle_ids)):
+            codes, unknown = _codes_in(chunk.column(f"{name}_id"), ids, rows)
+            self._put(name, codes.astype(np.int16))
+            self.stats[f"unknown_{name}_events"] += unknown
+        self._put("ts", chunk.ts[rows])
+        self._put("recommended", _recommended(chunk, rows))
+        self.filled += len(rows)
+        self.stats["events"] += len(rows)
         is_consent = kind == _CODE["consent"]
+        is_profile = kind == _CODE["profile"]
+        if is_consent.any():
+            context = chunk.column("context").cast(pa.string())
+            # Personalisation consent only: contact consent (outreach) is another purpose,
+            # and its events say so in their context (written compact by the intake and
+            # the consumer).
+            contact = pc.fill_null(pc.match_substring(
+                context.take(pa.array(rows[is_consent])), '"purpose":"contact"'), False)
+            is_consent[is_consent] = ~contact.to_numpy(zero_copy_only=False)
         if is_consent.any():
             self.consent_who.append(resident[is_consent])
+            value = chunk.column("value").cast(pa.float64())
             self.consent_value.append(
-                frame["value"].to_numpy(dtype=np.float64, na_value=np.nan)[is_consent])
+                pc.fill_null(value, np.nan).to_numpy()[rows[is_consent]])
             # consent takes effect in order of receipt (ingested_at), not of the time stamp
-            # the client wrote; a frame without it (built by hand) keeps time order
-            received = frame["ingested_at"] if "ingested_at" in frame else frame["ts"]
-            self.consent_received.append(_ts_ns(received)[is_consent])
-        is_profile = kind == _CODE["profile"]
+            # the client wrote; events without it (built by hand) keep time order
+            self.consent_received.append(_received_ns(chunk, rows[is_consent]))
         if is_profile.any():
-            who = resident[is_profile]
-            last = _last_index(who)
-            self.profile_who.append(who[last])
-            self.profile_context.append(
-                frame["context"].to_numpy(dtype=object, na_value=None)[is_profile][last])
+            # every profile event: each sets only the attributes it carries (as ingestion
+            # writes the profile hash), so a later one may leave earlier attributes standing
+            self.profile_who.append(resident[is_profile])
+            self.profile_context.append(chunk.full_context(rows[is_profile]))
 
     def finish(self) -> EventArrays:
         catalog = self.catalog
-        columns = list(zip(*self.parts, strict=True)) if self.parts else [
-            [np.zeros(0, t)] for t in (np.int32, np.int8, np.int16, np.int16, np.int64, bool)]
-        resident, kind, service, bundle, ts, recommended = (np.concatenate(c) for c in columns)
-        self.parts.clear()
-        n_res = len(self.index)
+        resident, kind, service, bundle, ts, recommended = (
+            self.columns[name][:self.filled] for name in self._DTYPES)
+        n_res = self.n_residents
         # Consent: the consent event received last decides (ties: the later one read).
         consent = np.zeros(n_res, dtype=bool)
         if self.consent_who:
@@ -353,22 +380,63 @@ class _Encoder:
             consent[who[last]] = value[last] == 1.0
         profiles = _parse_profiles(
             np.concatenate(self.profile_who) if self.profile_who else np.zeros(0, np.int32),
-            np.concatenate(self.profile_context) if self.profile_context
-            else np.zeros(0, object), catalog)
+            pa.concat_arrays(self.profile_context) if self.profile_context
+            else pa.array([], pa.string()), catalog)
         offer_class, offerable_services, offerable_bundles = _offer_classes(profiles, n_res,
                                                                             catalog)
         stats = {**self.stats, "residents_seen": n_res,
                  "residents_consenting": int(consent.sum())}
+        ids = pa.concat_arrays(self.ids) if self.ids else pa.array([], pa.string())
         return EventArrays(
-            resident_ids=np.asarray(self.index, dtype=object), resident=resident, kind=kind,
-            service=service, bundle=bundle, ts=ts, recommended=recommended, consent=consent,
-            profiles=profiles, offer_class=offer_class, offerable_services=offerable_services,
+            resident_ids=ids.to_numpy(zero_copy_only=False).astype(object, copy=False),
+            resident=resident, kind=kind, service=service, bundle=bundle, ts=ts,
+            recommended=recommended, consent=consent, profiles=profiles,
+            offer_class=offer_class, offerable_services=offerable_services,
             offerable_bundles=offerable_bundles,
             service_ids=tuple(catalog.service_ids), bundle_ids=tuple(catalog.bundle_ids),
             neighbourhoods=tuple(catalog.neighbourhood_ids), catalog_version=catalog.version,
             catalog_fingerprint=catalog.fingerprint,
             bundle_services={b.id: tuple(b.services) for b in catalog.bundles}, stats=stats,
         )
+
+
+def _codes_in(values: pa.Array, names: tuple[str, ...] | list[str],
+              rows: np.ndarray) -> tuple[np.ndarray, int]:
+    """Index of each selected row's value in ``names`` (-1: missing or unknown), and how
+    many selected rows name something not in ``names``."""
+    values = values.cast(pa.string())
+    found = pc.index_in(values, value_set=pa.array(list(names), pa.string()))
+    codes = pc.fill_null(found, -1).to_numpy()[rows]
+    unknown = int(((codes < 0) & values.is_valid().to_numpy(zero_copy_only=False)[rows]).sum())
+    return codes, unknown
+
+
+def _has_column(chunk: EventChunk, name: str) -> bool:
+    source = chunk.source
+    return name in (source.column_names if isinstance(source, pa.Table)
+                    else source.schema.names)
+
+
+def _recommended(chunk: EventChunk, rows: np.ndarray) -> np.ndarray:
+    """Whether each selected row carries a recommendation id (False for every row when the
+    events have no such column): only the column's validity is kept, never its strings."""
+    if not _has_column(chunk, "recommendation_id"):
+        return np.zeros(len(rows), dtype=bool)
+    valid = chunk.column("recommendation_id").is_valid()
+    return valid.to_numpy(zero_copy_only=False)[rows]
+
+
+def _received_ns(chunk: EventChunk, rows: np.ndarray) -> np.ndarray:
+    """When each selected row was received (``ingested_at``, ns since the epoch, int64 min
+    when missing); its event time when the events carry no receipt time (built by hand)."""
+    if not _has_column(chunk, "ingested_at"):
+        return chunk.ts[rows]
+    times = chunk.column("ingested_at")
+    if not pa.types.is_timestamp(times.type):
+        times = times.cast(pa.timestamp("ns", tz="UTC"))
+    times = times.cast(pa.timestamp("ns", tz=times.type.tz))
+    missing = np.iinfo(np.int64).min
+    return pc.fill_null(times.cast(pa.int64()), missing).to_numpy()[rows]
 
 
 def build_dataset(
@@ -389,25 +457,15 @@ def build_dataset(
         if until is not None:
             as_of = until
         else:
-            last = arrays.ts[select].max() if select.any() else 0
+            last = np.max(arrays.ts, where=select, initial=0) if select.any() else 0
             as_of = pd.Timestamp(int(last), tz="UTC")
-    kind = arrays.kind.astype(np.int16)
-    known = select & (kind >= 0)
-    # an event's weight: its type's, or the rule's impression weight for a recommended view
-    weight = np.zeros(arrays.n_events, dtype=np.float64)
-    weight[known] = np.where(arrays.recommended[known],
-                             params.impression_vector(TYPES)[kind[known]],
-                             params.weight_vector(TYPES)[kind[known]])
-    weighted = known & (weight > 0)
-    strength = np.zeros(arrays.n_events, dtype=np.float64)
-    ages = (_ts_value(as_of) - arrays.ts[weighted]) / NS_PER_DAY
-    strength[weighted] = weight[weighted] * params.decay(ages)
+    weighted, strength = _strengths(arrays, params, select, _ts_value(as_of))
     on_service = weighted & (arrays.service >= 0)
     on_bundle = weighted & (arrays.bundle >= 0)
 
     codes = _distinct_codes(arrays.resident[on_service | on_bundle], len(arrays.resident_ids))
-    row = np.full(len(arrays.resident_ids), -1, dtype=np.int64)
-    row[codes] = np.arange(len(codes))
+    row = np.full(len(arrays.resident_ids), -1, dtype=np.int32)
+    row[codes] = np.arange(len(codes), dtype=np.int32)
     n = len(codes)
     n_s, n_b = len(arrays.service_ids), len(arrays.bundle_ids)
 
@@ -415,8 +473,7 @@ def build_dataset(
                        strength[on_service], (n, n_s))
     bundles = _summed(row[arrays.resident[on_bundle]], arrays.bundle[on_bundle],
                       strength[on_bundle], (n, n_b))
-    # what each pair's confidence is made of, for the drivers (models/reasons.py)
-    s_parts = [_Contributions.of(arrays, on_service, row, arrays.service, strength, False)]
+    only_bundle = spread = None
     if params.spread_bundle_events:
         only_bundle = on_bundle & (arrays.service < 0)
         spread = params.spread_matrix(arrays.bundle_services, arrays.bundle_ids,
@@ -424,12 +481,11 @@ def build_dataset(
         services = sp.csr_matrix(services + _summed(
             row[arrays.resident[only_bundle]], arrays.bundle[only_bundle],
             strength[only_bundle], (n, n_b)) @ spread)
-        s_parts.append(_Contributions.spread(arrays, only_bundle, row, strength, spread))
     for matrix in (services, bundles):
         matrix.data = params.confidence(matrix.data).astype(np.float32)
-    service_drivers = _Contributions.concat(s_parts).drivers(services)
-    bundle_drivers = _Contributions.of(arrays, on_bundle, row, arrays.bundle, strength,
-                                       True).drivers(bundles)
+    service_drivers = _Drivers(arrays, row, strength, on_service, False, only_bundle,
+                               spread).of(services)
+    bundle_drivers = _Drivers(arrays, row, strength, on_bundle, True).of(bundles)
 
     shown, taken = _recommendation_outcomes(arrays, select)
     held_services = _holdings(arrays, select, row, arrays.service, (n, n_s))
@@ -493,6 +549,32 @@ def fingerprint(dataset: Dataset) -> str:
 
 # --- helpers -----------------------------------------------------------------------------
 
+#: Events whose strengths are computed at once (the temporaries are ~40 bytes an event).
+EVENT_BLOCK = 2_000_000
+
+
+def _strengths(arrays: EventArrays, params: ConfidenceRule, select: np.ndarray,
+               now: int) -> tuple[np.ndarray, np.ndarray]:
+    """(selected events of a weighing type, weight × decay of each event — 0 for the
+    others); an event weighs its type's weight, or the rule's impression weight when it is
+    a recommended view (an impression). Computed a block of events at a time, element by
+    element, so the result does not depend on the block size."""
+    weights = params.weight_vector(TYPES)
+    impressions = params.impression_vector(TYPES)
+    weighted = select & (arrays.kind >= 0)
+    strength = np.zeros(arrays.n_events, dtype=np.float64)
+    for lo in range(0, arrays.n_events, EVENT_BLOCK):
+        part = slice(lo, lo + EVENT_BLOCK)
+        kind = np.maximum(arrays.kind[part], 0)
+        weight = np.where(arrays.recommended[part], impressions[kind], weights[kind])
+        mine = weighted[part]  # a view: refined in place
+        mine &= weight > 0
+        at = np.flatnonzero(mine)
+        ages = (now - arrays.ts[part][at]) / NS_PER_DAY
+        strength[part][at] = weight[at] * params.decay(ages)
+    return weighted, strength
+
+
 
 def _summed(rows: np.ndarray, cols: np.ndarray, values: np.ndarray,
             shape: tuple[int, int]) -> sp.csr_matrix:
@@ -503,59 +585,86 @@ def _summed(rows: np.ndarray, cols: np.ndarray, values: np.ndarray,
     return matrix
 
 
+#: Contributions (event shares of pairs) sorted at once when finding drivers: the peak
+#: memory of :class:`_Drivers` is about 50 bytes times this, whatever the log's size.
+DRIVER_BLOCK = 2_000_000
+
+
 @dataclass
-class _Contributions:
-    """Events' shares of pairs' strengths: (row, column, share, driver code) per share."""
+class _Drivers:
+    """Per stored pair of a confidence matrix, the event that drove it (models/reasons.py):
+    among the events' shares of the pair's strength, the largest (ties: the latest event,
+    then a bundle-wide event shared over the services after the service's own events).
 
-    rows: np.ndarray
-    cols: np.ndarray
-    shares: np.ndarray
-    codes: np.ndarray
-    ts: np.ndarray
+    Events count for their own item (``own`` events: ``service``, or ``bundle`` when
+    ``is_bundle``) or, for services, as a bundle-only event shared over the bundle's
+    services (``shared`` events and the ``spread`` matrix). The shares are sorted in blocks
+    of consecutive residents of about :data:`DRIVER_BLOCK` shares — a pair's shares are
+    all its resident's — and each share carries only its event's position: the driver
+    code is packed for the winners alone.
+    """
 
-    @classmethod
-    def of(cls, arrays: EventArrays, mask: np.ndarray, row: np.ndarray, items: np.ndarray,
-           strength: np.ndarray, is_bundle: bool) -> _Contributions:
-        """Events counting for their own item (a service, or a bundle)."""
-        own = items[mask].astype(np.int64)
-        return cls(row[arrays.resident[mask]], own, strength[mask],
-                   encode_drivers(arrays.kind[mask], np.full(len(own), is_bundle), own,
-                                  arrays.ts[mask] // NS_PER_DAY), arrays.ts[mask])
+    arrays: EventArrays
+    row: np.ndarray  # matrix row of each resident code (-1: none)
+    strength: np.ndarray  # per event
+    own: np.ndarray  # bool per event
+    is_bundle: bool
+    shared: np.ndarray | None = None  # bool per event
+    spread: sp.csr_matrix | None = None
 
-    @classmethod
-    def spread(cls, arrays: EventArrays, mask: np.ndarray, row: np.ndarray,
-               strength: np.ndarray, spread: sp.csr_matrix) -> _Contributions:
-        """Bundle-only events shared over their bundle's services (the bundle drives)."""
-        bundle = arrays.bundle[mask].astype(np.int64)
-        counts = np.diff(spread.indptr)[bundle]
-        pick = np.repeat(np.arange(len(bundle)), counts)
-        starts = np.repeat(spread.indptr[bundle], counts)
-        offsets = np.arange(len(pick)) - np.repeat(np.cumsum(counts) - counts, counts)
-        where = starts + offsets
-        return cls(row[arrays.resident[mask]][pick], spread.indices[where].astype(np.int64),
-                   strength[mask][pick] * spread.data[where],
-                   encode_drivers(arrays.kind[mask][pick], np.ones(len(pick), bool),
-                                  bundle[pick], (arrays.ts[mask] // NS_PER_DAY)[pick]),
-                   arrays.ts[mask][pick])
-
-    @classmethod
-    def concat(cls, parts: list[_Contributions]) -> _Contributions:
-        return cls(*(np.concatenate([getattr(p, f) for p in parts])
-                     for f in ("rows", "cols", "shares", "codes", "ts")))
-
-    def drivers(self, matrix: sp.csr_matrix) -> sp.csr_matrix:
-        """Per stored pair of ``matrix`` the code of its largest share (ties: the latest),
-        in the matrix's own structure."""
-        n_cols = matrix.shape[1]
-        keys = self.rows.astype(np.int64) * n_cols + self.cols
-        order = np.lexsort((self.ts, self.shares, keys))
-        keys, codes = keys[order], self.codes[order]
-        last = np.flatnonzero(np.r_[keys[1:] != keys[:-1], True]) if len(keys) else keys
+    def of(self, matrix: sp.csr_matrix) -> sp.csr_matrix:
+        """Driver codes in ``matrix``'s own structure."""
+        arrays = self.arrays
+        block = max(DRIVER_BLOCK, 1)
+        n_codes = len(arrays.resident_ids)
+        shares = np.bincount(arrays.resident[self.own], minlength=n_codes)
+        if self.shared is not None and self.spread is not None:
+            fan = np.diff(self.spread.indptr)[arrays.bundle[self.shared]]
+            shares += np.bincount(arrays.resident[self.shared], weights=fan,
+                                  minlength=n_codes).astype(np.int64)
+        # residents' blocks: consecutive codes (so consecutive rows) of ~`block` shares
+        first = np.cumsum(shares) - shares
+        bounds = np.flatnonzero(np.diff(first // block, prepend=-1)) \
+            if n_codes else np.zeros(0, np.int64)
+        winners = [self._block(lo, hi, matrix.shape[1])
+                   for lo, hi in zip(bounds, [*bounds[1:], n_codes], strict=True)]
+        codes = np.concatenate(winners) if winners else np.zeros(0, np.int64)
         matrix.sort_indices()
-        if len(last) != matrix.nnz:
+        if len(codes) != matrix.nnz:
             raise AssertionError("drivers do not match the confidence matrix's pairs")
-        return sp.csr_matrix((codes[last], matrix.indices.copy(), matrix.indptr.copy()),
+        return sp.csr_matrix((codes, matrix.indices.copy(), matrix.indptr.copy()),
                              shape=matrix.shape)
+
+    def _block(self, lo: int, hi: int, n_cols: int) -> np.ndarray:
+        """Driver codes of the pairs of residents with codes in ``[lo, hi)``, by pair."""
+        arrays = self.arrays
+        mine = (arrays.resident >= lo) & (arrays.resident < hi)
+        own = np.flatnonzero(self.own & mine)
+        items = arrays.bundle if self.is_bundle else arrays.service
+        keys = [self.row[arrays.resident[own]].astype(np.int64) * n_cols + items[own]]
+        weights = [self.strength[own]]
+        source = [own * 2]  # event position, low bit: shared over a bundle's services
+        if self.shared is not None and self.spread is not None:
+            spread = self.spread
+            events = np.flatnonzero(self.shared & mine)
+            bundle = arrays.bundle[events].astype(np.int64)
+            counts = np.diff(spread.indptr)[bundle]
+            pick = np.repeat(np.arange(len(events)), counts)
+            offsets = np.arange(len(pick)) - np.repeat(np.cumsum(counts) - counts, counts)
+            where = np.repeat(spread.indptr[bundle], counts) + offsets
+            keys.append(self.row[arrays.resident[events]][pick].astype(np.int64) * n_cols
+                        + spread.indices[where])
+            weights.append(self.strength[events][pick] * spread.data[where])
+            source.append(events[pick] * 2 + 1)
+        key, weight, src = (np.concatenate(parts) for parts in (keys, weights, source))
+        order = np.lexsort((arrays.ts[src >> 1], weight, key))
+        key = key[order]
+        last = np.flatnonzero(np.r_[key[1:] != key[:-1], True]) if len(key) else key
+        event, shared = src[order[last]] >> 1, (src[order[last]] & 1).astype(bool)
+        bundle_driven = shared | self.is_bundle
+        item = np.where(bundle_driven, arrays.bundle[event], items[event])
+        return encode_drivers(arrays.kind[event], bundle_driven, item,
+                              arrays.ts[event] // NS_PER_DAY)
 
 
 def _recommendation_outcomes(arrays: EventArrays, select: np.ndarray
@@ -583,7 +692,7 @@ def _holdings(arrays: EventArrays, select: np.ndarray, row: np.ndarray, items: n
     sub, unsub = _CODE["subscribe"], _CODE["unsubscribe"]
     mask = select & (items >= 0) & ((arrays.kind == sub) | (arrays.kind == unsub))
     mask[mask] &= row[arrays.resident[mask]] >= 0
-    r = row[arrays.resident[mask]]
+    r = row[arrays.resident[mask]].astype(np.int64)
     i = items[mask].astype(np.int64)
     last = _last_index(r * shape[1] + i)
     held = arrays.kind[mask][last] == sub
@@ -599,12 +708,6 @@ def _last_index(keys: np.ndarray) -> np.ndarray:
     return len(keys) - 1 - first_in_reversed
 
 
-def _ts_ns(column: pd.Series) -> np.ndarray:
-    """Nanoseconds since the epoch (UTC) of a timestamp column, without Python objects."""
-    index = pd.DatetimeIndex(pd.to_datetime(column, utc=True))
-    return index.as_unit("ns").asi8.astype(np.int64, copy=False)
-
-
 def _ts_value(moment: pd.Timestamp | Any) -> int:
     stamp = pd.Timestamp(moment)
     if stamp.tzinfo is None:
@@ -612,26 +715,46 @@ def _ts_value(moment: pd.Timestamp | Any) -> int:
     return int(stamp.as_unit("ns").value)
 
 
-def _parse_profiles(who: np.ndarray, contexts: np.ndarray, catalog: Catalog) -> pd.DataFrame:
-    """Declared attributes of each resident's latest profile event, indexed by code.
+def _parse_profiles(who: np.ndarray, contexts: pa.Array, catalog: Catalog) -> pd.DataFrame:
+    """Declared attributes of each resident, indexed by code: per attribute, the value of
+    the latest profile event that declares it (a profile event sets only the attributes it
+    carries, the rule of the real-time profile hash).
 
-    ``who``/``contexts`` are candidates in time order (several per resident possible):
-    the last one per resident wins. JSON is parsed once, by Arrow, for the winners only.
+    ``who``/``contexts`` are every profile event in time order (several per resident
+    possible). JSON is parsed once, by Arrow.
     """
     columns = [*PROFILE_FIELDS, "neighbourhood_code", "segment_code"]
     if len(who) == 0:
         return pd.DataFrame(columns=columns, index=pd.Index([], dtype=np.int64))
-    last = _last_index(who)
-    who, contexts = who[last], contexts[last]
-    lines = "\n".join(c if isinstance(c, str) and c.startswith("{") else "{}" for c in contexts)
-    table = pajson.read_json(io.BytesIO(lines.encode()),
+    contexts = contexts.cast(pa.string())
+    # one JSON object per line, built in Arrow: the contexts never become Python strings
+    objects = pc.if_else(pc.fill_null(pc.starts_with(contexts, "{"), False), contexts, "{}")
+    lines = pc.binary_join_element_wise(objects, "", "\n")
+    _, offsets, data = lines.buffers()
+    bounds = np.frombuffer(offsets, np.int32)[lines.offset:lines.offset + len(lines) + 1]
+    text = data[bounds[0]:bounds[-1]]
+    table = pajson.read_json(pa.BufferReader(text),
                              parse_options=pajson.ParseOptions(newlines_in_values=False))
-    out = pd.DataFrame(index=pd.Index(who.astype(np.int64)))
+    residents = np.unique(who)
+    out = pd.DataFrame(index=pd.Index(residents.astype(np.int64)))
     for name in PROFILE_FIELDS:
+        values = np.full(len(residents), None, dtype=object)
         if name in table.column_names and not pa.types.is_null(table[name].type):
-            out[name] = table[name].to_numpy(zero_copy_only=False)
-        else:
-            out[name] = None
+            column = table[name]
+            given = np.flatnonzero(column.is_valid().to_numpy(zero_copy_only=False))
+            last = given[_last_index(who[given])]
+            at = np.searchsorted(residents, who[last])
+            taken = column.take(pa.array(last)).combine_chunks()
+            if pa.types.is_string(taken.type):
+                # text attributes as categories: a few distinct values for a million residents
+                encoded = taken.dictionary_encode()
+                codes = np.full(len(residents), -1, dtype=np.int32)
+                codes[at] = encoded.indices.to_numpy(zero_copy_only=False)
+                out[name] = pd.Categorical.from_codes(
+                    codes, categories=encoded.dictionary.to_pylist())
+                continue
+            values[at] = taken.to_numpy(zero_copy_only=False)
+        out[name] = values
     out["neighbourhood_code"] = pd.Categorical(
         out["neighbourhood"], categories=list(catalog.neighbourhood_ids)).codes.astype(np.int16)
     # segment = (neighbourhood, age band, household) in core.profile.all_segments order

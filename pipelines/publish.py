@@ -34,6 +34,7 @@ import numpy as np
 import redis
 
 from bouquet.core.keys import Keys
+from bouquet.core.redisclient import SyncClient, redis_client
 from bouquet.core.scripts import lua_script
 from bouquet.core.settings import Settings
 from bouquet.models.base import top_n
@@ -241,11 +242,11 @@ def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
 class Publisher:
     """Writes one model's lists under a new version and switches a pointer to it."""
 
-    def __init__(self, settings: Settings, client: redis.Redis | None = None,
+    def __init__(self, settings: Settings, client: SyncClient | None = None,
                  neighbourhoods: Sequence[str] = ()) -> None:
         self.settings = settings
         self.keys = Keys(settings.redis_key_prefix)
-        self.redis = client or redis.Redis.from_url(settings.redis_url, socket_timeout=30)
+        self.redis = client or redis_client(settings.redis_url, socket_timeout=30)
         self.neighbourhoods = list(neighbourhoods)
 
     def _pointer_key(self, pointer: str) -> str:
@@ -373,7 +374,10 @@ class Publisher:
         pattern = self.keys.variant_pointer("x")[:-1] + "*"
         names += [key.decode() for key in self.redis.scan_iter(match=pattern, count=1000)]
         out = set()
-        for value in self.redis.mget(names):
+        pipe = self.redis.pipeline(transaction=False)  # not MGET: pointers span slots
+        for name in names:
+            pipe.get(name)
+        for value in pipe.execute():
             if value:
                 version = value.decode()
                 out.add(version)

@@ -28,6 +28,8 @@ One run, in order (each stage timed; see :class:`Stages`):
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import itertools
 import json
 import logging
@@ -174,6 +176,7 @@ class Stages:
         try:
             yield
         finally:
+            _release_freed_memory()
             peak = _peak_rss_mb() if resettable else None
             self.times[name] = {
                 "s": time.perf_counter() - started,
@@ -186,6 +189,17 @@ class Stages:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def _release_freed_memory() -> None:
+    """Hand memory freed by a stage back to the system, so the next stage's peak is its
+    own: Arrow's allocator keeps freed pages for reuse, and so does glibc's heap for
+    blocks below its mmap threshold (many of a stage's temporaries)."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _reset_peak_rss() -> bool:
@@ -356,6 +370,10 @@ def _run(client: Any, registry: ModelRegistry, run: Any, settings: Settings,
     eval_residents = len(evaluations[options.candidates[0]].users)
     chosen = _choose(evaluations, options.candidates, notes, options.force, split)
     popularity = _stronger_popularity(evaluations)
+    # Only the chosen candidate and the stronger popularity are used from here on: the
+    # other fitted models (factors, copies of the residents' rows) are let go before the
+    # refit builds the full dataset.
+    evaluations.clear()
     samples = settings.train_bootstrap_samples
 
     champion = registry.champion()

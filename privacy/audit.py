@@ -237,10 +237,9 @@ def record_action(settings: Settings, action: str, *, target: str | None = None,
     an error and returns None: the action itself has already happened."""
     client = None
     try:
-        import redis
+        from bouquet.core.redisclient import redis_client
 
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=2,
-                                      socket_connect_timeout=1)
+        client = redis_client(settings.redis_url, socket_timeout=2, socket_connect_timeout=1)
         return AuditLog(settings, client).record(action, actor=actor or cli_actor(),
                                                  target=target, outcome=outcome, **detail)
     except OSError as exc:

@@ -231,7 +231,11 @@ def published_versions(client: Any, keys: Keys) -> set[str]:
     """Every keyspace version that may still hold resident lists: those on record in
     ``rec:versions``, those a pointer names, and each one's ``previous`` (kept for rollback)."""
     found = {_text(v) for v in client.zrange(keys.versions(), 0, -1)}
-    for value in client.mget(list(pointer_keys(client, keys).values())):
+    # GETs in a pipeline, not one MGET: the pointers need not share a Redis Cluster slot
+    pipe = client.pipeline(transaction=False)
+    for key in pointer_keys(client, keys).values():
+        pipe.get(key)
+    for value in pipe.execute():
         if value:
             found.add(_text(value))
     for version in list(found):

@@ -12,7 +12,11 @@ What is gathered (and from where):
   day/week activity sets currently count the resident.
 * ``recommendations`` — the precomputed lists of every published version a pointer names,
   decoded into item ids, scores and reasons.
-* ``consent`` — current state and its history (consent events).
+* ``consent`` — current personalisation consent and its history (consent events).
+* ``outreach`` — contact consent and its history, the channels and quiet hours declared,
+  holdout membership, the planner's record of the resident (recent send times, nudges
+  awaiting their outcome, the streak of nudges not opened, a pause), and every nudge of the
+  plan ledger whose recommendation id the resident's record or events hold.
 * ``erasure`` — whether (and when) the resident was erased.
 * ``stores_not_listed`` — what else may hold data derived from the resident and is not
   exported item by item (the factor vector inside registered models, Kafka topic retention),
@@ -30,8 +34,11 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from bouquet.core.eventlog import COLUMNS, SCHEMA, EventLog
+from bouquet.core.eventlog import COLUMNS, DECLARED_COLUMNS, SCHEMA, EventLog, merge_declared
+from bouquet.core.events import consent_purpose
 from bouquet.core.keys import Keys
+from bouquet.core.outreach import NudgeLedger, decode_record, in_holdout, outreach_references
+from bouquet.core.recommendation import RecommendationIds
 from bouquet.core.settings import Settings
 from bouquet.privacy.erasure import ErasureRegister, pointer_keys
 
@@ -63,6 +70,7 @@ def resident_events(settings: Settings, resident_id: str,
     if cutoff is not None:
         frame = frame[frame["ts"].map(lambda t: t.timestamp()) > cutoff]
     frame = frame.sort_values("ts", kind="stable")
+    frame = frame.assign(context=merge_declared(frame)).drop(columns=list(DECLARED_COLUMNS))
     out = []
     for row in frame.to_dict("records"):
         event = {k: v for k, v in row.items() if v is not None and not
@@ -142,6 +150,37 @@ def published_lists(client: Any, keys: Keys, resident_id: str) -> list[dict[str,
     return out
 
 
+def outreach_state(settings: Settings, client: Any, keys: Keys, resident_id: str,
+                   events: list[dict[str, Any]], profile: dict[str, str]) -> dict[str, Any]:
+    """What outreach holds about the resident (see the module docstring)."""
+    record = decode_record(client.hgetall(keys.outreach(resident_id)))
+    references = {r for _, r in record.pending}
+    echoed = [e.get("recommendation_id") for e in events]
+    verified = outreach_references(echoed, RecommendationIds.for_settings(settings))
+    references.update(r for r, ours in zip(echoed, verified, strict=True) if ours)
+    nudges = []
+    if references:
+        rows = NudgeLedger(settings.outreach_ledger_path).read(
+            recommendation_ids=sorted(references)).to_pylist()
+        for row in sorted(rows, key=lambda r: r["send_at"]):
+            nudges.append({k: (v.isoformat() if hasattr(v, "isoformat") else v)
+                           for k, v in row.items()})
+    return {
+        "contact": profile.get("contact") == "1",
+        "contact_history": [{"ts": e["ts"], "value": e.get("value"),
+                             "channel": e.get("channel")} for e in events
+                            if e["type"] == "consent"
+                            and consent_purpose(e.get("context")) == "contact"],
+        "channels": profile.get("channels"),
+        "quiet_hours": profile.get("quiet_hours"),
+        "in_contactable_set": bool(client.sismember(keys.contactable(), resident_id)),
+        "in_holdout": bool(in_holdout([resident_id], settings.outreach_holdout_salt,
+                                      settings.outreach_holdout_share)[0]),
+        "record": record.as_dict(),
+        "nudges": nudges,
+    }
+
+
 def export_resident(settings: Settings, client: Any, resident_id: str) -> dict[str, Any]:
     """Everything held about ``resident_id`` (see the module docstring)."""
     keys = Keys(settings.redis_key_prefix)
@@ -150,7 +189,8 @@ def export_resident(settings: Settings, client: Any, resident_id: str) -> dict[s
     events = resident_events(settings, resident_id, register)
     realtime = realtime_state(client, keys, resident_id)
     consent_events = [{"ts": e["ts"], "value": e.get("value"), "channel": e.get("channel")}
-                      for e in events if e["type"] == "consent"]
+                      for e in events if e["type"] == "consent"
+                      and consent_purpose(e.get("context")) == "personalisation"]
     consent_field = realtime["profile"].get("consent")
     cutoff = register.cutoff(resident_id)
     return {
@@ -165,6 +205,8 @@ def export_resident(settings: Settings, client: Any, resident_id: str) -> dict[s
         "erasure": {"erased": cutoff is not None,
                     "erased_at": None if cutoff is None else
                     datetime.fromtimestamp(cutoff, UTC).isoformat()},
+        "outreach": outreach_state(settings, client, keys, resident_id, events,
+                                   realtime["profile"]),
         "events": events,
         "realtime": realtime,
         "recommendations": published_lists(client, keys, resident_id),
@@ -177,5 +219,7 @@ def export_resident(settings: Settings, client: Any, resident_id: str) -> dict[s
             "(BOUQUET deployments set retention.ms; the local broker keeps topics in memory).",
             "Aggregate counters (contacts per day/week, recommendation funnel) hold counts, "
             "never resident ids.",
+            "Outreach messages handed to the city's messaging gateway stay in the outreach "
+            "topic for its retention period and in the gateway's own records.",
         ],
     }

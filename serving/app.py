@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import ModuleType
 
-import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -23,6 +22,7 @@ from fastapi.responses import JSONResponse
 from bouquet import __version__
 from bouquet.core.catalog import load_catalog
 from bouquet.core.keys import Keys
+from bouquet.core.redisclient import async_redis_client
 from bouquet.core.settings import Settings, get_settings
 from bouquet.serving import (
     routes_catalog,
@@ -30,6 +30,7 @@ from bouquet.serving import (
     routes_health,
     routes_operator,
     routes_ops,
+    routes_outreach,
     routes_privacy,
     routes_recommend,
 )
@@ -41,7 +42,9 @@ Tailored bundles of urban services for residents, in real time.
 
 * **Front-end apps** (`app` key): send interactions (`POST /v1/events`), ask for bundles
   (`GET /v1/residents/{id}/bundles`).
-* **Operators** (`operator` key): engagement frequency, funnel, dashboard.
+* **Operators** (`operator` key): engagement frequency, funnel, outreach, dashboard.
+* **The messaging gateway** (`gateway` key): outreach outcomes (`notify`, `open`,
+  `dismiss`) and contact-consent withdrawals through `POST /v1/events`, nothing else.
 * **Administrators** (`admin` key): erasure, export, model promotion.
 
 Authenticate with the `X-API-Key` header.
@@ -53,7 +56,7 @@ Authenticate with the `X-API-Key` header.
 #: other route.
 ROUTE_MODULES: tuple[ModuleType, ...] = (
     routes_recommend, routes_events, routes_catalog, routes_privacy, routes_operator,
-    routes_health, routes_ops,
+    routes_outreach, routes_health, routes_ops,
 )
 
 
@@ -80,8 +83,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.catalog = load_catalog(settings.catalog_path)
     app.state.keys = Keys(settings.redis_key_prefix)
-    app.state.redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2,
-                                              socket_connect_timeout=2, max_connections=64)
+    app.state.redis = async_redis_client(settings.redis_url, socket_timeout=2,
+                                         socket_connect_timeout=2, max_connections=64)
 
     @app.exception_handler(RequestValidationError)
     async def _clear_422(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import redis
 from fastapi import FastAPI, Request
 
-from bouquet.core.events import EventType, InteractionEvent
+from bouquet.core.events import EventType, InteractionEvent, consent_purpose
 from bouquet.privacy.audit import AuditLog, api_actor, entry, resident_ref
 from bouquet.serving.deps import api_key_header, close_sync_redis, sync_redis
 
@@ -45,12 +45,15 @@ DECLARATIONS = frozenset({EventType.CONSENT, EventType.PROFILE})
 def declaration_entries(events: list[InteractionEvent], who: str, secret: str
                         ) -> list[dict]:
     """Audit records of the declarations among ``events``: the resident by keyed
-    reference; a consent's value, a profile's attribute names (not their values)."""
+    reference; a consent's value and purpose, a profile's attribute names (not their
+    values)."""
     out = []
     for event in events:
         if event.type not in DECLARATIONS:
             continue
-        detail = ({"value": int(event.value or 0)} if event.type is EventType.CONSENT
+        detail = ({"value": int(event.value or 0),
+                   "purpose": consent_purpose(event.context) or "personalisation"}
+                  if event.type is EventType.CONSENT
                   else {"attributes": sorted(event.context)})
         out.append(entry(event.type.value, actor=who,
                          target=f"resident:{resident_ref(event.resident_id, secret)[:16]}",

@@ -24,15 +24,20 @@ from fastapi.security import APIKeyHeader
 from bouquet.core.catalog import Catalog
 from bouquet.core.events import ID_RE
 from bouquet.core.keys import Keys
+from bouquet.core.redisclient import redis_client
 from bouquet.core.settings import Settings
 
-Role = Literal["app", "operator", "admin"]
+Role = Literal["app", "operator", "admin", "gateway", "intake"]
 #: Which key roles may call an endpoint that requires a role. Admin may do everything;
-#: operators see aggregates only, never one resident's recommendations.
+#: operators see aggregates only, never one resident's recommendations. ``gateway`` is the
+#: city's messaging gateway: it reports outreach outcomes to the intake (``intake``: apps
+#: and the gateway), which lets it send only those (``routes_events``).
 _ADMITTED: dict[str, frozenset[str]] = {
     "app": frozenset({"app", "admin"}),
     "operator": frozenset({"operator", "admin"}),
     "admin": frozenset({"admin"}),
+    "gateway": frozenset({"gateway", "admin"}),
+    "intake": frozenset({"app", "gateway", "admin"}),
 }
 
 #: Where :class:`bouquet.serving.admission.Admission` leaves the role of the request's key,
@@ -65,8 +70,8 @@ def sync_redis(app: Any, name: str, socket_timeout: float) -> redis.Redis:
     figures, erasure, exports). Closed by :func:`close_sync_redis` at shutdown."""
     found = getattr(app.state, name, None)
     if found is None:
-        found = redis.Redis.from_url(app.state.settings.redis_url,
-                                     socket_timeout=socket_timeout, socket_connect_timeout=2)
+        found = redis_client(app.state.settings.redis_url, socket_timeout=socket_timeout,
+                             socket_connect_timeout=2)
         setattr(app.state, name, found)
     return found
 
@@ -172,3 +177,4 @@ AnyRole = Annotated[str, Security(require_any_role)]
 AppRole = Annotated[str, Security(require_role("app"))]
 OperatorRole = Annotated[str, Security(require_role("operator"))]
 AdminRole = Annotated[str, Security(require_role("admin"))]
+IntakeRole = Annotated[str, Security(require_role("intake"))]

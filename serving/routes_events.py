@@ -11,6 +11,9 @@
   erase through ``DELETE /v1/residents/{id}``, which needs admin too. ``consent`` and
   ``profile`` events (what a resident declares in an app) are open to ``app`` keys and each
   one is audited, like ``PUT /v1/residents/{id}/consent``.
+* ``gateway`` keys (the city's messaging gateway) send only outreach outcomes (``notify``,
+  ``open``, ``dismiss``) and contact-consent withdrawals (``403`` for the whole batch
+  otherwise): the gateway reports what happened to a nudge, never acts for the resident.
 * ``202`` only after the broker acknowledged every event (``acks=all``, via
   :meth:`EventProducer.send_and_wait` in a worker thread so the event loop keeps serving).
   Broker unreachable or slow → ``503`` with ``Retry-After``; the client re-sends with the
@@ -38,18 +41,34 @@ from bouquet.core.events import (
     EventType,
     InteractionEvent,
     check_against_catalog,
+    consent_purpose,
     parse_event,
 )
 from bouquet.core.settings import Settings
 from bouquet.serving import metrics
 from bouquet.serving.auditing import actor, audit_log, declaration_entries
-from bouquet.serving.deps import AppRole, CatalogDep, SettingsDep
+from bouquet.serving.deps import CatalogDep, IntakeRole, SettingsDep
 from bouquet.serving.runtime import Runtime, RuntimeDep, runtime_of
 from bouquet.streaming.producer import EventProducer, ProduceFailed
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["events"])
 RETRY_AFTER_S = 5
+
+
+#: What the messaging gateway reports: a nudge delivered, opened or dismissed.
+GATEWAY_TYPES: frozenset[EventType] = frozenset({EventType.NOTIFY, EventType.OPEN,
+                                                 EventType.DISMISS})
+
+
+def gateway_may_send(event: InteractionEvent) -> bool:
+    """A ``gateway`` key sends outreach outcomes and contact-consent withdrawals (an SMS
+    "STOP", an unsubscribe link), nothing else: it cannot use, subscribe, grant consent
+    or erase on a resident's behalf."""
+    if event.type in GATEWAY_TYPES:
+        return True
+    return (event.type == EventType.CONSENT and event.value == 0
+            and consent_purpose(event.context) == "contact")
 
 
 class Accepted(BaseModel):
@@ -172,6 +191,21 @@ def refuse_erasures_without_admin(events: list[InteractionEvent], role: str) -> 
                                 for i in erasures])
 
 
+def refuse_beyond_gateway(events: list[InteractionEvent], role: str) -> None:
+    """A ``gateway`` key may send only what :func:`gateway_may_send` admits; raises
+    :class:`IntakeRefused` (403) for the whole batch otherwise, each refused event listed."""
+    if role != "gateway":
+        return
+    refused = [{"index": index, "reason": "not_for_gateway",
+                "detail": f"a gateway key may not send a {event.type.value!r} event"
+                          + (" of this kind" if event.type == EventType.CONSENT else "")}
+               for index, event in enumerate(events) if not gateway_may_send(event)]
+    if refused:
+        raise IntakeRefused(403, "forbidden", f"{len(refused)} of {len(events)} events are "
+                            "not outreach outcomes or contact withdrawals; none was accepted",
+                            events=len(events), problems=refused)
+
+
 def _new_producer(settings: Settings) -> EventProducer:
     timeout_ms = int(settings.serving_intake_timeout_s * 1000)
     return EventProducer(settings, max_block_ms=timeout_ms, request_timeout_ms=timeout_ms,
@@ -198,8 +232,11 @@ async def _drop_producer(runtime: Runtime) -> None:
              openapi_extra={"requestBody": _REQUEST_BODY},
              responses={
                  401: {"description": "Missing or unknown API key"},
-                 403: {"description": "The key's role may not send events, or the batch "
-                                      "holds an `erase` event and the key is not `admin`"},
+                 403: {"description": "The key's role may not send events, the batch "
+                                      "holds an `erase` event and the key is not `admin`, "
+                                      "or a gateway key sent an event other than notify, "
+                                      "open, dismiss or a contact-consent withdrawal (each "
+                                      "listed); none was accepted"},
                  413: {"description": "Body larger than the batch limit allows"},
                  422: {"description": "Invalid JSON, or invalid events (each listed with its "
                                       "index and reason code); none was accepted"},
@@ -207,9 +244,11 @@ async def _drop_producer(runtime: Runtime) -> None:
                                       "`Retry-After` seconds with the same event ids"},
              })
 async def post_events(request: Request, runtime: RuntimeDep, settings: SettingsDep,
-                      catalog: CatalogDep, role: AppRole) -> JSONResponse:
+                      catalog: CatalogDep, role: IntakeRole) -> JSONResponse:
     """Validate with the consumer's rules, produce with `acks=all`, answer `202` once the
-    broker acknowledged every event."""
+    broker acknowledged every event. Apps (`app` keys) send any interaction; the messaging
+    gateway (`gateway` keys) only `notify`, `open`, `dismiss` and contact-consent
+    withdrawals."""
     raw = await request.body()
     try:
         if len(raw) > INLINE_BODY_BYTES:
@@ -217,6 +256,7 @@ async def post_events(request: Request, runtime: RuntimeDep, settings: SettingsD
         else:
             events = validate_body(raw, settings, catalog)
         refuse_erasures_without_admin(events, role)
+        refuse_beyond_gateway(events, role)
     except IntakeRefused as exc:
         metrics.EVENTS.labels(exc.outcome).inc(exc.events)
         return _problem(exc.status, exc.detail, exc.problems)

@@ -40,6 +40,7 @@ from redis.exceptions import RedisError
 from bouquet.analytics.figures import FIGURES, BadQuery
 from bouquet.analytics.service import EngagementService
 from bouquet.analytics.tables import Table
+from bouquet.privacy.erasure import ErasureRegister
 from bouquet.serving.deps import OperatorRole, close_sync_redis, sync_redis
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ router = APIRouter()
 Figure = Literal["cadence", "stickiness", "contacts", "monthly", "cohorts", "daily",
                  "lifetime"]
 By = Literal["all", "neighbourhood", "domain", "factor", "channel"]
+Events = Literal["use", "response", "exposure"]
 Format = Literal["json", "csv"]
 LiveTable = Literal["active", "contacts", "funnel", "rolling"]
 Count = Annotated[int | None, Query(ge=1, le=5200)]
@@ -67,7 +69,9 @@ def service_of(app: FastAPI) -> EngagementService:
     """The app's engagement service (built on first use, one per app)."""
     found = getattr(app.state, "engagement_service", None)
     if found is None:
-        found = EngagementService(app.state.settings, app.state.catalog)
+        settings = app.state.settings
+        found = EngagementService(settings, app.state.catalog,
+                                  erasures=ErasureRegister.for_settings(settings))
         app.state.engagement_service = found
     return found
 
@@ -116,11 +120,11 @@ async def engagement_summary(request: Request, _: OperatorRole) -> JSONResponse:
 
 
 async def _figure(request: Request, figure: str, by: str, value: str | None,
-                  weeks: int | None, months: int | None, days: int | None, fmt: str
-                  ) -> Response:
+                  weeks: int | None, months: int | None, days: int | None, fmt: str,
+                  events: str) -> Response:
     svc = service_of(request.app)
     table = await _run(svc.figure, figure, by=by, value=value,
-                       last=_last(figure, weeks, months, days))
+                       last=_last(figure, weeks, months, days), events=events)
     return _answer(table, fmt)
 
 
@@ -129,10 +133,11 @@ async def _figure(request: Request, figure: str, by: str, value: str | None,
 async def engagement_figure(request: Request, _: OperatorRole, figure: Figure,
                             by: By = "all", value: str | None = None,
                             weeks: Count = None, months: Count = None, days: Count = None,
-                            format: Format = "json") -> Response:
+                            format: Format = "json", events: Events = "use") -> Response:
     """``by`` breaks the figure down by a dimension (every value, or one with ``value``);
-    ``weeks`` / ``months`` / ``days`` keep the latest periods only."""
-    return await _figure(request, figure, by, value, weeks, months, days, format)
+    ``weeks`` / ``months`` / ``days`` keep the latest periods only; ``events`` is the
+    cadence class counted (``use``: the headline; ``response``, ``exposure``)."""
+    return await _figure(request, figure, by, value, weeks, months, days, format, events)
 
 
 @router.get("/v1/operator/engagement/{figure}/export.csv", tags=["operator"],
@@ -140,8 +145,8 @@ async def engagement_figure(request: Request, _: OperatorRole, figure: Figure,
 async def engagement_figure_csv(request: Request, _: OperatorRole, figure: Figure,
                                 by: By = "all", value: str | None = None,
                                 weeks: Count = None, months: Count = None,
-                                days: Count = None) -> Response:
-    return await _figure(request, figure, by, value, weeks, months, days, "csv")
+                                days: Count = None, events: Events = "use") -> Response:
+    return await _figure(request, figure, by, value, weeks, months, days, "csv", events)
 
 
 @router.get("/v1/operator/funnel", tags=["operator"],

@@ -1,11 +1,12 @@
 """Residents' rights over HTTP: consent, erasure, access — plus the audit trail and a body cap.
 
-* ``PUT /v1/residents/{id}/consent`` (``app`` or ``admin``): personalisation consent given or
-  withdrawn. The ``consent`` event is produced first (``acks=all``: durable, and the next
-  training reads it) with the time of receipt as its Kafka time stamp, then the resident's
-  profile in Redis is updated with that receipt time under the consumer's rule (the later
-  receipt wins, ``consent_ts``), so the very next recommendation request already obeys
-  it. Broker down: ``503`` + ``Retry-After`` and nothing changed.
+* ``PUT /v1/residents/{id}/consent`` (``app`` or ``admin``): personalisation consent, contact
+  consent (outreach), or both, given or withdrawn. One ``consent`` event per purpose is
+  produced first (``acks=all``: durable, and the next training reads it) with the time of
+  receipt as its Kafka time stamp, then the resident's profile in Redis is updated with that
+  receipt time under the consumer's rule (the later receipt wins, ``consent_ts`` /
+  ``contact_ts``), so the very next recommendation request and the next outreach plan
+  already obey it. Broker down: ``503`` + ``Retry-After`` and nothing changed.
 * ``DELETE /v1/residents/{id}`` (``admin``): erasure. Register, real-time state and every
   published list at once (:func:`bouquet.privacy.erasure.cascade`), then an ``erase``
   event (the event log hides the resident from every reader as soon as it is ingested;
@@ -32,7 +33,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from redis.exceptions import RedisError
 
 from bouquet.core.events import Channel, parse_event
@@ -52,20 +53,42 @@ RETRY_AFTER_S = 5
 
 class ConsentBody(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "examples": [{"personalisation": False}]})
+        "examples": [{"personalisation": False}, {"contact": True}]})
 
-    personalisation: bool = Field(strict=True, description="true: the resident opts in to "
-                                  "personalised recommendations; false: withdraws (objects)")
+    personalisation: bool | None = Field(
+        default=None, strict=True, description="true: the resident opts in to personalised "
+        "recommendations; false: withdraws (objects)")
+    contact: bool | None = Field(
+        default=None, strict=True, description="true: the resident opts in to being "
+        "contacted by outreach (nudges on the channels their profile accepts); false: "
+        "withdraws — no nudge from the next plan on")
     channel: Channel = Field(default=Channel.APP, description="Where the resident said so")
+
+    @model_validator(mode="after")
+    def _some_purpose(self) -> ConsentBody:
+        if self.personalisation is None and self.contact is None:
+            raise ValueError("give personalisation, contact or both")
+        return self
+
+    def decisions(self) -> list[tuple[str, bool]]:
+        """(purpose, given) of each purpose the body decides, personalisation first."""
+        return [(purpose, given) for purpose, given in
+                (("personalisation", self.personalisation), ("contact", self.contact))
+                if given is not None]
 
 
 class ConsentAnswer(BaseModel):
     resident_id: str
-    personalisation: bool
-    effective: bool = Field(description="True when the real-time profile now says so (the "
-                            "next request obeys it); false when a newer consent decision "
-                            "was already recorded, or Redis was unavailable (see notice)")
-    event_id: str
+    personalisation: bool | None = Field(description="The decision on personalisation, if "
+                                         "the request made one")
+    contact: bool | None = Field(description="The decision on outreach contact, if the "
+                                 "request made one")
+    effective: bool = Field(description="True when the real-time profile now says so for "
+                            "every purpose decided (the next request and the next outreach "
+                            "plan obey it); false when a newer consent decision was already "
+                            "recorded, or Redis was unavailable (see notice)")
+    event_id: str = Field(description="The first consent event produced")
+    event_ids: list[str] = Field(description="One consent event per purpose decided")
     ts: str
     notice: str | None = None
 
@@ -86,10 +109,10 @@ def _problem(status: int, detail: str, **extra: Any) -> JSONResponse:
                         headers=headers)
 
 
-async def _produce(runtime: Runtime, settings: Settings, event: dict[str, Any],
+async def _produce(runtime: Runtime, settings: Settings, events: list[dict[str, Any]],
                    timestamp_ms: int | None = None) -> None:
-    """Produce one event through the app's intake producer and wait for the broker's ack
-    (``timestamp_ms``: the record's time stamp, default now); raises
+    """Produce events through the app's intake producer and wait for the broker's acks
+    (``timestamp_ms``: the records' time stamp, default now); raises
     :class:`ProduceFailed` (the producer is then rebuilt on the next call)."""
     async with runtime.producer_lock:
         if runtime.producer is None:
@@ -99,7 +122,7 @@ async def _produce(runtime: Runtime, settings: Settings, event: dict[str, Any],
                 delivery_timeout_ms=timeout_ms + 1000)
         producer = runtime.producer
     try:
-        await asyncio.to_thread(producer.send_and_wait, [event],
+        await asyncio.to_thread(producer.send_and_wait, events,
                                 settings.serving_intake_timeout_s, timestamp_ms)
     except ProduceFailed:
         stale, runtime.producer = runtime.producer, None
@@ -111,7 +134,7 @@ async def _produce(runtime: Runtime, settings: Settings, event: dict[str, Any],
 
 # --- consent -------------------------------------------------------------------------------
 @router.put("/v1/residents/{resident_id}/consent", response_model=ConsentAnswer,
-            summary="Give or withdraw personalisation consent",
+            summary="Give or withdraw consent: personalisation, outreach contact",
             responses={401: {"description": "Missing or unknown API key"},
                        403: {"description": "The key's role may not change consent"},
                        422: {"description": "Invalid resident id or body"},
@@ -120,31 +143,39 @@ async def put_consent(resident_id: ResidentId, request: Request, runtime: Runtim
                       settings: SettingsDep, role: AppRole,
                       body: Annotated[ConsentBody, Body()]) -> JSONResponse:
     """Takes effect on the next request (non-personalised answers that say why, after a
-    withdrawal) and excludes the resident from the next training."""
+    withdrawal) and excludes the resident from the next training; contact consent takes
+    effect at the next outreach plan."""
     from bouquet.streaming.producer import new_event_id
 
-    # received now: the Kafka record carries this time (ms) and the profile gets it too,
-    # so the consumer applying the event later writes the same values
+    # received now: the Kafka records carry this time (ms) and the profile gets it too,
+    # so the consumer applying the events later writes the same values
     received_ms = time.time_ns() // 1_000_000
     now = datetime.fromtimestamp(received_ms / 1000, UTC)
-    value = 1 if body.personalisation else 0
-    event = {"schema_version": 1, "event_id": new_event_id("consent"),
-             "resident_id": resident_id, "type": "consent", "ts": now.isoformat(),
-             "channel": body.channel.value, "value": value}
+    events = []
+    for purpose, given in body.decisions():
+        event = {"schema_version": 1, "event_id": new_event_id("consent"),
+                 "resident_id": resident_id, "type": "consent", "ts": now.isoformat(),
+                 "channel": body.channel.value, "value": 1 if given else 0}
+        if purpose != "personalisation":
+            event["context"] = {"purpose": purpose}
+        events.append(event)
     try:
-        await _produce(runtime, settings, event, received_ms)
+        await _produce(runtime, settings, events, received_ms)
     except ProduceFailed as exc:
         log.warning("consent for a resident not recorded, broker unavailable: %s", exc)
         return _problem(503, "the event broker is unavailable; consent was not changed — "
                              "retry")
-    entries = declaration_entries([parse_event(event)], actor(request, role),
+    entries = declaration_entries([parse_event(e) for e in events], actor(request, role),
                                   settings.pseudonym_secret)
     await asyncio.to_thread(audit_log(request.app).record_many, entries)
     answer = {"resident_id": resident_id, "personalisation": body.personalisation,
-              "effective": False, "event_id": event["event_id"], "ts": event["ts"],
-              "notice": None}
+              "contact": body.contact, "effective": False,
+              "event_id": events[0]["event_id"], "event_ids": [e["event_id"] for e in events],
+              "ts": now.isoformat(), "notice": None}
     try:
-        answer["effective"] = await runtime.store.set_consent(resident_id, bool(value), now)
+        applied = [await runtime.store.set_consent(resident_id, given, now, purpose)
+                   for purpose, given in body.decisions()]
+        answer["effective"] = all(applied)
         if not answer["effective"]:
             answer["notice"] = ("a more recent consent decision is already recorded; it "
                                 "stands")
@@ -178,7 +209,7 @@ async def delete_resident(resident_id: ResidentId, request: Request, runtime: Ru
     event = erase_event(resident_id, datetime.fromtimestamp(report.cutoff, UTC))
     problems = list(report.errors)
     try:
-        await _produce(runtime, settings, event)
+        await _produce(runtime, settings, [event])
     except ProduceFailed as exc:
         problems.append(f"broker: {exc}")
     outcome = "partial" if problems else "ok"

@@ -21,7 +21,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from bouquet.core.keys import Keys
-from bouquet.core.profile import decode_profile
+from bouquet.core.profile import CONSENT_FIELDS, decode_profile
 from bouquet.core.scripts import lua_script
 from bouquet.models.online import PublishedVersion, decode_meta, unpack_list
 
@@ -117,21 +117,40 @@ class OnlineStore:
         self._read = redis.register_script(_READ_LUA)
         self._consent = redis.register_script(_CONSENT_LUA)
 
-    async def set_consent(self, resident_id: str, consent: bool, at: datetime) -> bool:
-        """Record a consent decision received at ``at`` (server time, to the millisecond:
-        the Kafka time stamp its event carries) in the real-time profile, the later receipt
-        winning (the consumer's rule for consent events); False when a later decision
-        already stands."""
-        applied = await self._consent(keys=[self.keys.profile(resident_id)],
-                                      args=["1" if consent else "0", f"{at.timestamp():.3f}"])
-        return bool(int(applied))
+    async def set_consent(self, resident_id: str, consent: bool, at: datetime,
+                          purpose: str = "personalisation") -> bool:
+        """Record a consent decision of ``purpose`` received at ``at`` (server time, to the
+        millisecond: the Kafka time stamp its event carries) in the real-time profile, the
+        later receipt winning (the consumer's rule for consent events); False when a later
+        decision already stands. Contact consent also keeps the outreach planner's
+        contactable set (``{eng}`` slot), in a second call after the profile write, so that
+        the script stays on the resident's own hash slot (a Redis Cluster allows no other).
+        A crash between the two leaves the set stale until the consumer applies this
+        decision's event (same receipt time: it writes the same decision and updates the
+        set); harmless meanwhile, because the set is only an index of the profile's
+        ``contact`` field, which the planner re-checks."""
+        field = CONSENT_FIELDS[purpose]
+        applied = bool(int(await self._consent(
+            keys=[self.keys.profile(resident_id)],
+            args=[field, "1" if consent else "0", f"{at.timestamp():.3f}"])))
+        if applied and purpose == "contact":
+            if consent:
+                await self.redis.sadd(self.keys.contactable(), resident_id)
+            else:
+                await self.redis.srem(self.keys.contactable(), resident_id)
+        return applied
 
     async def pointers(self, names: Iterable[str]) -> dict[str, str | None]:
         """Current keyspace version of ``current`` and of each named experiment pointer."""
         names = list(names)
         keys = [self.keys.current_version() if n == "current" else self.keys.variant_pointer(n)
                 for n in names]
-        values = await self.redis.mget(keys)
+        # GETs in a pipeline, not one MGET: the pointers need not share a Redis Cluster
+        # slot, and a cluster client splits a pipeline by node (one round trip on one Redis)
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.get(key)
+        values = await pipe.execute()
         return {n: (_text(v) if v is not None else None) for n, v in zip(names, values,
                                                                          strict=True)}
 

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 
 from bouquet.core.cadence import CADENCE_CLASSES, cadence_class
 from bouquet.core.catalog import Catalog
-from bouquet.core.eventlog import SCHEMA
+from bouquet.core.eventlog import DECLARED_COLUMNS, SCHEMA
 from bouquet.core.recommendation import RecommendationIds, development_ids
 
 #: Type codes (index into this tuple) used in :attr:`EventColumns.type`.
@@ -227,6 +227,8 @@ def to_arrow(events: EventColumns, vocab: Vocabulary, *, first_seq: int = 0) -> 
         "context": _take_or_null(vocab.contexts, events.context),
         "schema_version": pa.array(np.ones(n, np.int16)),
         "ingested_at": pa.nulls(n, pa.timestamp("us", tz="UTC")),
+        # a profile's declared attributes stay in `context`; the log's writer types them
+        **{name: pa.nulls(n, SCHEMA.field(name).type) for name in DECLARED_COLUMNS},
     }
     return pa.table(columns, schema=SCHEMA)
 

@@ -40,7 +40,7 @@ import pandas as pd
 import pyarrow as pa
 
 from bouquet.core.catalog import Catalog
-from bouquet.core.eventlog import SCHEMA
+from bouquet.core.eventlog import DECLARED_COLUMNS, SCHEMA
 from bouquet.privacy.pseudonyms import pseudonymise
 
 log = logging.getLogger(__name__)
@@ -198,6 +198,8 @@ def replay_table(trips: Trips, catalog: Catalog, secret: str, *,
         "context": pa.array(merged["context"][order], pa.string()),
         "schema_version": pa.array(np.ones(total, np.int16)),
         "ingested_at": pa.nulls(total, pa.timestamp("us", tz="UTC")),
+        # a profile's declared attributes stay in `context`; the log's writer types them
+        **{name: pa.nulls(total, SCHEMA.field(name).type) for name in DECLARED_COLUMNS},
     }, schema=SCHEMA)
 
 

@@ -103,12 +103,14 @@ class KafkaSink:
         self.events = 0
         self._pending: list[Any] = []
         self._t0: float | None = None
-        self._unconfirmed: list[str] = []  # ids sent since the last wait_applied
+        #: (event id, resident id) of the events sent since the last wait_applied
+        self._unconfirmed: list[tuple[str, str]] = []
 
     def __call__(self, table: pa.Table, offsets: np.ndarray | None = None) -> None:
         if self._t0 is None:
             self._t0 = time.monotonic()
-        self._unconfirmed += table["event_id"].to_pylist()
+        self._unconfirmed += zip(table["event_id"].to_pylist(),
+                                 table["resident_id"].to_pylist(), strict=True)
         reported = 0
         for i, payload in enumerate(table_to_payloads(table)):
             due = (offsets[i] if offsets is not None
@@ -145,23 +147,21 @@ class KafkaSink:
         de-duplication marker is in Redis: the consumer writes it with the event's
         effects); False, with a warning, after ``timeout_s``. The closed loop waits so the
         next week's answers are given on what residents did this week."""
-        import redis
-
         from bouquet.core.keys import Keys
+        from bouquet.core.redisclient import redis_client
+        from bouquet.streaming.state import applied_event_ids
 
         self._check()
         keys = Keys(settings.redis_key_prefix)
-        missing = [keys.seen_event(e) for e in self._unconfirmed]
+        missing = self._unconfirmed
         self._unconfirmed = []
-        client = redis.Redis.from_url(settings.redis_url)
+        client = redis_client(settings.redis_url)
         deadline = time.monotonic() + timeout_s
         try:
             while missing:
-                pipe = client.pipeline(transaction=False)
-                for key in missing:
-                    pipe.exists(key)
-                missing = [k for k, found in zip(missing, pipe.execute(), strict=True)
-                           if not found]
+                applied = applied_event_ids(client, keys, missing,
+                                            settings.ingest_dedup_ttl_s)
+                missing = [e for e in missing if e[0] not in applied]
                 if not missing:
                     break
                 if time.monotonic() > deadline:

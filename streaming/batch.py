@@ -5,7 +5,7 @@ outputs of a batch directly instead of going through intermediate objects:
 
 * rows of the event-log table (:data:`bouquet.core.eventlog.COLUMNS`), to become one
   Arrow table per batch;
-* the flat argument list of the Redis batch script (:mod:`bouquet.streaming.state`);
+* one Redis slot per event (a tuple: what :mod:`bouquet.streaming.state` aggregates);
 * dead letters (original bytes + reason) for the dead-letter topic.
 
 Validation is exactly :func:`bouquet.core.events.parse_event` followed by
@@ -43,12 +43,13 @@ from bouquet.core.events import (
     InteractionEvent,
     _context_depth,
     check_against_catalog,
+    consent_purpose,
     parse_event,
     personal_data_in,
 )
 from bouquet.core.keyring import resident_ref
 from bouquet.core.keys import Keys
-from bouquet.core.profile import profile_payload
+from bouquet.core.profile import consent_payload, profile_payload
 from bouquet.core.recommendation import RecommendationIds, development_ids
 from bouquet.streaming.state import FUNNEL_STAGES
 
@@ -106,12 +107,13 @@ _VALID_ID = re.compile(ID_RE).fullmatch
 
 @dataclass
 class Batch:
-    """What one flush writes: log rows, Redis script slots, dead letters, offsets."""
+    """What one flush writes: log rows, Redis slots (one per event), dead letters, offsets."""
 
     #: one tuple per valid event, in :data:`_LOG_COLUMNS` order (a tuple per event is
     #: cheaper on the hot path than eleven list appends; :meth:`table` transposes in C)
     rows: list[tuple[Any, ...]] = field(default_factory=list)
-    slots: list[str] = field(default_factory=list)
+    #: each valid event's Redis part (:data:`bouquet.streaming.state.Slot`), in row order
+    slots: list[tuple[Any, ...]] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     #: (topic, partition) → next offset to commit (last offset in the batch + 1)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
@@ -310,7 +312,7 @@ def plain_event(raw: bytes, max_bytes: int) -> tuple[_Plain, datetime] | None:
                 or (kind == "rate" and (value is None or not 1 <= value <= 5)):
             return None
     elif service_id is not None or bundle_id is not None \
-            or (kind == "consent" and value not in (0, 1)):
+            or (kind == "consent" and (value not in (0, 1) or consent_purpose(context) is None)):
         return None
     try:
         when = datetime.fromisoformat(e.ts).astimezone(UTC)
@@ -350,7 +352,7 @@ class BatchBuilder:
         self._buckets: dict[date, tuple[str, str]] = {}
         self._targets: dict[tuple[str | None, str | None], tuple[str, str]] = {}
         self._funnels: dict[tuple[str, str], tuple[str, str]] = {}
-        self._combos: dict[tuple[str, ...], str] = {}
+        self._combos: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._now_s = 0.0  # the clock of the records being added (add_records)
 
     def add(self, batch: Batch, record: Any, now: datetime | None = None) -> bool:
@@ -499,8 +501,8 @@ class BatchBuilder:
                 service_id: str | None, bundle_id: str | None, ts: datetime, channel: str,
                 value: float | None, reference: str | None, context: dict[str, Any],
                 received_ms: int | None = None) -> None:
-        """Lay out one valid event: its log row and its Redis script slot (``received_ms``:
-        the record's Kafka time stamp, which orders consent decisions)."""
+        """Lay out one valid event: its log row and its Redis slot (``received_ms``: the
+        record's Kafka time stamp, which orders consent decisions)."""
         batch.rows.append((
             event_id, resident_id, kind, service_id, bundle_id, ts, channel, value, reference,
             json.dumps(context, separators=(",", ":"), sort_keys=True) if context else None,
@@ -522,17 +524,16 @@ class BatchBuilder:
         elif kind == "profile":
             payload = profile_payload(context)
         elif kind == "consent":
-            payload = consent_payload(value == 1, receipt_time(received_ms, self._now_s))
+            payload = consent_payload(consent_purpose(context) or "personalisation",
+                                      value == 1, receipt_time(received_ms, self._now_s))
         else:  # erase
             payload = ""
             batch.has_erasures = True
-        combo = self._combos.get((day, week, channel, domain, factor))
-        if combo is None:
-            combo = self._combos[(day, week, channel, domain, factor)] = \
-                f"{day}|{week}|{channel}|{domain}|{factor}"
-        batch.slots.append(f"{event_id}\x1f{resident_id}\x1f{kind}\x1f{epoch}\x1f{combo}"
-                           f"\x1f{payload}\x1f{members}\x1f{funnel_key}\x1f{stage}"
-                           f"\x1f{funnel_member}")
+        # one shared tuple per distinct combination: the state writer caches by identity
+        key = (day, week, channel, domain, factor)
+        combo = self._combos.setdefault(key, key)
+        batch.slots.append((event_id, resident_id, kind, epoch, combo, payload, members,
+                            funnel_key, stage, funnel_member))
 
 
 def receipt_time(record_timestamp_ms: int | None, now_s: float) -> float:
@@ -542,14 +543,6 @@ def receipt_time(record_timestamp_ms: int | None, now_s: float) -> float:
     if record_timestamp_ms is None or record_timestamp_ms <= 0:
         return now_s
     return min(record_timestamp_ms / 1000, now_s)
-
-
-def consent_payload(granted: bool, received_s: float) -> str:
-    """The batch script's payload of a consent event: ``<1|0> <receipt epoch s>``. Consent
-    decisions take effect in order of receipt (the later receipt wins), not by the time
-    stamp the client wrote, which a client chooses (serving/set_consent.lua, the API's
-    write, uses the same rule and the same clock)."""
-    return f"{'1' if granted else '0'} {received_s:.3f}"
 
 
 def holding_members(service_id: str | None, bundle_id: str | None) -> str:

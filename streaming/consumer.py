@@ -51,11 +51,21 @@ from kafka.errors import (
     UnknownMemberIdError,
 )
 from kafka.structs import OffsetAndMetadata
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_base,
+    retry_if_exception,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
 
 from bouquet.core.catalog import Catalog, load_catalog
 from bouquet.core.eventlog import EventLog
 from bouquet.core.keys import Keys
 from bouquet.core.recommendation import RecommendationIds
+from bouquet.core.redisclient import SyncClient, redis_client
 from bouquet.core.settings import Settings
 from bouquet.streaming import metrics
 from bouquet.streaming.batch import Batch, BatchBuilder, DeadLetter
@@ -68,6 +78,9 @@ T = TypeVar("T")
 #: the records will be delivered again (to us or to another member) and de-duplicated.
 _REBALANCE_ERRORS = (CommitFailedError, RebalanceInProgressError, IllegalGenerationError,
                      UnknownMemberIdError)
+#: Failures of Redis and of the disk that are worth retrying (a restart, a full moment).
+_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError,
+              redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError, OSError)
 
 
 class ErasureHooks(Protocol):
@@ -88,6 +101,10 @@ class ErasureHooks(Protocol):
 
 class IngestError(RuntimeError):
     """A failure that outlasted the retries; the current batch was not committed."""
+
+
+class _Unacknowledged(Exception):
+    """Dead letters the broker has not acknowledged (yet)."""
 
 
 @dataclass
@@ -219,7 +236,7 @@ class IngestConsumer:
         self._batch = Batch()
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
-        self._redis: redis.Redis | None = None
+        self._redis: SyncClient | None = None
         self._state: StateWriter | None = None
         #: (topic, partition) → next offset we will see (tracked from polled records)
         self._positions: dict[tuple[str, int], int] = {}
@@ -244,9 +261,15 @@ class IngestConsumer:
         self._stop.set()
 
     def _connect(self) -> None:
-        self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=30,
+        def connect() -> StateWriter:
+            if self._redis is None:  # a cluster client asks for the slot map at once
+                self._redis = redis_client(self.settings.redis_url, socket_timeout=30,
                                            socket_connect_timeout=5, health_check_interval=30)
-        self._state = StateWriter(self._redis, self.keys, state_config(self.settings))
+            return StateWriter(self._redis, self.keys, state_config(self.settings))
+
+        self._state = self._retry("redis", connect)
+        # a crash between a cluster's two write steps left aggregates in the outboxes
+        self._retry("redis", self._state.drain)
         try:
             self._consumer = self._new_consumer()
         except KafkaError as exc:
@@ -403,20 +426,14 @@ class IngestConsumer:
         retries itself; past the bound, :class:`IngestError` (nothing uncommitted is lost:
         the next run starts from the last commit)."""
         assert self._consumer is not None
-        for attempt in range(self.options.retry_attempts + 1):
-            try:
-                return self._consumer.poll(timeout_ms=100, max_records=room)
-            except KafkaError as exc:
-                if attempt == self.options.retry_attempts or not getattr(exc, "retriable",
-                                                                         False):
-                    raise IngestError(f"polling the broker failed: {exc}") from exc
-                delay = self._backoff(attempt)
-                log.warning("poll failed (%s); retry %d/%d in %.2f s", exc, attempt + 1,
-                            self.options.retry_attempts, delay)
-                metrics.RETRIES.labels("poll").inc()
-                self.stats.retries += 1
-                time.sleep(delay)
-        raise AssertionError("unreachable")
+        consumer = self._consumer
+        retriable = retry_if_exception(
+            lambda exc: isinstance(exc, KafkaError) and getattr(exc, "retriable", False))
+        try:
+            return self._retrying("poll", retriable)(
+                lambda: consumer.poll(timeout_ms=100, max_records=room))
+        except KafkaError as exc:
+            raise IngestError(f"polling the broker failed: {exc}") from exc
 
     def _should_flush(self, now: float) -> bool:
         batch = self._batch
@@ -653,8 +670,13 @@ class IngestConsumer:
     def _await_dead_letters(self, letters: list[DeadLetter], futures: list[Any]) -> None:
         """Wait for the broker's acks; re-send what failed, within the retry bound."""
         pending = list(zip(letters, futures, strict=True))
-        for attempt in range(self.options.retry_attempts + 1):
-            failed: list[DeadLetter] = []
+        failed: list[DeadLetter] = []
+
+        def acknowledged() -> None:
+            nonlocal pending, failed
+            if failed:  # a retry: send again what was not acknowledged
+                pending = list(zip(failed, self._send_dead_letters(failed), strict=True))
+            failed = []
             for letter, future in pending:
                 try:
                     future.get(timeout=30)
@@ -662,71 +684,82 @@ class IngestConsumer:
                     log.warning("dead letter %s[%d]@%d not acknowledged: %s", letter.topic,
                                 letter.partition, letter.offset, exc)
                     failed.append(letter)
-            if not failed:
-                return
-            if attempt == self.options.retry_attempts:
-                break
-            metrics.RETRIES.labels("dlq").inc()
-            time.sleep(self._backoff(attempt))
-            pending = list(zip(failed, self._send_dead_letters(failed), strict=True))
-        raise IngestError(f"{len(failed)} dead letters not acknowledged by the broker after "
-                          f"{self.options.retry_attempts} retries; nothing committed")
+            if failed:
+                raise _Unacknowledged(len(failed))
 
-    def _backoff(self, attempt: int) -> float:
-        return min(self.options.retry_max_s, self.options.retry_base_s * 2 ** attempt)
+        try:
+            self._retrying("dlq", retry_if_exception_type(_Unacknowledged))(acknowledged)
+        except _Unacknowledged:
+            raise IngestError(f"{len(failed)} dead letters not acknowledged by the broker "
+                              f"after {self.options.retry_attempts} retries; nothing "
+                              "committed") from None
+
+    def _retrying(self, target: str, retry: retry_base) -> Retrying:
+        """The retry policy of every loop here (tenacity): exponential backoff from
+        ``retry_base_s`` doubling up to ``retry_max_s``, at most ``retry_attempts``
+        retries; each retry is logged and counted (``bouquet_ingest_retries_total``). The
+        last failure is re-raised as it was."""
+        o = self.options
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            delay = state.next_action.sleep if state.next_action else 0.0
+            log.warning("%s failed (%s); retry %d/%d in %.2f s", target, exc,
+                        state.attempt_number, o.retry_attempts, delay)
+            metrics.RETRIES.labels(target).inc()
+            self.stats.retries += 1
+
+        return Retrying(stop=stop_after_attempt(o.retry_attempts + 1),
+                        wait=wait_exponential(multiplier=o.retry_base_s, max=o.retry_max_s),
+                        retry=retry, before_sleep=before_sleep, reraise=True)
 
     def _retry(self, target: str, action: Callable[[], T]) -> T:
-        """Run ``action``, retrying transient Redis/disk failures with exponential backoff.
+        """Run ``action``, retrying transient Redis/disk failures (:meth:`_retrying`).
 
-        Retrying the Redis script is safe even when the failed call did run: its
-        per-event markers make the second run a no-op for what the first applied.
+        Retrying the Redis scripts is safe even when the failed call did run: their
+        markers make the second run a no-op for what the first applied.
         """
-        for attempt in range(self.options.retry_attempts + 1):
-            try:
-                return action()
-            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError,
-                    OSError) as exc:
-                if attempt == self.options.retry_attempts:
-                    raise IngestError(f"{target} still failing after "
-                                      f"{self.options.retry_attempts} retries: {exc}") from exc
-                delay = self._backoff(attempt)
-                log.warning("%s failed (%s); retry %d/%d in %.2f s", target, exc, attempt + 1,
-                            self.options.retry_attempts, delay)
-                metrics.RETRIES.labels(target).inc()
-                self.stats.retries += 1
-                time.sleep(delay)
-        raise AssertionError("unreachable")
+        try:
+            return self._retrying(target, retry_if_exception_type(_TRANSIENT))(action)
+        except _TRANSIENT as exc:
+            raise IngestError(f"{target} still failing after {self.options.retry_attempts} "
+                              f"retries: {exc}") from exc
 
     def _commit(self, batch: Batch) -> None:
         """Commit the batch's offsets. A rebalance-related failure is not retried: the
         group has moved on and the records come back (de-duplicated). Other failures are
         retried; if they persist the next batch's commit covers these offsets."""
         assert self._consumer is not None
+        consumer = self._consumer
         offsets = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
                    for (t, p), o in batch.offsets.items()}
-        for attempt in range(self.options.retry_attempts + 1):
+
+        def commit() -> None:
             try:
-                self._consumer.commit(offsets)
-            except _REBALANCE_ERRORS as exc:
-                self.stats.commit_failures += 1
-                metrics.COMMITS.labels("rebalance").inc()
-                log.info("commit skipped, the group is rebalancing (%s): %d records will be "
-                         "delivered again and de-duplicated", type(exc).__name__, batch.records)
-                return
-            except KafkaError as exc:
+                consumer.commit(offsets)
+            except _REBALANCE_ERRORS:
+                raise
+            except KafkaError:
                 self.stats.commit_failures += 1
                 metrics.COMMITS.labels("error").inc()
-                if attempt == self.options.retry_attempts:
-                    log.error("commit failed %d times (%s); continuing, the next commit covers "
-                              "these offsets", attempt + 1, exc)
-                    return
-                metrics.RETRIES.labels("commit").inc()
-                time.sleep(self._backoff(attempt))
-            else:
-                self.stats.commits += 1
-                self.stats.last_commit_at = time.time()
-                metrics.COMMITS.labels("ok").inc()
-                return
+                raise
+
+        not_rebalance = retry_if_exception(lambda exc: isinstance(exc, KafkaError)
+                                           and not isinstance(exc, _REBALANCE_ERRORS))
+        try:
+            self._retrying("commit", not_rebalance)(commit)
+        except _REBALANCE_ERRORS as exc:
+            self.stats.commit_failures += 1
+            metrics.COMMITS.labels("rebalance").inc()
+            log.info("commit skipped, the group is rebalancing (%s): %d records will be "
+                     "delivered again and de-duplicated", type(exc).__name__, batch.records)
+        except KafkaError as exc:
+            log.error("commit failed %d times (%s); continuing, the next commit covers these "
+                      "offsets", self.options.retry_attempts + 1, exc)
+        else:
+            self.stats.commits += 1
+            self.stats.last_commit_at = time.time()
+            metrics.COMMITS.labels("ok").inc()
 
 
 def _tune_gc() -> tuple[int, int, int]:

@@ -98,6 +98,20 @@ class EventProducer:
             raise ProduceFailed(f"broker did not acknowledge: {exc}") from exc
         return len(futures)
 
+    def send_raw_and_wait(self, messages: Iterable[tuple[bytes, bytes]], topic: str,
+                          timeout_s: float = 30.0) -> int:
+        """Send ``(key, value)`` byte pairs to ``topic`` (the outreach messages) and return
+        only once the broker acknowledged every one; raises :class:`ProduceFailed`."""
+        try:
+            futures = [self._producer.send(topic, key=key, value=value)
+                       for key, value in messages]
+            self._producer.flush(timeout=timeout_s)
+            for future in futures:
+                future.get(timeout=timeout_s)
+        except KafkaError as exc:
+            raise ProduceFailed(f"broker did not acknowledge: {exc}") from exc
+        return len(futures)
+
     def flush(self, timeout_s: float | None = None) -> None:
         try:
             self._producer.flush(timeout=timeout_s)

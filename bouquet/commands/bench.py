@@ -14,7 +14,17 @@ from types import ModuleType
 
 import typer
 
-from bouquet.benchmarks import bundles, engagement, families, ingest, screen, serve, soak, train
+from bouquet.benchmarks import (
+    bundles,
+    engagement,
+    families,
+    ingest,
+    outreach,
+    screen,
+    serve,
+    soak,
+    train,
+)
 from bouquet.benchmarks.harness import BenchResult, print_result, write_json
 from bouquet.core.settings import get_settings
 
@@ -22,8 +32,8 @@ log = logging.getLogger(__name__)
 bench_app = typer.Typer(help="Benchmarks; each prints a table and can write contract JSON.",
                         no_args_is_help=True)
 #: Every benchmark, in the order ``bench all`` runs them.
-BENCHMARKS: tuple[ModuleType, ...] = (bundles, engagement, families, ingest, screen, serve,
-                                      soak, train)
+BENCHMARKS: tuple[ModuleType, ...] = (bundles, engagement, families, ingest, outreach, screen,
+                                      serve, soak, train)
 
 
 @bench_app.command("all")

@@ -128,9 +128,9 @@ def _show_live_personalisation(base: str, settings: Settings) -> None:
 def _a_personalised_answer(base: str, headers: dict[str, str], settings: Settings,
                            tries: int = 200) -> tuple[str, dict]:
     """A consenting resident with a published list, and their current answer."""
-    import redis
+    from bouquet.core.redisclient import redis_client
 
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client = redis_client(settings.redis_url, decode_responses=True)
     pattern = Keys(settings.redis_key_prefix).profiles_pattern()
     last: tuple[str, dict] | None = None
     for key in client.scan_iter(match=pattern, count=500):

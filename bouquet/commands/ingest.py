@@ -11,9 +11,9 @@ import json
 import logging
 from pathlib import Path
 
-import redis
 import typer
 
+from bouquet.core.redisclient import redis_client
 from bouquet.core.settings import get_settings
 from bouquet.localstack import ensure_topics
 from bouquet.privacy.erasure import ErasureCascade
@@ -61,8 +61,7 @@ def ingest(
     ensure_topics(settings)
     # erasures reach the register and the published lists as the consumer applies them,
     # and late events of erased residents are dropped (docs/privacy.md)
-    cascade = ErasureCascade(settings, redis.Redis.from_url(settings.redis_url,
-                                                            socket_timeout=30))
+    cascade = ErasureCascade(settings, redis_client(settings.redis_url, socket_timeout=30))
     consumer = IngestConsumer(settings, options=options, erasure=cascade)
     try:
         stats = consumer.run()

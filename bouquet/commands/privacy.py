@@ -20,9 +20,9 @@ from bouquet.core.settings import Settings, get_settings
 
 
 def _redis(settings: Settings) -> Any:
-    import redis
+    from bouquet.core.redisclient import redis_client
 
-    return redis.Redis.from_url(settings.redis_url, socket_timeout=30, socket_connect_timeout=5)
+    return redis_client(settings.redis_url, socket_timeout=30, socket_connect_timeout=5)
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:

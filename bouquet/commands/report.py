@@ -26,6 +26,7 @@ from bouquet.analytics.engagement import CADENCES, CadenceRules
 from bouquet.analytics.figures import BadQuery
 from bouquet.analytics.service import EngagementService, plain_dict
 from bouquet.analytics.tables import Table
+from bouquet.core.redisclient import SyncClient, redis_client
 from bouquet.core.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -118,8 +119,11 @@ def _print(table: Table, view: str, by: str) -> None:
     console.print(out)
 
 
-def _live_client(settings: Settings) -> redis.Redis | None:
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
+def _live_client(settings: Settings) -> SyncClient | None:
+    try:
+        client = redis_client(settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
+    except (redis.RedisError, OSError):  # a cluster client asks for the slot map at once
+        return None
     try:
         client.ping()
     except (redis.RedisError, OSError):
@@ -129,17 +133,21 @@ def _live_client(settings: Settings) -> redis.Redis | None:
 
 
 def build(settings: Settings, *, weeks: int, by: str, value: str | None,
-          live: bool = True) -> dict[str, Any]:
-    """Every table of the report (what ``--json`` prints)."""
+          live: bool = True, events: str = "use") -> dict[str, Any]:
+    """Every table of the report (what ``--json`` prints): the figures over the contacts
+    of the cadence class ``events`` (use: the headline), the summary of all three."""
+    from bouquet.privacy.erasure import ErasureRegister
+
     svc = EngagementService(settings, ttl_s=0,
-                            rules=CadenceRules.for_window(settings.engagement_window_days))
+                            rules=CadenceRules.for_window(settings.engagement_window_days),
+                            erasures=ErasureRegister.for_settings(settings))
     months = max(1, -(-weeks * 7 // 30))
     out: dict[str, Any] = {"summary": svc.summary(None)}
     for name in ("cadence", "stickiness", "contacts"):
-        out[name] = svc.figure(name, by=by, value=value, last=weeks)
-    out["monthly"] = svc.figure("monthly", by=by, value=value, last=months)
-    out["cohorts"] = svc.figure("cohorts", by=by, value=value, last=months)
-    out["lifetime"] = svc.figure("lifetime", by=by, value=value)
+        out[name] = svc.figure(name, by=by, value=value, last=weeks, events=events)
+    out["monthly"] = svc.figure("monthly", by=by, value=value, last=months, events=events)
+    out["cohorts"] = svc.figure("cohorts", by=by, value=value, last=months, events=events)
+    out["lifetime"] = svc.figure("lifetime", by=by, value=value, events=events)
     out["funnel"] = svc.funnel(by=by, value=value)
     out["uplift"] = svc.uplift(by=by, value=value)
     out["live"] = None
@@ -171,14 +179,18 @@ def engagement(
                                    help="Event log folder (default: BOUQUET_EVENT_LOG_DIR)."),
     live: bool = typer.Option(True, "--live/--no-live",
                               help="Add today's and this week's Redis counters."),
+    events: str = typer.Option("use", "--events",
+                               help="Cadence class the figures count: use (the headline), "
+                               "response or exposure."),
 ) -> None:
     """Cadence, stickiness, contacts per resident, months, cohorts, lifetime contacts and
-    the funnel."""
+    the funnel; use cadence is the headline, response and exposure beside it."""
     settings = get_settings()
     if event_log is not None:
         settings = settings.model_copy(update={"event_log_dir": event_log})
     try:
-        tables = build(settings, weeks=weeks, by=by.value, value=value, live=live)
+        tables = build(settings, weeks=weeks, by=by.value, value=value, live=live,
+                       events=events)
     except BadQuery as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
@@ -192,6 +204,13 @@ def engagement(
                   f"{src['residents']:,} known residents, {src['first_day']} → "
                   f"{src['last_day']}. Cells under {summary['small_cell_k']} residents "
                   "are hidden (◌).")
+    headline = summary.get("headline")
+    if headline:
+        line = [f"{headline['week']}: use cadence weekly or better "
+                f"{fmt(headline['share_weekly_plus'], 'share')}"]
+        for name, row in summary["beside"].items():
+            line.append(f"{name} {fmt(row['share_weekly_plus'], 'share')}")
+        console.print("; ".join(line) + f" — tables below count {events} contacts.")
     for name in ("cadence", "stickiness", "contacts", "monthly", "cohorts", "lifetime",
                  "funnel", "uplift"):
         _print(tables[name], name, by.value)

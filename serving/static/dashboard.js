@@ -161,21 +161,32 @@
       const d = 100 * (h.share_weekly_plus - before);
       trend = `${d >= 0 ? "+" : ""}${d.toFixed(1)} pt in 4 weeks`;
     }
+    /* The headline counts use (the resident acts with a service); response and exposure
+     * are beside it, never mixed in: showing more must not raise the headline. */
     card(box, "known", `known residents (${h.week})`, h.known, "count");
-    card(box, "share_weekly_plus", "at a weekly or daily cadence", h.share_weekly_plus,
+    card(box, "share_weekly_plus", "using a service weekly or daily", h.share_weekly_plus,
       "share", trend);
-    card(box, "share_dormant", "dormant (no contact in a year)", h.share_dormant, "share");
-    card(box, "dau_mau", "DAU / MAU", h.dau_mau, "share");
-    card(box, "wau_mau", "WAU / MAU", h.wau_mau, "share");
-    card(box, "mean_contacts_per_known", "contacts per resident this week",
+    const beside = summary.beside || {};
+    if (beside.response) {
+      card(box, "response_share_weekly_plus", "responding to offers weekly or daily",
+        beside.response.share_weekly_plus, "share", "clicks, dismissals, unsubscriptions");
+    }
+    if (beside.exposure) {
+      card(box, "exposure_share_weekly_plus", "shown offers weekly or daily",
+        beside.exposure.share_weekly_plus, "share", "exposure, not engagement");
+    }
+    card(box, "share_dormant", "dormant (no use in a year)", h.share_dormant, "share");
+    card(box, "dau_mau", "DAU / MAU (use)", h.dau_mau, "share");
+    card(box, "wau_mau", "WAU / MAU (use)", h.wau_mau, "share");
+    card(box, "mean_contacts_per_known", "uses per resident this week",
       h.mean_contacts_per_known, "mean");
-    card(box, "share_single_contact", "only ever one contact", h.share_single_contact,
+    card(box, "share_single_contact", "only ever one use", h.share_single_contact,
       "share");
     const live = summary.live;
     if (live && live.active) {
-      card(box, "live_today", `active today (${live.active.day}, live)`,
+      card(box, "live_today", `active today (${live.active.day}, live, any contact)`,
         liveValue(live, "day", "all"), "count");
-      card(box, "live_week", `active this week (${live.active.week}, live)`,
+      card(box, "live_week", `active this week (${live.active.week}, live, any contact)`,
         liveValue(live, "week", "all"), "count");
     }
   }
@@ -274,6 +285,10 @@
       ["used_residents", "used", "count"], ["used_rate", "use rate", "share"],
       ["shown_events", "shown (events)", "count"],
     ], arms.rows, (r) => r.arm);
+    // an empty funnel says why (front ends must echo recommendation_id), not just "no data"
+    const hint = $("funnel-hint");
+    hint.textContent = arms.hint || "";
+    hint.hidden = !arms.hint;
     $("uplift-baseline").textContent = uplift.baseline || "the baseline";
     table($("uplift"), [
       ["arm", "arm"], ["stage", "stage"], ["rate", "rate", "share"],
@@ -281,6 +296,41 @@
       ["ci_low", "95% low", "ci"], ["ci_high", "95% high", "ci"],
       ["significant", "significant", "flag"],
     ], uplift.rows, (r) => `${r.arm}/${r.stage}`);
+  }
+
+  /* Outreach breaks down by neighbourhood and domain only; other choices show the city. */
+  function outreachScope() {
+    const s = scope();
+    return ["neighbourhood", "domain"].includes(s.by) ? s :
+      { by: "all", value: "", label: "whole city" };
+  }
+
+  async function renderOutreach() {
+    const s = outreachScope();
+    const weeks = Math.min(Number($("weeks").value) || 12, 12);
+    $("outreach-scope").textContent = `(${s.label}, last ${weeks} weeks)`;
+    const params = { by: s.by === "all" ? "" : s.by, value: s.value, weeks: String(weeks) };
+    const [funnel, lift] = await Promise.all([
+      api(`/v1/operator/outreach${query(params)}`),
+      api(`/v1/operator/outreach/lift${query(params)}`),
+    ]);
+    const pick = (rows) => rows.filter((r) => r.dimension === s.by &&
+      (s.by === "all" || !s.value || r.value === s.value));
+    table($("outreach"), [
+      ["week", "week"], ...(s.by === "all" ? [] : [["value", s.by]]),
+      ["planned", "planned", "count"], ["sent", "sent", "count"],
+      ["opened", "opened", "count"], ["open_rate", "open rate", "share"],
+      ["converted", "converted", "count"], ["conversion_rate", "conversion", "share"],
+      ["dismissed", "dismissed", "count"], ["contactable", "contactable", "count"],
+      ["opted_out", "opted out", "count"], ["opt_out_rate", "opt-out rate", "share"],
+    ], pick(funnel.rows), (r) => `${r.week}/${r.value}`);
+    table($("outreach-lift"), [
+      ["week", "week"], ...(s.by === "all" ? [] : [["value", s.by]]),
+      ["nudged_residents", "nudged", "count"], ["nudged_share", "weekly+ share", "share"],
+      ["holdout_residents", "holdout", "count"], ["holdout_share", "weekly+ share", "share"],
+      ["difference", "difference", "ci"], ["ci_low", "95% low", "ci"],
+      ["ci_high", "95% high", "ci"],
+    ], pick(lift.rows), (r) => `${r.week}/${r.value}`);
   }
 
   function renderLive() {
@@ -321,7 +371,10 @@
       for (let m = 0; m < maxM; m += 1) {
         const r = rows.find((x) => x.months_since === m);
         if (!r) { tr.insertCell(); continue; }
-        const td = cell(tr, r.retention, "share", `m${m}`, r.suppressed);
+        // the API names the hidden value `retention`: a suppressed cell shows ◌, not the
+        // "no residents" dash
+        const td = cell(tr, r.retention, "share", "retention", r.suppressed);
+        td.dataset.col = `m${m}`;
         if (r.retention !== null) td.style.setProperty("--heat", r.retention.toFixed(3));
       }
     });
@@ -358,7 +411,8 @@
       fillValues();
       renderHeadline();
       renderLive();
-      await Promise.all([renderCharts(), renderBreakdown(), renderFunnel(), renderCohorts()]);
+      await Promise.all([renderCharts(), renderBreakdown(), renderFunnel(), renderCohorts(),
+        renderOutreach()]);
       const src = summary.source;
       $("source").textContent = `Event log: ${fmt(src.events, "count")} events, ` +
         `${fmt(src.contacts, "count")} contacts, ${src.first_day || "–"} to ` +
@@ -385,9 +439,9 @@
     $("key-input").focus();
   }
 
-  async function downloadCsv(event, path, name) {
+  async function downloadCsv(event, path, name, scoper) {
     event.preventDefault();
-    const s = scope();
+    const s = (scoper || scope)();
     const text = await api(`${path}${query({ by: s.by, value: s.value, format: "csv" })}`,
       true);
     const a = document.createElement("a");
@@ -407,11 +461,11 @@
     });
     $("by").addEventListener("change", () => { fillValues(); load(); });
     $("value").addEventListener("change", () => { document.body.dataset.ready = "false";
-      Promise.all([renderCharts(), renderFunnel()]).then(() => {
+      Promise.all([renderCharts(), renderFunnel(), renderOutreach()]).then(() => {
         document.body.dataset.ready = "true";
       }); });
     $("weeks").addEventListener("change", () => { document.body.dataset.ready = "false";
-      Promise.all([renderCharts(), renderFunnel()]).then(() => {
+      Promise.all([renderCharts(), renderFunnel(), renderOutreach()]).then(() => {
         document.body.dataset.ready = "true";
       }); });
     $("refresh").addEventListener("click", load);
@@ -425,6 +479,11 @@
       (e) => downloadCsv(e, "/v1/operator/engagement/stickiness", "stickiness.csv"));
     $("csv-funnel").addEventListener("click",
       (e) => downloadCsv(e, "/v1/operator/funnel", "funnel.csv"));
+    $("csv-outreach").addEventListener("click",
+      (e) => downloadCsv(e, "/v1/operator/outreach", "outreach.csv", outreachScope));
+    $("csv-outreach-lift").addEventListener("click",
+      (e) => downloadCsv(e, "/v1/operator/outreach/lift", "outreach_lift.csv",
+        outreachScope));
     if (key()) load(); else askKey("");
   }
 

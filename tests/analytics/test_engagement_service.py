@@ -8,6 +8,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from bouquet.analytics.service import EngagementService
+from bouquet.core.recommendation import development_ids
 from bouquet.core.settings import Settings
 from tests.analytics.engagement_helpers import Log
 
@@ -100,3 +101,44 @@ def test_computed_figures_are_kept_in_a_bounded_cache(tmp_path: Path) -> None:
         svc.figure("daily", last=days)
     assert len(svc._memo) == MEMO_ENTRIES
     assert svc.computations == 1
+
+
+def test_the_headline_counts_use_with_response_and_exposure_beside(tmp_path: Path) -> None:
+    """Residents shown an offer every day but who use a service once are not at a weekly
+    cadence: showing more must not raise the headline."""
+    log = Log()
+    for i in range(12):
+        log.add(f"r{i}", "use", 0)
+        for day in range(35):
+            log.add(f"r{i}", "view", day)
+            if day % 2 == 0:
+                log.add(f"r{i}", "click", day)
+    log.write(tmp_path / "log")
+    svc = EngagementService(settings_for(tmp_path, small_cell_k=5), ttl_s=3600)
+    summary = svc.summary(None)
+    headline, beside = summary["headline"], summary["beside"]
+    assert headline["events"] == "use" and headline["share_weekly_plus"] == 0.0
+    assert set(beside) == {"response", "exposure"}
+    assert beside["exposure"]["share_weekly_plus"] == 1.0
+    assert beside["response"]["share_weekly_plus"] == 1.0
+    assert headline["week"] == beside["exposure"]["week"]
+    use = svc.figure("contacts", events="use").rows[-1]
+    shown = svc.figure("contacts", events="exposure").rows[-1]
+    assert use["contacts"] == 0 and shown["contacts"] == 12 * 7
+    assert svc.figure("cadence").to_json()["events"] == "use"
+
+
+def test_an_empty_funnel_says_what_front_ends_must_send(tmp_path: Path) -> None:
+    sample_log(tmp_path / "log")  # uses, none echoing a recommendation id
+    svc = EngagementService(settings_for(tmp_path), ttl_s=3600)
+    empty = svc.funnel().to_json()
+    assert empty["rows"] == [] and "recommendation_id" in empty["hint"]
+    assert "docs/engagement.md" in empty["hint"]
+    log = Log()
+    for i in range(6):
+        log.add(f"v{i}", "view", 1, recommendation_id=development_ids().mint(
+            "v1", "personal", nonce=i))
+    log.write(tmp_path / "log")
+    svc.invalidate()
+    filled = svc.funnel().to_json()
+    assert filled["rows"] and "hint" not in filled

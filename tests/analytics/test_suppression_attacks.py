@@ -62,7 +62,7 @@ def requests(svc: EngagementService) -> dict[str, list[Table]]:
     """Every answer of the family, per figure."""
     data = svc.data()
     choices = [("all", None)] + [(d, v) for d in DIMENSIONS
-                                 for v in (None, *data.dimension_values(d))]
+                                 for v in (None, *data.dimension_values[d])]
     out: dict[str, list[Table]] = {name: [] for name in figures.FIGURES}
     out["funnel"], out["uplift"] = [], []
     for by, value in choices:

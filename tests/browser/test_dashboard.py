@@ -136,6 +136,28 @@ def test_dashboard_draws_what_the_api_says(server: str, browser) -> None:
     for field in ("share_weekly_plus", "share_dormant", "dau_mau", "wau_mau"):
         assert page.inner_text(f"#headline-{field}") == fmt_share(head[field]), field
     assert page.inner_text("#headline-live_today") == "9"
+    # the headline counts use; response and exposure are beside it, from the same summary
+    assert head["events"] == "use"
+    for events in ("response", "exposure"):
+        assert page.inner_text(f"#headline-{events}_share_weekly_plus") == \
+            fmt_share(summary["beside"][events]["share_weekly_plus"]), events
+    assert "any contact" in page.inner_text("#headline")  # live counters say what they count
+
+    # cohorts: a hidden retention is ◌ (the legend's "hidden"), never the "–" of no residents
+    cohort_rows = api(server, "/v1/operator/engagement/cohorts?months=12")["rows"]
+    drawn_cohorts = dict(page.eval_on_selector_all(
+        "#cohorts tbody tr", "rows => rows.map(r => [r.dataset.key, Object.fromEntries("
+        "[...r.cells].map(c => [c.dataset.col, c.textContent]))])"))
+    hidden_cohorts = 0
+    for r in cohort_rows:
+        shown = drawn_cohorts[r["cohort"]].get(f"m{r['months_since']}")
+        if shown is None:  # beyond the twelve months the table draws
+            continue
+        hidden = "retention" in r["suppressed"]
+        want = "◌" if hidden else "–" if r["retention"] is None else fmt_share(r["retention"])
+        assert shown == want, (r["cohort"], r["months_since"])
+        hidden_cohorts += hidden
+    assert hidden_cohorts > 0, "this small city's cohorts have hidden cells"
 
     # cadence: one stacked bar per week, each segment = the API's share
     cadence = api(server, "/v1/operator/engagement/cadence?weeks=26")["rows"]
@@ -171,9 +193,16 @@ def test_dashboard_draws_what_the_api_says(server: str, browser) -> None:
               "subscribed": "subscribed_residents", "used": "used_residents"}
     for arm, stage, value in bars:
         assert int(value) == arms[arm][column[stage]], (arm, stage)
+    assert "hint" not in api(server, "/v1/operator/funnel?weeks=26")
+    assert page.is_hidden("#funnel-hint")  # shown only when the API says the funnel is empty
     uplift = api(server, "/v1/operator/funnel/uplift?weeks=26")
     assert page.inner_text("#uplift-baseline") == uplift["baseline"]
     assert page.locator("#uplift tbody tr").count() == len(uplift["rows"])
+    # outreach: no nudge in this city yet, so both tables say so (and the page loaded them)
+    for table_id, path in (("#outreach", "/v1/operator/outreach?weeks=12"),
+                           ("#outreach-lift", "/v1/operator/outreach/lift?weeks=12")):
+        assert api(server, path)["rows"] == []
+        assert page.inner_text(f"{table_id} tbody") == "no data yet"
 
     # breakdown table (neighbourhood, latest complete week): every cell = the API, hidden
     # ones ◌, shares of nobody –

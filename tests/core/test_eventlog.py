@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, datetime, timedelta
 
+import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
-from bouquet.core.eventlog import COLUMNS, EventLog, read_events, read_table
+from bouquet.core.eventlog import (
+    COLUMNS,
+    DECLARED_COLUMNS,
+    SCHEMA,
+    EventLog,
+    read_events,
+    read_table,
+    scan_events,
+)
 
 T0 = datetime(2026, 1, 31, 22, 0, tzinfo=UTC)
 
@@ -76,6 +88,23 @@ def test_reader_returns_only_the_columns_asked_for_even_without_ts(tmp_path) -> 
     assert list(frame["event_id"]) == ["e1", "e2"]  # still in time order
 
 
+@pytest.mark.parametrize("chunk_events", [1, 700, 10**9])
+def test_columnar_scan_returns_exactly_what_read_events_returns(tmp_path, messy_log,
+                                                                 chunk_events) -> None:
+    messy_log(tmp_path)
+    expected = read_events(tmp_path)
+    assert read_table(tmp_path).num_rows > len(expected) + 100  # copies and erasures to undo
+    assert expected["channel"].str.startswith("copy-").any()  # an earlier copy won
+    chunks = list(scan_events(tmp_path, chunk_events=chunk_events))
+    assert len(chunks) > 1 or chunk_events > 10**6
+    scanned = pd.concat([c.table(COLUMNS).to_pandas() for c in chunks], ignore_index=True)
+    pd.testing.assert_frame_equal(scanned, expected)
+    unerased = pd.concat([c.table(COLUMNS).to_pandas()
+                          for c in scan_events(tmp_path, apply_erasures=False)],
+                         ignore_index=True)
+    pd.testing.assert_frame_equal(unerased, read_events(tmp_path, apply_erasures=False))
+
+
 def test_ingested_at_keeps_the_order_of_receipt(tmp_path) -> None:
     """Rows of one append get strictly increasing ``ingested_at`` in row order — also across
     the date files one batch is split into — and a later append later ones still."""
@@ -96,3 +125,42 @@ def test_ingested_at_keeps_the_order_of_receipt(tmp_path) -> None:
     received = {r["event_id"]: r["ingested_at"] for r in table}
     ordered = [received[f"e{i}"] for i in range(9)]
     assert ordered == sorted(ordered) and len(set(ordered)) == 9
+
+
+def profile(i: int, resident: str, context: dict) -> dict:
+    return {"event_id": f"p{i}", "resident_id": resident, "type": "profile", "ts": T0,
+            "channel": "app", "schema_version": 1,
+            "context": json.dumps(context, separators=(",", ":"), sort_keys=True)}
+
+
+def test_declared_attributes_are_typed_columns_and_the_rest_stays_json(tmp_path) -> None:
+    log = EventLog(tmp_path)
+    context = {"neighbourhood": "centre", "age_band": "26-40", "student": True,
+               "screen": "home"}
+    use = {**record(2, "a", 1), "context": json.dumps({"neighbourhood": "not-a-declaration"})}
+    [path] = log.append([profile(1, "a", context), use])
+    rows = pq.read_table(path).to_pylist()
+    declared = next(r for r in rows if r["type"] == "profile")
+    assert declared["neighbourhood"] == "centre" and declared["age_band"] == "26-40"
+    assert declared["student"] is True and declared["household"] is None
+    assert json.loads(declared["context"]) == {"screen": "home"}
+    other = next(r for r in rows if r["type"] == "use")  # only profiles declare attributes
+    assert other["neighbourhood"] is None and "neighbourhood" in other["context"]
+    events = read_events(tmp_path).set_index("event_id")
+    assert json.loads(events.loc["p1", "context"]) == context  # readers see the event whole
+
+
+def test_a_log_written_before_typed_columns_stays_readable(tmp_path) -> None:
+    old_schema = pa.schema([f for f in SCHEMA if f.name not in DECLARED_COLUMNS])
+    old = profile(1, "a", {"neighbourhood": "centre", "household": "single"})
+    old["ingested_at"] = T0
+    directory = tmp_path / "date=2026-01-31"
+    directory.mkdir()
+    pq.write_table(pa.Table.from_pylist([old], schema=old_schema),
+                   directory / "part-00000000T000000000000-old-000001.parquet")
+    EventLog(tmp_path).append([profile(2, "b", {"neighbourhood": "docks"})])
+    events = read_events(tmp_path).set_index("event_id")
+    assert json.loads(events.loc["p1", "context"]) == {"neighbourhood": "centre",
+                                                       "household": "single"}
+    assert json.loads(events.loc["p2", "context"]) == {"neighbourhood": "docks"}
+    assert read_table(tmp_path)["neighbourhood"].to_pylist() == [None, "docks"]

@@ -24,7 +24,7 @@ def test_hostile_resident_ids_are_refused(hostile) -> None:
 
 def test_active_keys_name_period_bucket_and_dimension() -> None:
     assert Keys().active("week", "2026-W09", "nb", "north") == \
-        "bq:eng:active:week:2026-W09:nb=north"
+        "bq:{eng}:active:week:2026-W09:nb=north"
     with pytest.raises(UnsafeKeyPart):
         Keys().active("year", "2026")
 

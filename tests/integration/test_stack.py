@@ -97,7 +97,11 @@ def test_cli_up_status_down_leaves_nothing_behind(tmp_path) -> None:
         "PATH": "/usr/bin:/bin",
     }
     cli = [sys.executable, "-m", "bouquet"]
-    subprocess.run([*cli, "stack", "up"], env=env, check=True, timeout=120)
+    up = subprocess.run([*cli, "stack", "up"], env=env, capture_output=True, text=True,
+                        timeout=120)
+    assert up.returncode == 0, up.stdout + up.stderr
+    # a normal start is quiet: no library warning (kafka-python, MLflow, Python's own)
+    assert "warning" not in (up.stdout + up.stderr).lower(), up.stdout + up.stderr
     status = subprocess.run([*cli, "stack", "status"], env=env, capture_output=True, text=True,
                             timeout=60)
     pids = [json.loads(p.read_text())["pid"] for p in (tmp_path / "stack").glob("*.pid.json")]

@@ -1,17 +1,18 @@
 """State on disk is private to the account that runs Bouquet: files 0600, directories 0700
 — the event log, Redis's append-only file, the MLflow store, the erasure register and the
-audit log — whatever the umask of the process that created them."""
+audit log, the outreach plan ledger — whatever the umask of the process that created them."""
 
 from __future__ import annotations
 
 import os
 import stat
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
 
 from bouquet.core.eventlog import EventLog
+from bouquet.core.outreach import LEDGER_SCHEMA, NudgeLedger
 from bouquet.core.settings import Settings
 from bouquet.privacy.audit import AuditLog
 from bouquet.privacy.erasure import ErasureRegister
@@ -46,7 +47,10 @@ def test_event_log_register_and_audit_are_private(tmp_path: Path, open_umask) ->
         "ts": datetime(2026, 3, 1, tzinfo=UTC), "channel": "app", "schema_version": 1}])
     ErasureRegister.for_settings(settings).record("r2", 1.0e9, "test")
     AuditLog(settings).record("export", actor="cli:test", target="resident:x")
-    assert assert_private(settings.state_dir) >= 7  # state, eventlog, date=, a file, privacy…
+    NudgeLedger(settings.outreach_ledger_path).write(date(2026, 3, 2),
+                                                     LEDGER_SCHEMA.empty_table())
+    assert assert_private(settings.state_dir) >= 10  # state, eventlog, date=, a file,
+    # privacy…, outreach, its ledger, a day's plan
 
 
 def test_local_stack_keeps_redis_and_mlflow_private(stack: Settings) -> None:

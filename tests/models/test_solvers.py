@@ -269,3 +269,17 @@ def test_a_fitted_models_serving_form_scores_without_threadpoolctl(tmp_path) -> 
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
+
+
+def test_primal_gram_is_summed_in_float64_over_many_float32_rows() -> None:
+    """A float32 product over hundreds of thousands of rows rounds each entry by more than a
+    small ridge; the primal solvers' Gram is the float64 one, whatever the block of rows."""
+    from bouquet.models.ease import _gram
+
+    rng = np.random.default_rng(3)
+    a = sp.random(300_000, 12, density=0.5, format="csr", dtype=np.float32, random_state=rng)
+    a.data = 1.0 + 4.0 * a.data
+    a64 = a.astype(np.float64)
+    exact = (a64.T @ a64).toarray()
+    np.testing.assert_allclose(_gram(a), exact, rtol=1e-12)
+    assert np.abs((a.T @ a).toarray() - exact).max() > 1e-6  # what float32 would have given

@@ -278,7 +278,7 @@ def test_reading_in_date_chunks_gives_the_same_arrays(log_root: Path, tmp_path: 
     chunked = load_event_arrays(settings, CATALOG, chunk_events=3)
     assert chunked.n_events == whole.n_events
     assert list(chunked.resident_ids[chunked.resident]) == list(whole.resident_ids[whole.resident])
-    for name in ("kind", "service", "bundle", "ts"):
+    for name in ("kind", "service", "bundle", "ts", "recommended"):
         np.testing.assert_array_equal(getattr(chunked, name), getattr(whole, name))
     consenting = sorted(chunked.resident_ids[chunked.consent])
     assert consenting == sorted(whole.resident_ids[whole.consent]) == ["a", "f"]
@@ -287,10 +287,138 @@ def test_reading_in_date_chunks_gives_the_same_arrays(log_root: Path, tmp_path: 
     assert build_dataset(chunked, PARAMS).fingerprint == build_dataset(whole, PARAMS).fingerprint
 
 
-def test_consent_is_decided_by_the_order_of_receipt(log_root: Path) -> None:
+@pytest.mark.parametrize("chunk_events", [1, 700, 10**9])
+def test_columnar_read_encodes_exactly_the_events_read_events_returns(
+        log_root: Path, tmp_path: Path, messy_log, chunk_events: int) -> None:
+    from bouquet.core.settings import Settings
+    from bouquet.pipelines.dataset import TYPES, load_event_arrays
+
+    messy_log(log_root)
+    settings = Settings(env="test", state_dir=tmp_path / "s", event_log_dir=log_root)
+    got = load_event_arrays(settings, CATALOG, chunk_events=chunk_events)
+    # the reference: read_events' frame, encoded one plain step at a time
+    frame = read_events(log_root, columns=list(EVENT_COLUMNS))
+    codes, ids = pd.factorize(frame["resident_id"])
+    assert got.resident_ids.tolist() == ids.tolist()  # codes in order of first appearance
+    np.testing.assert_array_equal(got.resident, codes)
+    for name, column, names in (("kind", "type", TYPES), ("service", "service_id", S),
+                                ("bundle", "bundle_id", B)):
+        index = {value: i for i, value in enumerate(names)}
+        np.testing.assert_array_equal(getattr(got, name),
+                                      [index.get(v, -1) for v in frame[column]])
+    np.testing.assert_array_equal(got.ts, [t.value for t in frame["ts"].dt.as_unit("ns")])
+    np.testing.assert_array_equal(got.recommended, frame["recommendation_id"].notna())
+    assert got.recommended.any() and not got.recommended.all()
+    assert got.stats["unknown_service_events"] == (frame["service_id"] == "retired-service").sum()
+    assert got.stats["unknown_bundle_events"] == (frame["bundle_id"] == "retired-bundle").sum()
+    personalisation = (frame["type"] == "consent") & ~frame["context"].str.contains(
+        '"purpose":"contact"', regex=False, na=False)
+    consents = frame[personalisation].sort_values("ingested_at", kind="stable")
+    consent = consents.groupby("resident_id")["value"].last()  # the one received last
+    assert sorted(got.resident_ids[got.consent]) == sorted(consent.index[consent == 1.0])
+    # per attribute, the latest profile event declaring it
+    neighbourhood: dict[str, str] = {}
+    for rid, text in frame.loc[frame["type"] == "profile", ["resident_id", "context"]].values:
+        if "neighbourhood" in json.loads(text):
+            neighbourhood[rid] = json.loads(text)["neighbourhood"]
+    declared = {got.resident_ids[code]: got.profiles.loc[code, "neighbourhood"]
+                for code in got.profiles.index}
+    assert {r: v for r, v in declared.items() if isinstance(v, str)} == neighbourhood
+    # and what training builds from them is the same dataset
+    whole = EventArrays.from_frame(frame, CATALOG)
+    assert build_dataset(got, PARAMS).fingerprint == build_dataset(whole, PARAMS).fingerprint
+
+
+def drivers_one_by_one(arrays: EventArrays, rule: ConfidenceRule,
+                       until: pd.Timestamp) -> tuple[dict, dict]:
+    """(resident, item) → driver code, per target, by looking at every share in turn: the
+    largest wins, ties go to the latest event, then to the share counted later (a bundle's
+    share over its services is counted after the services' own events)."""
+    from bouquet.models.reasons import encode_drivers
+    from bouquet.pipelines.dataset import NS_PER_DAY, TYPES
+
+    cut = pd.Timestamp(until).value
+    # an impression (a recommended view) weighs the rule's impression weight
+    weight = [rule.impression_vector(TYPES)[k] if recommended else rule.weight_vector(TYPES)[k]
+              for k, recommended in zip(arrays.kind, arrays.recommended, strict=True)]
+    strength = np.array(weight) * rule.decay((cut - arrays.ts) / NS_PER_DAY)
+    used = [e for e in range(arrays.n_events) if arrays.consent[arrays.resident[e]]
+            and arrays.ts[e] < cut and arrays.kind[e] >= 0 and weight[e] > 0]
+    spread = rule.spread_matrix(arrays.bundle_services, arrays.bundle_ids, arrays.service_ids)
+    best: tuple[dict, dict] = ({}, {})
+    counted = itertools.count()
+
+    def share(target: dict, e: int, item: int, value: float, bundle_event: bool,
+              code_item: int) -> None:
+        code = int(encode_drivers(arrays.kind[e], bundle_event, code_item,
+                                  arrays.ts[e] // NS_PER_DAY))
+        rank = (value, arrays.ts[e], next(counted))
+        key = (arrays.resident_ids[arrays.resident[e]], item)
+        if key not in target or rank > target[key][0]:
+            target[key] = (rank, code)
+
+    for e in used:
+        if arrays.service[e] >= 0:
+            share(best[0], e, arrays.service[e], strength[e], False, arrays.service[e])
+    for e in used:
+        if arrays.service[e] < 0 <= arrays.bundle[e] and rule.spread_bundle_events:
+            b = arrays.bundle[e]
+            for at in range(spread.indptr[b], spread.indptr[b + 1]):
+                share(best[0], e, spread.indices[at], strength[e] * spread.data[at], True, b)
+    for e in used:
+        if arrays.bundle[e] >= 0:
+            share(best[1], e, arrays.bundle[e], strength[e], True, arrays.bundle[e])
+    return tuple({k: code for k, (_, code) in target.items()} for target in best)
+
+
+@pytest.mark.parametrize("block", [1, 37, 10**9])
+@pytest.mark.parametrize(("half_life", "impression"), [(10.0, None), (None, 0.0), (10.0, 0.5)])
+def test_drivers_are_the_largest_share_whatever_the_block_of_residents(
+        log_root: Path, tmp_path: Path, messy_log, monkeypatch, block: int,
+        half_life: float | None, impression: float | None) -> None:
+    from bouquet.core.settings import Settings
+    from bouquet.pipelines import dataset
+
+    messy_log(log_root)
+    settings = Settings(env="test", state_dir=tmp_path / "s", event_log_dir=log_root)
+    arrays = dataset.load_event_arrays(settings, CATALOG)
+    rule = ConfidenceRule(WEIGHTS, half_life, 2.0, spread_bundle_events=True,
+                          impression_weight=impression)
+    until = pd.Timestamp(arrays.ts[int(arrays.n_events * 0.8)], tz="UTC")
+    monkeypatch.setattr(dataset, "DRIVER_BLOCK", block)
+    monkeypatch.setattr(dataset, "EVENT_BLOCK", block)
+    data = build_dataset(arrays, rule, until=until)
+    expected = drivers_one_by_one(arrays, rule, until)
+    for drivers, want in ((data.service_drivers, expected[0]),
+                          (data.bundle_drivers, expected[1])):
+        coo = drivers.tocoo()
+        got = {(data.resident_ids[r], c): int(v)
+               for r, c, v in zip(coo.row, coo.col, coo.data, strict=True)}
+        assert len(got) > 100 and got == want
+
+
+def test_contact_consent_is_not_personalisation_consent_and_profiles_merge(log_root) -> None:
+    contact = json.dumps({"purpose": "contact"}, separators=(",", ":"))
+    arrays = arrays_of(log_root, [
+        ev("ann", "consent", 9, value=1),
+        ev("ann", "consent", 5, value=0, context=contact),  # contact withdrawn, later
+        ev("bob", "consent", 9, value=1, context=contact),  # contact only
+        ev("ann", "profile", 8, context=json.dumps({"neighbourhood": NB[1]})),
+        ev("ann", "profile", 4, context=json.dumps({"channels": ["sms"]})),  # nb stays
+        ev("ann", "use", 3, service=S[0]), ev("bob", "use", 3, service=S[0]),
+    ])
+    codes = {rid: i for i, rid in enumerate(arrays.resident_ids)}
+    assert arrays.consent[codes["ann"]] and not arrays.consent[codes["bob"]]
+    assert arrays.neighbourhood_codes(np.array([codes["ann"]]))[0] == 1
+
+
+def test_consent_is_decided_by_the_order_of_receipt(log_root: Path, tmp_path: Path) -> None:
     """The consent event received last decides, whatever time stamps clients wrote: a
     withdrawal received after a grant stands even when stamped earlier, and the other way
     round."""
+    from bouquet.core.settings import Settings
+    from bouquet.pipelines.dataset import load_event_arrays
+
     log = EventLog(log_root)
     log.append([ev("a", "consent", 1, value=1), ev("b", "consent", 9, value=0)])
     log.append([ev("a", "consent", 9, value=0), ev("b", "consent", 1, value=1)])
@@ -299,3 +427,7 @@ def test_consent_is_decided_by_the_order_of_receipt(log_root: Path) -> None:
     arrays = EventArrays.from_frame(read_events(log_root, columns=list(EVENT_COLUMNS)), CATALOG)
     consenting = dict(zip(arrays.resident_ids, arrays.consent, strict=True))
     assert consenting == {"a": False, "b": True}
+    # the columnar scan training uses decides the same way
+    settings = Settings(env="test", state_dir=tmp_path / "s", event_log_dir=log_root)
+    scanned = load_event_arrays(settings, CATALOG, chunk_events=1)
+    assert dict(zip(scanned.resident_ids, scanned.consent, strict=True)) == consenting

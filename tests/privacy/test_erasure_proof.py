@@ -175,7 +175,7 @@ async def test_after_an_erasure_no_key_file_or_later_artifact_holds_the_id(
     assert ERASED in trained and WITHDRAWN in trained
     in_redis = redis_occurrences(client, ERASED)
     assert any(":recent" in f for f in in_redis) and any(":b:{" in f for f in in_redis)
-    assert any("eng:last_contact" in f for f in in_redis)
+    assert any("{eng}:last_contact" in f for f in in_redis)
     assert rewrite_redis_aof(client) == "rewritten"  # even a rewritten AOF holds live keys
     found = file_occurrences(state, ERASED)
     for where in ("eventlog", "mlartifacts", "appendonlydir"):

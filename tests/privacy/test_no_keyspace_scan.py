@@ -58,6 +58,7 @@ def test_export_and_erasure_never_scan_the_keyspace(settings) -> None:
         ev(3, "subscribe", bundle_id=CATALOG.bundles[0].id),
         ev(4, "dismiss", bundle_id=CATALOG.bundles[1].id),
     ])
+    plain.hset(keys.outreach("r1"), "sent", "1790000000")  # the outreach planner's record
     client = NoScan.from_url(settings.redis_url)
     document = export_resident(settings, client, "r1")
     assert {r["pointer"] for r in document["recommendations"]} == {"current", "challenger"}

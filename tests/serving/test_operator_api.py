@@ -103,6 +103,16 @@ async def test_figures_as_json_equal_the_metrics_module(deployment: Settings) ->
         assert {r["value"] for r in one["rows"]} == {"mobility"}
         summary = (await client.get("/v1/operator/engagement", headers=OPERATOR)).json()
         assert summary["headline"]["week_complete"] is True
+        assert summary["headline"]["events"] == "use"  # exposure never raises the headline
+        assert set(summary["beside"]) == {"response", "exposure"}
+        shown = (await client.get("/v1/operator/engagement/cadence?events=exposure&weeks=2",
+                                  headers=OPERATOR)).json()
+        assert shown["events"] == "exposure"
+        assert shown["rows"] == service.figure("cadence", last=2, events="exposure").to_json()[
+            "rows"]
+        bad = await client.get("/v1/operator/engagement/cadence?events=views",
+                               headers=OPERATOR)
+        assert bad.status_code == 422
         assert set(summary["dimensions"]) == {"neighbourhood", "domain", "factor", "channel"}
         assert summary["rules"]["window_days"] == 28
         assert client.app.state.engagement_service.computations == 1  # cached

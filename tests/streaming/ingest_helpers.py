@@ -29,7 +29,8 @@ from bouquet.streaming.producer import EventProducer
 
 CONTACTS = {"view", "click", "subscribe", "use", "pay", "rate", "dismiss", "unsubscribe"}
 STAGES = {"view": "shown", "click": "opened", "subscribe": "subscribed", "use": "used"}
-MARKERS = ("ingest:seen:", "ingest:dlqseen:")
+#: ingestion bookkeeping (de-duplication markers, outbox, applied outbox entries), not state
+MARKERS = ("ingest:seen:", "ingest:{dlq}:seen:", "ingest:outbox:", "{eng}:applied:")
 
 
 def produce(settings: Settings, messages: list[tuple[bytes | None, bytes]]) -> None:
@@ -119,9 +120,12 @@ class ReferenceState:
                 prof["profile_ts"] = epoch
             return
         if kind == "consent":
-            # in order of receipt: a resident's events are received in stream order (one
-            # partition); the receipt times themselves are the broker's (not compared)
-            self.profile[rid]["consent"] = "1" if e["value"] == 1 else "0"
+            # in order of receipt, per purpose: a resident's events are received in stream
+            # order (one partition); the receipt times themselves are the broker's (not
+            # compared)
+            field = "contact" if (e.get("context") or {}).get("purpose") == "contact" \
+                else "consent"
+            self.profile[rid][field] = "1" if e["value"] == 1 else "0"
             return
         item = {"event_id": e["event_id"], "type": kind, "ts": _round(epoch),
                 "channel": e["channel"]}
@@ -215,13 +219,14 @@ def dump_state(client: redis.Redis, prefix: str) -> dict[str, Any]:
                 item["ts"] = _round(item["ts"])
         elif kind == "hash":
             value = {f.decode(): v.decode() for f, v in raw.items()
-                     if f != b"consent_ts"}  # a receipt time: the broker's clock
+                     if f not in (b"consent_ts", b"contact_ts")}  # receipt times: the
+            # broker's clock
             if name.endswith(":holdings_ts") or name.endswith(":profile"):
                 value = {f: _round(v) if (f.endswith("_ts") or name.endswith("_ts")) else v
                          for f, v in value.items()}
         elif kind == "set":
             value = {m.decode() for m in raw}
-            if name == "eng:active:index":  # members are key names: compare without prefix
+            if name == "{eng}:active:index":  # members are key names: compare without prefix
                 value = {m[len(prefix):] for m in value}
         elif kind == "zset":
             value = {m.decode(): _round(sc) for m, sc in raw}

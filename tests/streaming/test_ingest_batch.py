@@ -184,16 +184,19 @@ _FIELD_VALUES = {
     "resident_id": st.one_of(st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True), _ANY),
     "type": st.one_of(st.sampled_from(["view", "click", "subscribe", "use", "pay", "rate",
                                        "dismiss", "unsubscribe", "erase", "consent",
-                                       "profile"]), _ANY),
+                                       "profile", "notify", "open"]), _ANY),
     "service_id": st.one_of(st.just(SERVICE), st.from_regex(r"[a-z0-9][a-z0-9_-]{0,63}",
                                                             fullmatch=True), _ANY),
     "bundle_id": st.one_of(st.just(BUNDLE.id), _ANY),
     "ts": _TS_TEXT,
-    "channel": st.one_of(st.sampled_from(["app", "web", "kiosk", "system"]), _ANY),
+    "channel": st.one_of(st.sampled_from(["app", "web", "kiosk", "system", "push", "sms"]),
+                         _ANY),
     "value": st.one_of(st.floats(allow_nan=True), st.integers(-10**12, 10**12), _ANY),
     "recommendation_id": st.one_of(st.from_regex(r"[A-Za-z0-9_.:-]{1,120}", fullmatch=True),
                                    _ANY),
-    "context": st.one_of(st.just({}), st.dictionaries(st.text(max_size=5), _ANY, max_size=2)),
+    "context": st.one_of(st.just({}), st.dictionaries(st.text(max_size=5), _ANY, max_size=2),
+                         st.fixed_dictionaries({"purpose": st.sampled_from(
+                             ["contact", "personalisation", "marketing"])})),
     "extra": _ANY,
 }
 

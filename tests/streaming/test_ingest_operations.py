@@ -17,6 +17,7 @@ import redis
 
 from bouquet.core.catalog import load_catalog
 from bouquet.core.eventlog import read_table
+from bouquet.core.keys import Keys
 from bouquet.localstack import free_port
 from bouquet.streaming import metrics
 from bouquet.streaming.consumer import IngestError
@@ -113,7 +114,7 @@ def test_a_redis_outage_within_the_retry_bound_is_ridden_out(make_settings,
         runner.start()
         client = redis.Redis(port=port)
         deadline = time.monotonic() + 60
-        while not client.exists(f"{settings.redis_key_prefix}eng:last_contact"):
+        while not client.exists(Keys(settings.redis_key_prefix).last_contact()):
             assert time.monotonic() < deadline
             time.sleep(0.1)
         server.send_signal(signal.SIGTERM)  # clean shutdown: AOF flushed

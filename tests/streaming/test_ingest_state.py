@@ -14,7 +14,9 @@ from bouquet.core.recommendation import UNATTRIBUTED, development_ids
 from bouquet.core.settings import Settings
 from bouquet.streaming.batch import Batch, BatchBuilder
 from bouquet.streaming.state import (
+    StateConfig,
     StateWriter,
+    applied_event_ids,
     erase_resident,
     read_profile,
 )
@@ -74,6 +76,19 @@ def test_state_matches_the_reference_and_a_replay_changes_nothing(settings: Sett
     assert dump_state(client, settings.redis_key_prefix) == expected
 
 
+def test_applied_event_ids_are_those_whose_markers_ingestion_wrote(settings: Settings,
+                                                                    client) -> None:
+    keys = Keys(settings.redis_key_prefix)
+    writer = StateWriter(client, keys)
+    events = [ev(n, f"r{n % 4}", "use", n, service_id=CATALOG.service_ids[0])
+              for n in range(6)]
+    apply(writer, keys, events[:4])
+    asked = [(e["event_id"], e["resident_id"]) for e in events]
+    assert applied_event_ids(client, keys, asked, StateConfig().dedup_ttl_s,
+                             chunk=3) == {"e0", "e1", "e2", "e3"}
+    assert applied_event_ids(client, keys, [], StateConfig().dedup_ttl_s) == set()
+
+
 def test_semantics_of_one_resident(settings: Settings, client) -> None:
     keys = Keys(settings.redis_key_prefix)
     writer = StateWriter(client, keys)
@@ -100,7 +115,7 @@ def test_semantics_of_one_resident(settings: Settings, client) -> None:
     assert client.smembers(keys.holdings("ana")) == {f"b:{bundle.id}".encode()}
     assert client.smembers(keys.dismissed("ana")) == {CATALOG.bundles[1].id.encode()}
     assert read_profile(client, keys, "ana") == {"neighbourhood": nb, "student": True,
-                                                 "consent": False}
+                                                 "consent": False, "contact": False}
     day = (T0 + timedelta(minutes=1)).date().isoformat()
     assert client.sismember(keys.active("day", day, "nb", nb), "ana")
     assert client.sismember(keys.active("day", day, "domain", service.domain.value), "ana")
@@ -161,6 +176,58 @@ def test_erase_resident_forgets_everything_personal(settings: Settings, client) 
         assert not client.sismember(key, "cy")
     assert client.zscore(keys.last_contact(), "dee") is not None
     assert client.sismember(keys.active("day", T0.date().isoformat(), "all", "all"), "dee")
+
+
+def test_contact_consent_is_its_own_purpose_and_keeps_the_contactable_set(
+        settings: Settings, client) -> None:
+    keys = Keys(settings.redis_key_prefix)
+    writer = StateWriter(client, keys)
+    contact = {"purpose": "contact"}
+    apply(writer, keys, [
+        ev(1, "cy", "consent", value=1),
+        ev(2, "cy", "consent", 5, value=1, context=contact, channel="push"),
+        ev(3, "cy", "profile", 6, context={"channels": ["push", "sms"],
+                                           "quiet_hours": "22:00-07:30"}),
+        ev(5, "di", "consent", 2, value=1, context=contact),
+    ])
+    assert read_profile(client, keys, "cy") == {
+        "consent": True, "contact": True, "channels": ("push", "sms"),
+        "quiet_hours": "22:00-07:30"}
+    assert client.smembers(keys.contactable()) == {b"cy", b"di"}
+    # a withdrawal (from the gateway: an SMS "STOP") takes cy out; personalisation stays.
+    # It is stamped before the grant but received after it: like personalisation consent,
+    # contact consent follows the order of receipt, not the time stamps clients write
+    apply(writer, keys, [ev(6, "cy", "consent", 1, value=0, context=contact, channel="sms")])
+    assert read_profile(client, keys, "cy")["contact"] is False
+    assert read_profile(client, keys, "cy")["consent"] is True
+    assert client.smembers(keys.contactable()) == {b"di"}
+    # erasure forgets di's consent, record and membership
+    client.hset(keys.outreach("di"), "sent", "1790000000")
+    apply(writer, keys, [ev(7, "di", "erase", 10)])
+    assert not client.exists(keys.outreach("di"), keys.profile("di"))
+    assert client.smembers(keys.contactable()) == set()
+
+
+def test_contact_decisions_and_erasures_in_one_batch_keep_their_order(
+        settings: Settings, client) -> None:
+    """The contactable set follows each resident's last contact decision in the batch, and
+    an erasure drops what came before it, not what follows it."""
+    keys = Keys(settings.redis_key_prefix)
+    writer = StateWriter(client, keys)
+    contact = {"purpose": "contact"}
+    apply(writer, keys, [
+        ev(1, "gone", "consent", 1, value=1, context=contact),
+        ev(2, "gone", "erase", 2),
+        ev(3, "back", "erase", 1),
+        ev(4, "back", "consent", 2, value=1, context=contact),
+        ev(5, "fickle", "consent", 1, value=1, context=contact),
+        ev(6, "fickle", "consent", 2, value=0, context=contact),
+        ev(7, "firm", "consent", 1, value=0, context=contact),
+        ev(8, "firm", "consent", 2, value=1, context=contact),
+    ])
+    assert client.smembers(keys.contactable()) == {b"back", b"firm"}
+    assert "contact" not in read_profile(client, keys, "gone")
+    assert read_profile(client, keys, "fickle")["contact"] is False
 
 
 def test_dead_letters_are_counted_once_per_position(settings: Settings, client) -> None:

@@ -1,0 +1,277 @@
+"""Ingestion, erasure and serving reads against a real Redis Cluster (three primaries).
+
+The single-Redis contract of the real-time state (``tests/streaming/test_ingest_state.py``)
+runs again here unchanged, through a ``redis+cluster://`` URL: on a cluster every script
+touches one hash slot, so the group scripts write the residents' slots and the engagement
+aggregates reach the ``{eng}`` slot through each slot's outbox. The tests below add what
+only a cluster has: a crash between those two steps, recovered without loss or double
+count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tests.streaming.test_ingest_state as single
+from bouquet.core.keys import Keys
+from bouquet.core.redisclient import (
+    SyncClient,
+    async_redis_client,
+    hash_slot,
+    is_cluster,
+    redis_client,
+)
+from bouquet.core.settings import Settings
+from bouquet.privacy.erasure import delete_published, published_versions
+from bouquet.serving.store import OnlineStore
+from bouquet.streaming.state import StateWriter, erase_resident
+from bouquet.streaming.synthetic import StreamSpec, stream
+from tests.integration.redis_cluster import ClusterUnavailable, local_cluster, missing_binaries
+from tests.streaming.ingest_helpers import ReferenceState, dump_state
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A three-primary cluster for this module, stopped at its end."""
+    missing = missing_binaries()
+    if missing:
+        pytest.skip(f"a local Redis Cluster needs {', '.join(missing)} (apt-get install "
+                    "redis-server redis-tools)")
+    try:
+        with local_cluster(tmp_path_factory.mktemp("redis-cluster")) as url:
+            yield url
+    except ClusterUnavailable as exc:
+        pytest.fail(f"the local Redis Cluster did not start: {exc}")
+
+
+@pytest.fixture
+def cluster_settings(cluster_url: str, tmp_path: Path) -> Settings:
+    """Settings that point at the cluster, with a key prefix of the test's own."""
+    return Settings(env="test", state_dir=tmp_path / "state", redis_url=cluster_url,
+                    redis_key_prefix=f"t{uuid.uuid4().hex[:10]}:")
+
+
+@pytest.fixture
+def client(cluster_settings: Settings) -> Iterator[SyncClient]:
+    c = redis_client(cluster_settings.redis_url)
+    assert is_cluster(c)
+    yield c
+    c.close()
+
+
+SINGLE_REDIS_CONTRACT: list[Callable[[Settings, Any], None]] = [
+    single.test_state_matches_the_reference_and_a_replay_changes_nothing,
+    single.test_semantics_of_one_resident,
+    single.test_erase_in_the_middle_of_a_batch_keeps_what_follows,
+    single.test_erase_resident_forgets_everything_personal,
+    single.test_dead_letters_are_counted_once_per_position,
+    single.test_an_erase_event_deletes_every_per_resident_kind,
+    single.test_contact_consent_is_its_own_purpose_and_keeps_the_contactable_set,
+    single.test_contact_decisions_and_erasures_in_one_batch_keep_their_order,
+]
+
+
+@pytest.mark.parametrize("contract", SINGLE_REDIS_CONTRACT, ids=lambda f: f.__name__[5:])
+def test_the_single_redis_contract_holds_on_a_cluster(
+        contract: Callable[[Settings, Any], None], cluster_settings: Settings,
+        client: SyncClient) -> None:
+    contract(cluster_settings, client)
+
+
+def test_the_cluster_spreads_residents_over_every_primary(cluster_settings: Settings,
+                                                          client: SyncClient) -> None:
+    """Not a cluster in name only: residents' keys land on all three primaries."""
+    keys = Keys(cluster_settings.redis_key_prefix)
+    writer = StateWriter(client, keys)
+    events = list(stream(single.CATALOG, StreamSpec(events=600, residents=60, seed=3)))
+    single.apply(writer, keys, events)
+    owners = {client.nodes_manager.get_node_from_slot(hash_slot(keys.recent(e["resident_id"])))
+              .name for e in events}
+    assert len(owners) == 3
+
+
+class _Crash(RuntimeError):
+    """Stands for the consumer process dying at that point."""
+
+
+def _crash_before_the_aggregates(writer: StateWriter, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``writer`` die after its group scripts ran, before the ``{eng}`` step."""
+
+    def die(entries: dict[Any, bytes]) -> int:
+        raise _Crash(f"{len(entries)} outbox entries not applied")
+
+    monkeypatch.setattr(writer, "_apply_entries", die)
+
+
+@pytest.mark.parametrize("recovery", ["replay", "drain", "erasure"])
+def test_a_crash_between_the_two_steps_loses_and_doubles_nothing(
+        recovery: str, cluster_settings: Settings, client: SyncClient,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The group scripts wrote the residents' keys and markers, then the process died
+    before the aggregates reached ``{eng}``. Whatever comes next — the batch delivered
+    again, a new consumer starting (``drain``), or an erasure in one of the slots — applies
+    each outbox entry exactly once, and the state equals the reference."""
+    prefix = cluster_settings.redis_key_prefix
+    keys = Keys(prefix)
+    events = list(stream(single.CATALOG, StreamSpec(events=1500, residents=120, seed=5,
+                                                    erase_rate=0.03)))
+    crashing = StateWriter(client, keys)
+    _crash_before_the_aggregates(crashing, monkeypatch)
+    with pytest.raises(_Crash):
+        single.apply(crashing, keys, events[:900])
+    assert dump_state(client, prefix) != \
+        ReferenceState(single.CATALOG, prefix).apply_all(events[:900]).dump()
+
+    fresh = StateWriter(client, keys)
+    if recovery == "replay":  # the uncommitted batch comes back, then the rest
+        applied, dups, _ = single.apply(fresh, keys, events[:900])
+        assert applied == 0 and dups > 0
+        single.apply(fresh, keys, events[900:])
+        expected = ReferenceState(single.CATALOG, prefix).apply_all(events).dump()
+    elif recovery == "drain":
+        assert fresh.drain() > 0
+        assert fresh.drain() == 0  # applied once: the outboxes are empty
+        expected = ReferenceState(single.CATALOG, prefix).apply_all(events[:900]).dump()
+    else:
+        rid = events[0]["resident_id"]
+        erase_resident(client, keys, rid)
+        erasure = {"schema_version": 1, "event_id": "erase-now", "resident_id": rid,
+                   "type": "erase", "ts": events[899]["ts"], "channel": "app"}
+        fresh.drain()  # the other slots' entries
+        expected = ReferenceState(single.CATALOG, prefix).apply_all(
+            [*events[:900], erasure]).dump()
+    assert dump_state(client, prefix) == expected
+
+
+def test_contact_consent_reaches_the_contactable_set_once_after_a_crash(
+        cluster_settings: Settings, client: SyncClient,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A contact decision is written to the profile in the resident's slot and reaches the
+    contactable set (``{eng}``) through the outbox: after a crash between the two steps the
+    profile already says it, the set does not yet, and a drain completes it once."""
+    keys = Keys(cluster_settings.redis_key_prefix)
+    contact = {"purpose": "contact"}
+    residents = [f"c{i}" for i in range(12)]
+    events = [single.ev(i, rid, "consent", i, value=1, context=contact)
+              for i, rid in enumerate(residents)]
+    events.append(single.ev(99, "c0", "consent", 99, value=0, context=contact))
+    crashing = StateWriter(client, keys)
+    _crash_before_the_aggregates(crashing, monkeypatch)
+    with pytest.raises(_Crash):
+        single.apply(crashing, keys, events)
+    assert single.read_profile(client, keys, "c1")["contact"] is True
+    assert client.smembers(keys.contactable()) == set()
+    fresh = StateWriter(client, keys)
+    assert fresh.drain() > 0
+    assert fresh.drain() == 0
+    assert client.smembers(keys.contactable()) == {r.encode() for r in residents[1:]}
+    applied, dups, _ = single.apply(fresh, keys, events)  # a replay changes nothing
+    assert applied == 0 and dups == len(events)
+    assert client.smembers(keys.contactable()) == {r.encode() for r in residents[1:]}
+
+
+def test_the_consent_api_writes_contact_consent_on_the_cluster(
+        cluster_settings: Settings, client: SyncClient) -> None:
+    """The consent API's profile write (one slot) then its contactable-set update
+    (``{eng}``), through the asyncio cluster client; a decision received earlier than the
+    one standing changes neither."""
+    from datetime import UTC, datetime, timedelta
+
+    keys = Keys(cluster_settings.redis_key_prefix)
+    now = datetime.now(UTC)
+
+    async def decide() -> list[bool]:
+        store = OnlineStore(async_redis_client(cluster_settings.redis_url), keys)
+        try:
+            return [await store.set_consent("ana", True, now, "contact"),
+                    await store.set_consent("bob", True, now, "contact"),
+                    await store.set_consent("bob", False, now + timedelta(seconds=1),
+                                            "contact"),
+                    await store.set_consent("bob", True, now, "contact")]
+        finally:
+            await store.redis.aclose()
+
+    assert asyncio.run(decide()) == [True, True, True, False]
+    assert client.smembers(keys.contactable()) == {b"ana"}
+    assert single.read_profile(client, keys, "bob")["contact"] is False
+    assert hash_slot(keys.contactable()) == hash_slot(keys.active_index())
+
+
+def test_the_outreach_planner_refuses_a_cluster(cluster_settings: Settings,
+                                                client: SyncClient) -> None:
+    """The planner's chunked scripts cover residents of many slots per call: it needs a
+    single Redis, and says so at once rather than failing mid-plan with CROSSSLOT."""
+    from bouquet.outreach.store import OutreachStore, SingleRedisOnly
+
+    with pytest.raises(SingleRedisOnly, match="single Redis"):
+        OutreachStore(client, Keys(cluster_settings.redis_key_prefix))
+
+
+def test_serving_reads_what_ingestion_wrote_on_the_cluster(cluster_settings: Settings,
+                                                          client: SyncClient) -> None:
+    """The serving store's reads through the asyncio cluster client: the per-resident read
+    script (one slot: every key carries ``{rid}``) and the pointers (several slots)."""
+    keys = Keys(cluster_settings.redis_key_prefix)
+    writer = StateWriter(client, keys)
+    events = list(stream(single.CATALOG, StreamSpec(events=400, residents=40, seed=13,
+                                                    erase_rate=0.0)))
+    single.apply(writer, keys, events)
+    residents = sorted({e["resident_id"] for e in events})
+
+    async def read() -> tuple[dict[str, str | None], list[Any]]:
+        store = OnlineStore(async_redis_client(cluster_settings.redis_url), keys)
+        try:
+            pointers = await store.pointers(["current", "challenger"])
+            states = [await store.resident(None, rid) for rid in residents]
+        finally:
+            await store.redis.aclose()
+        return pointers, states
+
+    pointers, states = asyncio.run(read())
+    assert pointers == {"current": None, "challenger": None}  # nothing published
+    for rid, state in zip(residents, states, strict=True):
+        newest_first = [item.decode() for item in client.lrange(keys.recent(rid), 0, 19)]
+        assert len(state.recent) == len(newest_first) > 0
+        assert state.holdings == {m.decode() for m in client.smembers(keys.holdings(rid))}
+        assert state.profile.get("consent") == single.read_profile(client, keys,
+                                                                   rid).get("consent")
+
+
+def test_erasure_finds_and_deletes_published_lists_across_pointers(
+        cluster_settings: Settings, client: SyncClient) -> None:
+    """The erasure cascade's Redis part: versions on record, named by pointers (keys in
+    several slots) or kept as a previous version, and the resident's lists in each."""
+    keys = Keys(cluster_settings.redis_key_prefix)
+    client.zadd(keys.versions(), {"v1-a": 1, "v2-b": 2})
+    client.hset(keys.version_meta("v2-b"), mapping={"previous": "v0-z", "pointer": "current"})
+    client.hset(keys.version_meta("v3-c"), mapping={"pointer": "challenger"})
+    client.zadd(keys.versions(), {"v3-c": 3})
+    client.set(keys.current_version(), "v2-b")
+    client.set(keys.variant_pointer("challenger"), "v4-d")  # moved on since v3-c
+    versions = published_versions(client, keys)
+    assert versions == {"v0-z", "v1-a", "v2-b", "v3-c", "v4-d"}
+    for version in versions:
+        for rid in ("ana", "bob"):
+            client.set(keys.recs(version, rid, "b"), b"x")
+    assert delete_published(client, keys, ["ana"]) == len(versions)
+    assert not any(client.exists(keys.recs(v, "ana", "b")) for v in versions)
+    assert all(client.exists(keys.recs(v, "bob", "b")) for v in versions)
+
+
+def test_a_cluster_url_that_reaches_one_server_fails_at_once(cluster_url: str) -> None:
+    """The scheme selects the client: a cluster URL must not quietly talk to one node of a
+    non-cluster server (or the reverse) and fail later with MOVED replies."""
+    from redis.exceptions import RedisClusterException, RedisError
+
+    from bouquet.localstack import free_port
+
+    with pytest.raises((RedisClusterException, RedisError)):
+        redis_client(f"redis+cluster://127.0.0.1:{free_port()}", socket_connect_timeout=1)
