@@ -10,8 +10,10 @@ the accepted outreach channels as ``"push,email"``; bookkeeping fields end with 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
+
+from bouquet.core.catalog import AGE_BANDS, HOUSEHOLDS
 
 #: Declared attributes that are booleans (``profile`` events); ``consent`` and ``contact``
 #: are too, set by consent events only.
@@ -79,3 +81,30 @@ def consent_payload(purpose: str, granted: bool, received_s: float) -> str:
     by the time stamp the client wrote, which a client chooses; the consent API
     (serving/set_consent.lua) writes by the same rule and the same clock."""
     return f"{CONSENT_FIELDS[purpose]}\t{'1' if granted else '0'}\t{received_s:.3f}"
+
+
+# --- segments ------------------------------------------------------------------------------
+#: The declared attributes that make a resident's *segment*, the unit of the segment
+#: cold start (popular with residents like you) and of exploration's conversion rates.
+SEGMENT_FIELDS: tuple[str, ...] = ("neighbourhood", "age_band", "household")
+
+
+def segment_id(neighbourhood: str, age_band: str, household: str) -> str:
+    """``<neighbourhood>:<age band>:<household>``, safe inside a Redis key (``65+`` is
+    written ``65plus``)."""
+    return f"{neighbourhood}:{age_band.replace('+', 'plus')}:{household}"
+
+
+def segment_of(profile: Mapping[str, Any]) -> str | None:
+    """The segment of a decoded profile; None unless all three attributes are declared."""
+    values = [profile.get(name) for name in SEGMENT_FIELDS]
+    if not all(isinstance(v, str) and v for v in values):
+        return None
+    return segment_id(*values)
+
+
+def all_segments(neighbourhoods: Iterable[str]) -> list[str]:
+    """Every segment of a catalog's neighbourhoods, in a fixed order (neighbourhood, age
+    band, household)."""
+    return [segment_id(nb, age, household) for nb in neighbourhoods for age in AGE_BANDS
+            for household in HOUSEHOLDS]

@@ -191,6 +191,11 @@ class Settings(BaseSettings):
     event_log_dir: Path | None = Field(default=None, description="Defaults to STATE_DIR/eventlog")
     catalog_path: Path | None = Field(default=None, description="Defaults to the demo city")
     event_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
+    # Weight of an impression — a `view` carrying a recommendation id: Bouquet showed it —
+    # in training and fold-in (the confidence rule's `impression_weight`); a view the
+    # resident found alone keeps the `view` weight. Chosen on a temporal hold-out
+    # (docs/training.md); unset (null) counts impressions as any view.
+    impression_weight: float | None = Field(default=0.0, ge=0)
     retention_days: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_RETENTION_DAYS))
     max_future_skew_s: int = Field(default=300, ge=0)
     max_past_skew_s: dict[str, int] = Field(
@@ -259,6 +264,17 @@ class Settings(BaseSettings):
     # A reason says "just" ("Because you just used …") only for an event this many days old
     # at most; older ones say the month.
     serving_reason_recent_days: int = Field(default=2, ge=0, le=30)
+    # Rotation: a bundle shown this many times in the last `serving_rotate_days` days
+    # (impressions among the resident's recent events) without a click, subscription or
+    # use since is left out until the impressions age out of that window; 0 disables it.
+    serving_rotate_after: int = Field(default=2, ge=0, le=50)
+    serving_rotate_days: int = Field(default=28, ge=1, le=365)
+    # Exploration: this share of a consenting resident's slots is filled by Thompson
+    # sampling over the published conversion rates (shown → subscribed) of the resident's
+    # segment per bundle; the prior is the city's rate of the bundle worth
+    # `serving_explore_prior` impressions. 0 disables it.
+    serving_explore_share: float = Field(default=0.1, ge=0, le=1)
+    serving_explore_prior: float = Field(default=20.0, gt=0, le=10_000)
     # POST /v1/events: largest batch, and how long to wait for the broker's acks.
     serving_max_batch: int = Field(default=500, ge=1, le=10_000)
     serving_intake_timeout_s: float = Field(default=5.0, gt=0, le=60)

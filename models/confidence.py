@@ -8,6 +8,14 @@ trained with, so a model is always folded in the way its confidences were built:
     strength   = Σ over the pair's events of weight[type] · 0.5 ** (age_days / half_life_days)
     confidence = 1 + log_alpha · log1p(strength)          (pairs with strength > 0 only)
 
+An *impression* — a ``view`` carrying a recommendation id: Bouquet showed the offer —
+weighs ``impression_weight`` (when the rule sets one) instead of the ``view`` weight: what
+Bouquet chose to show says nothing of the resident's taste, and a model that learnt from
+its own impressions would find what it showed last week liked this week. What the resident
+did about it (``click``, ``subscribe``…) carries the signal, so with a weight of 0 an
+ignored impression adds nothing. A ``view`` the resident found by themselves (no
+recommendation id) keeps the ``view`` weight.
+
 An event naming a service counts for that service; an event naming a bundle counts for the
 bundle and, when it names no service and ``spread_bundle_events`` is on, for each of the
 bundle's services with an equal share of its strength (so does an event whose service the
@@ -48,6 +56,13 @@ class RecentEventLike(Protocol):
     service_id: str | None
     bundle_id: str | None
     ts: float | None
+    # optional: ``recommendation_id`` (an impression when the type is ``view``), read with
+    # getattr so events without the attribute count as the resident's own
+
+
+def is_impression(event: RecentEventLike) -> bool:
+    """A ``view`` of something Bouquet recommended (it carries a recommendation id)."""
+    return event.type == "view" and bool(getattr(event, "recommendation_id", None))
 
 
 @dataclass(frozen=True)
@@ -67,12 +82,17 @@ class ConfidenceRule:
     spread_bundle_events : bool
         A bundle-level event (no service) also counts for the bundle's services, each
         receiving an equal share of its strength.
+    impression_weight : float or None
+        Weight of an impression (a ``view`` with a recommendation id); None: the ``view``
+        weight, as for any view (the rule of models trained before impressions were told
+        apart, so they fold in as they were trained).
     """
 
     event_weights: Mapping[str, float] = field(default_factory=dict)
     half_life_days: float | None = 120.0
     log_alpha: float = 2.0
     spread_bundle_events: bool = True
+    impression_weight: float | None = None
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> ConfidenceRule:
@@ -80,7 +100,8 @@ class ConfidenceRule:
         return cls(event_weights=dict(values.get("event_weights", {})),
                    half_life_days=values.get("half_life_days"),
                    log_alpha=float(values.get("log_alpha", 2.0)),
-                   spread_bundle_events=bool(values.get("spread_bundle_events", True)))
+                   spread_bundle_events=bool(values.get("spread_bundle_events", True)),
+                   impression_weight=_optional_float(values.get("impression_weight")))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -88,6 +109,7 @@ class ConfidenceRule:
             "half_life_days": None if not self.half_life_days else float(self.half_life_days),
             "log_alpha": float(self.log_alpha),
             "spread_bundle_events": bool(self.spread_bundle_events),
+            "impression_weight": _optional_float(self.impression_weight),
         }
 
     # --- the pieces --------------------------------------------------------------------------
@@ -101,6 +123,20 @@ class ConfidenceRule:
     def weight_vector(self, types: Sequence[str]) -> np.ndarray:
         """Weight per type code (index into ``types``), for vectorised training."""
         return np.array([self.weight(t) for t in types], dtype=np.float64)
+
+    def event_weight(self, event: RecentEventLike) -> float:
+        """The weight of one event: its type's, or ``impression_weight`` for an impression."""
+        if self.impression_weight is not None and is_impression(event):
+            return float(self.impression_weight)
+        return self.weight(event.type)
+
+    def impression_vector(self, types: Sequence[str]) -> np.ndarray:
+        """Per type code, the weight of an event of that type *carrying a recommendation
+        id* (vectorised training: the ``view`` entry is the impression weight)."""
+        out = self.weight_vector(types)
+        if self.impression_weight is not None and "view" in types:
+            out[list(types).index("view")] = float(self.impression_weight)
+        return out
 
     def decay(self, age_days: np.ndarray | float) -> np.ndarray:
         return decay_factor(age_days, self.half_life_days)
@@ -143,7 +179,7 @@ class ConfidenceRule:
         bundles: dict[int, float] = {}
         half_life = self.half_life_days
         for event in events:
-            weight = self.weight(event.type)
+            weight = self.event_weight(event)
             if weight <= 0:
                 continue
             if half_life and event.ts is not None:
@@ -159,6 +195,10 @@ class ConfidenceRule:
                 for s in bundle_members[b]:
                     services[s] = services.get(s, 0.0) + share
         return Strengths(services, bundles)
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 @dataclass(frozen=True)

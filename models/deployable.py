@@ -84,10 +84,27 @@ class DeployableModel(ABC):
     bundle_drivers: sp.csr_matrix | None = None
     #: Provenance: model kind and parameters, catalog and dataset fingerprints, metrics…
     meta: dict[str, Any] = field(default_factory=dict)
+    #: Segments (neighbourhood × age band × household, :func:`bouquet.core.profile.segment_id`)
+    #: and their popularity, ``segments × items``: the cold start of consenting residents
+    #: without history ("popular with residents like you"). Empty for models trained
+    #: before segments existed.
+    segments: list[str] = field(default_factory=list)
+    segment_popular_services: np.ndarray | None = None
+    segment_popular_bundles: np.ndarray | None = None
+    #: Recommendations shown and taken per bundle, ``(1 + segments) × bundles`` (city-wide
+    #: row first): the Beta–Bernoulli counts serving's exploration samples from.
+    bundle_shown: np.ndarray | None = None
+    bundle_taken: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.popular_services = np.asarray(self.popular_services, dtype=np.float32)
         self.popular_bundles = np.asarray(self.popular_bundles, dtype=np.float32)
+        self.segments = list(self.segments)
+        n_seg, n_s, n_b = len(self.segments), len(self.service_ids), len(self.bundle_ids)
+        self.segment_popular_services = _table(self.segment_popular_services, (n_seg, n_s))
+        self.segment_popular_bundles = _table(self.segment_popular_bundles, (n_seg, n_b))
+        self.bundle_shown = _table(self.bundle_shown, (1 + n_seg, n_b))
+        self.bundle_taken = _table(self.bundle_taken, (1 + n_seg, n_b))
         self.resident_ids = np.asarray(self.resident_ids, dtype=str)
         self.resident_neighbourhood = np.asarray(self.resident_neighbourhood, dtype=np.int16)
         n, n_s, n_b = len(self.resident_ids), len(self.service_ids), len(self.bundle_ids)
@@ -178,9 +195,13 @@ class DeployableModel(ABC):
                                    self.bundle_members)
 
     def popular_scores(self, kind: str) -> dict[str, np.ndarray]:
-        """``{neighbourhood | "_all": scores}``: the cold-start and no-consent fallbacks."""
+        """``{neighbourhood | "_all" | segment: scores}``: the no-consent fallbacks (city,
+        neighbourhood) and the segment cold start of consenting residents."""
         table = self.popular_bundles if kind == "b" else self.popular_services
-        return dict(zip([CITY, *self.neighbourhoods], table, strict=True))
+        segments = (self.segment_popular_bundles if kind == "b"
+                    else self.segment_popular_services)
+        return {**dict(zip([CITY, *self.neighbourhoods], table, strict=True)),
+                **dict(zip(self.segments, segments, strict=True))}
 
     def without_residents(self, keep: np.ndarray) -> DeployableModel:
         """The same model with only the resident rows where ``keep`` is True (erasure: the
@@ -221,8 +242,13 @@ class DeployableModel(ABC):
 
     def _check_shapes(self) -> None:
         n_nb = 1 + len(self.neighbourhoods)
+        n_seg = len(self.segments)
         for name, shape in (("popular_services", (n_nb, len(self.service_ids))),
                             ("popular_bundles", (n_nb, len(self.bundle_ids))),
+                            ("segment_popular_services", (n_seg, len(self.service_ids))),
+                            ("segment_popular_bundles", (n_seg, len(self.bundle_ids))),
+                            ("bundle_shown", (1 + n_seg, len(self.bundle_ids))),
+                            ("bundle_taken", (1 + n_seg, len(self.bundle_ids))),
                             ("resident_neighbourhood", (len(self.resident_ids),))):
             if getattr(self, name).shape != shape:
                 raise ArtifactError(f"{name} has shape {getattr(self, name).shape}, "
@@ -238,6 +264,7 @@ class DeployableModel(ABC):
             "service_ids": list(self.service_ids),
             "bundle_ids": list(self.bundle_ids),
             "neighbourhoods": list(self.neighbourhoods),
+            "segments": list(self.segments),
             "bundle_services": {b: list(self.bundle_services.get(b, ()))
                                 for b in self.bundle_ids},
             "rule": self.rule.to_dict(),
@@ -249,6 +276,10 @@ class DeployableModel(ABC):
             "resident_neighbourhood": self.resident_neighbourhood,
             "popular_services": self.popular_services,
             "popular_bundles": self.popular_bundles,
+            "segment_popular_services": self.segment_popular_services,
+            "segment_popular_bundles": self.segment_popular_bundles,
+            "bundle_shown": self.bundle_shown,
+            "bundle_taken": self.bundle_taken,
         }
         shared = {name: getattr(self, name) for name in DeployableModel.resident_arrays}
         for name, value in {**shared, **self._family_arrays()}.items():
@@ -368,6 +399,9 @@ def _assemble(meta: dict[str, Any], arrays: dict[str, np.ndarray], where: str
             "popular_bundles": arrays["popular_bundles"],
             "resident_ids": arrays["resident_ids"],
             "resident_neighbourhood": arrays["resident_neighbourhood"],
+            # absent from models trained before segments existed
+            "segments": list(meta.get("segments", [])),
+            **{name: arrays.get(name) for name in _SEGMENT_ARRAYS},
         }
         unflat = _unflatten(arrays)
         common.update({name: unflat.get(name) for name in DeployableModel.resident_arrays})
@@ -379,8 +413,10 @@ def _assemble(meta: dict[str, Any], arrays: dict[str, np.ndarray], where: str
 
 
 _DOCUMENT_KEYS = frozenset({"format", "format_version", "family", "service_ids",
-                            "bundle_ids", "neighbourhoods", "bundle_services", "rule",
-                            "dataset_params", "arrays"})
+                            "bundle_ids", "neighbourhoods", "segments", "bundle_services",
+                            "rule", "dataset_params", "arrays"})
+_SEGMENT_ARRAYS = ("segment_popular_services", "segment_popular_bundles", "bundle_shown",
+                   "bundle_taken")
 
 
 def _import_families() -> None:
@@ -423,6 +459,13 @@ def _rows(matrix: Any, shape: tuple[int, int], dtype: Any) -> sp.csr_matrix:
         raise ArtifactError(f"resident rows have shape {out.shape}, expected {shape}")
     out.sort_indices()
     return out
+
+
+def _table(value: Any, shape: tuple[int, int]) -> np.ndarray:
+    """A float32 table of ``shape``; None (not recorded) is all zeros."""
+    if value is None:
+        return np.zeros(shape, dtype=np.float32)
+    return np.asarray(value, dtype=np.float32)
 
 
 def _row_data(matrix: sp.csr_matrix, row: int) -> np.ndarray:

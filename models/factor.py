@@ -124,6 +124,17 @@ class FactorModel(DeployableModel):
         return cache[kind]
 
     def _coefficients(self, strengths: Strengths) -> tuple[np.ndarray, np.ndarray] | None:
+        # one request asks for the scores, then for the reasons of a few items, with the
+        # same strengths: solved once (a strong reference, so identity cannot be reused)
+        memo = self.__dict__.get("_last_coefficients")
+        if memo is not None and memo[0] is strengths:
+            return memo[1]
+        found = self._solve_coefficients(strengths)
+        self.__dict__["_last_coefficients"] = (strengths, found)
+        return found
+
+    def _solve_coefficients(self, strengths: Strengths
+                            ) -> tuple[np.ndarray, np.ndarray] | None:
         positive = {i: s for i, s in strengths.services.items() if s > 0}
         if not positive:
             return None
@@ -131,6 +142,39 @@ class FactorModel(DeployableModel):
         s = np.fromiter(positive.values(), dtype=np.float64, count=len(positive))
         return self.foldin.coefficients(ids, self.alpha * self.rule.confidence(s),
                                         distinct=True)
+
+    def explain(self, rows: np.ndarray, kind: str, items: np.ndarray) -> np.ndarray:
+        """:meth:`DeployableModel.explain` for many residents at once: the same
+        decomposition as :meth:`_contributions`, with each resident's history services
+        padded to the longest (a padded service has confidence 1 and a zero vector, so it
+        adds nothing) and every resident's ``A`` solved in one batched call."""
+        rows = np.asarray(rows, dtype=np.int64)
+        items = np.asarray(items, dtype=np.int64)
+        out = np.zeros(items.shape, dtype=np.int64)
+        history = self.resident_services
+        counts = np.diff(history.indptr)[rows]
+        width = int(counts.max()) if len(rows) else 0
+        if width == 0:
+            return out
+        slot = np.arange(width)[None, :]
+        present = slot < counts[:, None]
+        # positions in the CSR arrays; a padded slot repeats a real one (masked out below)
+        where = history.indptr[rows][:, None] + np.minimum(slot,
+                                                           np.maximum(counts - 1, 0)[:, None])
+        services = np.where(present, history.indices[where], 0)
+        c = np.where(present, self.alpha * history.data[where].astype(np.float64), 1.0)
+        y = self.foldin.item_factors[services] * present[..., None]  # (n, m, f)
+        a = self.foldin.gram[None] + np.swapaxes(y * (c - 1.0)[..., None], 1, 2) @ y
+        wanted = items >= 0
+        targets = self._items(kind)[np.maximum(items, 0)].astype(np.float64)  # (n, k, f)
+        solved = np.linalg.solve(a, np.swapaxes(targets, 1, 2))  # (n, f, k)
+        contrib = np.maximum(c, 0.0)[..., None] * (y @ solved)  # (n, m, k)
+        contrib = np.where(present[..., None], contrib, -np.inf)
+        best = contrib.argmax(axis=1)  # (n, k): the history service adding most
+        value = np.take_along_axis(contrib, best[:, None, :], 1)[:, 0, :]
+        drivers = self.service_drivers.data[np.take_along_axis(where, best, 1)]
+        out[:] = np.where(wanted & (value > 0), drivers, 0)
+        return out
 
     def _contributions(self, row: int, kind: str, items: np.ndarray, services: np.ndarray,
                        bundles: np.ndarray) -> np.ndarray:

@@ -8,14 +8,18 @@ second ago):
 
 1. a consenting resident with a precomputed list of the published version: that list, by
    score; otherwise (and to back-fill a list the filters leave short) the popular list of
-   the resident's neighbourhood, then the city's;
+   the resident's neighbourhood, then the city's — led, for a consenting resident without
+   a list, by the popular list of their segment (residents like them: neighbourhood, age
+   band, household), serving's segment cold start;
 2. always out: offers the resident holds, dismissed bundles (and dismissed services),
    offers not available where the resident lives, offers whose eligibility the resident
    lacks (the filters' ``permitted``, once per distinct profile), offers no longer in the
    catalog; an offer is taken once.
 
-The first ``n`` survivors of each kind are the candidates. ``tests/outreach`` checks them
-against ``OfferRanker.rank`` on random residents.
+The first ``n`` survivors of each kind are the candidates. What serving decides from the
+resident's last seconds or by chance — re-ranking by recent events, rotating out bundles
+shown and ignored, the exploration slots — is not part of a plan. ``tests/outreach`` checks
+the candidates against ``OfferRanker.rank`` on random residents.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from bouquet.core.catalog import Catalog
+from bouquet.core.profile import all_segments
 from bouquet.models.online import ENTRY
 
 #: First byte of a packed list (:func:`bouquet.models.online.pack_list`'s format).
@@ -57,7 +62,7 @@ class ProfileView:
 @dataclass
 class PublishedLists:
     """What the planner reads of the published version: its ids, reason vocabulary and
-    popular lists (by kind and neighbourhood; ``_all`` is the city)."""
+    popular lists (by kind and neighbourhood or segment; ``_all`` is the city)."""
 
     version: str
     model_version: str
@@ -97,9 +102,12 @@ class CandidateBuilder:
         self.to_catalog = {k: np.array([self.index[k].get(i, -1) for i in lists.ids(k)]
                                        + [-1], dtype=np.int64) for k in KINDS}
         self.neighbourhoods = list(neighbourhoods)
+        #: every segment of the neighbourhoods (index: ``build``'s ``segment``)
+        self.segments = all_segments(self.neighbourhoods)
         vocab = list(lists.reason_vocab)
+        # a popular list's code is _popular_code + its row in the popular matrix
         self.codes = [*vocab, "", *[f"popular:{nb}" for nb in self.neighbourhoods],
-                      "popular:_all"]
+                      "popular:_all", *[f"segment:{seg}" for seg in self.segments]]
         self._no_reason = len(vocab)
         self._popular_code = len(vocab) + 1
         self._popular = {k: self._popular_matrix(k) for k in KINDS}
@@ -108,10 +116,11 @@ class CandidateBuilder:
 
     # --- the pieces --------------------------------------------------------------------------
     def _popular_matrix(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
-        """(neighbourhoods + 1, Q) version item indices of each neighbourhood's popular list
-        and the city's (last row), padded with −1; and their lengths."""
-        rows = [self.lists.popular.get((kind, nb), np.empty(0, ENTRY))["i"]
-                for nb in [*self.neighbourhoods, "_all"]]
+        """(neighbourhoods + 1 + segments, Q) version item indices of each neighbourhood's
+        popular list, the city's (the row after them), then each segment's, padded with −1;
+        and their lengths."""
+        rows = [self.lists.popular.get((kind, where), np.empty(0, ENTRY))["i"]
+                for where in [*self.neighbourhoods, "_all", *self.segments]]
         width = max((len(r) for r in rows), default=0)
         out = np.full((len(rows), width), -1, dtype=np.int64)
         for i, r in enumerate(rows):
@@ -157,10 +166,11 @@ class CandidateBuilder:
 
     # --- the rule ------------------------------------------------------------------------------
     def build(self, kind: str, personalise: np.ndarray, packed: list[bytes],
-              neighbourhood: np.ndarray, signature: np.ndarray, blocked: np.ndarray
-              ) -> tuple[np.ndarray, np.ndarray]:
+              neighbourhood: np.ndarray, signature: np.ndarray, blocked: np.ndarray,
+              segment: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(items, reasons) of one kind for a chunk of residents (see the module docstring).
-        ``neighbourhood`` indexes :attr:`neighbourhoods` (−1: none declared)."""
+        ``neighbourhood`` indexes :attr:`neighbourhoods` and ``segment`` :attr:`segments`
+        (−1: not declared; no ``segment``: none declared)."""
         n_rows = len(packed)
         # the resident's own list, by score (a stable sort, as serving's); unpacked for
         # every row at once (what unpack_list reads: a format byte, then 8-byte entries)
@@ -185,25 +195,32 @@ class CandidateBuilder:
             own = np.take_along_axis(own, order, axis=1)
             own_reason = np.take_along_axis(own_reason, order, axis=1)
         own_reason = np.where(own_reason < self._no_reason, own_reason, self._no_reason)
-        # then the neighbourhood's popular list, then the city's: each row is the sequence
-        # own list, neighbourhood's list, city's list, read position by position (the
-        # first offers almost always survive the filters, so a short prefix of each row is
-        # read first, and the whole row only where the prefix had too few)
+        # then (a consenting resident without a list) the segment's popular list, the
+        # neighbourhood's, the city's: each row is the sequence own list, segment's list,
+        # neighbourhood's list, city's list, read position by position (the first offers
+        # almost always survive the filters, so a short prefix of each row is read first,
+        # and the whole row only where the prefix had too few)
         _, lengths = self._popular[kind]
         city = len(self.neighbourhoods)
+        if segment is None:
+            segment = np.full(n_rows, -1, dtype=np.int64)
+        cold = np.asarray(personalise, dtype=bool) & (counts == 0) & (segment >= 0)
+        seg_rows = np.where(cold, city + 1 + segment, city)
         near_rows = np.where(neighbourhood >= 0, neighbourhood, city)
-        near_length = np.where(neighbourhood >= 0, lengths[near_rows], 0)
-        total = counts + near_length + lengths[city]
+        lists = [(seg_rows, np.where(cold, lengths[seg_rows], 0)),
+                 (near_rows, np.where(neighbourhood >= 0, lengths[near_rows], 0)),
+                 (np.full(n_rows, city), np.full(n_rows, lengths[city]))]
+        total = counts + sum(length for _, length in lists)
         n = self.per_kind
         prefix = min(int(total.max()) if n_rows else 0, 2 * n + 8)
-        items, reasons = self._sequence(kind, own, own_reason, counts, near_rows, near_length,
+        items, reasons = self._sequence(kind, own, own_reason, counts, lists,
                                         np.arange(prefix))
         out_items, out_reasons, found = self._first_allowed(kind, items, reasons, signature,
                                                             blocked)
         short = np.flatnonzero((found < n) & (total > prefix))
         if len(short):
             items, reasons = self._sequence(kind, own[short], own_reason[short], counts[short],
-                                            near_rows[short], near_length[short],
+                                            [(r[short], length[short]) for r, length in lists],
                                             np.arange(int(total[short].max())))
             more_items, more_reasons, _ = self._first_allowed(
                 kind, items, reasons, signature[short], blocked[short])
@@ -211,17 +228,15 @@ class CandidateBuilder:
         return out_items.astype(np.int32), out_reasons.astype(np.int32)
 
     def _sequence(self, kind: str, own: np.ndarray, own_reason: np.ndarray,
-                  counts: np.ndarray, near_rows: np.ndarray, near_length: np.ndarray,
+                  counts: np.ndarray, lists: list[tuple[np.ndarray, np.ndarray]],
                   positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(catalog items, reasons) at ``positions`` of each row's sequence: its own list
-        (``counts`` long), its neighbourhood's popular list, the city's; −1 past the end,
-        or where the version's item is not in the catalog."""
-        popular, lengths = self._popular[kind]
-        city = len(self.neighbourhoods)
+        (``counts`` long), then each of ``lists`` (per row a popular matrix row and how much
+        of it is used, 0 to skip it); −1 past the end, or where the version's item is not in
+        the catalog."""
+        popular, _ = self._popular[kind]
         shape = (len(counts), len(positions))
         at = np.broadcast_to(positions[None, :], shape)
-        in_near = at - counts[:, None]
-        in_far = in_near - near_length[:, None]
         version_items = np.full(shape, -1, dtype=np.int64)
         reasons = np.full(shape, -1, dtype=np.int64)
         mine = at < counts[:, None]
@@ -230,15 +245,16 @@ class CandidateBuilder:
             version_items = np.where(mine, np.take_along_axis(own, column, axis=1), -1)
             reasons = np.where(mine, np.take_along_axis(own_reason, column, axis=1), -1)
         if popular.shape[1]:
-            near = ~mine & (in_near < near_length[:, None])
-            far = ~mine & ~near & (in_far < lengths[city])
             width = popular.shape[1] - 1
-            version_items = np.where(near, popular[near_rows[:, None],
-                                                   np.clip(in_near, 0, width)], version_items)
-            version_items = np.where(far, popular[city, np.clip(in_far, 0, width)],
-                                     version_items)
-            reasons = np.where(near, (self._popular_code + near_rows)[:, None], reasons)
-            reasons = np.where(far, self._popular_code + city, reasons)
+            start = counts[:, None]
+            for rows, length in lists:
+                at_list = at - start
+                inside = (at_list >= 0) & (at_list < length[:, None])
+                version_items = np.where(inside, popular[rows[:, None],
+                                                         np.clip(at_list, 0, width)],
+                                         version_items)
+                reasons = np.where(inside, (self._popular_code + rows)[:, None], reasons)
+                start = start + length[:, None]
         lookup = self.to_catalog[kind]
         in_range = (version_items >= 0) & (version_items < len(lookup) - 1)
         items = np.where(in_range, lookup[np.where(in_range, version_items, -1)], -1)

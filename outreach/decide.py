@@ -34,6 +34,7 @@ import pandas as pd
 from bouquet.core.catalog import Catalog
 from bouquet.core.events import OUTREACH_CHANNELS
 from bouquet.core.outreach import OUTREACH_VARIANT, ResidentRecord, holdout_points, in_holdout
+from bouquet.core.profile import SEGMENT_FIELDS, segment_of
 from bouquet.core.recommendation import RecommendationIds, development_ids
 from bouquet.core.settings import Settings
 from bouquet.outreach.candidates import KINDS, CandidateBuilder, OfferFilters, PublishedLists
@@ -237,6 +238,12 @@ def decide(day: date, now: float, residents: Residents, offers: Callable[[np.nda
     profiles, profile_of = _distinct_rows([column[name] for name in SIGNATURE_COLUMNS])
     builder = CandidateBuilder(catalog, lists, filters, list(catalog.neighbourhood_ids),
                                config.candidates)
+    # serving's segment (core.profile.segment_of) of each resident, as builder.segments index
+    segment_index = {seg: i for i, seg in enumerate(builder.segments)}
+    keys, key_of = _distinct_rows([column[name] for name in SEGMENT_FIELDS])
+    resident_segment = np.array(
+        [segment_index.get(segment_of(dict(zip(SEGMENT_FIELDS, key, strict=True))) or "", -1)
+         for key in keys], dtype=np.int64)[key_of] if n else np.zeros(0, dtype=np.int64)
     n_bundles = len(catalog.bundle_ids)
     per_channel_gain = np.full((n, len(channels)), -np.inf)
     per_channel_pick = np.full((n, len(channels)), -1, dtype=np.int64)  # offer index
@@ -258,7 +265,8 @@ def decide(day: date, now: float, residents: Residents, offers: Callable[[np.nda
             blocked = builder.blocked(kind, state.holdings, state.dismissed)
             personalise = residents.consent[rows].astype(bool) & lists.personalised
             items, reasons = builder.build(kind, personalise, state.packed[kind],
-                                           nb_catalog[rows], signature, blocked)
+                                           nb_catalog[rows], signature, blocked,
+                                           resident_segment[rows])
             offer_parts.append(np.where(items >= 0, items + (0 if kind == "b" else n_bundles),
                                         -1))
             reason_parts.append(reasons)

@@ -23,7 +23,7 @@ import redis
 
 from bouquet.core.keys import Keys
 from bouquet.core.outreach import ResidentRecord, decode_record
-from bouquet.core.profile import decode_value
+from bouquet.core.profile import all_segments, decode_value
 from bouquet.core.redisclient import is_cluster
 from bouquet.core.scripts import lua_script
 from bouquet.models.online import decode_meta, unpack_list
@@ -90,7 +90,10 @@ class OutreachStore:
             service_ids=json.loads(meta.get("service_ids", "[]")),
             reason_vocab=json.loads(meta.get("reason_vocab", '["cf"]')),
             personalised=meta.get("personalised", "1") != "0")
-        names = ["_all", *neighbourhoods]
+        neighbourhoods = list(neighbourhoods)
+        # the segments' lists too: serving's cold start for a consenting resident without
+        # a list of their own (absent keys are empty lists)
+        names = ["_all", *neighbourhoods, *all_segments(neighbourhoods)]
         pipe = self.redis.pipeline(transaction=False)
         for kind in ("b", "s"):
             for nb in names:

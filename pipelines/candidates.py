@@ -90,7 +90,11 @@ def _common(data: Dataset, kind: str, params: dict[str, Any],
     n_nb = 1 + len(data.neighbourhoods)
     services, bundles = popular if popular is not None else (
         np.zeros((n_nb, len(data.service_ids))), np.zeros((n_nb, len(data.bundle_ids))))
+    # the fallbacks of a model that will be served: segment popularity and the counts
+    # exploration samples from (a model fitted for evaluation only needs neither)
+    segments = segment_tables(data) if popular is not None else {}
     return {
+        **segments,
         "service_ids": list(data.service_ids), "bundle_ids": list(data.bundle_ids),
         "bundle_services": {b: list(s) for b, s in data.bundle_services.items()},
         "neighbourhoods": list(data.neighbourhoods), "rule": data.params,
@@ -121,13 +125,17 @@ class ALSBundleModel(Candidate):
     affinity_weight: float = 0.25
     aggregation_norm: float = 1.0
     random_state: int = 0
+    #: implicit's threads (0: all cores). Each row's solve is independent, so the factors do
+    #: not depend on it; on a shared machine one thread can be several times faster.
+    num_threads: int = 0
     kind: str = field(default="als", init=False)
 
     def get_params(self) -> dict[str, Any]:
         return {"factors": self.factors, "regularization": self.regularization,
                 "alpha": self.alpha, "iterations": self.iterations,
                 "cf_weight": self.cf_weight, "affinity_weight": self.affinity_weight,
-                "aggregation_norm": self.aggregation_norm, "random_state": self.random_state}
+                "aggregation_norm": self.aggregation_norm, "random_state": self.random_state,
+                "num_threads": self.num_threads}
 
     def fit(self, data: Dataset, progress: bool = False) -> ALSBundleModel:
         from bouquet.models.als import ALSRecommender
@@ -135,7 +143,8 @@ class ALSBundleModel(Candidate):
         started = time.perf_counter()
         als = ALSRecommender(factors=self.factors, regularization=self.regularization,
                              alpha=self.alpha, iterations=self.iterations,
-                             random_state=self.random_state, show_progress=progress)
+                             random_state=self.random_state, show_progress=progress,
+                             num_threads=self.num_threads)
         als.fit(data.services)
         users = als.user_factors_
         service_factors = als.item_factors_
@@ -265,6 +274,25 @@ class NeighbourhoodPopularity(PerTarget):
         table = self.score_groups(target, codes)
         table[0] = model.item_popularity_
         return table
+
+
+def segment_tables(data: Dataset) -> dict[str, Any]:
+    """The segment cold start and exploration counts of a model fitted on ``data``:
+    per segment (neighbourhood × age band × household) the popularity of every service and
+    bundle among its residents, shrunk towards the city's
+    (:class:`~bouquet.models.popularity.GroupPopularityRecommender`: a segment of a few
+    residents says little, one with none is the city), and the recommendations shown and
+    taken per bundle (city, then each segment)."""
+    from bouquet.models.popularity import GroupPopularityRecommender
+
+    labels = [data.segments[c] if c >= 0 else None for c in data.segment.tolist()]
+    out: dict[str, Any] = {"segments": list(data.segments)}
+    for target in TARGETS:
+        model = GroupPopularityRecommender().fit(_matrix(data, target), groups=labels)
+        out[f"segment_popular_{target}"] = model.score(
+            np.full(len(data.segments), -1), None, groups=list(data.segments))
+    out["bundle_shown"], out["bundle_taken"] = data.bundle_shown, data.bundle_taken
+    return out
 
 
 class Popularity(PerTarget):

@@ -49,7 +49,13 @@ import pyarrow.compute as pc
 import pyarrow.json as pajson
 import scipy.sparse as sp
 
-from bouquet.core.catalog import Catalog
+from bouquet.core.catalog import (
+    AGE_BANDS,
+    HOUSEHOLDS,
+    Catalog,
+    available_in,
+    eligibility_failure,
+)
 from bouquet.core.eventlog import (
     SCAN_CHUNK_EVENTS,
     EventChunk,
@@ -58,6 +64,7 @@ from bouquet.core.eventlog import (
     scan_events,
 )
 from bouquet.core.events import EventType
+from bouquet.core.profile import all_segments
 from bouquet.core.settings import Settings
 from bouquet.models.confidence import ConfidenceRule
 from bouquet.models.reasons import encode_drivers
@@ -69,6 +76,7 @@ NS_PER_DAY = 86_400 * 10**9
 #: The only columns training reads from the log.
 EVENT_COLUMNS: tuple[str, ...] = (
     "resident_id", "type", "service_id", "bundle_id", "ts", "value", "context", "ingested_at",
+    "recommendation_id",
 )
 #: Event type codes used in :class:`EventArrays` (index = code).
 TYPES: tuple[str, ...] = tuple(t.value for t in EventType)
@@ -78,9 +86,11 @@ PROFILE_FIELDS: tuple[str, ...] = ("neighbourhood", "age_band", "household", "st
 
 
 def rule_from_settings(settings: Settings, **overrides: Any) -> ConfidenceRule:
-    """The confidence rule of the settings' event weights, with ``overrides`` (half-life,
-    log_alpha, spreading; None values ignored)."""
-    values: dict[str, Any] = {"event_weights": dict(settings.event_weights)}
+    """The confidence rule of the settings' event and impression weights, with
+    ``overrides`` (half-life, log_alpha, spreading, impression weight; None values
+    ignored)."""
+    values: dict[str, Any] = {"event_weights": dict(settings.event_weights),
+                              "impression_weight": settings.impression_weight}
     values.update({k: v for k, v in overrides.items() if v is not None})
     return ConfidenceRule(**values)
 
@@ -96,8 +106,16 @@ class EventArrays:
     service: np.ndarray  # int16 catalog service index, -1 none/unknown
     bundle: np.ndarray  # int16 catalog bundle index, -1 none/unknown
     ts: np.ndarray  # int64 ns since epoch, UTC, non-decreasing
+    recommended: np.ndarray  # bool per event: carries a recommendation id
     consent: np.ndarray  # bool per resident code: latest consent event has value 1
-    profiles: pd.DataFrame  # per resident code (index), PROFILE_FIELDS; neighbourhood_code
+    #: per resident code (index): PROFILE_FIELDS, neighbourhood_code, segment_code
+    profiles: pd.DataFrame
+    #: What serving may offer each resident (zone and eligibility by their declared
+    #: profile, :func:`bouquet.core.catalog.eligibility_failure`): a row of the tables
+    #: below per resident code; row 0 is a resident who declared nothing.
+    offer_class: np.ndarray  # int32 per resident code
+    offerable_services: np.ndarray  # bool, classes × services
+    offerable_bundles: np.ndarray  # bool, classes × bundles
     service_ids: tuple[str, ...]
     bundle_ids: tuple[str, ...]
     neighbourhoods: tuple[str, ...]
@@ -113,8 +131,10 @@ class EventArrays:
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, catalog: Catalog) -> EventArrays:
         """Encode events as returned by ``read_events(columns=EVENT_COLUMNS)`` (each once;
-        put in time order here if they are not)."""
-        columns = [c for c in EVENT_COLUMNS if c in frame.columns or c != "ingested_at"]
+        put in time order here if they are not; ``ingested_at`` and ``recommendation_id``
+        may be absent from events built by hand)."""
+        columns = [c for c in EVENT_COLUMNS
+                   if c in frame.columns or c not in ("ingested_at", "recommendation_id")]
         table = pa.Table.from_pandas(frame[columns], preserve_index=False)
         encoder = _Encoder(catalog, capacity=table.num_rows)
         encoder.add(EventChunk.of(table))
@@ -122,10 +142,29 @@ class EventArrays:
 
     def neighbourhood_codes(self, codes: np.ndarray) -> np.ndarray:
         """Catalog neighbourhood index of residents ``codes`` (-1 when undeclared)."""
+        return self._profile_codes(codes, "neighbourhood_code")
+
+    def segment_codes(self, codes: np.ndarray) -> np.ndarray:
+        """Index into :attr:`segments` of residents ``codes`` (-1 when any of
+        neighbourhood, age band and household is undeclared)."""
+        return self._profile_codes(codes, "segment_code")
+
+    def offerable(self, codes: np.ndarray, target: str) -> np.ndarray:
+        """``(len(codes), items)`` bool: the services or bundles serving may offer each of
+        residents ``codes``."""
+        table = self.offerable_services if target == "services" else self.offerable_bundles
+        return table[self.offer_class[codes]]
+
+    @property
+    def segments(self) -> tuple[str, ...]:
+        """Every segment (neighbourhood × age band × household) of the catalog."""
+        return tuple(all_segments(self.neighbourhoods))
+
+    def _profile_codes(self, codes: np.ndarray, column: str) -> np.ndarray:
         out = np.full(len(codes), -1, dtype=np.int16)
         if len(self.profiles):
             lookup = np.full(len(self.resident_ids), -1, dtype=np.int16)
-            lookup[self.profiles.index.to_numpy()] = self.profiles["neighbourhood_code"]
+            lookup[self.profiles.index.to_numpy()] = self.profiles[column]
             out[:] = lookup[codes]
         return out
 
@@ -168,6 +207,13 @@ class Dataset:
     catalog_fingerprint: str
     codes: np.ndarray  # EventArrays resident code per row (for aligning test data)
     bundle_services: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    segments: tuple[str, ...] = ()  # every catalog segment (core.profile.all_segments)
+    segment: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16))  # per row
+    #: Recommendations shown (impressions) and taken (subscriptions carrying a
+    #: recommendation id) per bundle, among consenting residents before the cut-off:
+    #: ``(1 + segments) × bundles``, city-wide row first — exploration's conversion rates.
+    bundle_shown: np.ndarray = field(default_factory=lambda: np.zeros((1, 0)))
+    bundle_taken: np.ndarray = field(default_factory=lambda: np.zeros((1, 0)))
     stats: dict[str, Any] = field(default_factory=dict)
     fingerprint: str = ""
 
@@ -234,7 +280,7 @@ class _Encoder:
     first appearance)."""
 
     _DTYPES = {"resident": np.int32, "kind": np.int8, "service": np.int16,
-               "bundle": np.int16, "ts": np.int64}
+               "bundle": np.int16, "ts": np.int64, "recommended": np.bool_}
 
     def __init__(self, catalog: Catalog, capacity: int) -> None:
         self.catalog = catalog
@@ -292,6 +338,7 @@ class _Encoder:
             self._put(name, codes.astype(np.int16))
             self.stats[f"unknown_{name}_events"] += unknown
         self._put("ts", chunk.ts[rows])
+        self._put("recommended", _recommended(chunk, rows))
         self.filled += len(rows)
         self.stats["events"] += len(rows)
         is_consent = kind == _CODE["consent"]
@@ -320,8 +367,8 @@ class _Encoder:
 
     def finish(self) -> EventArrays:
         catalog = self.catalog
-        resident, kind, service, bundle, ts = (self.columns[name][:self.filled]
-                                               for name in self._DTYPES)
+        resident, kind, service, bundle, ts, recommended = (
+            self.columns[name][:self.filled] for name in self._DTYPES)
         n_res = self.n_residents
         # Consent: the consent event received last decides (ties: the later one read).
         consent = np.zeros(n_res, dtype=bool)
@@ -335,13 +382,17 @@ class _Encoder:
             np.concatenate(self.profile_who) if self.profile_who else np.zeros(0, np.int32),
             pa.concat_arrays(self.profile_context) if self.profile_context
             else pa.array([], pa.string()), catalog)
+        offer_class, offerable_services, offerable_bundles = _offer_classes(profiles, n_res,
+                                                                            catalog)
         stats = {**self.stats, "residents_seen": n_res,
                  "residents_consenting": int(consent.sum())}
         ids = pa.concat_arrays(self.ids) if self.ids else pa.array([], pa.string())
         return EventArrays(
             resident_ids=ids.to_numpy(zero_copy_only=False).astype(object, copy=False),
             resident=resident, kind=kind, service=service, bundle=bundle, ts=ts,
-            consent=consent, profiles=profiles,
+            recommended=recommended, consent=consent, profiles=profiles,
+            offer_class=offer_class, offerable_services=offerable_services,
+            offerable_bundles=offerable_bundles,
             service_ids=tuple(catalog.service_ids), bundle_ids=tuple(catalog.bundle_ids),
             neighbourhoods=tuple(catalog.neighbourhood_ids), catalog_version=catalog.version,
             catalog_fingerprint=catalog.fingerprint,
@@ -360,12 +411,25 @@ def _codes_in(values: pa.Array, names: tuple[str, ...] | list[str],
     return codes, unknown
 
 
+def _has_column(chunk: EventChunk, name: str) -> bool:
+    source = chunk.source
+    return name in (source.column_names if isinstance(source, pa.Table)
+                    else source.schema.names)
+
+
+def _recommended(chunk: EventChunk, rows: np.ndarray) -> np.ndarray:
+    """Whether each selected row carries a recommendation id (False for every row when the
+    events have no such column): only the column's validity is kept, never its strings."""
+    if not _has_column(chunk, "recommendation_id"):
+        return np.zeros(len(rows), dtype=bool)
+    valid = chunk.column("recommendation_id").is_valid()
+    return valid.to_numpy(zero_copy_only=False)[rows]
+
+
 def _received_ns(chunk: EventChunk, rows: np.ndarray) -> np.ndarray:
     """When each selected row was received (``ingested_at``, ns since the epoch, int64 min
     when missing); its event time when the events carry no receipt time (built by hand)."""
-    source = chunk.source
-    names = source.column_names if isinstance(source, pa.Table) else source.schema.names
-    if "ingested_at" not in names:
+    if not _has_column(chunk, "ingested_at"):
         return chunk.ts[rows]
     times = chunk.column("ingested_at")
     if not pa.types.is_timestamp(times.type):
@@ -423,6 +487,7 @@ def build_dataset(
                                spread).of(services)
     bundle_drivers = _Drivers(arrays, row, strength, on_bundle, True).of(bundles)
 
+    shown, taken = _recommendation_outcomes(arrays, select)
     held_services = _holdings(arrays, select, row, arrays.service, (n, n_s))
     held_bundles = _holdings(arrays, select, row, arrays.bundle, (n, n_b))
     stats = {
@@ -444,7 +509,8 @@ def build_dataset(
         params=params, as_of=pd.Timestamp(as_of), until=None if until is None
         else pd.Timestamp(until), catalog_version=arrays.catalog_version,
         catalog_fingerprint=arrays.catalog_fingerprint, codes=codes,
-        bundle_services=arrays.bundle_services, stats=stats,
+        bundle_services=arrays.bundle_services, stats=stats, segments=arrays.segments,
+        segment=arrays.segment_codes(codes), bundle_shown=shown, bundle_taken=taken,
     )
     dataset.fingerprint = fingerprint(dataset)
     return dataset
@@ -470,6 +536,9 @@ def fingerprint(dataset: Dataset) -> str:
     h.update(json.dumps(header, sort_keys=True).encode())
     h.update("\n".join(dataset.resident_ids.tolist()).encode())
     h.update(dataset.neighbourhood.tobytes())
+    h.update(np.ascontiguousarray(dataset.segment).tobytes())
+    for table in (dataset.bundle_shown, dataset.bundle_taken):
+        h.update(np.ascontiguousarray(table, dtype=np.float64).tobytes())
     for matrix in (dataset.services, dataset.bundles, dataset.held_services,
                    dataset.held_bundles):
         matrix.sort_indices()
@@ -487,19 +556,22 @@ EVENT_BLOCK = 2_000_000
 def _strengths(arrays: EventArrays, params: ConfidenceRule, select: np.ndarray,
                now: int) -> tuple[np.ndarray, np.ndarray]:
     """(selected events of a weighing type, weight × decay of each event — 0 for the
-    others); computed a block of events at a time, element by element, so the result does
-    not depend on the block size."""
+    others); an event weighs its type's weight, or the rule's impression weight when it is
+    a recommended view (an impression). Computed a block of events at a time, element by
+    element, so the result does not depend on the block size."""
     weights = params.weight_vector(TYPES)
+    impressions = params.impression_vector(TYPES)
     weighted = select & (arrays.kind >= 0)
     strength = np.zeros(arrays.n_events, dtype=np.float64)
     for lo in range(0, arrays.n_events, EVENT_BLOCK):
         part = slice(lo, lo + EVENT_BLOCK)
-        kind = arrays.kind[part]
+        kind = np.maximum(arrays.kind[part], 0)
+        weight = np.where(arrays.recommended[part], impressions[kind], weights[kind])
         mine = weighted[part]  # a view: refined in place
-        mine &= weights[np.maximum(kind, 0)] > 0
+        mine &= weight > 0
         at = np.flatnonzero(mine)
         ages = (now - arrays.ts[part][at]) / NS_PER_DAY
-        strength[part][at] = weights[kind[at]] * params.decay(ages)
+        strength[part][at] = weight[at] * params.decay(ages)
     return weighted, strength
 
 
@@ -595,6 +667,25 @@ class _Drivers:
                               arrays.ts[event] // NS_PER_DAY)
 
 
+def _recommendation_outcomes(arrays: EventArrays, select: np.ndarray
+                             ) -> tuple[np.ndarray, np.ndarray]:
+    """Impressions (``view`` with a recommendation id) and attributed subscriptions per
+    bundle of the ``select``-ed events: ``(1 + segments) × bundles`` each, city-wide first
+    (every selected resident, whether or not their segment is declared)."""
+    n_seg, n_b = len(arrays.segments), len(arrays.bundle_ids)
+    out = []
+    for kind in ("view", "subscribe"):
+        mask = select & arrays.recommended & (arrays.kind == _CODE[kind]) & (arrays.bundle >= 0)
+        bundle = arrays.bundle[mask].astype(np.int64)
+        segment = arrays.segment_codes(arrays.resident[mask]).astype(np.int64)
+        table = np.zeros((1 + n_seg, n_b))
+        table[0] = np.bincount(bundle, minlength=n_b)
+        known = segment >= 0
+        np.add.at(table, (1 + segment[known], bundle[known]), 1.0)
+        out.append(table)
+    return out[0], out[1]
+
+
 def _holdings(arrays: EventArrays, select: np.ndarray, row: np.ndarray, items: np.ndarray,
               shape: tuple[int, int]) -> sp.csr_matrix:
     """1 where the latest subscribe/unsubscribe of (row, item) is a subscribe."""
@@ -632,7 +723,7 @@ def _parse_profiles(who: np.ndarray, contexts: pa.Array, catalog: Catalog) -> pd
     ``who``/``contexts`` are every profile event in time order (several per resident
     possible). JSON is parsed once, by Arrow.
     """
-    columns = [*PROFILE_FIELDS, "neighbourhood_code"]
+    columns = [*PROFILE_FIELDS, "neighbourhood_code", "segment_code"]
     if len(who) == 0:
         return pd.DataFrame(columns=columns, index=pd.Index([], dtype=np.int64))
     contexts = contexts.cast(pa.string())
@@ -666,7 +757,45 @@ def _parse_profiles(who: np.ndarray, contexts: pa.Array, catalog: Catalog) -> pd
         out[name] = values
     out["neighbourhood_code"] = pd.Categorical(
         out["neighbourhood"], categories=list(catalog.neighbourhood_ids)).codes.astype(np.int16)
+    # segment = (neighbourhood, age band, household) in core.profile.all_segments order
+    age = pd.Categorical(out["age_band"], categories=list(AGE_BANDS)).codes.astype(np.int32)
+    household = pd.Categorical(out["household"],
+                               categories=list(HOUSEHOLDS)).codes.astype(np.int32)
+    nb = out["neighbourhood_code"].to_numpy().astype(np.int32)
+    declared = (nb >= 0) & (age >= 0) & (household >= 0)
+    out["segment_code"] = np.where(
+        declared, (nb * len(AGE_BANDS) + age) * len(HOUSEHOLDS) + household,
+        -1).astype(np.int16)
     return out
+
+
+def _offer_classes(profiles: pd.DataFrame, n_residents: int, catalog: Catalog
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per resident code a class of identical declared profiles, and per class the services
+    and bundles serving may offer (by the catalog's own zone and eligibility rules): a city
+    has at most a few hundred distinct profiles, whatever its size."""
+    def offerable(profile: dict[str, Any]) -> tuple[list[bool], list[bool]]:
+        return tuple([available_in(item.zones, profile.get("neighbourhood"))  # type: ignore
+                      and eligibility_failure(item.eligibility, profile) is None
+                      for item in items] for items in (catalog.services, catalog.bundles))
+
+    classes: dict[tuple[Any, ...], int] = {(): 0}
+    rows = [offerable({})]
+    offer_class = np.zeros(n_residents, dtype=np.int32)
+    if len(profiles):
+        fields = profiles[list(PROFILE_FIELDS)].astype(object)
+        keys = list(fields.where(fields.notna(), None).itertuples(index=False, name=None))
+        for code, key in zip(profiles.index.to_numpy(), keys, strict=True):
+            found = classes.get(key)
+            if found is None:
+                profile = {name: (bool(value) if name in ("student", "low_income") else value)
+                           for name, value in zip(PROFILE_FIELDS, key, strict=True)
+                           if value is not None}
+                found = classes[key] = len(rows)
+                rows.append(offerable(profile))
+            offer_class[code] = found
+    return (offer_class, np.array([r[0] for r in rows], dtype=bool),
+            np.array([r[1] for r in rows], dtype=bool))
 
 
 def _distinct_codes(codes: np.ndarray, size: int) -> np.ndarray:

@@ -39,7 +39,7 @@ from bouquet.core.scripts import lua_script
 from bouquet.core.settings import Settings
 from bouquet.models.base import top_n
 from bouquet.models.deployable import DeployableModel, load_model_dir
-from bouquet.models.online import decode_meta, pack_list, pack_rows
+from bouquet.models.online import PublishedVersion, decode_meta, pack_list, pack_rows, unpack_list
 from bouquet.models.reasons import Driver
 from bouquet.pipelines.tracking import client_of, download_model_dir
 
@@ -103,14 +103,65 @@ class ReasonVocabulary:
 
 
 def score_chunk(model: DeployableModel, rows: np.ndarray, n: int,
-                vocabulary: ReasonVocabulary) -> ScoredChunk:
+                vocabulary: ReasonVocabulary, kinds: tuple[str, ...] = ("b", "s")
+                ) -> ScoredChunk:
     """Top-``n`` bundles and services of residents ``rows``, each with its reason: the
-    resident's event that adds most to its score (``models.reasons``), or ``cf``."""
-    b_idx, b_sc = top_n(model.score(rows, "b"), n)
-    s_idx, s_sc = top_n(model.score(rows, "s"), n)
-    b_reason = vocabulary.indices(model.explain(rows, "b", b_idx))
-    s_reason = vocabulary.indices(model.explain(rows, "s", s_idx))
-    return ScoredChunk(b_idx, b_sc, b_reason, s_idx, s_sc, s_reason)
+    resident's event that adds most to its score (``models.reasons``), or ``cf``. A kind
+    not in ``kinds`` is left empty (zero columns)."""
+    parts = []
+    for kind in ("b", "s"):
+        if kind not in kinds:
+            empty = np.zeros((len(rows), 0))
+            parts += [empty.astype(np.int64), empty, empty.astype(np.int64)]
+            continue
+        idx, sc = top_n(model.score(rows, kind), n)
+        parts += [idx, sc, vocabulary.indices(model.explain(rows, kind, idx))]
+    return ScoredChunk(*parts)
+
+
+def scored_lists(model: DeployableModel, top: int, vocabulary: ReasonVocabulary,
+                 chunk: int, start: int = 0, stop: int | None = None,
+                 kinds: tuple[str, ...] = ("b", "s")
+                 ) -> Iterator[tuple[int, int, list[bytes], list[bytes]]]:
+    """Every resident's packed top-``top`` bundles and services, ``chunk`` residents at a
+    time: ``(first row, end row, bundle lists, service lists)`` — the values publish writes
+    under each resident's keys (a kind not in ``kinds`` is not scored: empty lists)."""
+    stop = model.n_residents if stop is None else stop
+    for lo, hi in _chunks(stop - start, chunk):
+        scored = score_chunk(model, np.arange(start + lo, start + hi), top, vocabulary,
+                             kinds)
+        yield (start + lo, start + hi,
+               pack_rows(scored.bundle_items, scored.bundle_scores, scored.bundle_reasons),
+               pack_rows(scored.service_items, scored.service_scores, scored.service_reasons))
+
+
+def publish_in_memory(model: DeployableModel, *, model_version: str, top: int,
+                      chunk: int = 2000, version: str | None = None,
+                      personalised: bool = True, kind: str = "b"
+                      ) -> tuple[PublishedVersion, dict[str, np.ndarray]]:
+    """What ``bouquet publish`` would write, held in this process: the version as a
+    serving process loads it (serving view, reason vocabulary, popular lists) and every
+    resident's packed list of ``kind`` (unpacked as serving reads it; the closed loop only
+    offers bundles, so only bundles are scored by default). The closed loop serves from it
+    with serving's own ranking; no Redis is involved."""
+    vocabulary = ReasonVocabulary(model, _trained_until(model))
+    lists: dict[str, np.ndarray] = {}
+    if personalised:
+        ids = model.resident_ids.tolist()
+        for lo, hi, bundles, services in scored_lists(model, top, vocabulary, chunk,
+                                                      kinds=(kind,)):
+            packed = bundles if kind == "b" else services
+            lists.update(zip(ids[lo:hi], map(unpack_list, packed), strict=True))
+    name = version or new_version(model_version)
+    published = PublishedVersion(
+        version=name, model_version=model_version, run_id="", model=model.serving_view(),
+        reason_vocab=list(vocabulary.codes), published_at=_now_iso(),
+        meta={"personalised": "1" if personalised else "0", "model_version": model_version})
+    for kind in ("b", "s"):
+        for where, (items, scores) in popular_lists(model, kind).items():
+            published.popular[(kind, where)] = unpack_list(pack_list(items[:top],
+                                                                     scores[:top]))
+    return published, lists
 
 
 def _trained_until(model: DeployableModel) -> date:
@@ -259,12 +310,8 @@ class Publisher:
         total_bytes = 0
         bar = _progress(len(residents), progress, f"publish {version}")
         try:
-            for n_chunk, (start, stop) in enumerate(_chunks(len(residents), size)):
-                scored = score_chunk(model, np.arange(start, stop), top, vocabulary)
-                b_vals = pack_rows(scored.bundle_items, scored.bundle_scores,
-                                   scored.bundle_reasons)
-                s_vals = pack_rows(scored.service_items, scored.service_scores,
-                                   scored.service_reasons)
+            chunks = scored_lists(model, top, vocabulary, size, stop=len(residents))
+            for n_chunk, (start, stop, b_vals, s_vals) in enumerate(chunks):
                 pipe = self.redis.pipeline(transaction=False)
                 for rid, b_val, s_val in zip(residents[start:stop], b_vals, s_vals,
                                              strict=True):

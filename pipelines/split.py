@@ -8,7 +8,15 @@ next ``W`` weeks — events of ``positive_types`` (default subscribe, use, pay) 
 - *Masking*: items a resident already has a training confidence for, or holds at ``T``,
   are removed from their ranking (serving never re-offers a held bundle, and re-using a
   known service is not a discovery) and therefore also from their test positives, so a
-  ranking is judged only on items it was allowed to show.
+  ranking is judged only on items it was allowed to show — and so are offers serving may
+  not make them (not available where they live, eligibility they lack by their declared
+  profile): a model is judged on the list serving would show, not on how it ranks what
+  the filters remove anyway.
+- *Positives*: with ``positives="organic"`` (the default) a take-up attributed to a
+  recommendation (it carries a recommendation id) is not a positive: it says what the
+  serving policy of the time chose to show as much as what the resident wanted, so a
+  hold-out full of them judges a candidate by how closely it imitates that policy (under
+  popular lists, popularity always wins). ``"all"`` counts every take-up.
 - *Cold start*: consenting residents with test positives but no training history are not
   in the warm evaluation (no model can personalise them); they form a separate cold group,
   on which the fallbacks serving uses for them (popularity, popularity in their
@@ -48,6 +56,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_POSITIVE_TYPES: tuple[str, ...] = ("subscribe", "use", "pay")
 DEFAULT_TEST_WEEKS = 2
+#: Which take-ups are test positives: ``organic`` (not attributed to a recommendation) or
+#: ``all``.
+POSITIVES: tuple[str, ...] = ("organic", "all")
 
 
 @dataclass
@@ -103,8 +114,11 @@ def temporal_split(
     cutoff: pd.Timestamp | None = None,
     test_weeks: int = DEFAULT_TEST_WEEKS,
     positive_types: tuple[str, ...] = DEFAULT_POSITIVE_TYPES,
+    positives: str = "organic",
 ) -> Split:
     """Train on events before ``cutoff``, test on positives in the next ``test_weeks``."""
+    if positives not in POSITIVES:
+        raise ValueError(f"positives must be one of {', '.join(POSITIVES)}, not {positives!r}")
     cutoff = default_cutoff(arrays, test_weeks) if cutoff is None else pd.Timestamp(cutoff)
     if cutoff.tzinfo is None:
         cutoff = cutoff.tz_localize("UTC")
@@ -120,11 +134,15 @@ def temporal_split(
     codes = np.array([TYPES.index(t) for t in positive_types], dtype=np.int8)
     in_test = (arrays.ts >= t0) & (arrays.ts < t1) & arrays.consent[arrays.resident] \
         & np.isin(arrays.kind, codes)
+    if positives == "organic":
+        in_test &= ~arrays.recommended
 
     row = np.full(len(arrays.resident_ids), -1, dtype=np.int64)
     row[train.codes] = np.arange(train.n_residents)
-    mask_s = _union(train.services, train.held_services)
-    mask_b = _union(train.bundles, train.held_bundles)
+    mask_s = _union(train.services, train.held_services,
+                    sp.csr_matrix(~arrays.offerable(train.codes, "services")))
+    mask_b = _union(train.bundles, train.held_bundles,
+                    sp.csr_matrix(~arrays.offerable(train.codes, "bundles")))
     test_s, cold_s = _positives(arrays, in_test, arrays.service, row, mask_s)
     test_b, cold_b = _positives(arrays, in_test, arrays.bundle, row, mask_b)
 
@@ -140,7 +158,8 @@ def temporal_split(
         "test_end": end.isoformat(),
         "test_weeks": int(test_weeks),
         "positive_types": list(positive_types),
-        "masking": "training positives and holdings at the cut-off",
+        "positives": positives,
+        "masking": "training positives, holdings at the cut-off, offers serving may not make",
         "cold_start": "separate group, popularity fallbacks only",
     }
     split = Split(definition=definition, train=train, test_services=test_s, test_bundles=test_b,
@@ -191,11 +210,13 @@ def random_split(matrix: sp.csr_matrix, *, test_fraction: float = 0.2, seed: int
 # --- helpers -----------------------------------------------------------------------------
 
 
-def _union(a: sp.csr_matrix, b: sp.csr_matrix) -> sp.csr_matrix:
-    """0/1 matrix of the pairs present in ``a`` or ``b``."""
-    both = (a != 0).astype(np.float32) + (b != 0).astype(np.float32)
+def _union(*matrices: sp.csr_matrix) -> sp.csr_matrix:
+    """0/1 matrix of the pairs present in any of ``matrices``."""
+    both = sum((m != 0).astype(np.float32) for m in matrices)
+    both = sp.csr_matrix(both)
     both.data[:] = 1.0
-    return sp.csr_matrix(both)
+    both.eliminate_zeros()
+    return both
 
 
 def _positives(arrays: EventArrays, in_test: np.ndarray, items: np.ndarray, row: np.ndarray,

@@ -106,6 +106,9 @@ class TrainOptions:
     cutoff: pd.Timestamp | None = None
     test_weeks: int = DEFAULT_TEST_WEEKS
     positive_types: tuple[str, ...] = DEFAULT_POSITIVE_TYPES
+    #: Which take-ups are test positives: "organic" (not attributed to a recommendation,
+    #: the default) or "all" (see :func:`~bouquet.pipelines.split.temporal_split`).
+    positives: str = "organic"
     ks: tuple[int, ...] = DEFAULT_KS
     primary_metric: str = DEFAULT_PRIMARY
     baselines: tuple[str, ...] = BASELINES
@@ -118,6 +121,11 @@ class TrainOptions:
     seed: int = 0
     run_name: str | None = None
     progress: bool = True
+    #: Confidence-rule variants (overrides of the configured rule, e.g.
+    #: ``{"impression_weight": 0.25}``) refitted with the chosen candidate's recipe and
+    #: evaluated on the same split, each against the configured rule (``rule_variant_<i>/…``
+    #: metrics and paired intervals): how a rule is decided on the hold-out.
+    compare_rules: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass
@@ -313,7 +321,8 @@ def train(settings: Settings, options: TrainOptions) -> TrainReport:
     registry = ModelRegistry(client, settings.registered_model)
     baselines = tuple(dict.fromkeys(("popularity", "popularity_neighbourhood",
                                      *options.baselines)))
-    stages = Stages(options.progress, total=7 + len(options.candidates) + len(baselines))
+    stages = Stages(options.progress, total=7 + len(options.candidates) + len(baselines)
+                    + bool(options.compare_rules))
     catalog = load_catalog(settings.catalog_path)
     params = rule_from_settings(settings, **options.dataset)
     try:
@@ -322,7 +331,8 @@ def train(settings: Settings, options: TrainOptions) -> TrainReport:
         with stages("split"):
             split = temporal_split(arrays, params, cutoff=options.cutoff,
                                    test_weeks=options.test_weeks,
-                                   positive_types=options.positive_types)
+                                   positive_types=options.positive_types,
+                                   positives=options.positives)
         run = client.create_run(experiment_id, run_name=options.run_name,
                                 tags=_run_tags(catalog, split, options))
         run_id = run.info.run_id
@@ -355,25 +365,14 @@ def _run(client: Any, registry: ModelRegistry, run: Any, settings: Settings,
     metrics: dict[str, float] = {}
     for kind in (*options.candidates, *baselines):
         with stages(f"fit:{kind}"):
-            candidate = make_candidate(kind, als_params if kind == "als" else None)
-            candidate.fit(split.train, progress=options.progress and kind == "als")
-            found = evaluate_candidate(candidate, split, options)
-            evaluations[kind] = found
-            metrics.update({f"{kind}/{name}": v for name, v in found.metrics.items()})
-            if found.spread is not None:
-                metrics[f"{kind}/score_spread"] = found.spread
-            if kind in COLD_CAPABLE:
-                metrics.update({f"{kind}/{name}": v
-                                for name, v in evaluate_cold(candidate, split,
-                                                             options.ks).items()})
+            evaluations[kind], found = fit_and_evaluate(kind, split, options, als_params)
+            metrics.update(found)
     eval_residents = len(evaluations[options.candidates[0]].users)
     chosen = _choose(evaluations, options.candidates, notes, options.force, split)
-    popularity = max((evaluations[k] for k in ("popularity", "popularity_neighbourhood")),
-                     key=lambda e: np.nan_to_num(e.primary_mean, nan=-1.0))
+    popularity = _stronger_popularity(evaluations)
     # Only the chosen candidate and the stronger popularity are used from here on: the
     # other fitted models (factors, copies of the residents' rows) are let go before the
     # refit builds the full dataset.
-    del candidate, found
     evaluations.clear()
     samples = settings.train_bootstrap_samples
 
@@ -389,6 +388,11 @@ def _run(client: Any, registry: ModelRegistry, run: Any, settings: Settings,
             metrics.update({f"champion/{name}": v for name, v in champion_eval.metrics.items()})
             vs_champion = paired_bootstrap(chosen.primary, champion_eval.primary,
                                            samples=samples, seed=options.seed)
+
+    if chosen is not None and options.compare_rules:
+        with stages("rules"):
+            metrics.update(_compare_rules(client, run_id, chosen, arrays, split, params,
+                                          options, als_params, samples))
 
     decision: Decision | None = None
     if chosen is not None:
@@ -447,6 +451,73 @@ def _run(client: Any, registry: ModelRegistry, run: Any, settings: Settings,
         dataset=final_data.summary(), eval_residents=eval_residents, version=version,
         decision=decision, stages=stages.times, model_uri=model_uri, trials=trials,
         notes=notes)
+
+
+def fit_and_evaluate(kind: str, split: Split, options: TrainOptions,
+                     als_params: dict[str, Any] | None = None
+                     ) -> tuple[Evaluation, dict[str, float]]:
+    """One candidate or baseline fitted on the split's training data and evaluated, with
+    its metrics named ``<kind>/…`` (and the cold-start group's for the popularity
+    fallbacks)."""
+    candidate = make_candidate(kind, als_params if kind == "als" else None)
+    candidate.fit(split.train, progress=options.progress and kind == "als")
+    found = evaluate_candidate(candidate, split, options)
+    metrics = {f"{kind}/{name}": v for name, v in found.metrics.items()}
+    if found.spread is not None:
+        metrics[f"{kind}/score_spread"] = found.spread
+    if kind in COLD_CAPABLE:
+        metrics.update({f"{kind}/{name}": v
+                        for name, v in evaluate_cold(candidate, split, options.ks).items()})
+    return found, metrics
+
+
+@dataclass
+class Selection:
+    """Which model family a run would register, and whether it would become champion."""
+
+    split: Split
+    evaluations: dict[str, Evaluation]
+    metrics: dict[str, float]
+    chosen: Evaluation | None
+    decision: Decision | None
+    notes: list[str]
+
+
+def select_family(arrays: EventArrays, params: ConfidenceRule, options: TrainOptions,
+                  settings: Settings) -> Selection:
+    """The selection of a training run without MLflow: the temporal split, every candidate
+    and the popularity baselines fitted and evaluated, the best candidate chosen, and the
+    promotion decision against popularity (no champion yet). A scheduled retraining that
+    keeps the champion's family (the closed loop) calls this once, then refits the family."""
+    split = temporal_split(arrays, params, cutoff=options.cutoff,
+                           test_weeks=options.test_weeks,
+                           positive_types=options.positive_types,
+                           positives=options.positives)
+    evaluations: dict[str, Evaluation] = {}
+    metrics: dict[str, float] = {}
+    notes: list[str] = []
+    for kind in (*options.candidates, "popularity", "popularity_neighbourhood"):
+        evaluations[kind], found = fit_and_evaluate(kind, split, options, options.params)
+        metrics.update(found)
+    chosen = _choose(evaluations, options.candidates, notes, options.force, split)
+    decision = None
+    if chosen is not None:
+        vs_popularity = paired_bootstrap(chosen.primary,
+                                         _stronger_popularity(evaluations).primary,
+                                         samples=settings.train_bootstrap_samples,
+                                         seed=options.seed)
+        decision = decide(metric=options.primary_metric, candidate_value=chosen.primary_mean,
+                          eval_residents=len(chosen.users),
+                          min_residents=settings.train_min_eval_residents, degenerate=False,
+                          vs_popularity=vs_popularity, vs_champion=None,
+                          champion_version=None, champion_value=None, force=options.force)
+    return Selection(split, evaluations, metrics, chosen, decision, notes)
+
+
+def _stronger_popularity(evaluations: dict[str, Evaluation]) -> Evaluation:
+    """The better of the two popularity baselines on the primary metric."""
+    return max((evaluations[k] for k in ("popularity", "popularity_neighbourhood")),
+               key=lambda e: np.nan_to_num(e.primary_mean, nan=-1.0))
 
 
 def _choose(evaluations: dict[str, Evaluation], candidates: tuple[str, ...],
@@ -643,6 +714,38 @@ def _reevaluate_champion(champion: Any, settings: Settings, arrays: EventArrays,
     return found
 
 
+def _compare_rules(client: Any, run_id: str, chosen: Evaluation, arrays: EventArrays,
+                   split: Split, params: ConfidenceRule, options: TrainOptions,
+                   als_params: dict[str, Any], samples: int) -> dict[str, float]:
+    """Each rule variant of ``options.compare_rules``: the chosen candidate's kind refitted
+    on this split's training events counted by the variant, evaluated on the same residents
+    and items (the split's masks are the configured rule's) and compared with the chosen
+    candidate by a paired bootstrap — ``vs_configured`` > 0 means the variant did better.
+    The variants' rules are logged as parameters ``rule_variant_<i>.<field>``."""
+    from mlflow.entities import Param
+
+    out: dict[str, float] = {}
+    for number, overrides in enumerate(options.compare_rules, 1):
+        name = f"rule_variant_{number}"
+        recipe = ConfidenceRule.from_dict({**params.to_dict(), **overrides})
+        data = build_dataset(arrays, recipe, until=split.train.until)
+        candidate = make_candidate(chosen.kind, als_params if chosen.kind == "als" else None)
+        candidate.fit(data)
+        found = evaluate_candidate(candidate, split, options,
+                                   rows_of=data.row_of(split.train.resident_ids))
+        out.update({f"{name}/{key}": value for key, value in found.metrics.items()})
+        interval = paired_bootstrap(found.primary, chosen.primary, samples=samples,
+                                    seed=options.seed)
+        out.update({f"{name}/vs_configured.{part}": getattr(interval, part)
+                    for part in ("mean", "low", "high")})
+        client.log_batch(run_id, params=[Param(k, v) for k, v in flatten(
+            {key: recipe.to_dict()[key] for key in overrides}, f"{name}.").items()])
+        log.info("%s %s: %s = %.4f (configured %.4f; difference %+.4f [%+.4f, %+.4f])",
+                 name, overrides, options.primary_metric, found.primary_mean,
+                 chosen.primary_mean, interval.mean, interval.low, interval.high)
+    return out
+
+
 def champion_meta(version: Any, settings: Settings) -> dict[str, Any] | None:
     """The ``meta.json`` of a registered version's model (None when unreadable)."""
     from bouquet.pipelines.tracking import download_model_dir
@@ -682,7 +785,8 @@ def _search(client: Any, parent: Any, arrays: EventArrays, split: Split,
     nested run; return the best parameters by the primary metric."""
     cutoff = pd.Timestamp(split.definition["cutoff"]) - pd.Timedelta(weeks=options.test_weeks)
     validation = temporal_split(arrays, params, cutoff=cutoff, test_weeks=options.test_weeks,
-                                positive_types=options.positive_types)
+                                positive_types=options.positive_types,
+                                positives=options.positives)
     space = options.space or DEFAULT_SPACE
     points = search_trials(space, options.search or "grid", options.trials, options.seed)
     results: list[dict[str, Any]] = []

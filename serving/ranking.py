@@ -6,36 +6,63 @@ Pure logic (no I/O), so every rule is unit-testable and the route stays a few li
    the popular baseline and the version has a precomputed list for them: that list,
    re-ranked by ``score + w · (bundle · u_recent)`` where ``u_recent`` is the ALS fold-in of
    the resident's recent events (see :mod:`bouquet.models.online`).
-2. Otherwise **popular** in the resident's neighbourhood (or city-wide), said so in the answer.
-3. **Always** excluded, whatever the source: bundles (services) the resident holds, bundles
+2. A consenting resident with no list and nothing recent to fold in (little history) gets
+   the **popular list of their segment** — neighbourhood × age band × household, "popular
+   with residents like you" — then the neighbourhood's.
+3. Otherwise **popular** in the resident's neighbourhood (or city-wide), said so in the answer.
+4. **Always** excluded, whatever the source: bundles (services) the resident holds, bundles
    dismissed, offers not available in the zone, eligibility the resident lacks
-   (:func:`bouquet.core.catalog.eligibility_failure` on the profile hash).
-4. A personalised list that filters leave short is back-filled from popular.
+   (:func:`bouquet.core.catalog.eligibility_failure` on the profile hash), and bundles
+   **rotated out**: shown ``rotate_after`` times in the last ``rotate_days`` days without
+   a click, subscription or use since (a resident who ignored an offer twice is shown
+   something else until those impressions age out).
+5. A personalised list that filters leave short is back-filled from popular.
+6. **Exploration**: for a consenting resident of a personalised version, a share of the
+   bundle slots (``explore_share``; the last slots of the list) is filled by Thompson
+   sampling over the published conversion rates (shown → subscribed) of the resident's
+   segment per bundle, so new bundles and little-known segments are learned. The item says
+   so (``source`` and ``reason_code`` ``explore``) and carries its own recommendation id
+   (variant ``<variant>-explore``), so the funnel counts explored slots as their own arm.
+   The draw is seeded by resident, day and model version: the same state gives the same
+   answer.
 
 Static parts of every answer (names, services, prices) are built once per catalog.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from cachetools import LRUCache
 
 from bouquet.core.catalog import Bundle, Catalog, Service, available_in, eligibility_failure
-from bouquet.models.confidence import Strengths
+from bouquet.core.profile import segment_of
+from bouquet.core.recommendation import RecommendationIds
+from bouquet.models.confidence import Strengths, is_impression
 from bouquet.models.online import PublishedVersion
 from bouquet.models.reasons import ReasonEvent, day_of
 from bouquet.serving.store import RecentEvent, ResidentState
 
+if TYPE_CHECKING:
+    from bouquet.core.settings import Settings
+
 #: Fallback kinds (also the label of the ``bouquet_fallbacks_total`` metric).
+FALLBACK_SEGMENT = "popular_segment"
 FALLBACK_NEIGHBOURHOOD = "popular_neighbourhood"
 FALLBACK_CITY = "popular_city"
 FALLBACK_CATALOG = "catalog"
 FALLBACK_BACKFILL = "backfill"
+#: ``source`` and ``reason_code`` of an explored slot, and the suffix of its variant.
+EXPLORE = "explore"
+#: Events after an impression that show the resident engaged with the offer (it is not
+#: ignored any more): a click, a subscription, a use or payment through it.
+ENGAGED_TYPES = frozenset({"click", "subscribe", "use", "pay", "rate"})
 
 
 class Pick(NamedTuple):
@@ -44,7 +71,7 @@ class Pick(NamedTuple):
     item_id: str
     score: float
     reason_code: str
-    source: str  # model, popular, catalog
+    source: str  # model, popular, explore, catalog
 
 
 @dataclass
@@ -58,6 +85,34 @@ class Ranked:
     notice: str | None = None
     backfilled: int = 0
     fallbacks: list[str] = field(default_factory=list)
+    rotated: frozenset[str] = frozenset()  # bundles left out by rotation
+    explored: int = 0  # slots filled by exploration
+
+
+@dataclass
+class Answer:
+    """A ranked answer with its recommendation ids, ready to serialise."""
+
+    ranked: Ranked
+    model_version: str
+    variant: str
+    recommendation_id: str
+    #: the id of the explored slots (variant ``<variant>-explore``), None when none
+    explore_id: str | None = None
+
+    def item_recommendation_id(self, pick: Pick) -> str:
+        """The id a front end echoes in events about this item."""
+        if pick.source == EXPLORE and self.explore_id is not None:
+            return self.explore_id
+        return self.recommendation_id
+
+    def bundle_ids(self) -> list[str]:
+        return [pick.item_id for pick in self.ranked.items]
+
+
+def explore_variant(variant: str) -> str:
+    """The variant label of explored slots (the funnel shows them as their own arm)."""
+    return f"{variant[:40 - len(EXPLORE) - 1]}-{EXPLORE}"
 
 
 def _descending(scores: list[float]) -> list[int]:
@@ -73,9 +128,15 @@ class OfferRanker:
     """Catalog-derived look-ups and the ranking rules; one per app."""
 
     def __init__(self, catalog: Catalog, rerank_weight: float = 1.0,
-                 reason_recent_days: int = 2) -> None:
+                 reason_recent_days: int = 2, *, rotate_after: int = 0,
+                 rotate_days: float = 28.0, explore_share: float = 0.0,
+                 explore_prior: float = 20.0) -> None:
         self.catalog = catalog
         self.rerank_weight = rerank_weight
+        self.rotate_after = rotate_after
+        self.rotate_days = rotate_days
+        self.explore_share = explore_share
+        self.explore_prior = explore_prior
         self.neighbourhood_names = {n.id: n.name for n in catalog.neighbourhoods}
         self.service_names = {s.id: s.name for s in catalog.services}
         self._bundle_static = {b.id: self._static_bundle(b) for b in catalog.bundles}
@@ -87,6 +148,18 @@ class OfferRanker:
         self._reason_text: LRUCache[tuple[str, date], str] = LRUCache(maxsize=100_000)
         # one entry per distinct profile × query: few in a city, bounded whatever comes
         self._permitted: LRUCache[tuple[Any, ...], frozenset[str]] = LRUCache(maxsize=50_000)
+        # per loaded version: its segments' rows in the exploration counts
+        self._segment_rows: LRUCache[str, dict[str, int]] = LRUCache(maxsize=16)
+
+    @classmethod
+    def from_settings(cls, catalog: Catalog, settings: Settings) -> OfferRanker:
+        """The ranker of a deployment: every rule's parameter from the one settings object
+        (the API and the closed loop build theirs here)."""
+        return cls(catalog, settings.serving_rerank_weight, settings.serving_reason_recent_days,
+                   rotate_after=settings.serving_rotate_after,
+                   rotate_days=settings.serving_rotate_days,
+                   explore_share=settings.serving_explore_share,
+                   explore_prior=settings.serving_explore_prior)
 
     # --- static parts --------------------------------------------------------------------
     def _static_bundle(self, bundle: Any) -> dict[str, Any]:
@@ -111,11 +184,12 @@ class OfferRanker:
         }
 
     # --- serialisation -------------------------------------------------------------------
-    def items(self, kind: str, picks: list[Pick], today: date | None = None
-              ) -> list[dict[str, Any]]:
+    def items(self, kind: str, picks: list[Pick], today: date | None = None,
+              answer: Answer | None = None) -> list[dict[str, Any]]:
         """An answer's items: each offer's static part (names, services, price — built once
         per catalog) with its score, source and reason (rendered once a day per code: the
-        wording depends on how long ago the event was)."""
+        wording depends on how long ago the event was). With ``answer``, each item carries
+        the recommendation id to echo in events about it."""
         static = self._bundle_static if kind == "b" else self._service_static
         today = today or datetime.now(UTC).date()
         out = []
@@ -125,8 +199,11 @@ class OfferRanker:
             if reason is None:
                 reason = self._reason_text[key] = self.reason_text(pick.reason_code, today)
             score = pick.score if pick.score == pick.score else 0.0  # never emit NaN
-            out.append({**static[pick.item_id], "score": score, "reason": reason,
-                        "reason_code": pick.reason_code, "source": pick.source})
+            item = {**static[pick.item_id], "score": score, "reason": reason,
+                    "reason_code": pick.reason_code, "source": pick.source}
+            if answer is not None:
+                item["recommendation_id"] = answer.item_recommendation_id(pick)
+            out.append(item)
         return out
 
     # --- reasons ---------------------------------------------------------------------------
@@ -140,6 +217,12 @@ class OfferRanker:
         if event is not None:
             return event.text(self._names, today, self.reason_recent_days)
         kind, _, arg = code.partition(":")
+        if kind == "segment":
+            where = self.neighbourhood_names.get(arg.partition(":")[0])
+            return f"Popular with residents like you in {where}" if where else \
+                "Popular with residents like you"
+        if kind == EXPLORE:
+            return "Something new to try"
         if kind == "popular" and arg and arg != "_all":
             return f"Popular in {self.neighbourhood_names.get(arg, arg)}"
         if kind == "popular":
@@ -149,7 +232,8 @@ class OfferRanker:
         return "Recommended for you"
 
     def _recent_reason(self, model: PublishedVersion, strengths: Strengths,
-                       recent: list[RecentEvent], kind: str, item: int) -> str | None:
+                       recent: list[RecentEvent], kind: str, item: int,
+                       now: float) -> str | None:
         """The recent event that adds most to ``item``'s re-ranking boost, as an ``evt:``
         code with its day (None when no recent item adds to it)."""
         parts = model.model.recent_contributions(strengths, kind, item)
@@ -163,14 +247,14 @@ class OfferRanker:
         spread = source == "s" and rule.spread_bundle_events
         members = {model.bundle_ids[b] for b, m in enumerate(model.model.bundle_members)
                    if index in m} if spread else set()
-        candidates = [e for e in recent if rule.weight(e.type) > 0 and e.ts is not None and (
+        candidates = [e for e in recent if rule.event_weight(e) > 0 and e.ts is not None and (
             (source == "s" and e.service_id == item_id)
             or (source == "b" and e.bundle_id == item_id)
             or (e.service_id is None and e.bundle_id in members))]
         if not candidates:
             return None
-        event = max(candidates, key=lambda e: (rule.weight(e.type) * rule.decay(
-            (time.time() - e.ts) / 86400.0), e.ts))
+        event = max(candidates, key=lambda e: (rule.event_weight(e) * rule.decay(
+            (now - e.ts) / 86400.0), e.ts))
         own = event.service_id == item_id or event.bundle_id == item_id
         kind_of, named = (source, item_id) if own else ("b", event.bundle_id)
         return f"evt:{event.type}:{kind_of}:{named}:{day_of(event.ts).isoformat()}"
@@ -207,31 +291,58 @@ class OfferRanker:
         return found
 
     @staticmethod
-    def _blocked(kind: str, state: ResidentState) -> set[str]:
-        """Items this resident holds or dismissed (never shown again)."""
-        if not state.holdings and not state.dismissed:
+    def _blocked(kind: str, state: ResidentState, rotated: frozenset[str] = frozenset()
+                 ) -> set[str]:
+        """Items this resident holds or dismissed (never shown again), and bundles rotated
+        out for now."""
+        if not state.holdings and not state.dismissed and not rotated:
             return set()
         prefix = "b:" if kind == "b" else "s:"
         out = {h[2:] for h in state.holdings if h.startswith(prefix)}
         if kind == "b":
-            out |= state.dismissed
+            out |= state.dismissed | rotated
         else:
             out |= {d[2:] for d in state.dismissed if d.startswith("s:")}
         return out
 
+    def rotated_out(self, recent: list[RecentEvent], now: float) -> frozenset[str]:
+        """Bundles shown at least ``rotate_after`` times in the last ``rotate_days`` days
+        (impressions among ``recent``, newest first) since the resident last clicked, took
+        or used them — ignored, so left out for now."""
+        if not self.rotate_after or not recent:
+            return frozenset()
+        since = now - self.rotate_days * 86400.0
+        shown: dict[str, int] = {}
+        engaged: set[str] = set()
+        for event in recent:  # newest first: engagement after an impression is met first
+            bundle = event.bundle_id
+            if bundle is None or (event.ts is not None and event.ts < since):
+                continue
+            if event.type in ENGAGED_TYPES:
+                engaged.add(bundle)
+            elif is_impression(event) and bundle not in engaged:
+                shown[bundle] = shown.get(bundle, 0) + 1
+        return frozenset(b for b, n in shown.items() if n >= self.rotate_after)
+
     # --- ranking -------------------------------------------------------------------------------
     def rank(self, kind: str, state: ResidentState, model: PublishedVersion | None, *, k: int,
              personalise: bool, rerank: bool, zone: str | None = None,
-             domain: str | None = None, baseline_variant: bool = False) -> Ranked:
+             domain: str | None = None, baseline_variant: bool = False,
+             now: float | None = None, resident_id: str = "") -> Ranked:
         """The answer for one resident: ``kind`` ``b`` (bundles) or ``s`` (services).
 
         ``personalise``: the resident consents and their variant personalises;
         ``baseline_variant``: they are in the non-personalised experiment variant.
+        ``now`` (epoch seconds, default the clock) is when the answer is given: the age of
+        recent events (fold-in decay, rotation) and the day of exploration's draw.
         """
+        now = time.time() if now is None else now
         allowed = self.bundle_allowed if kind == "b" else self.service_allowed
         out: list[Pick] = []
         seen: set[str] = set()
         result = Ranked(items=out, personalised=False)
+        if kind == "b" and personalise:  # a rule read off the resident's own behaviour
+            result.rotated = self.rotated_out(state.recent, now)
         if model is None:
             # Nothing published yet: the catalog itself, filtered, in catalog order.
             result.fallback = FALLBACK_CATALOG
@@ -250,7 +361,7 @@ class OfferRanker:
         recent = None  # every item's fold-in score, when re-ranking
         strengths = None
         if personalise and rerank and state.recent:
-            strengths = model.model.strengths(state.recent, time.time())
+            strengths = model.model.strengths(state.recent, now)
             recent = model.model.recent_scores(strengths, kind)
         # Plain lists from here: per-element numpy access costs more than these short loops.
         if personalise and len(entries):
@@ -278,7 +389,7 @@ class OfferRanker:
             order = _descending(scores)
             vocab = model.reason_vocab
             permitted = self.permitted(kind, state, zone, domain)
-            blocked = self._blocked(kind, state)
+            blocked = self._blocked(kind, state, result.rotated)
             for j in order:
                 if len(out) >= k:
                     break
@@ -292,23 +403,83 @@ class OfferRanker:
                 code = vocab[r] if r < len(vocab) else ""
                 if boosts is not None and boosts[j] > 0 and boosts[j] >= 0.5 * abs(pre):
                     code = self._recent_reason(model, strengths, state.recent, kind,
-                                               item_index) or code
+                                               item_index, now) or code
                 out.append(Pick(item_id, scores[j], code, "model"))
-            if len(out) >= k:
-                return result
-            result.backfilled = k - len(out)
-            result.fallbacks.append(FALLBACK_BACKFILL)
-        self._popular_into(kind, state, model, k, zone, domain, result, seen)
+            if len(out) < k:
+                result.backfilled = k - len(out)
+                result.fallbacks.append(FALLBACK_BACKFILL)
+        # a consenting resident with little history: popular with residents like them
+        segment = segment_of(state.profile) if personalise and not rows and zone is None \
+            else None
+        if len(out) < k:
+            self._popular_into(kind, state, model, k, zone, domain, result, seen, segment)
         if not result.personalised:
-            result.notice = self._notice(state, baseline_variant)
+            result.notice = self._notice(state, baseline_variant,
+                                         result.fallback == FALLBACK_SEGMENT)
+        if personalise and kind == "b" and self.explore_share > 0:
+            self._explore(result, state, model, k, zone, domain, now, resident_id)
         return result
+
+    # --- exploration -------------------------------------------------------------------------
+    def _explore(self, result: Ranked, state: ResidentState, model: PublishedVersion, k: int,
+                 zone: str | None, domain: str | None, now: float, resident_id: str) -> None:
+        """Fill ``explore_share`` of the ``k`` slots (the last ones) by Thompson sampling:
+        for each bundle the resident may be offered and is not already given, a conversion
+        rate drawn from Beta(prior + taken, prior' + shown − taken) of their segment (the
+        city's without one), the prior being the bundle's city-wide rate worth
+        ``explore_prior`` impressions; the highest draws win. A share's fraction of a slot
+        is one slot with that probability."""
+        rng = _answer_rng(resident_id, now, model.model_version)
+        wanted = self.explore_share * k
+        slots = min(k, int(wanted) + int(rng.random() < wanted - int(wanted)))
+        if slots <= 0:
+            return
+        keep = result.items[:k - slots] if len(result.items) > k - slots else result.items
+        taken_ids = {pick.item_id for pick in keep}
+        permitted = self.permitted("b", state, zone, domain)
+        blocked = self._blocked("b", state, result.rotated)
+        ids = model.bundle_ids
+        candidates = [i for i, b in enumerate(ids)
+                      if b in permitted and b not in blocked and b not in taken_ids]
+        if not candidates:
+            return
+        shown, taken = model.model.bundle_shown, model.model.bundle_taken
+        row = self._segment_row(model, segment_of(state.profile))
+        m = self.explore_prior
+        city_shown, city_taken = shown[0].astype(np.float64), taken[0].astype(np.float64)
+        overall = (city_taken.sum() + 1.0) / (city_shown.sum() + 2.0)
+        prior = (city_taken + m * overall) / (city_shown + m)  # the bundle's city rate
+        if row is None:  # no segment: the city's own counts around the overall rate
+            prior, own_shown, own_taken = np.full(len(ids), overall), city_shown, city_taken
+        else:
+            own_shown, own_taken = shown[row].astype(np.float64), taken[row].astype(np.float64)
+        pick = np.asarray(candidates)
+        alpha = m * prior[pick] + own_taken[pick]
+        beta = m * (1.0 - prior[pick]) + np.maximum(own_shown[pick] - own_taken[pick], 0.0)
+        draws = rng.beta(alpha, beta)
+        best = np.argsort(-draws, kind="stable")[:slots].tolist()
+        explored = [Pick(ids[pick[j]], float(draws[j]), EXPLORE, EXPLORE) for j in best]
+        result.items[:] = keep + explored
+        result.explored = len(explored)
+
+    def _segment_row(self, model: PublishedVersion, segment: str | None) -> int | None:
+        """Row of ``segment`` in the version's exploration counts (None: not known)."""
+        if segment is None:
+            return None
+        rows = self._segment_rows.get(model.version)
+        if rows is None:
+            rows = self._segment_rows[model.version] = {
+                s: 1 + i for i, s in enumerate(model.model.segments)}
+        return rows.get(segment)
 
     def _popular_into(self, kind: str, state: ResidentState, model: PublishedVersion, k: int,
                       zone: str | None, domain: str | None, result: Ranked,
-                      seen: set[str]) -> None:
+                      seen: set[str], segment: str | None = None) -> None:
         ids = model.bundle_ids if kind == "b" else model.service_ids
         nb = zone or state.neighbourhood
         sources = []
+        if segment is not None and (kind, segment) in model.popular:
+            sources.append((FALLBACK_SEGMENT, segment, model.popular[(kind, segment)]))
         if nb is not None and (kind, nb) in model.popular:
             sources.append((FALLBACK_NEIGHBOURHOOD, nb, model.popular[(kind, nb)]))
         if (kind, "_all") in model.popular:
@@ -316,7 +487,7 @@ class OfferRanker:
         out = result.items
         # The same rules as ``allowed``, from the per-profile cache.
         permitted = self.permitted(kind, state, zone, domain)
-        blocked = self._blocked(kind, state)
+        blocked = self._blocked(kind, state, result.rotated)
         for label, where, entries in sources:
             used = False
             for entry in entries.tolist():
@@ -330,7 +501,7 @@ class OfferRanker:
                     continue
                 seen.add(item_id)
                 used = True
-                code = f"popular:{where}"
+                code = f"segment:{where}" if label == FALLBACK_SEGMENT else f"popular:{where}"
                 out.append(Pick(item_id, float(score), code, "popular"))
             if used and not result.personalised and result.fallback is None:
                 result.fallback = label
@@ -339,7 +510,12 @@ class OfferRanker:
             if len(out) >= k:
                 break
 
-    def _notice(self, state: ResidentState, baseline_variant: bool) -> str:
+    def _notice(self, state: ResidentState, baseline_variant: bool, segment: bool = False
+                ) -> str:
+        if segment:
+            return ("Not personalised yet: too little is known of this resident, so these are "
+                    "the most popular offers with residents like them (neighbourhood, age "
+                    "band, household).")
         where = "where they live" if state.neighbourhood else "in the city"
         if baseline_variant:
             return ("Not personalised: this resident is in the experiment's non-personalised "
@@ -351,6 +527,36 @@ class OfferRanker:
             return ("Not personalised: the resident has not consented to personalisation, "
                     f"so these are the most popular offers {where}.")
         return f"Not personalised: no list for this resident yet; most popular offers {where}."
+
+
+def answer(ranker: OfferRanker, kind: str, resident_id: str, state: ResidentState,
+           model: PublishedVersion | None, *, variant: str, personalise: bool, rerank: bool,
+           k: int, ids: RecommendationIds, zone: str | None = None,
+           domain: str | None = None, now: float | None = None) -> Answer:
+    """The whole answer to one request once the resident's state is read: ranked by the
+    rules above, with its recommendation ids — what the API serialises, and what the closed
+    loop shows its simulated residents.
+
+    ``personalise``: the variant personalises and the version has personal lists (the
+    resident's consent is read from ``state``); ``rerank``: fold recent events in; ``ids``:
+    the deployment's minter (signed ids, so the funnel credits them).
+    """
+    ranked = ranker.rank(kind, state, model, k=k, personalise=personalise and state.consent,
+                         rerank=rerank, zone=zone, domain=domain,
+                         baseline_variant=not personalise, now=now, resident_id=resident_id)
+    model_version = model.model_version if model else "none"
+    explore_id = (ids.mint(model_version, explore_variant(variant))
+                  if ranked.explored else None)
+    return Answer(ranked, model_version, variant, ids.mint(model_version, variant), explore_id)
+
+
+def _answer_rng(resident_id: str, now: float, model_version: str) -> np.random.Generator:
+    """Exploration's random stream for one resident on one (UTC) day of one model version:
+    the same answer all day, whichever process or publish of the model gives it."""
+    day = math.floor(now / 86400.0)
+    digest = hashlib.blake2b(f"{resident_id}\x1f{day}\x1f{model_version}".encode(),
+                             digest_size=8).digest()
+    return np.random.default_rng(int.from_bytes(digest, "little"))
 
 
 def _offer_allowed(offer: Bundle | Service | None, holding: str, state: ResidentState,

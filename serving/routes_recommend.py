@@ -21,6 +21,7 @@ from bouquet.core.catalog import Domain
 from bouquet.models.online import unpack_list
 from bouquet.serving import metrics
 from bouquet.serving.deps import AppRole, ResidentId
+from bouquet.serving.ranking import answer
 from bouquet.serving.runtime import runtime_of
 from bouquet.serving.store import ResidentState
 
@@ -94,8 +95,13 @@ class Recommended(BaseModel):
                         examples=["Because you just used Self-service bike share"])
     reason_code: str = Field(examples=["evt:use:s:tram:2026-12-06",
                                        "evt:subscribe:b:maas-urban:2026-04", "popular:gare",
-                                       "cf"])
-    source: str = Field(description="`model`, `popular` (fallback/back-fill) or `catalog`")
+                                       "segment:gare:26-40:family", "explore", "cf"])
+    source: str = Field(description="`model`, `popular` (fallback, back-fill, segment cold "
+                                    "start), `explore` (an exploration slot) or `catalog`")
+    recommendation_id: str = Field(description="Echo it in events about this item: the "
+                                               "answer's id, or for an explored slot its "
+                                               "own (variant `<variant>-explore`)",
+                                   examples=["v3.champion.9f2c41aa07b1"])
 
 
 class BundleItem(Recommended):
@@ -126,8 +132,8 @@ class _Answer(BaseModel):
                          examples=["champion"])
     personalised: bool
     reranked: bool = Field(description="True when recent events re-ranked the list")
-    fallback: str | None = Field(description="popular_neighbourhood, popular_city or "
-                                             "catalog when not personalised")
+    fallback: str | None = Field(description="popular_segment, popular_neighbourhood, "
+                                             "popular_city or catalog when not personalised")
     notice: str | None = Field(description="Why the answer is not personalised, or degraded")
 
 
@@ -154,34 +160,36 @@ async def _answer(request: Request, kind: str, resident_id: str) -> Response:
         notice = ("Not personalised: no model has beaten the popular offers with confidence "
                   "yet, so these are the most popular offers.")
     use_recent = personalise and rerank and runtime.rerank_enabled
+    # recent events feed the fold-in and, for bundles, rotation (both personal rules)
+    with_recent = use_recent or (personalise and kind == "b" and runtime.ranker.rotate_after > 0)
     try:
         state = await runtime.store.resident(model.version if model and personalise else None,
-                                             resident_id, kind, with_recent=use_recent)
+                                             resident_id, kind, with_recent=with_recent)
     except RedisError as exc:
         log.warning("redis unavailable, answering from the loaded popular lists: %s", exc)
         state = ResidentState(precomputed=unpack_list(None))
         notice = "degraded: resident state unavailable, showing popular offers"
         metrics.FALLBACKS.labels("redis_unavailable").inc()
-    ranked = runtime.ranker.rank(
-        kind, state, model, k=k, personalise=personalise and state.consent,
-        rerank=use_recent, zone=zone, domain=domain,
-        baseline_variant=not personalise)
+    found = answer(runtime.ranker, kind, resident_id, state, model, variant=variant.name,
+                   personalise=personalise, rerank=use_recent, k=k,
+                   ids=runtime.recommendation_ids, zone=zone, domain=domain)
+    ranked = found.ranked
     for label in ranked.fallbacks:
         metrics.FALLBACKS.labels(label).inc()
     metrics.ANSWERS.labels(kind, variant.name, str(ranked.personalised).lower(),
                            str(ranked.reranked).lower()).inc()
-    model_version = model.model_version if model else "none"
     body = orjson.dumps({
         "resident_id": resident_id,
-        "recommendation_id": runtime.recommendation_ids.mint(model_version, variant.name),
-        "model_version": model_version,
+        "recommendation_id": found.recommendation_id,
+        "model_version": found.model_version,
         "keyspace_version": model.version if model else None,
         "variant": variant.name,
         "personalised": ranked.personalised,
         "reranked": ranked.reranked,
         "fallback": ranked.fallback,
         "notice": notice or ranked.notice,
-        "bundles" if kind == "b" else "services": runtime.ranker.items(kind, ranked.items),
+        "bundles" if kind == "b" else "services": runtime.ranker.items(kind, ranked.items,
+                                                                       answer=found),
     })
     return Response(body, media_type="application/json")
 

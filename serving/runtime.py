@@ -45,8 +45,7 @@ def runtime_of(app: FastAPI) -> Runtime:
         store = OnlineStore(app.state.redis, app.state.keys, settings.serving_recent_n)
         holder = ModelHolder(store, experiment.pointers, catalog.neighbourhood_ids,
                              settings.serving_pointer_poll_ms)
-        ranker = OfferRanker(catalog, settings.serving_rerank_weight,
-                             settings.serving_reason_recent_days)
+        ranker = OfferRanker.from_settings(catalog, settings)
         runtime = Runtime(store, holder, experiment, ranker,
                           RecommendationIds.for_settings(settings),
                           rerank_enabled=settings.serving_rerank,

@@ -37,6 +37,8 @@ class RecentEvent:
     service_id: str | None
     bundle_id: str | None
     ts: float | None = None
+    #: the answer it followed (a ``view`` with one is an impression Bouquet made)
+    recommendation_id: str | None = None
 
 
 def parse_recent(items: list[Any]) -> list[RecentEvent]:
@@ -68,11 +70,13 @@ def parse_recent(items: list[Any]) -> list[RecentEvent]:
         service = obj.get("service_id", obj.get("s"))
         bundle = obj.get("bundle_id", obj.get("b"))
         ts = obj.get("ts")
+        reference = obj.get("recommendation_id")
         if not isinstance(kind, str):
             continue
         out.append(RecentEvent(kind, service if isinstance(service, str) else None,
                                bundle if isinstance(bundle, str) else None,
-                               ts if isinstance(ts, (int, float)) else None))
+                               ts if isinstance(ts, (int, float)) else None,
+                               reference if isinstance(reference, str) else None))
     return out
 
 
@@ -164,13 +168,25 @@ class OnlineStore:
             raise LookupError(f"keyspace {version!r} has no meta or model (expired?)")
         meta = decode_meta(meta_raw)
         model = PublishedVersion.from_stored(version, meta, blob)
-        lists = iter(popular)
+        self._add_popular(model, neighbourhoods, popular)
+        segments = list(model.model.segments)
+        if segments:  # named by the model, so read once it is loaded
+            pipe = self.redis.pipeline(transaction=False)
+            for kind in ("b", "s"):
+                for segment in segments:
+                    pipe.get(self.keys.popular(version, segment, kind))
+            self._add_popular(model, segments, await pipe.execute())
+        return model
+
+    @staticmethod
+    def _add_popular(model: PublishedVersion, names: list[str], replies: list[Any]) -> None:
+        """Popular lists read for ``names``, bundles then services, into ``model``."""
+        lists = iter(replies)
         for kind in ("b", "s"):
-            for nb in neighbourhoods:
+            for name in names:
                 entries = unpack_list(next(lists))
                 if len(entries):
-                    model.popular[(kind, nb)] = entries
-        return model
+                    model.popular[(kind, name)] = entries
 
     async def resident(self, version: str | None, resident_id: str, kind: str = "b",
                        *, with_recent: bool = True) -> ResidentState:

@@ -36,7 +36,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 
 import numpy as np
@@ -145,13 +145,16 @@ class PolicyRun:
     start: date | None = None
     end: date | None = None
     run_tag: str = ""
+    #: what the policy says of its run (the model policy: family, promotion, fits)
+    notes: dict[str, Any] = field(default_factory=dict)
 
 
 def _adapter(sim: Simulation, policy: Policy) -> Callable[[np.ndarray, int], Any]:
     index = {b: i for i, b in enumerate(sim.catalog.bundle_ids)}
     unknown: set[str] = set()
 
-    def recommend(rows: np.ndarray, k: int) -> tuple[np.ndarray, list[str | None] | None]:
+    def recommend(rows: np.ndarray, k: int
+                  ) -> tuple[np.ndarray, list[str | dict[int, str] | None] | None]:
         lists = policy.recommend([str(r) for r in sim.residents.ids[rows]], k)
         if len(lists) != len(rows):
             raise ValueError(f"policy {policy.name!r} answered {len(lists)} lists for "
@@ -165,7 +168,13 @@ def _adapter(sim: Simulation, policy: Policy) -> Callable[[np.ndarray, int], Any
                     unknown.add(bundle)
                     log.warning("policy %s recommended unknown bundle %r (ignored)",
                                 policy.name, bundle)
-        return out, getattr(policy, "last_recommendation_ids", None)
+        given = getattr(policy, "last_recommendation_ids", None)
+        if given is not None:
+            # one id per answer, or one per item (aligned with the answer's bundles)
+            given = [{index[b]: i for b, i in zip(bundles, found, strict=False) if b in index}
+                     if isinstance(found, list) else found
+                     for bundles, found in zip(lists, given, strict=True)]
+        return out, given
 
     return recommend
 
@@ -174,7 +183,8 @@ def run_policy(policy: Policy, catalog: Catalog, *, residents: int, weeks: int, 
                k: int = 3, end: date | None = None, params: BehaviourParams | None = None,
                sink: Callable[[pa.Table], None] | None = None,
                on_week: Callable[[int, int], None] | None = None,
-               simulation: Simulation | None = None,
+               simulation: Simulation | None = None, from_week: int = 0,
+               until_week: int | None = None,
                recommendation_ids: RecommendationIds | None = None
                ) -> tuple[PolicyRun, Simulation]:
     """Simulate ``weeks`` weeks of a ``residents``-strong city under ``policy``.
@@ -182,10 +192,19 @@ def run_policy(policy: Policy, catalog: Catalog, *, residents: int, weeks: int, 
     ``sink`` receives the history, then each week's events (Arrow, event-log layout, sorted
     by time); ``on_week(week, events)`` reports progress. ``NoRecommendations`` shows
     nothing at all (no digest either), which is the organic baseline.
+
+    ``until_week`` stops after that many weeks (the rest of the window is left for a later
+    run); ``from_week`` resumes such a run: the history and the weeks before it are
+    simulated again without recommendations and without reaching the sink or the policy —
+    the same seed, size and ``end`` give the same events, which an earlier run (policy
+    ``none``, ``until_week=from_week``) already delivered — and the policy starts there.
     """
     started = time.perf_counter()
     sim = simulation or Simulation.create(catalog, residents, weeks, seed, end=end,
                                           params=params)
+    until_week = weeks if until_week is None else until_week
+    if not 0 <= from_week <= until_week <= weeks:
+        raise ValueError(f"weeks {from_week}..{until_week} are not within 0..{weeks}")
     if recommendation_ids is not None:  # the deployment's key (default: the development one)
         sim.vocab = replace(sim.vocab, minter=recommendation_ids)
     start_hook = getattr(policy, "start", None)
@@ -207,9 +226,12 @@ def run_policy(policy: Policy, catalog: Catalog, *, residents: int, weeks: int, 
     seq = len(history)
     # the history is the largest batch (a year of registrations and subscriptions): it is
     # handed over in chunks of whole days, so only one chunk is ever an Arrow table
-    for lo, hi in history.day_chunks(HISTORY_CHUNK_ROWS):
-        emit(to_arrow(history.slice(lo, hi), sim.vocab, first_seq=lo))
+    if not from_week:
+        for lo, hi in history.day_chunks(HISTORY_CHUNK_ROWS):
+            emit(to_arrow(history.slice(lo, hi), sim.vocab, first_seq=lo))
     del history
+    for _ in range(from_week):  # delivered by an earlier run: only the state and the ids
+        seq += len(sim.step(None).events)
     shows = not isinstance(policy, NoRecommendations)
     recommender = _adapter(sim, policy) if shows else None
     tag = None
@@ -219,7 +241,10 @@ def run_policy(policy: Policy, catalog: Catalog, *, residents: int, weeks: int, 
     run = PolicyRun(policy.name, seed, {}, [], [], start=sim.start,
                     end=sim.start.fromordinal(sim.start.toordinal() + 7 * weeks),
                     run_tag=sim.run_tag)
-    for week in range(weeks):
+    before_week = getattr(policy, "before_week", None)
+    for week in range(from_week, until_week):
+        if before_week is not None:
+            before_week(datetime.fromtimestamp(int(sim.day_start_us[7 * week]) / 1e6, UTC))
         result = sim.step(recommender, k=k, rec_tag=tag)
         emit(to_arrow(result.events, sim.vocab, first_seq=seq))
         seq += len(result.events)
@@ -235,10 +260,12 @@ def run_policy(policy: Policy, catalog: Catalog, *, residents: int, weeks: int, 
     # per resident (not erased at the end) and week; erased residents' events are so few
     # that counting them in the numerator changes nothing visible
     alive_n = max(int((sim.erased_at == np.iinfo(np.int64).max).sum()), 1)
-    run.per_resident_week = {name: float(sim.class_events[i].sum() / alive_n / weeks)
+    done = max(sim.week_done, 1)
+    run.per_resident_week = {name: float(sim.class_events[i].sum() / alive_n / done)
                              for i, name in enumerate(CADENCE_CLASS_NAMES)}
     run.events = seq
     run.events_by_type = dict(sorted(by_type.items()))
+    run.notes = dict(getattr(policy, "run_notes", dict)())
     run.seconds = time.perf_counter() - started
     return run, sim
 
@@ -268,6 +295,23 @@ class Estimate:
             return cls(mean, math.nan, math.nan)
         half = t_quantile_975(len(x) - 1) * float(x.std(ddof=1)) / math.sqrt(len(x))
         return cls(mean, mean - half, mean + half)
+
+
+def ratio_of_means(a: Sequence[float], b: Sequence[float]) -> Estimate:
+    """``mean(a) / mean(b)`` of paired samples with a 95% interval by the delta method:
+    ``var ≈ (s_a² − 2R·s_ab + R²·s_b²) / (n · mean(b)²)``, t quantile with n − 1 degrees of
+    freedom (the pairs' correlation is what makes a paired ratio precise)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    n = len(a)
+    if n == 0 or b.mean() == 0:
+        return Estimate(math.nan, math.nan, math.nan)
+    r = float(a.mean() / b.mean())
+    if n < 2:
+        return Estimate(r, math.nan, math.nan)
+    cov = np.cov(a, b, ddof=1)
+    var = (cov[0, 0] - 2 * r * cov[0, 1] + r * r * cov[1, 1]) / (n * b.mean() ** 2)
+    half = t_quantile_975(n - 1) * math.sqrt(max(float(var), 0.0))
+    return Estimate(r, r - half, r + half)
 
 
 #: Figures of a run that :meth:`Comparison.estimate` and :meth:`Comparison.uplift` know:
@@ -316,16 +360,48 @@ class Comparison:
                  if r.policy == policy and r.seed in base]
         return Estimate.of(diffs)
 
+    def paired(self, figure: str, *policies: str) -> list[np.ndarray]:
+        """Per-seed values of ``figure`` for each of ``policies``, on the seeds all ran."""
+        by = [{r.seed: run_figure(r, figure) for r in self.runs if r.policy == p}
+              for p in policies]
+        seeds = sorted(set.intersection(*(set(b) for b in by))) if by else []
+        return [np.array([b[s] for s in seeds], float) for b in by]
+
+    def lift(self, policy: str, baseline: str, figure: str = "weekly_or_better") -> Estimate:
+        """Relative lift ``mean(policy) / mean(baseline) − 1`` over the same seeds, with a
+        95% interval by the delta method on the per-seed pairs (t quantile)."""
+        a, b = self.paired(figure, policy, baseline)
+        found = ratio_of_means(a, b)
+        return Estimate(found.mean - 1.0, found.low - 1.0, found.high - 1.0)
+
+    def gap_closed(self, policy: str, floor: str, ceiling: str,
+                   figure: str = "weekly_or_better") -> Estimate:
+        """Share of the ``floor`` → ``ceiling`` gap ``policy`` closes:
+        ``(mean(policy) − mean(floor)) / (mean(ceiling) − mean(floor))``, with a 95% interval
+        by the delta method on the per-seed differences."""
+        p, f, c = self.paired(figure, policy, floor, ceiling)
+        return ratio_of_means(p - f, c - f)
+
+    def weekly_curve(self, policy: str) -> list[Estimate]:
+        """Weekly-or-better share (use) at the end of each week: mean and interval over
+        seeds."""
+        curves = [r.weekly_share for r in self.runs if r.policy == policy]
+        if not curves:
+            return []
+        return [Estimate.of([c[w] for c in curves]) for w in range(min(map(len, curves)))]
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "residents": self.residents, "weeks": self.weeks, "seeds": self.seeds,
             "cadence": "use",
             "policies": {p: {c: vars(self.estimate(p, c)) for c in FIGURES}
                          for p in self.policies},
+            "weekly_share": {p: [vars(e) for e in self.weekly_curve(p)]
+                             for p in self.policies},
             "runs": [{"policy": r.policy, "seed": r.seed, "shares": r.shares,
                       "per_resident_week": r.per_resident_week,
                       "weekly_share": r.weekly_share, "shown": r.shown,
-                      "accepted": r.accepted, "events": r.events,
+                      "accepted": r.accepted, "events": r.events, "notes": r.notes,
                       "seconds": round(r.seconds, 2)} for r in self.runs],
         }
 

@@ -145,7 +145,9 @@ class Vocabulary:
     event_prefix: str  # run tag, e.g. "s3f2a9c1d-"
     seed: int
     rec_tags: dict[int, str]  # week -> "<model_version>.<variant>." of the policy shown
-    rec_ids: dict[int, dict[int, str]]  # week -> resident row -> id given by the policy
+    #: week -> resident row -> id given by the policy for the whole answer, or per bundle
+    #: index (an answer whose items carry their own ids, e.g. an explored slot)
+    rec_ids: dict[int, dict[int, str | dict[int, str]]]
     #: mints the ids of in-process policies (signed, as the API's: core/recommendation.py)
     minter: RecommendationIds = field(default_factory=development_ids)
 
@@ -157,8 +159,10 @@ class Vocabulary:
                    pa.array(catalog.bundle_ids, pa.string()),
                    pa.array(contexts, pa.string()), f"s{run_tag}-", seed, {}, {})
 
-    def recommendation_ids(self, resident: np.ndarray, week: np.ndarray) -> pa.Array:
-        """``<model_version>.<variant>.<token>`` per event, null where ``week`` < 0."""
+    def recommendation_ids(self, resident: np.ndarray, week: np.ndarray,
+                           bundle: np.ndarray | None = None) -> pa.Array:
+        """``<model_version>.<variant>.<token>`` per event, null where ``week`` < 0; an id
+        given per item is looked up by the event's ``bundle``."""
         if not (week >= 0).any():
             return pa.nulls(len(resident), pa.string())
         out = np.full(len(resident), None, object)
@@ -166,7 +170,10 @@ class Vocabulary:
             mask = week == w
             given = self.rec_ids.get(int(w))
             if given is not None:
-                out[mask] = [given.get(int(r)) for r in resident[mask]]
+                where = np.nonzero(mask)[0]
+                items = bundle[where] if bundle is not None else np.full(len(where), -1)
+                out[where] = [_given_id(given.get(int(r)), int(b))
+                              for r, b in zip(resident[where], items, strict=True)]
                 continue
             tag = self.rec_tags.get(int(w))
             if tag is None:
@@ -175,6 +182,12 @@ class Vocabulary:
             out[mask] = [self.minter.mint(model_version, variant, nonce=int(n)) for n in
                          mix64(self.seed, 0x5EC, int(w), resident[mask])]
         return pa.array(out, pa.string())
+
+
+def _given_id(found: str | dict[int, str] | None, bundle: int) -> str | None:
+    if isinstance(found, dict):
+        return found.get(bundle)
+    return found
 
 
 def _decode(codes: np.ndarray, names: tuple[str, ...]) -> pa.Array:
@@ -209,7 +222,8 @@ def to_arrow(events: EventColumns, vocab: Vocabulary, *, first_seq: int = 0) -> 
         "channel": _decode(events.channel, CHANNELS),
         "value": pa.array(np.where(value_mask, 0.0, events.value), pa.float64(),
                           mask=value_mask),
-        "recommendation_id": vocab.recommendation_ids(events.resident, events.rec_week),
+        "recommendation_id": vocab.recommendation_ids(events.resident, events.rec_week,
+                                                      events.bundle),
         "context": _take_or_null(vocab.contexts, events.context),
         "schema_version": pa.array(np.ones(n, np.int16)),
         "ingested_at": pa.nulls(n, pa.timestamp("us", tz="UTC")),

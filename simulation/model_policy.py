@@ -1,90 +1,248 @@
-"""The trained-model policy: the closed loop recommends with Bouquet's own model.
+"""The trained-model policy: the closed loop's residents are served by the product.
 
-:class:`ModelPolicy` learns only from what a deployed Bouquet would see — the events the
-loop hands to ``observe`` — and scores with the same code the training pipeline deploys:
-:func:`bouquet.pipelines.dataset.build_dataset` (consent, weights, decay, log scaling from
-the settings) and :class:`bouquet.pipelines.candidates.ALSBundleModel` (ALS on services,
-bundle factors by a half-step, linear bundle scoring). It retrains every
-``retrain_every_weeks`` weeks, as a city would run ``bouquet train`` on a schedule, and
-applies serving's rules: residents without personalisation consent, or without history,
-get the popular bundles; held, ineligible and out-of-zone bundles are never shown.
+:class:`ModelPolicy` runs, in process, the same functions a deployed Bouquet runs, on what
+a deployed Bouquet would see — the events the loop hands to ``observe``:
 
-It measures whether *targeting by the model* moves cadence compared with popularity, on
+* **train** (:mod:`bouquet.pipelines.train`): the event log's events encoded and counted by
+  the configured confidence rule (:func:`~bouquet.pipelines.dataset.build_dataset`); the
+  model family chosen as ``bouquet train`` chooses it (every deployable candidate fitted and
+  evaluated on a temporal hold-out, the best one promoted only when it beats popularity with
+  confidence: :func:`~bouquet.pipelines.train.select_family`), then that family refitted on
+  all events every ``retrain_every_weeks`` weeks, as a city would run ``bouquet train`` on a
+  schedule (re-choosing the family every time would cost every candidate every week);
+* **publish** (:func:`~bouquet.pipelines.publish.publish_in_memory`): every resident's list
+  and reasons (``score_chunk``), the popular lists of the city, each neighbourhood and each
+  segment, the serving view — the keyspace ``bouquet publish`` writes, held in memory;
+* **serve** (:func:`bouquet.serving.ranking.answer` with
+  :meth:`~bouquet.serving.ranking.OfferRanker.from_settings`): for each resident asked
+  about, a :class:`~bouquet.serving.store.ResidentState` built from the events as the
+  ingestion consumer keeps it in Redis (declared profile and consent, holdings, dismissed
+  bundles, the latest contacts) and ranked by serving's rules (fold-in, filters, rotation,
+  segment cold start, exploration). Recommendation ids are minted there with the
+  deployment's key, as the API's are.
+
+It measures whether *targeting by the product* moves cadence compared with popularity, on
 the simulator's assumptions (see docs/simulation.md) — not real-world uplift.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from collections import deque
 from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from bouquet.core.events import CONTACT_TYPES
+from bouquet.core.profile import DECLARED_BOOLEANS
+from bouquet.core.recommendation import RecommendationIds
 from bouquet.core.settings import Settings
-from bouquet.simulation.policies import CityView, PopularPolicy
+from bouquet.models.deployable import DeployableModel
+from bouquet.models.online import PublishedVersion, unpack_list
+from bouquet.serving.ranking import Answer, OfferRanker, answer
+from bouquet.serving.store import RecentEvent, ResidentState
+from bouquet.simulation.policies import BasePolicy, CityView
 
 log = logging.getLogger(__name__)
 
-#: Columns the dataset builder reads (the event-log layout the loop hands over).
-_COLUMNS = ("resident_id", "type", "service_id", "bundle_id", "ts", "value", "context")
+#: Columns the dataset builder and the resident state read (the event-log layout).
+_COLUMNS = ("resident_id", "type", "service_id", "bundle_id", "ts", "value", "context",
+            "recommendation_id")
+_NO_LIST = unpack_list(None)
 
 
-class ModelPolicy(PopularPolicy):
-    """ALS bundle model retrained on the observed events; popular for the rest."""
+class _Resident:
+    """What the ingestion consumer keeps in Redis for one resident (docs/redis-keys.md)."""
+
+    __slots__ = ("dismissed", "holdings", "profile", "recent")
+
+    def __init__(self, recent_n: int) -> None:
+        self.profile: dict[str, Any] = {}
+        self.holdings: set[str] = set()
+        self.dismissed: set[str] = set()
+        self.recent: deque[RecentEvent] = deque(maxlen=recent_n)  # newest first
+
+
+class ModelPolicy(BasePolicy):
+    """Bouquet's train → publish → serve, in process, on the events observed so far."""
 
     name = variant = "model"
-    model_version = "loop"
-
-    #: The deployed default (regularisation 50) was tuned offline on a 100,000-resident
-    #: city; on the loop's few thousand residents it shrinks rare bundles' factors until
-    #: the model ranks almost like popularity (13 distinct top-3 lists for 300 residents,
-    #: against 186 at 5.0). 5.0 was chosen on loop seeds 1–2 (5,000 residents, 12 weeks)
-    #: among 1, 5 and 50; docs/simulation.md reports other seeds.
-    LOOP_PARAMS: dict[str, object] = {"regularization": 5.0}
+    model_version = "none"
+    #: The deployed ALS defaults, fitted on one thread: the loop runs beside other work
+    #: (the factors do not depend on the thread count).
+    ALS_PARAMS: dict[str, Any] = {"num_threads": 1}
 
     def __init__(self, settings: Settings | None = None, *, retrain_every_weeks: int = 1,
-                 model_params: dict[str, object] | None = None) -> None:
+                 candidates: Sequence[str] | None = None, force: bool = False) -> None:
+        from bouquet.pipelines.candidates import DEPLOYABLE_KINDS
+
+        if retrain_every_weeks < 1:
+            raise ValueError("retrain_every_weeks must be at least 1")
         self.settings = settings or Settings()
         self.retrain_every_weeks = retrain_every_weeks
-        self.model_params = {**self.LOOP_PARAMS, **(model_params or {})}
-        self._tables: list[pa.Table] = []
-        self._weeks_since_fit: int | None = None
+        self.candidates = tuple(candidates or DEPLOYABLE_KINDS)
+        self.force = force  # promote the chosen family whatever the hold-out (`train --force`)
         self.fits = 0
+        self.family: str | None = None  # the chosen candidate's kind, once promoted
+        self.selections: list[dict[str, Any]] = []  # what each family selection decided
+        self.last_answers: list[Answer] = []
+        self.last_recommendation_ids: list[list[str]] | None = None
+        # the deployment's key: ids the consumer and the reports verify and credit
+        self.recommendation_ids = RecommendationIds.for_settings(self.settings)
 
+    # --- the loop's hooks -------------------------------------------------------------------
     def start(self, city: CityView) -> None:
-        super().start(city)
-        self._tables = []
-        self._weeks_since_fit = None
+        self.catalog = city.catalog
+        self.ranker = OfferRanker.from_settings(city.catalog, self.settings)
+        self._tables: list[pa.Table] = []
+        self._residents: dict[str, _Resident] = {}
+        self._weeks_since_fit: int | None = None
+        self._now: float | None = None
+        self._latest = 0.0
+        self.version: PublishedVersion | None = None
+        self.model: DeployableModel | None = None  # what train registered, publish published
+        self.lists: dict[str, np.ndarray] = {}
 
-    def observe(self, events: pa.Table) -> None:
-        super().observe(events)
-        self._tables.append(events.select(list(_COLUMNS)))
+    def before_week(self, when: datetime) -> None:
+        """The simulated moment of the next answers (the start of the week)."""
+        self._now = when.timestamp()
         if self._weeks_since_fit is not None:
             self._weeks_since_fit += 1
 
-    def _fit(self) -> None:
-        from bouquet.pipelines.candidates import ALSBundleModel
-        from bouquet.pipelines.dataset import EventArrays, build_dataset, rule_from_settings
-
-        frame = pa.concat_tables(self._tables).to_pandas()
-        arrays = EventArrays.from_frame(frame.sort_values("ts", kind="stable"), self.catalog)
-        data = build_dataset(arrays, rule_from_settings(self.settings))
-        self._model = ALSBundleModel(**self.model_params).fit(data)
-        self._model_rows = {rid: i for i, rid in enumerate(data.resident_ids)}
-        self._weeks_since_fit = 0
-        self.fits += 1
-        log.debug("model policy: fit %d on %d residents × %d services", self.fits,
-                 *data.services.shape)
+    def observe(self, events: pa.Table) -> None:
+        table = events.select(list(_COLUMNS))
+        self._tables.append(table)
+        self._apply(table)
 
     def recommend(self, resident_ids: Sequence[str], k: int) -> list[list[str]]:
         if self._weeks_since_fit is None or self._weeks_since_fit >= self.retrain_every_weeks:
-            self._fit()
-        popularity = self.subscriptions.astype(float)
-        scores = np.tile(popularity + 1e-6 * -np.arange(len(popularity)),
-                         (len(resident_ids), 1))
-        rows = np.array([self._model_rows.get(r, -1) for r in resident_ids])
-        personal = rows >= 0
-        if personal.any():
-            scores[personal] = self._model.score("bundles", rows[personal])
-        return self._top_k(resident_ids, k, scores)
+            self.fit()
+        now = self._now if self._now is not None else self._latest
+        self.last_answers = [self.serve(rid, k, now) for rid in resident_ids]
+        self.last_recommendation_ids = [[a.item_recommendation_id(p) for p in a.ranked.items]
+                                        for a in self.last_answers]
+        return [a.bundle_ids() for a in self.last_answers]
+
+    def run_notes(self) -> dict[str, Any]:
+        """What the run did: the family served (None: popular lists only, no candidate
+        promoted), the fit that promoted it, and every selection's decision."""
+        promoted = next((s["fit"] for s in self.selections if s["promote"]), None)
+        return {"family": self.family, "promoted_at_fit": promoted, "fits": self.fits,
+                "selections": self.selections}
+
+    # --- serve ---------------------------------------------------------------------------
+    def state(self, resident_id: str, personalise: bool) -> ResidentState:
+        """The resident as one request of the API reads them (``OnlineStore.resident``)."""
+        found = self._residents.get(resident_id)
+        if found is None:
+            return ResidentState(precomputed=_NO_LIST)
+        return ResidentState(
+            precomputed=self.lists.get(resident_id, _NO_LIST) if personalise else _NO_LIST,
+            profile=dict(found.profile), holdings=set(found.holdings),
+            dismissed=set(found.dismissed), recent=list(found.recent) if personalise else [])
+
+    def serve(self, resident_id: str, k: int, now: float) -> Answer:
+        """The answer the API's champion variant gives this resident at ``now``."""
+        version = self.version
+        personalise = version is not None and version.personalised
+        rerank = personalise and self.settings.serving_rerank
+        return answer(self.ranker, "b", resident_id, self.state(resident_id, personalise),
+                      version, variant=self.variant, personalise=personalise, rerank=rerank,
+                      k=k, ids=self.recommendation_ids, now=now)
+
+    # --- train and publish -----------------------------------------------------------------
+    def fit(self) -> None:
+        """Retrain (choosing the family first while none has been promoted) and publish."""
+        from bouquet.pipelines.candidates import make_candidate
+        from bouquet.pipelines.dataset import EventArrays, build_dataset, rule_from_settings
+        from bouquet.pipelines.publish import publish_in_memory
+        from bouquet.pipelines.train import TrainOptions, popularity_tables, select_family
+
+        frame = pa.concat_tables(self._tables).to_pandas()
+        arrays = EventArrays.from_frame(frame.sort_values("ts", kind="stable"), self.catalog)
+        rule = rule_from_settings(self.settings)
+        kind = self.family
+        if kind is None:
+            options = TrainOptions(candidates=self.candidates, baselines=(), progress=False,
+                                   params=dict(self.ALS_PARAMS), force=self.force)
+            try:
+                selection = select_family(arrays, rule, options, self.settings)
+            except ValueError as exc:  # e.g. nothing to hold out yet
+                selection = None
+                log.info("model policy: no family chosen: %s", exc)
+            decision = selection.decision if selection is not None else None
+            chosen = selection.chosen if selection is not None else None
+            self.selections.append({
+                "fit": self.fits + 1, "chosen": chosen.kind if chosen else None,
+                "value": chosen.primary_mean if chosen else None,
+                "promote": bool(decision and decision.promote),
+                "reason": decision.reason if decision else "no candidate"})
+            if decision is not None and decision.promote and chosen is not None:
+                kind = self.family = chosen.kind
+            elif chosen is not None:
+                kind = chosen.kind  # registered, not promoted: popular lists only
+        data = build_dataset(arrays, rule)
+        self.fits += 1
+        model_version = f"v{self.fits}"
+        if kind is None:
+            self.version, self.model, self.lists = None, None, {}
+        else:
+            candidate = make_candidate(kind, dict(self.ALS_PARAMS) if kind == "als" else None)
+            candidate = candidate.fit(data)
+            model = self.model = candidate.to_deployable(data, popularity_tables(data), {
+                "trained_until": data.as_of.isoformat(), "model_kind": kind})
+            self.version, self.lists = publish_in_memory(
+                model, model_version=model_version, top=self.settings.publish_top_n,
+                personalised=self.family is not None)
+        self.model_version = model_version
+        self._weeks_since_fit = 0
+        log.debug("model policy: fit %d (%s) on %d residents", self.fits, kind,
+                  data.n_residents)
+
+    # --- the real-time state, as ingestion keeps it -------------------------------------
+    def _apply(self, table: pa.Table) -> None:
+        columns = table.drop_columns(["ts"]).to_pydict()
+        seconds = (table["ts"].cast(pa.int64()).to_numpy() / 1e6).tolist()  # µs → s
+        if seconds:
+            self._latest = max(self._latest, max(seconds))
+        recent_n = self.settings.serving_recent_n
+        residents = self._residents
+        for rid, kind, service, bundle, epoch, value, context, reference in zip(
+                columns["resident_id"], columns["type"], columns["service_id"],
+                columns["bundle_id"], seconds, columns["value"], columns["context"],
+                columns["recommendation_id"], strict=True):
+            found = residents.get(rid)
+            if found is None:
+                found = residents[rid] = _Resident(recent_n)
+            if kind in CONTACT_TYPES:
+                found.recent.appendleft(RecentEvent(kind, service, bundle, epoch, reference))
+                if kind == "subscribe" or kind == "unsubscribe":
+                    members = [m for m in (f"b:{bundle}" if bundle else None,
+                                           f"s:{service}" if service else None) if m]
+                    if kind == "subscribe":
+                        found.holdings.update(members)
+                    else:
+                        found.holdings.difference_update(members)
+                elif kind == "dismiss" and bundle:
+                    found.dismissed.add(bundle)
+            elif kind == "profile":
+                found.profile.update(_declared(context))
+                found.profile.setdefault("consent", False)
+            elif kind == "consent":
+                found.profile["consent"] = value == 1
+            elif kind == "erase":
+                del residents[rid]
+
+
+def _declared(context: str | None) -> dict[str, Any]:
+    """A profile event's declared attributes as serving decodes them (booleans as bool)."""
+    out: dict[str, Any] = {}
+    for name, value in json.loads(context or "{}").items():
+        if value is None:
+            continue
+        out[name] = bool(value) if name in DECLARED_BOOLEANS else str(value)
+    return out

@@ -12,9 +12,10 @@ by :func:`bouquet.simulation.closed_loop.run_policy` when present:
   — the same data a deployed Bouquet sees, so a policy can learn from it (popularity
   counts) or forward it (to Kafka, for a live serving stack);
 * ``model_version`` and ``variant`` label the ``recommendation_id`` echoed in the events
-  (``<model_version>.<variant>.<token>``); ``last_recommendation_ids`` (one id or None
-  per resident of the last call) overrides them with ids the policy got from elsewhere,
-  e.g. from the serving API's answers.
+  (``<model_version>.<variant>.<token>``); ``last_recommendation_ids`` (per resident of
+  the last call: one id, a list of one id per recommended bundle, or None) overrides them
+  with ids minted by serving (the API's answers, or the model policy's);
+* ``before_week(start)`` with the moment each week's recommendations are asked.
 
 Implementations: :class:`NoRecommendations`, :class:`PopularPolicy`,
 :class:`RandomPolicy`, :class:`OraclePolicy` (reads hidden tastes, for consenting
@@ -263,8 +264,10 @@ class HttpPolicy(BasePolicy):
     """Adapter for a running serving API: one GET per resident (threaded).
 
     ``path`` is formatted with ``resident_id``; ``k`` is passed as the ``k_param`` query
-    parameter; ``parse(json) -> (bundle_ids, recommendation_id | None)`` reads the answer
-    (the default reads ``{"bundles": [{"bundle_id": …}], "recommendation_id": …}``).
+    parameter; ``parse(json) -> (bundle_ids, ids)`` reads the answer, ``ids`` being the
+    answer's recommendation id or one per bundle (the default reads ``{"bundles":
+    [{"bundle_id": …, "recommendation_id": …}], "recommendation_id": …}``: each item's own
+    id when it has one, as an explored slot does).
     ``forward`` receives each period's events, typically a Kafka sink, so the stack under
     test ingests what residents did and its answers can react (the loop waits for
     ``settle_s`` seconds after forwarding).
@@ -272,7 +275,7 @@ class HttpPolicy(BasePolicy):
 
     def __init__(self, base_url: str, *, api_key: str | None = None,
                  path: str = "/v1/residents/{resident_id}/bundles", k_param: str = "k",
-                 parse: Callable[[Any], tuple[list[str], str | None]] | None = None,
+                 parse: Callable[[Any], tuple[list[str], Any]] | None = None,
                  name: str = "model", forward: Callable[[pa.Table], None] | None = None,
                  settle_s: float = 0.0, workers: int = 8, timeout_s: float = 5.0) -> None:
         import httpx
@@ -284,12 +287,14 @@ class HttpPolicy(BasePolicy):
         self._path, self._k_param = path, k_param
         self._parse = parse or self._default_parse
         self._forward, self._settle_s, self._workers = forward, settle_s, workers
-        self.last_recommendation_ids: list[str | None] | None = None
+        self.last_recommendation_ids: list[Any] | None = None
 
     @staticmethod
-    def _default_parse(body: Any) -> tuple[list[str], str | None]:
-        return ([b["bundle_id"] for b in body.get("bundles", [])],
-                body.get("recommendation_id"))
+    def _default_parse(body: Any) -> tuple[list[str], Any]:
+        items = body.get("bundles", [])
+        per_item = [b.get("recommendation_id") for b in items]
+        return ([b["bundle_id"] for b in items],
+                per_item if items and all(per_item) else body.get("recommendation_id"))
 
     def observe(self, events: pa.Table) -> None:
         if self._forward is not None:
@@ -299,7 +304,7 @@ class HttpPolicy(BasePolicy):
 
                 time.sleep(self._settle_s)
 
-    def _one(self, resident_id: str, k: int) -> tuple[list[str], str | None]:
+    def _one(self, resident_id: str, k: int) -> tuple[list[str], Any]:
         response = self._client.get(self._path.format(resident_id=resident_id),
                                     params={self._k_param: k})
         response.raise_for_status()

@@ -68,7 +68,9 @@ def simulate(settings: Settings, *, residents: int, weeks: int, seed: int,
              policy: str = "none", intensity: float = 1.0,
              params: BehaviourParams | None = None, progress: bool = True,
              residents_path: Path | None = None, hidden_path: Path | None = None,
-             save_residents: bool = True, calibrate: bool = False
+             save_residents: bool = True, calibrate: bool = False,
+             from_week: int = 0, until_week: int | None = None,
+             api_url: str | None = None
              ) -> tuple[SimulationSummary, MemorySink | None]:
     """Simulate ``residents`` residents for ``weeks`` weeks (ending yesterday unless
     ``end``) into the event log (``settings.event_log_path``), Kafka
@@ -78,6 +80,12 @@ def simulate(settings: Settings, *, residents: int, weeks: int, seed: int,
     (``.npz``, for closed-loop studies; never for training) under
     ``settings.state_dir/simulation/`` unless paths are given. ``intensity`` multiplies
     every resident's activity (load tests; it leaves the calibration).
+
+    ``until_week`` stops early and ``from_week`` resumes such a run (same seed, size and
+    ``end``; see :func:`~bouquet.simulation.closed_loop.run_policy`). With ``api_url`` the
+    residents are answered by a running serving API (policy ``api``: its own ids, one GET
+    per resident shown something); to Kafka, each week's events are then waited for until
+    ingestion applied them, so the next week's answers know what residents did.
     """
     catalog = load_catalog(settings.catalog_path)
     params = params or BehaviourParams()
@@ -96,16 +104,27 @@ def simulate(settings: Settings, *, residents: int, weeks: int, seed: int,
     else:
         raise ValueError(f"unknown destination {to!r}")
     started = time.perf_counter()
+    chosen: Any = make_policy(policy, seed) if api_url is None else _api_policy(settings,
+                                                                              api_url)
+    waits = api_url is not None and isinstance(sink, KafkaSink)
+
+    def on_week(week: int, events: int) -> None:
+        bar.set_postfix_str(f"week {week + 1}/{weeks}")
+        if waits:
+            sink.wait_applied(settings)
+
     try:
-        run, sim = run_policy(make_policy(policy, seed), catalog, residents=residents,
-                              weeks=weeks, seed=seed, end=end, params=params, sink=sink,
-                              on_week=lambda w, n: bar.set_postfix_str(f"week {w + 1}/{weeks}"),
+        run, sim = run_policy(chosen, catalog, residents=residents, weeks=weeks, seed=seed,
+                              end=end, params=params, sink=sink, on_week=on_week,
+                              from_week=from_week, until_week=until_week,
                               recommendation_ids=RecommendationIds.for_settings(settings))
         if to == "memory":
             bar.update(sink.events)
     finally:
         sink.close()
         bar.close()
+        if api_url is not None:
+            chosen.close()
     if save_residents:
         folder = settings.state_dir / "simulation"
         residents_path = residents_path or folder / "residents.parquet"
@@ -115,7 +134,7 @@ def simulate(settings: Settings, *, residents: int, weeks: int, seed: int,
     else:
         residents_path = hidden_path = None
     summary = SimulationSummary(
-        residents=residents, weeks=weeks, seed=seed, policy=policy, start=sim.start,
+        residents=residents, weeks=weeks, seed=seed, policy=chosen.name, start=sim.start,
         end=run.end or sim.start, to=to, destination=destination, events=run.events,
         events_by_type=run.events_by_type, seconds=time.perf_counter() - started,
         peak_rss_mb=_peak_rss_mb(), run_tag=sim.run_tag,
@@ -127,6 +146,15 @@ def simulate(settings: Settings, *, residents: int, weeks: int, seed: int,
                                                    int(sim.day_start_us[0]), sim.end_us)
         summary.calibration = stats.as_dict()
     return summary, memory
+
+
+def _api_policy(settings: Settings, api_url: str) -> Any:
+    """The serving API at ``api_url`` as the residents' policy, with an app key."""
+    from bouquet.simulation.policies import HttpPolicy
+
+    key = next((k for k, role in settings.api_keys.items() if role == "app"), None)
+    policy = HttpPolicy(api_url, api_key=key, name="api")
+    return policy
 
 
 @dataclass

@@ -103,10 +103,14 @@ class KafkaSink:
         self.events = 0
         self._pending: list[Any] = []
         self._t0: float | None = None
+        #: (event id, resident id) of the events sent since the last wait_applied
+        self._unconfirmed: list[tuple[str, str]] = []
 
     def __call__(self, table: pa.Table, offsets: np.ndarray | None = None) -> None:
         if self._t0 is None:
             self._t0 = time.monotonic()
+        self._unconfirmed += zip(table["event_id"].to_pylist(),
+                                 table["resident_id"].to_pylist(), strict=True)
         reported = 0
         for i, payload in enumerate(table_to_payloads(table)):
             due = (offsets[i] if offsets is not None
@@ -137,6 +141,37 @@ class KafkaSink:
         except KafkaError as exc:
             raise ProduceFailed(f"broker did not acknowledge an event: {exc}") from exc
         self._pending.clear()
+
+    def wait_applied(self, settings: Settings, timeout_s: float = 120.0) -> bool:
+        """Block until ingestion has applied every event sent since the last call (its
+        de-duplication marker is in Redis: the consumer writes it with the event's
+        effects); False, with a warning, after ``timeout_s``. The closed loop waits so the
+        next week's answers are given on what residents did this week."""
+        from bouquet.core.keys import Keys
+        from bouquet.core.redisclient import redis_client
+        from bouquet.streaming.state import applied_event_ids
+
+        self._check()
+        keys = Keys(settings.redis_key_prefix)
+        missing = self._unconfirmed
+        self._unconfirmed = []
+        client = redis_client(settings.redis_url)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while missing:
+                applied = applied_event_ids(client, keys, missing,
+                                            settings.ingest_dedup_ttl_s)
+                missing = [e for e in missing if e[0] not in applied]
+                if not missing:
+                    break
+                if time.monotonic() > deadline:
+                    log.warning("%d events not applied by ingestion after %.0f s",
+                                len(missing), timeout_s)
+                    return False
+                time.sleep(0.25)
+        finally:
+            client.close()
+        return True
 
     def close(self) -> None:
         try:

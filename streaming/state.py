@@ -120,6 +120,38 @@ def marker_width_s(dedup_ttl_s: int) -> int:
     return max(1, math.ceil(dedup_ttl_s / 3))
 
 
+#: Marker buckets a lookup reads: the current one and those before (ingest_header.lua).
+MARKER_BUCKETS = 4
+
+
+def applied_event_ids(client: SyncClient, keys: Keys, events: Iterable[tuple[str, str]],
+                      dedup_ttl_s: int, chunk: int = 1000) -> set[str]:
+    """Of ``events`` (event id, resident id), the ids whose effects ingestion has applied:
+    those whose de-duplication marker is in their group's marker SETs — the current
+    bucket by Redis' clock and the three before it, as the scripts look them up."""
+    cluster = is_cluster(client)
+    by_tag: dict[str, list[str]] = defaultdict(list)
+    for event_id, resident_id in events:
+        by_tag[slot_tag(hash_slot(resident_id)) if cluster else SINGLE_TAG].append(event_id)
+    if not by_tag:
+        return set()
+    clock = client.time()  # a cluster client asks every primary: any one will do
+    seconds = next(iter(clock.values()))[0] if isinstance(clock, dict) else clock[0]
+    now_bucket = int(seconds) // marker_width_s(dedup_ttl_s)
+    asked: list[list[str]] = []
+    pipe = client.pipeline(transaction=False)
+    for tag, ids in by_tag.items():
+        for start in range(0, len(ids), chunk):
+            part = ids[start:start + chunk]
+            for back in range(MARKER_BUCKETS):
+                pipe.smismember(keys.seen_events(tag, now_bucket - back), part)
+                asked.append(part)
+    found: set[str] = set()
+    for ids, hits in zip(asked, pipe.execute(), strict=True):
+        found.update(event_id for event_id, hit in zip(ids, hits, strict=True) if hit)
+    return found
+
+
 def _templates(keys: Keys) -> dict[str, str]:
     """Fixed parts of the key names the Lua scripts build, checked against ``Keys``."""
     rid = "R0"

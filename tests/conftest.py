@@ -95,7 +95,8 @@ def messy_log() -> Callable[[Path, int], None]:
     """Writes a generated event log with what real logs hold and readers must undo:
     re-delivered copies (some ingested earlier than the original, one in the same file),
     erasure requests (with events after them), events sharing a time stamp, unknown and
-    missing items, consent changes and profiles, spread over several files per date."""
+    missing items, consent changes and profiles, recommendations echoed (every third view,
+    click and subscribe carries a recommendation id), spread over several files per date."""
     from bouquet.core.catalog import load_catalog
     from bouquet.core.eventlog import EventLog
 
@@ -133,6 +134,8 @@ def messy_log() -> Callable[[Path, int], None]:
                 "event_id": f"m{n}", "resident_id": f"r{rng.randrange(70):02d}", "type": kind,
                 "service_id": service, "bundle_id": bundle, "ts": ts, "channel": "app",
                 "value": value, "context": context, "schema_version": 1,
+                "recommendation_id": f"rec-{n}" if kind in ("view", "click", "subscribe")
+                and n % 3 == 0 else None,
                 "ingested_at": ts + timedelta(seconds=rng.randrange(1, 600))})
         rng.shuffle(events)
         log = EventLog(root)

@@ -1,11 +1,16 @@
 """``bouquet demo [--quick]``: the whole engine, end to end, on the embedded local stack.
 
 Each stage is the same ``bouquet`` command a user would type, run in order with the same
-environment, so the demo proves the commands compose: stack up → simulate the demo city
-through Kafka → ingest → train (MLflow) → publish (Redis) → serve (HTTP) → ask for bundles,
-send an event and see the answer change → engagement report. ``--quick`` uses a small city
-and exits when done (tests use it); the full demo keeps the API, the dashboard and the
-MLflow UI running until Ctrl-C, then stops what it started.
+environment, so the demo proves the commands compose: stack up → simulate the demo city's
+year of history through Kafka → ingest → train (MLflow) → publish (Redis) → serve (HTTP),
+with ingestion behind it → the city's weeks, its residents answered by the API in the loop
+(the champion arm: the trained model once training promoted one, else the popular lists
+``bouquet publish`` serves without a champion; the baseline arm: popular lists;
+recommendation ids minted by serving; each week ingested before the next is answered)
+→ ask for bundles, send an event and see the answer change → engagement report, funnel
+and uplift.
+``--quick`` uses a smaller city and exits when done (tests use it); the full demo keeps the
+API, the dashboard and the MLflow UI running until Ctrl-C, then stops what it started.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import httpx
 import typer
@@ -39,12 +45,19 @@ console = Console()
 @dataclass(frozen=True)
 class DemoSize:
     residents: int
-    weeks: int
+    weeks: int  # simulated weeks, every one answered by the API
     search_trials: int
 
 
-QUICK = DemoSize(residents=1500, weeks=8, search_trials=0)
-FULL = DemoSize(residents=3000, weeks=12, search_trials=4)
+# Sized so the dashboard's headline (residents at a weekly or daily cadence) is not a
+# suppressed small cell and the hold-out (the history's last weeks, when most offers were
+# taken) has enough residents for a model to be judged against popularity.
+QUICK = DemoSize(residents=6000, weeks=7, search_trials=0)
+FULL = DemoSize(residents=20000, weeks=8, search_trials=4)
+#: The demo's experiment unless BOUQUET_EXPERIMENTS says otherwise: a baseline arm of
+#: popular lists beside the champion, so the funnel has two arms and the uplift a baseline.
+EXPERIMENT = {"salt": "demo", "variants": [{"name": "champion", "share": 0.8},
+                                           {"name": "popular", "share": 0.2}]}
 
 
 class StageFailed(RuntimeError):
@@ -146,7 +159,7 @@ def backfill_skew(weeks: int) -> dict[str, int]:
 
 
 def demo(
-    quick: bool = typer.Option(False, "--quick", help="Small city; exit when done."),
+    quick: bool = typer.Option(False, "--quick", help="Smaller city; exit when done."),
     residents: int | None = typer.Option(None, "--residents", help="Override the city size."),
     weeks: int | None = typer.Option(None, "--weeks", help="Override the simulated weeks."),
 ) -> None:
@@ -154,27 +167,36 @@ def demo(
     settings = get_settings()
     size = QUICK if quick else FULL
     n_residents = str(residents or size.residents)
-    n_weeks = str(weeks or size.weeks)
+    n_weeks = weeks or size.weeks
+    from bouquet.simulation.behaviour import BehaviourParams
+
+    # one calendar for both halves of the city's simulation (the second resumes the first)
+    end = datetime.now(ZoneInfo(BehaviourParams().timezone)).date().isoformat()
+    city = ["--residents", n_residents, "--weeks", str(n_weeks), "--end", end, "--to", "kafka",
+            "--no-progress" if quick else "--progress"]
     env = dict(os.environ)
+    env.setdefault("BOUQUET_EXPERIMENTS", json.dumps(EXPERIMENT))
     # the demo backfills a simulated past through Kafka: people's channels may carry events
     # as old as the simulated weeks here (a deployment keeps a week: BOUQUET_MAX_PAST_SKEW_S)
     env.setdefault("BOUQUET_MAX_PAST_SKEW_S", json.dumps(backfill_skew(int(n_weeks))))
     base = f"http://{settings.api_host}:{settings.api_port}"
     background: list[subprocess.Popen[bytes]] = []
+    started = time.monotonic()
     try:
         _bouquet("stack", "up", *([] if quick else ["--mlflow-ui"]), env=env,
-                 title="1/7 local stack")
-        _bouquet("simulate", "run", "--residents", n_residents, "--weeks", n_weeks,
-                 "--to", "kafka", "--no-progress" if quick else "--progress", env=env,
-                 title="2/7 simulate the demo city through Kafka")
+                 title="1/8 local stack")
+        _bouquet("simulate", "run", *city, "--until-week", "0", env=env,
+                 title="2/8 simulate the demo city's year of history through Kafka")
         _bouquet("ingest", "--until-idle", "--idle-seconds", "3", env=env,
-                 title="3/7 ingest: validate, log, real-time state")
+                 title="3/8 ingest: validate, log, real-time state")
         train_args = ["train"]
+        if quick:
+            train_args += ["--baselines", ""]  # BPR is the slowest baseline, and only a reference
         if size.search_trials:
             train_args += ["--search", "random", "--trials", str(size.search_trials)]
-        _bouquet(*train_args, env=env, title="4/7 train and register in MLflow")
-        _bouquet("publish", env=env, title="5/7 publish the champion to Redis")
-        console.print(Rule("[bold]6/7 serve, with ingestion running behind it[/]",
+        _bouquet(*train_args, env=env, title="4/8 train and register in MLflow")
+        _bouquet("publish", env=env, title="5/8 publish the champion to Redis")
+        console.print(Rule("[bold]6/8 serve, with ingestion running behind it[/]",
                            align="left"))
         for command in (["serve", "--workers", "2"], ["ingest", "--log-every", "600"]):
             background.append(subprocess.Popen([sys.executable, "-m", "bouquet", *command],
@@ -182,18 +204,26 @@ def demo(
         server = background[0]
         ready = _wait_ready(base)
         console.print(f"ready: {json.dumps(ready)}")
-        console.print(Rule("[bold]7/7 live personalisation and engagement[/]", align="left"))
+        _bouquet("simulate", "run", *city, "--from-week", "0", "--api-url", base, env=env,
+                 title=f"7/8 {n_weeks} weeks of the city, its residents answered by the API "
+                       "(champion and popular arms)")
+        console.print(Rule("[bold]8/8 live personalisation and engagement[/]", align="left"))
         _show_live_personalisation(base, settings)
         _bouquet("report", "engagement", "--weeks", "4", env=env, title="engagement report")
         console.print(Rule("[bold green]Bouquet demo is up[/]", align="left"))
-        console.print(f"  API docs    {base}/docs")
-        operator_key = next(k for k, r in settings.api_keys.items() if r == "operator")
-        # a link carrying the key only for the public development key (in a fragment, which
-        # the browser never sends); a real key is typed into the page
-        fragment = f"#key={operator_key}" if operator_key in DEV_API_KEYS else ""
-        console.print(f"  dashboard   {base}/dashboard{fragment}")
-        console.print(f"  MLflow UI   http://127.0.0.1:{settings.local_mlflow_port}"
-                      + ("  (not started in --quick mode)" if quick else ""))
+        console.print(f"  demo ran in {(time.monotonic() - started) / 60:.1f} min")
+        if quick:
+            # the API and the dashboard stop with this command: no address to open
+            console.print("  quick demo: the API, the dashboard and the local stack stop now; "
+                          "`make demo` keeps them running")
+        else:
+            console.print(f"  API docs    {base}/docs")
+            operator_key = next(k for k, r in settings.api_keys.items() if r == "operator")
+            # a link carrying the key only for the public development key (in a fragment,
+            # which the browser never sends); a real key is typed into the page
+            fragment = f"#key={operator_key}" if operator_key in DEV_API_KEYS else ""
+            console.print(f"  dashboard   {base}/dashboard{fragment}")
+            console.print(f"  MLflow UI   http://127.0.0.1:{settings.local_mlflow_port}")
         console.print(f"  event log   {settings.event_log_path}")
         if not quick:
             console.print("Press Ctrl-C to stop the API and the local stack.")

@@ -29,9 +29,7 @@ def planner_for(settings: Settings):  # type: ignore[no-untyped-def]
     from bouquet.serving.ranking import OfferRanker
 
     catalog = load_catalog(settings.catalog_path)
-    ranker = OfferRanker(catalog, settings.serving_rerank_weight,
-                         settings.serving_reason_recent_days)
-    return Planner(settings, catalog, ranker)
+    return Planner(settings, catalog, OfferRanker.from_settings(catalog, settings))
 
 
 @outreach_app.command("plan")

@@ -3,7 +3,7 @@
     bouquet simulate run --residents 5000 --weeks 12 --seed 1          # → event log
     bouquet simulate run --to kafka --rate 5000                         # → the topic
     bouquet simulate calibrate                                          # real vs simulated
-    bouquet simulate compare --policies none,popular,oracle             # 20 cities each
+    bouquet simulate compare                                            # 4 policies × 20 cities
 """
 
 from __future__ import annotations
@@ -56,6 +56,14 @@ def run(
                                "popular, random (or a registered policy)."),
     intensity: float = typer.Option(1.0, "--intensity", min=0.01, help="Multiply every "
                                     "resident's activity (load tests; leaves the calibration)."),
+    until_week: int | None = typer.Option(None, "--until-week", min=0, help="Stop after this "
+                                          "many weeks (resume later with --from-week)."),
+    from_week: int = typer.Option(0, "--from-week", min=0, help="Resume a run stopped with "
+                                  "--until-week (same seed, residents, weeks and --end): "
+                                  "earlier weeks are simulated again, not sent."),
+    api_url: str | None = typer.Option(None, "--api-url", help="Residents are answered by "
+                                       "the serving API at this URL (policy 'api'); to "
+                                       "Kafka, each week waits until ingestion applied it."),
     json_path: Path | None = typer.Option(None, "--json", help="Write the run summary here."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
 ) -> None:
@@ -69,7 +77,8 @@ def run(
         ensure_topics(settings)
     summary, _ = simulate(settings, residents=residents, weeks=weeks, seed=seed, to=to.value,
                           rate=rate, end=date.fromisoformat(end) if end else None,
-                          policy=policy, intensity=intensity, progress=progress)
+                          policy=policy, intensity=intensity, progress=progress,
+                          from_week=from_week, until_week=until_week, api_url=api_url)
     table = Table("figure", "value", title=f"simulation {summary.run_tag}")
     table.add_row("residents", f"{summary.residents:,}")
     table.add_row("period", f"{summary.start} … {summary.end} ({summary.weeks} weeks, "
@@ -174,40 +183,77 @@ def calibrate(
         raise typer.Exit(1)
 
 
+#: ``--quick``: a small run for tests and a first look (not for conclusions).
+QUICK_COMPARE = {"residents": 2000, "seeds": 2, "weeks": 4}
+
+
 @simulate_app.command()
 def compare(
-    policies: str = typer.Option("none,popular", "--policies", help="Comma-separated: none, "
-                                 "popular, model (Bouquet's ALS bundle model, retrained "
-                                 "weekly on what it observed), random, oracle (tests' upper "
-                                 "reference), or a registered policy."),
+    policies: str = typer.Option("none,popular,model,oracle", "--policies",
+                                 help="Comma-separated: none, popular, model (Bouquet itself: "
+                                 "train, publish and serve in the loop), random, oracle (the "
+                                 "consent-respecting ceiling), or a registered policy."),
     weeks: int = typer.Option(12, "--weeks", "-w", min=4),
     seeds: int = typer.Option(20, "--seeds", min=1, help="Cities per policy (the default "
                               "is sized so the paired 95% interval of popular - none is "
                               "within 10% of popular's weekly share; see docs)."),
-    first_seed: int = typer.Option(1, "--first-seed", min=0, help="Seeds are first_seed.."
-                                   "first_seed+N-1 (keep seeds used for choices out)."),
+    first_seed: int = typer.Option(1, "--first-seed", min=0, help="The first seed; seeds "
+                                   "follow it (keep seeds used for choices out)."),
     residents: int = typer.Option(10000, "--residents", "-n", min=100),
     k: int = typer.Option(3, "--k", min=1, max=20, help="Bundles shown per exposure."),
+    retrain_every: int = typer.Option(2, "--retrain-every", min=1, help="The model policy "
+                                      "retrains its family every N weeks."),
+    force: bool = typer.Option(False, "--force-promotion", help="The model policy serves "
+                               "its chosen family even when it does not beat popularity on "
+                               "the hold-out (as `bouquet train --force`): a diagnostic of "
+                               "the model's targeting, not the product's rule."),
     end: str | None = typer.Option(None, "--end", help="Day after the last simulated day, "
                                    "YYYY-MM-DD (default: today); fix it to reproduce figures."),
-    json_path: Path | None = typer.Option(None, "--json", help="Write every figure here."),
+    quick: bool = typer.Option(False, "--quick", help=f"Small and fast ({QUICK_COMPARE}): "
+                               "a smoke test, not evidence."),
+    json_path: Path | None = typer.Option(None, "--json", help="Write the figures here "
+                                          "(benchmark output contract)."),
+    plot: Path | None = typer.Option(Path("results/simulate-compare"), "--plot",
+                                     help="Write PLOT.png and PLOT.html (weekly share per "
+                                     "week and policy)."),
 ) -> None:
     """Share of residents at each use cadence after W weeks under each policy, with use,
     response and exposure events per resident per week beside it (mean and 95% confidence
-    interval over seeds; the same seeds for every policy)."""
+    interval over seeds; the same seeds for every policy); the model's relative lift over
+    popular and the share of the popular → consent-oracle gap it closes."""
+    import os
+    import time
+
     from bouquet.core.catalog import load_catalog
-    from bouquet.simulation.closed_loop import CADENCES
+    from bouquet.simulation.closed_loop import CADENCES, register_policy, run_figure
     from bouquet.simulation.closed_loop import compare as run_compare
     from bouquet.simulation.columns import CADENCE_CLASS_NAMES
+    from bouquet.simulation.model_policy import ModelPolicy
+    from bouquet.simulation.report import HEADLINE, benchmark_figures, headline, write_plot
 
+    if quick:
+        residents, seeds, weeks = (QUICK_COMPARE["residents"], QUICK_COMPARE["seeds"],
+                                   QUICK_COMPARE["weeks"])
     names = [p.strip() for p in policies.split(",") if p.strip()]
-    catalog = load_catalog(get_settings().catalog_path)
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        # the model policy trains and publishes every few weeks of every run: its stage
+        # logs would bury the tables (-v shows them)
+        for name in ("bouquet.pipelines", "bouquet.models", "matplotlib"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    settings = get_settings()
+    register_policy("model", lambda seed: ModelPolicy(settings, force=force,
+                                                      retrain_every_weeks=retrain_every))
+    catalog = load_catalog(settings.catalog_path)
+    load_before = os.getloadavg()
+    started, cpu_started = time.perf_counter(), time.process_time()
     with console.status("simulating…") as status:
         result = run_compare(names, catalog, residents=residents, weeks=weeks,
                              seeds=list(range(first_seed, first_seed + seeds)), k=k,
                              end=date.fromisoformat(end) if end else None,
                              on_run=lambda r: status.update(
                                  f"done: {r.policy} seed {r.seed} ({r.seconds:.1f} s)"))
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    load_after = os.getloadavg()
     columns = ["weekly_or_better", *CADENCES]
     table = Table("policy", *[c if c != "weekly_or_better" else "weekly+" for c in columns],
                   title=f"use cadence after {weeks} weeks — {residents:,} residents, "
@@ -232,13 +278,74 @@ def compare(
             cells.append(f"{e.mean:.3f}{ci}")
         rates.add_row(name, *cells)
     console.print(rates)
-    base = names[0]
-    for name in names[1:]:
-        u = result.uplift(name, base)
-        ci = "" if u.low != u.low else f" [{u.low:+.1%}, {u.high:+.1%}]"
-        console.print(f"weekly-or-better (use), {name} − {base}: {u.mean:+.1%}{ci} "
-                      "(paired by seed)")
-    _write_json(json_path, result.as_dict())
+    base = "popular" if "popular" in names else names[0]
+    paired = Table("policy", *[label for label, *_ in HEADLINE],
+                   title=f"paired difference from {base} (same seeds), mean [95% CI]")
+    for name in names:
+        if name == base:
+            continue
+        cells = []
+        for _, figure, _, percent in HEADLINE:
+            u = result.uplift(name, base, figure)
+            scale, unit = (100, " pt") if percent else (1, "")
+            ci = "" if u.low != u.low else f" [{scale * u.low:+.2f}, {scale * u.high:+.2f}]"
+            cells.append(f"{scale * u.mean:+.2f}{unit}{ci}")
+        paired.add_row(name, *cells)
+    console.print(paired)
+    found = headline(result)
+    lines = []
+    if found.lift is not None:
+        e = found.lift
+        lines.append(f"relative lift of model over popular (weekly or better, use): "
+                     f"{e.mean:+.1%} [{e.low:+.1%}, {e.high:+.1%}]")
+    if found.gap_closed is not None:
+        e = found.gap_closed
+        lines.append(f"share of the popular → oracle gap the model closes: {e.mean:.0%} "
+                     f"[{e.low:.0%}, {e.high:.0%}]")
+    served = [r for r in result.runs if r.policy == "model"]
+    if served:
+        promoted = [r for r in served if r.notes.get("family")]
+        families = sorted({str(r.notes["family"]) for r in promoted})
+        why = ("promotion forced (--force-promotion)" if force
+               else "beat popularity on the hold-out")
+        lines.append(f"model promoted ({why}) on {len(promoted)} of "
+                     f"{len(served)} seeds{' (' + ', '.join(families) + ')' if families else ''}"
+                     "; otherwise it served the popular lists")
+    timing = (f"{len(result.runs)} runs in {wall / 60:.1f} min wall, {cpu / 60:.1f} min CPU; "
+              f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after "
+              f"({os.cpu_count()} CPUs)")
+    for line in (*lines, timing):
+        console.print(line)
+    title = (f"Weekly-or-better share (use) per week — {residents:,} residents, "
+             f"{seeds} seed(s)")
+    if plot is not None:
+        png, page = plot.with_suffix(".png"), plot.with_suffix(".html")
+        write_plot(result, png, page, title=title, notes=[timing])
+        console.print(f"wrote {png} and {page}")
+    if json_path is not None:
+        from bouquet.benchmarks.harness import BenchResult, write_json
+
+        bench = BenchResult("compare", params={
+            "policies": names, "residents": residents, "seeds": result.seeds, "weeks": weeks,
+            "k": k, "retrain_every_weeks": retrain_every, "force_promotion": force,
+            "end": end, "quick": quick, "cadence": "use"})
+        for name, value, unit in benchmark_figures(result):
+            bench.add(name, value, unit)
+        if served:
+            bench.add("model_promoted_seeds", len(promoted), "seeds")
+        bench.add("wall_s", wall, "s")
+        bench.add("cpu_s", cpu, "s")
+        bench.add("load_average_before", load_before[0], "processes")
+        bench.add("load_average_after", load_after[0], "processes")
+        bench.notes.append(timing)
+        bench.notes.append("runs (policy@seed: weekly or better, seconds[, family served]): "
+                           + ", ".join(
+                               f"{r.policy}@{r.seed} {100 * run_figure(r, 'weekly_or_better'):.2f}%"
+                               f" {r.seconds:.1f}s"
+                               + (f" {r.notes.get('family')}" if r.policy == "model" else "")
+                               for r in result.runs))
+        write_json(bench, json_path)
+        console.print(f"wrote {json_path}")
 
 
 def register(app: typer.Typer) -> None:

@@ -48,11 +48,20 @@ def train_command(
     half_life_days: float = typer.Option(None, help="Event decay half-life in days "
                                          "(0 = no decay; default 120)."),
     log_alpha: float = typer.Option(None, help="Log scaling of repeated events (default 2)."),
+    impression_weight: float = typer.Option(
+        None, "--impressions", min=0, help="Weight of an impression: a view carrying a "
+        "recommendation id (default: the setting, 0)."),
+    compare_rule: list[str] = typer.Option(
+        None, "--compare-rule", help="A confidence-rule variant: KEY=VALUE pairs, comma "
+        "separated, refitted with the chosen model's recipe and compared with the "
+        "configured rule on the same hold-out (repeatable)."),
     cutoff: str = typer.Option(None, help="Temporal split date YYYY-MM-DD (default: "
                                "--test-weeks before the last event)."),
     test_weeks: int = typer.Option(4, min=1, help="Weeks after the cut-off held out."),
     positive_types: str = typer.Option("subscribe,use,pay",
                                        help="Event types that count as test positives."),
+    positives: str = typer.Option("organic", help="Which take-ups are test positives: "
+                                  "organic (not following a recommendation) or all."),
     ks: str = typer.Option("5,10,20", help="Cut-offs K of the ranking metrics."),
     primary_metric: str = typer.Option("bundles.ndcg_at_10",
                                        help="Metric that decides promotion."),
@@ -90,6 +99,10 @@ def train_command(
         dataset["half_life_days"] = half_life_days  # 0 disables decay
     if log_alpha is not None:
         dataset["log_alpha"] = log_alpha
+    if impression_weight is not None:
+        dataset["impression_weight"] = impression_weight
+    variants = tuple({k: _value(v) for k, v in _pairs(_csv(text), "--compare-rule").items()}
+                     for text in compare_rule or [])
     try:
         options = TrainOptions(
             candidates=tuple(_csv(candidates)),
@@ -97,12 +110,13 @@ def train_command(
             dataset=dataset,
             cutoff=pd.Timestamp(cutoff, tz="UTC") if cutoff else None,
             test_weeks=test_weeks, positive_types=tuple(_csv(positive_types)),
+            positives=positives,
             ks=tuple(int(k) for k in _csv(ks)), primary_metric=primary_metric,
             baselines=tuple(_csv(baselines)), refit=refit, register=register, force=force,
             search=search, trials=trials,
             space={k: [_value(v) for v in _csv(values)]
                    for k, values in _pairs(space, "--space").items()},
-            seed=seed, run_name=run_name, progress=progress)
+            seed=seed, run_name=run_name, progress=progress, compare_rules=variants)
         report = train(get_settings(), options)
     except (TrackingUnavailable, RegistryError, CatalogError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)

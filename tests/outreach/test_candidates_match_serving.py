@@ -1,6 +1,7 @@
 """The planner's candidates are serving's answer: for random residents (profiles,
-holdings, dismissals, precomputed lists, consent), the vectorised rule gives exactly the
-first offers and reasons :meth:`OfferRanker.rank` gives without real-time re-ranking."""
+holdings, dismissals, precomputed lists, consent) and published lists (neighbourhoods',
+segments', the city's), the vectorised rule gives exactly the first offers and reasons
+:meth:`OfferRanker.rank` gives without real-time re-ranking."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bouquet.core.profile import segment_of
 from bouquet.models.online import unpack_list
 from bouquet.outreach.candidates import CandidateBuilder
 from bouquet.serving.store import ResidentState
@@ -41,12 +43,14 @@ def test_candidates_are_the_first_offers_of_the_serving_answer(seed: int, n: int
                  if rng.random() < 0.4 else "" for _ in range(residents)]
     nb_index = {nb: i for i, nb in enumerate(CATALOG.neighbourhood_ids)}
     neighbourhood = np.array([nb_index.get(p.get("neighbourhood"), -1) for p in profiles])
+    seg_index = {seg: i for i, seg in enumerate(builder.segments)}
+    segment = np.array([seg_index.get(segment_of(p) or "", -1) for p in profiles])
     for kind, ids in (("b", CATALOG.bundle_ids), ("s", CATALOG.service_ids)):
         packed = [packed_list(rng, len(ids), len(VOCAB)) for _ in range(residents)]
         signature = np.array([builder.signature(kind, p) for p in profiles])
         blocked = builder.blocked(kind, holdings, dismissed)
         items, reasons = builder.build(kind, consent & lists.personalised, packed,
-                                       neighbourhood, signature, blocked)
+                                       neighbourhood, signature, blocked, segment)
         for r in range(residents):
             state = ResidentState(precomputed=unpack_list(packed[r]), profile=profiles[r],
                                   holdings=set(holdings[r].split()),

@@ -14,6 +14,7 @@ import numpy as np
 from bouquet.core.catalog import load_catalog
 from bouquet.core.events import OUTREACH_CHANNELS
 from bouquet.core.outreach import ResidentRecord
+from bouquet.core.profile import all_segments
 from bouquet.models.online import PublishedVersion, pack_list, unpack_list
 from bouquet.outreach.candidates import PublishedLists
 from bouquet.outreach.decide import (
@@ -38,10 +39,14 @@ def published(rng: np.random.Generator, reason_vocab: list[str] | None = None
               ) -> PublishedLists:
     lists = PublishedLists("v1-test", "v1", list(CATALOG.bundle_ids),
                            list(CATALOG.service_ids), reason_vocab or ["cf"])
+    segments = all_segments(CATALOG.neighbourhood_ids)
     for kind, ids in (("b", CATALOG.bundle_ids), ("s", CATALOG.service_ids)):
-        for nb in ["_all", *CATALOG.neighbourhood_ids]:
+        # every neighbourhood's list and the city's; about half the segments' (the
+        # segment cold start of consenting residents without a list of their own)
+        for where in ["_all", *CATALOG.neighbourhood_ids,
+                      *(seg for seg in segments if rng.random() < 0.5)]:
             order = rng.permutation(len(ids))[: rng.integers(0, len(ids) + 1)]
-            lists.popular[(kind, nb)] = unpack_list(pack_list(
+            lists.popular[(kind, where)] = unpack_list(pack_list(
                 order, np.sort(rng.random(len(order)))[::-1]))
     return lists
 

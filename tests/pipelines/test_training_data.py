@@ -32,15 +32,18 @@ WEIGHTS = {"view": 0.5, "click": 1.0, "use": 2.0, "subscribe": 4.0, "pay": 3.0,
 PARAMS = ConfidenceRule(event_weights=WEIGHTS, half_life_days=10.0, log_alpha=2.0,
                        spread_bundle_events=False)
 _ids = itertools.count()
+STUDENT_IN_CENTRE = json.dumps({"neighbourhood": "centre", "age_band": "18-25",
+                                "household": "shared", "student": True, "low_income": False})
 
 
 def ev(resident: str, kind: str, days_before: float, *, service: str | None = None,
        bundle: str | None = None, value: float | None = None, context: str | None = None,
-       event_id: str | None = None) -> dict:
+       event_id: str | None = None, recommendation_id: str | None = None) -> dict:
     """An event-log record ``days_before`` the reference time T (negative: after T)."""
     return {"event_id": event_id or f"e{next(_ids)}", "resident_id": resident, "type": kind,
             "service_id": service, "bundle_id": bundle, "ts": T - timedelta(days=days_before),
-            "channel": "app", "value": value, "context": context, "schema_version": 1}
+            "channel": "app", "value": value, "context": context, "schema_version": 1,
+            "recommendation_id": recommendation_id}
 
 
 def conf(strength: float) -> float:
@@ -170,6 +173,7 @@ def test_temporal_split_boundaries_masking_and_cold_start(log_root: Path) -> Non
     nb_code = 5
     records = [
         ev("a", "consent", 40, value=1),
+        ev("a", "profile", 40, context=STUDENT_IN_CENTRE),  # may be offered all of these
         ev("a", "use", 10, service=S[0]),
         ev("a", "subscribe", 10, bundle=B[1]),
         ev("a", "use", 1e-6, service=S[4]),  # 1 µs-ish before T: training
@@ -192,7 +196,10 @@ def test_temporal_split_boundaries_masking_and_cold_start(log_root: Path) -> Non
     assert split.train.services[0, 4] > 0 and split.train.services[0, 1] == 0
     assert split.test_services.toarray()[0].nonzero()[0].tolist() == [1, 2]
     assert split.test_bundles.toarray()[0].nonzero()[0].tolist() == [4]
-    assert split.mask_bundles.toarray()[0].nonzero()[0].tolist() == [1]
+    # held at T, and every bundle serving may not offer a student of 18-25 in the centre
+    not_offered = np.flatnonzero(~arrays.offerable(split.train.codes, "bundles")[0])
+    assert 0 < len(not_offered) < len(B) and 1 not in not_offered
+    assert set(split.mask_bundles.toarray()[0].nonzero()[0].tolist()) == {1, *not_offered}
     assert split.cold is not None and split.cold.n_residents == 1
     assert split.cold.bundles.toarray()[0].nonzero()[0].tolist() == [0]
     assert split.cold.neighbourhood.tolist() == [nb_code]
@@ -201,6 +208,38 @@ def test_temporal_split_boundaries_masking_and_cold_start(log_root: Path) -> Non
     later = temporal_split(arrays, PARAMS, cutoff=pd.Timestamp(T) + pd.Timedelta(days=1),
                            test_weeks=2)
     assert split.id == again.id and split.id != later.id
+
+
+def test_split_masks_offers_serving_may_not_make_and_counts_organic_take_ups(
+        log_root: Path) -> None:
+    """A ranking is judged on what serving could show: an offer not available where the
+    resident lives, or one they are not eligible for, is masked like a held one. A take-up
+    that followed a recommendation (it carries its id) is a positive only with
+    ``positives="all"``: it measures what the policy of the time showed."""
+    shown = "v1.champion.0123456789ab"
+    records = [
+        ev("c", "consent", 40, value=1),
+        ev("c", "profile", 40, context=json.dumps({"neighbourhood": "coteaux",
+                                                   "age_band": "41-64", "student": False})),
+        ev("c", "use", 10, service=S[0]),
+        ev("c", "use", -1, service=S[1]),  # tram: not in les Coteaux
+        ev("c", "use", -1, service=S[2]),
+        ev("c", "subscribe", -2, bundle=B[4]),  # student pass: not a student
+        ev("c", "subscribe", -2, bundle=B[2]),
+        ev("c", "subscribe", -3, bundle=B[3], recommendation_id=shown),
+    ]
+    arrays = arrays_of(log_root, records)
+    organic = temporal_split(arrays, PARAMS, cutoff=pd.Timestamp(T), test_weeks=2)
+    every = temporal_split(arrays, PARAMS, cutoff=pd.Timestamp(T), test_weeks=2,
+                           positives="all")
+    assert organic.test_services.toarray()[0].nonzero()[0].tolist() == [2]
+    assert 1 in organic.mask_services.toarray()[0].nonzero()[0].tolist()
+    assert 4 in organic.mask_bundles.toarray()[0].nonzero()[0].tolist()
+    assert organic.test_bundles.toarray()[0].nonzero()[0].tolist() == [2]
+    assert every.test_bundles.toarray()[0].nonzero()[0].tolist() == [2, 3]
+    assert organic.definition["positives"] == "organic" and organic.id != every.id
+    with pytest.raises(ValueError, match="positives"):
+        temporal_split(arrays, PARAMS, cutoff=pd.Timestamp(T), positives="some")
 
 
 def test_default_cutoff_is_weeks_before_the_last_day(log_root: Path) -> None:
@@ -239,7 +278,7 @@ def test_reading_in_date_chunks_gives_the_same_arrays(log_root: Path, tmp_path: 
     chunked = load_event_arrays(settings, CATALOG, chunk_events=3)
     assert chunked.n_events == whole.n_events
     assert list(chunked.resident_ids[chunked.resident]) == list(whole.resident_ids[whole.resident])
-    for name in ("kind", "service", "bundle", "ts"):
+    for name in ("kind", "service", "bundle", "ts", "recommended"):
         np.testing.assert_array_equal(getattr(chunked, name), getattr(whole, name))
     consenting = sorted(chunked.resident_ids[chunked.consent])
     assert consenting == sorted(whole.resident_ids[whole.consent]) == ["a", "f"]
@@ -268,6 +307,8 @@ def test_columnar_read_encodes_exactly_the_events_read_events_returns(
         np.testing.assert_array_equal(getattr(got, name),
                                       [index.get(v, -1) for v in frame[column]])
     np.testing.assert_array_equal(got.ts, [t.value for t in frame["ts"].dt.as_unit("ns")])
+    np.testing.assert_array_equal(got.recommended, frame["recommendation_id"].notna())
+    assert got.recommended.any() and not got.recommended.all()
     assert got.stats["unknown_service_events"] == (frame["service_id"] == "retired-service").sum()
     assert got.stats["unknown_bundle_events"] == (frame["bundle_id"] == "retired-bundle").sum()
     personalisation = (frame["type"] == "consent") & ~frame["context"].str.contains(
@@ -297,10 +338,12 @@ def drivers_one_by_one(arrays: EventArrays, rule: ConfidenceRule,
     from bouquet.pipelines.dataset import NS_PER_DAY, TYPES
 
     cut = pd.Timestamp(until).value
-    weights = rule.weight_vector(TYPES)
-    strength = weights[arrays.kind] * rule.decay((cut - arrays.ts) / NS_PER_DAY)
+    # an impression (a recommended view) weighs the rule's impression weight
+    weight = [rule.impression_vector(TYPES)[k] if recommended else rule.weight_vector(TYPES)[k]
+              for k, recommended in zip(arrays.kind, arrays.recommended, strict=True)]
+    strength = np.array(weight) * rule.decay((cut - arrays.ts) / NS_PER_DAY)
     used = [e for e in range(arrays.n_events) if arrays.consent[arrays.resident[e]]
-            and arrays.ts[e] < cut and arrays.kind[e] >= 0 and weights[arrays.kind[e]] > 0]
+            and arrays.ts[e] < cut and arrays.kind[e] >= 0 and weight[e] > 0]
     spread = rule.spread_matrix(arrays.bundle_services, arrays.bundle_ids, arrays.service_ids)
     best: tuple[dict, dict] = ({}, {})
     counted = itertools.count()
@@ -329,19 +372,21 @@ def drivers_one_by_one(arrays: EventArrays, rule: ConfidenceRule,
 
 
 @pytest.mark.parametrize("block", [1, 37, 10**9])
-@pytest.mark.parametrize("half_life", [10.0, None])
+@pytest.mark.parametrize(("half_life", "impression"), [(10.0, None), (None, 0.0), (10.0, 0.5)])
 def test_drivers_are_the_largest_share_whatever_the_block_of_residents(
         log_root: Path, tmp_path: Path, messy_log, monkeypatch, block: int,
-        half_life: float | None) -> None:
+        half_life: float | None, impression: float | None) -> None:
     from bouquet.core.settings import Settings
     from bouquet.pipelines import dataset
 
     messy_log(log_root)
     settings = Settings(env="test", state_dir=tmp_path / "s", event_log_dir=log_root)
     arrays = dataset.load_event_arrays(settings, CATALOG)
-    rule = ConfidenceRule(WEIGHTS, half_life, 2.0, spread_bundle_events=True)
+    rule = ConfidenceRule(WEIGHTS, half_life, 2.0, spread_bundle_events=True,
+                          impression_weight=impression)
     until = pd.Timestamp(arrays.ts[int(arrays.n_events * 0.8)], tz="UTC")
     monkeypatch.setattr(dataset, "DRIVER_BLOCK", block)
+    monkeypatch.setattr(dataset, "EVENT_BLOCK", block)
     data = build_dataset(arrays, rule, until=until)
     expected = drivers_one_by_one(arrays, rule, until)
     for drivers, want in ((data.service_drivers, expected[0]),

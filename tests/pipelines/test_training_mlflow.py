@@ -213,15 +213,18 @@ def invoke(runner: CliRunner, *args: str, code: int = 0) -> object:
 
 def test_cli_train_list_promote_rollback(cli: CliRunner, tmp_path: Path) -> None:
     out = tmp_path / "report.json"
+    # 8 test weeks: enough hold-out residents (22) that the inverted recipe below is
+    # measurably worse among the few offers serving may make each of them
     result = invoke(cli, "train", "--no-progress", "--candidates", "als", "--baselines", "",
-                    "--no-refit", "-p", "factors=8", "--force", "--json", str(out))
+                    "--no-refit", "-p", "factors=8", "--test-weeks", "8", "--force", "--json",
+                    str(out))
     assert "registered version 1: now champion" in result.output
     assert "hold-out residents" in result.output  # the summary names who was evaluated
     assert "serving is unchanged until `bouquet publish`" in result.output
     assert json.loads(out.read_text())["version"] == "1"
     second = invoke(cli, "train", "--no-progress", "--candidates", "als", "--baselines", "",
                     "--no-refit", "-p", "factors=8", "-p", "cf_weight=-1",
-                    "-p", "affinity_weight=-1")
+                    "-p", "affinity_weight=-1", "--test-weeks", "8")
     assert "Downloading artifacts" not in second.output  # the champion's model was fetched
     listing = invoke(cli, "model", "list").output
     assert "champion" in listing and "bundles.ndcg_at_10" in listing

@@ -16,8 +16,9 @@ OPEN = [b.id for b in CATALOG.bundles if "*" in b.zones and not b.eligibility.mo
 
 
 async def test_no_mixed_or_missing_versions_while_publishing(make_settings) -> None:
+    # every score is checked against the model's: no exploration slot (its score is a draw)
     settings = make_settings(serving_pointer_poll_ms=20, publish_old_version_ttl_s=2,
-                             publish_chunk=20)
+                             publish_chunk=20, serving_explore_share=0.0)
     models = {"v1": small_model(CATALOG, n=60, seed=1)}
     versions = {publish(settings, models["v1"], "v1").version: "v1"}
     residents = [f"r{i}" for i in range(0, 60, 6)]

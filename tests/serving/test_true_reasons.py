@@ -73,7 +73,8 @@ def matches(reason: ReasonEvent, history: list[dict]) -> bool:
 @pytest.mark.parametrize("kind", ["als", "crossview"])
 async def test_every_reason_names_a_real_event_with_its_verb_and_time(make_settings,
                                                                       tmp_path, kind) -> None:
-    settings = make_settings(state_dir=tmp_path / "state")
+    # every reason of the model's items is checked: no exploration slot ("something new")
+    settings = make_settings(state_dir=tmp_path / "state", serving_explore_share=0.0)
     events = city()
     EventLog(settings.event_log_path).append(events)
     frame = pd.DataFrame(events).sort_values("ts", kind="stable")

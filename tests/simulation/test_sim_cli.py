@@ -47,16 +47,34 @@ def test_simulate_run_writes_the_event_log(cli: CliRunner, tmp_path: Path) -> No
     assert abs(sum(summary["cadence"].values()) - 1) < 1e-9
 
 
-def test_simulate_compare_prints_shares_with_intervals(cli: CliRunner, tmp_path: Path) -> None:
-    out = tmp_path / "compare.json"
-    result = _invoke(cli, "simulate", "compare", "--policies", "none,popular", "--weeks", "4",
-                     "--seeds", "2", "--residents", "400", "--json", str(out))
-    assert "popular − none" in result.output and "weekly+" in result.output
-    payload = json.loads(out.read_text())
-    for policy in ("none", "popular"):
-        means = [payload["policies"][policy][c]["mean"]
-                 for c in ("daily", "weekly", "monthly", "yearly", "dormant")]
-        assert sum(means) == pytest.approx(1.0)
+def test_simulate_compare_reports_the_question_with_paired_intervals(cli: CliRunner,
+                                                                      tmp_path: Path) -> None:
+    out, plot = tmp_path / "compare.json", tmp_path / "plot" / "compare"
+    result = _invoke(cli, "simulate", "compare", "--quick", "--end", "2025-06-02", "--json",
+                     str(out), "--plot", str(plot))
+    for text in ("weekly+", "paired difference from popular", "exposure / resident / week",
+                 "relative lift of model over popular", "popular → oracle gap", "load average"):
+        assert text in result.output, text
+    payload = json.loads(out.read_text())  # the benchmark output contract
+    assert payload["benchmark"] == "compare"
+    assert {"started_at", "machine", "versions", "params", "figures"} <= set(payload)
+    figures = {name: found["value"] for name, found in payload["figures"].items()}
+    for policy in ("none", "popular", "model", "oracle"):
+        share = figures[f"weekly_share_use@{policy}"]
+        assert 0 <= figures[f"weekly_share_use@{policy}_ci_low"] <= share <= 1
+        assert figures[f"exposure_per_resident_week@{policy}"] >= 0
+    exposure = "exposure_per_resident_week@{}"
+    assert figures[exposure.format("none")] < figures[exposure.format("popular")]
+    low, lift, high = (figures[f"lift_model_vs_popular{end}"] for end in ("_ci_low", "",
+                                                                           "_ci_high"))
+    assert low <= lift <= high
+    gap = (figures["weekly_share_use@model"] - figures["weekly_share_use@popular"]) / (
+        figures["weekly_share_use@oracle"] - figures["weekly_share_use@popular"])
+    assert figures["oracle_gap_closed"] == pytest.approx(gap)
+    assert payload["params"]["residents"] == 2000 and len(payload["params"]["seeds"]) == 2
+    page = plot.with_suffix(".html").read_text()
+    assert plot.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    assert "<svg" in page and "src=" not in page and "weekly_share" not in page
     _invoke(cli, "simulate", "compare", "--policies", "none,nonsense", "--weeks", "4",
             "--seeds", "1", "--residents", "100", code=1)
 

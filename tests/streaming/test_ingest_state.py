@@ -14,7 +14,9 @@ from bouquet.core.recommendation import UNATTRIBUTED, development_ids
 from bouquet.core.settings import Settings
 from bouquet.streaming.batch import Batch, BatchBuilder
 from bouquet.streaming.state import (
+    StateConfig,
     StateWriter,
+    applied_event_ids,
     erase_resident,
     read_profile,
 )
@@ -72,6 +74,19 @@ def test_state_matches_the_reference_and_a_replay_changes_nothing(settings: Sett
     applied_again, dups_again, _ = apply(writer, keys, events[500:])
     assert applied_again == 0 and dups_again > 0
     assert dump_state(client, settings.redis_key_prefix) == expected
+
+
+def test_applied_event_ids_are_those_whose_markers_ingestion_wrote(settings: Settings,
+                                                                    client) -> None:
+    keys = Keys(settings.redis_key_prefix)
+    writer = StateWriter(client, keys)
+    events = [ev(n, f"r{n % 4}", "use", n, service_id=CATALOG.service_ids[0])
+              for n in range(6)]
+    apply(writer, keys, events[:4])
+    asked = [(e["event_id"], e["resident_id"]) for e in events]
+    assert applied_event_ids(client, keys, asked, StateConfig().dedup_ttl_s,
+                             chunk=3) == {"e0", "e1", "e2", "e3"}
+    assert applied_event_ids(client, keys, [], StateConfig().dedup_ttl_s) == set()
 
 
 def test_semantics_of_one_resident(settings: Settings, client) -> None:
