@@ -13,12 +13,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import redis
 import redis.asyncio as aioredis
 from fastapi import Depends, HTTPException, Path, Request, Security, status
 from fastapi.requests import HTTPConnection
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader
 
 from bouquet.core.catalog import Catalog
@@ -26,6 +27,9 @@ from bouquet.core.events import ID_RE
 from bouquet.core.keys import Keys
 from bouquet.core.redisclient import redis_client
 from bouquet.core.settings import Settings
+
+if TYPE_CHECKING:
+    from bouquet.analytics.tables import Table
 
 Role = Literal["app", "operator", "admin", "gateway", "intake"]
 #: Which key roles may call an endpoint that requires a role. Admin may do everything;
@@ -178,3 +182,13 @@ AppRole = Annotated[str, Security(require_role("app"))]
 OperatorRole = Annotated[str, Security(require_role("operator"))]
 AdminRole = Annotated[str, Security(require_role("admin"))]
 IntakeRole = Annotated[str, Security(require_role("intake"))]
+
+
+def table_response(table: Table, fmt: str) -> Response:
+    """An operator table as JSON, or as a CSV download named after the table: the one
+    answer of every operator figure route."""
+    if fmt == "csv":
+        return Response(table.to_csv(), media_type="text/csv; charset=utf-8",
+                        headers={"Content-Disposition":
+                                 f'attachment; filename="{table.name}.csv"'})
+    return JSONResponse(table.to_json())

@@ -41,7 +41,7 @@ from bouquet.analytics.figures import FIGURES, BadQuery
 from bouquet.analytics.service import EngagementService
 from bouquet.analytics.tables import Table
 from bouquet.privacy.erasure import ErasureRegister
-from bouquet.serving.deps import OperatorRole, close_sync_redis, sync_redis
+from bouquet.serving.deps import OperatorRole, close_sync_redis, sync_redis, table_response
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -85,14 +85,6 @@ async def shutdown(app: FastAPI) -> None:
     close_sync_redis(app, "operator_redis")
 
 
-def _answer(table: Table, fmt: str) -> Response:
-    if fmt == "csv":
-        return Response(table.to_csv(), media_type="text/csv; charset=utf-8",
-                        headers={"Content-Disposition":
-                                 f'attachment; filename="{table.name}.csv"'})
-    return JSONResponse(table.to_json())
-
-
 async def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return await run_in_threadpool(fn, *args, **kwargs)
@@ -125,7 +117,7 @@ async def _figure(request: Request, figure: str, by: str, value: str | None,
     svc = service_of(request.app)
     table = await _run(svc.figure, figure, by=by, value=value,
                        last=_last(figure, weeks, months, days), events=events)
-    return _answer(table, fmt)
+    return table_response(table, fmt)
 
 
 @router.get("/v1/operator/engagement/{figure}", tags=["operator"],
@@ -156,14 +148,14 @@ async def funnel(request: Request, _: OperatorRole, weeks: Count = None, by: By 
     """Stages shown → opened → subscribed → used, in residents and events, attributed
     through ``recommendation_id``; ``weeks`` keeps the latest ISO weeks of the log; ``by``
     breaks each arm down by a dimension."""
-    return _answer(await _run(service_of(request.app).funnel, weeks, by, value), format)
+    return table_response(await _run(service_of(request.app).funnel, weeks, by, value), format)
 
 
 @router.get("/v1/operator/funnel/weekly", tags=["operator"],
             summary="Recommendation funnel per arm and ISO week")
 async def funnel_weekly(request: Request, _: OperatorRole, weeks: Count = None,
                         format: Format = "json") -> Response:
-    return _answer(await _run(service_of(request.app).funnel_weekly, weeks), format)
+    return table_response(await _run(service_of(request.app).funnel_weekly, weeks), format)
 
 
 @router.get("/v1/operator/funnel/uplift", tags=["operator"],
@@ -174,7 +166,7 @@ async def funnel_uplift(request: Request, _: OperatorRole, baseline: str | None 
     """Difference of conversion rates (residents shown → stage) between each arm and the
     baseline (``<model_version>:<variant>`` or a variant name; default: a ``control`` /
     ``popular`` variant, else the largest arm), Newcombe hybrid-score interval."""
-    return _answer(await _run(service_of(request.app).uplift, baseline, weeks, by, value),
+    return table_response(await _run(service_of(request.app).uplift, baseline, weeks, by, value),
                    format)
 
 
@@ -190,7 +182,7 @@ async def live_all(request: Request, _: OperatorRole) -> JSONResponse:
 async def live_one(request: Request, _: OperatorRole, table: LiveTable,
                    format: Format = "json") -> Response:
     tables = await _live(request)
-    return _answer(tables[table], format)
+    return table_response(tables[table], format)
 
 
 async def _live(request: Request) -> dict[str, Table]:

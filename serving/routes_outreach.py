@@ -27,8 +27,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
 from bouquet.analytics.outreach import BadQuery, OutreachFigures, plan_preview
-from bouquet.analytics.tables import Table
-from bouquet.serving.deps import OperatorRole, close_sync_redis, sync_redis
+from bouquet.serving.deps import OperatorRole, close_sync_redis, sync_redis, table_response
 from bouquet.serving.runtime import runtime_of
 
 router = APIRouter(tags=["operator"])
@@ -49,14 +48,6 @@ def figures_of(app: FastAPI) -> OutreachFigures:
     return found
 
 
-def _answer(table: Table, fmt: str) -> Response:
-    if fmt == "csv":
-        return Response(table.to_csv(), media_type="text/csv; charset=utf-8",
-                        headers={"Content-Disposition":
-                                 f'attachment; filename="{table.name}.csv"'})
-    return JSONResponse(table.to_json())
-
-
 async def _figure(request: Request, name: str, by: str, value: str | None,
                   weeks: int | None, fmt: str) -> Response:
     figures = figures_of(request.app)
@@ -65,7 +56,7 @@ async def _figure(request: Request, name: str, by: str, value: str | None,
         table = await run_in_threadpool(build, by, value, weeks)
     except BadQuery as exc:
         raise HTTPException(422, detail=str(exc)) from None
-    return _answer(table, fmt)
+    return table_response(table, fmt)
 
 
 @router.get("/v1/operator/outreach", summary="Outreach per week: planned, sent, opened, "

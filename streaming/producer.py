@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from kafka import KafkaProducer
@@ -89,22 +89,21 @@ class EventProducer:
         Raises :class:`ProduceFailed` otherwise, so the HTTP intake can answer 503 and
         never acknowledge an event that was not written.
         """
-        try:
-            futures = [self.send(event, timestamp_ms) for event in events]
-            self._producer.flush(timeout=timeout_s)
-            for future in futures:
-                future.get(timeout=timeout_s)
-        except KafkaError as exc:
-            raise ProduceFailed(f"broker did not acknowledge: {exc}") from exc
-        return len(futures)
+        return self._acknowledged(lambda: [self.send(event, timestamp_ms) for event in events],
+                                  timeout_s)
 
     def send_raw_and_wait(self, messages: Iterable[tuple[bytes, bytes]], topic: str,
                           timeout_s: float = 30.0) -> int:
         """Send ``(key, value)`` byte pairs to ``topic`` (the outreach messages) and return
         only once the broker acknowledged every one; raises :class:`ProduceFailed`."""
+        return self._acknowledged(lambda: [self._producer.send(topic, key=key, value=value)
+                                           for key, value in messages], timeout_s)
+
+    def _acknowledged(self, send_all: Callable[[], list[Any]], timeout_s: float) -> int:
+        """Run ``send_all`` (which returns the send futures), flush, and wait for every
+        acknowledgement; a broker error of any of them raises :class:`ProduceFailed`."""
         try:
-            futures = [self._producer.send(topic, key=key, value=value)
-                       for key, value in messages]
+            futures = send_all()
             self._producer.flush(timeout=timeout_s)
             for future in futures:
                 future.get(timeout=timeout_s)
