@@ -47,6 +47,7 @@ import numpy as np
 import pandas as pd
 
 from bouquet.analytics.engagement import UNKNOWN, iso_week_label, monday_of_week
+from bouquet.analytics.freshness import ChangeWatch, file_states
 from bouquet.analytics.funnel import newcombe_difference
 from bouquet.analytics.suppression import SuppressionSpec, suppress
 from bouquet.analytics.tables import Table
@@ -381,36 +382,25 @@ class OutreachFigures:
                  recommendation_ids: RecommendationIds | None = None) -> None:
         self.event_log, self.ledger_root = Path(event_log), Path(ledger_root)
         self.catalog, self.salt, self.share, self.k = catalog, salt, share, k
-        self.ttl_s, self._clock = ttl_s, clock
+        self.ttl_s = ttl_s
         self.recommendation_ids = recommendation_ids
         self._lock = threading.Lock()
         self._data: OutreachData | None = None
-        self._fingerprint: tuple | None = None
-        self._checked = -float("inf")
+        self._watch = ChangeWatch(self.fingerprint, ttl_s, clock)
 
     def fingerprint(self) -> tuple:
-        files = [*EventLog(self.event_log).files(), *NudgeLedger(self.ledger_root).files()]
-        out = []
-        for path in files:
-            try:
-                st = path.stat()
-            except FileNotFoundError:
-                continue
-            out.append((str(path), st.st_size, st.st_mtime_ns))
-        return tuple(out)
+        return tuple(file_states([*EventLog(self.event_log).files(),
+                                  *NudgeLedger(self.ledger_root).files()]))
 
     def data(self) -> OutreachData:
         with self._lock:
-            now = self._clock()
-            if self._data is None or now - self._checked >= self.ttl_s:
-                found = self.fingerprint()
-                self._checked = now
-                if self._data is None or found != self._fingerprint:
-                    self._data = load_outreach_data(self.event_log, self.ledger_root,
-                                                    self.catalog, self.salt, self.share,
-                                                    self.recommendation_ids)
-                    self._fingerprint = found
+            self._watch.refresh(self._data is not None, self._load)
+            assert self._data is not None
             return self._data
+
+    def _load(self) -> None:
+        self._data = load_outreach_data(self.event_log, self.ledger_root, self.catalog,
+                                        self.salt, self.share, self.recommendation_ids)
 
     def funnel(self, by: str = "all", value: str | None = None,
                weeks: int | None = None) -> Table:

@@ -30,6 +30,7 @@ from cachetools import LRUCache
 
 from bouquet.analytics import figures, funnel, live
 from bouquet.analytics.engagement import CADENCES, DIMENSIONS, CadenceRules, Engagement
+from bouquet.analytics.freshness import ChangeWatch, file_states
 from bouquet.analytics.logdb import CLASSES, ErasureLookup, LogDatabase
 from bouquet.analytics.suppression import SuppressionSpec, suppress
 from bouquet.analytics.tables import Table, plain
@@ -100,10 +101,8 @@ class EngagementService:
         self.k = settings.small_cell_k
         self.keys = Keys(settings.redis_key_prefix)
         self.recommendation_ids = RecommendationIds.for_settings(settings)
-        self._clock = clock
         self._lock = threading.Lock()
-        self._fingerprint: tuple | None = None
-        self._checked_at = -float("inf")
+        self._watch = ChangeWatch(self.fingerprint, self.ttl_s, clock)
         self.erasures = erasures
         self._data: LogDatabase | None = None
         self._memo: LRUCache[tuple, Any] = LRUCache(maxsize=MEMO_ENTRIES)
@@ -121,31 +120,24 @@ class EngagementService:
         if self.erasures is not None:
             self.erasures.reload()
             out.append(("erasure register", len(self.erasures), 0))
-        for path in EventLog(self.root).files():
-            try:
-                st = path.stat()
-            except FileNotFoundError:  # compaction replaced it between listing and stat
-                continue
-            out.append((str(path.relative_to(self.root)), st.st_size, st.st_mtime_ns))
+        out.extend(file_states(EventLog(self.root).files(), self.root))
         return tuple(out)
 
     def _current(self) -> LogDatabase:
         """The reduced log, re-read only when the files changed (checked every ttl_s)."""
         with self._lock:
-            now = self._clock()
-            if self._data is None or now - self._checked_at >= self.ttl_s:
-                found = self.fingerprint()
-                self._checked_at = now
-                if found != self._fingerprint or self._data is None:
-                    if self._data is not None:
-                        self._data.close()
-                    self._data = LogDatabase.for_settings(
-                        self.settings, self.catalog, erasures=self.erasures,
-                        recommendation_ids=self.recommendation_ids)
-                    self._fingerprint = found
-                    self._memo.clear()
-                    self.computations += 1
+            self._watch.refresh(self._data is not None, self._reopen)
+            assert self._data is not None
             return self._data
+
+    def _reopen(self) -> None:
+        if self._data is not None:
+            self._data.close()
+        self._data = LogDatabase.for_settings(self.settings, self.catalog,
+                                              erasures=self.erasures,
+                                              recommendation_ids=self.recommendation_ids)
+        self._memo.clear()
+        self.computations += 1
 
     def _cached(self, key: tuple, build: Callable[[], Any]) -> Any:
         self._current()
