@@ -38,6 +38,7 @@ import numpy as np
 import typer
 
 from bouquet.benchmarks.harness import BenchResult, peak_rss_mb, print_result, write_json
+from bouquet.benchmarks.processes import load_note
 from bouquet.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -234,10 +235,7 @@ def run_benchmark(*, residents: int = DEFAULT_RESIDENTS, history_days: int = 90,
     finally:
         stack.down()
         shutil.rmtree(state, ignore_errors=True)
-    load_after = os.getloadavg()
-    result.notes.append(f"load average (1, 5, 15 min) before {load_before[0]:.1f} "
-                        f"{load_before[1]:.1f} {load_before[2]:.1f}, after {load_after[0]:.1f} "
-                        f"{load_after[1]:.1f} {load_after[2]:.1f} on {os.cpu_count()} cores")
+    result.notes.append(load_note(load_before, "the planner and its Redis"))
     return result
 
 

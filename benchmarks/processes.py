@@ -77,9 +77,11 @@ def wait_ready(base: str, proc: subprocess.Popen[bytes], timeout_s: float = 90) 
     raise RuntimeError("the server did not become ready")
 
 
-def load_note(before: tuple[float, float, float]) -> str:
+def load_note(before: tuple[float, float, float],
+              shared_by: str = "every process of the deployment and the load generator"
+              ) -> str:
     """The machine's load around a run: what the numbers shared the CPUs with."""
     after = os.getloadavg()
     return (f"load average (1/5/15 min) before {before[0]:.2f}/{before[1]:.2f}/{before[2]:.2f},"
             f" after {after[0]:.2f}/{after[1]:.2f}/{after[2]:.2f} on {os.cpu_count()} CPUs; "
-            "every process of the deployment and the load generator share them")
+            f"{shared_by} share them")

@@ -52,7 +52,7 @@ import numpy as np
 import typer
 
 from bouquet.benchmarks.harness import BenchResult, print_result, write_json
-from bouquet.benchmarks.processes import service_env, start, stop, wait_ready
+from bouquet.benchmarks.processes import load_note, service_env, start, stop, wait_ready
 from bouquet.core.catalog import Catalog, load_catalog
 from bouquet.core.keys import Keys
 from bouquet.core.settings import Settings
@@ -414,12 +414,8 @@ def run_benchmark(settings: Settings, *, residents: int = 50_000, duration: floa
         stack.down()
         if not keep_state:
             shutil.rmtree(state, ignore_errors=True)
-    load_after = os.getloadavg()
-    result.notes.append(f"load average (1/5/15 min) before {load_before[0]:.2f}/"
-                        f"{load_before[1]:.2f}/{load_before[2]:.2f}, after {load_after[0]:.2f}/"
-                        f"{load_after[1]:.2f}/{load_after[2]:.2f} on {os.cpu_count()} CPUs: "
-                        "other work shares this machine; compare within the run")
-    result.notes.append("server, Redis, broker, load generator and wrk share the same CPUs")
+    result.notes.append(load_note(load_before,
+                                  "server, Redis, broker, load generator, wrk and other work"))
     return result
 
 
