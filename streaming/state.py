@@ -124,6 +124,12 @@ def marker_width_s(dedup_ttl_s: int) -> int:
 MARKER_BUCKETS = 4
 
 
+def group_tag(resident_id: str, cluster: bool) -> str:
+    """The tag of the group a resident's events are applied in, which names its marker
+    SETs: the resident's hash slot on a cluster, ``all`` on a single Redis."""
+    return slot_tag(hash_slot(resident_id)) if cluster else SINGLE_TAG
+
+
 def applied_event_ids(client: SyncClient, keys: Keys, events: Iterable[tuple[str, str]],
                       dedup_ttl_s: int, chunk: int = 1000) -> set[str]:
     """Of ``events`` (event id, resident id), the ids whose effects ingestion has applied:
@@ -132,7 +138,7 @@ def applied_event_ids(client: SyncClient, keys: Keys, events: Iterable[tuple[str
     cluster = is_cluster(client)
     by_tag: dict[str, list[str]] = defaultdict(list)
     for event_id, resident_id in events:
-        by_tag[slot_tag(hash_slot(resident_id)) if cluster else SINGLE_TAG].append(event_id)
+        by_tag[group_tag(resident_id, cluster)].append(event_id)
     if not by_tag:
         return set()
     clock = client.time()  # a cluster client asks every primary: any one will do
@@ -232,7 +238,7 @@ class StateWriter:
         if tag is None:
             if len(self._tags) > 1_000_000:
                 self._tags.clear()
-            tag = self._tags[resident_id] = slot_tag(hash_slot(resident_id))
+            tag = self._tags[resident_id] = group_tag(resident_id, cluster=True)
         return tag
 
     def _groups(self, slots: Sequence[Slot]) -> list[tuple[str, list[Slot]]]:
