@@ -32,7 +32,7 @@ from bouquet.privacy.erasure import delete_published, published_versions
 from bouquet.serving.store import OnlineStore
 from bouquet.streaming.state import StateWriter, erase_resident
 from bouquet.streaming.synthetic import StreamSpec, stream
-from tests.integration.redis_cluster import ClusterUnavailable, local_cluster, missing_binaries
+from tests.integration.cluster_stack import started_cluster
 from tests.streaming.ingest_helpers import ReferenceState, dump_state
 
 pytestmark = pytest.mark.integration
@@ -40,16 +40,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A three-primary cluster for this module, stopped at its end."""
-    missing = missing_binaries()
-    if missing:
-        pytest.skip(f"a local Redis Cluster needs {', '.join(missing)} (apt-get install "
-                    "redis-server redis-tools)")
-    try:
-        with local_cluster(tmp_path_factory.mktemp("redis-cluster")) as url:
-            yield url
-    except ClusterUnavailable as exc:
-        pytest.fail(f"the local Redis Cluster did not start: {exc}")
+    """A three-primary cluster for this module, started and stopped by the code behind
+    ``bouquet stack up --redis-cluster`` / ``stack down``."""
+    yield from started_cluster(tmp_path_factory.mktemp("redis-cluster"))
 
 
 @pytest.fixture
@@ -275,3 +268,76 @@ def test_a_cluster_url_that_reaches_one_server_fails_at_once(cluster_url: str) -
 
     with pytest.raises((RedisClusterException, RedisError)):
         redis_client(f"redis+cluster://127.0.0.1:{free_port()}", socket_connect_timeout=1)
+
+
+def test_stack_up_redis_cluster_prints_the_url_and_down_stops_every_node(
+        tmp_path: Path) -> None:
+    """The CLI end to end: ``stack up --redis-cluster`` starts the nodes (on the ports a
+    cluster ``REDIS_URL`` names), forms the cluster and prints the URL to export; ``stack
+    down`` stops every node."""
+    import json
+    import subprocess
+    import sys
+
+    import psutil
+
+    from bouquet.localcluster import cluster_ports, cluster_url
+    from bouquet.localstack import free_port
+
+    url = cluster_url(cluster_ports())
+    env = {"BOUQUET_STATE_DIR": str(tmp_path), "REDIS_URL": url, "PATH": "/usr/bin:/bin",
+           "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"}
+    cli = [sys.executable, "-m", "bouquet", "stack"]
+    try:
+        up = subprocess.run([*cli, "up", "--redis-cluster"], env=env, capture_output=True,
+                            text=True, timeout=120)
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert f"export REDIS_URL={url}" in up.stdout
+        assert up.stdout.count("healthy") == 3
+        pids = [json.loads(p.read_text())["pid"]
+                for p in (tmp_path / "stack").glob("redis-cluster-*.pid.json")]
+        assert len(pids) == 3
+        client = redis_client(url)
+        assert len(client.get_primaries()) == 3
+        client.close()
+    finally:
+        down = subprocess.run([*cli, "down"], env=env, capture_output=True, text=True,
+                              timeout=60)
+    assert "redis-cluster" in down.stdout
+    assert not [p for p in pids if psutil.pid_exists(p)
+                and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+
+def test_the_stack_cluster_keeps_its_data_across_down_and_up(tmp_path: Path) -> None:
+    """Started again on the same state folder, the nodes read their ``nodes.conf`` (the
+    slots are not assigned twice, which ``redis-cli`` would refuse) and their AOF."""
+    from tests.integration.cluster_stack import cluster_stack
+
+    stack = cluster_stack(tmp_path)
+    try:
+        stack.start_redis()
+        client = redis_client(stack.settings.redis_url)
+        client.set("survives:{a}", "1")
+        client.close()
+        stack.down()
+        stack.start_redis()
+        client = redis_client(stack.settings.redis_url)
+        assert client.get("survives:{a}") == b"1"
+        client.close()
+    finally:
+        stack.down()
+
+
+def test_redis_cluster_flag_picks_the_default_ports_for_a_plain_url(tmp_path: Path) -> None:
+    """Without a cluster URL the flag names the conventional ports; a cluster URL is kept."""
+    from bouquet.localcluster import DEFAULT_PORTS, local_ports
+    from bouquet.localstack import LocalStack
+
+    plain = LocalStack(Settings(env="test", state_dir=tmp_path,
+                                redis_url="redis://127.0.0.1:6390/0"))
+    assert local_ports(plain.with_redis_cluster().settings.redis_url) == list(DEFAULT_PORTS)
+    assert local_ports("redis+cluster://127.0.0.1:7100") == [7100, 7101, 7102]
+    assert local_ports("redis+cluster://10.0.0.1:7000") is None
+    named = LocalStack(Settings(env="test", state_dir=tmp_path,
+                                redis_url="redis+cluster://127.0.0.1:7100"))
+    assert named.with_redis_cluster() is named
