@@ -341,3 +341,46 @@ def test_redis_cluster_flag_picks_the_default_ports_for_a_plain_url(tmp_path: Pa
     named = LocalStack(Settings(env="test", state_dir=tmp_path,
                                 redis_url="redis+cluster://127.0.0.1:7100"))
     assert named.with_redis_cluster() is named
+
+
+def test_publish_serve_publish_again_and_roll_back_on_the_cluster(
+        cluster_settings: Settings, client: SyncClient) -> None:
+    """The versioned keyspace and its pointer on a cluster: each publish's lists spread
+    over the primaries, serving follows the one-key switch, a third publish expires the
+    first version, and rollback restores the one before."""
+    import anyio
+
+    from bouquet.core.catalog import load_catalog
+    from bouquet.pipelines.publish import Publisher
+    from tests.serving.support import client_for, publish, set_profile, small_model
+
+    catalog = load_catalog()
+    keys = Keys(cluster_settings.redis_key_prefix)
+    settings = cluster_settings.model_copy(update={"publish_chunk": 25})
+    set_profile(settings, "r3", consent="1", neighbourhood="centre")
+
+    async def served() -> str:
+        async with client_for(settings) as app:
+            answer = await app.get("/v1/residents/r3/bundles")
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            assert body["personalised"] and body["bundles"]
+            return body["keyspace_version"]
+
+    first = publish(settings, small_model(catalog, n=60, seed=1), "v1")
+    owners = {client.nodes_manager.get_node_from_slot(
+        hash_slot(keys.recs(first.version, f"r{i}", "b"))).name for i in range(60)}
+    assert len(owners) == 3
+    assert anyio.run(served) == first.version
+    second = publish(settings, small_model(catalog, n=60, seed=2), "v2")
+    assert second.previous == first.version
+    assert anyio.run(served) == second.version
+    third = publish(settings, small_model(catalog, n=60, seed=3), "v3")
+    assert third.expired == [first.version]
+    assert 0 < client.ttl(keys.recs(first.version, "r7", "s")) \
+        <= settings.publish_old_version_ttl_s
+    assert client.ttl(keys.recs(second.version, "r7", "s")) == -1
+    assert Publisher(settings, client).rollback() == (third.version, second.version)
+    assert anyio.run(served) == second.version
+    assert client.hget(keys.version_meta(third.version), "state") == b"rolled-back"
+    assert client.hget(keys.version_meta(second.version), "state") == b"live"
