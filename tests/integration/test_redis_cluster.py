@@ -384,3 +384,85 @@ def test_publish_serve_publish_again_and_roll_back_on_the_cluster(
     assert anyio.run(served) == second.version
     assert client.hget(keys.version_meta(third.version), "state") == b"rolled-back"
     assert client.hget(keys.version_meta(second.version), "state") == b"live"
+
+
+def test_live_engagement_counters_read_back_on_the_cluster(cluster_settings: Settings,
+                                                           client: SyncClient) -> None:
+    """The operator's live figures (``analytics.live.snapshot``) from a cluster: today's
+    active residents and contacts, and the trailing windows, as counted from the events."""
+    from datetime import UTC, datetime
+
+    from bouquet.analytics.live import snapshot
+    from bouquet.core.events import CONTACT_TYPES
+
+    keys = Keys(cluster_settings.redis_key_prefix)
+    now = datetime.now(UTC)
+    events = list(stream(single.CATALOG, StreamSpec(events=900, residents=80, seed=17,
+                                                    erase_rate=0.0, days=2, end=now)))
+    single.apply(StateWriter(client, keys), keys, events)
+    contacts = {e["event_id"]: e for e in events if e["type"] in CONTACT_TYPES}
+    today = [e for e in contacts.values()
+             if datetime.fromisoformat(e["ts"]).astimezone(UTC).date() == now.date()]
+    live = snapshot(client, keys, now)
+    day = live.active[(live.active.period == "day") & (live.active.bucket == live.day)
+                      & (live.active.dimension == "all")]
+    assert day.active.tolist() == [len({e["resident_id"] for e in today})] != [0]
+    counted = live.contacts[(live.contacts.bucket == live.day)
+                            & (live.contacts.type == "all")].contacts.tolist()
+    assert counted == [len(today)]
+    rolling = dict(zip(live.rolling.window, live.rolling.active, strict=True))
+    assert rolling["ever"] == rolling["last_7d"] == len({e["resident_id"]
+                                                          for e in contacts.values()})
+
+
+def test_export_reads_a_residents_state_and_lists_from_the_cluster(
+        cluster_settings: Settings, client: SyncClient) -> None:
+    """``bouquet privacy export``'s document: real-time state from the resident's slot,
+    activity sets from ``{eng}``, and the published lists of each pointer's version."""
+    from bouquet.core.catalog import load_catalog
+    from bouquet.privacy.export import export_resident
+    from tests.serving.support import publish, small_model
+
+    keys = Keys(cluster_settings.redis_key_prefix)
+    single.apply(StateWriter(client, keys), keys,
+                 [single.ev(1, "r5", "use", 1, service_id="bike-share"),
+                  single.ev(2, "r5", "subscribe", 2, bundle_id="compte-mobilite"),
+                  single.ev(3, "r6", "use", 3, service_id="bike-share")])
+    published = publish(cluster_settings, small_model(load_catalog(), n=10), "v1")
+    document = export_resident(cluster_settings, client, "r5")
+    realtime = document["realtime"]
+    assert [e["event_id"] for e in realtime["recent"]] == ["e2", "e1"]
+    assert realtime["holdings"] == ["b:compte-mobilite"]
+    assert realtime["counted_active_in"] and realtime["last_contact"] is not None
+    [lists] = document["recommendations"]
+    assert lists["keyspace_version"] == published.version and lists["bundles"]
+
+
+def test_compaction_deletes_erased_residents_lists_and_rewrites_every_aof(
+        cluster_settings: Settings, client: SyncClient) -> None:
+    """``bouquet compact`` on a cluster: an ``erase`` event in the log deletes the
+    resident's published lists (in their own slots), and the AOF rewrite reaches every
+    primary, not the one node a keyless command would go to."""
+    from datetime import UTC, datetime
+
+    from bouquet.core.catalog import load_catalog
+    from bouquet.core.eventlog import EventLog
+    from bouquet.core.redisclient import primaries
+    from bouquet.privacy.compaction import compact, rewrite_redis_aof
+    from tests.serving.support import publish, small_model
+
+    keys = Keys(cluster_settings.redis_key_prefix)
+    published = publish(cluster_settings, small_model(load_catalog(), n=10), "v1")
+    EventLog(cluster_settings.event_log_path, writer_id="test").append(
+        [{"event_id": "x1", "resident_id": "r4", "type": "erase", "channel": "system",
+          "ts": datetime.now(UTC), "schema_version": 1}])
+    report = compact(cluster_settings, redis_client=client)
+    assert report.published_lists_deleted == 2  # bundles and services
+    assert not client.exists(keys.recs(published.version, "r4", "b"),
+                             keys.recs(published.version, "r4", "s"))
+    assert client.exists(keys.recs(published.version, "r3", "b"))
+    nodes = primaries(client)  # the stack's cluster keeps an AOF on each primary
+    before = [int(node.info("persistence")["aof_rewrites"]) for node in nodes]
+    assert rewrite_redis_aof(client) == "rewritten"
+    after = [int(node.info("persistence")["aof_rewrites"]) for node in nodes]
+    assert all(a > b for a, b in zip(after, before, strict=True)) and len(nodes) == 3
