@@ -1,4 +1,6 @@
-"""Ingestion, erasure and serving reads against a real Redis Cluster (three primaries).
+"""Bouquet on a real Redis Cluster (three primaries, started by the code behind ``bouquet
+stack up --redis-cluster``): ingestion, erasure, serving, publish and rollback, export,
+compaction, the live counters and the outreach planner's store.
 
 The single-Redis contract of the real-time state (``tests/streaming/test_ingest_state.py``)
 runs again here unchanged, through a ``redis+cluster://`` URL: on a cluster every script
@@ -198,14 +200,52 @@ def test_the_consent_api_writes_contact_consent_on_the_cluster(
     assert hash_slot(keys.contactable()) == hash_slot(keys.active_index())
 
 
-def test_the_outreach_planner_refuses_a_cluster(cluster_settings: Settings,
-                                                client: SyncClient) -> None:
-    """The planner's chunked scripts cover residents of many slots per call: it needs a
-    single Redis, and says so at once rather than failing mid-plan with CROSSSLOT."""
-    from bouquet.outreach.store import OutreachStore, SingleRedisOnly
+def test_the_planners_records_script_holds_on_a_cluster(cluster_settings: Settings) -> None:
+    """The planner's write (one script call per hash slot of residents on a cluster) keeps
+    its single-Redis contract: the last consent check drops withdrawn and erased nudges."""
+    import tests.outreach.test_gateway_and_consent as outreach
 
-    with pytest.raises(SingleRedisOnly, match="single Redis"):
-        OutreachStore(client, Keys(cluster_settings.redis_key_prefix))
+    outreach.test_the_records_script_drops_the_nudge_of_a_resident_who_withdrew_meanwhile(
+        cluster_settings)
+
+
+def test_the_planners_chunked_reads_on_a_cluster_match_each_residents_keys(
+        cluster_settings: Settings, client: SyncClient) -> None:
+    """The planner's reads (one script call per slot's residents, replies put back in the
+    order asked) against what each resident's own keys hold: profile, contact consent,
+    holdings and published lists, for residents spread over all three primaries."""
+    from bouquet.core.catalog import load_catalog
+    from bouquet.outreach.store import OutreachStore
+    from tests.serving.support import publish, small_model
+
+    catalog = load_catalog()
+    keys = Keys(cluster_settings.redis_key_prefix)
+    residents = [f"r{i}" for i in range(60)]
+    events = []
+    for i, rid in enumerate(residents):
+        nb = catalog.neighbourhood_ids[i % len(catalog.neighbourhood_ids)]
+        events.append(single.ev(3 * i, rid, "profile", i, context={"neighbourhood": nb}))
+        events.append(single.ev(3 * i + 1, rid, "consent", i, value=i % 3 != 0,
+                                context={"purpose": "contact"}))
+        if i % 2:
+            events.append(single.ev(3 * i + 2, rid, "subscribe", i,
+                                    bundle_id=catalog.bundle_ids[i % 5]))
+    single.apply(StateWriter(client, keys), keys, events)
+    version = publish(cluster_settings, small_model(catalog, n=60), "v1").version
+    asked = [*reversed(residents), "nobody"]  # an order the slots do not follow
+    store = OutreachStore(client, keys)
+    table, _ = store.resident_table(asked)
+    offers = store.offers(asked, version)
+    contact = store.contact(asked)
+    assert table.ids.tolist() == asked
+    for n, rid in enumerate(asked):
+        profile = single.read_profile(client, keys, rid)
+        assert table.profile["neighbourhood"][n] == profile.get("neighbourhood")
+        assert contact[n] == table.contact[n] == bool(profile.get("contact"))
+        held = {m.decode() for m in client.smembers(keys.holdings(rid))}
+        assert set(offers.holdings[n].split()) == held
+        assert offers.packed["b"][n] == (client.get(keys.recs(version, rid, "b")) or b"")
+    assert contact.sum() == 40 and sum(bool(h) for h in offers.holdings) == 30
 
 
 def test_serving_reads_what_ingestion_wrote_on_the_cluster(cluster_settings: Settings,
