@@ -23,7 +23,7 @@ from pathlib import Path
 import redis
 
 from bouquet.core.redisclient import SLOTS, cluster_nodes, is_cluster_url
-from bouquet.localstack import LOOPBACK, StackError, port_is_free
+from bouquet.localstack import LOOPBACK, StackError, free_port, port_is_free
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,14 @@ def cluster_ports(count: int = PRIMARIES) -> list[int]:
                 return chosen
     raise ClusterUnavailable(f"no {count} free port pairs (port, port + {BUS_OFFSET}) on "
                              "loopback")
+
+
+def free_redis_url(cluster: bool) -> str:
+    """A ``REDIS_URL`` on free loopback ports for a private stack (tests, benchmarks): one
+    Redis, or a cluster that :class:`~bouquet.localstack.LocalStack` starts from it."""
+    if cluster:
+        return cluster_url(cluster_ports())
+    return f"redis://127.0.0.1:{free_port()}/0"
 
 
 def check_ports_free(ports: list[int]) -> None:

@@ -285,6 +285,12 @@ class LocalStack:
         url = cluster_url(list(DEFAULT_PORTS))
         return LocalStack(self.settings.model_copy(update={"redis_url": url}))
 
+    def redis_processes(self) -> list[psutil.Process]:
+        """The Redis server processes this stack started: the single Redis, or every node
+        of the cluster (what a benchmark charges Redis' CPU to)."""
+        found = [self.managed_process(name) for name in ("redis", *self._cluster_names())]
+        return [proc for proc in found if proc is not None]
+
     def _prepare_mlflow(self, ui: bool) -> None:
         private_dir(self.settings.mlflow_artifact_root)
         if self.settings.mlflow_uri.startswith("sqlite:///"):

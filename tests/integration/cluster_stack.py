@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 
 from bouquet.core.settings import Settings
-from bouquet.localcluster import cluster_ports, cluster_url, missing_binaries
+from bouquet.localcluster import free_redis_url, missing_binaries
 from bouquet.localstack import LocalStack, StackError
 
 
 def cluster_stack(state_dir: Path) -> LocalStack:
     """A stack whose ``REDIS_URL`` names a cluster on free loopback ports."""
     return LocalStack(Settings(env="test", state_dir=state_dir,
-                               redis_url=cluster_url(cluster_ports())))
+                               redis_url=free_redis_url(cluster=True)))
 
 
 def started_cluster(state_dir: Path) -> Iterator[str]:
