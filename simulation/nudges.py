@@ -32,6 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from bouquet.simulation.behaviour import HOUR_WEIGHTS
 
@@ -118,3 +119,61 @@ def respond(rng: np.random.Generator, local_hour: np.ndarray, recent: np.ndarray
     opened = rng.random(len(recent)) < open_probability(local_hour, recent, params)
     opted_out = rng.random(len(recent)) < optout_probability(recent, params)
     return opened, opted_out
+
+
+class Recipients:
+    """The residents' side of outreach over one run: who accepts messages, what each
+    received and when, and their replies (see the module docstring). Every policy of a
+    seed draws the same contact consent (the stream is the seed's), so comparisons are
+    paired."""
+
+    def __init__(self, n: int, rng: np.random.Generator, params: NudgeParams,
+                 timezone: str) -> None:
+        self.params = params
+        self.timezone = timezone
+        self.rng = rng
+        self.contact = draw_contact(rng, n, params)
+        self.contactable_at_start = int(self.contact.sum())
+        self._sent: dict[int, list[float]] = {}
+        #: every delivered nudge: resident row, send instant (epoch s), contact consent when
+        #: it was planned, opened, opted out
+        self.log: list[pd.DataFrame] = []
+
+    def receive(self, rows: np.ndarray, send_at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Deliver nudges (resident rows, send instants in epoch seconds, in time order per
+        resident): (opened, opted out) per nudge; an opt-out withdraws contact consent."""
+        recent = recent_counts([self._sent.get(int(r), []) for r in rows], send_at)
+        hours = pd.to_datetime(send_at, unit="s", utc=True).tz_convert(self.timezone).hour
+        opened, opted_out = respond(self.rng, np.asarray(hours), recent, self.params)
+        self.log.append(pd.DataFrame({"row": rows, "send_at": send_at,
+                                      "contact": self.contact[rows], "recent": recent,
+                                      "opened": opened, "opted_out": opted_out}))
+        for row, when in zip(rows.tolist(), send_at.tolist(), strict=True):
+            self._sent.setdefault(row, []).append(when)
+        self.contact[rows[opted_out]] = False
+        return opened, opted_out
+
+    def delivered(self) -> pd.DataFrame:
+        """Every delivered nudge so far (:attr:`log`, one frame)."""
+        if not self.log:
+            return pd.DataFrame(columns=["row", "send_at", "contact", "recent", "opened",
+                                         "opted_out"])
+        return pd.concat(self.log, ignore_index=True)
+
+    def figures(self, weeks: int) -> dict[str, float]:
+        """The run's outreach figures: nudges and opens per contactable resident and week,
+        the open rate, and opt-outs per month as a share of the residents contactable at
+        the start (a month: 30.44 days)."""
+        log = self.delivered()
+        base = max(self.contactable_at_start, 1)
+        months = 7 * max(weeks, 1) / 30.44
+        nudges = len(log)
+        return {
+            "contactable_at_start": float(self.contactable_at_start),
+            "nudges": float(nudges),
+            "nudged_residents": float(log["row"].nunique()),
+            "nudges_per_contactable_week": nudges / base / max(weeks, 1),
+            "open_rate": float(log["opened"].mean()) if nudges else 0.0,
+            "optouts": float(log["opted_out"].sum()),
+            "optout_rate_per_month": float(log["opted_out"].sum()) / base / months,
+        }
