@@ -1,8 +1,9 @@
 """The outreach settings beside the default: a cap sweep and the opt-out sensitivity.
 
 The cap sweep runs ``model+outreach`` at 1, 2, 3 and 4 nudges a week, the minimum gap
-scaled to allow each (7 days / cap: 168, 84, 56 and 42 hours); the sensitivity runs repeat
-it (or, without the sweep, the default cap) with the opt-out probability × 0.5 and × 2
+scaled to allow each (7 days / cap: 168, 84, 56 and 42 hours); the sensitivity runs
+``model+outreach`` at the default cap (the settings' caps) with the stated opt-out
+assumption and with the opt-out probability × 0.5 and × 2
 (:attr:`~bouquet.simulation.nudges.NudgeParams.optout_scale`). Every setting runs on the
 same seeds, so the points are paired cities.
 """
@@ -91,15 +92,20 @@ def run_sweep(catalog: Catalog, settings: Settings, model_policy: Callable[[int]
             register_policy(cap_policy(cap), factory)
             names.append(cap_policy(cap))
             labels[cap_policy(cap)] = f"cap {cap}/week (gap {gap_h:.0f} h)"
-    scales = (1.0, *OPTOUT_SCALES) if sensitivity else (1.0,)
+    runs = [(1.0, names)] if caps else []
+    if sensitivity:
+        # the stated assumption at the default cap, then the opt-out probability scaled
+        runs += [(scale, [MODEL_OUTREACH]) for scale in (1.0, *OPTOUT_SCALES)]
     sweep = Sweep()
-    for scale in scales:
+    for scale, policies in runs:
         key = f"opt-out × {scale:g}"
-        with progress(len(names) * len(seeds), f"outreach, {key}") as bar:
-            result = compare(names, catalog, residents=residents, weeks=weeks, seeds=seeds,
-                             k=k, end=end, on_run=bar,
+        series = key if policies != [MODEL_OUTREACH] else f"default cap, {key}"
+        with progress(len(policies) * len(seeds), f"outreach, {series}") as bar:
+            result = compare(policies, catalog, residents=residents, weeks=weeks,
+                             seeds=seeds, k=k, end=end, on_run=bar,
                              nudge_params=NudgeParams(optout_scale=scale))
-        sweep.results[key] = result
-        sweep.series[key] = [SweepPoint.of(result, name, f"{name}@optout_x{scale:g}",
-                                           f"{labels[name]}, {key}") for name in names]
+        sweep.results[series] = result
+        sweep.series[series] = [SweepPoint.of(result, name, f"{name}@optout_x{scale:g}",
+                                              f"{labels.get(name, name)}, {key}")
+                                for name in policies]
     return sweep

@@ -231,9 +231,8 @@ def compare(
                                    "cap) and plot weekly share against opt-outs "
                                    "(PLOT-outreach.png)."),
     optout_sensitivity: bool = typer.Option(False, "--optout-sensitivity", help="Also run "
-                                            "model+outreach (and the sweep, with "
-                                            "--cap-sweep) with the opt-out probability × 0.5 "
-                                            "and × 2."),
+                                            "model+outreach at the default cap with the "
+                                            "opt-out probability × 1, × 0.5 and × 2."),
     sweep_residents: int | None = typer.Option(None, "--sweep-residents", min=100,
                                                help="Residents of the sweep and sensitivity "
                                                "runs (default: --residents)."),
