@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bouquet.simulation.closed_loop import Comparison, Estimate
-from bouquet.simulation.report import SHARE_FIGURE
+from bouquet.simulation.report import SHARE_FIGURE, finish_share_axes
 
 #: The outreach policies of the question and their pull-only counterparts.
 MODEL_OUTREACH = "model+outreach"
@@ -107,12 +107,8 @@ def write_sweep_plot(series: dict[str, list[SweepPoint]], png_path: Path, *, tit
         for p, xi, yi in zip(points, x, y, strict=True):
             ax.annotate(p.label.split(",")[0], (xi, yi), textcoords="offset points",
                         xytext=(4, 4), fontsize=8)
-    ax.set_xlabel("opt-outs per month (% of contactable residents)")
-    ax.set_ylabel("weekly or better, use (% of residents)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=9)
-    fig.tight_layout()
+    finish_share_axes(fig, ax, xlabel="opt-outs per month (% of contactable residents)",
+                      title=title, legend="lower right")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)
