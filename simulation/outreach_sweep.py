@@ -99,7 +99,7 @@ def run_sweep(catalog: Catalog, settings: Settings, model_policy: Callable[[int]
     sweep = Sweep()
     for scale, policies in runs:
         key = f"opt-out × {scale:g}"
-        series = key if policies != [MODEL_OUTREACH] else f"default cap, {key}"
+        series = f"cap sweep, {key}" if policies != [MODEL_OUTREACH] else f"default cap, {key}"
         with progress(len(policies) * len(seeds), f"outreach, {series}") as bar:
             result = compare(policies, catalog, residents=residents, weeks=weeks,
                              seeds=seeds, k=k, end=end, on_run=bar,
