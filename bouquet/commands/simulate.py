@@ -357,13 +357,14 @@ def compare(
 
         sweep_n = sweep_residents or residents
         sweep_s = sweep_seeds or seeds
+        sweep_started = time.perf_counter()
         sweep = run_sweep(catalog, settings, model_policy, residents=sweep_n,
                           seeds=list(range(first_seed, first_seed + sweep_s)), weeks=weeks,
                           k=k, end=end_day, caps=cap_sweep, sensitivity=optout_sensitivity,
                           progress=_progress)
         console.print(sweep.table(title=f"outreach settings — {sweep_n:,} residents, "
                                   f"{sweep_s} seed(s), {weeks} weeks, mean [95% CI]"))
-        extra = sweep.figures()
+        extra = [*sweep.figures(), ("sweep_wall_s", time.perf_counter() - sweep_started, "s")]
         if plot is not None and cap_sweep:
             png = plot.with_name(plot.name + "-outreach").with_suffix(".png")
             sweep.plot(png, title=f"Cap sweep: weekly share (use) vs opt-outs — {sweep_n:,} "
