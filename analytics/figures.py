@@ -318,7 +318,7 @@ EMPTY_FUNNEL_DOC = {
 def funnel_figure(shown: pd.DataFrame, k: int, *, by: str = "all", value: str | None = None,
                   **meta: object) -> Table:
     """The funnel figure from :func:`suppressed_arms`, for one ``value`` of ``by`` or all;
-    with no arm at all, ``hint`` says what front ends must send."""
+    with no arm at all, ``hint`` says what front ends must send and ``doc`` where."""
     selected = only_value(shown, by, value)
     if shown.empty:
         meta = {**meta, "hint": EMPTY_FUNNEL_HINT, "doc": EMPTY_FUNNEL_DOC}
