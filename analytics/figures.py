@@ -30,7 +30,7 @@ from bouquet.analytics.tables import Table
 MERGED = "merged"
 #: Merged cadence classes, finest first: column → the classes it adds up. When a part is
 #: hidden (a small class, or its companion), the merged class is what the row shows of
-#: them: "weekly or better", else "active in the window" (monthly or better).
+#: them: "weekly or better", else "monthly or better" (the window's actives).
 MERGED_CLASSES: dict[str, tuple[str, ...]] = {
     "weekly_plus": ("daily", "weekly"),
     "active_window": ("daily", "weekly", "monthly"),

@@ -13,7 +13,7 @@
   const MERGED = {
     weekly_plus: { name: "weekly or better (daily + weekly merged)", color: "#00796b",
       parts: ["daily", "weekly"] },
-    active_window: { name: "active in the window (daily + weekly + monthly merged)",
+    active_window: { name: "monthly or better (daily + weekly + monthly merged)",
       color: "#4db6ac", parts: ["daily", "weekly", "monthly"] },
   };
   const STAGES = ["shown", "opened", "subscribed", "used"];
