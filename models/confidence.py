@@ -165,6 +165,15 @@ class ConfidenceRule:
                              shape=(len(bundle_ids), len(service_ids)))
 
     # --- a handful of events (serving) ---------------------------------------------------
+    def weight_at(self, event: RecentEventLike, now: float) -> float:
+        """The weight of one event at epoch ``now``: its type's weight, decayed by its age
+        (an event without a time is not decayed). Plain floats: a request weighs a handful
+        of events, where numpy's per-call cost is most of the work."""
+        weight = self.event_weight(event)
+        if weight > 0 and self.half_life_days and event.ts is not None:
+            weight *= 0.5 ** (max(now - event.ts, 0.0) / SECONDS_PER_DAY / self.half_life_days)
+        return weight
+
     def strengths(self, events: Iterable[RecentEventLike], now: float,
                   service_index: Mapping[str, int], bundle_index: Mapping[str, int],
                   bundle_members: Sequence[Sequence[int]]) -> Strengths:
@@ -177,13 +186,10 @@ class ConfidenceRule:
         """
         services: dict[int, float] = {}
         bundles: dict[int, float] = {}
-        half_life = self.half_life_days
         for event in events:
-            weight = self.event_weight(event)
+            weight = self.weight_at(event, now)
             if weight <= 0:
                 continue
-            if half_life and event.ts is not None:
-                weight *= 0.5 ** (max(now - event.ts, 0.0) / SECONDS_PER_DAY / half_life)
             b = bundle_index.get(event.bundle_id) if event.bundle_id is not None else None
             if b is not None:
                 bundles[b] = bundles.get(b, 0.0) + weight

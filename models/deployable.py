@@ -25,11 +25,11 @@ import json
 import os
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -45,6 +45,14 @@ ARRAYS_FILE = "arrays.npz"
 CITY = "_all"  # key of the city-wide popularity row / list
 KINDS = ("b", "s")  # bundles, services: the two things a resident is offered
 
+
+
+class RecentContributions(NamedTuple):
+    """``values[r, j]``: what recent item ``sources[r]`` (``("s" | "b", index)``) adds to the
+    ``j``-th asked item's recent score; no rows when nothing recent weighs."""
+
+    sources: list[tuple[str, int]]
+    values: np.ndarray
 
 class ArtifactError(ValueError):
     """A directory or blob that is not a loadable model of this format."""
@@ -126,10 +134,11 @@ class DeployableModel(ABC):
         fold-in of recent events), float64; None when nothing weighs."""
 
     @abstractmethod
-    def recent_contributions(self, strengths: Strengths, kind: str, item: int
-                             ) -> list[tuple[str, int, float]]:
-        """How much each recent item (``("s" | "b", index)``) adds to ``item``'s
-        :meth:`recent_scores` — the reason of a re-ranked answer."""
+    def recent_contributions(self, strengths: Strengths, kind: str, items: Sequence[int]
+                             ) -> RecentContributions:
+        """How much each recent item adds to each of ``items``' :meth:`recent_scores` — the
+        reasons of a re-ranked answer, for all its boosted items in one pass (a request
+        names up to ``k`` of them, and one pass costs about what one item did)."""
 
     @abstractmethod
     def _contributions(self, row: int, kind: str, items: np.ndarray, services: np.ndarray,
@@ -174,6 +183,16 @@ class DeployableModel(ABC):
         index = self.service_index
         return [[index[s] for s in self.bundle_services.get(b, ()) if s in index]
                 for b in self.bundle_ids]
+
+    @functools.cached_property
+    def bundles_holding(self) -> list[frozenset[str]]:
+        """Ids of the bundles that hold each service (by service index): a bundle event
+        weighs on its services, so it can be the reason for one of them."""
+        holding: list[set[str]] = [set() for _ in self.service_ids]
+        for bundle_id, members in zip(self.bundle_ids, self.bundle_members, strict=True):
+            for service in members:
+                holding[service].add(bundle_id)
+        return [frozenset(h) for h in holding]
 
     @functools.cached_property
     def _resident_index(self) -> Any:

@@ -15,14 +15,19 @@ model's own rule.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 
 from bouquet.models.confidence import Strengths
-from bouquet.models.deployable import ArtifactError, DeployableModel, register_family
+from bouquet.models.deployable import (
+    ArtifactError,
+    DeployableModel,
+    RecentContributions,
+    register_family,
+)
 from bouquet.models.foldin import FoldIn
 
 #: Largest services × items matrix precomputed for the fold-in (float64: 32 MB).
@@ -98,18 +103,22 @@ class FactorModel(DeployableModel):
             return coef @ scores[rows]
         return self._items(kind).astype(np.float64) @ (coef @ self.foldin.projector[rows])
 
-    def recent_contributions(self, strengths: Strengths, kind: str, item: int
-                             ) -> list[tuple[str, int, float]]:
+    def recent_contributions(self, strengths: Strengths, kind: str, items: Sequence[int]
+                             ) -> RecentContributions:
         """``score_i = Σ_r γ_r · (Y G⁻¹)_r · v_i``: each recent service's term (the fold-in's
-        own decomposition; recent bundle events reach it through their services)."""
+        own decomposition; recent bundle events reach it through their services), read off
+        the precomputed ``Y G⁻¹ Bᵀ`` when the catalogue has one."""
         found = self._coefficients(strengths)
         if found is None:
-            return []
+            return RecentContributions([], np.zeros((0, len(items))))
         rows, coef = found
-        vector = self._items(kind)[item].astype(np.float64)
-        terms = coef * (self.foldin.projector[rows] @ vector)
-        return [("s", int(r), float(t)) for r, t in zip(rows.tolist(), terms.tolist(),
-                                                         strict=True)]
+        columns = np.asarray(items, dtype=np.int64)
+        scores = self._scores_of_projection(kind)
+        if scores is not None:
+            block = scores[np.ix_(rows, columns)]
+        else:
+            block = self.foldin.projector[rows] @ self._items(kind)[columns].astype(np.float64).T
+        return RecentContributions([("s", r) for r in rows.tolist()], coef[:, None] * block)
 
     def _scores_of_projection(self, kind: str) -> np.ndarray | None:
         """``Y G⁻¹ Bᵀ`` (services × items), precomputed once per loaded model when it is

@@ -19,7 +19,7 @@ that costs in accuracy.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -27,7 +27,12 @@ import numpy as np
 import scipy.sparse as sp
 
 from bouquet.models.confidence import Strengths
-from bouquet.models.deployable import ArtifactError, DeployableModel, register_family
+from bouquet.models.deployable import (
+    ArtifactError,
+    DeployableModel,
+    RecentContributions,
+    register_family,
+)
 
 SOURCES = ("s", "b")  # an input row: services or bundles
 
@@ -140,13 +145,14 @@ class LinearModel(DeployableModel):
             out += group.coef * part
         return out
 
-    def recent_contributions(self, strengths: Strengths, kind: str, item: int
-                             ) -> list[tuple[str, int, float]]:
+    def recent_contributions(self, strengths: Strengths, kind: str, items: Sequence[int]
+                             ) -> RecentContributions:
         """Each recent item's ``input · W[j, item]`` summed over the terms that read it,
         scaled like its group (``coef / σ`` of the recent row's group when standardised)."""
         inputs = {"s": self._recent_row(strengths.services),
                   "b": self._recent_row(strengths.bundles)}
-        out: dict[tuple[str, int], float] = {}
+        columns = np.asarray(items, dtype=np.int64)
+        found: dict[tuple[str, int], np.ndarray] = {}
         for group in self.groups:
             if group.target != kind:
                 continue
@@ -163,13 +169,16 @@ class LinearModel(DeployableModel):
                 scale /= sd
             for term in self._terms_of(group):
                 ids, values = inputs[term.source]
+                if not len(ids):
+                    continue
                 values = np.ones_like(values) if term.binary else values
-                column = np.asarray(term.weights[ids, item].todense()).ravel() if len(ids) \
-                    else np.zeros(0)
-                for j, v, w in zip(ids.tolist(), values.tolist(), column.tolist(),
-                                   strict=True):
-                    out[(term.source, j)] = out.get((term.source, j), 0.0) + scale * v * w
-        return [(k, j, c) for (k, j), c in out.items()]
+                block = term.weights[ids][:, columns].toarray()  # (recent ids, items)
+                for j, v, row in zip(ids.tolist(), values.tolist(), block, strict=True):
+                    key = (term.source, j)
+                    found[key] = found.get(key, 0.0) + scale * v * row
+        if not found:
+            return RecentContributions([], np.zeros((0, len(columns))))
+        return RecentContributions(list(found), np.vstack(list(found.values())))
 
     def _terms_of(self, group: TermGroup) -> list[LinearTerm]:
         return [t for t in self.terms if t.target == group.target and t.group == group.group]

@@ -150,6 +150,9 @@ class OfferRanker:
         self._permitted: LRUCache[tuple[Any, ...], frozenset[str]] = LRUCache(maxsize=50_000)
         # per loaded version: its segments' rows in the exploration counts
         self._segment_rows: LRUCache[str, dict[str, int]] = LRUCache(maxsize=16)
+        # per loaded version and segment: every bundle's exploration Beta parameters
+        self._explore_params: LRUCache[tuple[str, str | None], tuple[np.ndarray, np.ndarray]] \
+            = LRUCache(maxsize=1_024)
 
     @classmethod
     def from_settings(cls, catalog: Catalog, settings: Settings) -> OfferRanker:
@@ -231,30 +234,43 @@ class OfferRanker:
             return "Chosen by residents with habits like yours"
         return "Recommended for you"
 
-    def _recent_reason(self, model: PublishedVersion, strengths: Strengths,
-                       recent: list[RecentEvent], kind: str, item: int,
-                       now: float) -> str | None:
-        """The recent event that adds most to ``item``'s re-ranking boost, as an ``evt:``
-        code with its day (None when no recent item adds to it)."""
-        parts = model.model.recent_contributions(strengths, kind, item)
-        if not parts:
-            return None
-        source, index, value = max(parts, key=lambda part: part[2])
+    def _recent_reasons(self, model: PublishedVersion, strengths: Strengths,
+                        recent: list[RecentEvent], kind: str, due: list[tuple[int, int]],
+                        out: list[Pick], now: float) -> None:
+        """Give the picks at ``due`` (``(position in out, item index)``) the recent event
+        that adds most to their re-ranking boost, as an ``evt:`` code with its day; a pick
+        no recent item adds to keeps its code. One contributions pass for all of them."""
+        found = model.model.recent_contributions(strengths, kind, [item for _, item in due])
+        if not found.sources:
+            return
+        rule = model.model.rule
+        weighed = [(weight, e.ts, e) for e in recent
+                   if e.ts is not None and (weight := rule.weight_at(e, now)) > 0]
+        best = found.values.argmax(axis=0).tolist()
+        for (position, _), row, column in zip(due, best, found.values.T, strict=True):
+            code = self._recent_reason(model, found.sources[row], float(column[row]), weighed)
+            if code is not None:
+                out[position] = out[position]._replace(reason_code=code)
+
+    @staticmethod
+    def _recent_reason(model: PublishedVersion, source_item: tuple[str, int], value: float,
+                       weighed: list[tuple[float, float, RecentEvent]]) -> str | None:
+        """The code naming the weightiest recent event behind ``source_item`` (the recent
+        item that adds ``value`` to a boost): the item's own event, or a bundle event that
+        reached a service through the bundle's composition."""
         if value <= 0:
             return None
+        source, index = source_item
         item_id = (model.bundle_ids if source == "b" else model.service_ids)[index]
-        rule = model.model.rule
-        spread = source == "s" and rule.spread_bundle_events
-        members = {model.bundle_ids[b] for b, m in enumerate(model.model.bundle_members)
-                   if index in m} if spread else set()
-        candidates = [e for e in recent if rule.event_weight(e) > 0 and e.ts is not None and (
-            (source == "s" and e.service_id == item_id)
-            or (source == "b" and e.bundle_id == item_id)
-            or (e.service_id is None and e.bundle_id in members))]
+        spread = source == "s" and model.model.rule.spread_bundle_events
+        members = model.model.bundles_holding[index] if spread else frozenset()
+        candidates = [c for c in weighed if (
+            (source == "s" and c[2].service_id == item_id)
+            or (source == "b" and c[2].bundle_id == item_id)
+            or (c[2].service_id is None and c[2].bundle_id in members))]
         if not candidates:
             return None
-        event = max(candidates, key=lambda e: (rule.event_weight(e) * rule.decay(
-            (now - e.ts) / 86400.0), e.ts))
+        event = max(candidates, key=lambda c: (c[0], c[1]))[2]
         own = event.service_id == item_id or event.bundle_id == item_id
         kind_of, named = (source, item_id) if own else ("b", event.bundle_id)
         return f"evt:{event.type}:{kind_of}:{named}:{day_of(event.ts).isoformat()}"
@@ -390,6 +406,7 @@ class OfferRanker:
             vocab = model.reason_vocab
             permitted = self.permitted(kind, state, zone, domain)
             blocked = self._blocked(kind, state, result.rotated)
+            recent_due: list[tuple[int, int]] = []  # picks whose reason is a recent event
             for j in order:
                 if len(out) >= k:
                     break
@@ -400,11 +417,13 @@ class OfferRanker:
                 if item_id in seen or item_id not in permitted or item_id in blocked:
                     continue
                 seen.add(item_id)
-                code = vocab[r] if r < len(vocab) else ""
                 if boosts is not None and boosts[j] > 0 and boosts[j] >= 0.5 * abs(pre):
-                    code = self._recent_reason(model, strengths, state.recent, kind,
-                                               item_index, now) or code
-                out.append(Pick(item_id, scores[j], code, "model"))
+                    recent_due.append((len(out), item_index))
+                out.append(Pick(item_id, scores[j], vocab[r] if r < len(vocab) else "",
+                                "model"))
+            if recent_due:
+                self._recent_reasons(model, strengths, state.recent, kind, recent_due, out,
+                                     now)
             if len(out) < k:
                 result.backfilled = k - len(out)
                 result.fallbacks.append(FALLBACK_BACKFILL)
@@ -443,24 +462,39 @@ class OfferRanker:
                       if b in permitted and b not in blocked and b not in taken_ids]
         if not candidates:
             return
-        shown, taken = model.model.bundle_shown, model.model.bundle_taken
-        row = self._segment_row(model, segment_of(state.profile))
-        m = self.explore_prior
-        city_shown, city_taken = shown[0].astype(np.float64), taken[0].astype(np.float64)
-        overall = (city_taken.sum() + 1.0) / (city_shown.sum() + 2.0)
-        prior = (city_taken + m * overall) / (city_shown + m)  # the bundle's city rate
-        if row is None:  # no segment: the city's own counts around the overall rate
-            prior, own_shown, own_taken = np.full(len(ids), overall), city_shown, city_taken
-        else:
-            own_shown, own_taken = shown[row].astype(np.float64), taken[row].astype(np.float64)
+        alpha_all, beta_all = self._explore_beta(model, segment_of(state.profile))
         pick = np.asarray(candidates)
-        alpha = m * prior[pick] + own_taken[pick]
-        beta = m * (1.0 - prior[pick]) + np.maximum(own_shown[pick] - own_taken[pick], 0.0)
+        alpha, beta = alpha_all[pick], beta_all[pick]
         draws = rng.beta(alpha, beta)
         best = np.argsort(-draws, kind="stable")[:slots].tolist()
         explored = [Pick(ids[pick[j]], float(draws[j]), EXPLORE, EXPLORE) for j in best]
         result.items[:] = keep + explored
         result.explored = len(explored)
+
+    def _explore_beta(self, model: PublishedVersion, segment: str | None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """Every bundle's Beta parameters for ``segment``'s residents: fixed for a published
+        version (its counts are), so worked out once per version and segment, not per
+        request."""
+        key = (model.version, segment)
+        cached = self._explore_params.get(key)
+        if cached is not None:
+            return cached
+        shown, taken = model.model.bundle_shown, model.model.bundle_taken
+        row = self._segment_row(model, segment)
+        m = self.explore_prior
+        city_shown, city_taken = shown[0].astype(np.float64), taken[0].astype(np.float64)
+        overall = (city_taken.sum() + 1.0) / (city_shown.sum() + 2.0)
+        prior = (city_taken + m * overall) / (city_shown + m)  # the bundle's city rate
+        if row is None:  # no segment: the city's own counts around the overall rate
+            prior, own_shown, own_taken = (np.full(len(model.bundle_ids), overall),
+                                           city_shown, city_taken)
+        else:
+            own_shown, own_taken = shown[row].astype(np.float64), taken[row].astype(np.float64)
+        alpha = m * prior + own_taken
+        beta = m * (1.0 - prior) + np.maximum(own_shown - own_taken, 0.0)
+        self._explore_params[key] = (alpha, beta)
+        return alpha, beta
 
     def _segment_row(self, model: PublishedVersion, segment: str | None) -> int | None:
         """Row of ``segment`` in the version's exploration counts (None: not known)."""

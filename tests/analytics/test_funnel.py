@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bouquet.analytics.engagement import load_engagement_data, parse_recommendation_ids
 from bouquet.analytics.figures import (
     funnel_figure,
     suppressed_arms,
@@ -26,6 +25,7 @@ from bouquet.analytics.funnel import (
 from bouquet.core.catalog import load_catalog
 from bouquet.core.recommendation import UNATTRIBUTED, development_ids
 from tests.analytics.engagement_helpers import Log
+from tests.analytics.engagement_oracle import load_engagement_data, parse_recommendation_ids
 
 CATALOG = load_catalog(None)
 #: the ids the API of a test deployment mints (development server secret)

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from bouquet.analytics.engagement import DIMENSIONS, compute_engagement, load_engagement_data
+from bouquet.analytics.engagement import DIMENSIONS
 from bouquet.analytics.figures import suppressed_breakdown
 from bouquet.analytics.funnel import funnel_by_arm
 from bouquet.analytics.logdb import CLASSES, LogDatabase
@@ -26,6 +26,7 @@ from bouquet.analytics.synthetic import SyntheticSpec, generate
 from bouquet.core.cadence import CADENCE_CLASSES
 from bouquet.core.catalog import load_catalog
 from bouquet.core.eventlog import DECLARED_COLUMNS, SCHEMA, EventLog
+from tests.analytics.engagement_oracle import compute_engagement, load_engagement_data
 
 CATALOG = load_catalog(None)
 ERASED_AT = datetime(2026, 10, 15, tzinfo=UTC)

@@ -6,11 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bouquet.analytics.engagement import CADENCES, compute_engagement, load_engagement_data
+from bouquet.analytics.engagement import CADENCES
 from bouquet.analytics.figures import FIGURES, engagement_figure
 from bouquet.analytics.suppression import FLAG, SuppressionSpec, suppress
 from bouquet.core.catalog import load_catalog
 from tests.analytics.engagement_helpers import random_log
+from tests.analytics.engagement_oracle import compute_engagement, load_engagement_data
 
 CATALOG = load_catalog(None)
 K = 5

@@ -1,5 +1,5 @@
-"""``bench engagement``: both engines report on the same generated log, each in a process
-of its own; the synthetic log can be generated a week at a time."""
+"""``bench engagement``: the report on a generated log in a process of its own; the
+synthetic log can be generated a week at a time."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def test_a_log_written_a_week_at_a_time_is_one_city() -> None:
     assert 0.8 < weekly.num_rows / whole.num_rows < 1.25
 
 
-def test_bench_engagement_reports_both_engines(tmp_path: Path) -> None:
+def test_bench_engagement_reports_the_served_report(tmp_path: Path) -> None:
     from bouquet.cli import app
 
     out = tmp_path / "bench.json"
@@ -42,9 +42,8 @@ def test_bench_engagement_reports_both_engines(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     figures = json.loads(out.read_text())["figures"]
     events = figures["events"]["value"]
-    for engine in ("duckdb", "pandas"):
-        assert figures[f"events_read@{engine}"]["value"] <= events
-        assert figures[f"report_peak_rss_mb@{engine}"]["value"] > 0
-        assert figures[f"report_s@{engine}"]["value"] > 0
-    assert figures["events_read@duckdb"]["value"] == figures["events_read@pandas"]["value"]
-    assert figures["report_s"]["value"] == figures["report_s@duckdb"]["value"]
+    # the report reads every generated event but the duplicates and erased rows it drops
+    assert 0.9 * events <= figures["events_read"]["value"] <= events
+    for name in ("read_s", "compute_s", "report_s", "report_cpu_s", "report_peak_rss_mb"):
+        assert figures[name]["value"] > 0, name
+    assert figures["report_s"]["value"] >= figures["compute_s"]["value"]

@@ -217,3 +217,37 @@ class _Event:
     def __init__(self, type: str, service_id: str | None, bundle_id: str | None,
                  ts: float | None) -> None:
         self.type, self.service_id, self.bundle_id, self.ts = type, service_id, bundle_id, ts
+
+
+def _recent_strengths(model: DeployableModel) -> Strengths:
+    events = [_Event("use", CATALOG.service_ids[3], None, 99.0),
+              _Event("click", CATALOG.service_ids[7], None, 98.0),
+              _Event("subscribe", None, CATALOG.bundle_ids[2], 50.0)]
+    return model.strengths(events, 100.0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_recent_contributions_of_many_items_equal_one_item_at_a_time(family: str) -> None:
+    model = FAMILIES[family]()
+    strengths = _recent_strengths(model)
+    for kind in ("b", "s"):
+        items = [0, 5, 2, len(model.item_ids(kind)) - 1]
+        together = model.recent_contributions(strengths, kind, items)
+        assert together.values.shape == (len(together.sources), len(items))
+        assert together.sources and np.abs(together.values).sum() > 0
+        for j, item in enumerate(items):
+            alone = model.recent_contributions(strengths, kind, [item])
+            assert alone.sources == together.sources
+            np.testing.assert_allclose(alone.values[:, 0], together.values[:, j])
+    assert model.recent_contributions(Strengths({}, {}), "b", [0, 1]).values.shape[0] == 0
+
+
+def test_factor_contributions_add_up_to_the_recent_score() -> None:
+    """The fold-in's exact decomposition: what each recent item adds sums to the score."""
+    model = factor_model()
+    strengths = _recent_strengths(model)
+    for kind in ("b", "s"):
+        items = list(range(len(model.item_ids(kind))))
+        found = model.recent_contributions(strengths, kind, items)
+        np.testing.assert_allclose(found.values.sum(axis=0),
+                                   model.recent_scores(strengths, kind), rtol=1e-9)

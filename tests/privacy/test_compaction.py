@@ -161,3 +161,48 @@ def test_dry_run_changes_nothing_and_stale_temp_files_go(settings: Settings,
     report = compact(settings, now=NOW)
     assert report.stale_tmp_removed == 1
     assert not stale.exists() and fresh.exists()
+
+
+def test_compact_every_removes_late_rows_on_its_schedule_and_stops_on_sigterm(
+        make_settings, tmp_path: Path) -> None:
+    """``bouquet compact --every`` as a process on the real services: its first run removes
+    the erased resident's rows, a later run the row that arrived late, and SIGTERM ends it
+    with a clean exit."""
+    import signal
+    import subprocess
+    import sys
+
+    from bouquet.benchmarks.processes import service_env
+
+    settings = make_settings()
+    now = datetime.now(UTC)
+    log = EventLog(settings.event_log_path, writer_id="test")
+    log.append([record("e-1", ERASED, "use", now - timedelta(days=3)),
+                record("k-1", "rKeepA", "use", now - timedelta(days=3)),
+                record("e-erase", ERASED, "erase", now - timedelta(days=2), channel="system")])
+    report = tmp_path / "last.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bouquet", "compact", "--every", "2s", "--no-aof", "--json",
+         str(report)], env=service_env(settings, "unused-app-key"), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+
+    def wait_until(condition, what: str, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.2)
+
+    try:
+        wait_until(report.exists, "the first run's report")
+        wait_until(lambda: not file_occurrences(settings.event_log_path, "e-1"), "e-1 gone")
+        log.append([record("e-late", ERASED, "use", now - timedelta(days=2, hours=12))])
+        wait_until(lambda: not file_occurrences(settings.event_log_path, "e-late"),
+                   "the late row removed by a later run")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    runs = int(out.rsplit("compaction stopped after ", 1)[1].split(" ")[0])
+    assert runs >= 2
+    assert visible(settings) == ["k-1"]
