@@ -26,6 +26,15 @@ from bouquet.analytics.engagement import (
 from bouquet.analytics.suppression import FLAG, SuppressionSpec, suppress
 from bouquet.analytics.tables import Table
 
+#: The per-row list of merged classes shown in place of their hidden parts.
+MERGED = "merged"
+#: Merged cadence classes, finest first: column → the classes it adds up. When a part is
+#: hidden (a small class, or its companion), the merged class is what the row shows of
+#: them: "weekly or better", else "monthly or better" (the window's actives).
+MERGED_CLASSES: dict[str, tuple[str, ...]] = {
+    "weekly_plus": ("daily", "weekly"),
+    "active_window": ("daily", "weekly", "monthly"),
+}
 #: ``by`` values accepted everywhere.
 BREAKDOWNS: tuple[str, ...] = ("all", *DIMENSIONS)
 BUCKETS = [name for _, _, name in HISTOGRAM]
@@ -46,17 +55,24 @@ _KEYS = ["dimension", "value"]
 FIGURES: dict[str, FigureDef] = {
     "cadence": FigureDef(
         title="Residents by cadence, as of the end of each ISO week",
-        columns=[*_KEYS, "week", "week_start", "known", *CADENCES, "active_window",
-                 *SHARES, "share_weekly_plus", "window_complete", "week_complete"],
+        columns=[*_KEYS, "week", "week_start", "known", *CADENCES, "weekly_plus",
+                 "active_window", *SHARES, "share_weekly_plus", "share_active_window",
+                 MERGED, "window_complete", "week_complete"],
         spec=SuppressionSpec(
-            counts=["known", *CADENCES, "active_window"],
-            gates=[("known", [*CADENCES, "active_window"])],
-            partitions=[("known", list(CADENCES)),
+            counts=["known", *CADENCES, "weekly_plus", "active_window"],
+            gates=[("known", [*CADENCES, "weekly_plus", "active_window"])],
+            # the merged classes first, finest first: a hidden class takes its companion
+            # inside the smallest merged class that holds it (daily ↔ weekly, then weekly
+            # or better ↔ monthly), and the merged class is shown in their place, instead
+            # of a large band (yearly, dormant) being hidden for a handful of residents
+            partitions=[("weekly_plus", ["daily", "weekly"]),
+                        ("active_window", ["weekly_plus", "monthly"]),
+                        ("active_window", ["daily", "weekly", "monthly"]),
                         ("known", ["active_window", "yearly", "dormant"]),
-                        ("active_window", ["daily", "weekly", "monthly"])],
+                        ("known", ["weekly_plus", "monthly", "yearly", "dormant"]),
+                        ("known", list(CADENCES))],
             across=["week"],
-            derived={**{f"share_{c}": [c, "known"] for c in CADENCES},
-                     "share_weekly_plus": ["daily", "weekly", "known"]},
+            derived={f"share_{c}": [c, "known"] for c in (*CADENCES, *MERGED_CLASSES)},
         ),
         period="week",
     ),
@@ -209,15 +225,49 @@ def suppressed_breakdown(eng: Engagement, figure: str, k: int, by: str) -> pd.Da
         raise BadQuery(f"figure must be one of {', '.join(FIGURES)}, not {figure!r}")
     fig = FIGURES[figure]
     frame = select(getattr(eng, figure), by, None).copy()
-    if figure == "cadence" and not frame.empty:
-        frame["active_window"] = frame[["daily", "weekly", "monthly"]].sum(axis=1)
-        known = frame["known"].to_numpy(dtype=float)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            for c in CADENCES:
-                frame[f"share_{c}"] = np.where(known > 0, frame[c] / known, np.nan)
-            frame["share_weekly_plus"] = np.where(
-                known > 0, (frame["daily"] + frame["weekly"]) / known, np.nan)
-    return suppress(frame, fig.spec, k) if not frame.empty else frame
+    if frame.empty:
+        return frame
+    if figure == "cadence":
+        return suppressed_cadence(frame, k)
+    return suppress(frame, fig.spec, k)
+
+
+def suppressed_cadence(frame: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Cadence rows (a whole breakdown) with their derived columns, suppressed, and each
+    row's merged classes named."""
+    return merged_flags(suppress(cadence_columns(frame), FIGURES["cadence"].spec, k))
+
+
+def cadence_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """The cadence table's derived columns: the merged classes (weekly or better, the
+    window's actives) and every class's share of the known residents."""
+    frame = frame.copy()
+    for merged, parts in MERGED_CLASSES.items():
+        frame[merged] = frame[list(parts)].sum(axis=1)
+    known = frame["known"].to_numpy(dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for c in (*CADENCES, *MERGED_CLASSES):
+            frame[f"share_{c}"] = np.where(known > 0, frame[c] / known, np.nan)
+    return frame
+
+
+def merged_flags(shown: pd.DataFrame) -> pd.DataFrame:
+    """Name, in each row's ``merged`` list, the merged classes to draw in place of hidden
+    parts (finest first; a coarser one only for parts no finer one covers), so readers
+    draw "weekly or better" as one band rather than a gap or a missing band."""
+    shown = shown.copy()
+    shown[MERGED] = [_merged(set(flags)) for flags in shown[FLAG]]
+    return shown
+
+
+def _merged(flags: set[str]) -> list[str]:
+    out: list[str] = []
+    covered: set[str] = set()
+    for merged, parts in MERGED_CLASSES.items():
+        if merged not in flags and (set(parts) & flags) - covered:
+            out.append(merged)
+            covered |= set(parts)
+    return out
 
 
 def engagement_figure(eng: Engagement, figure: str, k: int, *, by: str = "all",
@@ -256,15 +306,22 @@ EMPTY_FUNNEL_HINT = (
     "and use events whose recommendation_id echoes the one a recommendation answer gave: "
     "front ends must send it back with each of those events (docs/engagement.md, "
     "Recommendation funnel and uplift).")
+#: Where the hint points: the event contract in the API's own description (public on a
+#: laptop, for key holders in production), and the doc section in the repository.
+EMPTY_FUNNEL_DOC = {
+    "href": "/docs#/events/post_events_v1_events_post",
+    "title": "POST /v1/events: the recommendation_id field",
+    "file": "docs/engagement.md#recommendation-funnel-and-uplift",
+}
 
 
 def funnel_figure(shown: pd.DataFrame, k: int, *, by: str = "all", value: str | None = None,
                   **meta: object) -> Table:
     """The funnel figure from :func:`suppressed_arms`, for one ``value`` of ``by`` or all;
-    with no arm at all, ``hint`` says what front ends must send."""
+    with no arm at all, ``hint`` says what front ends must send and ``doc`` where."""
     selected = only_value(shown, by, value)
     if shown.empty:
-        meta = {**meta, "hint": EMPTY_FUNNEL_HINT}
+        meta = {**meta, "hint": EMPTY_FUNNEL_HINT, "doc": EMPTY_FUNNEL_DOC}
     return Table.from_frame("funnel", "Recommendation funnel per model version and variant "
                             "(residents; attributed through recommendation_id)",
                             selected, k, columns=FUNNEL_COLUMNS, by=by, value=value, **meta)

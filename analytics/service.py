@@ -29,6 +29,7 @@ import redis
 from cachetools import LRUCache
 
 from bouquet.analytics import figures, funnel, live
+from bouquet.analytics.backfill import observed_start
 from bouquet.analytics.engagement import CADENCES, DIMENSIONS, CadenceRules, Engagement
 from bouquet.analytics.freshness import ChangeWatch, file_states
 from bouquet.analytics.logdb import CLASSES, ErasureLookup, LogDatabase
@@ -244,7 +245,8 @@ class EngagementService:
     def summary(self, client: redis.Redis | None = None) -> dict[str, Any]:
         """Headline figures of the latest complete week — use cadence, with the response and
         exposure cadences beside it —, the dimension values (for filters), the definitions'
-        parameters and, with a Redis client, the live counters."""
+        parameters, where observed use begins after a backfill (``backfill``, or None)
+        and, with a Redis client, the live counters."""
         eng = self.engagement("use")
         data = self._current()
         out: dict[str, Any] = {
@@ -259,6 +261,7 @@ class EngagementService:
             "classes": list(CLASSES),
             "headline": None,
             "beside": {},
+            "backfill": observed_start(eng.daily),
         }
         cadence = self.figure("cadence", last=6).rows
         if cadence:

@@ -13,12 +13,17 @@ through :func:`suppress`, with ``k = Settings.small_cell_k`` (default 5). The ru
    mean is hidden when any count it is computed from is hidden.
 3. **Complementary, within a row**: when the cells of a row add up to a published total
    (the five cadence classes add up to the known residents; the histogram buckets too)
-   and exactly one of them is hidden, the smallest other non-zero cell is hidden too, so
-   the hidden one cannot be recovered by subtraction.
+   and exactly one of them is hidden, the smallest other non-zero cell is hidden too (a
+   zero when no other is left), so the hidden one cannot be recovered by subtraction.
+   Partitions are tried in the order the spec lists them, so a table can name the
+   companion it prefers: the cadence table lists "weekly or better" = daily + weekly
+   first, so a small daily class takes the weekly class with it (the two are published
+   merged) rather than a large band such as monthly.
 4. **Complementary, across a partition**: the neighbourhoods partition the residents, so
    a neighbourhood's cell could be recovered from the city figure minus the other
    neighbourhoods; in each column, if exactly one neighbourhood is hidden, the smallest
-   other non-zero one is hidden too (a whole row when the hidden cell is the row total).
+   other non-zero one (or a zero) is hidden too (a whole row when the hidden cell is the
+   row total).
    Rules 3 and 4 are applied until nothing changes.
 5. **Percentiles** of contacts per resident are shown only when at least k residents lie
    at or below *and* at or above the value, so a high percentile never describes one
@@ -106,29 +111,20 @@ def suppress(frame: pd.DataFrame, spec: SuppressionSpec, k: int,
         ok = (numeric[:, col(n_le)] >= k) & (numeric[:, col(n_ge)] >= k)
         hidden[~ok & ~np.isnan(numeric[:, col(name)]), col(name)] = True
 
-    across_rows = None
-    if spec.across and "dimension" in out.columns:
-        in_partition = out["dimension"].isin(list(spec.partition_dimensions)).to_numpy()
-        if in_partition.any():
-            key_cols = list(dict.fromkeys(["dimension", *spec.across]))
-            keys = out.loc[in_partition, key_cols].astype(str)
-            group_ids = keys.groupby(list(keys.columns), sort=False).ngroup().to_numpy()
-            across_rows = (np.flatnonzero(in_partition), group_ids)
+    across = _across_groups(out, spec)
 
     for _ in range(20):
         changed = False
         for total, cells in spec.partitions:
             changed |= _complement_rows(numeric, hidden, col(total), [col(c) for c in cells])
-        if across_rows is not None:
-            rows, groups = across_rows
+        if across is not None:
             for total, cells in spec.partitions:
-                all_cells = [col(c) for c in cells]
-                for c in all_cells:
-                    changed |= _complement_column(numeric, hidden, rows, groups, c, None)
-                changed |= _complement_column(numeric, hidden, rows, groups, col(total),
-                                              all_cells)
+                for c in cells:
+                    changed |= _complement_column(numeric, hidden, across, col(c), None)
+                changed |= _complement_column(numeric, hidden, across, col(total),
+                                              [col(c) for c in _parts_of(spec, total)])
             for c in spec.across_cells:
-                changed |= _complement_column(numeric, hidden, rows, groups, col(c), None)
+                changed |= _complement_column(numeric, hidden, across, col(c), None)
         if not changed:
             break
 
@@ -146,6 +142,34 @@ def suppress(frame: pd.DataFrame, spec: SuppressionSpec, k: int,
     return out
 
 
+#: The cost of hiding a zero as a companion: above any count, so a zero goes only when the
+#: row (or column) has no other visible cell to hide.
+_ZERO_COST = float(np.finfo(float).max)
+
+
+def _companion_cost(values: np.ndarray, hidden: np.ndarray) -> np.ndarray:
+    """What hiding each cell as a companion costs: its value (the smallest goes), a zero
+    last, a hidden cell never. A zero is shown for its own sake, but when it is the only
+    other cell, leaving it visible publishes the hidden one as the total minus zeros."""
+    v = np.nan_to_num(values, nan=0.0)
+    return np.where(hidden, np.inf, np.where(v > 0, v, _ZERO_COST))
+
+
+def _parts_of(spec: SuppressionSpec, total: str) -> list[str]:
+    """Every cell that adds up, directly or through a sub-total, to ``total``: hiding a row
+    total hides them all, since visible parts would add the total back up."""
+    parts: list[str] = []
+    todo = [total]
+    while todo:
+        current = todo.pop()
+        for name, cells in spec.partitions:
+            if name == current:
+                new = [c for c in cells if c not in parts]
+                parts += new
+                todo += new
+    return parts
+
+
 def _complement_rows(values: np.ndarray, hidden: np.ndarray, total: int,
                      cells: list[int]) -> bool:
     """Rule 3: rows whose total is visible and exactly one cell hidden get a second one."""
@@ -153,26 +177,59 @@ def _complement_rows(values: np.ndarray, hidden: np.ndarray, total: int,
     rows = np.flatnonzero((sub_hidden.sum(axis=1) == 1) & ~hidden[:, total])
     if rows.size == 0:
         return False
-    sub = np.nan_to_num(values[np.ix_(rows, cells)], nan=0.0)
-    candidate = np.where(hidden[np.ix_(rows, cells)] | (sub <= 0), np.inf, sub)
+    candidate = _companion_cost(values[np.ix_(rows, cells)], hidden[np.ix_(rows, cells)])
     pick = np.argmin(candidate, axis=1)
     has = np.isfinite(candidate[np.arange(rows.size), pick])
     hidden[rows[has], np.asarray(cells)[pick[has]]] = True
     return bool(has.any())
 
 
-def _complement_column(values: np.ndarray, hidden: np.ndarray, rows: np.ndarray,
-                       groups: np.ndarray, column: int, whole_row: list[int] | None) -> bool:
-    """Rule 4: in each group of partition rows, one hidden cell in ``column`` gets a second
-    (with ``whole_row``, the second row is hidden entirely: it is the row total)."""
+@dataclass(frozen=True)
+class _Across:
+    """The rows of rule 4: partition rows, their group (the same cell across the values of
+    a dimension), and per group the city's row that they add up to (-1: not in the table)."""
+
+    rows: np.ndarray
+    groups: np.ndarray
+    city: np.ndarray
+
+
+def _across_groups(out: pd.DataFrame, spec: SuppressionSpec) -> _Across | None:
+    if not spec.across or "dimension" not in out.columns:
+        return None
+    in_partition = out["dimension"].isin(list(spec.partition_dimensions)).to_numpy()
+    if not in_partition.any():
+        return None
+    key_cols = list(dict.fromkeys(["dimension", *spec.across]))
+    keys = out.loc[in_partition, key_cols].astype(str)
+    group_ids = keys.groupby(list(keys.columns), sort=False).ngroup().to_numpy()
+    city = np.full(int(group_ids.max()) + 1, -1, np.int64)
+    same = [c for c in spec.across if c != "dimension"]
+    city_rows = np.flatnonzero((out["dimension"] == "all").to_numpy())
+    if city_rows.size:
+        where = {tuple(k): i for i, k in zip(
+            city_rows, out.iloc[city_rows][same].astype(str).itertuples(index=False),
+            strict=True)}
+        for g, k in zip(group_ids, keys[same].itertuples(index=False), strict=True):
+            city[g] = where.get(tuple(k), -1)
+    return _Across(np.flatnonzero(in_partition), group_ids, city)
+
+
+def _complement_column(values: np.ndarray, hidden: np.ndarray, across: _Across,
+                       column: int, whole_row: list[int] | None) -> bool:
+    """Rule 4: in each group of partition rows, one hidden cell in ``column`` — counting
+    the city's cell they add up to — gets a second (with ``whole_row``, the second row is
+    hidden entirely: it is the row total)."""
+    rows, groups = across.rows, across.groups
     h = hidden[rows, column]
-    v = np.nan_to_num(values[rows, column], nan=0.0)
-    n_groups = int(groups.max()) + 1 if groups.size else 0
-    hidden_per_group = np.bincount(groups, weights=h, minlength=n_groups)
+    n_groups = across.city.size
+    city_hidden = np.where(across.city >= 0, hidden[np.maximum(across.city, 0), column],
+                           False)
+    hidden_per_group = np.bincount(groups, weights=h, minlength=n_groups) + city_hidden
     lonely = hidden_per_group[groups] == 1
     if not lonely.any():
         return False
-    candidate = np.where(lonely & ~h & (v > 0), v, np.inf)
+    candidate = np.where(lonely, _companion_cost(values[rows, column], h), np.inf)
     frame = pd.DataFrame({"g": groups, "c": candidate})
     best = frame[np.isfinite(candidate)].groupby("g")["c"].idxmin()
     if best.empty:

@@ -94,4 +94,6 @@ def _csv_cell(value: Any) -> str:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, list):  # a list of column names, like the suppressed flag
+        return ";".join(str(v) for v in value)
     return str(value)

@@ -223,7 +223,11 @@ class InteractionEvent(BaseModel):
     ts: AwareDatetime = Field(description="ISO-8601 with a zone; stored as UTC")
     channel: Channel
     value: float | None = Field(default=None, allow_inf_nan=False, ge=-1e9, le=1e9)
-    recommendation_id: str | None = Field(default=None, pattern=REFERENCE_RE)
+    recommendation_id: str | None = Field(
+        default=None, pattern=REFERENCE_RE,
+        description="The recommendation_id of the answer that offered the bundle or service: "
+                    "echo it in the view, click, subscribe and use events that follow, or the "
+                    "operator funnel cannot attribute them (docs/engagement.md)")
     context: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("ts", mode="before")

@@ -259,6 +259,25 @@ class WeekResult:
 #: :class:`~bouquet.simulation.policies.Policy` to this.
 RowRecommender = Callable[[np.ndarray, int], tuple[np.ndarray, list[str | None] | None]]
 
+#: ``rec_week`` of the events that answer a nudge opened in week w: ``NUDGE_WEEK_BASE + w``
+#: (the ids of that week's nudges are kept apart from the week's recommendations, so each
+#: event carries the id of what it answers).
+NUDGE_WEEK_BASE = 1 << 12
+
+
+@dataclass(frozen=True)
+class NudgeViews:
+    """Nudges opened this week (:mod:`bouquet.simulation.nudges`): each is an offer shown
+    to the resident at ``ts``, answered through the same funnel as a recommendation."""
+
+    rows: np.ndarray  # int64 resident rows
+    bundle: np.ndarray  # int64 bundle indexes
+    ts: np.ndarray  # int64 µs, when the resident opens it
+
+    def within(self, lo: int, hi: int) -> NudgeViews:
+        keep = (self.rows >= lo) & (self.rows < hi)
+        return NudgeViews(self.rows[keep], self.bundle[keep], self.ts[keep])
+
 
 @dataclass
 class Simulation:
@@ -555,9 +574,10 @@ class Simulation:
         return active, session, digest, rate.astype(np.float32)
 
     def step(self, recommender: RowRecommender | None = None, k: int = 3,
-             rec_tag: str | None = None) -> WeekResult:
+             rec_tag: str | None = None, nudges: NudgeViews | None = None) -> WeekResult:
         """Advance one week; ``recommender`` (closed loop) chooses what exposed residents
-        are shown, ``rec_tag`` (``"<model_version>.<variant>."``) labels it."""
+        are shown, ``rec_tag`` (``"<model_version>.<variant>."``) labels it; ``nudges``
+        are the offers residents open from messages this week."""
         week = self.week_done
         if week >= self.weeks:
             raise RuntimeError(f"the simulation has only {self.weeks} weeks")
@@ -584,7 +604,8 @@ class Simulation:
                 active[rows], session[rows], digest[rows], intensity[rows] = a, s_, d_, i_
                 if fused:
                     events, _, _ = self._week_block(self._rng(week + 1, block, 2), week, rows,
-                                                    days, a, s_, d_, None, i_, tastes)
+                                                    days, a, s_, d_, None, i_, tastes,
+                                                    _nudges_of(nudges, rows))
                     parts.append(events)
         # the recommender is asked once for everyone exposed this week
         exposed = np.zeros(0, np.int64)
@@ -604,7 +625,7 @@ class Simulation:
                     events, s_, a_ = self._week_block(
                         self._rng(week + 1, block, 2), week, rows, days, active[rows],
                         session[rows], digest[rows], recs[rows], intensity[rows],
-                        self._tastes(rows))
+                        self._tastes(rows), _nudges_of(nudges, rows))
                     parts.append(events)
                     shown += s_
                     accepted += a_
@@ -637,7 +658,8 @@ class Simulation:
     def _week_block(self, rng: np.random.Generator, week: int, rows: np.ndarray,
                     days: np.ndarray, active: np.ndarray, session: np.ndarray,
                     digest: np.ndarray, recs: np.ndarray | None, intensity: np.ndarray,
-                    t: _BlockTastes) -> tuple[EventColumns, int, int]:
+                    t: _BlockTastes, nudges: NudgeViews | None = None
+                    ) -> tuple[EventColumns, int, int]:
         p = self.params
         parts: list[EventColumns] = []
         tau = p.taste_temperature
@@ -715,6 +737,12 @@ class Simulation:
             funnel_bundle.append(recs[r_res, r_col].astype(np.int64))
             funnel_ts.append(when[r_res] + r_col.astype(np.int64) * US)
             funnel_rec.append(np.full(len(r_res), week, np.int16))
+        if nudges is not None and len(nudges.rows):
+            # an opened nudge is an offer shown in an app session, answered alike
+            funnel_rows.append(nudges.rows - rows[0])
+            funnel_bundle.append(nudges.bundle)
+            funnel_ts.append(nudges.ts)
+            funnel_rec.append(np.full(len(nudges.rows), NUDGE_WEEK_BASE + week, np.int16))
         f_res = np.concatenate(funnel_rows)
         f_bundle = np.concatenate(funnel_bundle)
         f_ts = np.concatenate(funnel_ts)
@@ -754,7 +782,8 @@ class Simulation:
         self.held_bundles[new_res, new_bundle] = True
         self.new_bundles[new_res, new_bundle] = True
         from_rec = f_rec[sub_idx] >= 0
-        self.accepted_week[new_res[from_rec], new_bundle[from_rec]] = week
+        # the label of what was answered: the week's recommendations or its nudges
+        self.accepted_week[new_res[from_rec], new_bundle[from_rec]] = f_rec[sub_idx][from_rec]
         accepted = int(from_rec.sum())
 
         # --- single services subscribed on an active day --------------------------------
@@ -819,3 +848,8 @@ class Simulation:
         if after.any():
             events = events.take(np.nonzero(~after)[0])
         return events
+
+
+def _nudges_of(nudges: NudgeViews | None, rows: np.ndarray) -> NudgeViews | None:
+    """The nudges of one block of consecutive resident rows."""
+    return None if nudges is None else nudges.within(int(rows[0]), int(rows[-1]) + 1)

@@ -36,10 +36,11 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 
 from bouquet.core.cadence import (
@@ -49,8 +50,15 @@ from bouquet.core.cadence import (
 )
 from bouquet.core.catalog import Catalog
 from bouquet.core.recommendation import RecommendationIds
-from bouquet.simulation.behaviour import DAY_US, BehaviourParams, Simulation
+from bouquet.simulation.behaviour import (
+    DAY_US,
+    NUDGE_WEEK_BASE,
+    BehaviourParams,
+    NudgeViews,
+    Simulation,
+)
 from bouquet.simulation.columns import CADENCE_CLASS_NAMES, to_arrow
+from bouquet.simulation.nudges import NudgeParams, Recipients
 from bouquet.simulation.policies import (
     CityView,
     NoRecommendations,
@@ -73,6 +81,8 @@ POLICY_FACTORIES: dict[str, Callable[[int], Policy]] = {
     "random": lambda seed: RandomPolicy(seed),
     "oracle": lambda seed: OraclePolicy(),
     "model": lambda seed: _model_policy(),
+    "popular+outreach": lambda seed: with_outreach(PopularPolicy(), seed),
+    "model+outreach": lambda seed: with_outreach(_model_policy(), seed),
 }
 
 
@@ -81,6 +91,14 @@ def _model_policy() -> Policy:
     from bouquet.simulation.model_policy import ModelPolicy
 
     return ModelPolicy()
+
+
+def with_outreach(pull: Policy, seed: int, **options: Any) -> Policy:
+    """``pull`` plus the outreach planner (imported lazily: it pulls in serving's filters);
+    ``options`` go to :class:`~bouquet.simulation.outreach_policy.OutreachPolicy`."""
+    from bouquet.simulation.outreach_policy import OutreachPolicy
+
+    return OutreachPolicy(pull, seed=seed, **options)
 
 
 def register_policy(name: str, factory: Callable[[int], Policy]) -> None:
@@ -147,6 +165,11 @@ class PolicyRun:
     run_tag: str = ""
     #: what the policy says of its run (the model policy: family, promotion, fits)
     notes: dict[str, Any] = field(default_factory=dict)
+    #: a policy that nudges: the residents' side of its messages (Recipients.figures)
+    outreach: dict[str, float] = field(default_factory=dict)
+    #: every nudge delivered (Recipients.delivered: row, send_at, contact, recent, opened,
+    #: opted_out); None for a policy that does not nudge
+    nudges: pd.DataFrame | None = field(default=None, repr=False)
 
 
 def _adapter(sim: Simulation, policy: Policy) -> Callable[[np.ndarray, int], Any]:
@@ -185,7 +208,8 @@ def run_policy(policy: Policy, catalog: Catalog, *, residents: int, weeks: int, 
                on_week: Callable[[int, int], None] | None = None,
                simulation: Simulation | None = None, from_week: int = 0,
                until_week: int | None = None,
-               recommendation_ids: RecommendationIds | None = None
+               recommendation_ids: RecommendationIds | None = None,
+               nudge_params: NudgeParams | None = None
                ) -> tuple[PolicyRun, Simulation]:
     """Simulate ``weeks`` weeks of a ``residents``-strong city under ``policy``.
 
@@ -198,6 +222,11 @@ def run_policy(policy: Policy, catalog: Catalog, *, residents: int, weeks: int, 
     simulated again without recommendations and without reaching the sink or the policy —
     the same seed, size and ``end`` give the same events, which an earlier run (policy
     ``none``, ``until_week=from_week``) already delivered — and the policy starts there.
+
+    A policy with a ``plan_day`` hook (:class:`~bouquet.simulation.outreach_policy.
+    OutreachPolicy`) also nudges: each day of each week it plans, residents answer
+    (:class:`~bouquet.simulation.nudges.Recipients`, with ``nudge_params``), it hears the
+    outcomes, and the nudges opened are shown to their residents within that week.
     """
     started = time.perf_counter()
     sim = simulation or Simulation.create(catalog, residents, weeks, seed, end=end,
@@ -242,10 +271,15 @@ def run_policy(policy: Policy, catalog: Catalog, *, residents: int, weeks: int, 
                     end=sim.start.fromordinal(sim.start.toordinal() + 7 * weeks),
                     run_tag=sim.run_tag)
     before_week = getattr(policy, "before_week", None)
+    recipients = None
+    if getattr(policy, "plan_day", None) is not None:
+        recipients = Recipients(sim.n, sim._rng(0x0DD5), nudge_params or NudgeParams(),
+                                sim.params.timezone)
     for week in range(from_week, until_week):
         if before_week is not None:
             before_week(datetime.fromtimestamp(int(sim.day_start_us[7 * week]) / 1e6, UTC))
-        result = sim.step(recommender, k=k, rec_tag=tag)
+        nudges = _nudge_week(sim, policy, recipients, week) if recipients else None
+        result = sim.step(recommender, k=k, rec_tag=tag, nudges=nudges)
         emit(to_arrow(result.events, sim.vocab, first_seq=seq))
         seq += len(result.events)
         run.exposed += result.exposed
@@ -266,8 +300,46 @@ def run_policy(policy: Policy, catalog: Catalog, *, residents: int, weeks: int, 
     run.events = seq
     run.events_by_type = dict(sorted(by_type.items()))
     run.notes = dict(getattr(policy, "run_notes", dict)())
+    if recipients is not None:
+        run.outreach = recipients.figures(until_week - from_week)
+        run.nudges = recipients.delivered()
     run.seconds = time.perf_counter() - started
     return run, sim
+
+
+def _nudge_week(sim: Simulation, policy: Any, recipients: Recipients, week: int
+                ) -> NudgeViews:
+    """Plan each day of ``week``, deliver the nudges to the residents, report their
+    outcomes to the policy; the nudges opened, to be shown within the week."""
+    index = pd.Index(np.asarray(sim.residents.ids).astype(str))
+    bundle_index = {b: i for i, b in enumerate(sim.catalog.bundle_ids)}
+    delay_us = recipients.params.open_delay_s * 1_000_000
+    rows_out, bundles_out, ts_out = [], [], []
+    given: dict[int, dict[int, str]] = {}
+    for d in range(7):
+        day = sim.start + timedelta(days=7 * week + d)
+        nudges = policy.plan_day(day, recipients.contact.copy())
+        if not len(nudges):
+            continue
+        # the loop's residents answer bundle offers (offer_lists hands over bundles only)
+        nudges = nudges[nudges["offer_kind"] == "bundle"].sort_values("send_at",
+                                                                      kind="stable")
+        rows = index.get_indexer(nudges["resident_id"])
+        send_at = nudges["send_at"].to_numpy(np.float64)
+        opened, _ = recipients.receive(rows, send_at)
+        policy.outcomes(nudges, opened)
+        bundle = np.array([bundle_index[b] for b in nudges["offer_id"][opened]], np.int64)
+        rows_out.append(rows[opened])
+        bundles_out.append(bundle)
+        ts_out.append((send_at[opened] * 1e6).astype(np.int64) + delay_us)
+        for row, b, ref in zip(rows[opened].tolist(), bundle.tolist(),
+                               nudges["recommendation_id"][opened], strict=True):
+            given.setdefault(row, {})[b] = ref
+    sim.vocab.rec_ids[NUDGE_WEEK_BASE + week] = given  # type: ignore[assignment]
+    empty = np.zeros(0, np.int64)
+    return NudgeViews(np.concatenate(rows_out) if rows_out else empty,
+                      np.concatenate(bundles_out) if bundles_out else empty,
+                      np.concatenate(ts_out) if ts_out else empty)
 
 
 # --- comparison over seeds ------------------------------------------------------------
@@ -327,6 +399,8 @@ def run_figure(run: PolicyRun, figure: str) -> float:
         return run.shares[figure]
     if figure in run.per_resident_week:
         return run.per_resident_week[figure]
+    if figure in run.outreach:
+        return run.outreach[figure]
     raise ValueError(f"unknown figure {figure!r}; known: {', '.join(FIGURES)}")
 
 
@@ -401,7 +475,9 @@ class Comparison:
             "runs": [{"policy": r.policy, "seed": r.seed, "shares": r.shares,
                       "per_resident_week": r.per_resident_week,
                       "weekly_share": r.weekly_share, "shown": r.shown,
-                      "accepted": r.accepted, "events": r.events, "notes": r.notes,
+                      "accepted": r.accepted, "events": r.events,
+                      "notes": r.notes,
+                      "outreach": r.outreach,
                       "seconds": round(r.seconds, 2)} for r in self.runs],
         }
 
@@ -409,8 +485,10 @@ class Comparison:
 def compare(policies: Iterable[str], catalog: Catalog, *, residents: int, weeks: int,
             seeds: Sequence[int], k: int = 3, end: date | None = None,
             params: BehaviourParams | None = None,
-            on_run: Callable[[PolicyRun], None] | None = None) -> Comparison:
-    """Run every named policy on every seed (see :data:`POLICY_FACTORIES`)."""
+            on_run: Callable[[PolicyRun], None] | None = None,
+            nudge_params: NudgeParams | None = None) -> Comparison:
+    """Run every named policy on every seed (see :data:`POLICY_FACTORIES`); residents
+    answer nudges with ``nudge_params`` (default: the stated assumptions)."""
     names = list(policies)
     for name in names:
         make_policy(name)  # fail fast on a typo
@@ -418,7 +496,8 @@ def compare(policies: Iterable[str], catalog: Catalog, *, residents: int, weeks:
     for seed in seeds:
         for name in names:
             run, _ = run_policy(make_policy(name, seed), catalog, residents=residents,
-                                weeks=weeks, seed=seed, k=k, end=end, params=params)
+                                weeks=weeks, seed=seed, k=k, end=end, params=params,
+                                nudge_params=nudge_params)
             runs.append(run)
             if on_run is not None:
                 on_run(run)

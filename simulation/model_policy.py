@@ -27,9 +27,7 @@ the simulator's assumptions (see docs/simulation.md) — not real-world uplift.
 
 from __future__ import annotations
 
-import json
 import logging
-from collections import deque
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -37,34 +35,19 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from bouquet.core.events import CONTACT_TYPES
-from bouquet.core.profile import DECLARED_BOOLEANS
 from bouquet.core.recommendation import RecommendationIds
 from bouquet.core.settings import Settings
 from bouquet.models.deployable import DeployableModel
 from bouquet.models.online import PublishedVersion, unpack_list
 from bouquet.serving.ranking import Answer, OfferRanker, answer
-from bouquet.serving.store import RecentEvent, ResidentState
+from bouquet.serving.store import ResidentState
+from bouquet.simulation.observed import COLUMNS, ObservedResidents
+from bouquet.simulation.offer_lists import OutreachOffers, lists_of_version, packed
 from bouquet.simulation.policies import BasePolicy, CityView
 
 log = logging.getLogger(__name__)
 
-#: Columns the dataset builder and the resident state read (the event-log layout).
-_COLUMNS = ("resident_id", "type", "service_id", "bundle_id", "ts", "value", "context",
-            "recommendation_id")
 _NO_LIST = unpack_list(None)
-
-
-class _Resident:
-    """What the ingestion consumer keeps in Redis for one resident (docs/redis-keys.md)."""
-
-    __slots__ = ("dismissed", "holdings", "profile", "recent")
-
-    def __init__(self, recent_n: int) -> None:
-        self.profile: dict[str, Any] = {}
-        self.holdings: set[str] = set()
-        self.dismissed: set[str] = set()
-        self.recent: deque[RecentEvent] = deque(maxlen=recent_n)  # newest first
 
 
 class ModelPolicy(BasePolicy):
@@ -99,10 +82,9 @@ class ModelPolicy(BasePolicy):
         self.catalog = city.catalog
         self.ranker = OfferRanker.from_settings(city.catalog, self.settings)
         self._tables: list[pa.Table] = []
-        self._residents: dict[str, _Resident] = {}
+        self.observed = ObservedResidents(self.settings.serving_recent_n)
         self._weeks_since_fit: int | None = None
         self._now: float | None = None
-        self._latest = 0.0
         self.version: PublishedVersion | None = None
         self.model: DeployableModel | None = None  # what train registered, publish published
         self.lists: dict[str, np.ndarray] = {}
@@ -114,14 +96,19 @@ class ModelPolicy(BasePolicy):
             self._weeks_since_fit += 1
 
     def observe(self, events: pa.Table) -> None:
-        table = events.select(list(_COLUMNS))
+        table = events.select(list(COLUMNS))
         self._tables.append(table)
-        self._apply(table)
+        self.observed.apply(table)
 
-    def recommend(self, resident_ids: Sequence[str], k: int) -> list[list[str]]:
+    def refresh(self) -> None:
+        """Retrain and publish when the schedule says so (before the week's first answer
+        or plan)."""
         if self._weeks_since_fit is None or self._weeks_since_fit >= self.retrain_every_weeks:
             self.fit()
-        now = self._now if self._now is not None else self._latest
+
+    def recommend(self, resident_ids: Sequence[str], k: int) -> list[list[str]]:
+        self.refresh()
+        now = self._now if self._now is not None else self.observed.latest
         self.last_answers = [self.serve(rid, k, now) for rid in resident_ids]
         self.last_recommendation_ids = [[a.item_recommendation_id(p) for p in a.ranked.items]
                                         for a in self.last_answers]
@@ -134,10 +121,22 @@ class ModelPolicy(BasePolicy):
         return {"family": self.family, "promoted_at_fit": promoted, "fits": self.fits,
                 "selections": self.selections}
 
+    def outreach_offers(self) -> OutreachOffers | None:
+        """What the planner reads of the published version (None: nothing published)."""
+        if self.version is None:
+            return None
+        lists = self.lists
+
+        def packed_of(resident_id: str) -> bytes:
+            found = lists.get(resident_id)
+            return packed(found) if found is not None else b""
+
+        return lists_of_version(self.version), packed_of
+
     # --- serve ---------------------------------------------------------------------------
     def state(self, resident_id: str, personalise: bool) -> ResidentState:
         """The resident as one request of the API reads them (``OnlineStore.resident``)."""
-        found = self._residents.get(resident_id)
+        found = self.observed.get(resident_id)
         if found is None:
             return ResidentState(precomputed=_NO_LIST)
         return ResidentState(
@@ -202,47 +201,3 @@ class ModelPolicy(BasePolicy):
         self._weeks_since_fit = 0
         log.debug("model policy: fit %d (%s) on %d residents", self.fits, kind,
                   data.n_residents)
-
-    # --- the real-time state, as ingestion keeps it -------------------------------------
-    def _apply(self, table: pa.Table) -> None:
-        columns = table.drop_columns(["ts"]).to_pydict()
-        seconds = (table["ts"].cast(pa.int64()).to_numpy() / 1e6).tolist()  # µs → s
-        if seconds:
-            self._latest = max(self._latest, max(seconds))
-        recent_n = self.settings.serving_recent_n
-        residents = self._residents
-        for rid, kind, service, bundle, epoch, value, context, reference in zip(
-                columns["resident_id"], columns["type"], columns["service_id"],
-                columns["bundle_id"], seconds, columns["value"], columns["context"],
-                columns["recommendation_id"], strict=True):
-            found = residents.get(rid)
-            if found is None:
-                found = residents[rid] = _Resident(recent_n)
-            if kind in CONTACT_TYPES:
-                found.recent.appendleft(RecentEvent(kind, service, bundle, epoch, reference))
-                if kind == "subscribe" or kind == "unsubscribe":
-                    members = [m for m in (f"b:{bundle}" if bundle else None,
-                                           f"s:{service}" if service else None) if m]
-                    if kind == "subscribe":
-                        found.holdings.update(members)
-                    else:
-                        found.holdings.difference_update(members)
-                elif kind == "dismiss" and bundle:
-                    found.dismissed.add(bundle)
-            elif kind == "profile":
-                found.profile.update(_declared(context))
-                found.profile.setdefault("consent", False)
-            elif kind == "consent":
-                found.profile["consent"] = value == 1
-            elif kind == "erase":
-                del residents[rid]
-
-
-def _declared(context: str | None) -> dict[str, Any]:
-    """A profile event's declared attributes as serving decodes them (booleans as bool)."""
-    out: dict[str, Any] = {}
-    for name, value in json.loads(context or "{}").items():
-        if value is None:
-            continue
-        out[name] = bool(value) if name in DECLARED_BOOLEANS else str(value)
-    return out

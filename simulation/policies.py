@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bouquet.core.catalog import AGE_BANDS, HOUSEHOLDS, Catalog
+from bouquet.simulation.offer_lists import OutreachOffers, no_list, popularity_lists
 from bouquet.simulation.residents import ProfileClasses
 
 if TYPE_CHECKING:
@@ -186,6 +187,10 @@ class PopularPolicy(_EventTracking):
 
     def recommend(self, resident_ids: Sequence[str], k: int) -> list[list[str]]:
         return self._top_k(resident_ids, k, self.popularity())
+
+    def outreach_offers(self) -> OutreachOffers:
+        """The planner's lists: the same ranking, published city-wide, not personalised."""
+        return popularity_lists(self.catalog, self.popularity(), self.name), no_list
 
 
 class RandomPolicy(_EventTracking):

@@ -18,6 +18,7 @@ import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bouquet.simulation.closed_loop import Comparison, Estimate
 
@@ -91,17 +92,22 @@ def _png_and_svg(result: Comparison, title: str) -> tuple[bytes, str]:
             ax.fill_between(weeks, [100 * e.low for e in curve], [100 * e.high for e in curve],
                             alpha=0.2)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("week")
-    ax.set_ylabel("weekly or better, use (% of residents)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", fontsize=9)
-    fig.tight_layout()
+    finish_share_axes(fig, ax, xlabel="week", title=title, legend="upper left")
     png, svg = io.BytesIO(), io.StringIO()
     fig.savefig(png, format="png")
     fig.savefig(svg, format="svg")
     plt.close(fig)
     return png.getvalue(), svg.getvalue()
+
+
+def finish_share_axes(fig: Any, ax: Any, *, xlabel: str, title: str, legend: str) -> None:
+    """The house style of a chart whose y axis is the use-based weekly-or-better share."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("weekly or better, use (% of residents)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc=legend, fontsize=9)
+    fig.tight_layout()
 
 
 def write_plot(result: Comparison, png_path: Path, html_path: Path, *, title: str,

@@ -49,6 +49,9 @@ class Breakdown(StrEnum):
 _VIEWS: dict[str, list[tuple[str, str, str]]] = {
     "cadence": [("known", "known", "count"),
                 *[(c, c, "count") for c in CADENCES],
+                # the merged classes: what a row shows when a class alone is hidden
+                ("weekly_plus", "weekly or better", "count"),
+                ("active_window", "monthly or better", "count"),
                 ("share_weekly_plus", "weekly+", "share"),
                 ("share_dormant", "dormant %", "share")],
     "stickiness": [("dau_mean", "DAU (mean)", "mean"), ("wau", "WAU", "count"),

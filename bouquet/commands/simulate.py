@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import date
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from bouquet.core.settings import get_settings
+
+if TYPE_CHECKING:
+    from bouquet.simulation.closed_loop import PolicyRun
 
 log = logging.getLogger(__name__)
 simulate_app = typer.Typer(help="Simulated residents of the demo city: generate events, check "
@@ -183,16 +189,20 @@ def calibrate(
         raise typer.Exit(1)
 
 
+#: The policies of ``compare`` by default: the pull question, then the outreach question.
+DEFAULT_POLICIES = "none,popular,model,oracle,popular+outreach,model+outreach"
 #: ``--quick``: a small run for tests and a first look (not for conclusions).
 QUICK_COMPARE = {"residents": 2000, "seeds": 2, "weeks": 4}
 
 
 @simulate_app.command()
 def compare(
-    policies: str = typer.Option("none,popular,model,oracle", "--policies",
+    policies: str = typer.Option(DEFAULT_POLICIES, "--policies",
                                  help="Comma-separated: none, popular, model (Bouquet itself: "
                                  "train, publish and serve in the loop), random, oracle (the "
-                                 "consent-respecting ceiling), or a registered policy."),
+                                 "consent-respecting ceiling), popular+outreach and "
+                                 "model+outreach (pull plus the outreach planner's nudges), "
+                                 "or a registered policy."),
     weeks: int = typer.Option(12, "--weeks", "-w", min=4),
     seeds: int = typer.Option(20, "--seeds", min=1, help="Cities per policy (the default "
                               "is sized so the paired 95% interval of popular - none is "
@@ -216,6 +226,18 @@ def compare(
     plot: Path | None = typer.Option(Path("results/simulate-compare"), "--plot",
                                      help="Write PLOT.png and PLOT.html (weekly share per "
                                      "week and policy)."),
+    cap_sweep: bool = typer.Option(False, "--cap-sweep", help="Also run model+outreach at "
+                                   "caps of 1, 2, 3, 4 nudges a week (minimum gap 7 days / "
+                                   "cap) and plot weekly share against opt-outs "
+                                   "(PLOT-outreach.png)."),
+    optout_sensitivity: bool = typer.Option(False, "--optout-sensitivity", help="Also run "
+                                            "model+outreach at the default cap with the "
+                                            "opt-out probability × 1, × 0.5 and × 2."),
+    sweep_residents: int | None = typer.Option(None, "--sweep-residents", min=100,
+                                               help="Residents of the sweep and sensitivity "
+                                               "runs (default: --residents)."),
+    sweep_seeds: int | None = typer.Option(None, "--sweep-seeds", min=1, help="Seeds of the "
+                                           "sweep and sensitivity runs (default: --seeds)."),
 ) -> None:
     """Share of residents at each use cadence after W weeks under each policy, with use,
     response and exposure events per resident per week beside it (mean and 95% confidence
@@ -225,10 +247,17 @@ def compare(
     import time
 
     from bouquet.core.catalog import load_catalog
-    from bouquet.simulation.closed_loop import CADENCES, register_policy, run_figure
+    from bouquet.simulation.closed_loop import (
+        CADENCES,
+        register_policy,
+        run_figure,
+        with_outreach,
+    )
     from bouquet.simulation.closed_loop import compare as run_compare
     from bouquet.simulation.columns import CADENCE_CLASS_NAMES
     from bouquet.simulation.model_policy import ModelPolicy
+    from bouquet.simulation.outreach_report import outreach_figures
+    from bouquet.simulation.policies import PopularPolicy
     from bouquet.simulation.report import HEADLINE, benchmark_figures, headline, write_plot
 
     if quick:
@@ -241,17 +270,22 @@ def compare(
         for name in ("bouquet.pipelines", "bouquet.models", "matplotlib"):
             logging.getLogger(name).setLevel(logging.WARNING)
     settings = get_settings()
-    register_policy("model", lambda seed: ModelPolicy(settings, force=force,
-                                                      retrain_every_weeks=retrain_every))
+    def model_policy(seed: int) -> ModelPolicy:
+        return ModelPolicy(settings, force=force, retrain_every_weeks=retrain_every)
+
+    register_policy("model", model_policy)
+    register_policy("model+outreach",
+                    lambda seed: with_outreach(model_policy(seed), seed, settings=settings))
+    register_policy("popular+outreach",
+                    lambda seed: with_outreach(PopularPolicy(), seed, settings=settings))
     catalog = load_catalog(settings.catalog_path)
     load_before = os.getloadavg()
     started, cpu_started = time.perf_counter(), time.process_time()
-    with console.status("simulating…") as status:
+    end_day = date.fromisoformat(end) if end else None
+    with _progress(len(names) * seeds, "compare") as bar:
         result = run_compare(names, catalog, residents=residents, weeks=weeks,
                              seeds=list(range(first_seed, first_seed + seeds)), k=k,
-                             end=date.fromisoformat(end) if end else None,
-                             on_run=lambda r: status.update(
-                                 f"done: {r.policy} seed {r.seed} ({r.seconds:.1f} s)"))
+                             end=end_day, on_run=bar)
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     load_after = os.getloadavg()
     columns = ["weekly_or_better", *CADENCES]
@@ -314,8 +348,28 @@ def compare(
     timing = (f"{len(result.runs)} runs in {wall / 60:.1f} min wall, {cpu / 60:.1f} min CPU; "
               f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after "
               f"({os.cpu_count()} CPUs)")
-    for line in (*lines, timing):
+    outreach_lines = _outreach_lines(outreach_figures(result))
+    for line in (*lines, *outreach_lines, timing):
         console.print(line)
+    extra: list[tuple[str, float, str]] = []
+    if cap_sweep or optout_sensitivity:
+        from bouquet.simulation.outreach_sweep import run_sweep
+
+        sweep_n = sweep_residents or residents
+        sweep_s = sweep_seeds or seeds
+        sweep_started = time.perf_counter()
+        sweep = run_sweep(catalog, settings, model_policy, residents=sweep_n,
+                          seeds=list(range(first_seed, first_seed + sweep_s)), weeks=weeks,
+                          k=k, end=end_day, caps=cap_sweep, sensitivity=optout_sensitivity,
+                          progress=_progress)
+        console.print(sweep.table(title=f"outreach settings — {sweep_n:,} residents, "
+                                  f"{sweep_s} seed(s), {weeks} weeks, mean [95% CI]"))
+        extra = [*sweep.figures(), ("sweep_wall_s", time.perf_counter() - sweep_started, "s")]
+        if plot is not None and cap_sweep:
+            png = plot.with_name(plot.name + "-outreach").with_suffix(".png")
+            sweep.plot(png, title=f"Cap sweep: weekly share (use) vs opt-outs — {sweep_n:,} "
+                       f"residents, {sweep_s} seed(s)")
+            console.print(f"wrote {png}")
     title = (f"Weekly-or-better share (use) per week — {residents:,} residents, "
              f"{seeds} seed(s)")
     if plot is not None:
@@ -329,7 +383,8 @@ def compare(
             "policies": names, "residents": residents, "seeds": result.seeds, "weeks": weeks,
             "k": k, "retrain_every_weeks": retrain_every, "force_promotion": force,
             "end": end, "quick": quick, "cadence": "use"})
-        for name, value, unit in benchmark_figures(result):
+        for name, value, unit in (*benchmark_figures(result), *outreach_figures(result),
+                                  *extra):
             bench.add(name, value, unit)
         if served:
             bench.add("model_promoted_seeds", len(promoted), "seeds")
@@ -346,6 +401,38 @@ def compare(
                                for r in result.runs))
         write_json(bench, json_path)
         console.print(f"wrote {json_path}")
+
+
+def _outreach_lines(figures: list[tuple[str, float, str]]) -> list[str]:
+    """The outreach answer in words (only the figures that were computed)."""
+    found = {name: value for name, value, _ in figures}
+    lines = []
+    for name, label in (("lift_outreach_vs_pull", "relative lift of model+outreach over "
+                         "model (pull only)"),
+                        ("lift_model_outreach_vs_popular_outreach", "relative lift of "
+                         "model+outreach over popular+outreach")):
+        if name in found:
+            lines.append(f"{label} (weekly or better, use): {found[name]:+.1%} "
+                         f"[{found[name + '_ci_low']:+.1%}, {found[name + '_ci_high']:+.1%}]")
+    name = "optout_rate_per_month@default_cap"
+    if name in found:
+        lines.append(f"opt-outs per month at the default cap (model+outreach): "
+                     f"{found[name]:.2%} of contactable residents "
+                     f"[{found[name + '_ci_low']:.2%}, {found[name + '_ci_high']:.2%}]")
+    return lines
+
+
+@contextmanager
+def _progress(total: int, label: str) -> Iterator[Callable[[PolicyRun], None]]:
+    """A tqdm bar advanced once per finished run (the ``on_run`` it yields)."""
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc=label, unit="run", leave=False) as shown:
+        def done(run: PolicyRun) -> None:
+            shown.set_postfix_str(f"{run.policy} seed {run.seed} {run.seconds:.0f}s")
+            shown.update(1)
+
+        yield done
 
 
 def register(app: typer.Typer) -> None:

@@ -56,9 +56,12 @@
     });
   }
 
-  /* Stacked 100% bars: one bar per row, one segment per key (value = share in 0..1).
-   * A suppressed share is unknown: the part of the bar not covered by the visible shares
-   * is drawn as one hatched "suppressed" segment. */
+  /* Stacked 100% bars: one bar per row; opts.segments(row) gives {segments, gap}: one
+   * segment per entry ({key, name, value: share in 0..1, count, color, merged}), and
+   * whether some of the bar is unknown (hidden small cells), drawn above them as one
+   * hatched "suppressed" segment (at least 2 px, however small the share: the gap is a
+   * fact, not a rounding). Returns what was drawn ({keys, hidden, marker}), for the
+   * legend. */
   function stackedBars(svg, rows, opts) {
     clear(svg);
     const { width, height } = size(svg, 280);
@@ -71,33 +74,55 @@
     const step = w / n;
     const band = Math.max(step * 0.8, 1);
     const x = (i) => m.left + i * step + (step - band) / 2;
+    const drawn = { keys: new Set(), hidden: 0 };
     rows.forEach((row, i) => {
       let acc = 0;
       const partial = row.week_complete === false;
-      const bar = el("g", { class: partial ? "bar partial" : "bar",
-        "data-label": row[opts.labelKey] }, g);
-      opts.keys.forEach((key, j) => {
-        const v = row[opts.prefix + key];
-        if (v === null || v === undefined) return;
-        const y = m.top + h * (1 - acc - v);
+      const at = row[opts.labelKey];
+      const bar = el("g", { class: partial ? "bar partial" : "bar", "data-label": at }, g);
+      const { segments, gap } = opts.segments(row);
+      segments.forEach((s) => {
+        const y = m.top + h * (1 - acc - s.value);
         const r = el("rect", {
-          x: x(i), y, width: band, height: Math.max(h * v, 0), fill: opts.colors[j],
-          class: "segment", "data-label": row[opts.labelKey], "data-key": key, "data-value": v,
+          x: x(i), y, width: band, height: Math.max(h * s.value, 0), fill: s.color,
+          class: s.merged ? "segment merged" : "segment", "data-label": at,
+          "data-key": s.key, "data-value": s.value,
         }, bar);
-        tip(r, `${row[opts.labelKey]} · ${key}: ${pct(v)} (${row[key] ?? "hidden"} residents)`);
-        acc += v;
+        tip(r, `${at} · ${s.name}: ${pct(s.value)} (${s.count ?? "hidden"} residents)`);
+        drawn.keys.add(s.key);
+        acc += s.value;
       });
-      const rest = 1 - acc;
-      if (row.suppressed && row.suppressed.length && rest > 1e-9) {
+      const rest = Math.max(1 - acc, 0);
+      if (gap) {
         const r = el("rect", {
-          x: x(i), y: m.top, width: band, height: h * rest, class: "segment suppressed",
-          "data-label": row[opts.labelKey], "data-key": "suppressed", "data-value": rest,
+          x: x(i), y: m.top, width: band, height: Math.max(h * rest, 2),
+          class: "segment suppressed", "data-label": at, "data-key": "suppressed",
+          "data-value": rest,
         }, bar);
-        tip(r, `${row[opts.labelKey]} · hidden (small cells): ${pct(rest)}`);
+        tip(r, `${at} · hidden (small cells): ${pct(rest)}`);
+        drawn.hidden += 1;
       }
     });
     xLabels(g, rows.map(label), x, band, height - 8,
       Math.ceil(n / Math.max(Math.floor(w / 56), 1)));
+    drawn.marker = marker(g, rows, opts, (i) => m.left + i * step, m.top, h);
+    return drawn;
+  }
+
+  /* opts.marker ({label, text}): a dashed vertical line at the start of the row whose
+   * label is marker.label (a seam in the data the chart must not let pass unexplained).
+   * Returns whether it was drawn. */
+  function marker(g, rows, opts, xStart, top, h) {
+    const mark = opts.marker;
+    const i = mark ? rows.findIndex((r) => r[opts.labelKey] === mark.label) : -1;
+    if (i < 0) return false;
+    const x0 = xStart(i);
+    const line = el("line", { x1: x0, x2: x0, y1: top, y2: top + h, class: "backfill",
+      "data-label": mark.label }, g);
+    tip(line, `${mark.label}: ${mark.text}`);
+    const t = el("text", { x: x0 + 3, y: top + 10, class: "backfill-label" }, g);
+    t.textContent = mark.text;
+    return true;
   }
 
   /* "2026-W48*" for a week still in progress. */
@@ -105,7 +130,7 @@
     return row.week_complete === false ? `${row.week}*` : row.week;
   }
 
-  /* Lines over weeks; null values break the line. */
+  /* Lines over weeks; null values break the line. Returns whether opts.marker was drawn. */
   function lines(svg, rows, opts) {
     clear(svg);
     const { width, height } = size(svg, 220);
@@ -148,6 +173,7 @@
     });
     xLabels(g, rows.map(label), (i) => x(i) - step / 2, step, height - 8,
       Math.ceil(n / Math.max(Math.floor(w / 56), 1)));
+    return { marker: marker(g, rows, opts, (i) => m.left + i * step, m.top, h) };
   }
 
   /* Funnel: one group per arm, one horizontal bar per stage, widths relative to the

@@ -8,6 +8,14 @@
   const KEY = "bouquet.operatorKey";
   const CADENCES = ["daily", "weekly", "monthly", "yearly", "dormant"];
   const CADENCE_COLORS = ["#1b5e20", "#43a047", "#a5d6a7", "#ffcc80", "#bdbdbd"];
+  /* Merged classes (the API's `merged` list names those a row shows in place of hidden
+   * parts): drawn as one band where the parts would be, with their own legend entry. */
+  const MERGED = {
+    weekly_plus: { name: "weekly or better (daily + weekly merged)", color: "#00796b",
+      parts: ["daily", "weekly"] },
+    active_window: { name: "monthly or better (daily + weekly + monthly merged)",
+      color: "#4db6ac", parts: ["daily", "weekly", "monthly"] },
+  };
   const STAGES = ["shown", "opened", "subscribed", "used"];
   const STAGE_COLORS = ["#90caf9", "#42a5f5", "#1e88e5", "#0d47a1"];
   const $ = (id) => document.getElementById(id);
@@ -98,12 +106,18 @@
     }
   }
 
-  function legend(node, names, colors) {
+  /* A legend entry per name; `kinds` (optional) names each entry (data-key) and gives
+   * the swatch a class instead of a colour (the hatched "hidden" swatch). */
+  function legend(node, names, colors, kinds) {
     node.textContent = "";
     names.forEach((name, i) => {
       const span = document.createElement("span");
       const sw = document.createElement("i");
-      sw.style.background = colors[i];
+      if (colors[i]) sw.style.background = colors[i];
+      if (kinds && kinds[i]) {
+        span.dataset.key = kinds[i];
+        sw.className = kinds[i];
+      }
       span.appendChild(sw);
       span.appendChild(document.createTextNode(name));
       node.appendChild(span);
@@ -215,21 +229,103 @@
       api(`/v1/operator/engagement/contacts${query(common)}`),
     ]);
     $("cadence-scope").textContent = `(${s.label})`;
-    legend($("cadence-legend"), CADENCES, CADENCE_COLORS);
-    C.stackedBars($("cadence-chart"), cadence.rows, {
-      keys: CADENCES, prefix: "share_", colors: CADENCE_COLORS, labelKey: "week",
+    const marker = backfillMarker();
+    const drawn = C.stackedBars($("cadence-chart"), cadence.rows, {
+      segments: cadenceSegments, labelKey: "week", marker,
     });
-    legend($("stickiness-legend"), ["DAU/MAU", "WAU/MAU"], ["#6a1b9a", "#00897b"]);
-    C.lines($("stickiness-chart"), stick.rows, {
-      series: ["dau_mau", "wau_mau"], colors: ["#6a1b9a", "#00897b"], labelKey: "week",
-      max: 1, format: (v) => `${(100 * v).toFixed(0)}%`,
+    cadenceLegend(drawn);
+    const stickColors = ["#6a1b9a", "#00897b"];
+    const stickDrawn = C.lines($("stickiness-chart"), stick.rows, {
+      series: ["dau_mau", "wau_mau"], colors: stickColors, labelKey: "week",
+      max: 1, format: (v) => `${(100 * v).toFixed(0)}%`, marker,
     });
-    legend($("contacts-legend"), ["mean per known", "median per active", "p90 per active"],
-      ["#ef6c00", "#3949ab", "#8e24aa"]);
-    C.lines($("contacts-chart"), contacts.rows, {
-      series: ["mean_per_known", "p50", "p90"], colors: ["#ef6c00", "#3949ab", "#8e24aa"],
+    markedLegend($("stickiness-legend"), ["DAU/MAU", "WAU/MAU"], stickColors, stickDrawn);
+    const contactColors = ["#ef6c00", "#3949ab", "#8e24aa"];
+    const contactsDrawn = C.lines($("contacts-chart"), contacts.rows, {
+      series: ["mean_per_known", "p50", "p90"], colors: contactColors,
       labelKey: "week", format: (v, axis) => (axis ? v.toFixed(1) : Number(v).toFixed(2)),
+      marker,
     });
+    markedLegend($("contacts-legend"), ["mean per known", "median per active",
+      "p90 per active"], contactColors, contactsDrawn);
+  }
+
+  /* The seam where observed use begins after imported records (the API's summary finds
+   * it): marked on every weekly chart and explained once above them. */
+  const BACKFILL_TEXT = "observed use starts";
+
+  function backfillMarker() {
+    const b = summary.backfill;
+    return b ? { label: b.observed_from_week, text: BACKFILL_TEXT } : undefined;
+  }
+
+  function renderBackfill() {
+    const note = $("backfill-note");
+    const b = summary.backfill;
+    note.textContent = b ? b.note : "";
+    note.hidden = !b;
+  }
+
+  function markedLegend(node, names, colors, drawn) {
+    if (!drawn.marker) {
+      legend(node, names, colors);
+      return;
+    }
+    legend(node, [...names, `${BACKFILL_TEXT} (${summary.backfill.observed_from_week}; ` +
+      "before: imported records)"], [...colors, null], [...names.map(() => null),
+      "backfill"]);
+  }
+
+  /* The bands of one week's bar, bottom to top: each class the API shows, and in place
+   * of hidden classes the merged class the row names (drawn once, less its parts already
+   * drawn); classes neither shown nor merged make the chart's "hidden" gap. */
+  function cadenceSegments(row) {
+    const out = [];
+    const drawn = new Set();
+    const share = (key) => row[`share_${key}`];
+    CADENCES.forEach((c, j) => {
+      if (drawn.has(c)) return;
+      if (share(c) !== null && share(c) !== undefined) {
+        out.push({ key: c, name: c, value: share(c), count: row[c],
+          color: CADENCE_COLORS[j] });
+        drawn.add(c);
+        return;
+      }
+      const merged = (row.merged || []).find((m) => MERGED[m].parts.includes(c));
+      if (!merged || share(merged) === null || share(merged) === undefined) return;
+      const before = out.filter((o) => MERGED[merged].parts.includes(o.key));
+      out.push({ key: merged, name: MERGED[merged].name, merged: true, color: MERGED[merged].color,
+        value: share(merged) - before.reduce((a, o) => a + o.value, 0),
+        count: row[merged] - before.reduce((a, o) => a + o.count, 0) });
+      MERGED[merged].parts.forEach((p) => drawn.add(p));
+    });
+    // known residents hidden (null) still means someone is there; zero means nobody
+    return { segments: out, gap: row.known !== 0 && CADENCES.some((c) => !drawn.has(c)) };
+  }
+
+  /* The five classes always; a merged band and the hatched "hidden" segment when drawn. */
+  function cadenceLegend(drawn) {
+    const names = [...CADENCES];
+    const colors = [...CADENCE_COLORS];
+    const kinds = [...CADENCES];
+    Object.entries(MERGED).forEach(([key, m]) => {
+      if (!drawn.keys.has(key)) return;
+      names.push(m.name);
+      colors.push(m.color);
+      kinds.push(key);
+    });
+    if (drawn.hidden) {
+      names.push(`hidden: fewer than ${summary.small_cell_k} residents, or would let one ` +
+        "be recomputed");
+      colors.push(null);
+      kinds.push("suppressed");
+    }
+    if (drawn.marker) {
+      names.push(`${BACKFILL_TEXT} (${summary.backfill.observed_from_week})`);
+      colors.push(null);
+      kinds.push("backfill");
+    }
+    legend($("cadence-legend"), names, colors, kinds);
   }
 
   async function renderBreakdown() {
@@ -288,6 +384,13 @@
     // an empty funnel says why (front ends must echo recommendation_id), not just "no data"
     const hint = $("funnel-hint");
     hint.textContent = arms.hint || "";
+    if (arms.doc) {
+      const a = document.createElement("a");
+      a.id = "funnel-doc";
+      a.href = arms.doc.href;
+      a.textContent = arms.doc.title;
+      hint.append(" See ", a, ".");
+    }
     hint.hidden = !arms.hint;
     $("uplift-baseline").textContent = uplift.baseline || "the baseline";
     table($("uplift"), [
@@ -410,6 +513,7 @@
       $("weekly-weeks").textContent = summary.rules.weekly_min_weeks;
       fillValues();
       renderHeadline();
+      renderBackfill();
       renderLive();
       await Promise.all([renderCharts(), renderBreakdown(), renderFunnel(), renderCohorts(),
         renderOutreach()]);

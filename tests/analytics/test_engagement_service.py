@@ -134,6 +134,8 @@ def test_an_empty_funnel_says_what_front_ends_must_send(tmp_path: Path) -> None:
     empty = svc.funnel().to_json()
     assert empty["rows"] == [] and "recommendation_id" in empty["hint"]
     assert "docs/engagement.md" in empty["hint"]
+    # and where it is documented: the event contract in the API's own description
+    assert empty["doc"]["href"].startswith("/docs#/events/")
     log = Log()
     for i in range(6):
         log.add(f"v{i}", "view", 1, recommendation_id=development_ids().mint(
@@ -141,4 +143,4 @@ def test_an_empty_funnel_says_what_front_ends_must_send(tmp_path: Path) -> None:
     log.write(tmp_path / "log")
     svc.invalidate()
     filled = svc.funnel().to_json()
-    assert filled["rows"] and "hint" not in filled
+    assert filled["rows"] and "hint" not in filled and "doc" not in filled

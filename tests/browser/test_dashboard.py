@@ -8,6 +8,8 @@ data, and that every number shown equals the API's.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import threading
 import time
 import uuid
@@ -19,12 +21,14 @@ import httpx
 import pytest
 import uvicorn
 
+from bouquet.analytics.figures import MERGED_CLASSES as MERGED
 from bouquet.analytics.synthetic import SyntheticSpec
 from bouquet.analytics.synthetic import write as write_synthetic
 from bouquet.core.catalog import load_catalog
 from bouquet.core.settings import Settings
 from bouquet.localstack import ensure_topics, free_port
 from bouquet.serving.app import create_app
+from bouquet.simulation.runner import simulate
 from bouquet.streaming.consumer import IngestConsumer, IngestOptions
 from bouquet.streaming.producer import EventProducer
 
@@ -61,7 +65,28 @@ def server(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     IngestConsumer(settings, catalog, IngestOptions.from_settings(
         settings, idle_seconds=1.5, session_timeout_ms=6000, heartbeat_interval_ms=1000,
         log_every_s=0, install_signal_handlers=False)).run()
+    with serving(settings) as base:
+        yield base
 
+
+@pytest.fixture(scope="module")
+def demo_server(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The demo city's generator, small and without the API in the loop: a year of
+    imported records then simulated weeks, a daily class too small to show, and no event
+    carrying a recommendation_id."""
+    if not CHROMIUM.exists():
+        pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
+    tag = uuid.uuid4().hex[:10]
+    settings = Settings(env="test", state_dir=tmp_path_factory.mktemp("demo") / "state",
+                        redis_url=stack.redis_url, redis_key_prefix=f"t{tag}:")
+    simulate(settings, residents=3000, weeks=6, seed=1, progress=False, save_residents=False)
+    with serving(settings) as base:
+        yield base
+
+
+@contextlib.contextmanager
+def serving(settings: Settings) -> Iterator[str]:
+    """The API in a real uvicorn server on a free port, for as long as the block runs."""
     port = free_port()
     config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
                             log_level="warning", lifespan="on")
@@ -110,7 +135,9 @@ def fmt_share(v) -> str:
     return "◌" if v is None else f"{100 * v:.1f}%"
 
 
-def test_dashboard_draws_what_the_api_says(server: str, browser) -> None:
+def open_dashboard(browser, base: str) -> tuple:
+    """A page on the dashboard, ready, with the problems it reports (failed requests,
+    console errors) and every URL it fetched."""
     page = browser.new_page(viewport={"width": 1280, "height": 1600})
     requests: list[str] = []
     problems: list[str] = []
@@ -119,8 +146,55 @@ def test_dashboard_draws_what_the_api_says(server: str, browser) -> None:
             if r.status >= 400 else None)
     page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: problems.append(str(e)))
-    page.goto(f"{server}/dashboard#key={KEY}")
+    page.goto(f"{base}/dashboard#key={KEY}")
     page.wait_for_selector("body[data-ready='true']", timeout=30_000)
+    return page, requests, problems
+
+
+def check_cadence_chart(page, rows: list[dict]) -> dict[str, int]:
+    """Every bar against the API's row: each shown class drawn with its share, each class
+    of the row's ``merged`` list drawn as one band (less its parts already drawn), no
+    hidden class drawn (so none looks like 0), the rest one hatched "hidden" segment;
+    the legend names every merged band and the hidden segment it uses. Returns how many
+    bars had a merged band and a hidden segment."""
+    segments: dict[str, list[tuple[str, float]]] = {}
+    for week, key, value in attrs(page, "#cadence-chart rect.segment", "data-label",
+                                  "data-key", "data-value"):
+        segments.setdefault(week, []).append((key, float(value)))
+    assert set(segments) == {r["week"] for r in rows if r["known"] != 0}  # 0: nobody yet
+    legend = set(page.eval_on_selector_all("#cadence-legend span[data-key]",
+                                           "els => els.map(e => e.dataset.key)"))
+    seen = {"merged": 0, "hidden": 0}
+    for r in rows:
+        drawn = dict(segments.get(r["week"], []))
+        assert len(drawn) == len(segments[r["week"]]), r["week"]  # each key once
+        covered = set()
+        for c in CADENCES:
+            if r[f"share_{c}"] is not None:
+                assert drawn[c] == pytest.approx(r[f"share_{c}"]), (r["week"], c)
+                covered.add(c)
+            else:
+                assert c not in drawn, (r["week"], c)  # hidden, never drawn as a value
+        for merged in r["merged"]:
+            parts = MERGED[merged]
+            below = sum(r[f"share_{p}"] for p in parts if p in covered)
+            assert drawn[merged] == pytest.approx(r[f"share_{merged}"] - below), r["week"]
+            assert merged in legend, merged
+            covered |= set(parts)
+            seen["merged"] += 1
+        shown = {c for c in CADENCES if r[f"share_{c}"] is not None}
+        assert set(drawn) - {"suppressed"} == shown | set(r["merged"]), r["week"]
+        if covered != set(CADENCES) and r["known"] != 0:
+            assert drawn["suppressed"] > 0, r["week"]
+            assert "suppressed" in legend
+            seen["hidden"] += 1
+        else:
+            assert "suppressed" not in drawn, r["week"]
+    return seen
+
+
+def test_dashboard_draws_what_the_api_says(server: str, browser) -> None:
+    page, requests, problems = open_dashboard(browser, server)
 
     # the key left the address bar for sessionStorage; nothing was fetched elsewhere
     assert "key=" not in page.url
@@ -161,17 +235,8 @@ def test_dashboard_draws_what_the_api_says(server: str, browser) -> None:
 
     # cadence: one stacked bar per week, each segment = the API's share
     cadence = api(server, "/v1/operator/engagement/cadence?weeks=26")["rows"]
-    segments = attrs(page, "#cadence-chart rect.segment", "data-label", "data-key",
-                     "data-value")
-    assert len({s[0] for s in segments}) == len(cadence) >= 20
-    by_week = {r["week"]: r for r in cadence}
-    drawn = 0
-    for week, key, value in segments:
-        if key == "suppressed":
-            continue
-        assert float(value) == pytest.approx(by_week[week][f"share_{key}"]), (week, key)
-        drawn += 1
-    assert drawn >= len(cadence) * 4
+    assert len(cadence) >= 20
+    check_cadence_chart(page, cadence)
     heights = page.eval_on_selector_all("#cadence-chart rect.segment",
                                         "els => els.map(e => e.getBBox().height)")
     assert max(heights) > 20  # rendered, with a size
@@ -233,12 +298,8 @@ def test_dashboard_draws_what_the_api_says(server: str, browser) -> None:
     # (no wait_for_function: the page's CSP forbids eval, which it would need)
     page.locator("#cadence-scope", has_text="mobility").wait_for()
     page.wait_for_selector("body[data-ready='true']")
-    mobility = {r["week"]: r for r in api(
-        server, "/v1/operator/engagement/cadence?by=domain&value=mobility&weeks=26")["rows"]}
-    for week, key, value in attrs(page, "#cadence-chart rect.segment", "data-label",
-                                  "data-key", "data-value"):
-        if key != "suppressed":
-            assert float(value) == pytest.approx(mobility[week][f"share_{key}"])
+    check_cadence_chart(page, api(
+        server, "/v1/operator/engagement/cadence?by=domain&value=mobility&weeks=26")["rows"])
     assert page.inner_text("#breakdown-dimension") == "domain"
     sliced = {r["arm"]: r for r in api(
         server, "/v1/operator/funnel?weeks=26&by=domain&value=mobility")["rows"]}
@@ -258,3 +319,40 @@ def test_a_wrong_key_asks_for_the_key_again(server: str, browser) -> None:
     page.click("#key-form button")
     page.wait_for_selector("body[data-ready='true']", timeout=30_000)
     assert page.locator("#cadence-chart rect.segment").count() > 0
+
+
+def test_demo_city_shows_merges_the_seam_and_what_the_funnel_needs(demo_server: str,
+                                                                   browser) -> None:
+    page, _, problems = open_dashboard(browser, demo_server)
+    assert not problems, problems
+
+    # a daily class too small to show is merged into "weekly or better", drawn and named
+    cadence = api(demo_server, "/v1/operator/engagement/cadence?weeks=26")["rows"]
+    seen = check_cadence_chart(page, cadence)
+    assert seen["merged"] > 0, "this city's daily class is small: rows must be merged"
+    assert all(r["monthly"] is not None for r in cadence if "weekly_plus" in r["merged"])
+
+    # where observed use begins after a year of imported records: explained, and marked
+    # on every weekly chart at the week the API names, with a legend entry
+    seam = api(demo_server, "/v1/operator/engagement")["backfill"]
+    assert seam is not None
+    assert page.inner_text("#backfill-note") == seam["note"]
+    for chart in ("cadence", "stickiness", "contacts"):
+        assert attrs(page, f"#{chart}-chart line.backfill", "data-label") == \
+            [[seam["observed_from_week"]]], chart
+        assert page.locator(f"#{chart}-legend span[data-key='backfill']").count() == 1
+
+    # no event echoes a recommendation_id: the funnel panel says what front ends must send
+    # and links to where the event contract documents it
+    funnel = api(demo_server, "/v1/operator/funnel?weeks=26")
+    assert funnel["rows"] == [] and funnel["hint"]
+    assert page.is_visible("#funnel-hint")
+    assert funnel["hint"] in page.inner_text("#funnel-hint")
+    assert "recommendation_id" in page.inner_text("#funnel-hint")
+    href = page.get_attribute("#funnel-doc", "href")
+    assert href == funnel["doc"]["href"]
+    described = httpx.get(demo_server + "/openapi.json", timeout=30).json()
+    assert "echo it in the view, click, subscribe and use events" in json.dumps(
+        described["paths"]["/v1/events"]["post"])
+    assert httpx.get(demo_server + href.split("#")[0], timeout=30).status_code == 200
+    assert not problems, problems

@@ -71,12 +71,38 @@ def test_simulate_compare_reports_the_question_with_paired_intervals(cli: CliRun
     gap = (figures["weekly_share_use@model"] - figures["weekly_share_use@popular"]) / (
         figures["weekly_share_use@oracle"] - figures["weekly_share_use@popular"])
     assert figures["oracle_gap_closed"] == pytest.approx(gap)
+    # the outreach question: nudges on top of pull, and what they cost in opt-outs
+    for text in ("relative lift of model+outreach over model", "opt-outs per month"):
+        assert text in result.output, text
+    low, lift, high = (figures[f"lift_outreach_vs_pull{end}"] for end in ("_ci_low", "",
+                                                                           "_ci_high"))
+    assert low <= lift <= high
+    assert lift == pytest.approx(figures["weekly_share_use@model+outreach"]
+                                 / figures["weekly_share_use@model"] - 1)
+    assert "lift_model_outreach_vs_popular_outreach" in figures
+    assert 0 < figures["optout_rate_per_month@default_cap"] < 1
+    assert figures["optout_rate_per_month@default_cap"] == \
+        figures["optout_rate_per_month@model+outreach"]
     assert payload["params"]["residents"] == 2000 and len(payload["params"]["seeds"]) == 2
     page = plot.with_suffix(".html").read_text()
     assert plot.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     assert "<svg" in page and "src=" not in page and "weekly_share" not in page
     _invoke(cli, "simulate", "compare", "--policies", "none,nonsense", "--weeks", "4",
             "--seeds", "1", "--residents", "100", code=1)
+
+
+def test_simulate_compare_cap_sweep(cli: CliRunner, tmp_path: Path) -> None:
+    out, plot = tmp_path / "sweep.json", tmp_path / "sweep"
+    result = _invoke(cli, "simulate", "compare", "--policies", "none", "--residents", "300",
+                     "--seeds", "1", "--weeks", "4", "--end", "2025-06-02", "--cap-sweep",
+                     "--json", str(out), "--plot", str(plot))
+    assert "cap 4/week (gap 42 h)" in result.output
+    figures = {name: found["value"]
+               for name, found in json.loads(out.read_text())["figures"].items()}
+    rates = [figures[f"optout_rate_per_month@model+outreach@cap{cap}@optout_x1"]
+             for cap in (1, 2, 3, 4)]
+    assert all(0 <= rate < 1 for rate in rates)
+    assert (tmp_path / "sweep-outreach.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_simulate_calibrate(cli: CliRunner, shared_data: Path, tmp_path: Path) -> None:

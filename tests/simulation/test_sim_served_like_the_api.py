@@ -74,7 +74,7 @@ def test_a_resident_gets_the_same_answer_from_the_api_and_the_simulator(
         policy.model, model_version=policy.version.model_version)
     client.close()
 
-    residents = sorted(policy._residents)[:250]
+    residents = sorted(policy.observed.residents)[:250]
 
     async def both() -> list[tuple[dict, object]]:
         out = []
