@@ -19,6 +19,9 @@ What is measured, all in one run over the same pre-filled topic:
 The benchmark starts its own broker and Redis on free ports with a temporary state
 directory, unless ``--use-configured`` points it at the configured services (it then
 uses fresh topic names, group ids and key prefixes, and deletes its Redis keys after).
+``--redis-cluster`` starts a three-primary Redis Cluster instead of one Redis (the code
+behind ``bouquet stack up --redis-cluster``) and reports the same figures under the name
+``ingest-redis-cluster``; ``bench all`` runs both, so they sit side by side.
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ import typer
 
 from bouquet.benchmarks.harness import BenchResult, print_result, write_json
 from bouquet.core.catalog import load_catalog
+from bouquet.core.redisclient import cpu_seconds, redis_client
 from bouquet.core.settings import Settings
+from bouquet.localcluster import free_redis_url
 from bouquet.localstack import LocalStack, ensure_topics, free_port
 
 log = logging.getLogger(__name__)
@@ -164,23 +169,24 @@ def _window_rate(runs: list[dict[str, Any]]) -> float | None:
 
 def run_benchmark(settings: Settings, *, events: int = 150_000, partitions: int = 2,
                   repeats: int = 2, lag_rate: float = 2000.0, lag_seconds: float = 10.0,
-                  use_configured: bool = False) -> BenchResult:
+                  use_configured: bool = False, redis_cluster: bool = False) -> BenchResult:
     """Measure (see the module docstring) and return the contract result."""
     from kafka.record import util as kafka_record_util
 
-    result = BenchResult("ingest", params={
+    result = BenchResult("ingest-redis-cluster" if redis_cluster else "ingest", params={
         "kafka_crc32c": "c" if kafka_record_util.crc32c_c is not None else "python",
         "events": events, "partitions": partitions, "repeats": repeats, "lag_rate": lag_rate,
         "lag_seconds": lag_seconds, "load_average_1m_at_start": round(os.getloadavg()[0], 2),
         "batch_max_events": settings.ingest_batch_max_events,
-        "batch_max_ms": settings.ingest_batch_max_ms, "use_configured": use_configured})
+        "batch_max_ms": settings.ingest_batch_max_ms, "use_configured": use_configured,
+        "redis": "cluster of 3 primaries" if redis_cluster else "one server"})
     tmp = None
     stack = None
     if not use_configured:
         tmp = tempfile.TemporaryDirectory(prefix="bouquet-bench-ingest-")
         settings = Settings(env="test", state_dir=Path(tmp.name),
                             kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
-                            redis_url=f"redis://127.0.0.1:{free_port()}/0",
+                            redis_url=free_redis_url(redis_cluster),
                             catalog_path=settings.catalog_path,
                             ingest_batch_max_events=settings.ingest_batch_max_events,
                             ingest_batch_max_ms=settings.ingest_batch_max_ms)
@@ -291,15 +297,12 @@ def run_benchmark(settings: Settings, *, events: int = 150_000, partitions: int 
 
 
 def _redis_cpu(settings: Settings) -> float:
-    """CPU seconds the Redis server has used (user + system), from INFO."""
-    import redis
-
-    client = redis.Redis.from_url(settings.redis_url)
+    """CPU seconds the Redis server (every primary of a cluster) has used, from INFO."""
+    client = redis_client(settings.redis_url)
     try:
-        info = client.info("cpu")
+        return cpu_seconds(client)
     finally:
         client.close()
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def _partition_counts(settings: Settings) -> dict[int, int]:
@@ -318,7 +321,7 @@ def _cleanup(settings: Settings, prefixes: list[str]) -> None:
     import redis
 
     try:
-        client = redis.Redis.from_url(settings.redis_url)
+        client = redis_client(settings.redis_url)
         for prefix in prefixes:
             for chunk in _chunks(client.scan_iter(match=f"{prefix}*", count=5000), 5000):
                 client.delete(*chunk)
@@ -342,6 +345,10 @@ def DEFAULT(settings: Settings) -> BenchResult:  # noqa: N802 - the harness cont
     return run_benchmark(settings)
 
 
+def DEFAULT_REDIS_CLUSTER(settings: Settings) -> BenchResult:  # noqa: N802 - as DEFAULT
+    return run_benchmark(settings, redis_cluster=True)
+
+
 def register(bench_app: typer.Typer) -> None:
     @bench_app.command("ingest")
     def ingest_command(
@@ -353,13 +360,15 @@ def register(bench_app: typer.Typer) -> None:
         lag_seconds: float = typer.Option(10.0, help="Duration of the lag phase."),
         use_configured: bool = typer.Option(False, "--use-configured",
                                             help="Use the configured broker and Redis."),
+        redis_cluster: bool = typer.Option(False, "--redis-cluster", help="Start a "
+                                           "three-primary Redis Cluster, not one Redis."),
     ) -> None:
         """Ingestion events/s end to end vs a bare kafka-python loop, 1 and 2 processes."""
         from bouquet.core.settings import get_settings
 
         result = run_benchmark(get_settings(), events=events, partitions=partitions,
                                repeats=repeats, lag_rate=lag_rate, lag_seconds=lag_seconds,
-                               use_configured=use_configured)
+                               use_configured=use_configured, redis_cluster=redis_cluster)
         print_result(result)
         if json_path is not None:
             write_json(result, json_path)

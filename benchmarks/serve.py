@@ -25,6 +25,10 @@ httptools) started as a subprocess, with its own Redis and broker on free ports:
   no recent events gets one event through ``POST /v1/events`` and the bundles endpoint is
   polled every 5 ms until the answer is re-ranked by it; time from the POST to that answer.
 
+``--redis-cluster`` runs the same measurement against a three-primary Redis Cluster (the
+code behind ``bouquet stack up --redis-cluster``), reported as ``serve-redis-cluster``;
+Redis' CPU is then that of the three nodes.
+
 The machine is shared: the load average before and after is in the notes; compare figures
 within one run (ratios), not across runs.
 """
@@ -55,7 +59,9 @@ from bouquet.benchmarks.harness import BenchResult, print_result, write_json
 from bouquet.benchmarks.processes import load_note, service_env, start, stop, wait_ready
 from bouquet.core.catalog import Catalog, load_catalog
 from bouquet.core.keys import Keys
+from bouquet.core.redisclient import primaries, redis_client
 from bouquet.core.settings import Settings
+from bouquet.localcluster import free_redis_url
 from bouquet.localstack import LocalStack, ensure_topics, free_port
 
 log = logging.getLogger(__name__)
@@ -95,11 +101,9 @@ def synthetic_model(catalog: Catalog, residents: int, factors: int = 64, seed: i
 
 def _resident_state(settings: Settings, catalog: Catalog, residents: int, seed: int) -> None:
     """Profiles (consent, neighbourhood, attributes) for all, recent events for 80 %."""
-    import redis
-
     rng = random.Random(seed)
     keys = Keys(settings.redis_key_prefix)
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis_client(settings.redis_url)
     services = list(catalog.service_ids)
     now = time.time()
     pipe = client.pipeline(transaction=False)
@@ -285,19 +289,21 @@ def freshness(base: str, catalog: Catalog, residents: list[str], trials: int,
 def run_benchmark(settings: Settings, *, residents: int = 50_000, duration: float = 10.0,
                   rates: tuple[int, ...] = RATES, wrk_seconds: float = 5.0,
                   wrk_rounds: int = 3, wrk_connections: int = 8, freshness_trials: int = 40,
-                  keep_state: bool = False) -> BenchResult:
-    result = BenchResult("serve", params={
+                  keep_state: bool = False, redis_cluster: bool = False) -> BenchResult:
+    result = BenchResult("serve-redis-cluster" if redis_cluster else "serve", params={
         "residents": residents, "duration_s": duration, "rates": list(rates),
         "wrk_seconds": wrk_seconds, "wrk_rounds": wrk_rounds,
         "wrk_connections": wrk_connections,
-        "freshness_trials": freshness_trials, "workers": 2, "model": "synthetic factors "
+        "freshness_trials": freshness_trials, "workers": 2,
+        "redis": "cluster of 3 primaries" if redis_cluster else "one server",
+        "model": "synthetic factors "
         "(64 factors, demo city: 56 services, 24 bundles); no trained artifact in the "
         "benchmark's private store"})
     load_before = os.getloadavg()
     state = Path(tempfile.mkdtemp(prefix="bouquet-bench-serve-"))
     bench = Settings(env="test", state_dir=state,
                      kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
-                     redis_url=f"redis://127.0.0.1:{free_port()}/0", topic_partitions=2,
+                     redis_url=free_redis_url(redis_cluster), topic_partitions=2,
                      redis_key_prefix="bq:", catalog_path=settings.catalog_path)
     catalog = load_catalog(bench.catalog_path)
     stack = LocalStack(bench)
@@ -317,15 +323,14 @@ def run_benchmark(settings: Settings, *, residents: int = 50_000, duration: floa
         fresh_count = max(freshness_trials + 1, 2)
         _resident_state(bench, catalog, residents - fresh_count, seed=1)
         fresh = [f"r{i}" for i in range(residents - fresh_count, residents)]
-        import redis
-
-        client = redis.Redis.from_url(bench.redis_url)
+        client = redis_client(bench.redis_url)
         keys = Keys(bench.redis_key_prefix)
         pipe = client.pipeline(transaction=False)
         for rid in fresh:  # consenting, no recent events yet
             pipe.hset(keys.profile(rid), mapping={"consent": "1", "neighbourhood": "centre"})
         pipe.execute()
-        result.add("redis_used_memory_mb", client.info("memory")["used_memory"] / 2**20, "MB")
+        used = sum(node.info("memory")["used_memory"] for node in primaries(client))
+        result.add("redis_used_memory_mb", used / 2**20, "MB")
         client.close()
 
         port = free_port()
@@ -367,9 +372,7 @@ def run_benchmark(settings: Settings, *, residents: int = 50_000, duration: floa
 
         server_proc = psutil.Process(server.pid)
         measured = [server_proc, *server_proc.children(recursive=True)]
-        redis_proc = stack.managed_process("redis")
-        if redis_proc is not None:
-            measured.append(redis_proc)
+        measured += stack.redis_processes()
         cpu: dict[str, list[float]] = {name: [] for name in templates}
         for round_ in range(wrk_rounds):
             order = list(templates) if round_ % 2 == 0 else list(reversed(templates))
@@ -423,6 +426,10 @@ def DEFAULT(settings: Settings) -> BenchResult:  # noqa: N802 - the harness cont
     return run_benchmark(settings)
 
 
+def DEFAULT_REDIS_CLUSTER(settings: Settings) -> BenchResult:  # noqa: N802 - as DEFAULT
+    return run_benchmark(settings, redis_cluster=True)
+
+
 def register(bench_app: typer.Typer) -> None:
     @bench_app.command("serve")
     def serve_command(
@@ -434,6 +441,8 @@ def register(bench_app: typer.Typer) -> None:
         wrk_rounds: int = typer.Option(3, help="Alternating wrk rounds (best kept)."),
         wrk_connections: int = typer.Option(8, help="wrk connections."),
         freshness_trials: int = typer.Option(40, help="POST → changed answer trials."),
+        redis_cluster: bool = typer.Option(False, "--redis-cluster", help="Start a "
+                                           "three-primary Redis Cluster, not one Redis."),
     ) -> None:
         """Serving latency at fixed rates, max throughput vs a bare Redis GET, freshness."""
         from bouquet.core.settings import get_settings
@@ -442,7 +451,8 @@ def register(bench_app: typer.Typer) -> None:
                                rates=tuple(int(r) for r in rates.split(",")),
                                wrk_seconds=wrk_seconds, wrk_rounds=wrk_rounds,
                                wrk_connections=wrk_connections,
-                               freshness_trials=freshness_trials)
+                               freshness_trials=freshness_trials,
+                               redis_cluster=redis_cluster)
         print_result(result)
         if json_path is not None:
             write_json(result, json_path)

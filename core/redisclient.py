@@ -21,11 +21,12 @@ on both goes through the helpers here: :func:`is_cluster`, :func:`load_scripts`,
 from __future__ import annotations
 
 import binascii
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import cache
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import numpy as np
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
@@ -134,6 +135,25 @@ def hash_slot(key: str | bytes) -> int:
         if end > start + 1:
             raw = raw[start + 1:end]
     return binascii.crc_hqx(raw, 0) % SLOTS
+
+
+def resident_chunks(resident_ids: Sequence[str], size: int, cluster: bool
+                    ) -> list[np.ndarray]:
+    """Positions in ``resident_ids`` grouped for scripts that build per-resident key names
+    themselves: chunks of at most ``size`` residents, consecutive on one Redis; on a
+    cluster, the residents of one hash slot per chunk (every per-resident key carries the
+    ``{rid}`` tag, so the id's slot is its keys' slot, and a script may touch one slot).
+    Each chunk's first resident's key routes the call to its slot's primary."""
+    n = len(resident_ids)
+    if not cluster:
+        return [np.arange(start, min(start + size, n)) for start in range(0, n, size)]
+    slots = np.fromiter((hash_slot(rid) for rid in resident_ids), dtype=np.int64, count=n)
+    order = np.argsort(slots, kind="stable")
+    starts = np.flatnonzero(np.diff(slots[order], prepend=-1))
+    chunks = []
+    for same_slot in np.split(order, starts[1:]):
+        chunks += [same_slot[i:i + size] for i in range(0, len(same_slot), size)]
+    return chunks
 
 
 @cache

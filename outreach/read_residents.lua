@@ -1,9 +1,10 @@
 -- What the outreach planner reads of many residents, in one call per chunk (ARGV[8]: the
 -- resident ids joined by \31, one argument rather than a thousand, which the client would
 -- encode one by one; key names are built here from the fixed parts the planner passes,
--- checked against bouquet.core.keys.Keys, so this needs a single Redis primary, like the
--- ingestion script). The reply is column by column — one array per field, one
--- entry per resident, "" when absent — so the client parses arrays, not residents.
+-- checked against bouquet.core.keys.Keys; on a Redis Cluster the residents of one call share
+-- a hash slot, and KEYS[1], one of their keys, only routes the call there). The reply is
+-- column by column — one array per field, one entry per resident, "" when absent — so the
+-- client parses arrays, not residents.
 -- ARGV: mode ("state" | "offers"), resident key prefix "<p>r:{", suffix "}:", bundles list
 -- prefix "<p>rec:<version>:b:{", services list prefix, list suffix "}", profile fields
 -- ("a,b,c"), resident ids.

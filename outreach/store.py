@@ -5,10 +5,14 @@ A million residents cannot be read one round trip at a time, and a script per re
 costs more in the client than in Redis. So one script call reads a chunk of residents
 (``read_residents.lua``), returning a few strings per resident, and one call writes a
 chunk of records (``write_records.lua``). The scripts build key names from fixed parts
-checked here against :class:`~bouquet.core.keys.Keys` at start-up (as ingestion does). A
-call covers residents of many hash slots, and the contactable set is on the ``{eng}`` slot,
-so the planner needs a single Redis (like ``bouquet publish``'s pointer switch): on a Redis
-Cluster the store refuses to start, with :class:`SingleRedisOnly` (docs/outreach.md).
+checked here against :class:`~bouquet.core.keys.Keys` at start-up (as ingestion does).
+
+A script may touch one hash slot of a Redis Cluster, and every key a call builds carries
+its resident's ``{rid}`` tag: on a cluster a call takes the residents of one slot
+(:func:`~bouquet.core.redisclient.resident_chunks`) and names one of their keys so the
+client routes it, and the replies are put back in the callers' order. Chunks are then
+small (a million residents over 16,384 slots: ~60 a slot), so a plan makes more, smaller
+calls than on one Redis; the pipelines still group them by node.
 """
 
 from __future__ import annotations
@@ -19,12 +23,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import redis
 
 from bouquet.core.keys import Keys
 from bouquet.core.outreach import ResidentRecord, decode_record
 from bouquet.core.profile import all_segments, decode_value
-from bouquet.core.redisclient import is_cluster
+from bouquet.core.redisclient import SyncClient, is_cluster, load_scripts, resident_chunks
 from bouquet.core.scripts import lua_script
 from bouquet.models.online import decode_meta, unpack_list
 from bouquet.outreach.candidates import PublishedLists
@@ -45,10 +48,6 @@ class KeyFormatChanged(RuntimeError):
     """``Keys`` builds a name the planner's scripts would not: the scripts must change."""
 
 
-class SingleRedisOnly(RuntimeError):
-    """The planner was given a Redis Cluster client; its scripts need one Redis."""
-
-
 def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
@@ -56,11 +55,9 @@ def _text(value: Any) -> str:
 class OutreachStore:
     """Chunked reads and writes of the planner's per-resident state."""
 
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
-        if is_cluster(client):
-            raise SingleRedisOnly("the outreach planner needs a single Redis (redis://), "
-                                  "not a Redis Cluster: docs/outreach.md")
+    def __init__(self, client: SyncClient, keys: Keys) -> None:
         self.redis = client
+        self.cluster = is_cluster(client)
         self.keys = keys
         sample = keys.profile("R0")
         self._r_pre = sample[: sample.rindex("{R0}") + 1]
@@ -122,18 +119,21 @@ class OutreachStore:
             s_key = self.keys.recs(version, "R0", "s")
             s_pre = s_key[: s_key.rindex("{R0}") + 1]
         head = [mode, self._r_pre, self._r_suf, b_pre, s_pre, l_suf, ",".join(PROFILE_FIELDS)]
-        self.redis.script_load(_READ_LUA)
+        load_scripts(self.redis, [_READ_LUA])
         group = CHUNK * PIPELINED_CALLS
         for first in range(0, len(resident_ids), group):
+            part = list(resident_ids[first:first + group])
+            chunks = resident_chunks(part, CHUNK, self.cluster)
             columns: list[list[bytes]] = [[] for _ in range(width)]
             pipe = self.redis.pipeline(transaction=False)
-            for start in range(first, min(first + group, len(resident_ids)), CHUNK):
-                pipe.evalsha(self._read.sha, 0, *head,
-                             "\x1f".join(resident_ids[start:start + CHUNK]))
+            for chunk in chunks:
+                ids = [part[i] for i in chunk]
+                pipe.evalsha(self._read.sha, 1, self.keys.profile(ids[0]), *head,
+                             "\x1f".join(ids))
             for reply in pipe.execute():
-                for column, part in zip(columns, reply, strict=True):
-                    column.extend(part)
-            yield columns
+                for column, values in zip(columns, reply, strict=True):
+                    column.extend(values)
+            yield _in_order(columns, chunks) if self.cluster else columns
 
     def _call(self, mode: str, resident_ids: Sequence[str], version: str | None,
               width: int) -> list[list[bytes]]:
@@ -192,18 +192,20 @@ class OutreachStore:
         items = list(records.items())
         head = [self._r_pre, self._r_suf, str(int(ttl_s))]
         dropped: list[str] = []
-        self.redis.script_load(_WRITE_LUA)
+        load_scripts(self.redis, [_WRITE_LUA])
         group = CHUNK * PIPELINED_CALLS
         for first in range(0, len(items), group):
+            part = items[first:first + group]
             pipe = self.redis.pipeline(transaction=False)
-            for start in range(first, min(first + group, len(items)), CHUNK):
+            for chunk in resident_chunks([rid for rid, _ in part], CHUNK, self.cluster):
                 lines = []
-                for rid, record in items[start:start + CHUNK]:
+                for rid, record in (part[i] for i in chunk):
                     encoded = record.encode()
                     lines.append(f"{'1' if rid in nudged else '0'}\x1f{rid}"
                                  f"\x1f{encoded['sent']}\x1f{encoded['pending']}"
                                  f"\x1f{encoded['streak']}\x1f{encoded['paused_until']}")
-                pipe.evalsha(self._write.sha, 0, *head, "\x1e".join(lines))
+                pipe.evalsha(self._write.sha, 1, self.keys.profile(part[chunk[0]][0]), *head,
+                             "\x1e".join(lines))
             for reply in pipe.execute():
                 dropped += [_text(rid) for rid in reply]
         return dropped
@@ -220,6 +222,19 @@ class OutreachStore:
             pipe.hget(self.keys.profile(rid), "neighbourhood")
         return {rid: _text(v) for rid, v in zip(resident_ids, pipe.execute(), strict=True)
                 if v}
+
+
+def _in_order(columns: list[list[bytes]], chunks: list[np.ndarray]) -> list[list[bytes]]:
+    """Columns read chunk by chunk put back in the order of the residents asked for."""
+    if not chunks:
+        return columns
+    positions = np.concatenate(chunks)
+    out = []
+    for column in columns:
+        ordered = np.empty(len(positions), dtype=object)
+        ordered[positions] = column
+        out.append(ordered.tolist())
+    return out
 
 
 def _decoded(name: str, values: list[bytes]) -> np.ndarray:

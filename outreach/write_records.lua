@@ -4,6 +4,8 @@
 -- nudged whose profile no longer says contact consent (withdrawn, or erased, while the plan
 -- was made) gets no new record, and is returned, so that the nudge is dropped; a resident
 -- whose profile is gone gets no record at all.
+-- KEYS[1]: one of the residents' keys, which routes the call on a Redis Cluster (the residents
+-- of one call share a hash slot there).
 -- ARGV: resident key prefix "<p>r:{", suffix "}:", TTL seconds, then the records, one per
 -- line ("\30"): nudged ("1"/"0"), id, sent, pending, streak, paused_until joined by \31.
 -- Returns the ids whose nudge must be dropped.

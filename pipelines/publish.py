@@ -14,10 +14,18 @@ Redis only, and this step moves results across.
    per-neighbourhood popular lists (the cold-start and no-consent answers).
    Every key is written with a *staging TTL*: if the process dies anywhere before the
    switch, the half-written keyspace disappears by itself and the pointer never moved.
-4. ``PERSIST`` what was written, record counts and ``published_at`` in the meta hash, then
-   switch the pointer with one Lua check-and-set (it fails if another publish switched it
-   meanwhile), and give versions older than the previous one a TTL — the previous one is
-   kept for ``bouquet publish rollback``.
+4. ``PERSIST`` what was written, record counts, ``published_at`` and the ``previous``
+   version in the meta hash, then switch the pointer with one Lua check-and-set on the
+   pointer alone (it fails if another publish switched it meanwhile), then record the
+   version in ``rec:versions`` and mark it live, and give versions older than the previous
+   one a TTL — the previous one is kept for ``bouquet publish rollback``.
+
+The switch touches one key because readers follow the pointer and nothing else, so one
+key's atomic write is the whole switch; a Redis Cluster cannot run a script over the
+pointer, ``rec:versions`` and a meta hash (three slots) anyway. What follows the switch is
+bookkeeping: a publish that dies just after it leaves a version that serves but is not
+in ``rec:versions`` yet, and the next publish's :meth:`Publisher.expire_old` records every
+version a pointer names, so none escapes expiry or erasure.
 """
 
 from __future__ import annotations
@@ -209,8 +217,7 @@ def load_registered(settings: Settings, *, alias: str = "champion",
 
 
 # --- the keyspace switch ------------------------------------------------------------------
-_SWITCH_LUA = lua_script("bouquet.pipelines", "switch_pointer.lua")
-_ROLLBACK_LUA = lua_script("bouquet.pipelines", "rollback_pointer.lua")
+_COMPARE_AND_SET_LUA = lua_script("bouquet.pipelines", "compare_and_set.lua")
 
 
 @dataclass
@@ -340,6 +347,7 @@ class Publisher:
                 "residents": str(len(residents)), "bytes": str(total_bytes),
                 "top_n": str(top), "popular_neighbourhoods": json.dumps(popular_counts),
                 "bundles": str(len(model.bundle_ids)), "services": str(len(model.service_ids)),
+                "published_at": _now_iso(), "previous": previous or "",
             })
             pipe.execute()
         except BaseException:
@@ -351,15 +359,13 @@ class Publisher:
             raise
         finally:
             bar(None)
-        published_at = _now_iso()
-        switched, actual = self.redis.eval(_SWITCH_LUA, 3, pointer_key, k.versions(), meta_key,
-                                           previous or "", version, f"{time.time():.3f}",
-                                           published_at)
-        if not int(switched):
+        actual = self._compare_and_set(pointer_key, previous or "", version)
+        if actual is not None:
             self._expire_version(version)
-            raise PublishError(f"pointer {pointer!r} moved to {actual.decode()!r} during the "
+            raise PublishError(f"pointer {pointer!r} moved to {actual!r} during the "
                                f"publish (expected {previous!r}); {version} was not switched "
                                "to and will expire")
+        self._record_live(version)
         expired = self.expire_old(keep={version, previous} - {None})
         seconds = time.perf_counter() - started
         log.info("published %s (model %s) for %d residents in %.1f s; %s -> %s", version,
@@ -367,7 +373,21 @@ class Publisher:
         return PublishReport(version, model_version, run_id, pointer, previous, len(residents),
                              total_bytes, seconds, expired)
 
-    # --- expiry and rollback ----------------------------------------------------------------
+    # --- the switch, expiry and rollback ---------------------------------------------------
+    def _compare_and_set(self, pointer_key: str, expected: str, version: str) -> str | None:
+        """Point ``pointer_key`` at ``version`` if it still names ``expected``; ``None``
+        when switched, else the version it names now."""
+        switched, actual = self.redis.eval(_COMPARE_AND_SET_LUA, 1, pointer_key, expected,
+                                           version)
+        return None if int(switched) else actual.decode()
+
+    def _record_live(self, version: str) -> None:
+        """``version`` in ``rec:versions`` (by publish time) and its meta ``state=live``."""
+        pipe = self.redis.pipeline(transaction=False)  # two slots on a cluster
+        pipe.zadd(self.keys.versions(), {version: time.time()}, nx=True)
+        pipe.hset(self.keys.version_meta(version), "state", "live")
+        pipe.execute()
+
     def _pointed(self) -> set[str]:
         """Versions some pointer names now, plus each pointer's recorded previous version."""
         names = [self.keys.current_version()]
@@ -390,6 +410,10 @@ class Publisher:
         """TTL on every version not kept and not named by any pointer (or as a pointer's
         previous); forget versions whose keys are gone."""
         keep = keep | self._pointed()
+        recorded = {raw.decode() for raw in self.redis.zrange(self.keys.versions(), 0, -1)}
+        for version in keep - recorded:  # a publish died between its switch and its record
+            if self.redis.exists(self.keys.version_meta(version)):
+                self._record_live(version)
         expired = []
         for raw in self.redis.zrange(self.keys.versions(), 0, -1):
             version = raw.decode()
@@ -452,11 +476,15 @@ class Publisher:
             raise PublishError(f"{current} has no previous version still in Redis")
         if self.redis.ttl(self.keys.version_meta(previous)) >= 0:
             raise PublishError(f"previous version {previous} is already expiring")
-        switched, actual = self.redis.eval(
-            _ROLLBACK_LUA, 3, pointer_key, self.keys.version_meta(previous),
-            self.keys.version_meta(current), current, previous)
-        if not int(switched):
-            raise PublishError(f"pointer moved to {actual.decode()!r} during the rollback")
+        actual = self._compare_and_set(pointer_key, current, previous)
+        if actual is not None:
+            raise PublishError(f"pointer moved to {actual!r} during the rollback")
+        # The restored version keeps its own "previous", so a second rollback steps further
+        # back, never forward again.
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(self.keys.version_meta(previous), "state", "live")
+        pipe.hset(self.keys.version_meta(current), "state", "rolled-back")
+        pipe.execute()
         log.info("rolled %s back from %s to %s", pointer, current, previous)
         return current, previous
 

@@ -48,6 +48,7 @@ import pyarrow.dataset as ds
 
 from bouquet.core.eventlog import COLUMNS, SCHEMA, EventLog, fsync_dir
 from bouquet.core.keys import Keys
+from bouquet.core.redisclient import primaries
 from bouquet.core.settings import Settings
 from bouquet.privacy.erasure import ErasureRegister, delete_published
 
@@ -248,10 +249,30 @@ def _remove_stale_tmp(directory: Path, dry_run: bool) -> int:
 
 def rewrite_redis_aof(client: Any, wait_s: float = 60.0) -> str:
     """Ask Redis to rewrite its append-only file, so deleted keys (an erased resident's)
-    leave the AOF history too; waits up to ``wait_s`` for the rewrite to finish.
+    leave the AOF history too; waits up to ``wait_s`` for the rewrite to finish. On a Redis
+    Cluster every primary keeps its own AOF, so each is asked.
 
     Returns what happened: ``rewritten``, ``no AOF`` (persistence off), ``timeout`` or
-    ``refused: …`` (managed Redis services may disable the command)."""
+    ``refused: …`` (managed Redis services may disable the command); on a cluster whose
+    primaries answer differently, ``<node>: <answer>`` for each, ``; ``-separated."""
+    try:
+        nodes = primaries(client)
+    except Exception as exc:  # redis.ConnectionError: the slot map cannot be read
+        return f"refused: {exc}"
+    answers = [_rewrite_one_aof(node, wait_s) for node in nodes]
+    if len(set(answers)) == 1:
+        return answers[0]
+    return "; ".join(f"{_node_name(node)}: {answer}"
+                     for node, answer in zip(nodes, answers, strict=True))
+
+
+def _node_name(node: Any) -> str:
+    options = node.connection_pool.connection_kwargs
+    return f"{options.get('host')}:{options.get('port')}"
+
+
+def _rewrite_one_aof(client: Any, wait_s: float) -> str:
+    """:func:`rewrite_redis_aof` on one server."""
     try:
         info = client.info("persistence")
         if not int(info.get("aof_enabled", 0)):

@@ -51,3 +51,21 @@ def test_hash_slots_follow_the_cluster_specification() -> None:
 def test_every_slot_has_a_tag_that_hashes_to_it() -> None:
     for slot in (0, 1, 5461, 10922, SLOTS - 1):
         assert hash_slot("{" + slot_tag(slot) + "}") == slot
+
+
+def test_resident_chunks_cover_each_resident_once_one_slot_a_chunk_on_a_cluster() -> None:
+    """Scripts that build residents' key names get consecutive chunks on one Redis and,
+    on a cluster, chunks of one hash slot each (a script may touch one slot)."""
+    import numpy as np
+
+    from bouquet.core.redisclient import resident_chunks
+
+    ids = [f"r{i}" for i in range(5000)] + ["r7"] * 4  # one slot with more than `size`
+    single = resident_chunks(ids, 1000, cluster=False)
+    assert [len(c) for c in single] == [1000] * 5 + [4]
+    assert np.concatenate(single).tolist() == list(range(len(ids)))
+    chunks = resident_chunks(ids, 3, cluster=True)
+    assert sorted(np.concatenate(chunks).tolist()) == list(range(len(ids)))
+    assert all(0 < len(c) <= 3 and len({hash_slot(ids[i]) for i in c}) == 1 for c in chunks)
+    assert len(chunks) > len({hash_slot(r) for r in ids})  # the r7 slot was split
+    assert resident_chunks([], 10, cluster=True) == []

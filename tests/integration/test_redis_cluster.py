@@ -1,4 +1,6 @@
-"""Ingestion, erasure and serving reads against a real Redis Cluster (three primaries).
+"""Bouquet on a real Redis Cluster (three primaries, started by the code behind ``bouquet
+stack up --redis-cluster``): ingestion, erasure, serving, publish and rollback, export,
+compaction, the live counters and the outreach planner's store.
 
 The single-Redis contract of the real-time state (``tests/streaming/test_ingest_state.py``)
 runs again here unchanged, through a ``redis+cluster://`` URL: on a cluster every script
@@ -32,7 +34,7 @@ from bouquet.privacy.erasure import delete_published, published_versions
 from bouquet.serving.store import OnlineStore
 from bouquet.streaming.state import StateWriter, erase_resident
 from bouquet.streaming.synthetic import StreamSpec, stream
-from tests.integration.redis_cluster import ClusterUnavailable, local_cluster, missing_binaries
+from tests.integration.cluster_stack import started_cluster
 from tests.streaming.ingest_helpers import ReferenceState, dump_state
 
 pytestmark = pytest.mark.integration
@@ -40,16 +42,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A three-primary cluster for this module, stopped at its end."""
-    missing = missing_binaries()
-    if missing:
-        pytest.skip(f"a local Redis Cluster needs {', '.join(missing)} (apt-get install "
-                    "redis-server redis-tools)")
-    try:
-        with local_cluster(tmp_path_factory.mktemp("redis-cluster")) as url:
-            yield url
-    except ClusterUnavailable as exc:
-        pytest.fail(f"the local Redis Cluster did not start: {exc}")
+    """A three-primary cluster for this module, started and stopped by the code behind
+    ``bouquet stack up --redis-cluster`` / ``stack down``."""
+    yield from started_cluster(tmp_path_factory.mktemp("redis-cluster"))
 
 
 @pytest.fixture
@@ -205,14 +200,52 @@ def test_the_consent_api_writes_contact_consent_on_the_cluster(
     assert hash_slot(keys.contactable()) == hash_slot(keys.active_index())
 
 
-def test_the_outreach_planner_refuses_a_cluster(cluster_settings: Settings,
-                                                client: SyncClient) -> None:
-    """The planner's chunked scripts cover residents of many slots per call: it needs a
-    single Redis, and says so at once rather than failing mid-plan with CROSSSLOT."""
-    from bouquet.outreach.store import OutreachStore, SingleRedisOnly
+def test_the_planners_records_script_holds_on_a_cluster(cluster_settings: Settings) -> None:
+    """The planner's write (one script call per hash slot of residents on a cluster) keeps
+    its single-Redis contract: the last consent check drops withdrawn and erased nudges."""
+    import tests.outreach.test_gateway_and_consent as outreach
 
-    with pytest.raises(SingleRedisOnly, match="single Redis"):
-        OutreachStore(client, Keys(cluster_settings.redis_key_prefix))
+    outreach.test_the_records_script_drops_the_nudge_of_a_resident_who_withdrew_meanwhile(
+        cluster_settings)
+
+
+def test_the_planners_chunked_reads_on_a_cluster_match_each_residents_keys(
+        cluster_settings: Settings, client: SyncClient) -> None:
+    """The planner's reads (one script call per slot's residents, replies put back in the
+    order asked) against what each resident's own keys hold: profile, contact consent,
+    holdings and published lists, for residents spread over all three primaries."""
+    from bouquet.core.catalog import load_catalog
+    from bouquet.outreach.store import OutreachStore
+    from tests.serving.support import publish, small_model
+
+    catalog = load_catalog()
+    keys = Keys(cluster_settings.redis_key_prefix)
+    residents = [f"r{i}" for i in range(60)]
+    events = []
+    for i, rid in enumerate(residents):
+        nb = catalog.neighbourhood_ids[i % len(catalog.neighbourhood_ids)]
+        events.append(single.ev(3 * i, rid, "profile", i, context={"neighbourhood": nb}))
+        events.append(single.ev(3 * i + 1, rid, "consent", i, value=i % 3 != 0,
+                                context={"purpose": "contact"}))
+        if i % 2:
+            events.append(single.ev(3 * i + 2, rid, "subscribe", i,
+                                    bundle_id=catalog.bundle_ids[i % 5]))
+    single.apply(StateWriter(client, keys), keys, events)
+    version = publish(cluster_settings, small_model(catalog, n=60), "v1").version
+    asked = [*reversed(residents), "nobody"]  # an order the slots do not follow
+    store = OutreachStore(client, keys)
+    table, _ = store.resident_table(asked)
+    offers = store.offers(asked, version)
+    contact = store.contact(asked)
+    assert table.ids.tolist() == asked
+    for n, rid in enumerate(asked):
+        profile = single.read_profile(client, keys, rid)
+        assert table.profile["neighbourhood"][n] == profile.get("neighbourhood")
+        assert contact[n] == table.contact[n] == bool(profile.get("contact"))
+        held = {m.decode() for m in client.smembers(keys.holdings(rid))}
+        assert set(offers.holdings[n].split()) == held
+        assert offers.packed["b"][n] == (client.get(keys.recs(version, rid, "b")) or b"")
+    assert contact.sum() == 40 and sum(bool(h) for h in offers.holdings) == 30
 
 
 def test_serving_reads_what_ingestion_wrote_on_the_cluster(cluster_settings: Settings,
@@ -275,3 +308,201 @@ def test_a_cluster_url_that_reaches_one_server_fails_at_once(cluster_url: str) -
 
     with pytest.raises((RedisClusterException, RedisError)):
         redis_client(f"redis+cluster://127.0.0.1:{free_port()}", socket_connect_timeout=1)
+
+
+def test_stack_up_redis_cluster_prints_the_url_and_down_stops_every_node(
+        tmp_path: Path) -> None:
+    """The CLI end to end: ``stack up --redis-cluster`` starts the nodes (on the ports a
+    cluster ``REDIS_URL`` names), forms the cluster and prints the URL to export; ``stack
+    down`` stops every node."""
+    import json
+    import subprocess
+    import sys
+
+    import psutil
+
+    from bouquet.localcluster import cluster_ports, cluster_url
+    from bouquet.localstack import free_port
+
+    url = cluster_url(cluster_ports())
+    env = {"BOUQUET_STATE_DIR": str(tmp_path), "REDIS_URL": url, "PATH": "/usr/bin:/bin",
+           "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"}
+    cli = [sys.executable, "-m", "bouquet", "stack"]
+    try:
+        up = subprocess.run([*cli, "up", "--redis-cluster"], env=env, capture_output=True,
+                            text=True, timeout=120)
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert f"export REDIS_URL={url}" in up.stdout
+        assert up.stdout.count("healthy") == 3
+        pids = [json.loads(p.read_text())["pid"]
+                for p in (tmp_path / "stack").glob("redis-cluster-*.pid.json")]
+        assert len(pids) == 3
+        client = redis_client(url)
+        assert len(client.get_primaries()) == 3
+        client.close()
+    finally:
+        down = subprocess.run([*cli, "down"], env=env, capture_output=True, text=True,
+                              timeout=60)
+    assert "redis-cluster" in down.stdout
+    assert not [p for p in pids if psutil.pid_exists(p)
+                and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+
+def test_the_stack_cluster_keeps_its_data_across_down_and_up(tmp_path: Path) -> None:
+    """Started again on the same state folder, the nodes read their ``nodes.conf`` (the
+    slots are not assigned twice, which ``redis-cli`` would refuse) and their AOF."""
+    from tests.integration.cluster_stack import cluster_stack
+
+    stack = cluster_stack(tmp_path)
+    try:
+        stack.start_redis()
+        client = redis_client(stack.settings.redis_url)
+        client.set("survives:{a}", "1")
+        client.close()
+        stack.down()
+        stack.start_redis()
+        client = redis_client(stack.settings.redis_url)
+        assert client.get("survives:{a}") == b"1"
+        client.close()
+    finally:
+        stack.down()
+
+
+def test_redis_cluster_flag_picks_the_default_ports_for_a_plain_url(tmp_path: Path) -> None:
+    """Without a cluster URL the flag names the conventional ports; a cluster URL is kept."""
+    from bouquet.localcluster import DEFAULT_PORTS, local_ports
+    from bouquet.localstack import LocalStack
+
+    plain = LocalStack(Settings(env="test", state_dir=tmp_path,
+                                redis_url="redis://127.0.0.1:6390/0"))
+    assert local_ports(plain.with_redis_cluster().settings.redis_url) == list(DEFAULT_PORTS)
+    assert local_ports("redis+cluster://127.0.0.1:7100") == [7100, 7101, 7102]
+    assert local_ports("redis+cluster://10.0.0.1:7000") is None
+    named = LocalStack(Settings(env="test", state_dir=tmp_path,
+                                redis_url="redis+cluster://127.0.0.1:7100"))
+    assert named.with_redis_cluster() is named
+
+
+def test_publish_serve_publish_again_and_roll_back_on_the_cluster(
+        cluster_settings: Settings, client: SyncClient) -> None:
+    """The versioned keyspace and its pointer on a cluster: each publish's lists spread
+    over the primaries, serving follows the one-key switch, a third publish expires the
+    first version, and rollback restores the one before."""
+    import anyio
+
+    from bouquet.core.catalog import load_catalog
+    from bouquet.pipelines.publish import Publisher
+    from tests.serving.support import client_for, publish, set_profile, small_model
+
+    catalog = load_catalog()
+    keys = Keys(cluster_settings.redis_key_prefix)
+    settings = cluster_settings.model_copy(update={"publish_chunk": 25})
+    set_profile(settings, "r3", consent="1", neighbourhood="centre")
+
+    async def served() -> str:
+        async with client_for(settings) as app:
+            answer = await app.get("/v1/residents/r3/bundles")
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            assert body["personalised"] and body["bundles"]
+            return body["keyspace_version"]
+
+    first = publish(settings, small_model(catalog, n=60, seed=1), "v1")
+    owners = {client.nodes_manager.get_node_from_slot(
+        hash_slot(keys.recs(first.version, f"r{i}", "b"))).name for i in range(60)}
+    assert len(owners) == 3
+    assert anyio.run(served) == first.version
+    second = publish(settings, small_model(catalog, n=60, seed=2), "v2")
+    assert second.previous == first.version
+    assert anyio.run(served) == second.version
+    third = publish(settings, small_model(catalog, n=60, seed=3), "v3")
+    assert third.expired == [first.version]
+    assert 0 < client.ttl(keys.recs(first.version, "r7", "s")) \
+        <= settings.publish_old_version_ttl_s
+    assert client.ttl(keys.recs(second.version, "r7", "s")) == -1
+    assert Publisher(settings, client).rollback() == (third.version, second.version)
+    assert anyio.run(served) == second.version
+    assert client.hget(keys.version_meta(third.version), "state") == b"rolled-back"
+    assert client.hget(keys.version_meta(second.version), "state") == b"live"
+
+
+def test_live_engagement_counters_read_back_on_the_cluster(cluster_settings: Settings,
+                                                           client: SyncClient) -> None:
+    """The operator's live figures (``analytics.live.snapshot``) from a cluster: today's
+    active residents and contacts, and the trailing windows, as counted from the events."""
+    from datetime import UTC, datetime
+
+    from bouquet.analytics.live import snapshot
+    from bouquet.core.events import CONTACT_TYPES
+
+    keys = Keys(cluster_settings.redis_key_prefix)
+    now = datetime.now(UTC)
+    events = list(stream(single.CATALOG, StreamSpec(events=900, residents=80, seed=17,
+                                                    erase_rate=0.0, days=2, end=now)))
+    single.apply(StateWriter(client, keys), keys, events)
+    contacts = {e["event_id"]: e for e in events if e["type"] in CONTACT_TYPES}
+    today = [e for e in contacts.values()
+             if datetime.fromisoformat(e["ts"]).astimezone(UTC).date() == now.date()]
+    live = snapshot(client, keys, now)
+    day = live.active[(live.active.period == "day") & (live.active.bucket == live.day)
+                      & (live.active.dimension == "all")]
+    assert day.active.tolist() == [len({e["resident_id"] for e in today})] != [0]
+    counted = live.contacts[(live.contacts.bucket == live.day)
+                            & (live.contacts.type == "all")].contacts.tolist()
+    assert counted == [len(today)]
+    rolling = dict(zip(live.rolling.window, live.rolling.active, strict=True))
+    assert rolling["ever"] == rolling["last_7d"] == len({e["resident_id"]
+                                                          for e in contacts.values()})
+
+
+def test_export_reads_a_residents_state_and_lists_from_the_cluster(
+        cluster_settings: Settings, client: SyncClient) -> None:
+    """``bouquet privacy export``'s document: real-time state from the resident's slot,
+    activity sets from ``{eng}``, and the published lists of each pointer's version."""
+    from bouquet.core.catalog import load_catalog
+    from bouquet.privacy.export import export_resident
+    from tests.serving.support import publish, small_model
+
+    keys = Keys(cluster_settings.redis_key_prefix)
+    single.apply(StateWriter(client, keys), keys,
+                 [single.ev(1, "r5", "use", 1, service_id="bike-share"),
+                  single.ev(2, "r5", "subscribe", 2, bundle_id="compte-mobilite"),
+                  single.ev(3, "r6", "use", 3, service_id="bike-share")])
+    published = publish(cluster_settings, small_model(load_catalog(), n=10), "v1")
+    document = export_resident(cluster_settings, client, "r5")
+    realtime = document["realtime"]
+    assert [e["event_id"] for e in realtime["recent"]] == ["e2", "e1"]
+    assert realtime["holdings"] == ["b:compte-mobilite"]
+    assert realtime["counted_active_in"] and realtime["last_contact"] is not None
+    [lists] = document["recommendations"]
+    assert lists["keyspace_version"] == published.version and lists["bundles"]
+
+
+def test_compaction_deletes_erased_residents_lists_and_rewrites_every_aof(
+        cluster_settings: Settings, client: SyncClient) -> None:
+    """``bouquet compact`` on a cluster: an ``erase`` event in the log deletes the
+    resident's published lists (in their own slots), and the AOF rewrite reaches every
+    primary, not the one node a keyless command would go to."""
+    from datetime import UTC, datetime
+
+    from bouquet.core.catalog import load_catalog
+    from bouquet.core.eventlog import EventLog
+    from bouquet.core.redisclient import primaries
+    from bouquet.privacy.compaction import compact, rewrite_redis_aof
+    from tests.serving.support import publish, small_model
+
+    keys = Keys(cluster_settings.redis_key_prefix)
+    published = publish(cluster_settings, small_model(load_catalog(), n=10), "v1")
+    EventLog(cluster_settings.event_log_path, writer_id="test").append(
+        [{"event_id": "x1", "resident_id": "r4", "type": "erase", "channel": "system",
+          "ts": datetime.now(UTC), "schema_version": 1}])
+    report = compact(cluster_settings, redis_client=client)
+    assert report.published_lists_deleted == 2  # bundles and services
+    assert not client.exists(keys.recs(published.version, "r4", "b"),
+                             keys.recs(published.version, "r4", "s"))
+    assert client.exists(keys.recs(published.version, "r3", "b"))
+    nodes = primaries(client)  # the stack's cluster keeps an AOF on each primary
+    before = [int(node.info("persistence")["aof_rewrites"]) for node in nodes]
+    assert rewrite_redis_aof(client) == "rewritten"
+    after = [int(node.info("persistence")["aof_rewrites"]) for node in nodes]
+    assert all(a > b for a, b in zip(after, before, strict=True)) and len(nodes) == 3

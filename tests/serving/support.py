@@ -10,11 +10,12 @@ from datetime import date
 
 import httpx
 import numpy as np
-import redis
 import scipy.sparse as sp
 
 from bouquet.core.catalog import Catalog, load_catalog
 from bouquet.core.keys import Keys
+from bouquet.core.redisclient import SyncClient
+from bouquet.core.redisclient import redis_client as client_for_url
 from bouquet.core.settings import DEFAULT_EVENT_WEIGHTS, Settings
 from bouquet.models.confidence import ConfidenceRule
 from bouquet.models.factor import FactorModel
@@ -72,7 +73,7 @@ def small_model(catalog: Catalog, n: int = 50, factors: int = 16, seed: int = 7,
 def publish(settings: Settings, model: FactorModel, model_version: str = "v1",
             pointer: str = "current") -> PublishReport:
     catalog = load_catalog(settings.catalog_path)
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis_client(settings)
     try:
         return Publisher(settings, client, catalog.neighbourhood_ids).publish(
             model, model_version=model_version, run_id=f"run-{model_version}", pointer=pointer)
@@ -80,8 +81,9 @@ def publish(settings: Settings, model: FactorModel, model_version: str = "v1",
         client.close()
 
 
-def redis_client(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(settings.redis_url)
+def redis_client(settings: Settings) -> SyncClient:
+    """A client of the Redis (or Redis Cluster) the settings name."""
+    return client_for_url(settings.redis_url)
 
 
 def set_profile(settings: Settings, rid: str, **fields: str) -> None:

@@ -188,3 +188,28 @@ def test_packed_values_are_smaller_than_json(settings) -> None:
                                                     chunk.bundle_reasons, strict=True))
     assert packed * 4 < as_json
     time.sleep(0)  # keep the test cheap
+
+
+def test_a_publish_dying_after_its_switch_is_recorded_by_the_next(settings,
+                                                                   monkeypatch) -> None:
+    """The switch is the pointer's one write; recording the version in ``rec:versions``
+    follows it. A publish that dies between the two serves its version unrecorded, and
+    the next publish records it, so it still expires in its turn (and erasure finds it)."""
+    keys, r = Keys(settings.redis_key_prefix), redis_client(settings)
+    first = publish(settings, small_model(CATALOG, n=20, seed=1), "v1")
+
+    def die(self, version: str) -> None:
+        raise ConnectionError("the publish process died after the switch")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Publisher, "_record_live", die)
+        with pytest.raises(ConnectionError):
+            publish(settings, small_model(CATALOG, n=20, seed=2), "v2")
+    crashed = r.get(keys.current_version()).decode()
+    assert crashed != first.version and r.zscore(keys.versions(), crashed) is None
+    publish(settings, small_model(CATALOG, n=20, seed=3), "v3")
+    assert r.zscore(keys.versions(), crashed) is not None
+    assert r.hget(keys.version_meta(crashed), "state") == b"live"
+    fourth = publish(settings, small_model(CATALOG, n=20, seed=4), "v4")
+    assert crashed in fourth.expired
+    r.close()
