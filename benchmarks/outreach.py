@@ -46,14 +46,15 @@ FULL_RESIDENTS = 1_000_000
 DEFAULT_RESIDENTS = 100_000
 
 
-def _bench_settings(state: Path, redis_url: str) -> Settings:
-    return Settings(env="test", state_dir=state, redis_url=redis_url, redis_key_prefix="bq:",
-                    kafka_bootstrap_servers="127.0.0.1:1")
+def _bench_settings(state: Path, redis_url: str, key_prefix: str = "bq:") -> Settings:
+    return Settings(env="test", state_dir=state, redis_url=redis_url,
+                    redis_key_prefix=key_prefix, kafka_bootstrap_servers="127.0.0.1:1")
 
 
-def fill(state: str, redis_url: str, residents: int, history_days: int, seed: int
-         ) -> dict[str, Any]:
-    """Build the deployment (runs in a child process; see the module docstring)."""
+def fill(state: str, redis_url: str, residents: int, history_days: int, seed: int,
+         key_prefix: str = "bq:") -> dict[str, Any]:
+    """Build the deployment (runs in a child process; see the module docstring; tests
+    fill a small city under their own ``key_prefix``)."""
     import json
 
     import pyarrow as pa
@@ -68,7 +69,7 @@ def fill(state: str, redis_url: str, residents: int, history_days: int, seed: in
     from bouquet.models.online import pack_list, pack_rows
 
     started = time.perf_counter()
-    settings = _bench_settings(Path(state), redis_url)
+    settings = _bench_settings(Path(state), redis_url, key_prefix)
     catalog = load_catalog(None)
     rng = np.random.default_rng(seed)
     today = datetime.now(UTC).date()
