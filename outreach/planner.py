@@ -24,7 +24,6 @@ import json
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -154,16 +153,15 @@ class Planner:
             raise NothingPublished("nothing is published yet (`bouquet publish`): outreach "
                                    "offers what serving would answer")
         ids = self.store.contactable()
-        # the log is read (this process's CPU) while Redis reads the residents (the
-        # server's): neither needs the other, and the two CPUs work at once
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="outreach-log") as pool:
-            reading = pool.submit(self._history, ids, now)
-            residents = self._residents(ids)
-            timings["read_residents_s"] = time.perf_counter() - clock
-            history, timings["read_history_s"] = reading.result()
+        residents = self._residents(ids)
+        timings["read_residents_s"] = time.perf_counter() - clock
         step = time.perf_counter()
+        history = read_history(self.settings.event_log_path, self.catalog, ids, now,
+                               self.settings.outreach_history_days,
+                               self.settings.outreach_timezone,
+                               recommendation_ids=self.config.recommendation_ids)
         knowledge = self._knowledge(history, residents, now)
-        timings["knowledge_s"] = time.perf_counter() - step
+        timings["read_history_s"] = time.perf_counter() - step
         step = time.perf_counter()
         rng = np.random.default_rng(plan_seed(self.settings.outreach_holdout_salt, day))
         id_array = residents.ids
@@ -208,15 +206,6 @@ class Planner:
         residents, contact_ts = self.store.resident_table(ids)
         residents.erased = self._erased(register, ids, contact_ts)
         return residents
-
-    def _history(self, ids: list[str], now: float) -> tuple[History, float]:
-        """The event log's window for ``ids``, and the seconds reading it took."""
-        started = time.perf_counter()
-        history = read_history(self.settings.event_log_path, self.catalog, ids, now,
-                               self.settings.outreach_history_days,
-                               self.settings.outreach_timezone,
-                               recommendation_ids=self.config.recommendation_ids)
-        return history, time.perf_counter() - started
 
     @staticmethod
     def _erased(register: ErasureRegister, ids: list[str], contact_ts: np.ndarray

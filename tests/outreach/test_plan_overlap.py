@@ -1,8 +1,8 @@
-"""The planner reads the log while Redis reads the residents, and keeps its next Redis call
-in flight while it works on the current reply (``outreach/overlap.py``). Neither may change
-a decision: on a generated city (the benchmark's, small, with many small chunks so that the
-overlap really happens), the plan equals the one the same steps make one after the other,
-and every record it makes is written."""
+"""The planner keeps its next Redis call in flight while it works on the current reply
+(``outreach/overlap.py``). That may not change a decision: on a generated city (the
+benchmark's, small, with many small chunks so that the overlap really happens), the plan
+equals the one the same steps make one after the other, and every record it makes is
+written."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from bouquet.core.settings import Settings
 from bouquet.outreach import decide as decide_module
 from bouquet.outreach import store as store_module
 from bouquet.outreach.decide import DayPlan, decide
+from bouquet.outreach.history import read_history
 from bouquet.outreach.planner import Planner, plan_seed
 from bouquet.serving.ranking import OfferRanker
 
@@ -65,7 +66,10 @@ def test_the_overlapped_plan_is_the_plan_made_step_by_step(
     monkeypatch.setattr(decide_module, "one_ahead", _in_turn)
     ids = planner.store.contactable()
     residents = planner._residents(ids)
-    history, _ = planner._history(ids, now)
+    history = read_history(planner.settings.event_log_path, planner.catalog, ids, now,
+                           planner.settings.outreach_history_days,
+                           planner.settings.outreach_timezone,
+                           recommendation_ids=planner.config.recommendation_ids)
     knowledge = planner._knowledge(history, residents, now)
     lists = planner.store.published(planner.catalog.neighbourhood_ids)
     assert lists is not None
