@@ -20,8 +20,8 @@ record (the ledger file, the residents' records) — and ``messages_s`` builds t
 (JSON) the delivery would send; the Kafka produce itself is not in it (it is the broker's
 throughput, measured by ``bench ingest``). ``plan_cpu_s`` is this process's CPU time
 during the plan and ``plan_redis_cpu_s`` the Redis server's (``INFO cpu``); the rest of
-``plan_s`` is waiting, for the other side or for a CPU of a shared machine. ``peak_rss_mb`` is this process's peak.
-The machine's load average before and after is in the notes.
+``plan_s`` is waiting, for the other side or for a CPU of a shared machine.
+``peak_rss_mb`` is this process's peak. The machine's load average before and after is in the notes.
 """
 
 from __future__ import annotations
