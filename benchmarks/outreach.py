@@ -21,7 +21,8 @@ record (the ledger file, the residents' records) — and ``messages_s`` builds t
 throughput, measured by ``bench ingest``). ``plan_cpu_s`` is this process's CPU time
 during the plan and ``plan_redis_cpu_s`` the Redis server's (``INFO cpu``); the rest of
 ``plan_s`` is waiting, for the other side or for a CPU of a shared machine.
-``peak_rss_mb`` is this process's peak. The machine's load average before and after is in the notes.
+``peak_rss_mb`` is this process's peak. The machine's load average before and after is in
+the notes.
 """
 
 from __future__ import annotations
