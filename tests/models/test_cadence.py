@@ -95,3 +95,12 @@ def test_serving_puts_a_much_used_bundle_first_and_power_zero_keeps_the_score_or
                personalise) == plain
     weighed = top(OfferRanker(CATALOG, cadence_power=1.0), version, lists, rid, personalise)
     assert weighed[0] == plain[1]
+
+
+def test_the_use_rate_travels_with_the_serving_view() -> None:
+    from bouquet.models.deployable import from_blob
+
+    rate = np.arange(len(CATALOG.bundle_ids), dtype=np.float64)
+    model = replace(small_model(CATALOG), bundle_use_rate=rate)
+    np.testing.assert_array_equal(from_blob(model.serving_view().to_blob()).bundle_use_rate,
+                                  rate)
