@@ -411,7 +411,7 @@ class OfferRanker:
                 result.reranked = True
             else:
                 scores = [row[2] for row in rows]
-            weights = self.cadence_weights(model, kind)
+            weights = self.bundle_weights(model, kind)
             if weights is not None:
                 n_w = len(weights)
                 scores = weigh(scores, [weights[i] if i < n_w else 1.0
@@ -453,7 +453,7 @@ class OfferRanker:
             self._explore(result, state, model, k, zone, domain, now, resident_id)
         return result
 
-    def cadence_weights(self, model: PublishedVersion, kind: str) -> list[float] | None:
+    def bundle_weights(self, model: PublishedVersion, kind: str) -> list[float] | None:
         """Every bundle's cadence weight in ``model`` (None: services, or ranking by score
         alone); fixed for a published version, so worked out once per version."""
         if kind != "b" or self.cadence_power == 0:
@@ -547,7 +547,7 @@ class OfferRanker:
         # The same rules as ``allowed``, from the per-profile cache.
         permitted = self.permitted(kind, state, zone, domain)
         blocked = self._blocked(kind, state, result.rotated)
-        weights = self.cadence_weights(model, kind)
+        weights = self.bundle_weights(model, kind)
         for label, where, entries in sources:
             used = False
             for entry in _by_cadence(entries.tolist(), weights):
