@@ -275,6 +275,12 @@ class Settings(BaseSettings):
     # `serving_explore_prior` impressions. 0 disables it.
     serving_explore_share: float = Field(default=0.1, ge=0, le=1)
     serving_explore_prior: float = Field(default=20.0, gt=0, le=10_000)
+    # Cadence: bundles are ranked by score × (use rate / top use rate) ** power, the use rate
+    # being use events per holder per week counted at training (models/cadence.py). The
+    # goal is a weekly cadence of use, and the models predict a take-up: an offer taken and
+    # rarely used does not move cadence. 0 ranks by score alone; 1 is P(take up) × uses a
+    # week, the expected cadence gain (chosen on simulator seeds 101-105: docs/simulation.md).
+    serving_cadence_power: float = Field(default=1.0, ge=0, le=4)
     # POST /v1/events: largest batch, and how long to wait for the broker's acks.
     serving_max_batch: int = Field(default=500, ge=1, le=10_000)
     serving_intake_timeout_s: float = Field(default=5.0, gt=0, le=60)

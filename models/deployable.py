@@ -103,6 +103,10 @@ class DeployableModel(ABC):
     #: row first): the Beta–Bernoulli counts serving's exploration samples from.
     bundle_shown: np.ndarray | None = None
     bundle_taken: np.ndarray | None = None
+    #: Use events per holder per week of each bundle (:mod:`bouquet.models.cadence`):
+    #: serving ranks by expected cadence gain with it. Zeros (no weighting) for models
+    #: trained before it was recorded.
+    bundle_use_rate: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.popular_services = np.asarray(self.popular_services, dtype=np.float32)
@@ -113,6 +117,8 @@ class DeployableModel(ABC):
         self.segment_popular_bundles = _table(self.segment_popular_bundles, (n_seg, n_b))
         self.bundle_shown = _table(self.bundle_shown, (1 + n_seg, n_b))
         self.bundle_taken = _table(self.bundle_taken, (1 + n_seg, n_b))
+        self.bundle_use_rate = np.zeros(n_b) if self.bundle_use_rate is None \
+            else np.asarray(self.bundle_use_rate, dtype=np.float64)
         self.resident_ids = np.asarray(self.resident_ids, dtype=str)
         self.resident_neighbourhood = np.asarray(self.resident_neighbourhood, dtype=np.int16)
         n, n_s, n_b = len(self.resident_ids), len(self.service_ids), len(self.bundle_ids)
@@ -268,6 +274,7 @@ class DeployableModel(ABC):
                             ("segment_popular_bundles", (n_seg, len(self.bundle_ids))),
                             ("bundle_shown", (1 + n_seg, len(self.bundle_ids))),
                             ("bundle_taken", (1 + n_seg, len(self.bundle_ids))),
+                            ("bundle_use_rate", (len(self.bundle_ids),)),
                             ("resident_neighbourhood", (len(self.resident_ids),))):
             if getattr(self, name).shape != shape:
                 raise ArtifactError(f"{name} has shape {getattr(self, name).shape}, "
@@ -299,6 +306,7 @@ class DeployableModel(ABC):
             "segment_popular_bundles": self.segment_popular_bundles,
             "bundle_shown": self.bundle_shown,
             "bundle_taken": self.bundle_taken,
+            "bundle_use_rate": self.bundle_use_rate,
         }
         shared = {name: getattr(self, name) for name in DeployableModel.resident_arrays}
         for name, value in {**shared, **self._family_arrays()}.items():
@@ -435,7 +443,7 @@ _DOCUMENT_KEYS = frozenset({"format", "format_version", "family", "service_ids",
                             "bundle_ids", "neighbourhoods", "segments", "bundle_services",
                             "rule", "dataset_params", "arrays"})
 _SEGMENT_ARRAYS = ("segment_popular_services", "segment_popular_bundles", "bundle_shown",
-                   "bundle_taken")
+                   "bundle_taken", "bundle_use_rate")
 
 
 def _import_families() -> None:

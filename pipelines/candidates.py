@@ -292,6 +292,7 @@ def segment_tables(data: Dataset) -> dict[str, Any]:
         out[f"segment_popular_{target}"] = model.score(
             np.full(len(data.segments), -1), None, groups=list(data.segments))
     out["bundle_shown"], out["bundle_taken"] = data.bundle_shown, data.bundle_taken
+    out["bundle_use_rate"] = data.bundle_use_rate
     return out
 
 

@@ -66,6 +66,7 @@ from bouquet.core.eventlog import (
 from bouquet.core.events import EventType
 from bouquet.core.profile import all_segments
 from bouquet.core.settings import Settings
+from bouquet.models.cadence import use_rate
 from bouquet.models.confidence import ConfidenceRule
 from bouquet.models.reasons import encode_drivers
 
@@ -214,6 +215,9 @@ class Dataset:
     #: ``(1 + segments) × bundles``, city-wide row first — exploration's conversion rates.
     bundle_shown: np.ndarray = field(default_factory=lambda: np.zeros((1, 0)))
     bundle_taken: np.ndarray = field(default_factory=lambda: np.zeros((1, 0)))
+    #: Use events per holder per week of each bundle among consenting residents before
+    #: the cut-off (:func:`bouquet.models.cadence.use_rate`): serving's cadence weights.
+    bundle_use_rate: np.ndarray = field(default_factory=lambda: np.zeros(0))
     stats: dict[str, Any] = field(default_factory=dict)
     fingerprint: str = ""
 
@@ -490,6 +494,7 @@ def build_dataset(
     shown, taken = _recommendation_outcomes(arrays, select)
     held_services = _holdings(arrays, select, row, arrays.service, (n, n_s))
     held_bundles = _holdings(arrays, select, row, arrays.bundle, (n, n_b))
+    use_rates = _bundle_use_rate(arrays, select, held_bundles, _ts_value(as_of))
     stats = {
         "events_read": arrays.n_events,
         "residents_seen": int(arrays.stats.get("residents_seen", len(arrays.resident_ids))),
@@ -511,6 +516,7 @@ def build_dataset(
         catalog_fingerprint=arrays.catalog_fingerprint, codes=codes,
         bundle_services=arrays.bundle_services, stats=stats, segments=arrays.segments,
         segment=arrays.segment_codes(codes), bundle_shown=shown, bundle_taken=taken,
+        bundle_use_rate=use_rates,
     )
     dataset.fingerprint = fingerprint(dataset)
     return dataset
@@ -537,7 +543,7 @@ def fingerprint(dataset: Dataset) -> str:
     h.update("\n".join(dataset.resident_ids.tolist()).encode())
     h.update(dataset.neighbourhood.tobytes())
     h.update(np.ascontiguousarray(dataset.segment).tobytes())
-    for table in (dataset.bundle_shown, dataset.bundle_taken):
+    for table in (dataset.bundle_shown, dataset.bundle_taken, dataset.bundle_use_rate):
         h.update(np.ascontiguousarray(table, dtype=np.float64).tobytes())
     for matrix in (dataset.services, dataset.bundles, dataset.held_services,
                    dataset.held_bundles):
@@ -698,6 +704,19 @@ def _holdings(arrays: EventArrays, select: np.ndarray, row: np.ndarray, items: n
     held = arrays.kind[mask][last] == sub
     rows, cols = r[last][held], i[last][held]
     return sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=shape)
+
+
+def _bundle_use_rate(arrays: EventArrays, select: np.ndarray, held_bundles: sp.csr_matrix,
+                     now: int) -> np.ndarray:
+    """Uses per holder per week of each bundle: the selected ``use`` events that carry the
+    bundle, over its holders at the cut-off and the weeks since the first such event (the
+    log's uses may start long after its subscriptions)."""
+    used = select & (arrays.kind == _CODE["use"]) & (arrays.bundle >= 0)
+    uses = np.bincount(arrays.bundle[used].astype(np.int64),
+                       minlength=len(arrays.bundle_ids))
+    holders = np.asarray(held_bundles.sum(axis=0)).ravel()
+    weeks = (now - int(arrays.ts[used].min())) / (7 * NS_PER_DAY) if used.any() else 0.0
+    return use_rate(uses, holders, weeks)
 
 
 def _last_index(keys: np.ndarray) -> np.ndarray:

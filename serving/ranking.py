@@ -17,6 +17,10 @@ Pure logic (no I/O), so every rule is unit-testable and the route stays a few li
    a click, subscription or use since (a resident who ignored an offer twice is shown
    something else until those impressions age out).
 5. A personalised list that filters leave short is back-filled from popular.
+   **Cadence**: bundles, personalised or popular, are ordered by expected cadence gain —
+   their score (fold-in included) weighed by the bundle's use rate
+   (:mod:`bouquet.models.cadence`, ``cadence_power``; 0 ranks by score alone): the goal is
+   a weekly cadence of use, and an offer taken but rarely used does not move it.
 6. **Exploration**: for a consenting resident of a personalised version, a share of the
    bundle slots (``explore_share``; the last slots of the list) is filled by Thompson
    sampling over the published conversion rates (shown → subscribed) of the resident's
@@ -44,6 +48,7 @@ from cachetools import LRUCache
 from bouquet.core.catalog import Bundle, Catalog, Service, available_in, eligibility_failure
 from bouquet.core.profile import segment_of
 from bouquet.core.recommendation import RecommendationIds
+from bouquet.models.cadence import cadence_weights, weigh
 from bouquet.models.confidence import Strengths, is_impression
 from bouquet.models.online import PublishedVersion
 from bouquet.models.reasons import ReasonEvent, day_of
@@ -130,8 +135,9 @@ class OfferRanker:
     def __init__(self, catalog: Catalog, rerank_weight: float = 1.0,
                  reason_recent_days: int = 2, *, rotate_after: int = 0,
                  rotate_days: float = 28.0, explore_share: float = 0.0,
-                 explore_prior: float = 20.0) -> None:
+                 explore_prior: float = 20.0, cadence_power: float = 0.0) -> None:
         self.catalog = catalog
+        self.cadence_power = cadence_power
         self.rerank_weight = rerank_weight
         self.rotate_after = rotate_after
         self.rotate_days = rotate_days
@@ -150,6 +156,8 @@ class OfferRanker:
         self._permitted: LRUCache[tuple[Any, ...], frozenset[str]] = LRUCache(maxsize=50_000)
         # per loaded version: its segments' rows in the exploration counts
         self._segment_rows: LRUCache[str, dict[str, int]] = LRUCache(maxsize=16)
+        # per loaded version: every bundle's cadence weight
+        self._cadence: LRUCache[str, list[float]] = LRUCache(maxsize=16)
         # per loaded version and segment: every bundle's exploration Beta parameters
         self._explore_params: LRUCache[tuple[str, str | None], tuple[np.ndarray, np.ndarray]] \
             = LRUCache(maxsize=1_024)
@@ -162,7 +170,8 @@ class OfferRanker:
                    rotate_after=settings.serving_rotate_after,
                    rotate_days=settings.serving_rotate_days,
                    explore_share=settings.serving_explore_share,
-                   explore_prior=settings.serving_explore_prior)
+                   explore_prior=settings.serving_explore_prior,
+                   cadence_power=settings.serving_cadence_power)
 
     # --- static parts --------------------------------------------------------------------
     def _static_bundle(self, bundle: Any) -> dict[str, Any]:
@@ -402,6 +411,11 @@ class OfferRanker:
                 result.reranked = True
             else:
                 scores = [row[2] for row in rows]
+            weights = self.bundle_weights(model, kind)
+            if weights is not None:
+                n_w = len(weights)
+                scores = weigh(scores, [weights[i] if i < n_w else 1.0
+                                        for i, _, _ in rows]).tolist()
             order = _descending(scores)
             vocab = model.reason_vocab
             permitted = self.permitted(kind, state, zone, domain)
@@ -438,6 +452,17 @@ class OfferRanker:
         if personalise and kind == "b" and self.explore_share > 0:
             self._explore(result, state, model, k, zone, domain, now, resident_id)
         return result
+
+    def bundle_weights(self, model: PublishedVersion, kind: str) -> list[float] | None:
+        """Every bundle's cadence weight in ``model`` (None: services, or ranking by score
+        alone); fixed for a published version, so worked out once per version."""
+        if kind != "b" or self.cadence_power == 0:
+            return None
+        found = self._cadence.get(model.version)
+        if found is None:
+            found = self._cadence[model.version] = cadence_weights(
+                model.model.bundle_use_rate, self.cadence_power).tolist()
+        return found
 
     # --- exploration -------------------------------------------------------------------------
     def _explore(self, result: Ranked, state: ResidentState, model: PublishedVersion, k: int,
@@ -522,9 +547,10 @@ class OfferRanker:
         # The same rules as ``allowed``, from the per-profile cache.
         permitted = self.permitted(kind, state, zone, domain)
         blocked = self._blocked(kind, state, result.rotated)
+        weights = self.bundle_weights(model, kind)
         for label, where, entries in sources:
             used = False
-            for entry in entries.tolist():
+            for entry in _by_cadence(entries.tolist(), weights):
                 if len(out) >= k:
                     break
                 item_index, _, score = entry
@@ -582,6 +608,18 @@ def answer(ranker: OfferRanker, kind: str, resident_id: str, state: ResidentStat
     explore_id = (ids.mint(model_version, explore_variant(variant))
                   if ranked.explored else None)
     return Answer(ranked, model_version, variant, ids.mint(model_version, variant), explore_id)
+
+
+def _by_cadence(entries: list[Any], weights: list[float] | None) -> list[Any]:
+    """A published list's ``(item index, reason, score)`` entries re-ordered by weighed
+    score, best first, ties in list order (as published when ``weights`` is None)."""
+    if weights is None or not entries:
+        return entries
+    n_w = len(weights)
+    scores = weigh([e[2] for e in entries],
+                   [weights[e[0]] if e[0] < n_w else 1.0 for e in entries]).tolist()
+    return [(e[0], e[1], score) for e, score in
+            sorted(zip(entries, scores, strict=True), key=lambda p: p[1], reverse=True)]
 
 
 def _answer_rng(resident_id: str, now: float, model_version: str) -> np.random.Generator:
