@@ -18,8 +18,11 @@ Then one plan of the next day is timed: ``plan_s`` is what ``bouquet outreach pl
 before delivery — read the residents (Redis), read the history (event log), decide, and
 record (the ledger file, the residents' records) — and ``messages_s`` builds the messages
 (JSON) the delivery would send; the Kafka produce itself is not in it (it is the broker's
-throughput, measured by ``bench ingest``). ``peak_rss_mb`` is this process's peak.
-The machine's load average before and after is in the notes.
+throughput, measured by ``bench ingest``). ``plan_cpu_s`` is this process's CPU time
+during the plan and ``plan_redis_cpu_s`` the Redis server's (``INFO cpu``); the rest of
+``plan_s`` is waiting, for the other side or for a CPU of a shared machine.
+``peak_rss_mb`` is this process's peak. The machine's load average before and after is in
+the notes.
 """
 
 from __future__ import annotations
@@ -46,14 +49,15 @@ FULL_RESIDENTS = 1_000_000
 DEFAULT_RESIDENTS = 100_000
 
 
-def _bench_settings(state: Path, redis_url: str) -> Settings:
-    return Settings(env="test", state_dir=state, redis_url=redis_url, redis_key_prefix="bq:",
-                    kafka_bootstrap_servers="127.0.0.1:1")
+def _bench_settings(state: Path, redis_url: str, key_prefix: str = "bq:") -> Settings:
+    return Settings(env="test", state_dir=state, redis_url=redis_url,
+                    redis_key_prefix=key_prefix, kafka_bootstrap_servers="127.0.0.1:1")
 
 
-def fill(state: str, redis_url: str, residents: int, history_days: int, seed: int
-         ) -> dict[str, Any]:
-    """Build the deployment (runs in a child process; see the module docstring)."""
+def fill(state: str, redis_url: str, residents: int, history_days: int, seed: int,
+         key_prefix: str = "bq:") -> dict[str, Any]:
+    """Build the deployment (runs in a child process; see the module docstring; tests
+    fill a small city under their own ``key_prefix``)."""
     import json
 
     import pyarrow as pa
@@ -68,7 +72,7 @@ def fill(state: str, redis_url: str, residents: int, history_days: int, seed: in
     from bouquet.models.online import pack_list, pack_rows
 
     started = time.perf_counter()
-    settings = _bench_settings(Path(state), redis_url)
+    settings = _bench_settings(Path(state), redis_url, key_prefix)
     catalog = load_catalog(None)
     rng = np.random.default_rng(seed)
     today = datetime.now(UTC).date()
@@ -182,6 +186,7 @@ def fill(state: str, redis_url: str, residents: int, history_days: int, seed: in
 def run_benchmark(*, residents: int = DEFAULT_RESIDENTS, history_days: int = 90,
                   seed: int = 7) -> BenchResult:
     from bouquet.core.catalog import load_catalog
+    from bouquet.core.redisclient import cpu_seconds
     from bouquet.localstack import LocalStack, free_port
     from bouquet.outreach.planner import Planner
     from bouquet.serving.ranking import OfferRanker
@@ -213,9 +218,11 @@ def run_benchmark(*, residents: int = DEFAULT_RESIDENTS, history_days: int = 90,
         log.info("planning %s for %d residents", day, residents)
         started = time.perf_counter()
         cpu = time.process_time()
+        redis_cpu = cpu_seconds(planner.redis)
         report, plan = planner.plan(day, now=planner.plan_instant(day), deliver=False)
         result.add("plan_s", time.perf_counter() - started, "s")
         result.add("plan_cpu_s", time.process_time() - cpu, "s")
+        result.add("plan_redis_cpu_s", cpu_seconds(planner.redis) - redis_cpu, "s")
         started = time.perf_counter()
         messages = planner.messages(plan)
         result.add("messages_s", time.perf_counter() - started, "s")
@@ -229,7 +236,9 @@ def run_benchmark(*, residents: int = DEFAULT_RESIDENTS, history_days: int = 90,
         result.add("events_read", report.events_read, "events")
         result.add("peak_rss_mb", peak_rss_mb(), "MB")
         result.notes.append("plan_s: read residents (Redis) + history (event log) + decide + "
-                            "record (ledger, Redis records); Kafka delivery excluded")
+                            "record (ledger, Redis records); Kafka delivery excluded; "
+                            "plan_cpu_s is this process's CPU, plan_redis_cpu_s the Redis "
+                            "server's during the plan")
         result.notes.append("excluded: " + ", ".join(f"{k} {v}" for k, v in
                                                      report.excluded.items()))
     finally:

@@ -26,6 +26,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,7 @@ from bouquet.core.recommendation import RecommendationIds, development_ids
 from bouquet.core.settings import Settings
 from bouquet.outreach.candidates import KINDS, CandidateBuilder, OfferFilters, PublishedLists
 from bouquet.outreach.learning import BetaCells
+from bouquet.outreach.overlap import one_ahead
 from bouquet.outreach.rules import ContactRules, earliest_send, settle, with_nudge
 from bouquet.outreach.timing import DayClock, QuietTables, choose_send_minutes, hour_profile
 
@@ -253,9 +255,11 @@ def decide(day: date, now: float, residents: Residents, offers: Callable[[np.nda
     frequency = knowledge.frequency
     nb_catalog = np.where(neighbourhood < len(catalog.neighbourhood_ids), neighbourhood, -1)
     chosen_idx = np.flatnonzero(who)
-    for start in range(0, len(chosen_idx), config.chunk):
-        rows = chosen_idx[start:start + config.chunk]
-        state = offers(rows)
+    chunks = [chosen_idx[start:start + config.chunk]
+              for start in range(0, len(chosen_idx), config.chunk)]
+    # the next chunk's offers are read while this one's are ranked and drawn
+    for rows, state in zip(chunks, one_ahead(partial(offers, rows) for rows in chunks),
+                           strict=True):
         offer_parts, reason_parts = [], []
         for kind in KINDS:
             rows_of = np.array([builder.signature(kind, dict(zip(SIGNATURE_COLUMNS, key,

@@ -18,7 +18,8 @@ calls than on one Redis; the pipelines still group them by node.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,7 @@ from bouquet.core.scripts import lua_script
 from bouquet.models.online import decode_meta, unpack_list
 from bouquet.outreach.candidates import PublishedLists
 from bouquet.outreach.decide import PROFILE_COLUMNS, OfferState, Residents
+from bouquet.outreach.overlap import one_ahead
 
 _READ_LUA = lua_script("bouquet.outreach", "read_residents.lua")
 _WRITE_LUA = lua_script("bouquet.outreach", "write_records.lua")
@@ -120,9 +122,8 @@ class OutreachStore:
             s_pre = s_key[: s_key.rindex("{R0}") + 1]
         head = [mode, self._r_pre, self._r_suf, b_pre, s_pre, l_suf, ",".join(PROFILE_FIELDS)]
         load_scripts(self.redis, [_READ_LUA])
-        group = CHUNK * PIPELINED_CALLS
-        for first in range(0, len(resident_ids), group):
-            part = list(resident_ids[first:first + group])
+
+        def read(part: list[str]) -> list[list[bytes]]:
             chunks = resident_chunks(part, CHUNK, self.cluster)
             columns: list[list[bytes]] = [[] for _ in range(width)]
             pipe = self.redis.pipeline(transaction=False)
@@ -133,7 +134,12 @@ class OutreachStore:
             for reply in pipe.execute():
                 for column, values in zip(columns, reply, strict=True):
                     column.extend(values)
-            yield _in_order(columns, chunks) if self.cluster else columns
+            return _in_order(columns, chunks) if self.cluster else columns
+
+        group = CHUNK * PIPELINED_CALLS
+        # the next group is read while the caller decodes this one
+        yield from one_ahead(partial(read, list(resident_ids[first:first + group]))
+                             for first in range(0, len(resident_ids), group))
 
     def _call(self, mode: str, resident_ids: Sequence[str], version: str | None,
               width: int) -> list[list[bytes]]:
@@ -191,24 +197,27 @@ class OutreachStore:
         whose record was left as it was and whose nudge must be dropped."""
         items = list(records.items())
         head = [self._r_pre, self._r_suf, str(int(ttl_s))]
-        dropped: list[str] = []
         load_scripts(self.redis, [_WRITE_LUA])
-        group = CHUNK * PIPELINED_CALLS
-        for first in range(0, len(items), group):
-            part = items[first:first + group]
-            pipe = self.redis.pipeline(transaction=False)
-            for chunk in resident_chunks([rid for rid, _ in part], CHUNK, self.cluster):
-                lines = []
-                for rid, record in (part[i] for i in chunk):
-                    encoded = record.encode()
-                    lines.append(f"{'1' if rid in nudged else '0'}\x1f{rid}"
-                                 f"\x1f{encoded['sent']}\x1f{encoded['pending']}"
-                                 f"\x1f{encoded['streak']}\x1f{encoded['paused_until']}")
-                pipe.evalsha(self._write.sha, 1, self.keys.profile(part[chunk[0]][0]), *head,
-                             "\x1e".join(lines))
-            for reply in pipe.execute():
-                dropped += [_text(rid) for rid in reply]
-        return dropped
+
+        def pipelines() -> Iterator[Callable[[], list[Any]]]:
+            group = CHUNK * PIPELINED_CALLS
+            for first in range(0, len(items), group):
+                part = items[first:first + group]
+                pipe = self.redis.pipeline(transaction=False)
+                for chunk in resident_chunks([rid for rid, _ in part], CHUNK, self.cluster):
+                    lines = []
+                    for rid, record in (part[i] for i in chunk):
+                        encoded = record.encode()
+                        lines.append(f"{'1' if rid in nudged else '0'}\x1f{rid}"
+                                     f"\x1f{encoded['sent']}\x1f{encoded['pending']}"
+                                     f"\x1f{encoded['streak']}\x1f{encoded['paused_until']}")
+                    pipe.evalsha(self._write.sha, 1, self.keys.profile(part[chunk[0]][0]),
+                                 *head, "\x1e".join(lines))
+                yield pipe.execute
+
+        # the next group is encoded while Redis writes this one
+        return [_text(rid) for replies in one_ahead(pipelines()) for reply in replies
+                for rid in reply]
 
     def contact(self, resident_ids: Sequence[str]) -> np.ndarray:
         """Whether each resident's profile says contact consent now."""

@@ -210,13 +210,20 @@ def test_the_planners_records_script_holds_on_a_cluster(cluster_settings: Settin
 
 
 def test_the_planners_chunked_reads_on_a_cluster_match_each_residents_keys(
-        cluster_settings: Settings, client: SyncClient) -> None:
+        cluster_settings: Settings, client: SyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The planner's reads (one script call per slot's residents, replies put back in the
-    order asked) against what each resident's own keys hold: profile, contact consent,
-    holdings and published lists, for residents spread over all three primaries."""
+    order asked, groups of calls read one ahead of their decoding) against what each
+    resident's own keys hold: profile, contact consent, holdings and published lists, for
+    residents spread over all three primaries."""
     from bouquet.core.catalog import load_catalog
+    from bouquet.outreach import store as store_module
     from bouquet.outreach.store import OutreachStore
     from tests.serving.support import publish, small_model
+
+    # groups of 8 residents: several groups, each read while the previous is decoded
+    monkeypatch.setattr(store_module, "CHUNK", 4)
+    monkeypatch.setattr(store_module, "PIPELINED_CALLS", 2)
 
     catalog = load_catalog()
     keys = Keys(cluster_settings.redis_key_prefix)
