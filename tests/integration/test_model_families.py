@@ -14,6 +14,7 @@ import pytest
 
 from bouquet.core.catalog import load_catalog
 from bouquet.core.settings import Settings
+from bouquet.models.cadence import cadence_weights, weigh
 from bouquet.models.factor import FactorModel
 from bouquet.models.linear import LinearModel
 from bouquet.pipelines.publish import Publisher, load_registered
@@ -64,18 +65,22 @@ def test_a_family_is_trained_registered_published_and_folded_in(make_settings, c
 
     plain, folded = anyio.run(ask, False), anyio.run(ask, True)
     assert plain["personalised"] and folded["personalised"] and folded["reranked"]
-    # the answer's scores are the precomputed ones plus the fold-in of the recent events
+    # the answer's scores are the precomputed ones plus the fold-in of the recent events,
+    # weighed by each bundle's cadence weight (its services' use rate)
     precomputed = model.score(np.array([row]), "b")[0]
     strengths = model.strengths(
         [type("E", (), {"type": "use", "service_id": service, "bundle_id": None,
                         "ts": time.time()})()] * 2, time.time())
     boost = model.recent_scores(strengths, "b")
+    weights = cadence_weights(model.bundle_use_rate, settings.serving_cadence_power)
+    served_folded = weigh(precomputed + boost, weights)
+    served_plain = weigh(precomputed, weights)
     for item in folded["bundles"]:
         if item["source"] != "model":
             continue
         b = model.bundle_index[item["bundle_id"]]
-        assert item["score"] == pytest.approx(precomputed[b] + boost[b], rel=1e-3, abs=1e-4)
+        assert item["score"] == pytest.approx(served_folded[b], rel=1e-3, abs=1e-4)
     for item in plain["bundles"]:
         if item["source"] == "model":
             b = model.bundle_index[item["bundle_id"]]
-            assert item["score"] == pytest.approx(precomputed[b], rel=1e-3, abs=1e-4)
+            assert item["score"] == pytest.approx(served_plain[b], rel=1e-3, abs=1e-4)
