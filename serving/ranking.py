@@ -413,9 +413,7 @@ class OfferRanker:
                 scores = [row[2] for row in rows]
             weights = self.bundle_weights(model, kind)
             if weights is not None:
-                n_w = len(weights)
-                scores = weigh(scores, [weights[i] if i < n_w else 1.0
-                                        for i, _, _ in rows]).tolist()
+                scores = _weighed(scores, [row[0] for row in rows], weights)
             order = _descending(scores)
             vocab = model.reason_vocab
             permitted = self.permitted(kind, state, zone, domain)
@@ -610,14 +608,19 @@ def answer(ranker: OfferRanker, kind: str, resident_id: str, state: ResidentStat
     return Answer(ranked, model_version, variant, ids.mint(model_version, variant), explore_id)
 
 
+def _weighed(scores: list[float], items: list[int], weights: list[float]) -> list[float]:
+    """``scores`` of bundles ``items`` (indices) weighed by their cadence weights; an index
+    beyond the version's weights (a list longer than its model) weighs 1."""
+    n_w = len(weights)
+    return weigh(scores, [weights[i] if i < n_w else 1.0 for i in items]).tolist()
+
+
 def _by_cadence(entries: list[Any], weights: list[float] | None) -> list[Any]:
     """A published list's ``(item index, reason, score)`` entries re-ordered by weighed
     score, best first, ties in list order (as published when ``weights`` is None)."""
     if weights is None or not entries:
         return entries
-    n_w = len(weights)
-    scores = weigh([e[2] for e in entries],
-                   [weights[e[0]] if e[0] < n_w else 1.0 for e in entries]).tolist()
+    scores = _weighed([e[2] for e in entries], [e[0] for e in entries], weights)
     return [(e[0], e[1], score) for e, score in
             sorted(zip(entries, scores, strict=True), key=lambda p: p[1], reverse=True)]
 
