@@ -23,7 +23,7 @@ from pathlib import Path
 import redis
 
 from bouquet.core.redisclient import SLOTS, cluster_nodes, is_cluster_url
-from bouquet.localstack import LOOPBACK, StackError, free_port, port_is_free
+from bouquet.localstack import LOOPBACK, StackError, free_port, port_is_free, redis_argv
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +101,9 @@ def node_argv(port: int, node_dir: Path, *, persistent: bool) -> list[str]:
     Redis has it (the stack's cluster keeps its data across ``down``/``up``); a test's or
     benchmark's throw-away cluster saves nothing."""
     binary = shutil.which("redis-server") or "redis-server"
-    return [binary, "--port", str(port), "--bind", "127.0.0.1", "--protected-mode", "yes",
+    return [*redis_argv(binary, port, node_dir, persistent=persistent),
             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-            "--cluster-node-timeout", "5000", "--save", "", "--daemonize", "no",
-            "--appendonly", "yes" if persistent else "no", "--appendfsync", "everysec",
-            "--dir", str(node_dir.resolve())]
+            "--cluster-node-timeout", "5000"]
 
 
 def _node(port: int) -> redis.Redis:

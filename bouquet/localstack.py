@@ -152,6 +152,15 @@ def ensure_topics(settings: Settings, timeout_s: float = 20.0) -> None:
         admin.close()
 
 
+def redis_argv(binary: str, port: int, data_dir: Path, *, persistent: bool) -> list[str]:
+    """The command line of a loopback ``redis-server`` in the foreground, no RDB snapshots;
+    ``persistent`` turns the append-only file on (fsync every second), which the stack's
+    own Redis and its cluster nodes keep so that data survives ``down``/``up``."""
+    return [binary, "--port", str(port), "--bind", "127.0.0.1", "--protected-mode", "yes",
+            "--save", "", "--daemonize", "no", "--appendonly", "yes" if persistent else "no",
+            "--appendfsync", "everysec", "--dir", str(data_dir.resolve())]
+
+
 class LocalStack:
     """Start, check and stop the local services described by ``settings``."""
 
@@ -239,10 +248,7 @@ class LocalStack:
             raise StackError(f"port {port} (REDIS_URL) is taken by another process: stop it, "
                              f"or choose another port with REDIS_URL=redis://127.0.0.1:<port>/0")
         data = private_dir(self.settings.state_dir / "redis")
-        self._spawn("redis", [binary, "--port", str(port), "--bind", "127.0.0.1",
-                              "--dir", str(data.resolve()), "--appendonly", "yes",
-                              "--appendfsync", "everysec", "--save", "",
-                              "--protected-mode", "yes", "--daemonize", "no"])
+        self._spawn("redis", redis_argv(binary, port, data, persistent=True))
 
     def _cluster_names(self) -> list[str]:
         """Names of the cluster nodes this stack recorded (``redis-cluster-<port>``)."""
