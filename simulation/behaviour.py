@@ -461,13 +461,49 @@ class Simulation:
             return out
         bundles, services = self.new_bundles[rows[some]], self.new_services[rows[some]]
         aff, bundle_aff, usage_w = t.aff[some], t.bundle_aff[some], t.usage_w[some]
-        match_b = _sigmoid(p.habit_slope * (bundle_aff - p.habit_midpoint))
-        match_s = _sigmoid(p.habit_slope * (aff - p.habit_midpoint))
-        weight = np.exp(p.taste_temperature * aff)
-        freq_b = (usage_w @ self._membership_f32.T) / (weight @ self._membership_f32.T)
-        out[some] = (p.habit_bundle * (match_b * freq_b * bundles).sum(1)
-                     + p.habit_service * (match_s * self.frequency * services).sum(1))
+        out[some] = (p.habit_bundle * (self.habit_match(bundle_aff)
+                                       * self.bundle_frequency(aff, usage_w) * bundles).sum(1)
+                     + p.habit_service * (self.habit_match(aff) * self.frequency
+                                          * services).sum(1))
         return out
+
+    # --- what an offer does to a resident (shared by the engine and by list_quality) -----
+    def habit_match(self, affinity: np.ndarray) -> np.ndarray:
+        """Share of the full habit an offer of this affinity becomes (a logistic in the
+        match quality: only well-matched offers become routines)."""
+        p = self.params
+        return _sigmoid(p.habit_slope * (affinity - p.habit_midpoint))
+
+    def bundle_frequency(self, aff: np.ndarray, usage_w: np.ndarray) -> np.ndarray:
+        """(rows, B) usage frequency of each bundle for these residents: its services'
+        frequencies weighted by ``exp(affinity)``, the weights that decide which of them a
+        use goes to."""
+        weight = np.exp(self.params.taste_temperature * aff)
+        return (usage_w @ self._membership_f32.T) / (weight @ self._membership_f32.T)
+
+    def click_probability(self, bundle_aff: np.ndarray, fatigue: np.ndarray) -> np.ndarray:
+        """P(click) on a bundle shown, falling with the resident's fatigue of it."""
+        p = self.params
+        return _sigmoid(p.click_slope * bundle_aff + p.click_bias - p.fatigue_penalty * fatigue)
+
+    def subscribe_probability(self, bundle_aff: np.ndarray) -> np.ndarray:
+        """P(subscribe | clicked) for an eligible bundle not held."""
+        p = self.params
+        return _sigmoid(p.subscribe_slope * bundle_aff + p.subscribe_bias)
+
+    def expected_gain(self, rows: np.ndarray) -> np.ndarray:
+        """(rows, B) the daily use rate showing each bundle once adds, in expectation:
+        P(click) × P(subscribe | click) × the habit it becomes — 0 for a bundle held or
+        not allowed. The simulator's truth, read from the hidden tastes and the current
+        fatigue: for judging lists (:mod:`bouquet.simulation.list_quality`), never for
+        making them."""
+        t = self._tastes(np.asarray(rows))
+        fatigue = self.fatigue[rows].astype(np.float32)
+        gain = (self.click_probability(t.bundle_aff, fatigue)
+                * self.subscribe_probability(t.bundle_aff)
+                * self.params.habit_bundle * self.habit_match(t.bundle_aff)
+                * self.bundle_frequency(t.aff, t.usage_w))
+        return np.where(t.bundle_ok & ~self.held_bundles[rows], gain, 0.0)
 
     def _times(self, rng: np.random.Generator, day_index: np.ndarray) -> np.ndarray:
         """A local time of day (by :data:`HOUR_WEIGHTS`) on each given day, in UTC µs."""
@@ -754,14 +790,14 @@ class Simulation:
                                         bundle=f_bundle, rec_week=f_rec))
         already = self.held_bundles[rows[f_res], f_bundle]
         eligible = bundle_ok[f_res, f_bundle]
-        logit = (p.click_slope * bundle_aff[f_res, f_bundle] + p.click_bias
-                 - p.fatigue_penalty * self.fatigue[rows[f_res], f_bundle])
-        click = rng.random(len(f_res)) < _sigmoid(logit) * np.where(already, 0.3, 1.0)
+        click_p = self.click_probability(bundle_aff[f_res, f_bundle],
+                                         self.fatigue[rows[f_res], f_bundle])
+        click = rng.random(len(f_res)) < click_p * np.where(already, 0.3, 1.0)
         c_ts = f_ts + rng.integers(5, 90, len(f_res)).astype(np.int64) * US
         parts.append(EventColumns.build(rows[f_res[click]], T["click"], ts=c_ts[click],
                                         channel=f_channel[click], bundle=f_bundle[click],
                                         rec_week=f_rec[click]))
-        sub_p = _sigmoid(p.subscribe_slope * bundle_aff[f_res, f_bundle] + p.subscribe_bias)
+        sub_p = self.subscribe_probability(bundle_aff[f_res, f_bundle])
         subscribe = click & eligible & ~already & (rng.random(len(f_res)) < sub_p)
         # one subscription per (resident, bundle) per week even if shown twice
         sub_idx = np.nonzero(subscribe)[0]
