@@ -55,6 +55,43 @@ CHUNK_EVENTS = 2_000_000
 _US_PER_HOUR = 3_600_000_000
 
 
+@dataclass(frozen=True)
+class BundleSpread:
+    """Which services a use-class event is a use of: its service, or — an event naming
+    only a bundle — each of the bundle's services for an equal share, so a bundle used
+    counts towards its services' frequency without counting more than one use. The
+    planner's log reader and the simulated planner (``simulation/outreach_policy.py``)
+    count uses by this one rule."""
+
+    count: np.ndarray  # services per bundle, plus 0 for "no bundle"
+    start: np.ndarray  # where each bundle's services start in ``flat``
+    flat: np.ndarray  # every bundle's services, bundle after bundle
+
+    @classmethod
+    def of(cls, members: Sequence[Sequence[int]]) -> BundleSpread:
+        count = np.array([len(m) for m in members] + [0], dtype=np.int64)
+        start = np.concatenate([[0], np.cumsum(count)[:-1]]).astype(np.int64)
+        return cls(count, start, np.array([s for m in members for s in m], dtype=np.int64))
+
+    def service_uses(self, who: np.ndarray, is_use: np.ndarray, service: np.ndarray,
+                     bundle: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(who, service, share) of every service use among events flagged ``is_use``;
+        ``service`` and ``bundle`` are catalog codes per event, -1 for none."""
+        direct = is_use & (service >= 0)
+        whos, services = [who[direct]], [service[direct]]
+        shares = [np.ones(int(direct.sum()))]
+        spread = is_use & ~direct & (bundle >= 0)
+        if spread.any():
+            b = bundle[spread]
+            size = self.count[b]
+            whos.append(np.repeat(who[spread], size))
+            starts = np.repeat(self.start[b], size)
+            within = np.arange(int(size.sum())) - np.repeat(np.cumsum(size) - size, size)
+            services.append(self.flat[starts + within])
+            shares.append(np.repeat(1.0 / np.maximum(size, 1), size))
+        return np.concatenate(whos), np.concatenate(services), np.concatenate(shares)
+
+
 @dataclass
 class Outcomes:
     """Outreach outcomes in the window, one row per nudge: who, which offer (planner offer
@@ -126,7 +163,7 @@ def _once(table: pa.Table) -> pa.Table:
     return table.take(pa.array(np.sort(first["_row_min"].to_numpy())))
 
 
-def _codes(column: pa.ChunkedArray, mapping: dict[str, int]) -> np.ndarray:
+def string_codes(column: pa.ChunkedArray, mapping: dict[str, int]) -> np.ndarray:
     """Integer codes of a string column through ``mapping`` (−1: null or unmapped)."""
     encoded = pc.dictionary_encode(column.combine_chunks())
     lookup = np.array([mapping.get(v, -1) for v in encoded.dictionary.to_pylist()] + [-1],
@@ -178,9 +215,7 @@ def read_history(root: Path, catalog: Catalog, resident_ids: Sequence[str], now:
     service_index = {s: i for i, s in enumerate(catalog.service_ids)}
     members = [[service_index[s] for s in b.services if s in service_index]
                for b in catalog.bundles]
-    member_count = np.array([len(m) for m in members] + [0], dtype=np.int64)
-    member_start = np.concatenate([[0], np.cumsum(member_count)[:-1]]).astype(np.int64)
-    member_flat = np.array([s for m in members for s in m], dtype=np.int64)
+    spreading = BundleSpread.of(members)
     type_names = sorted(HOUR_TYPES | USE_TYPES | {"notify", "open", "erase", "consent",
                                                   "profile"})
     type_code = {t: i for i, t in enumerate(type_names)}
@@ -210,7 +245,7 @@ def read_history(root: Path, catalog: Catalog, resident_ids: Sequence[str], now:
         if table.num_rows == 0:
             continue
         who, planned = _residents(table["resident_id"], wanted)
-        kind = _codes(table["type"], type_code)
+        kind = string_codes(table["type"], type_code)
         # hours of the residents being planned
         hour_rows = is_hour_type[kind] & (planned >= 0)
         if hour_rows.any():
@@ -219,21 +254,12 @@ def read_history(root: Path, catalog: Catalog, resident_ids: Sequence[str], now:
             hours += np.bincount(planned[hour_rows] * 24 + local, minlength=n * 24)
         # use of services, everyone
         is_use = is_use_type[kind]
-        service = _codes(table["service_id"], service_index)
-        direct = is_use & (service >= 0)
-        use_who.append(who[direct])
-        use_service.append(service[direct])
-        use_weight.append(np.ones(int(direct.sum())))
-        bundle = _codes(table["bundle_id"], bundle_index)
-        spread = is_use & ~direct & (bundle >= 0)
-        if spread.any():
-            b = bundle[spread]
-            size = member_count[b]
-            use_who.append(np.repeat(who[spread], size))
-            starts = np.repeat(member_start[b], size)
-            within = np.arange(int(size.sum())) - np.repeat(np.cumsum(size) - size, size)
-            use_service.append(member_flat[starts + within])
-            use_weight.append(np.repeat(1.0 / np.maximum(size, 1), size))
+        part_who, part_service, part_weight = spreading.service_uses(
+            who, is_use, string_codes(table["service_id"], service_index),
+            string_codes(table["bundle_id"], bundle_index))
+        use_who.append(part_who)
+        use_service.append(part_service)
+        use_weight.append(part_weight)
         # outreach outcomes
         ours = pc.fill_null(pc.match_substring(table["recommendation_id"],
                                                f".{OUTREACH_VARIANT}."), False)
@@ -242,14 +268,14 @@ def read_history(root: Path, catalog: Catalog, resident_ids: Sequence[str], now:
             references = part["recommendation_id"].to_pylist()
             variant = outreach_references(references, recommendation_ids)
             part_kind = kind[ours.to_numpy(zero_copy_only=False)]
-            offer = _codes(part["bundle_id"], bundle_index)
-            service_offer = _codes(part["service_id"], service_index)
+            offer = string_codes(part["bundle_id"], bundle_index)
+            service_offer = string_codes(part["service_id"], service_index)
             offer = np.where(offer >= 0, offer, np.where(service_offer >= 0,
                                                          service_offer + n_bundles, -1))
             rows = pd.DataFrame({
                 "resident_id": part["resident_id"].to_pylist(),
                 "recommendation_id": references, "offer": offer,
-                "channel": _codes(part["channel"], channel_code),
+                "channel": string_codes(part["channel"], channel_code),
                 "ts": ts[ours.to_numpy(zero_copy_only=False)]})
             delivered.append(rows[variant & (part_kind == type_code["notify"])])
             opened.append(rows[variant & (part_kind == type_code["open"])])

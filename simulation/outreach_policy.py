@@ -54,7 +54,7 @@ from bouquet.outreach.decide import (
     decide,
     segments_of,
 )
-from bouquet.outreach.history import HOUR_TYPES
+from bouquet.outreach.history import HOUR_TYPES, BundleSpread, string_codes
 from bouquet.outreach.learning import (
     PRIOR_CONVERT,
     PRIOR_OPEN,
@@ -134,11 +134,13 @@ class OutreachPolicy:
         services = {s: i for i, s in enumerate(city.catalog.service_ids)}
         self._service_array = pa.array(city.catalog.service_ids, pa.string())
         self._members = [[services[s] for s in b.services] for b in city.catalog.bundles]
+        self._spread = BundleSpread.of(self._members)
+        self._services = services
         self._shape = (len(self.segments), len(city.catalog.bundle_ids)
                        + len(city.catalog.service_ids), len(OUTREACH_CHANNELS))
         self.records: dict[str, ResidentRecord] = {}
         self._hour_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        self._use_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._use_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         self._delivered: list[pd.DataFrame] = []
         self.opened: set[str] = set()
         self.converted: set[str] = set()
@@ -176,13 +178,13 @@ class OutreachPolicy:
                              ).to_numpy(zero_copy_only=False) & known
         self._hour_parts.append((rows[hour_rows].astype(np.int64),
                                  local[hour_rows].astype(np.int64), ts[hour_rows]))
-        service = pc.index_in(table["service_id"], value_set=self._service_array
-                              ).to_numpy(zero_copy_only=False)
         is_use = pc.is_in(kind, value_set=pa.array(sorted(USE_TYPES))
                           ).to_numpy(zero_copy_only=False)
-        use = is_use & known & ~np.isnan(service.astype(float))
-        self._use_parts.append((rows[use].astype(np.int64), service[use].astype(np.int64),
-                                ts[use]))
+        # the event's position rides along as "who", so its time and resident follow it
+        at, service, share = self._spread.service_uses(
+            np.arange(len(ts)), is_use & known, string_codes(table["service_id"], self._services),
+            string_codes(table["bundle_id"], self._bundle))
+        self._use_parts.append((rows[at].astype(np.int64), service, ts[at], share))
         if self._awaiting:
             refs = table["recommendation_id"].to_numpy(zero_copy_only=False)
             self.converted.update(r for r in refs[is_use] if r in self._awaiting)
@@ -265,12 +267,11 @@ class OutreachPolicy:
         keep = ts >= since_us
         self.hours = np.bincount(who[keep] * 24 + hour[keep], minlength=n * 24
                                  ).reshape(n, 24).astype(np.float32)
-        who, service, ts = _stack(self._use_parts)
+        who, service, ts, share = _stack(self._use_parts, 4)
         keep = ts >= since_us
         # one 64-bit key per resident whose low 16 bits the service takes (learning's rule)
         key = who[keep].astype(np.uint64) << np.uint64(16)
-        rate = service_frequency(key, service[keep], np.ones(int(keep.sum())),
-                                 len(self._service_array),
+        rate = service_frequency(key, service[keep], share[keep], len(self._service_array),
                                  self.settings.outreach_history_days / 7.0)
         self.frequency = offer_frequency(rate, self._members)
 
@@ -293,10 +294,9 @@ class OutreachPolicy:
 
 
 
-def _stack(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Three columns of weekly parts, concatenated."""
+def _stack(parts: list[tuple[np.ndarray, ...]], width: int = 3) -> tuple[np.ndarray, ...]:
+    """``width`` columns of weekly parts, concatenated."""
     if not parts:
-        return _EMPTY, _EMPTY, _EMPTY
-    a, b, c = zip(*parts, strict=True)
-    return np.concatenate(a), np.concatenate(b), np.concatenate(c)
+        return (_EMPTY,) * width
+    return tuple(np.concatenate(column) for column in zip(*parts, strict=True))
+

@@ -100,3 +100,26 @@ def test_figures_are_computed_from_the_runs(catalog: Catalog, end_date, loud) ->
     assert math.isclose(figures["optout_rate_per_month@popular+outreach"], np.mean(rates))
     assert figures["optout_rate_per_month@popular+outreach_ci_low"] \
         <= np.mean(rates) <= figures["optout_rate_per_month@popular+outreach_ci_high"]
+
+
+def test_the_loop_knows_what_the_planner_reads_from_the_log(catalog: Catalog, end_date,
+                                                            tmp_path) -> None:
+    """Hours and usage frequency the simulated planner gathers from the events it observes
+    are those :func:`read_history` reads from the same events in the event log (a bundle
+    subscription counted as a share of a use of each of its services, by the one rule)."""
+    from bouquet.outreach.history import read_history
+    from bouquet.simulation.sinks import EventLogSink
+
+    policy = OutreachPolicy(PopularPolicy(), SETTINGS, seed=5)
+    sink = EventLogSink(tmp_path / "log")
+    _, sim = run_policy(policy, catalog, residents=RESIDENTS, weeks=3, seed=5, end=end_date,
+                        sink=sink)
+    now = float(sim.end_us) / 1e6
+    policy._read_history(now)
+    ids = [str(r) for r in sim.residents.ids]
+    history = read_history(tmp_path / "log", catalog, ids, now,
+                           SETTINGS.outreach_history_days, SETTINGS.outreach_timezone)
+    erased = sim.erased_at < np.iinfo(np.int64).max
+    np.testing.assert_array_equal(policy.hours[~erased], history.hours[~erased])
+    assert policy.hours.sum() > 1000
+    np.testing.assert_allclose(policy.frequency, history.frequency, rtol=1e-9)
