@@ -1,4 +1,4 @@
-"""How good each policy's lists are, judged by the simulator's own truth, in minutes.
+"""How good each policy's lists are, judged by the simulator's own truth, in seconds.
 
 ``bouquet simulate compare`` measures what a policy does to cadence over twelve weeks of a
 closed loop: the question that matters, but it takes a quarter of an hour and its

@@ -443,7 +443,7 @@ def lists(
 ) -> None:
     """How good each policy's lists are by the simulator's own truth: the daily use rate
     the first k bundles would add if shown once (P(click) × P(subscribe) × the routine),
-    per consenting resident, on the same state for every policy. Minutes instead of
+    per consenting resident, on the same state for every policy. Seconds a seed, not
     compare's quarter of an hour: for tuning on seeds kept out of evaluations, never
     evidence of an effect (see docs/simulation.md)."""
     import statistics
