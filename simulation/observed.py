@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from bouquet.core.events import CONTACT_TYPES
-from bouquet.core.profile import DECLARED_BOOLEANS
+from bouquet.core.profile import decode_value, profile_payload
 from bouquet.serving.store import RecentEvent
 
 #: Columns :meth:`ObservedResidents.apply` reads (the event-log layout).
@@ -87,10 +87,10 @@ class ObservedResidents:
 
 
 def declared(context: str | None) -> dict[str, Any]:
-    """A profile event's declared attributes as serving decodes them (booleans as bool)."""
-    out: dict[str, Any] = {}
-    for name, value in json.loads(context or "{}").items():
-        if value is None:
-            continue
-        out[name] = bool(value) if name in DECLARED_BOOLEANS else str(value)
-    return out
+    """A profile event's declared attributes as serving reads them: encoded as the
+    ingestion script writes them into the profile hash and decoded as serving reads the
+    hash (booleans as bool, lists as tuples, attributes given as null left out)."""
+    payload = profile_payload(json.loads(context or "{}"))
+    parts = payload.split("\t") if payload else []
+    return {name: decode_value(name, value) for name, value in zip(parts[::2], parts[1::2],
+                                                                   strict=True)}
