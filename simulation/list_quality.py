@@ -24,6 +24,7 @@ built by repeats, rotation, what exploration learns, how long a habit lasts.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -32,7 +33,6 @@ import numpy as np
 import pyarrow as pa
 
 from bouquet.core.catalog import Catalog
-from bouquet.simulation.behaviour import Simulation
 from bouquet.simulation.closed_loop import make_policy, run_policy
 from bouquet.simulation.policies import CityView, Policy, PopularPolicy
 
@@ -51,13 +51,14 @@ class ListQuality:
     seconds: float
 
 
-def list_gain(sim: Simulation, rows: np.ndarray, lists: Sequence[Sequence[str]], k: int
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """Per resident of ``rows``: the expected gain of the first ``k`` bundles of its list,
-    and of the first alone (0 for an empty list; unknown bundle ids are worth nothing)."""
-    gain = sim.expected_gain(rows)
-    index = {b: i for i, b in enumerate(sim.catalog.bundle_ids)}
-    top_k, top_1 = np.zeros(len(rows)), np.zeros(len(rows))
+def list_gain(gain: np.ndarray, bundle_ids: Sequence[str], lists: Sequence[Sequence[str]],
+              k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per list (row of ``gain``, the residents'
+    :meth:`~bouquet.simulation.behaviour.Simulation.expected_gain` over
+    ``bundle_ids``): the expected gain of its first ``k`` bundles, and of the first alone
+    (0 for an empty list; unknown bundle ids are worth nothing)."""
+    index = {b: i for i, b in enumerate(bundle_ids)}
+    top_k, top_1 = np.zeros(len(gain)), np.zeros(len(gain))
     for i, answer in enumerate(lists):
         worth = [float(gain[i, index[b]]) if b in index else 0.0 for b in list(answer)[:k]]
         top_k[i] = sum(worth)
@@ -73,8 +74,6 @@ def judge(policies: dict[str, Callable[[], Policy]], catalog: Catalog, *, reside
     with the same seed, size and ``end``; see the module docstring)."""
     if not 1 <= week < weeks:
         raise ValueError(f"week must be within 1..{weeks - 1}, not {week}")
-    import time
-
     tables: list[pa.Table] = []
     _, sim = run_policy(PopularPolicy(), catalog, residents=residents, weeks=weeks,
                         seed=seed, end=end, until_week=week, sink=tables.append)
@@ -82,13 +81,15 @@ def judge(policies: dict[str, Callable[[], Policy]], catalog: Catalog, *, reside
     rows = np.flatnonzero(sim.consent & (sim.erased_at == np.iinfo(np.int64).max))
     ids = [str(r) for r in sim.residents.ids[rows]]
     when = datetime.fromtimestamp(int(sim.day_start_us[7 * week]) / 1e6, UTC)
+    city = CityView(catalog, sim.residents.public_table(catalog), sim)
+    gain = sim.expected_gain(rows)  # one state: every policy's lists are judged on it
     out = []
     for name, factory in policies.items():
         started = time.perf_counter()
         policy = factory()
         start_hook = getattr(policy, "start", None)
         if start_hook is not None:
-            start_hook(CityView(catalog, sim.residents.public_table(catalog), sim))
+            start_hook(city)
         observe = getattr(policy, "observe", None)
         if observe is not None:
             observe(log_so_far)
@@ -96,7 +97,7 @@ def judge(policies: dict[str, Callable[[], Policy]], catalog: Catalog, *, reside
         if before_week is not None:
             before_week(when)
         lists = policy.recommend(ids, k)
-        top_k, top_1 = list_gain(sim, rows, lists, k)
+        top_k, top_1 = list_gain(gain, catalog.bundle_ids, lists, k)
         out.append(ListQuality(name, float(top_k.mean()), float(top_1.mean()), len(rows),
                                time.perf_counter() - started))
         log.info("list quality of %s: %.5f (top %d), %.5f (first)", name, top_k.mean(), k,

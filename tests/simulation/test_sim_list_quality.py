@@ -54,10 +54,10 @@ def test_lists_are_worth_what_their_first_k_bundles_are(catalog: Catalog) -> Non
     gain = sim.expected_gain(rows)
     ids = catalog.bundle_ids
     best = [[ids[j] for j in np.argsort(-gain[i])[:4]] for i in range(len(rows))]
-    top_k, top_1 = list_gain(sim, rows, [[*b, "no-such-bundle"] for b in best], k=3)
+    top_k, top_1 = list_gain(gain, ids, [[*b, "no-such-bundle"] for b in best], k=3)
     np.testing.assert_allclose(top_k, np.sort(gain, 1)[:, ::-1][:, :3].sum(1), rtol=1e-6)
     np.testing.assert_allclose(top_1, gain.max(1), rtol=1e-6)
-    empty_k, empty_1 = list_gain(sim, rows, [[] for _ in rows], k=3)
+    empty_k, empty_1 = list_gain(gain, ids, [[] for _ in rows], k=3)
     assert not empty_k.any() and not empty_1.any()
 
 
