@@ -46,13 +46,13 @@ CITY = "_all"  # key of the city-wide popularity row / list
 KINDS = ("b", "s")  # bundles, services: the two things a resident is offered
 
 
-
 class RecentContributions(NamedTuple):
     """``values[r, j]``: what recent item ``sources[r]`` (``("s" | "b", index)``) adds to the
     ``j``-th asked item's recent score; no rows when nothing recent weighs."""
 
     sources: list[tuple[str, int]]
     values: np.ndarray
+
 
 class ArtifactError(ValueError):
     """A directory or blob that is not a loadable model of this format."""
