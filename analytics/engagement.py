@@ -168,19 +168,6 @@ def iso_week_label(week: int) -> str:
     return f"{year}-W{number:02d}"
 
 
-def month_of_day(day: np.ndarray) -> np.ndarray:
-    """Month index (months since 1970-01) of epoch days."""
-    return day.astype("datetime64[D]").astype("datetime64[M]").astype(np.int64)
-
-
-def month_label(month: int) -> str:
-    return f"{1970 + month // 12}-{month % 12 + 1:02d}"
-
-
-def epoch_day(value: date) -> int:
-    return (value - date(1970, 1, 1)).days
-
-
 def day_of_epoch(day: int) -> date:
     return date(1970, 1, 1) + timedelta(days=int(day))
 

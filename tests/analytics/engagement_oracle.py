@@ -38,8 +38,6 @@ from bouquet.analytics.engagement import (
     day_of_epoch,
     empty_engagement,
     iso_week_label,
-    month_label,
-    month_of_day,
     month_ratios,
     week_of_day,
 )
@@ -53,6 +51,17 @@ log = logging.getLogger(__name__)
 _COLUMNS = ["resident_id", "type", "service_id", "bundle_id", "ts", "channel",
             "recommendation_id", "context"]
 _NB_RE = r'"neighbourhood"\s*:\s*"(?P<nb>[^"]*)"'
+
+
+def month_of_day(day: np.ndarray) -> np.ndarray:
+    """Month index (months since 1970-01) of epoch days (the SQL counts months its own way:
+    the oracle keeps this one)."""
+    return day.astype("datetime64[D]").astype("datetime64[M]").astype(np.int64)
+
+
+def month_label(month: int) -> str:
+    return f"{1970 + month // 12}-{month % 12 + 1:02d}"
+
 
 # --- loading -------------------------------------------------------------------------------
 @dataclass
