@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bouquet.simulation.closed_loop import Comparison, Estimate
-from bouquet.simulation.report import SHARE_FIGURE, finish_share_axes
+from bouquet.simulation.report import SHARE_FIGURE, estimate_figures, finish_share_axes
 
 #: The outreach policies of the question and their pull-only counterparts.
 MODEL_OUTREACH = "model+outreach"
@@ -22,11 +22,6 @@ MODEL_PULL = "model"
 #: Figure of :attr:`PolicyRun.outreach` that the opt-out aims are stated on.
 OPTOUT = "optout_rate_per_month"
 SHARE = "weekly_or_better"
-
-
-def _triple(name: str, e: Estimate, unit: str) -> list[tuple[str, float, str]]:
-    return [(name, e.mean, unit), (f"{name}_ci_low", e.low, unit),
-            (f"{name}_ci_high", e.high, unit)]
 
 
 def outreach_figures(result: Comparison) -> list[tuple[str, float, str]]:
@@ -38,15 +33,15 @@ def outreach_figures(result: Comparison) -> list[tuple[str, float, str]]:
     have = set(result.policies)
     out: list[tuple[str, float, str]] = []
     if {MODEL_OUTREACH, MODEL_PULL} <= have:
-        out += _triple("lift_outreach_vs_pull", result.lift(MODEL_OUTREACH, MODEL_PULL),
+        out += estimate_figures("lift_outreach_vs_pull", result.lift(MODEL_OUTREACH, MODEL_PULL),
                        "relative")
-        out += _triple("diff_outreach_vs_pull", result.uplift(MODEL_OUTREACH, MODEL_PULL),
+        out += estimate_figures("diff_outreach_vs_pull", result.uplift(MODEL_OUTREACH, MODEL_PULL),
                        "share of residents")
     if {MODEL_OUTREACH, POPULAR_OUTREACH} <= have:
-        out += _triple("lift_model_outreach_vs_popular_outreach",
+        out += estimate_figures("lift_model_outreach_vs_popular_outreach",
                        result.lift(MODEL_OUTREACH, POPULAR_OUTREACH), "relative")
     if MODEL_OUTREACH in have:
-        out += _triple("optout_rate_per_month@default_cap",
+        out += estimate_figures("optout_rate_per_month@default_cap",
                        result.estimate(MODEL_OUTREACH, OPTOUT), "share of contactable / month")
     for policy in result.policies:
         runs = [r for r in result.runs if r.policy == policy]
@@ -55,7 +50,7 @@ def outreach_figures(result: Comparison) -> list[tuple[str, float, str]]:
         for figure, unit in ((OPTOUT, "share of contactable / month"),
                              ("open_rate", "share of nudges"),
                              ("nudges_per_contactable_week", "nudges")):
-            out += _triple(f"{figure}@{policy}", result.estimate(policy, figure), unit)
+            out += estimate_figures(f"{figure}@{policy}", result.estimate(policy, figure), unit)
     return out
 
 
@@ -79,8 +74,8 @@ def sweep_figures(points: list[SweepPoint]) -> list[tuple[str, float, str]]:
     ``optout_rate_per_month@<label>``, each with its interval)."""
     out: list[tuple[str, float, str]] = []
     for p in points:
-        out += _triple(SHARE_FIGURE.format(policy=p.key), p.share, "share of residents")
-        out += _triple(f"{OPTOUT}@{p.key}", p.optout, "share of contactable / month")
+        out += estimate_figures(SHARE_FIGURE.format(policy=p.key), p.share, "share of residents")
+        out += estimate_figures(f"{OPTOUT}@{p.key}", p.optout, "share of contactable / month")
     return out
 
 

@@ -50,6 +50,13 @@ def headline(result: Comparison, model: str = "model", floor: str = "popular",
     return Headline(lift, gap)
 
 
+def estimate_figures(name: str, e: Estimate, unit: str) -> list[tuple[str, float, str]]:
+    """An estimate as three figures of the benchmark contract: ``name``, ``name_ci_low``
+    and ``name_ci_high``."""
+    return [(name, e.mean, unit), (f"{name}_ci_low", e.low, unit),
+            (f"{name}_ci_high", e.high, unit)]
+
+
 def benchmark_figures(result: Comparison) -> list[tuple[str, float, str]]:
     """``(name, value, unit)`` of the benchmark output contract: per policy the headline
     figures (``weekly_share_use@<policy>`` and friends, each with ``_ci_low``/``_ci_high``),
@@ -60,18 +67,12 @@ def benchmark_figures(result: Comparison) -> list[tuple[str, float, str]]:
             name = (SHARE_FIGURE.format(policy=policy) if figure == "weekly_or_better"
                     else f"{figure}_per_resident_week@{policy}" if figure in ("use", "exposure")
                     else f"{figure}_share_use@{policy}")
-            e = result.estimate(policy, figure)
-            out += [(name, e.mean, unit), (f"{name}_ci_low", e.low, unit),
-                    (f"{name}_ci_high", e.high, unit)]
+            out += estimate_figures(name, result.estimate(policy, figure), unit)
     found = headline(result)
     if found.lift is not None:
-        out += [("lift_model_vs_popular", found.lift.mean, "relative"),
-                ("lift_model_vs_popular_ci_low", found.lift.low, "relative"),
-                ("lift_model_vs_popular_ci_high", found.lift.high, "relative")]
+        out += estimate_figures("lift_model_vs_popular", found.lift, "relative")
     if found.gap_closed is not None:
-        out += [("oracle_gap_closed", found.gap_closed.mean, "share of the gap"),
-                ("oracle_gap_closed_ci_low", found.gap_closed.low, "share of the gap"),
-                ("oracle_gap_closed_ci_high", found.gap_closed.high, "share of the gap")]
+        out += estimate_figures("oracle_gap_closed", found.gap_closed, "share of the gap")
     return out
 
 
