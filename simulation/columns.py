@@ -35,20 +35,6 @@ TYPE_CLASS = np.array([CADENCE_CLASS_NAMES.index(c) if (c := cadence_class(t)) e
 CHANNELS: tuple[str, ...] = ("app", "web", "kiosk", "desk", "phone", "partner", "system")
 C = {name: code for code, name in enumerate(CHANNELS)}
 
-_HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
-
-
-def hex_strings(values: np.ndarray, width: int, prefix: str = "") -> np.ndarray:
-    """Fixed-width lowercase hex of unsigned integers, vectorised (``prefix`` prepended)."""
-    values = values.astype(np.uint64)
-    head = np.frombuffer(prefix.encode("ascii"), np.uint8)
-    chars = np.empty((len(values), len(head) + width), np.uint8)
-    chars[:, :len(head)] = head
-    for k in range(width):
-        nibble = (values >> np.uint64(4 * k)) & np.uint64(15)
-        chars[:, len(head) + width - 1 - k] = _HEX[nibble.astype(np.intp)]
-    return chars.view(f"S{len(head) + width}").ravel()
-
 
 def mix64(*parts: np.ndarray | int) -> np.ndarray:
     """A SplitMix64-style hash of integer columns (deterministic, vectorised)."""
