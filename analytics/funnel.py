@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from bouquet.analytics.engagement import FUNNEL_STAGES, iso_week_label, week_of_day
+from bouquet.core.outreach import OUTREACH_VARIANT
 from bouquet.core.recommendation import UNATTRIBUTED
 
 #: z for a two-sided 95 % interval.
@@ -125,10 +126,13 @@ def funnel_by_arm(events: pd.DataFrame, *, since_day: int | None = None,
 
 def experiment_arms(arms: pd.DataFrame) -> pd.DataFrame:
     """The arms of the experiment: without the ``unattributed`` row (events echoing ids
-    that do not verify), which is no arm anyone assigned residents to."""
+    that do not verify), which is no arm anyone assigned residents to, nor outreach's
+    nudges, which reach residents of every arm: their experiment is the holdout, and their
+    lift is the outreach lift (:mod:`bouquet.analytics.outreach`)."""
     if arms.empty:
         return arms
-    return arms[arms["model_version"] != UNATTRIBUTED]
+    return arms[(arms["model_version"] != UNATTRIBUTED)
+                & (arms["variant"] != OUTREACH_VARIANT)]
 
 
 def choose_baseline(arms: pd.DataFrame, requested: str | None = None) -> str | None:

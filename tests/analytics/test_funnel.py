@@ -118,6 +118,23 @@ def test_uplift_against_the_control_arm(tmp_path: Path) -> None:
         uplift(arms, baseline="nope")
 
 
+def test_outreach_nudges_are_in_the_funnel_but_no_arm_of_the_uplift(tmp_path: Path) -> None:
+    """Nudges reach residents of every arm, so comparing their conversion with an arm's is
+    no experiment (theirs is the holdout, in the outreach lift): they show in the funnel
+    and take no part in the uplift, as baseline or as arm."""
+    root = funnel_log(tmp_path)
+    log = Log()
+    for i in range(30):
+        rec = SIGN.mint("v1", "outreach", nonce=100 + i)
+        log.add(f"o{i}", "view", 1, bundle_id="compte-mobilite", recommendation_id=rec)
+    log.write(root)
+    arms = funnel_by_arm(load_engagement_data(root, CATALOG).funnel_events)
+    assert arms.set_index("arm").loc["v1:outreach", "residents_shown"] == 30
+    assert set(uplift(arms)["arm"]) == {"v2:personal"}
+    with pytest.raises(ValueError, match="not an arm"):
+        uplift(arms, baseline="outreach")
+
+
 def test_funnel_suppression_hides_small_arms_and_their_uplift(tmp_path: Path) -> None:
     data = load_engagement_data(funnel_log(tmp_path), CATALOG)
     arms = funnel_by_arm(data.funnel_events)
