@@ -143,38 +143,44 @@ class KafkaSink:
         self._pending.clear()
 
     def wait_applied(self, settings: Settings, timeout_s: float = 120.0) -> bool:
-        """Block until ingestion has applied every event sent since the last call (its
-        de-duplication marker is in Redis: the consumer writes it with the event's
-        effects); False, with a warning, after ``timeout_s``. The closed loop waits so the
-        next week's answers are given on what residents did this week."""
-        from bouquet.core.keys import Keys
-        from bouquet.core.redisclient import redis_client
-        from bouquet.streaming.state import applied_event_ids
-
+        """Block until ingestion has applied every event sent since the last call; False,
+        with a warning, after ``timeout_s``. The closed loop waits so the next week's
+        answers are given on what residents did this week."""
         self._check()
-        keys = Keys(settings.redis_key_prefix)
-        missing = self._unconfirmed
-        self._unconfirmed = []
-        client = redis_client(settings.redis_url)
-        deadline = time.monotonic() + timeout_s
-        try:
-            while missing:
-                applied = applied_event_ids(client, keys, missing,
-                                            settings.ingest_dedup_ttl_s)
-                missing = [e for e in missing if e[0] not in applied]
-                if not missing:
-                    break
-                if time.monotonic() > deadline:
-                    log.warning("%d events not applied by ingestion after %.0f s",
-                                len(missing), timeout_s)
-                    return False
-                time.sleep(0.25)
-        finally:
-            client.close()
-        return True
+        missing, self._unconfirmed = self._unconfirmed, []
+        return wait_until_applied(settings, missing, timeout_s)
 
     def close(self) -> None:
         try:
             self._check()
         finally:
             self.producer.close()
+
+
+def wait_until_applied(settings: Settings, events: list[tuple[str, str]],
+                       timeout_s: float = 120.0) -> bool:
+    """Block until ingestion has applied ``events`` (event id, resident id) — their
+    de-duplication marker is in Redis, which the consumer writes with the event's effects,
+    after the event is in the log; False, with a warning, after ``timeout_s``."""
+    from bouquet.core.keys import Keys
+    from bouquet.core.redisclient import redis_client
+    from bouquet.streaming.state import applied_event_ids
+
+    keys = Keys(settings.redis_key_prefix)
+    missing = list(events)
+    client = redis_client(settings.redis_url)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while missing:
+            applied = applied_event_ids(client, keys, missing, settings.ingest_dedup_ttl_s)
+            missing = [e for e in missing if e[0] not in applied]
+            if not missing:
+                break
+            if time.monotonic() > deadline:
+                log.warning("%d events not applied by ingestion after %.0f s", len(missing),
+                            timeout_s)
+                return False
+            time.sleep(0.25)
+    finally:
+        client.close()
+    return True
