@@ -66,13 +66,13 @@ from bouquet.outreach.learning import (
 from bouquet.outreach.planner import plan_seed
 from bouquet.serving.ranking import OfferRanker
 from bouquet.simulation.observed import COLUMNS, ObservedResidents
-from bouquet.simulation.policies import CityView, Policy
+from bouquet.simulation.policies import CityView, Policy, WithPull
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 _DELIVERED = ["segment", "offer", "channel", "ts", "recommendation_id"]
 
 
-class OutreachPolicy:
+class OutreachPolicy(WithPull):
     """``pull`` plus daily nudges planned by the production decision rule (see the module
     docstring). ``max_per_week`` and ``min_gap_h`` override the settings' caps (the cap
     sweep)."""
@@ -80,7 +80,7 @@ class OutreachPolicy:
     def __init__(self, pull: Policy, settings: Settings | None = None, *, seed: int = 0,
                  name: str | None = None, max_per_week: int | None = None,
                  min_gap_h: float | None = None) -> None:
-        self.pull = pull
+        super().__init__(pull)
         self.settings = settings or getattr(pull, "settings", None) or Settings()
         self.name = name or f"{pull.name}+outreach"
         self.seed = seed
@@ -96,22 +96,6 @@ class OutreachPolicy:
         self.observed: ObservedResidents = (ObservedResidents(self.settings.serving_recent_n)
                                             if self._own_observed else pull.observed)  # type: ignore[attr-defined]
 
-    # --- what the loop reads of the pull policy ----------------------------------------
-    @property
-    def variant(self) -> str:
-        return str(getattr(self.pull, "variant", self.pull.name))
-
-    @property
-    def model_version(self) -> str:
-        return str(getattr(self.pull, "model_version", "sim"))
-
-    @property
-    def last_recommendation_ids(self) -> Any:
-        return getattr(self.pull, "last_recommendation_ids", None)
-
-    def recommend(self, resident_ids: list[str], k: int) -> list[list[str]]:
-        return self.pull.recommend(resident_ids, k)
-
     def run_notes(self) -> dict[str, Any]:
         notes = dict(getattr(self.pull, "run_notes", dict)())
         notes["outreach"] = {"days_planned": self.days_planned, "planned": self.planned,
@@ -120,9 +104,7 @@ class OutreachPolicy:
 
     # --- the loop's hooks ---------------------------------------------------------------
     def start(self, city: CityView) -> None:
-        hook = getattr(self.pull, "start", None)
-        if hook is not None:
-            hook(city)
+        super().start(city)
         self.catalog = city.catalog
         self.ranker = OfferRanker.from_settings(city.catalog, self.settings)
         ids = city.residents["resident_id"].to_numpy(zero_copy_only=False).astype(str)
@@ -161,9 +143,7 @@ class OutreachPolicy:
         self._read_history(when.timestamp())
 
     def observe(self, events: pa.Table) -> None:
-        hook = getattr(self.pull, "observe", None)
-        if hook is not None:
-            hook(events)
+        super().observe(events)
         table = events.select(list(COLUMNS))
         if self._own_observed:
             self.observed.apply(table)

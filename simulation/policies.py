@@ -84,6 +84,45 @@ class BasePolicy:
         raise NotImplementedError
 
 
+class WithPull:
+    """A policy that adds to a pull policy (what residents are shown in the app), which it
+    hands every question about the answers to: the loop reads its name, version and ids
+    through these, and its hooks are called first."""
+
+    def __init__(self, pull: Policy) -> None:
+        self.pull = pull
+
+    @property
+    def variant(self) -> str:
+        return str(getattr(self.pull, "variant", self.pull.name))
+
+    @property
+    def model_version(self) -> str:
+        return str(getattr(self.pull, "model_version", "sim"))
+
+    @property
+    def last_recommendation_ids(self) -> Any:
+        return getattr(self.pull, "last_recommendation_ids", None)
+
+    def recommend(self, resident_ids: Sequence[str], k: int) -> list[list[str]]:
+        return self.pull.recommend(resident_ids, k)
+
+    def start(self, city: CityView) -> None:
+        hook = getattr(self.pull, "start", None)
+        if hook is not None:
+            hook(city)
+
+    def observe(self, events: pa.Table) -> None:
+        hook = getattr(self.pull, "observe", None)
+        if hook is not None:
+            hook(events)
+
+    def close(self) -> None:
+        hook = getattr(self.pull, "close", None)
+        if hook is not None:
+            hook()
+
+
 class NoRecommendations(BasePolicy):
     """Nothing is shown: residents only discover offers by themselves (the baseline)."""
 
