@@ -16,6 +16,7 @@ from bouquet.core.settings import Settings
 from bouquet.simulation.behaviour import BehaviourParams
 from bouquet.simulation.calibration import CadenceStats, simulated_statistics
 from bouquet.simulation.closed_loop import make_policy, run_policy
+from bouquet.simulation.nudges import NudgeParams
 from bouquet.simulation.replay import ReplayCounts, pacing_offsets, read_trips, replay_table
 from bouquet.simulation.sinks import EventLogSink, KafkaSink, MemorySink
 
@@ -56,6 +57,8 @@ class SimulationSummary:
     hidden_path: str | None = None
     cadence: dict[str, float] = field(default_factory=dict)
     calibration: dict[str, float] | None = None
+    #: with outreach: what the planner and the gateway did, and the residents' side
+    outreach: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -70,7 +73,7 @@ def simulate(settings: Settings, *, residents: int, weeks: int, seed: int,
              residents_path: Path | None = None, hidden_path: Path | None = None,
              save_residents: bool = True, calibrate: bool = False,
              from_week: int = 0, until_week: int | None = None,
-             api_url: str | None = None
+             api_url: str | None = None, outreach: bool = False
              ) -> tuple[SimulationSummary, MemorySink | None]:
     """Simulate ``residents`` residents for ``weeks`` weeks (ending yesterday unless
     ``end``) into the event log (``settings.event_log_path``), Kafka
@@ -86,6 +89,9 @@ def simulate(settings: Settings, *, residents: int, weeks: int, seed: int,
     residents are answered by a running serving API (policy ``api``: its own ids, one GET
     per resident shown something); to Kafka, each week's events are then waited for until
     ingestion applied them, so the next week's answers know what residents did.
+    ``outreach`` (with ``api_url``) also runs the deployment's outreach planner every
+    simulated day, the loop acting as the messaging gateway
+    (:class:`~bouquet.simulation.gateway.GatewayOutreach`).
     """
     catalog = load_catalog(settings.catalog_path)
     params = params or BehaviourParams()
@@ -104,8 +110,10 @@ def simulate(settings: Settings, *, residents: int, weeks: int, seed: int,
     else:
         raise ValueError(f"unknown destination {to!r}")
     started = time.perf_counter()
-    chosen: Any = make_policy(policy, seed) if api_url is None else _api_policy(settings,
-                                                                              api_url)
+    if outreach and api_url is None:
+        raise ValueError("outreach needs a running deployment (api_url)")
+    chosen: Any = (make_policy(policy, seed) if api_url is None
+                   else _api_policy(settings, api_url, outreach))
     waits = api_url is not None and isinstance(sink, KafkaSink)
 
     def on_week(week: int, events: int) -> None:
@@ -139,7 +147,8 @@ def simulate(settings: Settings, *, residents: int, weeks: int, seed: int,
         events_by_type=run.events_by_type, seconds=time.perf_counter() - started,
         peak_rss_mb=_peak_rss_mb(), run_tag=sim.run_tag,
         residents_path=str(residents_path) if residents_path else None,
-        hidden_path=str(hidden_path) if hidden_path else None, cadence=run.shares)
+        hidden_path=str(hidden_path) if hidden_path else None, cadence=run.shares,
+        outreach={**run.notes.get("outreach", {}), **run.outreach} if outreach else None)
     memory = sink if isinstance(sink, MemorySink) else None
     if calibrate and memory is not None:
         stats: CadenceStats = simulated_statistics(memory.table(), params.timezone,
@@ -148,13 +157,23 @@ def simulate(settings: Settings, *, residents: int, weeks: int, seed: int,
     return summary, memory
 
 
-def _api_policy(settings: Settings, api_url: str) -> Any:
-    """The serving API at ``api_url`` as the residents' policy, with an app key."""
+def _api_policy(settings: Settings, api_url: str, outreach: bool) -> Any:
+    """The serving API at ``api_url`` as the residents' policy, with an app key; with
+    ``outreach``, the deployment's planner too, the loop being its messaging gateway."""
     from bouquet.simulation.policies import HttpPolicy
 
-    key = next((k for k, role in settings.api_keys.items() if role == "app"), None)
-    policy = HttpPolicy(api_url, api_key=key, name="api")
-    return policy
+    keys = {role: next((k for k, r in settings.api_keys.items() if r == role), None)
+            for role in ("app", "gateway")}
+    policy = HttpPolicy(api_url, api_key=keys["app"], name="api")
+    if not outreach:
+        return policy
+    from bouquet.simulation.gateway import GatewayOutreach
+
+    if keys["app"] is None or keys["gateway"] is None:
+        raise ValueError("outreach needs an app key and a gateway key (BOUQUET_API_KEYS)")
+    return GatewayOutreach(policy, settings, api_url, app_key=keys["app"],
+                           gateway_key=keys["gateway"],
+                           open_delay_s=NudgeParams().open_delay_s)
 
 
 @dataclass

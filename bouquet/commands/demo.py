@@ -6,7 +6,9 @@ year of history through Kafka → ingest → train (MLflow) → publish (Redis) 
 with ingestion behind it → the city's weeks, its residents answered by the API in the loop
 (the champion arm: the trained model once training promoted one, else the popular lists
 ``bouquet publish`` serves without a champion; the baseline arm: popular lists;
-recommendation ids minted by serving; each week ingested before the next is answered)
+recommendation ids minted by serving; each week ingested before the next is answered;
+every day the outreach planner plans the day's nudges, which the run delivers as the city's
+messaging gateway would and reports opens and opt-outs through the API)
 → ask for bundles, send an event and see the answer change → engagement report, funnel
 and uplift.
 ``--quick`` uses a smaller city and exits when done (tests use it); the full demo keeps the
@@ -204,9 +206,9 @@ def demo(
         server = background[0]
         ready = _wait_ready(base)
         console.print(f"ready: {json.dumps(ready)}")
-        _bouquet("simulate", "run", *city, "--from-week", "0", "--api-url", base, env=env,
-                 title=f"7/8 {n_weeks} weeks of the city, its residents answered by the API "
-                       "(champion and popular arms)")
+        _bouquet("simulate", "run", *city, "--from-week", "0", "--api-url", base, "--outreach",
+                 env=env, title=f"7/8 {n_weeks} weeks of the city, its residents answered by "
+                                "the API (champion and popular arms) and nudged by outreach")
         console.print(Rule("[bold]8/8 live personalisation and engagement[/]", align="left"))
         _show_live_personalisation(base, settings)
         _bouquet("report", "engagement", "--weeks", "4", env=env, title="engagement report")

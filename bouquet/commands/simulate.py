@@ -71,6 +71,9 @@ def run(
     api_url: str | None = typer.Option(None, "--api-url", help="Residents are answered by "
                                        "the serving API at this URL (policy 'api'); to "
                                        "Kafka, each week waits until ingestion applied it."),
+    outreach: bool = typer.Option(False, "--outreach", help="With --api-url: the "
+                                  "deployment's outreach planner plans every simulated day "
+                                  "and this run is its messaging gateway (docs/outreach.md)."),
     json_path: Path | None = typer.Option(None, "--json", help="Write the run summary here."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
 ) -> None:
@@ -85,7 +88,8 @@ def run(
     summary, _ = simulate(settings, residents=residents, weeks=weeks, seed=seed, to=to.value,
                           rate=rate, end=date.fromisoformat(end) if end else None,
                           policy=policy, intensity=intensity, progress=progress,
-                          from_week=from_week, until_week=until_week, api_url=api_url)
+                          from_week=from_week, until_week=until_week, api_url=api_url,
+                          outreach=outreach)
     table = Table("figure", "value", title=f"simulation {summary.run_tag}")
     table.add_row("residents", f"{summary.residents:,}")
     table.add_row("period", f"{summary.start} … {summary.end} ({summary.weeks} weeks, "
@@ -95,6 +99,13 @@ def run(
         table.add_row(f"  {kind}", f"{count:,}")
     table.add_row("cadence at the end", ", ".join(f"{k} {v:.1%}"
                                                   for k, v in summary.cadence.items()))
+    if summary.outreach is not None:
+        found = summary.outreach
+        table.add_row("outreach", f"{found['days_planned']} days planned: "
+                      f"{found['planned']:,} nudges planned, {found['delivered']:,} delivered "
+                      f"(notify), {found['opened']:,} opened; {int(found['optouts']):,} "
+                      f"opt-outs of {int(found['contactable_at_start']):,} contactable "
+                      "residents")
     table.add_row("time", f"{summary.seconds:.1f} s ({summary.events / summary.seconds:,.0f} "
                   f"events/s), peak RSS {summary.peak_rss_mb:,.0f} MB")
     table.add_row("residents file", summary.residents_path or "-")
