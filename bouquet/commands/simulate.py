@@ -80,6 +80,9 @@ def run(
     """Generate residents and their events into the event log or Kafka."""
     from bouquet.simulation.runner import simulate
 
+    if outreach and api_url is None:
+        raise typer.BadParameter("--outreach needs --api-url: the outreach planner plans "
+                                 "on a running deployment", param_hint="--outreach")
     settings = get_settings()
     if to == Target.KAFKA:
         from bouquet.localstack import ensure_topics

@@ -47,6 +47,13 @@ def test_simulate_run_writes_the_event_log(cli: CliRunner, tmp_path: Path) -> No
     assert abs(sum(summary["cadence"].values()) - 1) < 1e-9
 
 
+def test_simulate_run_outreach_needs_a_deployment(cli: CliRunner) -> None:
+    result = _invoke(cli, "simulate", "run", "--residents", "200", "--weeks", "1",
+                     "--outreach", "--no-progress", code=2)
+    # the message as rich boxes it, whatever the width: borders and line breaks removed
+    assert "--outreach needs --api-url" in " ".join(result.output.replace("│", " ").split())
+
+
 def test_simulate_compare_reports_the_question_with_paired_intervals(cli: CliRunner,
                                                                       tmp_path: Path) -> None:
     out, plot = tmp_path / "compare.json", tmp_path / "plot" / "compare"
