@@ -152,8 +152,9 @@ class GatewayOutreach(WithPull):
         self._contact = contact.copy()
 
     def _messages(self, day: date, expected: int) -> pd.DataFrame:
-        """The day's nudges as read from the outreach topic."""
-        found: list[dict[str, Any]] = []
+        """The day's nudges as read from the outreach topic (each once: the planner's
+        producer may deliver a message twice after a retry)."""
+        found: dict[str, dict[str, Any]] = {}
         deadline = time.monotonic() + MESSAGES_TIMEOUT_S
         wanted = day.isoformat()
         while len(found) < expected:
@@ -164,14 +165,8 @@ class GatewayOutreach(WithPull):
                 for record in records:
                     body = json.loads(record.value)
                     if body.get("plan_date") == wanted:
-                        found.append(body)
-        return pd.DataFrame({
-            "resident_id": [b["resident_id"] for b in found],
-            "send_at": [datetime.fromisoformat(b["send_at"]).timestamp() for b in found],
-            "offer_kind": [b["offer"]["kind"] for b in found],
-            "offer_id": [b["offer"]["id"] for b in found],
-            "recommendation_id": [b["recommendation_id"] for b in found],
-            "channel": [b["channel"] for b in found]}, columns=NUDGE_COLUMNS)
+                        found[body["message_id"]] = body
+        return _nudge_frame(list(found.values()))
 
     def _outcome(self, nudge: Any, kind: str, at: float) -> dict[str, Any]:
         offer = {"bundle_id" if nudge.offer_kind == "bundle" else "service_id": nudge.offer_id}
@@ -194,6 +189,17 @@ class GatewayOutreach(WithPull):
                 raise RuntimeError(f"POST /v1/events ({role}): HTTP {answer.status_code} "
                                    f"{answer.text[:500]}")
             self._pending += [(e["event_id"], e["resident_id"]) for e in batch]
+
+
+def _nudge_frame(messages: list[dict[str, Any]]) -> pd.DataFrame:
+    """The loop's view of outreach messages (their JSON bodies)."""
+    return pd.DataFrame({
+        "resident_id": [m["resident_id"] for m in messages],
+        "send_at": [datetime.fromisoformat(m["send_at"]).timestamp() for m in messages],
+        "offer_kind": [m["offer"]["kind"] for m in messages],
+        "offer_id": [m["offer"]["id"] for m in messages],
+        "recommendation_id": [m["recommendation_id"] for m in messages],
+        "channel": [m["channel"] for m in messages]}, columns=NUDGE_COLUMNS)
 
 
 def _event(resident_id: str, kind: str, at: float, channel: str, **fields: Any
