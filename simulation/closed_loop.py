@@ -321,7 +321,8 @@ def _nudge_week(sim: Simulation, policy: Any, recipients: Recipients, week: int
         nudges = policy.plan_day(day, recipients.contact.copy())
         if not len(nudges):
             continue
-        # the loop's residents answer bundle offers (offer_lists hands over bundles only)
+        # residents answer bundle offers only: the simulator shows bundles (offer_lists hands
+        # over bundles only; a deployment's planner may also nudge a service, never opened)
         nudges = nudges[nudges["offer_kind"] == "bundle"].sort_values("send_at",
                                                                       kind="stable")
         rows = index.get_indexer(nudges["resident_id"])
