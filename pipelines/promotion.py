@@ -8,8 +8,10 @@ be compared resident by resident. The candidate chosen by the run is promoted wh
 2. its scores are not degenerate (they vary across residents: a model whose factors
    shrank to nothing ranks everyone alike, and would be popularity in disguise);
 3. it beats the stronger popularity baseline **and** the current champion (re-evaluated on
-   this split) on the primary metric, each with a paired bootstrap 95 % interval of the
-   mean difference over hold-out residents that lies above 0.
+   this split) on the primary metric, each with a paired bootstrap interval of the mean
+   difference over hold-out residents that lies above 0, at the level
+   ``BOUQUET_TRAIN_PROMOTION_LEVEL`` (80 % by default: better with one-sided confidence
+   90 %; docs/training.md §6 says why not 95 %).
 
 Otherwise the current champion keeps serving — or, with no champion, the popular lists —
 and the decision says why, with the figures. ``--force`` promotes whatever the figures.
@@ -28,25 +30,27 @@ DEGENERATE_SPREAD = 1e-8
 
 @dataclass(frozen=True)
 class Interval:
-    """Mean paired difference (candidate − reference) and its bootstrap 95 % interval."""
+    """Mean paired difference (candidate − reference) and its bootstrap interval."""
 
     mean: float
     low: float
     high: float
     users: int
+    level: float = 0.95
 
     @property
     def above_zero(self) -> bool:
         return self.low > 0
 
     def __str__(self) -> str:
-        return (f"{self.mean:+.4f} [95% CI {self.low:+.4f}, {self.high:+.4f}; "
+        return (f"{self.mean:+.4f} [{self.level:.0%} CI {self.low:+.4f}, {self.high:+.4f}; "
                 f"{self.users} residents]")
 
 
 def paired_bootstrap(candidate: np.ndarray, reference: np.ndarray, *, samples: int = 2000,
-                     seed: int = 0) -> Interval:
-    """Bootstrap (percentile) interval of ``mean(candidate − reference)``, resampling users.
+                     seed: int = 0, level: float = 0.95) -> Interval:
+    """Bootstrap (percentile) interval of ``mean(candidate − reference)`` at ``level``,
+    resampling users.
 
     Both arrays hold one value per hold-out user, in the same user order.
     """
@@ -57,7 +61,7 @@ def paired_bootstrap(candidate: np.ndarray, reference: np.ndarray, *, samples: i
     diff = a - b
     n = len(diff)
     if n == 0:
-        return Interval(float("nan"), float("nan"), float("nan"), 0)
+        return Interval(float("nan"), float("nan"), float("nan"), 0, level)
     rng = np.random.default_rng(seed)
     means = np.empty(samples)
     # resample in blocks so a million users × 2,000 samples never needs one huge index array
@@ -66,8 +70,9 @@ def paired_bootstrap(candidate: np.ndarray, reference: np.ndarray, *, samples: i
         stop = min(samples, start + block)
         picks = rng.integers(0, n, size=(stop - start, n))
         means[start:stop] = diff[picks].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return Interval(float(diff.mean()), float(low), float(high), n)
+    tail = 50.0 * (1.0 - level)
+    low, high = np.percentile(means, [tail, 100.0 - tail])
+    return Interval(float(diff.mean()), float(low), float(high), n, level)
 
 
 def score_spread(scores: np.ndarray) -> float:

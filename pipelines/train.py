@@ -387,7 +387,8 @@ def _run(client: Any, registry: ModelRegistry, run: Any, settings: Settings,
             champion_value = champion_eval.primary_mean
             metrics.update({f"champion/{name}": v for name, v in champion_eval.metrics.items()})
             vs_champion = paired_bootstrap(chosen.primary, champion_eval.primary,
-                                           samples=samples, seed=options.seed)
+                                           samples=samples, seed=options.seed,
+                                           level=settings.train_promotion_level)
 
     if chosen is not None and options.compare_rules:
         with stages("rules"):
@@ -397,7 +398,8 @@ def _run(client: Any, registry: ModelRegistry, run: Any, settings: Settings,
     decision: Decision | None = None
     if chosen is not None:
         vs_popularity = paired_bootstrap(chosen.primary, popularity.primary, samples=samples,
-                                         seed=options.seed)
+                                         seed=options.seed,
+                                         level=settings.train_promotion_level)
         decision = decide(metric=options.primary_metric, candidate_value=chosen.primary_mean,
                           eval_residents=eval_residents,
                           min_residents=settings.train_min_eval_residents,
@@ -505,7 +507,8 @@ def select_family(arrays: EventArrays, params: ConfidenceRule, options: TrainOpt
         vs_popularity = paired_bootstrap(chosen.primary,
                                          _stronger_popularity(evaluations).primary,
                                          samples=settings.train_bootstrap_samples,
-                                         seed=options.seed)
+                                         seed=options.seed,
+                                         level=settings.train_promotion_level)
         decision = decide(metric=options.primary_metric, candidate_value=chosen.primary_mean,
                           eval_residents=len(chosen.users),
                           min_residents=settings.train_min_eval_residents, degenerate=False,

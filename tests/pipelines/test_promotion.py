@@ -29,6 +29,19 @@ def test_paired_bootstrap_covers_the_true_difference_and_is_reproducible() -> No
         paired_bootstrap(base, base[:5])
 
 
+def test_the_promotion_level_sets_how_sure_the_interval_must_be() -> None:
+    """A small real gain on a small hold-out: the 95% interval straddles 0, a 60% one (the
+    candidate better with one-sided confidence 80%) does not; the level is in the text."""
+    rng = np.random.default_rng(6)
+    base = rng.random(250)
+    slightly = base + 0.01 + rng.normal(0, 0.1, 250)
+    wide = paired_bootstrap(slightly, base, samples=2000, seed=1)
+    narrow = paired_bootstrap(slightly, base, samples=2000, seed=1, level=0.6)
+    assert wide.mean == narrow.mean and wide.low < narrow.low < narrow.high < wide.high
+    assert not wide.above_zero and narrow.above_zero
+    assert "95% CI" in str(wide) and "60% CI" in str(narrow)
+
+
 def test_degenerate_scores_are_those_that_do_not_vary_across_residents() -> None:
     rng = np.random.default_rng(1)
     assert is_degenerate(np.tile(rng.random(24), (50, 1)))  # everyone ranked alike
