@@ -101,7 +101,7 @@ def test_run_records_everything_and_registers_the_best_candidate(settings: Setti
     # the decision is the statistical rule's, with its figures; the version is registered
     assert report.decision is not None and report.eval_residents > 0
     assert tags["promotion.decision"] in ("promoted", "not promoted")
-    assert "95% CI" in tags["promotion.vs_popularity"]
+    assert f"{settings.train_promotion_level:.0%} CI" in tags["promotion.vs_popularity"]
     registry = ModelRegistry(client, settings.registered_model)
     version = registry.version(report.version)
     assert version.tags["split_id"] == report.split["id"]
