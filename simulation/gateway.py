@@ -5,10 +5,11 @@ against the real stack, and the loop as the city's messaging gateway.
 residents what the serving API answers, as without ``--outreach``, and every simulated day:
 
 1. the residents who accept messages (the simulator's contact consent,
-   :class:`~bouquet.simulation.nudges.Recipients`) declare it in the app the first day —
-   a ``consent`` event with purpose ``contact``, posted with an ``app`` key — and those
-   who opted out since are reported by the gateway (a contact-consent withdrawal, with the
-   ``gateway`` key), as a messaging gateway relays an SMS "STOP";
+   :class:`~bouquet.simulation.nudges.Recipients`) declare it in the app the day before
+   the first plan — a ``consent`` event with purpose ``contact``, sent to the interactions
+   topic as the simulation sends all residents' events — and those who opted out since are
+   reported by the gateway (a contact-consent withdrawal, with the ``gateway`` key), as a
+   messaging gateway relays an SMS "STOP";
 2. once ingestion has applied those events, the deployment's
    :class:`~bouquet.outreach.planner.Planner` — the object ``bouquet outreach plan`` runs,
    reading Redis, the event log and the published lists — plans the day at its planning
@@ -55,14 +56,14 @@ class GatewayOutreach(WithPull):
     """``pull`` (the serving API) plus the deployment's outreach planner, this object being
     the messaging gateway (see the module docstring)."""
 
-    def __init__(self, pull: Policy, settings: Settings, api_url: str, *, app_key: str,
-                 gateway_key: str, open_delay_s: int = 120) -> None:
+    def __init__(self, pull: Policy, settings: Settings, api_url: str, *, gateway_key: str,
+                 open_delay_s: int = 120) -> None:
         super().__init__(pull)
         self.name = f"{pull.name}+outreach"
         self.settings = settings
         self.open_delay_s = open_delay_s
         self._client = httpx.Client(base_url=api_url, timeout=60)
-        self._keys = {"app": app_key, "gateway": gateway_key}
+        self._keys = {"gateway": gateway_key}
         self._contact: np.ndarray | None = None  # consent as last reported, per row
         self._last_sent: dict[str, tuple[float, str]] = {}  # send instant, channel
         self._pending: list[tuple[str, str]] = []  # posted, not yet seen applied
@@ -70,7 +71,7 @@ class GatewayOutreach(WithPull):
         self.days_skipped: list[str] = []
 
     def start(self, city: CityView) -> None:
-        from kafka import KafkaConsumer
+        from kafka import KafkaConsumer, TopicPartition
 
         from bouquet.localstack import ensure_topics
         from bouquet.outreach.planner import Planner
@@ -82,10 +83,19 @@ class GatewayOutreach(WithPull):
         # the planner `bouquet outreach plan` builds, with serving's filters
         self.planner = Planner(self.settings, city.catalog,
                                OfferRanker.from_settings(city.catalog, self.settings))
-        self._consumer = KafkaConsumer(
-            self.settings.topic_outreach, bootstrap_servers=self.settings.kafka_bootstrap_servers,
-            group_id=f"{self.settings.redis_key_prefix}-simulated-gateway",
-            auto_offset_reset="earliest", enable_auto_commit=True)
+        # every partition assigned, from its end now: the messages of this run, without
+        # the seconds a consumer group takes to form
+        topic = self.settings.topic_outreach
+        self._consumer = KafkaConsumer(**self.settings.kafka_client_options(),
+                                       enable_auto_commit=False)
+        numbers = self._consumer.partitions_for_topic(topic)
+        if not numbers:
+            raise RuntimeError(f"the outreach topic {topic!r} has no partitions")
+        partitions = [TopicPartition(topic, n) for n in sorted(numbers)]
+        self._consumer.assign(partitions)
+        self._consumer.seek_to_end(*partitions)
+        for partition in partitions:
+            self._consumer.position(partition)  # resolve "the end" before any plan
 
     def run_notes(self) -> dict[str, Any]:
         notes = dict(getattr(self.pull, "run_notes", dict)())
@@ -108,9 +118,15 @@ class GatewayOutreach(WithPull):
         from bouquet.outreach.planner import NothingPublished
 
         at = self.planner.plan_instant(day, now=0.0)  # its planning hour: the day is past
+        clock = time.perf_counter()
         self._report_consent(contact, at)
+        reported_s = time.perf_counter() - clock
+        waited = len(self._pending)
         wait_until_applied(self.settings, self._pending)
         self._pending = []
+        log.debug("outreach gateway %s: consent reported in %.1f s; %d events applied by "
+                 "ingestion after %.1f s", day.isoformat(), reported_s, waited,
+                 time.perf_counter() - clock - reported_s)
         self.days_planned += 1
         try:
             report, _ = self.planner.plan(day, now=at)
@@ -119,10 +135,14 @@ class GatewayOutreach(WithPull):
             self.days_skipped.append(day.isoformat())
             return pd.DataFrame(columns=NUDGE_COLUMNS)
         self.planned += report.planned
+        clock = time.perf_counter()
         nudges = self._messages(day, report.delivered)
+        read_s = time.perf_counter() - clock
         self.delivered += len(nudges)
         self._post("gateway", [self._outcome(row, "notify", row.send_at)
                                for row in nudges.itertuples()])
+        log.debug("outreach gateway %s: %d messages read in %.1f s, delivered in %.1f s",
+                 day.isoformat(), len(nudges), read_s, time.perf_counter() - clock - read_s)
         for row in nudges.itertuples():
             self._last_sent[row.resident_id] = (row.send_at, row.channel)
         return nudges
@@ -140,9 +160,8 @@ class GatewayOutreach(WithPull):
         anything), then the withdrawals since the last day (a little after the nudge that
         prompted them)."""
         if self._contact is None:
-            grants = self.ids[contact]
-            self._post("app", [_event(rid, "consent", at - 86400, "app", value=1,
-                                      context={"purpose": "contact"}) for rid in grants])
+            self._produce([_event(rid, "consent", at - 86400, "app", value=1,
+                                  context={"purpose": "contact"}) for rid in self.ids[contact]])
         else:
             gone = self.ids[self._contact & ~contact]
             self._post("gateway", [
@@ -172,6 +191,16 @@ class GatewayOutreach(WithPull):
         offer = {"bundle_id" if nudge.offer_kind == "bundle" else "service_id": nudge.offer_id}
         return _event(nudge.resident_id, kind, at, nudge.channel,
                       recommendation_id=nudge.recommendation_id, **offer)
+
+    def _produce(self, events: list[dict[str, Any]]) -> None:
+        """Send residents' own events to the interactions topic, as the simulation sends all
+        of theirs (the API would audit each consent one by one: thousands of grants at once
+        are the residents' app sessions, not a request)."""
+        from bouquet.streaming.producer import EventProducer
+
+        with EventProducer(self.settings, throughput=True) as producer:
+            producer.send_and_wait(events, timeout_s=120)
+        self._pending += [(e["event_id"], e["resident_id"]) for e in events]
 
     def _post(self, role: str, events: list[dict[str, Any]]) -> None:
         """POST ``events`` in batches with ``role``'s key, again after ``Retry-After`` when

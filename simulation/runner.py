@@ -169,10 +169,9 @@ def _api_policy(settings: Settings, api_url: str, outreach: bool) -> Any:
         return policy
     from bouquet.simulation.gateway import GatewayOutreach
 
-    if keys["app"] is None or keys["gateway"] is None:
-        raise ValueError("outreach needs an app key and a gateway key (BOUQUET_API_KEYS)")
-    return GatewayOutreach(policy, settings, api_url, app_key=keys["app"],
-                           gateway_key=keys["gateway"],
+    if keys["gateway"] is None:
+        raise ValueError("outreach needs a gateway key (BOUQUET_API_KEYS)")
+    return GatewayOutreach(policy, settings, api_url, gateway_key=keys["gateway"],
                            open_delay_s=NudgeParams().open_delay_s)
 
 
