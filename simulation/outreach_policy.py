@@ -273,10 +273,8 @@ class OutreachPolicy(WithPull):
                          self.settings.outreach_prior_strength)
 
 
-
 def _stack(parts: list[tuple[np.ndarray, ...]], width: int = 3) -> tuple[np.ndarray, ...]:
     """``width`` columns of weekly parts, concatenated."""
     if not parts:
         return (_EMPTY,) * width
     return tuple(np.concatenate(column) for column in zip(*parts, strict=True))
-

@@ -33,16 +33,17 @@ def outreach_figures(result: Comparison) -> list[tuple[str, float, str]]:
     have = set(result.policies)
     out: list[tuple[str, float, str]] = []
     if {MODEL_OUTREACH, MODEL_PULL} <= have:
-        out += estimate_figures("lift_outreach_vs_pull", result.lift(MODEL_OUTREACH, MODEL_PULL),
-                       "relative")
-        out += estimate_figures("diff_outreach_vs_pull", result.uplift(MODEL_OUTREACH, MODEL_PULL),
-                       "share of residents")
+        out += estimate_figures("lift_outreach_vs_pull",
+                                result.lift(MODEL_OUTREACH, MODEL_PULL), "relative")
+        out += estimate_figures("diff_outreach_vs_pull",
+                                result.uplift(MODEL_OUTREACH, MODEL_PULL), "share of residents")
     if {MODEL_OUTREACH, POPULAR_OUTREACH} <= have:
         out += estimate_figures("lift_model_outreach_vs_popular_outreach",
-                       result.lift(MODEL_OUTREACH, POPULAR_OUTREACH), "relative")
+                                result.lift(MODEL_OUTREACH, POPULAR_OUTREACH), "relative")
     if MODEL_OUTREACH in have:
         out += estimate_figures("optout_rate_per_month@default_cap",
-                       result.estimate(MODEL_OUTREACH, OPTOUT), "share of contactable / month")
+                                result.estimate(MODEL_OUTREACH, OPTOUT),
+                                "share of contactable / month")
     for policy in result.policies:
         runs = [r for r in result.runs if r.policy == policy]
         if not runs or not runs[0].outreach:
