@@ -14,11 +14,12 @@ residents what the serving API answers, as without ``--outreach``, and every sim
    :class:`~bouquet.outreach.planner.Planner` — the object ``bouquet outreach plan`` runs,
    reading Redis, the event log and the published lists — plans the day at its planning
    hour and puts the nudges on the outreach topic;
-3. the gateway reads them from the topic (its own consumer group), delivers them (a
-   ``notify`` event each, at its send time) and hands them to the simulated residents,
-   who open some (:mod:`bouquet.simulation.nudges`); each open is reported (``open``),
-   and an opened bundle is shown to its resident within the week with the nudge's
-   recommendation id, so what follows is attributed to it.
+3. the gateway reads them from the topic (every partition, from where it ended when the
+   run started: no consumer group to wait for), delivers them (a ``notify`` event each,
+   at its send time) and hands them to the simulated residents, who open some
+   (:mod:`bouquet.simulation.nudges`); each open is reported (``open``), and an opened
+   bundle is shown to its resident within the week with the nudge's recommendation id,
+   so what follows is attributed to it.
 
 So the plans, the ledger, the operators' outreach figures and the lift against the holdout
 come from the production code, on events that went through the API, Kafka and ingestion.
@@ -62,8 +63,9 @@ class GatewayOutreach(WithPull):
         self.name = f"{pull.name}+outreach"
         self.settings = settings
         self.open_delay_s = open_delay_s
-        self._client = httpx.Client(base_url=api_url, timeout=60)
-        self._keys = {"gateway": gateway_key}
+        # every post is the gateway's: its key on every request
+        self._client = httpx.Client(base_url=api_url, timeout=60,
+                                    headers={"X-API-Key": gateway_key})
         self._contact: np.ndarray | None = None  # consent as last reported, per row
         self._last_sent: dict[str, tuple[float, str]] = {}  # send instant, channel
         self._pending: list[tuple[str, str]] = []  # posted, not yet seen applied
@@ -98,7 +100,7 @@ class GatewayOutreach(WithPull):
             self._consumer.position(partition)  # resolve "the end" before any plan
 
     def run_notes(self) -> dict[str, Any]:
-        notes = dict(getattr(self.pull, "run_notes", dict)())
+        notes = super().run_notes()
         notes["outreach"] = {"days_planned": self.days_planned, "planned": self.planned,
                              "delivered": self.delivered, "opened": self.opened,
                              "days_skipped": self.days_skipped}
@@ -139,7 +141,7 @@ class GatewayOutreach(WithPull):
         nudges = self._messages(day, report.delivered)
         read_s = time.perf_counter() - clock
         self.delivered += len(nudges)
-        self._post("gateway", [self._outcome(row, "notify", row.send_at)
+        self._post([self._outcome(row, "notify", row.send_at)
                                for row in nudges.itertuples()])
         log.debug("outreach gateway %s: %d messages read in %.1f s, delivered in %.1f s",
                  day.isoformat(), len(nudges), read_s, time.perf_counter() - clock - read_s)
@@ -151,7 +153,7 @@ class GatewayOutreach(WithPull):
         """Report the nudges the residents opened."""
         opens = nudges[opened]
         self.opened += len(opens)
-        self._post("gateway", [self._outcome(row, "open", row.send_at + self.open_delay_s)
+        self._post([self._outcome(row, "open", row.send_at + self.open_delay_s)
                                for row in opens.itertuples()])
 
     # --- the gateway's side ---------------------------------------------------------------
@@ -164,7 +166,7 @@ class GatewayOutreach(WithPull):
                                   context={"purpose": "contact"}) for rid in self.ids[contact]])
         else:
             gone = self.ids[self._contact & ~contact]
-            self._post("gateway", [
+            self._post([
                 _event(rid, "consent", self._last_sent[rid][0] + self.open_delay_s,
                        self._last_sent[rid][1], value=0, context={"purpose": "contact"})
                 for rid in gone if rid in self._last_sent])
@@ -202,20 +204,19 @@ class GatewayOutreach(WithPull):
             producer.send_and_wait(events, timeout_s=120)
         self._pending += [(e["event_id"], e["resident_id"]) for e in events]
 
-    def _post(self, role: str, events: list[dict[str, Any]]) -> None:
-        """POST ``events`` in batches with ``role``'s key, again after ``Retry-After`` when
+    def _post(self, events: list[dict[str, Any]]) -> None:
+        """POST ``events`` in batches with the gateway key, again after ``Retry-After`` when
         the API asks (rate limit, broker slow), with the same event ids."""
         size = self.settings.serving_max_batch
         for lo in range(0, len(events), size):
             batch = events[lo:lo + size]
             for _ in range(10):
-                answer = self._client.post("/v1/events", json=batch,
-                                           headers={"X-API-Key": self._keys[role]})
+                answer = self._client.post("/v1/events", json=batch)
                 if answer.status_code not in (429, 503):
                     break
                 time.sleep(float(answer.headers.get("Retry-After", "1")))
             if answer.status_code != 202:
-                raise RuntimeError(f"POST /v1/events ({role}): HTTP {answer.status_code} "
+                raise RuntimeError(f"POST /v1/events (gateway): HTTP {answer.status_code} "
                                    f"{answer.text[:500]}")
             self._pending += [(e["event_id"], e["resident_id"]) for e in batch]
 
