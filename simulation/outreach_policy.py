@@ -97,7 +97,7 @@ class OutreachPolicy(WithPull):
                                             if self._own_observed else pull.observed)  # type: ignore[attr-defined]
 
     def run_notes(self) -> dict[str, Any]:
-        notes = dict(getattr(self.pull, "run_notes", dict)())
+        notes = super().run_notes()
         notes["outreach"] = {"days_planned": self.days_planned, "planned": self.planned,
                              "nothing_published_days": self.unpublished_days}
         return notes

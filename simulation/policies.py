@@ -107,6 +107,10 @@ class WithPull:
     def recommend(self, resident_ids: Sequence[str], k: int) -> list[list[str]]:
         return self.pull.recommend(resident_ids, k)
 
+    def run_notes(self) -> dict[str, Any]:
+        """The pull policy's notes (a copy: subclasses add their own)."""
+        return dict(getattr(self.pull, "run_notes", dict)())
+
     def start(self, city: CityView) -> None:
         hook = getattr(self.pull, "start", None)
         if hook is not None:
