@@ -386,9 +386,7 @@ def _run(client: Any, registry: ModelRegistry, run: Any, settings: Settings,
         if champion_eval is not None:
             champion_value = champion_eval.primary_mean
             metrics.update({f"champion/{name}": v for name, v in champion_eval.metrics.items()})
-            vs_champion = paired_bootstrap(chosen.primary, champion_eval.primary,
-                                           samples=samples, seed=options.seed,
-                                           level=settings.train_promotion_level)
+            vs_champion = promotion_interval(chosen, champion_eval, settings, options)
 
     if chosen is not None and options.compare_rules:
         with stages("rules"):
@@ -397,9 +395,7 @@ def _run(client: Any, registry: ModelRegistry, run: Any, settings: Settings,
 
     decision: Decision | None = None
     if chosen is not None:
-        vs_popularity = paired_bootstrap(chosen.primary, popularity.primary, samples=samples,
-                                         seed=options.seed,
-                                         level=settings.train_promotion_level)
+        vs_popularity = promotion_interval(chosen, popularity, settings, options)
         decision = decide(metric=options.primary_metric, candidate_value=chosen.primary_mean,
                           eval_residents=eval_residents,
                           min_residents=settings.train_min_eval_residents,
@@ -485,6 +481,16 @@ class Selection:
     notes: list[str]
 
 
+def promotion_interval(candidate: Evaluation, reference: Evaluation, settings: Settings,
+                       options: TrainOptions) -> Interval:
+    """The interval the promotion rule reads: the paired bootstrap of the candidate's
+    per-resident primary metric against the reference's, with the deployment's resamples
+    and level (the same for a training run and for the closed loop's family choice)."""
+    return paired_bootstrap(candidate.primary, reference.primary,
+                            samples=settings.train_bootstrap_samples, seed=options.seed,
+                            level=settings.train_promotion_level)
+
+
 def select_family(arrays: EventArrays, params: ConfidenceRule, options: TrainOptions,
                   settings: Settings) -> Selection:
     """The selection of a training run without MLflow: the temporal split, every candidate
@@ -504,11 +510,8 @@ def select_family(arrays: EventArrays, params: ConfidenceRule, options: TrainOpt
     chosen = _choose(evaluations, options.candidates, notes, options.force, split)
     decision = None
     if chosen is not None:
-        vs_popularity = paired_bootstrap(chosen.primary,
-                                         _stronger_popularity(evaluations).primary,
-                                         samples=settings.train_bootstrap_samples,
-                                         seed=options.seed,
-                                         level=settings.train_promotion_level)
+        vs_popularity = promotion_interval(chosen, _stronger_popularity(evaluations),
+                                           settings, options)
         decision = decide(metric=options.primary_metric, candidate_value=chosen.primary_mean,
                           eval_residents=len(chosen.users),
                           min_residents=settings.train_min_eval_residents, degenerate=False,
