@@ -254,6 +254,7 @@ class IngestConsumer:
         #: set once the group has assigned partitions to this member (tests, benchmark)
         self.assigned = threading.Event()
         self._assigned_at = 0.0  # monotonic time of the latest assignment
+        self._revoked_at = 0.0  # monotonic time of the latest revocation
 
     # --- lifecycle ----------------------------------------------------------------------
     def stop(self) -> None:
@@ -352,7 +353,7 @@ class IngestConsumer:
                     break
                 quiet_since = max(last_record, self._assigned_at)  # a new assignment is news
                 if o.idle_seconds is not None and not self._batch.records \
-                        and now - quiet_since >= o.idle_seconds and self._idle(now - started):
+                        and now - quiet_since >= o.idle_seconds and self._idle(now, started):
                     log.info("ingest %s: caught up and idle for %.1f s, stopping",
                              o.client_id, o.idle_seconds)
                     break
@@ -480,15 +481,24 @@ class IngestConsumer:
         metrics.LAG.set(total)
         return total
 
-    def _idle(self, running_s: float) -> bool:
-        lag = self._lag()
-        if lag == 0:
+    def _idle(self, now: float, started: float) -> bool:
+        """Caught up: no lag on our partitions, or no partitions for long enough.
+
+        Between a revocation and the next assignment a member is not idle, whatever its
+        lag says: kafka-python still lists the revoked partitions then, all read, and a
+        member leaving at that moment strands the share it was about to get. Only if the
+        assignment never comes does it count as having none.
+        A member with no partitions (more members than partitions) is idle too, once the
+        group has had time to assign them.
+        """
+        patience_s = 30 + (self.options.idle_seconds or 0)
+        waited_s = now - max(started, self._revoked_at)
+        if self._revoked_at > self._assigned_at:
+            return waited_s > patience_s
+        if self._lag() == 0:
             return True
-        # a member with no partitions (more members than partitions) is idle too, once
-        # the group has had time to assign them
         assert self._consumer is not None
-        return not self._consumer.assignment() and running_s > 30 + (self.options.idle_seconds
-                                                                      or 0)
+        return not self._consumer.assignment() and waited_s > patience_s
 
     def _on_revoked(self, revoked: Any) -> None:
         """Drop the batch that is not written yet (runs inside ``poll``, on kafka-python's
@@ -501,6 +511,7 @@ class IngestConsumer:
             return
         self.stats.rebalances += 1
         self._generation += 1
+        self._revoked_at = time.monotonic()
         metrics.REBALANCES.inc()
         batch = self._batch
         if batch.records:
