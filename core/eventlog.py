@@ -94,20 +94,28 @@ class EventLog:
         """Event dates present in the log, oldest first."""
         if not self.root.exists():
             return []
-        days = []
-        for child in self.root.iterdir():
-            if child.is_dir() and child.name.startswith(PARTITION_PREFIX):
-                days.append(date.fromisoformat(child.name[len(PARTITION_PREFIX):]))
+        # scandir's entries know their type: no stat per partition (a log has hundreds)
+        with os.scandir(self.root) as entries:
+            days = [date.fromisoformat(entry.name[len(PARTITION_PREFIX):]) for entry in entries
+                    if entry.name.startswith(PARTITION_PREFIX) and entry.is_dir()]
         return sorted(days)
 
-    def files(self, start: date | None = None, end: date | None = None) -> list[Path]:
-        """Complete Parquet files for event dates in [start, end] (both inclusive)."""
-        found: list[Path] = []
+    def files_by_day(self, start: date | None = None, end: date | None = None
+                     ) -> dict[date, list[Path]]:
+        """Each event date in [start, end] (both inclusive) with its complete Parquet
+        files, oldest first; a partition holding none maps to an empty list. Callers that
+        walk the log day by day take this one listing rather than asking :meth:`files`
+        per day, which would list every partition each time."""
+        found: dict[date, list[Path]] = {}
         for day in self.partitions():
             if (start and day < start) or (end and day > end):
                 continue
-            found.extend(sorted(self.partition_dir(day).glob("part-*.parquet")))
+            found[day] = sorted(self.partition_dir(day).glob("part-*.parquet"))
         return found
+
+    def files(self, start: date | None = None, end: date | None = None) -> list[Path]:
+        """Complete Parquet files for event dates in [start, end] (both inclusive)."""
+        return [f for files in self.files_by_day(start, end).values() for f in files]
 
     def append(self, records: Sequence[dict[str, Any]] | pa.Table) -> list[Path]:
         """Durably write events (dicts in :data:`COLUMNS` layout, or an Arrow table).

@@ -180,11 +180,10 @@ def compact(settings: Settings, *, now: datetime | None = None,
         erased.update({r: max(t, erased.get(r, t)) for r, t in latest.items()})
 
     # 3. partition by partition
-    for day in event_log.partitions():
+    for day, files in event_log.files_by_day().items():
         report.partitions_seen += 1
         directory = event_log.partition_dir(day)
         report.stale_tmp_removed += _remove_stale_tmp(directory, dry_run)
-        files = event_log.files(day, day)
         if not files:
             continue
         light = _scan(files, ["resident_id", "type", "ts"])

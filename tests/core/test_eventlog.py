@@ -41,6 +41,21 @@ def test_append_partitions_by_event_date_and_leaves_no_temp_files(tmp_path) -> N
     assert table["ingested_at"].null_count == 0
 
 
+def test_files_by_day_lists_each_partition_in_range_once(tmp_path) -> None:
+    log = EventLog(tmp_path)
+    first = log.append([record(1, "a", 0), record(2, "b", 3)])
+    second = log.append([record(3, "a", 4)])
+    log.partition_dir(date(2026, 2, 2)).mkdir()  # emptied, e.g. by compaction's retention
+    (tmp_path / "date=2026-02-03").write_text("")  # a stray file named like a partition
+    by_day = log.files_by_day()
+    assert list(by_day) == [date(2026, 1, 31), date(2026, 2, 1), date(2026, 2, 2)]
+    assert by_day[date(2026, 1, 31)] == [first[0]]
+    assert by_day[date(2026, 2, 1)] == sorted([first[1], second[0]])
+    assert by_day[date(2026, 2, 2)] == []
+    assert list(log.files_by_day(date(2026, 2, 1), date(2026, 2, 1))) == [date(2026, 2, 1)]
+    assert log.files() == [f for files in by_day.values() for f in files]
+
+
 def test_reader_removes_duplicates_written_by_a_redelivery(tmp_path) -> None:
     log = EventLog(tmp_path)
     batch = [record(i, f"r{i % 3}", i) for i in range(10)]
