@@ -2,8 +2,9 @@
 
 Each stage is the same ``bouquet`` command a user would type, run in order with the same
 environment, so the demo proves the commands compose: stack up → simulate the demo city's
-year of history through Kafka → ingest → train (MLflow) → publish (Redis) → serve (HTTP),
-with ingestion behind it → the city's weeks, its residents answered by the API in the loop
+year of history through Kafka → ingest → compact the log (the nightly job, once) → train
+(MLflow) → publish (Redis) → serve (HTTP), with ingestion behind it → the city's weeks, its
+residents answered by the API in the loop
 (the champion arm: the trained model once training promoted one, else the popular lists
 ``bouquet publish`` serves without a champion; the baseline arm: popular lists;
 recommendation ids minted by serving; each week ingested before the next is answered;
