@@ -452,13 +452,14 @@ class IngestConsumer:
         return lag is not None and lag < o.batch_max_events
 
     def _lag(self) -> int | None:
-        """Records behind the high-water marks of our partitions (None: not known yet).
+        """Records behind the high-water marks of our partitions (None: not known yet, or
+        in a rebalance, when none is ours).
 
         Positions come from the records we polled; ``consumer.position`` (which may ask the
         broker) only for a partition we have not received anything from yet.
         """
         consumer = self._consumer
-        if consumer is None:
+        if consumer is None or self._awaiting_assignment:
             return None
         assignment = consumer.assignment()
         if not assignment:
@@ -481,24 +482,26 @@ class IngestConsumer:
         metrics.LAG.set(total)
         return total
 
+    @property
+    def _awaiting_assignment(self) -> bool:
+        """Between a revocation and the next assignment: kafka-python still lists the
+        revoked partitions then, though they are no longer ours."""
+        return self._revoked_at > self._assigned_at
+
     def _idle(self, now: float, started: float) -> bool:
         """Caught up: no lag on our partitions, or no partitions for long enough.
 
-        Between a revocation and the next assignment a member is not idle, whatever its
-        lag says: kafka-python still lists the revoked partitions then, all read, and a
-        member leaving at that moment strands the share it was about to get. Only if the
-        assignment never comes does it count as having none.
-        A member with no partitions (more members than partitions) is idle too, once the
-        group has had time to assign them.
+        A member that owns none — the group gave it none (more members than partitions),
+        or took its partitions back and has not handed it the new share yet — is idle once
+        the group has had time to assign them, counted from the start or the latest
+        revocation; leaving sooner in a rebalance would strand the share it is about to get.
         """
-        patience_s = 30 + (self.options.idle_seconds or 0)
-        waited_s = now - max(started, self._revoked_at)
-        if self._revoked_at > self._assigned_at:
-            return waited_s > patience_s
         if self._lag() == 0:
             return True
         assert self._consumer is not None
-        return not self._consumer.assignment() and waited_s > patience_s
+        owns_none = self._awaiting_assignment or not self._consumer.assignment()
+        waited_s = now - max(started, self._revoked_at)
+        return owns_none and waited_s > 30 + (self.options.idle_seconds or 0)
 
     def _on_revoked(self, revoked: Any) -> None:
         """Drop the batch that is not written yet (runs inside ``poll``, on kafka-python's
