@@ -127,8 +127,8 @@ class GatewayOutreach(WithPull):
         wait_until_applied(self.settings, self._pending)
         self._pending = []
         log.debug("outreach gateway %s: consent reported in %.1f s; %d events applied by "
-                 "ingestion after %.1f s", day.isoformat(), reported_s, waited,
-                 time.perf_counter() - clock - reported_s)
+                  "ingestion after %.1f s", day.isoformat(), reported_s, waited,
+                  time.perf_counter() - clock - reported_s)
         self.days_planned += 1
         try:
             report, _ = self.planner.plan(day, now=at)
@@ -142,9 +142,9 @@ class GatewayOutreach(WithPull):
         read_s = time.perf_counter() - clock
         self.delivered += len(nudges)
         self._post([self._outcome(row, "notify", row.send_at)
-                               for row in nudges.itertuples()])
+                    for row in nudges.itertuples()])
         log.debug("outreach gateway %s: %d messages read in %.1f s, delivered in %.1f s",
-                 day.isoformat(), len(nudges), read_s, time.perf_counter() - clock - read_s)
+                  day.isoformat(), len(nudges), read_s, time.perf_counter() - clock - read_s)
         for row in nudges.itertuples():
             self._last_sent[row.resident_id] = (row.send_at, row.channel)
         return nudges
@@ -154,7 +154,7 @@ class GatewayOutreach(WithPull):
         opens = nudges[opened]
         self.opened += len(opens)
         self._post([self._outcome(row, "open", row.send_at + self.open_delay_s)
-                               for row in opens.itertuples()])
+                    for row in opens.itertuples()])
 
     # --- the gateway's side ---------------------------------------------------------------
     def _report_consent(self, contact: np.ndarray, at: float) -> None:
