@@ -86,6 +86,13 @@ def redis_client(settings: Settings) -> SyncClient:
     return client_for_url(settings.redis_url)
 
 
+def all_keys(client: SyncClient) -> set[bytes]:
+    """Every key in the suite's shared Redis. Tests that check what a request wrote compare
+    these sets before and after: other tests' keys may expire meanwhile, so a count can
+    stay the same although a key was added."""
+    return set(client.scan_iter(count=10_000))
+
+
 def set_profile(settings: Settings, rid: str, **fields: str) -> None:
     """Write a profile hash the way the consumer does (booleans as "1"/"0")."""
     r = redis_client(settings)
