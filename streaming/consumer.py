@@ -42,7 +42,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 import redis
-from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.errors import (
     CommitFailedError,
     IllegalGenerationError,
@@ -69,6 +69,7 @@ from bouquet.core.redisclient import SyncClient, redis_client
 from bouquet.core.settings import Settings
 from bouquet.streaming import metrics
 from bouquet.streaming.batch import Batch, BatchBuilder, DeadLetter
+from bouquet.streaming.producer import EventProducer, ProduceFailed
 from bouquet.streaming.state import StateConfig, StateWriter, newest_event_times
 
 log = logging.getLogger(__name__)
@@ -235,7 +236,7 @@ class IngestConsumer:
         self._stop = threading.Event()
         self._batch = Batch()
         self._consumer: KafkaConsumer | None = None
-        self._producer: KafkaProducer | None = None
+        self._producer: EventProducer | None = None
         self._redis: SyncClient | None = None
         self._state: StateWriter | None = None
         #: (topic, partition) → next offset we will see (tracked from polled records)
@@ -296,13 +297,12 @@ class IngestConsumer:
             request_timeout_ms=max(30_000, o.session_timeout_ms + 5000),
         )
 
-    def _dlq_producer(self) -> KafkaProducer:
+    def _dlq_producer(self) -> EventProducer:
         if self._producer is None:
-            self._producer = KafkaProducer(
-                **self.settings.kafka_client_options(),
-                acks="all", enable_idempotence=True, linger_ms=5,
-                request_timeout_ms=10_000, delivery_timeout_ms=30_000, max_block_ms=10_000,
-            )
+            try:
+                self._producer = EventProducer(self.settings, linger_ms=5)
+            except ProduceFailed as exc:
+                raise IngestError(f"no producer for the dead letters: {exc}") from exc
         return self._producer
 
     def _close(self) -> None:
@@ -313,7 +313,7 @@ class IngestConsumer:
                 log.warning("error closing the consumer", exc_info=True)
         if self._producer is not None:
             try:
-                self._producer.close(timeout=10)
+                self._producer.close(10)
             except Exception:
                 log.warning("error closing the dead-letter producer", exc_info=True)
         if self._redis is not None:
@@ -677,8 +677,8 @@ class IngestConsumer:
             return []
         producer = self._dlq_producer()
         secret = self.settings.pseudonym_secret
-        return [producer.send(self.settings.topic_dlq, key=d.dead_letter_key(secret),
-                              value=d.value or b"", headers=dead_letter_headers(d))
+        return [producer.send_raw(d.value or b"", key=d.dead_letter_key(secret),
+                                  topic=self.settings.topic_dlq, headers=dead_letter_headers(d))
                 for d in letters]
 
     def _await_dead_letters(self, letters: list[DeadLetter], futures: list[Any]) -> None:

@@ -1,6 +1,7 @@
 """The producer library: how every part of Bouquet puts interaction events on Kafka.
 
-Used by the simulator, the real-log replay and the HTTP intake. Events are keyed by
+Used by the simulator, the real-log replay, the HTTP intake, the outreach planner and
+the consumer's dead letters. Events are keyed by
 ``resident_id`` so one resident's events stay in order on one partition; ``acks=all``
 and the idempotent producer mean an event the broker acknowledged is on every in-sync
 replica and a producer retry never writes it twice. Event ids are client-generated and
@@ -16,7 +17,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, KafkaTimeoutError
 
 from bouquet.core.events import InteractionEvent
 from bouquet.core.settings import Settings
@@ -78,9 +79,11 @@ class EventProducer:
         key, value = encode_event(event)
         return self._producer.send(self.topic, key=key, value=value, timestamp_ms=timestamp_ms)
 
-    def send_raw(self, value: bytes, key: bytes | None = None, topic: str | None = None) -> Any:
-        """Queue bytes as they are (tests and tools that must send malformed input)."""
-        return self._producer.send(topic or self.topic, key=key, value=value)
+    def send_raw(self, value: bytes, key: bytes | None = None, topic: str | None = None,
+                 headers: list[tuple[str, bytes]] | None = None) -> Any:
+        """Queue bytes as they are: dead letters (with their reason in ``headers``), and
+        tests and tools that must send malformed input."""
+        return self._producer.send(topic or self.topic, key=key, value=value, headers=headers)
 
     def send_and_wait(self, events: Iterable[InteractionEvent | dict[str, Any]],
                       timeout_s: float = 10.0, timestamp_ms: int | None = None) -> int:
@@ -118,7 +121,26 @@ class EventProducer:
             raise ProduceFailed(f"broker did not acknowledge: {exc}") from exc
 
     def close(self, timeout_s: float = 10.0) -> None:
-        self._producer.close(timeout=timeout_s)
+        """Close, waiting up to ``timeout_s`` for buffered records; records still not
+        acknowledged then are abandoned (their futures fail, nothing was acknowledged to
+        anyone for them).
+
+        kafka-python's ``close`` flushes first and, when the flush times out (a broker
+        down, the intake dropping its producer with ``timeout_s`` 0), raises before it
+        stops anything: the producer would stay half-open, its I/O thread retrying until
+        the garbage collector's ``close`` times out in turn. So a timed-out close stops the
+        I/O thread without sending (the library's ``force_close``, which it does not
+        expose on the producer) and closes again, now with nothing to wait for.
+        """
+        try:
+            self._producer.close(timeout=timeout_s)
+        except KafkaTimeoutError:
+            sender = self._producer._sender
+            sender.force_close()
+            sender.join(max(timeout_s, 1.0))
+            self._producer.close(timeout=0)
+            log.warning("producer closed with records not acknowledged within %.1f s: "
+                        "abandoned", timeout_s)
 
     def __enter__(self) -> EventProducer:
         return self

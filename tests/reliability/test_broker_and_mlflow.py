@@ -3,6 +3,9 @@
 * Broker paused (SIGSTOP: connections stay open, nothing answers — the hard case) while
   clients keep sending: answers are ``503`` + ``Retry-After``, and afterwards every event
   that got a ``202`` is on the topic — nothing was acknowledged that was not written.
+* A producer closed while the broker is paused (the intake dropping it after a failure)
+  stops for good: its I/O thread ends and its unacknowledged records fail, rather than a
+  half-closed producer retrying until the garbage collector's close times out too.
 * MLflow unreachable: serving keeps answering with its loaded model (it loads models from
   Redis, never from MLflow); ``bouquet publish`` and ``bouquet train`` fail with one clear
   line and the published version keeps serving.
@@ -20,15 +23,19 @@ from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer
+from kafka.errors import KafkaError
 from typer.testing import CliRunner
 
 from bouquet.core.catalog import load_catalog
 from bouquet.core.keys import Keys
 from bouquet.localstack import ensure_topics, free_port
+from bouquet.streaming.producer import EventProducer
 from tests.reliability.support import kill, start_broker
 from tests.serving.support import client_for, redis_client, set_profile
 
-pytestmark = [pytest.mark.anyio]
+#: A producer left half-closed shows up only as this warning when it is collected.
+pytestmark = [pytest.mark.anyio,
+              pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")]
 CATALOG = load_catalog()
 
 
@@ -96,6 +103,32 @@ async def test_a_paused_broker_gets_503s_and_nothing_unwritten_is_acknowledged(
         print(f"paused broker: {len(acked)} events acknowledged (all on the topic), "
               f"{len(refused)} refused with 503 ({len(refused & on_topic)} of them written "
               f"anyway, harmless: re-sent ids are de-duplicated)")
+    finally:
+        if broker.poll() is None:
+            broker.send_signal(signal.SIGCONT)
+        kill(broker)
+
+
+@pytest.mark.timeout(120)
+def test_a_producer_closed_while_the_broker_is_paused_stops_and_fails_its_records(
+        make_settings) -> None:
+    port = free_port()
+    broker = start_broker(port)
+    settings = make_settings(kafka_bootstrap_servers=f"127.0.0.1:{port}")
+    ensure_topics(settings)
+    try:
+        producer = EventProducer(settings)
+        producer.send_and_wait([event("r-before")])  # metadata known, connection open
+        broker.send_signal(signal.SIGSTOP)
+        pending = producer.send(event("r-during"))
+        started = time.monotonic()
+        producer.close(0)
+        assert time.monotonic() - started < 15
+        sender = producer._producer._sender
+        assert not sender.is_alive(), "the producer's I/O thread kept running"
+        assert pending.is_done and pending.failed()
+        with pytest.raises(KafkaError):
+            pending.get(timeout=1)
     finally:
         if broker.poll() is None:
             broker.send_signal(signal.SIGCONT)
