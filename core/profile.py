@@ -10,8 +10,10 @@ the accepted outreach channels as ``"push,email"``; bookkeeping fields end with 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 from bouquet.core.catalog import AGE_BANDS, HOUSEHOLDS
 
@@ -108,3 +110,12 @@ def all_segments(neighbourhoods: Iterable[str]) -> list[str]:
     band, household)."""
     return [segment_id(nb, age, household) for nb in neighbourhoods for age in AGE_BANDS
             for household in HOUSEHOLDS]
+
+
+def segment_levels(neighbourhoods: Sequence[str]) -> np.ndarray:
+    """``(segments, 3)``: each segment's neighbourhood, age band and household as indexes
+    (into ``neighbourhoods``, AGE_BANDS, HOUSEHOLDS), rows in :func:`all_segments` order —
+    what models that pool segments by their attributes are fitted on."""
+    n, a, h = len(neighbourhoods), len(AGE_BANDS), len(HOUSEHOLDS)
+    index = np.arange(n * a * h)
+    return np.stack([index // (a * h), (index // h) % a, index % h], axis=1)

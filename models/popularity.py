@@ -2,8 +2,9 @@
 
 Every offline evaluation reports these beside the learned models: a model that does not beat
 "what most residents use" is not worth serving. The group variant is also the cold-start
-answer in serving — "popular with residents like you" for a resident with no history, keyed by
-their neighbourhood.
+answer in serving for a resident with no history, keyed by their neighbourhood; for a
+consenting one, "popular with residents like you" is their segment's rate, pooled over
+segments by their attributes (:func:`additive_group_rates`).
 """
 
 from __future__ import annotations
@@ -156,3 +157,62 @@ class GroupPopularityRecommender(Recommender):
             g_idx[known] = self.user_group_[ids[known]]
         table = np.vstack([self.group_popularity_, self.item_popularity_[None, :]])
         return table[np.where(g_idx >= 0, g_idx, len(self.groups_))]
+
+
+def additive_group_rates(counts: np.ndarray, sizes: np.ndarray, levels: np.ndarray,
+                         l2: float = 10.0) -> np.ndarray:
+    """Per group and item, the share of the group's users with the item, from a logistic
+    model additive in the groups' attributes: ``logit p = b_item + Σ_f w_item[f, level_f]``.
+
+    A segment (neighbourhood × age band × household) holds a few dozen residents, too few
+    for its own counts — shrinking them towards the city, as
+    :class:`GroupPopularityRecommender` does, mostly returns the city's list — but what
+    sets residents' tastes apart is carried by the attributes one by one (families take
+    childcare, students culture), which every segment sharing an attribute helps to
+    measure. So the cells are pooled: each item's rate is fitted on all segments at once,
+    with one effect per attribute level, and a segment with no residents still gets the
+    rate its attributes predict.
+
+    Parameters
+    ----------
+    counts : numpy.ndarray
+        ``(groups, items)`` users of each group with each item.
+    sizes : numpy.ndarray
+        ``(groups,)`` users of each group (counts never exceed it).
+    levels : numpy.ndarray
+        ``(groups, attributes)`` integer level of each attribute of each group.
+    l2 : float
+        Weight of the L2 penalty on the attribute effects, in users: an effect needs about
+        that many users' evidence to grow (the intercept is not penalised).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(groups, items)`` rates in ``[0, 1]``: 0 for an item no user has, 1 for one every
+        user has, and the model's for the others.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import OneHotEncoder
+
+    counts = np.asarray(counts, dtype=np.float64)
+    sizes = np.asarray(sizes, dtype=np.float64)
+    if counts.shape[0] != len(sizes) or len(levels) != len(sizes):
+        raise ValueError(f"counts {counts.shape}, sizes {sizes.shape} and levels "
+                         f"{np.shape(levels)} must have one row per group")
+    if np.any(counts > sizes[:, None]) or np.any(counts < 0):
+        raise ValueError("counts must lie between 0 and the group's size")
+    x = OneHotEncoder(sparse_output=False).fit_transform(np.asarray(levels))
+    seen = sizes > 0
+    rows = np.concatenate([x[seen], x[seen]])
+    total = counts[seen].sum(axis=0)
+    out = np.zeros(counts.shape)
+    out[:, total >= sizes.sum()] = 1.0
+    for item in np.flatnonzero((total > 0) & (total < sizes.sum())):
+        taken = counts[seen, item]
+        weights = np.concatenate([taken, sizes[seen] - taken])
+        labels = np.concatenate([np.ones(len(taken)), np.zeros(len(taken))])
+        keep = weights > 0
+        model = LogisticRegression(C=1.0 / l2, max_iter=1000)
+        model.fit(rows[keep], labels[keep], sample_weight=weights[keep])
+        out[:, item] = model.predict_proba(x)[:, 1]
+    return out

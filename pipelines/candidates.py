@@ -278,19 +278,28 @@ class NeighbourhoodPopularity(PerTarget):
 
 def segment_tables(data: Dataset) -> dict[str, Any]:
     """The segment cold start and exploration counts of a model fitted on ``data``:
-    per segment (neighbourhood × age band × household) the popularity of every service and
-    bundle among its residents, shrunk towards the city's
-    (:class:`~bouquet.models.popularity.GroupPopularityRecommender`: a segment of a few
-    residents says little, one with none is the city), and the recommendations shown and
-    taken per bundle (city, then each segment)."""
-    from bouquet.models.popularity import GroupPopularityRecommender
+    per segment (neighbourhood × age band × household) the share of its residents with
+    every service and bundle, pooled over segments by their attributes
+    (:func:`~bouquet.models.popularity.additive_group_rates`: a segment of a few residents
+    says little alone, its neighbourhood, age band and household say more), and the
+    recommendations shown and taken per bundle (city, then each segment)."""
+    from bouquet.core.profile import segment_levels
+    from bouquet.models.popularity import additive_group_rates
 
-    labels = [data.segments[c] if c >= 0 else None for c in data.segment.tolist()]
+    n_seg = len(data.segments)
+    known = data.segment >= 0
+    membership = sp.csr_matrix(
+        (np.ones(int(known.sum())), (data.segment[known].astype(np.int64),
+                                     np.flatnonzero(known))), shape=(n_seg, data.n_residents))
+    sizes = np.asarray(membership.sum(axis=1)).ravel()
+    levels = segment_levels(data.neighbourhoods)
     out: dict[str, Any] = {"segments": list(data.segments)}
     for target in TARGETS:
-        model = GroupPopularityRecommender().fit(_matrix(data, target), groups=labels)
-        out[f"segment_popular_{target}"] = model.score(
-            np.full(len(data.segments), -1), None, groups=list(data.segments))
+        users = _matrix(data, target).copy()
+        users.data = (users.data > 0).astype(np.float64)
+        users.eliminate_zeros()
+        counts = np.asarray((membership @ users).todense(), dtype=np.float64)
+        out[f"segment_popular_{target}"] = additive_group_rates(counts, sizes, levels)
     out["bundle_shown"], out["bundle_taken"] = data.bundle_shown, data.bundle_taken
     out["bundle_use_rate"] = data.bundle_use_rate
     return out
