@@ -55,7 +55,8 @@ from bouquet.pipelines.dataset import (
 log = logging.getLogger(__name__)
 
 DEFAULT_POSITIVE_TYPES: tuple[str, ...] = ("subscribe", "use", "pay")
-DEFAULT_TEST_WEEKS = 2
+#: Weeks held out after the cut-off: what ``bouquet train`` evaluates candidates on.
+DEFAULT_TEST_WEEKS = 4
 #: Which take-ups are test positives: ``organic`` (not attributed to a recommendation) or
 #: ``all``.
 POSITIVES: tuple[str, ...] = ("organic", "all")

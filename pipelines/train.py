@@ -71,7 +71,12 @@ from bouquet.pipelines.dataset import (
 from bouquet.pipelines.evaluate import DEFAULT_KS, UserMetrics, user_metrics
 from bouquet.pipelines.promotion import Decision, Interval, decide, paired_bootstrap, score_spread
 from bouquet.pipelines.registry import ModelRegistry
-from bouquet.pipelines.split import DEFAULT_POSITIVE_TYPES, Split, temporal_split
+from bouquet.pipelines.split import (
+    DEFAULT_POSITIVE_TYPES,
+    DEFAULT_TEST_WEEKS,
+    Split,
+    temporal_split,
+)
 from bouquet.pipelines.tracking import (
     connect,
     ensure_experiment,
@@ -84,7 +89,6 @@ from bouquet.pipelines.tracking import (
 log = logging.getLogger(__name__)
 
 DEFAULT_PRIMARY = "bundles.ndcg_at_10"
-DEFAULT_TEST_WEEKS = 4
 #: Search space of the main model when ``--space`` is not given.
 DEFAULT_SPACE: dict[str, list[Any]] = {
     "factors": [8, 16, 32],
