@@ -27,6 +27,24 @@ def _item_counts(x: sp.csr_matrix, binary: bool) -> np.ndarray:
     return np.asarray(x.sum(axis=0), dtype=np.float64).ravel()
 
 
+def group_counts(user_items: sp.csr_matrix, group: np.ndarray, n_groups: int,
+                 binary: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """``(groups, items)`` users of each group with each item (or their summed
+    confidences when not ``binary``) and ``(groups,)`` users of each group; ``group`` is
+    each row's group index, -1 for none (left out of both)."""
+    group = np.asarray(group, dtype=np.int64)
+    known = group >= 0
+    membership = sp.csr_matrix(
+        (np.ones(int(known.sum())), (group[known], np.flatnonzero(known))),
+        shape=(n_groups, user_items.shape[0]),
+    )
+    x = user_items.copy()
+    if binary:
+        x.data = (x.data > 0).astype(np.float64)
+    counts = np.asarray((membership @ x).todense(), dtype=np.float64)
+    return counts, np.asarray(membership.sum(axis=1)).ravel()
+
+
 class PopularityRecommender(Recommender):
     """Rank items by how many users interacted with them (the same list for everyone).
 
@@ -114,16 +132,7 @@ class GroupPopularityRecommender(Recommender):
         self.user_group_ = np.array([index.get(g, -1) for g in labels], dtype=np.int64)
         self.n_users_, self.n_items_ = x.shape
         overall = _item_counts(x, self.binary) / max(1, self.n_users_)
-        known = self.user_group_ >= 0
-        membership = sp.csr_matrix(
-            (np.ones(known.sum()), (self.user_group_[known], np.flatnonzero(known))),
-            shape=(len(self.groups_), self.n_users_),
-        )
-        xb = x.copy()
-        if self.binary:
-            xb.data = (xb.data > 0).astype(np.float64)
-        counts = np.asarray((membership @ xb).todense(), dtype=np.float64)
-        sizes = np.asarray(membership.sum(axis=1)).ravel()
+        counts, sizes = group_counts(x, self.user_group_, len(self.groups_), self.binary)
         m = float(self.shrinkage)
         self.group_popularity_ = (counts + m * overall) / (sizes + m)[:, None]
         self.item_popularity_ = overall

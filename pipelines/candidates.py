@@ -284,21 +284,12 @@ def segment_tables(data: Dataset) -> dict[str, Any]:
     says little alone, its neighbourhood, age band and household say more), and the
     recommendations shown and taken per bundle (city, then each segment)."""
     from bouquet.core.profile import segment_levels
-    from bouquet.models.popularity import additive_group_rates
+    from bouquet.models.popularity import additive_group_rates, group_counts
 
-    n_seg = len(data.segments)
-    known = data.segment >= 0
-    membership = sp.csr_matrix(
-        (np.ones(int(known.sum())), (data.segment[known].astype(np.int64),
-                                     np.flatnonzero(known))), shape=(n_seg, data.n_residents))
-    sizes = np.asarray(membership.sum(axis=1)).ravel()
     levels = segment_levels(data.neighbourhoods)
     out: dict[str, Any] = {"segments": list(data.segments)}
     for target in TARGETS:
-        users = _matrix(data, target).copy()
-        users.data = (users.data > 0).astype(np.float64)
-        users.eliminate_zeros()
-        counts = np.asarray((membership @ users).todense(), dtype=np.float64)
+        counts, sizes = group_counts(_matrix(data, target), data.segment, len(data.segments))
         out[f"segment_popular_{target}"] = additive_group_rates(counts, sizes, levels)
     out["bundle_shown"], out["bundle_taken"] = data.bundle_shown, data.bundle_taken
     out["bundle_use_rate"] = data.bundle_use_rate
