@@ -10,7 +10,7 @@ the accepted outreach channels as ``"push,email"``; bookkeeping fields end with 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -105,17 +105,17 @@ def segment_of(profile: Mapping[str, Any]) -> str | None:
     return segment_id(*values)
 
 
-def all_segments(neighbourhoods: Iterable[str]) -> list[str]:
-    """Every segment of a catalog's neighbourhoods, in a fixed order (neighbourhood, age
-    band, household)."""
-    return [segment_id(nb, age, household) for nb in neighbourhoods for age in AGE_BANDS
-            for household in HOUSEHOLDS]
-
-
 def segment_levels(neighbourhoods: Sequence[str]) -> np.ndarray:
     """``(segments, 3)``: each segment's neighbourhood, age band and household as indexes
-    (into ``neighbourhoods``, AGE_BANDS, HOUSEHOLDS), rows in :func:`all_segments` order —
-    what models that pool segments by their attributes are fitted on."""
+    (into ``neighbourhoods``, AGE_BANDS, HOUSEHOLDS), in the fixed order of every segment
+    table (neighbourhood, then age band, then household) — what models that pool segments
+    by their attributes are fitted on."""
     n, a, h = len(neighbourhoods), len(AGE_BANDS), len(HOUSEHOLDS)
     index = np.arange(n * a * h)
     return np.stack([index // (a * h), (index // h) % a, index % h], axis=1)
+
+
+def all_segments(neighbourhoods: Sequence[str]) -> list[str]:
+    """Every segment of a catalog's neighbourhoods, in :func:`segment_levels` order."""
+    return [segment_id(neighbourhoods[nb], AGE_BANDS[age], HOUSEHOLDS[household])
+            for nb, age, household in segment_levels(neighbourhoods).tolist()]

@@ -32,6 +32,9 @@ def test_segment_levels_follow_all_segments() -> None:
     assert len(levels) == len(segments)
     rebuilt = [segment_id(NEIGHBOURHOODS[n], AGE_BANDS[a], HOUSEHOLDS[h]) for n, a, h in levels]
     assert rebuilt == segments
+    # the order every published segment table keeps: neighbourhood, age band, household
+    assert segments == [segment_id(nb, age, household) for nb in NEIGHBOURHOODS
+                        for age in AGE_BANDS for household in HOUSEHOLDS]
 
 
 def test_pooled_rates_are_closer_to_the_truth_than_each_segments_own_counts() -> None:
