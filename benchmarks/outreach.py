@@ -69,7 +69,7 @@ def fill(state: str, redis_url: str, residents: int, history_days: int, seed: in
     from bouquet.core.keys import Keys
     from bouquet.core.outreach import OUTREACH_VARIANT, ResidentRecord
     from bouquet.core.recommendation import RecommendationIds
-    from bouquet.models.online import pack_list, pack_rows
+    from bouquet.models.online import Audience, pack_list, pack_rows
 
     started = time.perf_counter()
     settings = _bench_settings(Path(state), redis_url, key_prefix)
@@ -156,7 +156,7 @@ def fill(state: str, redis_url: str, residents: int, history_days: int, seed: in
     # the published version: meta, popular lists, a list of 50 each per consenting resident
     client.hset(keys.version_meta(version), mapping={
         "model_version": "v1", "bundle_ids": json.dumps(list(catalog.bundle_ids)),
-        "service_ids": json.dumps(list(catalog.service_ids)), "personalised": "1",
+        "service_ids": json.dumps(list(catalog.service_ids)), **Audience().as_meta(),
         "reason_vocab": json.dumps(["cf"]), "state": "ready"})
     for kind, size in (("b", len(catalog.bundle_ids)), ("s", len(catalog.service_ids))):
         for nb in ["_all", *nb_ids]:

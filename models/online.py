@@ -55,6 +55,41 @@ def unpack_list(raw: bytes | None) -> np.ndarray:
     return np.frombuffer(raw, dtype=ENTRY, offset=1)
 
 
+@dataclass(frozen=True)
+class Audience:
+    """What a published version gives a consenting resident of a personalising variant:
+    written to the version's meta by publish, read back by serving and the outreach
+    planner (one representation for the three).
+
+    ``personalised``: their own precomputed list, re-ranked by their recent events (a
+    champion's version). ``segment_lists``: when they have no list of their own, the popular
+    list of their segment rather than their neighbourhood's — always for a personalised
+    version; for a version published without a champion only when the segment lists beat
+    popularity on the training run's hold-out
+    (:func:`~bouquet.pipelines.promotion.decide_segment_lists`).
+    """
+
+    personalised: bool = True
+    segment_lists: bool = True
+
+    @property
+    def tailors(self) -> bool:
+        """Anything beyond the popular lists of where the resident lives."""
+        return self.personalised or self.segment_lists
+
+    def as_meta(self) -> dict[str, str]:
+        return {"personalised": "1" if self.personalised else "0",
+                "segment_lists": "1" if self.personalised or self.segment_lists else "0"}
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, str]) -> Audience:
+        """Read back; a version published before segment lists were gated serves them
+        exactly when it is personalised."""
+        personalised = meta.get("personalised", "1") != "0"
+        segment = meta.get("segment_lists", "1" if personalised else "0") == "1"
+        return cls(personalised, personalised or segment)
+
+
 @dataclass
 class PublishedVersion:
     """One published keyspace version as a serving process holds it (immutable once
@@ -75,9 +110,13 @@ class PublishedVersion:
         return self.model.bundle_ids
 
     @property
+    def audience(self) -> Audience:
+        return Audience.from_meta(self.meta)
+
+    @property
     def personalised(self) -> bool:
         """False for a popular-lists-only version (published while there is no champion)."""
-        return self.meta.get("personalised", "1") != "0"
+        return self.audience.personalised
 
     @property
     def service_ids(self) -> list[str]:

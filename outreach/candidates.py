@@ -31,7 +31,7 @@ import numpy as np
 
 from bouquet.core.catalog import Catalog
 from bouquet.core.profile import all_segments
-from bouquet.models.online import ENTRY
+from bouquet.models.online import ENTRY, Audience
 
 #: First byte of a packed list (:func:`bouquet.models.online.pack_list`'s format).
 _FORMAT = b"\x01"
@@ -69,7 +69,7 @@ class PublishedLists:
     bundle_ids: list[str]
     service_ids: list[str]
     reason_vocab: list[str]
-    personalised: bool = True
+    audience: Audience = field(default_factory=Audience)
     popular: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
 
     def ids(self, kind: str) -> list[str]:

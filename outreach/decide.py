@@ -267,7 +267,7 @@ def decide(day: date, now: float, residents: Residents, offers: Callable[[np.nda
                                 for key in profiles], dtype=np.int64)
             signature = rows_of[profile_of[rows]]
             blocked = builder.blocked(kind, state.holdings, state.dismissed)
-            personalise = residents.consent[rows].astype(bool) & lists.personalised
+            personalise = residents.consent[rows].astype(bool) & lists.audience.tailors
             items, reasons = builder.build(kind, personalise, state.packed[kind],
                                            nb_catalog[rows], signature, blocked,
                                            resident_segment[rows])

@@ -30,7 +30,7 @@ from bouquet.core.outreach import ResidentRecord, decode_record
 from bouquet.core.profile import all_segments, decode_value
 from bouquet.core.redisclient import SyncClient, is_cluster, load_scripts, resident_chunks
 from bouquet.core.scripts import lua_script
-from bouquet.models.online import decode_meta, unpack_list
+from bouquet.models.online import Audience, decode_meta, unpack_list
 from bouquet.outreach.candidates import PublishedLists
 from bouquet.outreach.decide import PROFILE_COLUMNS, OfferState, Residents
 from bouquet.outreach.overlap import one_ahead
@@ -88,7 +88,7 @@ class OutreachStore:
             bundle_ids=json.loads(meta.get("bundle_ids", "[]")),
             service_ids=json.loads(meta.get("service_ids", "[]")),
             reason_vocab=json.loads(meta.get("reason_vocab", '["cf"]')),
-            personalised=meta.get("personalised", "1") != "0")
+            audience=Audience.from_meta(meta))
         neighbourhoods = list(neighbourhoods)
         # the segments' lists too: serving's cold start for a consenting resident without
         # a list of their own (absent keys are empty lists)

@@ -47,9 +47,11 @@ TARGETS: tuple[str, ...] = ("services", "bundles")
 #: Candidates that can become the champion (they have a serving form).
 DEPLOYABLE_KINDS: tuple[str, ...] = ("als", "ease", "itemknn", "crossview")
 #: Candidates evaluated for comparison only.
-BASELINES: tuple[str, ...] = ("popularity", "popularity_neighbourhood", "bpr")
+BASELINES: tuple[str, ...] = ("popularity", "popularity_neighbourhood", "popularity_segment",
+                              "bpr")
 #: Baselines that answer for residents without history (the cold-start fallbacks).
-COLD_CAPABLE: tuple[str, ...] = ("popularity", "popularity_neighbourhood")
+COLD_CAPABLE: tuple[str, ...] = ("popularity", "popularity_neighbourhood",
+                                 "popularity_segment")
 KIND_OF_TARGET = {"services": "s", "bundles": "b"}
 
 
@@ -261,7 +263,8 @@ class NeighbourhoodPopularity(PerTarget):
     def _fit_kwargs(self, data: Dataset) -> dict[str, Any]:
         return {"groups": _labels(data.neighbourhoods, data.neighbourhood)}
 
-    def score_groups(self, target: str, neighbourhood: np.ndarray) -> np.ndarray:
+    def score_groups(self, target: str, neighbourhood: np.ndarray,
+                     segment: np.ndarray | None = None) -> np.ndarray:
         """Scores for residents known only by their neighbourhood code (-1 = unknown)."""
         labels = _labels(self.data_.neighbourhoods, neighbourhood)
         ids = np.full(len(labels), -1)
@@ -283,22 +286,57 @@ def segment_tables(data: Dataset) -> dict[str, Any]:
     (:func:`~bouquet.models.popularity.additive_group_rates`: a segment of a few residents
     says little alone, its neighbourhood, age band and household say more), and the
     recommendations shown and taken per bundle (city, then each segment)."""
-    from bouquet.core.profile import segment_levels
-    from bouquet.models.popularity import additive_group_rates, group_counts
-
-    levels = segment_levels(data.neighbourhoods)
     out: dict[str, Any] = {"segments": list(data.segments)}
     for target in TARGETS:
-        counts, sizes = group_counts(_matrix(data, target), data.segment, len(data.segments))
-        out[f"segment_popular_{target}"] = additive_group_rates(counts, sizes, levels)
+        out[f"segment_popular_{target}"] = segment_rates(data, target)
     out["bundle_shown"], out["bundle_taken"] = data.bundle_shown, data.bundle_taken
     out["bundle_use_rate"] = data.bundle_use_rate
     return out
 
 
+def segment_rates(data: Dataset, target: str) -> np.ndarray:
+    """``segments × items``: the share of each segment's residents with each item, pooled
+    over segments by their attributes (what the segment cold start serves)."""
+    from bouquet.core.profile import segment_levels
+    from bouquet.models.popularity import additive_group_rates, group_counts
+
+    counts, sizes = group_counts(_matrix(data, target), data.segment, len(data.segments))
+    return additive_group_rates(counts, sizes, segment_levels(data.neighbourhoods))
+
+
 class Popularity(PerTarget):
-    def score_groups(self, target: str, neighbourhood: np.ndarray) -> np.ndarray:
+    def score_groups(self, target: str, neighbourhood: np.ndarray,
+                     segment: np.ndarray | None = None) -> np.ndarray:
         return np.tile(self.models_[target].item_popularity_, (len(neighbourhood), 1))
+
+
+class SegmentPopularity(NeighbourhoodPopularity):
+    """What serving shows a consenting resident without a list of their own: the popular
+    list of their segment (:func:`segment_rates`), and their neighbourhood's when their
+    segment is not declared. Evaluated as a baseline so that a version without a champion
+    serves segment lists only when they beat popularity on the hold-out."""
+
+    def fit(self, data: Dataset, progress: bool = False) -> SegmentPopularity:
+        super().fit(data, progress)
+        self.rates_ = {target: segment_rates(data, target) for target in TARGETS}
+        return self
+
+    def score(self, target: str, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows)
+        return self._by_segment(target, super().score(target, rows), self.data_.segment[rows])
+
+    def score_groups(self, target: str, neighbourhood: np.ndarray,
+                     segment: np.ndarray | None = None) -> np.ndarray:
+        scores = super().score_groups(target, neighbourhood)
+        return scores if segment is None else self._by_segment(target, scores, segment)
+
+    def _by_segment(self, target: str, scores: np.ndarray, segment: np.ndarray) -> np.ndarray:
+        """``scores`` with the rows of residents of a declared segment replaced by its
+        rates (a row is ranked on its own, so the two scales need not agree)."""
+        scores = np.array(scores, dtype=np.float64)
+        known = np.asarray(segment) >= 0
+        scores[known] = self.rates_[target][np.asarray(segment)[known]]
+        return scores
 
 
 class CrossView(Candidate):
@@ -356,6 +394,9 @@ def make_candidate(kind: str, params: dict[str, Any] | None = None) -> Candidate
         return Popularity(kind, lambda: m.PopularityRecommender(**params), needs_rows=False)
     if kind == "popularity_neighbourhood":
         return NeighbourhoodPopularity(
+            kind, lambda: m.GroupPopularityRecommender(**params), needs_rows=False)
+    if kind == "popularity_segment":
+        return SegmentPopularity(
             kind, lambda: m.GroupPopularityRecommender(**params), needs_rows=False)
     if kind == "ease":
         return PerTarget(kind, lambda: m.EASERecommender(**{"l2": 50.0, **params}),

@@ -15,6 +15,13 @@ be compared resident by resident. The candidate chosen by the run is promoted wh
 
 Otherwise the current champion keeps serving — or, with no champion, the popular lists —
 and the decision says why, with the figures. ``--force`` promotes whatever the figures.
+
+Without a champion, the popular lists are **the segment's** for consenting residents
+(neighbourhood × age band × household, "popular with residents like you") only when the
+segment baseline earns it by the same test: enough hold-out residents and an interval of
+its gain over the stronger popularity baseline above 0 (:func:`decide_segment_lists`).
+Otherwise they are the neighbourhood's. A segment list needs no model of the resident's own
+behaviour, so it can beat popularity where no personal model yet does.
 """
 
 from __future__ import annotations
@@ -147,3 +154,33 @@ def decide(*, metric: str, candidate_value: float, eval_residents: int, min_resi
     return Decision(True, f"{metric} {candidate_value:.4f} beats champion "
                     f"v{champion_version} by {vs_champion} and popularity by "
                     f"{vs_popularity}", **common)
+
+
+@dataclass(frozen=True)
+class SegmentDecision:
+    """Whether a version published without a champion serves consenting residents their
+    segment's popular list (else their neighbourhood's), and why (logged to the run and
+    kept on the registered version, which is what publish reads)."""
+
+    serve: bool
+    reason: str
+
+    #: The registered version's tag publish reads (``1``: serve segment lists).
+    TAG = "segment_lists"
+
+    def as_tags(self) -> dict[str, str]:
+        return {"segment_lists.decision": "served" if self.serve else "not served",
+                "segment_lists.reason": self.reason[:5000]}
+
+
+def decide_segment_lists(*, metric: str, eval_residents: int, min_residents: int,
+                         vs_popularity: Interval | None) -> SegmentDecision:
+    """The segment lists' rule (pure): the promotion rule's evidence, against popularity."""
+    if eval_residents < min_residents:
+        return SegmentDecision(False, f"the hold-out has {eval_residents} residents with test "
+                               f"positives, fewer than the {min_residents} required")
+    if vs_popularity is None or not vs_popularity.above_zero or math.isnan(vs_popularity.low):
+        return SegmentDecision(False, f"segment lists do not beat popularity on {metric} "
+                               f"with confidence: {vs_popularity}")
+    return SegmentDecision(True, f"segment lists beat popularity on {metric} by "
+                           f"{vs_popularity}")

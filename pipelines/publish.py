@@ -47,11 +47,21 @@ from bouquet.core.scripts import lua_script
 from bouquet.core.settings import Settings
 from bouquet.models.base import top_n
 from bouquet.models.deployable import DeployableModel, load_model_dir
-from bouquet.models.online import PublishedVersion, decode_meta, pack_list, pack_rows, unpack_list
+from bouquet.models.online import (
+    Audience,
+    PublishedVersion,
+    decode_meta,
+    pack_list,
+    pack_rows,
+    unpack_list,
+)
 from bouquet.models.reasons import Driver
 from bouquet.pipelines.tracking import client_of, download_model_dir
 
 log = logging.getLogger(__name__)
+
+#: A champion's version: every resident's own list.
+PERSONAL = Audience()
 
 #: Largest catalog a packed list can index (uint16 item indices).
 MAX_ITEMS = 65_535
@@ -145,7 +155,7 @@ def scored_lists(model: DeployableModel, top: int, vocabulary: ReasonVocabulary,
 
 def publish_in_memory(model: DeployableModel, *, model_version: str, top: int,
                       chunk: int = 2000, version: str | None = None,
-                      personalised: bool = True, kind: str = "b"
+                      audience: Audience = PERSONAL, kind: str = "b"
                       ) -> tuple[PublishedVersion, dict[str, np.ndarray]]:
     """What ``bouquet publish`` would write, held in this process: the version as a
     serving process loads it (serving view, reason vocabulary, popular lists) and every
@@ -154,7 +164,7 @@ def publish_in_memory(model: DeployableModel, *, model_version: str, top: int,
     with serving's own ranking; no Redis is involved."""
     vocabulary = ReasonVocabulary(model, _trained_until(model))
     lists: dict[str, np.ndarray] = {}
-    if personalised:
+    if audience.personalised:
         ids = model.resident_ids.tolist()
         for lo, hi, bundles, services in scored_lists(model, top, vocabulary, chunk,
                                                       kinds=(kind,)):
@@ -164,7 +174,7 @@ def publish_in_memory(model: DeployableModel, *, model_version: str, top: int,
     published = PublishedVersion(
         version=name, model_version=model_version, run_id="", model=model.serving_view(),
         reason_vocab=list(vocabulary.codes), published_at=_now_iso(),
-        meta={"personalised": "1" if personalised else "0", "model_version": model_version})
+        meta={**audience.as_meta(), "model_version": model_version})
     for kind in ("b", "s"):
         for where, (items, scores) in popular_lists(model, kind).items():
             published.popular[(kind, where)] = unpack_list(pack_list(items[:top],
@@ -263,12 +273,12 @@ class Publisher:
     def publish(self, model: DeployableModel, *, model_version: str, run_id: str = "",
                 pointer: str = "current", progress: bool = False,
                 on_chunk: Callable[[int], None] | None = None,
-                personalised: bool = True) -> PublishReport:
+                audience: Audience = PERSONAL) -> PublishReport:
         """Publish ``model`` and switch ``pointer``; raise :class:`PublishError` (or the
         scoring error) on failure, leaving the previous version serving.
 
-        ``personalised=False`` publishes the popular lists only (no resident's list): what
-        serves while no model has earned the champion alias.
+        An ``audience`` that is not personalised publishes the popular lists only (no
+        resident's list): what serves while no model has earned the champion alias.
         """
         started = time.perf_counter()
         k = self.keys
@@ -297,7 +307,7 @@ class Publisher:
             "model_kind": str(model.meta.get("model_kind", "")),
             "bundle_ids": json.dumps(model.bundle_ids),
             "service_ids": json.dumps(model.service_ids),
-            "personalised": "1" if personalised else "0",
+            **audience.as_meta(),
             "state": "writing", "pointer": pointer, "started_at": _now_iso()})
         pipe.expire(meta_key, ttl)
         pipe.set(k.version_model(version), blob, ex=ttl)
@@ -312,7 +322,7 @@ class Publisher:
                 written.append(key)
         pipe.execute()
 
-        residents = list(model.resident_ids) if personalised else []
+        residents = list(model.resident_ids) if audience.personalised else []
         size = self.settings.publish_chunk
         total_bytes = 0
         bar = _progress(len(residents), progress, f"publish {version}")

@@ -20,7 +20,7 @@ next ``W`` weeks — events of ``positive_types`` (default subscribe, use, pay) 
 - *Cold start*: consenting residents with test positives but no training history are not
   in the warm evaluation (no model can personalise them); they form a separate cold group,
   on which the fallbacks serving uses for them (popularity, popularity in their
-  neighbourhood) are evaluated and reported under ``*.cold.*``.
+  neighbourhood or segment) are evaluated and reported under ``*.cold.*``.
 - Residents who withdrew consent or never gave it are in neither group.
 
 **Random per user** (:func:`random_split`): each user's observed items are shuffled and a
@@ -69,6 +69,7 @@ class ColdGroup:
     services: sp.csr_matrix
     bundles: sp.csr_matrix
     neighbourhood: np.ndarray  # int16 catalog neighbourhood index, -1 undeclared
+    segment: np.ndarray  # index into the catalog's segments, -1 undeclared
 
     @property
     def n_residents(self) -> int:
@@ -152,7 +153,8 @@ def temporal_split(
     if len(cold_codes):
         cold = ColdGroup(services=_cold_matrix(cold_s, cold_codes, len(arrays.service_ids)),
                          bundles=_cold_matrix(cold_b, cold_codes, len(arrays.bundle_ids)),
-                         neighbourhood=arrays.neighbourhood_codes(cold_codes))
+                         neighbourhood=arrays.neighbourhood_codes(cold_codes),
+                         segment=arrays.segment_codes(cold_codes))
     definition = {
         "kind": "temporal",
         "cutoff": cutoff.isoformat(),

@@ -69,7 +69,15 @@ from bouquet.pipelines.dataset import (
     rule_from_settings,
 )
 from bouquet.pipelines.evaluate import DEFAULT_KS, UserMetrics, user_metrics
-from bouquet.pipelines.promotion import Decision, Interval, decide, paired_bootstrap, score_spread
+from bouquet.pipelines.promotion import (
+    Decision,
+    Interval,
+    SegmentDecision,
+    decide,
+    decide_segment_lists,
+    paired_bootstrap,
+    score_spread,
+)
 from bouquet.pipelines.registry import ModelRegistry
 from bouquet.pipelines.split import (
     DEFAULT_POSITIVE_TYPES,
@@ -87,6 +95,11 @@ from bouquet.pipelines.tracking import (
 )
 
 log = logging.getLogger(__name__)
+
+#: The baselines every run fits, whatever ``--baselines`` says: the promotion rule reads the
+#: two popularity baselines, the segment lists' rule the segment baseline.
+ALWAYS_EVALUATED: tuple[str, ...] = ("popularity", "popularity_neighbourhood",
+                                     "popularity_segment")
 
 DEFAULT_PRIMARY = "bundles.ndcg_at_10"
 #: Search space of the main model when ``--space`` is not given.
@@ -151,6 +164,8 @@ class TrainReport:
     model_uri: str
     trials: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: whether the popular lists published without a champion are the segments'
+    segment_lists: SegmentDecision | None = None
 
     @property
     def primary_value(self) -> float:
@@ -285,7 +300,7 @@ def evaluate_cold(candidate: Candidate, split: Split, ks: tuple[int, ...]) -> di
         truth = cold.services if target == "services" else cold.bundles
 
         def scorer(rows: np.ndarray, target: str = target) -> np.ndarray:
-            return candidate.score_groups(target, cold.neighbourhood[rows])
+            return candidate.score_groups(target, cold.neighbourhood[rows], cold.segment[rows])
 
         result = user_metrics(scorer, truth, None, ks).mean()
         out.update({f"cold.{target}.{name}": v for name, v in result.items()})
@@ -323,8 +338,7 @@ def train(settings: Settings, options: TrainOptions) -> TrainReport:
     client = connect(settings)
     experiment_id = ensure_experiment(client, settings)
     registry = ModelRegistry(client, settings.registered_model)
-    baselines = tuple(dict.fromkeys(("popularity", "popularity_neighbourhood",
-                                     *options.baselines)))
+    baselines = tuple(dict.fromkeys((*ALWAYS_EVALUATED, *options.baselines)))
     stages = Stages(options.progress, total=7 + len(options.candidates) + len(baselines)
                     + bool(options.compare_rules))
     catalog = load_catalog(settings.catalog_path)
@@ -374,6 +388,9 @@ def _run(client: Any, registry: ModelRegistry, run: Any, settings: Settings,
     eval_residents = len(evaluations[options.candidates[0]].users)
     chosen = _choose(evaluations, options.candidates, notes, options.force, split)
     popularity = _stronger_popularity(evaluations)
+    segment_lists, segment_metrics = _segment_lists(evaluations, eval_residents, settings,
+                                                    options)
+    metrics.update(segment_metrics)
     # Only the chosen candidate and the stronger popularity are used from here on: the
     # other fitted models (factors, copies of the residents' rows) are let go before the
     # refit builds the full dataset.
@@ -442,7 +459,7 @@ def _run(client: Any, registry: ModelRegistry, run: Any, settings: Settings,
             with stages("register"):
                 assert decision is not None
                 version = _register(client, registry, run_id, model_uri, split, final_data,
-                                    options, chosen, decision)
+                                    options, chosen, decision, segment_lists)
     for name, stage in stages.times.items():
         client.log_metric(run_id, f"time/{name.replace(':', '.')}_s", stage["s"])
     return TrainReport(
@@ -452,7 +469,7 @@ def _run(client: Any, registry: ModelRegistry, run: Any, settings: Settings,
         primary_metric=options.primary_metric, split=split.describe(),
         dataset=final_data.summary(), eval_residents=eval_residents, version=version,
         decision=decision, stages=stages.times, model_uri=model_uri, trials=trials,
-        notes=notes)
+        notes=notes, segment_lists=segment_lists)
 
 
 def fit_and_evaluate(kind: str, split: Split, options: TrainOptions,
@@ -483,6 +500,7 @@ class Selection:
     chosen: Evaluation | None
     decision: Decision | None
     notes: list[str]
+    segment_lists: SegmentDecision
 
 
 def promotion_interval(candidate: Evaluation, reference: Evaluation, settings: Settings,
@@ -508,10 +526,13 @@ def select_family(arrays: EventArrays, params: ConfidenceRule, options: TrainOpt
     evaluations: dict[str, Evaluation] = {}
     metrics: dict[str, float] = {}
     notes: list[str] = []
-    for kind in (*options.candidates, "popularity", "popularity_neighbourhood"):
+    for kind in (*options.candidates, *ALWAYS_EVALUATED):
         evaluations[kind], found = fit_and_evaluate(kind, split, options, options.params)
         metrics.update(found)
     chosen = _choose(evaluations, options.candidates, notes, options.force, split)
+    segment_lists, segment_metrics = _segment_lists(
+        evaluations, len(evaluations["popularity"].users), settings, options)
+    metrics.update(segment_metrics)
     decision = None
     if chosen is not None:
         vs_popularity = promotion_interval(chosen, _stronger_popularity(evaluations),
@@ -521,7 +542,23 @@ def select_family(arrays: EventArrays, params: ConfidenceRule, options: TrainOpt
                           min_residents=settings.train_min_eval_residents, degenerate=False,
                           vs_popularity=vs_popularity, vs_champion=None,
                           champion_version=None, champion_value=None, force=options.force)
-    return Selection(split, evaluations, metrics, chosen, decision, notes)
+    return Selection(split, evaluations, metrics, chosen, decision, notes, segment_lists)
+
+
+def _segment_lists(evaluations: dict[str, Evaluation], eval_residents: int,
+                   settings: Settings, options: TrainOptions
+                   ) -> tuple[SegmentDecision, dict[str, float]]:
+    """Whether segment lists earn their place without a champion (the segment baseline
+    against the stronger popularity, by the promotion rule's test), and the interval as
+    metrics."""
+    interval = promotion_interval(evaluations["popularity_segment"],
+                                  _stronger_popularity(evaluations), settings, options)
+    decision = decide_segment_lists(metric=options.primary_metric,
+                                    eval_residents=eval_residents,
+                                    min_residents=settings.train_min_eval_residents,
+                                    vs_popularity=interval)
+    return decision, {f"promotion/segment_vs_popularity.{part}": getattr(interval, part)
+                      for part in ("mean", "low", "high")}
 
 
 def _stronger_popularity(evaluations: dict[str, Evaluation]) -> Evaluation:
@@ -564,8 +601,9 @@ def _choose(evaluations: dict[str, Evaluation], candidates: tuple[str, ...],
 
 def _register(client: Any, registry: ModelRegistry, run_id: str, model_uri: str,
               split: Split, data: Dataset, options: TrainOptions, chosen: Evaluation,
-              decision: Decision) -> str:
+              decision: Decision, segment_lists: SegmentDecision) -> str:
     info = registry.register(run_id, model_uri, {
+        SegmentDecision.TAG: "1" if segment_lists.serve else "0",
         "split_id": split.id, "dataset_fingerprint": data.fingerprint,
         "train_fingerprint": split.train.fingerprint,
         "primary_metric": options.primary_metric, "primary_value": repr(chosen.primary_mean),
@@ -574,7 +612,7 @@ def _register(client: Any, registry: ModelRegistry, run_id: str, model_uri: str,
     if decision.promote:
         registry.promote(info.version, decision.reason)
     client.set_tag(run_id, "registered_version", info.version)
-    for key, value in decision.as_tags().items():
+    for key, value in {**decision.as_tags(), **segment_lists.as_tags()}.items():
         client.set_tag(run_id, key, value)
     return info.version
 

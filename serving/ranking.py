@@ -8,7 +8,9 @@ Pure logic (no I/O), so every rule is unit-testable and the route stays a few li
    the resident's recent events (see :mod:`bouquet.models.online`).
 2. A consenting resident with no list and nothing recent to fold in (little history) gets
    the **popular list of their segment** — neighbourhood × age band × household, "popular
-   with residents like you" — then the neighbourhood's.
+   with residents like you" — then the neighbourhood's. A version published without a
+   champion has no personal list nor fold-in; its segment lists serve every consenting
+   resident when its training run found they beat popularity (``Audience.segment_lists``).
 3. Otherwise **popular** in the resident's neighbourhood (or city-wide), said so in the answer.
 4. **Always** excluded, whatever the source: bundles (services) the resident holds, bundles
    dismissed, offers not available in the zone, eligibility the resident lacks
@@ -385,7 +387,8 @@ class OfferRanker:
         entries = state.precomputed
         recent = None  # every item's fold-in score, when re-ranking
         strengths = None
-        if personalise and rerank and state.recent:
+        if personalise and rerank and state.recent and model.personalised:
+            # a version without a champion has no model earned to fold events into
             strengths = model.model.strengths(state.recent, now)
             recent = model.model.recent_scores(strengths, kind)
         # Plain lists from here: per-element numpy access costs more than these short loops.
@@ -585,6 +588,14 @@ class OfferRanker:
             return ("Not personalised: the resident has not consented to personalisation, "
                     f"so these are the most popular offers {where}.")
         return f"Not personalised: no list for this resident yet; most popular offers {where}."
+
+
+def personalises(model: PublishedVersion | None) -> bool:
+    """Whether a personalising variant gives its consenting residents more than popular
+    lists from ``model``: their own lists, or their segment's (its
+    :class:`~bouquet.models.online.Audience`). With nothing published (None) the catalog
+    answers, and says why."""
+    return model is None or model.audience.tailors
 
 
 def answer(ranker: OfferRanker, kind: str, resident_id: str, state: ResidentState,

@@ -21,7 +21,7 @@ from bouquet.core.catalog import Domain
 from bouquet.models.online import unpack_list
 from bouquet.serving import metrics
 from bouquet.serving.deps import AppRole, ResidentId
-from bouquet.serving.ranking import answer
+from bouquet.serving.ranking import FALLBACK_SEGMENT, answer, personalises
 from bouquet.serving.runtime import runtime_of
 from bouquet.serving.store import ResidentState
 
@@ -155,15 +155,13 @@ async def _answer(request: Request, kind: str, resident_id: str) -> Response:
     if model is None and variant.pointer not in (None, "current"):
         model = holder.get("current")
         notice = f"variant {variant.name!r} has no published version; served the champion"
-    personalise = variant.pointer is not None and (model is None or model.personalised)
-    if model is not None and not model.personalised:
-        notice = ("Not personalised: no model has beaten the popular offers with confidence "
-                  "yet, so these are the most popular offers.")
-    use_recent = personalise and rerank and runtime.rerank_enabled
+    personalise = variant.pointer is not None and personalises(model)
+    personal_lists = personalise and model is not None and model.personalised
+    use_recent = personal_lists and rerank and runtime.rerank_enabled
     # recent events feed the fold-in and, for bundles, rotation (both personal rules)
     with_recent = use_recent or (personalise and kind == "b" and runtime.ranker.rotate_after > 0)
     try:
-        state = await runtime.store.resident(model.version if model and personalise else None,
+        state = await runtime.store.resident(model.version if personal_lists else None,
                                              resident_id, kind, with_recent=with_recent)
     except RedisError as exc:
         log.warning("redis unavailable, answering from the loaded popular lists: %s", exc)
@@ -174,6 +172,11 @@ async def _answer(request: Request, kind: str, resident_id: str) -> Response:
                    personalise=personalise, rerank=use_recent, k=k,
                    ids=runtime.recommendation_ids, zone=zone, domain=domain)
     ranked = found.ranked
+    if model is not None and not model.personalised and notice is None:
+        like = (" with residents like them (neighbourhood, age band, household)"
+                if ranked.fallback == FALLBACK_SEGMENT else "")
+        notice = ("Not personalised: no model has beaten the popular offers with confidence "
+                  f"yet, so these are the most popular offers{like}.")
     for label in ranked.fallbacks:
         metrics.FALLBACKS.labels(label).inc()
     metrics.ANSWERS.labels(kind, variant.name, str(ranked.personalised).lower(),

@@ -7,7 +7,9 @@ a deployed Bouquet would see — the events the loop hands to ``observe``:
   the configured confidence rule (:func:`~bouquet.pipelines.dataset.build_dataset`); the
   model family chosen as ``bouquet train`` chooses it (every deployable candidate fitted and
   evaluated on a temporal hold-out, the best one promoted only when it beats popularity with
-  confidence: :func:`~bouquet.pipelines.train.select_family`), then that family refitted on
+  confidence: :func:`~bouquet.pipelines.train.select_family`; until then the popular lists
+  are published, the segments' for consenting residents when the segment baseline beat
+  popularity on the same hold-out), then that family refitted on
   all events every ``retrain_every_weeks`` weeks, as a city would run ``bouquet train`` on a
   schedule (re-choosing the family every time would cost every candidate every week);
 * **publish** (:func:`~bouquet.pipelines.publish.publish_in_memory`): every resident's list
@@ -38,8 +40,8 @@ import pyarrow as pa
 from bouquet.core.recommendation import RecommendationIds
 from bouquet.core.settings import Settings
 from bouquet.models.deployable import DeployableModel
-from bouquet.models.online import PublishedVersion, unpack_list
-from bouquet.serving.ranking import Answer, OfferRanker, answer
+from bouquet.models.online import Audience, PublishedVersion, unpack_list
+from bouquet.serving.ranking import Answer, OfferRanker, answer, personalises
 from bouquet.serving.store import ResidentState
 from bouquet.simulation.observed import COLUMNS, ObservedResidents
 from bouquet.simulation.offer_lists import OutreachOffers, lists_of_version, packed
@@ -147,8 +149,8 @@ class ModelPolicy(BasePolicy):
     def serve(self, resident_id: str, k: int, now: float) -> Answer:
         """The answer the API's champion variant gives this resident at ``now``."""
         version = self.version
-        personalise = version is not None and version.personalised
-        rerank = personalise and self.settings.serving_rerank
+        personalise = version is not None and personalises(version)
+        rerank = personalise and version.personalised and self.settings.serving_rerank
         return answer(self.ranker, "b", resident_id, self.state(resident_id, personalise),
                       version, variant=self.variant, personalise=personalise, rerank=rerank,
                       k=k, ids=self.recommendation_ids, now=now)
@@ -158,13 +160,14 @@ class ModelPolicy(BasePolicy):
         """Retrain (choosing the family first while none has been promoted) and publish."""
         from bouquet.pipelines.candidates import make_candidate
         from bouquet.pipelines.dataset import EventArrays, build_dataset, rule_from_settings
-        from bouquet.pipelines.publish import publish_in_memory
+        from bouquet.pipelines.publish import PERSONAL, publish_in_memory
         from bouquet.pipelines.train import TrainOptions, popularity_tables, select_family
 
         frame = pa.concat_tables(self._tables).to_pandas()
         arrays = EventArrays.from_frame(frame.sort_values("ts", kind="stable"), self.catalog)
         rule = rule_from_settings(self.settings)
         kind = self.family
+        audience = PERSONAL
         if kind is None:
             options = TrainOptions(candidates=self.candidates, baselines=(), progress=False,
                                    params=dict(self.ALS_PARAMS), force=self.force)
@@ -175,15 +178,21 @@ class ModelPolicy(BasePolicy):
                 log.info("model policy: no family chosen: %s", exc)
             decision = selection.decision if selection is not None else None
             chosen = selection.chosen if selection is not None else None
+            segment_rule = selection.segment_lists if selection is not None else None
+            segments = segment_rule is not None and segment_rule.serve
             self.selections.append({
                 "fit": self.fits + 1, "chosen": chosen.kind if chosen else None,
                 "value": chosen.primary_mean if chosen else None,
                 "promote": bool(decision and decision.promote),
-                "reason": decision.reason if decision else "no candidate"})
+                "reason": decision.reason if decision else "no candidate",
+                "segment_lists": segments,
+                "segment_reason": segment_rule.reason if segment_rule else "no hold-out"})
             if decision is not None and decision.promote and chosen is not None:
                 kind = self.family = chosen.kind
             elif chosen is not None:
-                kind = chosen.kind  # registered, not promoted: popular lists only
+                # registered, not promoted: popular lists only, the segments' if they earned it
+                kind = chosen.kind
+                audience = Audience(personalised=False, segment_lists=segments)
         data = build_dataset(arrays, rule)
         self.fits += 1
         model_version = f"v{self.fits}"
@@ -196,7 +205,7 @@ class ModelPolicy(BasePolicy):
                 "trained_until": data.as_of.isoformat(), "model_kind": kind})
             self.version, self.lists = publish_in_memory(
                 model, model_version=model_version, top=self.settings.publish_top_n,
-                personalised=self.family is not None)
+                audience=audience)
         self.model_version = model_version
         self._weeks_since_fit = 0
         log.debug("model policy: fit %d (%s) on %d residents", self.fits, kind,

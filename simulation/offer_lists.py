@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from bouquet.core.catalog import Catalog
-from bouquet.models.online import PublishedVersion, pack_list, unpack_list
+from bouquet.models.online import Audience, PublishedVersion, pack_list, unpack_list
 from bouquet.outreach.candidates import PublishedLists
 
 #: A resident's packed bundle list (b"": none), by resident id.
@@ -34,7 +34,7 @@ def lists_of_version(version: PublishedVersion) -> PublishedLists:
     return PublishedLists(
         version=version.version, model_version=version.model_version,
         bundle_ids=list(model.bundle_ids), service_ids=list(model.service_ids),
-        reason_vocab=list(version.reason_vocab), personalised=version.personalised,
+        reason_vocab=list(version.reason_vocab), audience=version.audience,
         popular={key: entries for key, entries in version.popular.items() if key[0] == "b"})
 
 
@@ -46,7 +46,8 @@ def popularity_lists(catalog: Catalog, scores: np.ndarray, name: str) -> Publish
     return PublishedLists(version=name, model_version=name,
                           bundle_ids=list(catalog.bundle_ids),
                           service_ids=list(catalog.service_ids), reason_vocab=["cf"],
-                          personalised=False, popular={("b", "_all"): entries})
+                          audience=Audience(personalised=False, segment_lists=False),
+                          popular={("b", "_all"): entries})
 
 
 def packed(entries: np.ndarray) -> bytes:

@@ -36,7 +36,8 @@ def publish(
 
     With no champion yet (no model has beaten popularity with confidence), the popular lists
     of the latest registered version are published, and every answer says it is not
-    personalised.
+    personalised; consenting residents get their segment's list when that version's
+    training run found segment lists beat popularity, their neighbourhood's otherwise.
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -51,7 +52,9 @@ def publish_registered(*, alias: str = "champion", model_version: str | None = N
     with one line on a problem the user can fix. Used by ``publish`` and by the
     ``--publish`` flag of ``train``, ``model promote`` and ``model rollback``."""
     from bouquet.core.catalog import load_catalog
-    from bouquet.pipelines.publish import Publisher, PublishError, load_registered
+    from bouquet.models.online import Audience
+    from bouquet.pipelines.promotion import SegmentDecision
+    from bouquet.pipelines.publish import PERSONAL, Publisher, PublishError, load_registered
     from bouquet.pipelines.registry import ModelRegistry
     from bouquet.pipelines.tracking import TrackingUnavailable, connect, show_mlflow_progress
     from bouquet.privacy.audit import record_action
@@ -66,22 +69,27 @@ def publish_registered(*, alias: str = "champion", model_version: str | None = N
     settings = get_settings()
     catalog = load_catalog(settings.catalog_path)
     show_mlflow_progress(progress)
-    personalised = True
+    audience = PERSONAL
     try:
         if model_version is None and alias == "champion":
             registry = ModelRegistry(connect(settings), settings.registered_model)
             if registry.champion() is None and registry.versions():
-                model_version = registry.versions()[0].version
-                personalised = False
+                latest = registry.versions()[0]
+                model_version = latest.version
+                # the training run decided whether its segment lists beat popularity
+                segments = latest.tags.get(SegmentDecision.TAG) == "1"
+                audience = Audience(personalised=False, segment_lists=segments)
+                lists = "segment" if segments else "neighbourhood"
                 console.print(f"no champion yet: publishing the popular lists of version "
-                              f"{model_version} (answers are not personalised)")
+                              f"{model_version} (answers are not personalised; consenting "
+                              f"residents get their {lists}'s list)")
         model, version, run_id = load_registered(settings, alias=alias, version=model_version)
         # Erased residents are never published again, whatever the model holds.
         model, left_out = without_erased(model, ErasureRegister.for_settings(settings),
                                          model_created_at(settings, version))
         publisher = Publisher(settings, neighbourhoods=catalog.neighbourhood_ids)
         report = publisher.publish(model, model_version=version, run_id=run_id, pointer=pointer,
-                                   progress=progress, personalised=personalised)
+                                   progress=progress, audience=audience)
         scrubbed = scrub_published(settings, publisher.redis, report.version, model.resident_ids)
     except (PublishError, LookupError, RegisterKeyMismatch, TrackingUnavailable) as exc:
         console.print(f"[red]publish failed:[/] {exc}")

@@ -176,6 +176,12 @@ def _print(report: Any) -> None:
         console.print(f"registered version {report.version}: "
                       f"{'now champion' if decision.promote else 'not promoted'} "
                       f"({decision.reason})")
+        if not decision.promote and decision.champion_version is None \
+                and report.segment_lists is not None:
+            served = report.segment_lists
+            console.print("without a champion, consenting residents get "
+                          f"{'their segment' if served.serve else 'their neighbourhood'}'s "
+                          f"popular list ({served.reason})")
     else:
         console.print("not registered (--no-register)")
 
@@ -183,6 +189,8 @@ def _print(report: Any) -> None:
 def _as_json(report: Any) -> dict[str, Any]:
     out = dict(report.__dict__)
     out["decision"] = None if report.decision is None else report.decision.__dict__
+    out["segment_lists"] = (None if report.segment_lists is None
+                            else report.segment_lists.__dict__)
     out["primary_value"] = report.primary_value
     return out
 

@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bouquet.core.profile import segment_of
-from bouquet.models.online import unpack_list
+from bouquet.models.online import Audience, unpack_list
 from bouquet.outreach.candidates import CandidateBuilder
+from bouquet.serving.ranking import personalises
 from bouquet.serving.store import ResidentState
 from tests.outreach.world import (
     CATALOG,
@@ -31,7 +32,9 @@ def test_candidates_are_the_first_offers_of_the_serving_answer(seed: int, n: int
                                                                residents: int) -> None:
     rng = np.random.default_rng(seed)
     lists = published(rng, VOCAB)
-    lists.personalised = bool(rng.random() < 0.9)
+    # a champion's version, one without a champion serving segment lists, one without
+    lists.audience = [Audience(), Audience(False, True), Audience(False, False)][
+        int(rng.choice(3, p=[0.8, 0.1, 0.1]))]
     version = serving_view(lists)
     builder = CandidateBuilder(CATALOG, lists, RANKER, list(CATALOG.neighbourhood_ids), n)
     profiles = [random_profile(rng) for _ in range(residents)]
@@ -46,17 +49,18 @@ def test_candidates_are_the_first_offers_of_the_serving_answer(seed: int, n: int
     seg_index = {seg: i for i, seg in enumerate(builder.segments)}
     segment = np.array([seg_index.get(segment_of(p) or "", -1) for p in profiles])
     for kind, ids in (("b", CATALOG.bundle_ids), ("s", CATALOG.service_ids)):
-        packed = [packed_list(rng, len(ids), len(VOCAB)) for _ in range(residents)]
+        packed = [packed_list(rng, len(ids), len(VOCAB)) if lists.audience.personalised
+                  else b"" for _ in range(residents)]
         signature = np.array([builder.signature(kind, p) for p in profiles])
         blocked = builder.blocked(kind, holdings, dismissed)
-        items, reasons = builder.build(kind, consent & lists.personalised, packed,
+        items, reasons = builder.build(kind, consent & lists.audience.tailors, packed,
                                        neighbourhood, signature, blocked, segment)
         for r in range(residents):
             state = ResidentState(precomputed=unpack_list(packed[r]), profile=profiles[r],
                                   holdings=set(holdings[r].split()),
                                   dismissed=set(dismissed[r].split()))
             answer = RANKER.rank(kind, state, version, k=n,
-                                 personalise=bool(consent[r]) and lists.personalised,
+                                 personalise=bool(consent[r]) and personalises(version),
                                  rerank=False)
             got = [(ids[i], builder.codes[c]) for i, c in zip(items[r], reasons[r],
                                                                 strict=True) if i >= 0]

@@ -55,7 +55,7 @@ def serving_view(lists: PublishedLists) -> PublishedVersion:
     """The same lists as a serving process holds them (what ``OfferRanker.rank`` reads)."""
     model = SimpleNamespace(bundle_ids=lists.bundle_ids, service_ids=lists.service_ids)
     version = PublishedVersion(lists.version, lists.model_version, "run", model,  # type: ignore[arg-type]
-                               list(lists.reason_vocab))
+                               list(lists.reason_vocab), meta=lists.audience.as_meta())
     version.popular = dict(lists.popular)
     return version
 

@@ -8,6 +8,7 @@ import pytest
 from bouquet.pipelines.promotion import (
     Interval,
     decide,
+    decide_segment_lists,
     is_degenerate,
     paired_bootstrap,
     score_spread,
@@ -78,3 +79,17 @@ def test_decide_rule() -> None:
                     champion_version="3", force=True)
     assert forced.promote and forced.as_tags()["promotion.decision"] == "promoted"
     assert set(forced.as_tags()) >= {"promotion.vs_popularity", "promotion.vs_champion"}
+
+
+def test_segment_lists_serve_without_a_champion_only_on_the_same_evidence() -> None:
+    above, straddles = Interval(0.02, 0.01, 0.03, 500), Interval(0.02, -0.01, 0.05, 500)
+    rule = {"metric": "bundles.ndcg_at_10", "min_residents": 100}
+    served = decide_segment_lists(eval_residents=500, vs_popularity=above, **rule)
+    assert served.serve and "beat popularity" in served.reason
+    assert served.as_tags()["segment_lists.decision"] == "served"
+    assert not decide_segment_lists(eval_residents=500, vs_popularity=straddles, **rule).serve
+    assert not decide_segment_lists(eval_residents=500, vs_popularity=None, **rule).serve
+    few = decide_segment_lists(eval_residents=50, vs_popularity=above, **rule)
+    assert not few.serve and "fewer than the 100" in few.reason
+    nan = Interval(float("nan"), float("nan"), float("nan"), 0)
+    assert not decide_segment_lists(eval_residents=500, vs_popularity=nan, **rule).serve

@@ -107,6 +107,15 @@ def test_run_records_everything_and_registers_the_best_candidate(settings: Setti
     assert version.tags["split_id"] == report.split["id"]
     assert version.tags["dataset_fingerprint"] == report.dataset["fingerprint"]
     assert version.tags["model_kind"] == chosen
+    # whether segment lists would serve without a champion: the segment baseline, judged
+    # against the stronger popularity like the candidate, and kept where publish reads it
+    interval = [metrics[f"promotion/segment_vs_popularity.{p}"] for p in ("low", "high")]
+    assert interval[0] <= metrics["promotion/segment_vs_popularity.mean"] <= interval[1]
+    assert 0.0 <= metrics["popularity_segment/bundles.ndcg_at_10"] <= 1.0
+    served = report.segment_lists is not None and report.segment_lists.serve
+    assert served == (interval[0] > 0)
+    assert version.tags["segment_lists"] == ("1" if served else "0")
+    assert tags["segment_lists.decision"] == ("served" if served else "not served")
 
     # an MLflow Model: pyfunc loads it and answers; publish's path reads the same files
     with fluent_store(settings.mlflow_uri):

@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import date
 
 import httpx
@@ -14,6 +15,7 @@ import scipy.sparse as sp
 
 from bouquet.core.catalog import Catalog, load_catalog
 from bouquet.core.keys import Keys
+from bouquet.core.profile import all_segments
 from bouquet.core.redisclient import SyncClient
 from bouquet.core.redisclient import redis_client as client_for_url
 from bouquet.core.settings import DEFAULT_EVENT_WEIGHTS, Settings
@@ -68,6 +70,21 @@ def small_model(catalog: Catalog, n: int = 50, factors: int = 16, seed: int = 7,
         resident_neighbourhood=np.full(n, -1, np.int16), meta={"model_kind": "test"},
         service_factors=services, bundle_factors=bundles, resident_factors=residents,
         resident_services=history, service_drivers=drivers, regularization=0.05)
+
+
+def with_segments(model: FactorModel, segment: str, popular_in_segment: str,
+                  shown: np.ndarray | None = None, taken: np.ndarray | None = None
+                  ) -> FactorModel:
+    """``model`` with the demo catalog's segments, of which only ``segment`` has a popular
+    bundle (``popular_in_segment``), and exploration counts (zero unless given)."""
+    segments = all_segments(model.neighbourhoods)
+    table = np.zeros((len(segments), len(model.bundle_ids)))
+    table[segments.index(segment), model.bundle_ids.index(popular_in_segment)] = 1.0
+    n = (1 + len(segments), len(model.bundle_ids))
+    return replace(model, segments=segments, segment_popular_bundles=table,
+                   segment_popular_services=np.zeros((len(segments), len(model.service_ids))),
+                   bundle_shown=np.zeros(n) if shown is None else shown,
+                   bundle_taken=np.zeros(n) if taken is None else taken)
 
 
 def publish(settings: Settings, model: FactorModel, model_version: str = "v1",

@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import replace
 
 import numpy as np
 
 from bouquet.core.catalog import load_catalog
 from bouquet.core.profile import all_segments, segment_id
 from bouquet.core.recommendation import development_ids
-from bouquet.models.online import unpack_list
+from bouquet.models.online import Audience, unpack_list
 from bouquet.pipelines.publish import publish_in_memory
-from bouquet.serving.ranking import EXPLORE, FALLBACK_SEGMENT, OfferRanker, answer
+from bouquet.serving.ranking import EXPLORE, FALLBACK_SEGMENT, OfferRanker, answer, personalises
 from bouquet.serving.store import RecentEvent, ResidentState
-from tests.serving.support import small_model
+from tests.serving.support import small_model, with_segments
 
 CATALOG = load_catalog()
 DAY = 86_400.0
@@ -73,19 +72,8 @@ def test_a_bundle_shown_and_ignored_twice_is_rotated_out_for_a_while() -> None:
     assert first in [p.item_id for p in disabled.items]
 
 
-def with_segments(model, popular_in_segment: str, shown=None, taken=None):
-    segments = all_segments(CATALOG.neighbourhood_ids)
-    table = np.zeros((len(segments), len(model.bundle_ids)))
-    table[segments.index(SEGMENT), model.bundle_ids.index(popular_in_segment)] = 1.0
-    n = (1 + len(segments), len(model.bundle_ids))
-    return replace(model, segments=segments, segment_popular_bundles=table,
-                   segment_popular_services=np.zeros((len(segments), len(model.service_ids))),
-                   bundle_shown=np.zeros(n) if shown is None else shown,
-                   bundle_taken=np.zeros(n) if taken is None else taken)
-
-
 def test_a_consenting_resident_without_history_gets_their_segments_popular_list() -> None:
-    model = with_segments(small_model(CATALOG), "family-pack")
+    model = with_segments(small_model(CATALOG), SEGMENT, "family-pack")
     version, lists = version_of(model)
     rules = ranker()
     cold = rules.rank("b", state({}, rid="newcomer"), version, k=3, personalise=True,
@@ -103,6 +91,43 @@ def test_a_consenting_resident_without_history_gets_their_segments_popular_list(
     assert all(p.reason_code == "popular:gare" for p in lawful.items)
 
 
+def test_without_a_champion_segment_lists_serve_consenting_residents_only_when_earned(
+) -> None:
+    model = with_segments(small_model(CATALOG), SEGMENT, "family-pack")
+    rules = ranker(explore_share=0.0)
+    use = RecentEvent("use", "bike-share", None, NOW - DAY)
+
+    def served(audience: Audience, profile=None):
+        version, lists = publish_in_memory(model, model_version="v1", top=50,
+                                           audience=audience)
+        assert lists == {}  # no personal list is published without a champion
+        # r1 has a history the unpromoted model knows, and a recent event to fold in
+        return answer(rules, "b", "r1", state(lists, profile=profile, recent=[use]), version,
+                      variant="champion", personalise=personalises(version), rerank=True,
+                      k=3, ids=development_ids(), now=NOW).ranked
+
+    earned = served(Audience(personalised=False, segment_lists=True))
+    assert earned.items[0].item_id == "family-pack" and earned.fallback == FALLBACK_SEGMENT
+    assert not earned.personalised and not earned.reranked  # no unearned model folds in
+    not_earned = served(Audience(personalised=False, segment_lists=False))
+    assert not_earned.fallback == "popular_neighbourhood" and not not_earned.reranked
+    assert all(p.reason_code == "popular:gare" for p in not_earned.items)
+    lawful = served(Audience(personalised=False, segment_lists=True),
+                    profile={**PROFILE, "consent": False})
+    assert lawful.fallback == "popular_neighbourhood"
+
+
+def test_a_versions_audience_survives_its_meta_and_older_versions_keep_their_rule() -> None:
+    for audience in (Audience(), Audience(False, True), Audience(False, False)):
+        assert Audience.from_meta(audience.as_meta()) == audience
+    # published before segment lists were gated: segment lists exactly when personalised
+    assert Audience.from_meta({"personalised": "1"}) == Audience(True, True)
+    assert Audience.from_meta({"personalised": "0"}) == Audience(False, False)
+    assert Audience.from_meta({}) == Audience(True, True)
+    assert not personalises(publish_in_memory(small_model(CATALOG), model_version="v1", top=5,
+                                              audience=Audience(False, False))[0])
+
+
 def test_exploration_fills_a_share_of_the_slots_by_thompson_sampling() -> None:
     base = small_model(CATALOG)
     segments = all_segments(CATALOG.neighbourhood_ids)
@@ -112,7 +137,7 @@ def test_exploration_fills_a_share_of_the_slots_by_thompson_sampling() -> None:
     target = "culture-pass"
     taken[row, base.bundle_ids.index(target)] = 400.0  # converts well in this segment
     shown_[0], taken[0] = shown_[row], taken[row]
-    model = with_segments(base, "family-pack", shown_, taken)
+    model = with_segments(base, SEGMENT, "family-pack", shown_, taken)
     version, lists = version_of(model)
     rules = ranker(explore_share=1 / 3)
     picks = Counter()

@@ -21,7 +21,8 @@ import redis
 from bouquet.core.catalog import Catalog
 from bouquet.core.keys import Keys
 from bouquet.core.recommendation import development_ids
-from bouquet.pipelines.publish import Publisher
+from bouquet.models.online import Audience
+from bouquet.pipelines.publish import Publisher, publish_in_memory
 from bouquet.simulation.closed_loop import run_policy
 from bouquet.simulation.columns import table_to_payloads
 from bouquet.simulation.model_policy import ModelPolicy
@@ -75,6 +76,26 @@ def test_a_resident_gets_the_same_answer_from_the_api_and_the_simulator(
     client.close()
 
     residents = sorted(policy.observed.residents)[:250]
+    seen = compare(settings, policy, residents)
+    # every rule took part in the comparison
+    assert all(seen.values()), seen
+
+    # a version published without a champion whose segment lists earned their place
+    audience = Audience(personalised=False, segment_lists=True)
+    client = redis.Redis.from_url(settings.redis_url)
+    Publisher(settings, client, catalog.neighbourhood_ids).publish(
+        policy.model, model_version="v-segments", audience=audience)
+    client.close()
+    policy.version, policy.lists = publish_in_memory(
+        policy.model, model_version="v-segments", top=settings.publish_top_n,
+        audience=audience)
+    seen = compare(settings, policy, residents)
+    assert seen["personalised"] == 0 and seen["segment"] and seen["explored"], seen
+
+
+def compare(settings, policy: ModelPolicy, residents: list[str]) -> dict[str, int]:
+    """Ask the API and the policy about each resident at the same moment; the answers must
+    agree item by item. Returns how often each rule took part."""
 
     async def both() -> list[tuple[dict, object]]:
         out = []
@@ -87,6 +108,7 @@ def test_a_resident_gets_the_same_answer_from_the_api_and_the_simulator(
     seen = {"personalised": 0, "segment": 0, "explored": 0, "rotated": 0, "fallback": 0}
     for api, sim in anyio.run(both):
         ranked = sim.ranked
+        assert api["model_version"] == policy.version.model_version
         assert [b["bundle_id"] for b in api["bundles"]] == sim.bundle_ids(), api["resident_id"]
         assert [(b["source"], b["reason_code"]) for b in api["bundles"]] == \
             [(p.source, p.reason_code) for p in ranked.items]
@@ -100,5 +122,4 @@ def test_a_resident_gets_the_same_answer_from_the_api_and_the_simulator(
         seen["explored"] += ranked.explored
         seen["rotated"] += bool(ranked.rotated)
         seen["fallback"] += ranked.fallback == "popular_neighbourhood"
-    # every rule took part in the comparison
-    assert all(seen.values()), seen
+    return seen
