@@ -338,7 +338,7 @@ class Settings(BaseSettings):
     # Bundles and services considered per resident: the first N of each in the resident's
     # answer (published list through the serving filters).
     outreach_candidates: int = Field(default=5, ge=1, le=50)
-    # Days of the event log read for send hours, outcomes and usage frequency.
+    # Days of the event log read for send hours and outcomes.
     outreach_history_days: int = Field(default=90, ge=7, le=730)
     # A nudge not opened this long after its send time counts as ignored.
     outreach_response_window_h: float = Field(default=48.0, gt=0, le=24.0 * 28)

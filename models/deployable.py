@@ -103,10 +103,12 @@ class DeployableModel(ABC):
     #: row first): the Beta–Bernoulli counts serving's exploration samples from.
     bundle_shown: np.ndarray | None = None
     bundle_taken: np.ndarray | None = None
-    #: Use events per holder per week of each bundle (:mod:`bouquet.models.cadence`):
-    #: serving ranks by expected cadence gain with it. Zeros (no weighting) for models
-    #: trained before it was recorded.
+    #: Use events per holder per week of each bundle, and per user per week of each
+    #: service (:mod:`bouquet.models.cadence`): serving ranks bundles by expected cadence
+    #: gain with the first, the outreach planner weighs every offer by both. Zeros (no
+    #: weighting) for models trained before they were recorded.
     bundle_use_rate: np.ndarray | None = None
+    service_use_rate: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.popular_services = np.asarray(self.popular_services, dtype=np.float32)
@@ -119,6 +121,8 @@ class DeployableModel(ABC):
         self.bundle_taken = _table(self.bundle_taken, (1 + n_seg, n_b))
         self.bundle_use_rate = np.zeros(n_b) if self.bundle_use_rate is None \
             else np.asarray(self.bundle_use_rate, dtype=np.float64)
+        self.service_use_rate = np.zeros(n_s) if self.service_use_rate is None \
+            else np.asarray(self.service_use_rate, dtype=np.float64)
         self.resident_ids = np.asarray(self.resident_ids, dtype=str)
         self.resident_neighbourhood = np.asarray(self.resident_neighbourhood, dtype=np.int16)
         n, n_s, n_b = len(self.resident_ids), len(self.service_ids), len(self.bundle_ids)
@@ -275,6 +279,7 @@ class DeployableModel(ABC):
                             ("bundle_shown", (1 + n_seg, len(self.bundle_ids))),
                             ("bundle_taken", (1 + n_seg, len(self.bundle_ids))),
                             ("bundle_use_rate", (len(self.bundle_ids),)),
+                            ("service_use_rate", (len(self.service_ids),)),
                             ("resident_neighbourhood", (len(self.resident_ids),))):
             if getattr(self, name).shape != shape:
                 raise ArtifactError(f"{name} has shape {getattr(self, name).shape}, "
@@ -307,6 +312,7 @@ class DeployableModel(ABC):
             "bundle_shown": self.bundle_shown,
             "bundle_taken": self.bundle_taken,
             "bundle_use_rate": self.bundle_use_rate,
+            "service_use_rate": self.service_use_rate,
         }
         shared = {name: getattr(self, name) for name in DeployableModel.resident_arrays}
         for name, value in {**shared, **self._family_arrays()}.items():
@@ -443,7 +449,7 @@ _DOCUMENT_KEYS = frozenset({"format", "format_version", "family", "service_ids",
                             "bundle_ids", "neighbourhoods", "segments", "bundle_services",
                             "rule", "dataset_params", "arrays"})
 _SEGMENT_ARRAYS = ("segment_popular_services", "segment_popular_bundles", "bundle_shown",
-                   "bundle_taken", "bundle_use_rate")
+                   "bundle_taken", "bundle_use_rate", "service_use_rate")
 
 
 def _import_families() -> None:

@@ -31,6 +31,7 @@ import numpy as np
 
 from bouquet.core.catalog import Catalog
 from bouquet.core.profile import all_segments
+from bouquet.models.cadence import FLOOR
 from bouquet.models.online import ENTRY, Audience
 
 #: First byte of a packed list (:func:`bouquet.models.online.pack_list`'s format).
@@ -71,9 +72,32 @@ class PublishedLists:
     reason_vocab: list[str]
     audience: Audience = field(default_factory=Audience)
     popular: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    #: Uses a week of each offer by those who have it, by kind, aligned with :meth:`ids`:
+    #: the rates the version's model was trained with (serving's cadence weights).
+    use_rate: dict[str, np.ndarray] = field(default_factory=dict)
 
     def ids(self, kind: str) -> list[str]:
         return self.bundle_ids if kind == "b" else self.service_ids
+
+    def use_frequency(self, catalog: Catalog) -> np.ndarray:
+        """Uses a week of every catalog offer (bundles, then services): the published
+        rates (:func:`bouquet.models.cadence.use_rate`), so the planner weighs an offer by
+        the same measure serving ranks it by. An offer the version does not know gets the
+        median of those it does, and none weighs less than :data:`~bouquet.models.cadence.
+        FLOOR` of the most used (pushed down, never out, as in serving); a version without
+        rates weighs every offer alike."""
+        parts = []
+        for kind, ids in (("b", catalog.bundle_ids), ("s", catalog.service_ids)):
+            found = self.use_rate.get(kind)
+            rate = {} if found is None else dict(zip(
+                self.ids(kind), np.asarray(found, dtype=np.float64).tolist(), strict=True))
+            parts.append(np.array([rate.get(i, np.nan) for i in ids], dtype=np.float64))
+        out = np.concatenate(parts)
+        known = out[np.isfinite(out)]
+        top = float(known.max()) if len(known) else 0.0
+        if top <= 0:
+            return np.ones(len(out))
+        return np.maximum(np.where(np.isfinite(out), out, float(np.median(known))), FLOOR * top)
 
 
 @dataclass

@@ -8,9 +8,9 @@
    a resident with no allowed minute left in the day after it (quiet hours) is not planned;
 3. **what and how**: the candidates (:mod:`bouquet.outreach.candidates`) × the channels the
    resident accepts, each with a Thompson draw of P(open) and P(convert) for its cell and the
-   offer's weekly use; the nudge is the best expected cadence gain
-   ``P(open) × P(convert) × uses per week``; a channel over its daily budget keeps its best
-   gains and the others move to their next channel;
+   offer's weekly use (the published version's rates, serving's cadence measure); the nudge
+   is the best expected cadence gain ``P(open) × P(convert) × uses per week``; a channel
+   over its daily budget keeps its best gains and the others move to their next channel;
 4. **at what time**: the open hour of most weight in the resident's hour profile, a minute
    in it spread by a stable hash (:mod:`bouquet.outreach.timing`).
 
@@ -137,12 +137,12 @@ class OfferState:
 @dataclass
 class Knowledge:
     """What the event log taught: hour counts of the residents (aligned with
-    :class:`Residents`), the cells' posteriors, the offers' weekly use, opened nudges."""
+    :class:`Residents`), the cells' posteriors, opened nudges. (The offers' weekly use is
+    the published version's: :meth:`PublishedLists.use_frequency`.)"""
 
     hours: np.ndarray  # (n, 24)
     open_cells: BetaCells
     convert_cells: BetaCells
-    frequency: np.ndarray  # (offers,): bundles then services
     opened: frozenset[str] = frozenset()
 
 
@@ -252,7 +252,7 @@ def decide(day: date, now: float, residents: Residents, offers: Callable[[np.nda
     per_channel_reason = np.full((n, len(channels)), -1, dtype=np.int64)
     per_channel_open = np.zeros((n, len(channels)), dtype=np.float32)
     per_channel_convert = np.zeros((n, len(channels)), dtype=np.float32)
-    frequency = knowledge.frequency
+    frequency = lists.use_frequency(catalog)
     nb_catalog = np.where(neighbourhood < len(catalog.neighbourhood_ids), neighbourhood, -1)
     chosen_idx = np.flatnonzero(who)
     chunks = [chosen_idx[start:start + config.chunk]

@@ -1,5 +1,6 @@
-"""What the planner learns from the event log: when residents are active, how nudges fared,
-and how often each service is used.
+"""What the planner learns from the event log: when residents are active and how nudges
+fared. (How often each offer is used is the published version's measure, the one serving
+ranks by: :meth:`bouquet.outreach.candidates.PublishedLists.use_frequency`.)
 
 The log is read over the last ``BOUQUET_OUTREACH_HISTORY_DAYS`` in runs of whole event dates
 (a few million events at a time), each reduced to arrays before the next is read, as Arrow
@@ -20,8 +21,7 @@ Out of each run:
 * **hours**: contacts (every cadence class except ``notify``, which is when Bouquet sent,
   not when the resident was there) of the residents being planned, by local hour;
 * **outcomes** of outreach nudges, recognised by their recommendation id's variant
-  (``outreach``): deliveries (``notify``), opens, and use-class events attributed to a nudge;
-* **use** of services by everyone (use, pay, subscribe, rate), for the usage frequency.
+  (``outreach``): deliveries (``notify``), opens, and use-class events attributed to a nudge.
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ from bouquet.core.eventlog import SCHEMA, EventLog, read_table
 from bouquet.core.events import CONTACT_TYPES, OUTREACH_CHANNELS
 from bouquet.core.outreach import OUTREACH_VARIANT, outreach_references
 from bouquet.core.recommendation import RecommendationIds, development_ids
-from bouquet.outreach.learning import offer_frequency, service_frequency
 
 COLUMNS = ["event_id", "resident_id", "type", "service_id", "bundle_id", "ts", "channel",
            "recommendation_id"]
@@ -53,43 +52,6 @@ COLUMNS = ["event_id", "resident_id", "type", "service_id", "bundle_id", "ts", "
 HOUR_TYPES: frozenset[str] = CONTACT_TYPES - {"notify"}
 CHUNK_EVENTS = 2_000_000
 _US_PER_HOUR = 3_600_000_000
-
-
-@dataclass(frozen=True)
-class BundleSpread:
-    """Which services a use-class event is a use of: its service, or — an event naming
-    only a bundle — each of the bundle's services for an equal share, so a bundle used
-    counts towards its services' frequency without counting more than one use. The
-    planner's log reader and the simulated planner (``simulation/outreach_policy.py``)
-    count uses by this one rule."""
-
-    count: np.ndarray  # services per bundle, plus 0 for "no bundle"
-    start: np.ndarray  # where each bundle's services start in ``flat``
-    flat: np.ndarray  # every bundle's services, bundle after bundle
-
-    @classmethod
-    def of(cls, members: Sequence[Sequence[int]]) -> BundleSpread:
-        count = np.array([len(m) for m in members] + [0], dtype=np.int64)
-        start = np.concatenate([[0], np.cumsum(count)[:-1]]).astype(np.int64)
-        return cls(count, start, np.array([s for m in members for s in m], dtype=np.int64))
-
-    def service_uses(self, who: np.ndarray, is_use: np.ndarray, service: np.ndarray,
-                     bundle: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(who, service, share) of every service use among events flagged ``is_use``;
-        ``service`` and ``bundle`` are catalog codes per event, -1 for none."""
-        direct = is_use & (service >= 0)
-        whos, services = [who[direct]], [service[direct]]
-        shares = [np.ones(int(direct.sum()))]
-        spread = is_use & ~direct & (bundle >= 0)
-        if spread.any():
-            b = bundle[spread]
-            size = self.count[b]
-            whos.append(np.repeat(who[spread], size))
-            starts = np.repeat(self.start[b], size)
-            within = np.arange(int(size.sum())) - np.repeat(np.cumsum(size) - size, size)
-            services.append(self.flat[starts + within])
-            shares.append(np.repeat(1.0 / np.maximum(size, 1), size))
-        return np.concatenate(whos), np.concatenate(services), np.concatenate(shares)
 
 
 @dataclass
@@ -110,7 +72,6 @@ class Outcomes:
 class History:
     hours: np.ndarray  # (n, 24) float32, aligned with the residents asked
     outcomes: Outcomes
-    frequency: np.ndarray  # (offers,) uses a week: bundles then services
     events: int  # events read
 
 
@@ -172,14 +133,14 @@ def string_codes(column: pa.ChunkedArray, mapping: dict[str, int]) -> np.ndarray
     return lookup[indices]
 
 
-def _residents(column: pa.ChunkedArray, index: pd.Index) -> tuple[np.ndarray, np.ndarray]:
-    """Per event: its resident's hash, and their position in ``index`` (hashes of the
-    residents being planned; −1 for others) — hashed and looked up once per distinct
-    resident of the run, not per event."""
+def _planned(column: pa.ChunkedArray, index: pd.Index) -> np.ndarray:
+    """Per event: its resident's position in ``index`` (hashes of the residents being
+    planned; −1 for others) — hashed and looked up once per distinct resident of the run,
+    not per event."""
     encoded = pc.dictionary_encode(column.combine_chunks())
     hashes = hash_ids(encoded.dictionary.to_numpy(zero_copy_only=False))
     indices = encoded.indices.to_numpy(zero_copy_only=False)
-    return hashes[indices], index.get_indexer(hashes)[indices]
+    return index.get_indexer(hashes)[indices]
 
 
 def _utc_offsets(since_us: int, until_us: int, timezone: str) -> tuple[int, np.ndarray]:
@@ -196,7 +157,7 @@ def _utc_offsets(since_us: int, until_us: int, timezone: str) -> tuple[int, np.n
 def read_history(root: Path, catalog: Catalog, resident_ids: Sequence[str], now: float,
                  days: int, timezone: str, chunk_events: int = CHUNK_EVENTS,
                  recommendation_ids: RecommendationIds | None = None) -> History:
-    """Hours of ``resident_ids``, outcomes and usage frequency over the ``days`` before
+    """Hours of ``resident_ids`` and outcomes over the ``days`` before
     ``now`` (see the module docstring). Outcomes count only the nudge ids
     ``recommendation_ids`` verifies (the deployment's, from
     :meth:`RecommendationIds.for_settings`; default: the development key's)."""
@@ -213,9 +174,6 @@ def read_history(root: Path, catalog: Catalog, resident_ids: Sequence[str], now:
     n_bundles = len(catalog.bundle_ids)
     bundle_index = {b: i for i, b in enumerate(catalog.bundle_ids)}
     service_index = {s: i for i, s in enumerate(catalog.service_ids)}
-    members = [[service_index[s] for s in b.services if s in service_index]
-               for b in catalog.bundles]
-    spreading = BundleSpread.of(members)
     type_names = sorted(HOUR_TYPES | USE_TYPES | {"notify", "open", "erase", "consent",
                                                   "profile"})
     type_code = {t: i for i, t in enumerate(type_names)}
@@ -226,7 +184,6 @@ def read_history(root: Path, catalog: Catalog, resident_ids: Sequence[str], now:
     cutoffs = _erasures(log, start)
     erased_ids = pa.array(list(cutoffs), pa.string())
     delivered, opened, converted = [], [], []
-    use_who, use_service, use_weight = [], [], []
     events = 0
     for first, last in _date_runs(log, start, moment.date(), chunk_events):
         table = _once(read_table(root, start=first, end=last, columns=COLUMNS))
@@ -244,7 +201,7 @@ def read_history(root: Path, catalog: Catalog, resident_ids: Sequence[str], now:
         events += table.num_rows
         if table.num_rows == 0:
             continue
-        who, planned = _residents(table["resident_id"], wanted)
+        planned = _planned(table["resident_id"], wanted)
         kind = string_codes(table["type"], type_code)
         # hours of the residents being planned
         hour_rows = is_hour_type[kind] & (planned >= 0)
@@ -252,14 +209,6 @@ def read_history(root: Path, catalog: Catalog, resident_ids: Sequence[str], now:
             t = ts[hour_rows]
             local = ((t // 1_000_000 + offsets[t // _US_PER_HOUR - first_hour]) // 3600) % 24
             hours += np.bincount(planned[hour_rows] * 24 + local, minlength=n * 24)
-        # use of services, everyone
-        is_use = is_use_type[kind]
-        part_who, part_service, part_weight = spreading.service_uses(
-            who, is_use, string_codes(table["service_id"], service_index),
-            string_codes(table["bundle_id"], bundle_index))
-        use_who.append(part_who)
-        use_service.append(part_service)
-        use_weight.append(part_weight)
         # outreach outcomes
         ours = pc.fill_null(pc.match_substring(table["recommendation_id"],
                                                f".{OUTREACH_VARIANT}."), False)
@@ -280,17 +229,11 @@ def read_history(root: Path, catalog: Catalog, resident_ids: Sequence[str], now:
             delivered.append(rows[variant & (part_kind == type_code["notify"])])
             opened.append(rows[variant & (part_kind == type_code["open"])])
             converted.append(rows.loc[variant & is_use_type[part_kind], "recommendation_id"])
-    service_rate = service_frequency(
-        np.concatenate(use_who) if use_who else np.zeros(0, np.uint64),
-        np.concatenate(use_service) if use_service else np.zeros(0, np.int64),
-        np.concatenate(use_weight) if use_weight else np.zeros(0),
-        len(catalog.service_ids), days / 7.0)
     return History(
         hours=hours.reshape(n, 24).astype(np.float32),
         outcomes=Outcomes(_outcome_rows(delivered), _outcome_rows(opened),
                           frozenset(pd.concat(converted).tolist()) if converted
                           else frozenset()),
-        frequency=offer_frequency(service_rate, members),
         events=events)
 
 

@@ -248,7 +248,7 @@ class Planner:
                          open_cells=cells(outcomes.delivered, outcomes.opened_ids, PRIOR_OPEN),
                          convert_cells=cells(outcomes.opened, outcomes.converted,
                                              PRIOR_CONVERT),
-                         frequency=history.frequency, opened=outcomes.opened_ids)
+                         opened=outcomes.opened_ids)
 
     # --- carrying the plan out -------------------------------------------------------------
     def _record(self, plan: DayPlan, day: date, lists: PublishedLists) -> None:

@@ -88,7 +88,10 @@ class OutreachStore:
             bundle_ids=json.loads(meta.get("bundle_ids", "[]")),
             service_ids=json.loads(meta.get("service_ids", "[]")),
             reason_vocab=json.loads(meta.get("reason_vocab", '["cf"]')),
-            audience=Audience.from_meta(meta))
+            audience=Audience.from_meta(meta),
+            use_rate={kind: np.asarray(json.loads(meta[key]), dtype=np.float64)
+                      for kind, key in (("b", "bundle_use_rate"), ("s", "service_use_rate"))
+                      if key in meta})
         neighbourhoods = list(neighbourhoods)
         # the segments' lists too: serving's cold start for a consenting resident without
         # a list of their own (absent keys are empty lists)

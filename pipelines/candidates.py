@@ -284,13 +284,15 @@ def segment_tables(data: Dataset) -> dict[str, Any]:
     per segment (neighbourhood × age band × household) the share of its residents with
     every service and bundle, pooled over segments by their attributes
     (:func:`~bouquet.models.popularity.additive_group_rates`: a segment of a few residents
-    says little alone, its neighbourhood, age band and household say more), and the
-    recommendations shown and taken per bundle (city, then each segment)."""
+    says little alone, its neighbourhood, age band and household say more), the
+    recommendations shown and taken per bundle (city, then each segment), and how often
+    each offer is used by those who have it."""
     out: dict[str, Any] = {"segments": list(data.segments)}
     for target in TARGETS:
         out[f"segment_popular_{target}"] = segment_rates(data, target)
     out["bundle_shown"], out["bundle_taken"] = data.bundle_shown, data.bundle_taken
     out["bundle_use_rate"] = data.bundle_use_rate
+    out["service_use_rate"] = data.service_use_rate
     return out
 
 

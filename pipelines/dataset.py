@@ -215,9 +215,12 @@ class Dataset:
     #: ``(1 + segments) × bundles``, city-wide row first — exploration's conversion rates.
     bundle_shown: np.ndarray = field(default_factory=lambda: np.zeros((1, 0)))
     bundle_taken: np.ndarray = field(default_factory=lambda: np.zeros((1, 0)))
-    #: Use events per holder per week of each bundle among consenting residents before
-    #: the cut-off (:func:`bouquet.models.cadence.use_rate`): serving's cadence weights.
+    #: Use events per holder per week of each bundle, and per user per week of each
+    #: service, among consenting residents before the cut-off
+    #: (:func:`bouquet.models.cadence.use_rate`): serving's cadence weights and the
+    #: outreach planner's usage frequency.
     bundle_use_rate: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    service_use_rate: np.ndarray = field(default_factory=lambda: np.zeros(0))
     stats: dict[str, Any] = field(default_factory=dict)
     fingerprint: str = ""
 
@@ -494,7 +497,7 @@ def build_dataset(
     shown, taken = _recommendation_outcomes(arrays, select)
     held_services = _holdings(arrays, select, row, arrays.service, (n, n_s))
     held_bundles = _holdings(arrays, select, row, arrays.bundle, (n, n_b))
-    use_rates = _bundle_use_rate(arrays, select, held_bundles, _ts_value(as_of))
+    bundle_rate, service_rate = _use_rates(arrays, select, held_bundles, _ts_value(as_of))
     stats = {
         "events_read": arrays.n_events,
         "residents_seen": int(arrays.stats.get("residents_seen", len(arrays.resident_ids))),
@@ -516,7 +519,7 @@ def build_dataset(
         catalog_fingerprint=arrays.catalog_fingerprint, codes=codes,
         bundle_services=arrays.bundle_services, stats=stats, segments=arrays.segments,
         segment=arrays.segment_codes(codes), bundle_shown=shown, bundle_taken=taken,
-        bundle_use_rate=use_rates,
+        bundle_use_rate=bundle_rate, service_use_rate=service_rate,
     )
     dataset.fingerprint = fingerprint(dataset)
     return dataset
@@ -543,7 +546,8 @@ def fingerprint(dataset: Dataset) -> str:
     h.update("\n".join(dataset.resident_ids.tolist()).encode())
     h.update(dataset.neighbourhood.tobytes())
     h.update(np.ascontiguousarray(dataset.segment).tobytes())
-    for table in (dataset.bundle_shown, dataset.bundle_taken, dataset.bundle_use_rate):
+    for table in (dataset.bundle_shown, dataset.bundle_taken, dataset.bundle_use_rate,
+                  dataset.service_use_rate):
         h.update(np.ascontiguousarray(table, dtype=np.float64).tobytes())
     for matrix in (dataset.services, dataset.bundles, dataset.held_services,
                    dataset.held_bundles):
@@ -706,17 +710,25 @@ def _holdings(arrays: EventArrays, select: np.ndarray, row: np.ndarray, items: n
     return sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=shape)
 
 
-def _bundle_use_rate(arrays: EventArrays, select: np.ndarray, held_bundles: sp.csr_matrix,
-                     now: int) -> np.ndarray:
-    """Uses per holder per week of each bundle: the selected ``use`` events that carry the
-    bundle, over its holders at the cut-off and the weeks since the first such event (the
-    log's uses may start long after its subscriptions)."""
-    used = select & (arrays.kind == _CODE["use"]) & (arrays.bundle >= 0)
-    uses = np.bincount(arrays.bundle[used].astype(np.int64),
-                       minlength=len(arrays.bundle_ids))
-    holders = np.asarray(held_bundles.sum(axis=0)).ravel()
+def _use_rates(arrays: EventArrays, select: np.ndarray, held_bundles: sp.csr_matrix,
+               now: int) -> tuple[np.ndarray, np.ndarray]:
+    """How often an offer is used by those who have it: the selected ``use`` events that
+    carry each bundle per holder at the cut-off, and those that name each service per
+    resident who used it, per week since the first use event (the log's uses may start
+    long after its subscriptions). One clock for both, so the planner may compare a
+    bundle's rate with a service's."""
+    used = select & (arrays.kind == _CODE["use"])
     weeks = (now - int(arrays.ts[used].min())) / (7 * NS_PER_DAY) if used.any() else 0.0
-    return use_rate(uses, holders, weeks)
+    on_bundle = used & (arrays.bundle >= 0)
+    n_b, n_s = len(arrays.bundle_ids), len(arrays.service_ids)
+    bundle_uses = np.bincount(arrays.bundle[on_bundle].astype(np.int64), minlength=n_b)
+    holders = np.asarray(held_bundles.sum(axis=0)).ravel()
+    on_service = used & (arrays.service >= 0)
+    service = arrays.service[on_service].astype(np.int64)
+    service_uses = np.bincount(service, minlength=n_s)
+    pairs = np.unique(arrays.resident[on_service].astype(np.int64) * n_s + service)
+    users = np.bincount(pairs % n_s, minlength=n_s)
+    return use_rate(bundle_uses, holders, weeks), use_rate(service_uses, users, weeks)
 
 
 def _last_index(keys: np.ndarray) -> np.ndarray:

@@ -307,6 +307,9 @@ class Publisher:
             "model_kind": str(model.meta.get("model_kind", "")),
             "bundle_ids": json.dumps(model.bundle_ids),
             "service_ids": json.dumps(model.service_ids),
+            # the outreach planner's usage frequency (it reads meta, not the model)
+            "bundle_use_rate": json.dumps(model.bundle_use_rate.tolist()),
+            "service_use_rate": json.dumps(model.service_use_rate.tolist()),
             **audience.as_meta(),
             "state": "writing", "pointer": pointer, "started_at": _now_iso()})
         pipe.expire(meta_key, ttl)

@@ -35,19 +35,22 @@ def lists_of_version(version: PublishedVersion) -> PublishedLists:
         version=version.version, model_version=version.model_version,
         bundle_ids=list(model.bundle_ids), service_ids=list(model.service_ids),
         reason_vocab=list(version.reason_vocab), audience=version.audience,
+        use_rate={"b": model.bundle_use_rate, "s": model.service_use_rate},
         popular={key: entries for key, entries in version.popular.items() if key[0] == "b"})
 
 
-def popularity_lists(catalog: Catalog, scores: np.ndarray, name: str) -> PublishedLists:
+def popularity_lists(catalog: Catalog, scores: np.ndarray, name: str,
+                     use_rate: dict[str, np.ndarray]) -> PublishedLists:
     """A non-personalised version whose city-wide bundle list ranks bundles by ``scores``
-    (what a popularity baseline would publish)."""
+    (what a popularity baseline would publish), with its offers' ``use_rate`` by kind in
+    catalog order (what training would have measured)."""
     order = np.argsort(-scores, kind="stable")
     entries = unpack_list(pack_list(order, scores[order].astype(np.float32)))
     return PublishedLists(version=name, model_version=name,
                           bundle_ids=list(catalog.bundle_ids),
                           service_ids=list(catalog.service_ids), reason_vocab=["cf"],
                           audience=Audience(personalised=False, segment_lists=False),
-                          popular={("b", "_all"): entries})
+                          popular={("b", "_all"): entries}, use_rate=use_rate)
 
 
 def packed(entries: np.ndarray) -> bytes:

@@ -17,13 +17,14 @@ outcomes it reports, so no Redis is needed:
   each (send times, nudges awaiting their outcome, streak, pause);
 * **offers**: the pull policy's published lists (:mod:`bouquet.simulation.offer_lists`) and
   the serving filters (:meth:`OfferRanker.from_settings`);
-* **knowledge**: each resident's contacts by local hour and the services' weekly use over
-  the last ``BOUQUET_OUTREACH_HISTORY_DAYS`` (what :mod:`bouquet.outreach.history` reads
-  from the log), and the open and conversion posteriors fitted by
-  :func:`~bouquet.outreach.learning.fit_cells` from the outcomes: delivered, opened (the
-  gateway's reports, :meth:`outcomes`) and converted (a use-class event carrying the nudge's
-  recommendation id, seen in ``observe``) — counted once their response window is over, as
-  the planner counts them.
+* **knowledge**: each resident's contacts by local hour over the last
+  ``BOUQUET_OUTREACH_HISTORY_DAYS`` (what :mod:`bouquet.outreach.history` reads from the
+  log), the offers' weekly use as the published version measured it
+  (:meth:`~bouquet.outreach.candidates.PublishedLists.use_frequency`), and the open and
+  conversion posteriors fitted by :func:`~bouquet.outreach.learning.fit_cells` from the
+  outcomes: delivered, opened (the gateway's reports, :meth:`outcomes`) and converted (a
+  use-class event carrying the nudge's recommendation id, seen in ``observe``) — counted
+  once their response window is over, as the planner counts them.
 
 What residents do with a nudge is the simulator's side
 (:class:`bouquet.simulation.nudges.Recipients`), not this policy's.
@@ -54,15 +55,8 @@ from bouquet.outreach.decide import (
     decide,
     segments_of,
 )
-from bouquet.outreach.history import HOUR_TYPES, BundleSpread, string_codes
-from bouquet.outreach.learning import (
-    PRIOR_CONVERT,
-    PRIOR_OPEN,
-    BetaCells,
-    fit_cells,
-    offer_frequency,
-    service_frequency,
-)
+from bouquet.outreach.history import HOUR_TYPES
+from bouquet.outreach.learning import PRIOR_CONVERT, PRIOR_OPEN, BetaCells, fit_cells
 from bouquet.outreach.planner import plan_seed
 from bouquet.serving.ranking import OfferRanker
 from bouquet.simulation.observed import COLUMNS, ObservedResidents
@@ -113,22 +107,15 @@ class OutreachPolicy(WithPull):
         self.segments = segments_of(city.catalog)
         self._segment = {s: i for i, s in enumerate(self.segments)}
         self._bundle = {b: i for i, b in enumerate(city.catalog.bundle_ids)}
-        services = {s: i for i, s in enumerate(city.catalog.service_ids)}
-        self._service_array = pa.array(city.catalog.service_ids, pa.string())
-        self._members = [[services[s] for s in b.services] for b in city.catalog.bundles]
-        self._spread = BundleSpread.of(self._members)
-        self._services = services
         self._shape = (len(self.segments), len(city.catalog.bundle_ids)
                        + len(city.catalog.service_ids), len(OUTREACH_CHANNELS))
         self.records: dict[str, ResidentRecord] = {}
         self._hour_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        self._use_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         self._delivered: list[pd.DataFrame] = []
         self.opened: set[str] = set()
         self.converted: set[str] = set()
         self._awaiting: set[str] = set()  # nudges whose conversion may still come
         self.hours = np.zeros((len(ids), 24), np.float32)
-        self.frequency = offer_frequency(np.full(len(services), 0.5), self._members)
         self.days_planned = self.planned = self.unpublished_days = 0
 
     def before_week(self, when: datetime) -> None:
@@ -160,11 +147,6 @@ class OutreachPolicy(WithPull):
                                  local[hour_rows].astype(np.int64), ts[hour_rows]))
         is_use = pc.is_in(kind, value_set=pa.array(sorted(USE_TYPES))
                           ).to_numpy(zero_copy_only=False)
-        # the event's position rides along as "who", so its time and resident follow it
-        at, service, share = self._spread.service_uses(
-            np.arange(len(ts)), is_use & known, string_codes(table["service_id"], self._services),
-            string_codes(table["bundle_id"], self._bundle))
-        self._use_parts.append((rows[at].astype(np.int64), service, ts[at], share))
         if self._awaiting:
             refs = table["recommendation_id"].to_numpy(zero_copy_only=False)
             self.converted.update(r for r in refs[is_use] if r in self._awaiting)
@@ -197,7 +179,7 @@ class OutreachPolicy(WithPull):
         rows = self._rows_of(residents.ids)
         knowledge = Knowledge(hours=self.hours[rows], open_cells=self._cells(now, True),
                               convert_cells=self._cells(now, False),
-                              frequency=self.frequency, opened=frozenset(self.opened))
+                              opened=frozenset(self.opened))
         rng = np.random.default_rng([plan_seed(self.config.holdout_salt, day), self.seed])
         plan = decide(day, now, residents, offer_state, knowledge, lists, self.catalog,
                       self.ranker, self.config, rng)
@@ -239,21 +221,14 @@ class OutreachPolicy(WithPull):
                            ).to_numpy(zero_copy_only=False).astype(np.int64)
 
     def _read_history(self, now: float) -> None:
-        """Hours and weekly use over the history window before ``now``, as the planner
-        reads them from the log."""
+        """Hours over the history window before ``now``, as the planner reads them from the
+        log."""
         since_us = int((now - self.settings.outreach_history_days * 86400) * 1e6)
         n = len(self.ids)
         who, hour, ts = _stack(self._hour_parts)
         keep = ts >= since_us
         self.hours = np.bincount(who[keep] * 24 + hour[keep], minlength=n * 24
                                  ).reshape(n, 24).astype(np.float32)
-        who, service, ts, share = _stack(self._use_parts, 4)
-        keep = ts >= since_us
-        # one 64-bit key per resident whose low 16 bits the service takes (learning's rule)
-        key = who[keep].astype(np.uint64) << np.uint64(16)
-        rate = service_frequency(key, service[keep], share[keep], len(self._service_array),
-                                 self.settings.outreach_history_days / 7.0)
-        self.frequency = offer_frequency(rate, self._members)
 
     def _cells(self, now: float, opens: bool) -> BetaCells:
         """Open (or conversion) posteriors from the outcomes whose response window is over:
@@ -273,8 +248,8 @@ class OutreachPolicy(WithPull):
                          self.settings.outreach_prior_strength)
 
 
-def _stack(parts: list[tuple[np.ndarray, ...]], width: int = 3) -> tuple[np.ndarray, ...]:
-    """``width`` columns of weekly parts, concatenated."""
+def _stack(parts: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
+    """The three columns of weekly parts, concatenated."""
     if not parts:
-        return (_EMPTY,) * width
+        return (_EMPTY,) * 3
     return tuple(np.concatenate(column) for column in zip(*parts, strict=True))

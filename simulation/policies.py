@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bouquet.core.catalog import AGE_BANDS, HOUSEHOLDS, Catalog
+from bouquet.models.cadence import use_rate
 from bouquet.simulation.offer_lists import OutreachOffers, no_list, popularity_lists
 from bouquet.simulation.residents import ProfileClasses
 
@@ -231,9 +232,47 @@ class PopularPolicy(_EventTracking):
     def recommend(self, resident_ids: Sequence[str], k: int) -> list[list[str]]:
         return self._top_k(resident_ids, k, self.popularity())
 
+    def start(self, city: CityView) -> None:
+        super().start(city)
+        n_s = len(city.catalog.service_ids)
+        self._service_index = {s: i for i, s in enumerate(city.catalog.service_ids)}
+        self._bundle_uses = np.zeros(len(city.catalog.bundles))
+        self._service_uses = np.zeros(n_s)
+        self._service_users = np.zeros((len(self._row), n_s), bool)
+        self._use_span = [np.iinfo(np.int64).max, np.iinfo(np.int64).min]  # first use, last
+
+    def observe(self, events: pa.Table) -> None:
+        """Also counts uses, for the rates the planner weighs offers by."""
+        super().observe(events)
+        if events.num_rows:
+            self._use_span[1] = max(self._use_span[1], pc.max(events["ts"].cast(pa.int64())
+                                                              ).as_py())
+        uses = events.filter(pc.equal(events["type"], "use"))
+        if not uses.num_rows:
+            return
+        self._use_span[0] = min(self._use_span[0],
+                                pc.min(uses["ts"].cast(pa.int64())).as_py())
+        bundle = [self._bundle_index.get(b, -1) for b in uses["bundle_id"].to_pylist()]
+        np.add.at(self._bundle_uses, [b for b in bundle if b >= 0], 1)
+        service = np.array([self._service_index.get(s, -1)
+                            for s in uses["service_id"].to_pylist()], dtype=np.int64)
+        rows = self._rows(uses["resident_id"])
+        named = (service >= 0) & ~np.isnan(rows.astype(float))
+        np.add.at(self._service_uses, service[named], 1)
+        self._service_users[rows[named].astype(np.int64), service[named]] = True
+
+    def use_rates(self) -> dict[str, np.ndarray]:
+        """Uses a week of each bundle per holder and of each service per user, by the rule
+        training counts them with (``models.cadence.use_rate``), over every resident."""
+        first, last = self._use_span
+        weeks = (last - first) / (7 * 86_400_000_000) if last > first else 0.0
+        return {"b": use_rate(self._bundle_uses, self.holdings.sum(axis=0), weeks),
+                "s": use_rate(self._service_uses, self._service_users.sum(axis=0), weeks)}
+
     def outreach_offers(self) -> OutreachOffers:
         """The planner's lists: the same ranking, published city-wide, not personalised."""
-        return popularity_lists(self.catalog, self.popularity(), self.name), no_list
+        return popularity_lists(self.catalog, self.popularity(), self.name,
+                                self.use_rates()), no_list
 
 
 class RandomPolicy(_EventTracking):

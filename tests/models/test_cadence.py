@@ -44,25 +44,55 @@ def test_weighing_orders_by_expected_gain_whatever_the_scores_sign() -> None:
     assert np.argsort(-out, kind="stable").tolist() == [1, 0, 3, 2]
 
 
-def test_dataset_counts_uses_per_holder_per_week() -> None:
-    import pandas as pd
-
+def test_dataset_counts_uses_per_holder_and_per_user_per_week() -> None:
     from bouquet.core.settings import Settings
     from bouquet.pipelines.dataset import EventArrays, build_dataset, rule_from_settings
+
+    frame = _two_weeks_of_use()
+    data = build_dataset(EventArrays.from_frame(frame, CATALOG), rule_from_settings(Settings()))
+    rate = data.bundle_use_rate
+    assert rate[0] == pytest.approx(3.0) and rate[1] == pytest.approx(0.5)
+    assert data.service_use_rate[0] == pytest.approx(6 / 2 / 2)  # uses / users / weeks
+
+
+def _two_weeks_of_use():
+    """Two residents holding a bundle each, using them and a service for two weeks: the
+    first bundle 3 uses per holder per week, the second 0.5, the service 1.5 per user."""
+    import pandas as pd
 
     start = pd.Timestamp("2025-03-03", tz="UTC")
     maas, civic = CATALOG.bundle_ids[0], CATALOG.bundle_ids[1]
     rows = [("r1", "consent", None, None, start, 1.0), ("r2", "consent", None, None, start, 1.0)]
     rows += [("r1", "subscribe", None, maas, start, None),
              ("r2", "subscribe", None, civic, start, None)]
-    # r1 uses the first bundle 6 times in the two weeks, r2 the second once
     rows += [("r1", "use", None, maas, start + pd.Timedelta(days=d), None) for d in range(6)]
     rows += [("r2", "use", None, civic, start + pd.Timedelta(days=14), None)]
-    frame = pd.DataFrame(rows, columns=["resident_id", "type", "service_id", "bundle_id",
-                                        "ts", "value"]).assign(context=None)
+    bike = CATALOG.service_ids[0]
+    rows += [(rid, "use", bike, None, start + pd.Timedelta(days=d), None)
+             for rid, days in (("r1", range(1, 5)), ("r2", (3, 9))) for d in days]
+    return pd.DataFrame(rows, columns=["resident_id", "type", "service_id", "bundle_id",
+                                       "ts", "value"]).assign(context=None)
+
+
+def test_the_simulated_popularity_baseline_counts_uses_by_the_training_rule() -> None:
+    """What the loop's popular policy publishes for the planner is what training measures
+    on the same events (everyone consents here)."""
+    import pyarrow as pa
+
+    from bouquet.core.settings import Settings
+    from bouquet.pipelines.dataset import EventArrays, build_dataset, rule_from_settings
+    from bouquet.simulation.policies import CityView, PopularPolicy
+
+    frame = _two_weeks_of_use()
     data = build_dataset(EventArrays.from_frame(frame, CATALOG), rule_from_settings(Settings()))
-    rate = data.bundle_use_rate
-    assert rate[0] == pytest.approx(3.0) and rate[1] == pytest.approx(0.5)
+    policy = PopularPolicy()
+    policy.start(CityView(CATALOG, pa.table({"resident_id": ["r1", "r2"]}), None))
+    events = pa.Table.from_pandas(frame.assign(ts=frame["ts"].astype("datetime64[us, UTC]")),
+                                  preserve_index=False)
+    policy.observe(events)
+    rates = policy.use_rates()
+    np.testing.assert_allclose(rates["b"], data.bundle_use_rate)
+    np.testing.assert_allclose(rates["s"], data.service_use_rate)
 
 
 def version_with_rates(rates: dict[str, float]):
@@ -101,6 +131,8 @@ def test_the_use_rate_travels_with_the_serving_view() -> None:
     from bouquet.models.deployable import from_blob
 
     rate = np.arange(len(CATALOG.bundle_ids), dtype=np.float64)
-    model = replace(small_model(CATALOG), bundle_use_rate=rate)
-    np.testing.assert_array_equal(from_blob(model.serving_view().to_blob()).bundle_use_rate,
-                                  rate)
+    services = np.arange(len(CATALOG.service_ids), dtype=np.float64) / 2
+    model = replace(small_model(CATALOG), bundle_use_rate=rate, service_use_rate=services)
+    view = from_blob(model.serving_view().to_blob())
+    np.testing.assert_array_equal(view.bundle_use_rate, rate)
+    np.testing.assert_array_equal(view.service_use_rate, services)

@@ -40,6 +40,8 @@ def published(rng: np.random.Generator, reason_vocab: list[str] | None = None
     lists = PublishedLists("v1-test", "v1", list(CATALOG.bundle_ids),
                            list(CATALOG.service_ids), reason_vocab or ["cf"])
     segments = all_segments(CATALOG.neighbourhood_ids)
+    lists.use_rate = {"b": rng.uniform(0.1, 3.0, len(CATALOG.bundle_ids)),
+                      "s": rng.uniform(0.1, 3.0, len(CATALOG.service_ids))}
     for kind, ids in (("b", CATALOG.bundle_ids), ("s", CATALOG.service_ids)):
         # every neighbourhood's list and the city's; about half the segments' (the
         # segment cold start of consenting residents without a list of their own)
@@ -127,7 +129,6 @@ class World:
         none = np.zeros(0, np.int64)
         self.open_cells = fit_cells(none, none, none, none, shape, PRIOR_OPEN, 10)
         self.convert_cells = fit_cells(none, none, none, none, shape, PRIOR_CONVERT, 10)
-        self.frequency = rng.uniform(0.1, 3.0, shape[1])
 
     def residents(self) -> Residents:
         people = self.people
@@ -145,7 +146,7 @@ class World:
         knowledge = Knowledge(
             hours=self.rng.poisson(0.5, (len(self.people), 24)).astype(np.float32),
             open_cells=self.open_cells, convert_cells=self.convert_cells,
-            frequency=self.frequency, opened=frozenset(self.opened))
+            opened=frozenset(self.opened))
         plan = decide(day, now, self.residents(), self.offers, knowledge, self.lists, CATALOG,
                       RANKER, self.config, self.rng)
         by_id = {p.rid: p for p in self.people}

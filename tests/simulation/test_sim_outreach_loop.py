@@ -104,9 +104,8 @@ def test_figures_are_computed_from_the_runs(catalog: Catalog, end_date, loud) ->
 
 def test_the_loop_knows_what_the_planner_reads_from_the_log(catalog: Catalog, end_date,
                                                             tmp_path) -> None:
-    """Hours and usage frequency the simulated planner gathers from the events it observes
-    are those :func:`read_history` reads from the same events in the event log (a bundle
-    subscription counted as a share of a use of each of its services, by the one rule)."""
+    """The hours the simulated planner gathers from the events it observes are those
+    :func:`read_history` reads from the same events in the event log."""
     from bouquet.outreach.history import read_history
     from bouquet.simulation.sinks import EventLogSink
 
@@ -122,4 +121,3 @@ def test_the_loop_knows_what_the_planner_reads_from_the_log(catalog: Catalog, en
     erased = sim.erased_at < np.iinfo(np.int64).max
     np.testing.assert_array_equal(policy.hours[~erased], history.hours[~erased])
     assert policy.hours.sum() > 1000
-    np.testing.assert_allclose(policy.frequency, history.frequency, rtol=1e-9)
