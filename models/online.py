@@ -12,6 +12,7 @@ than as JSON: see :func:`pack_list` and docs/serving.md for the measured sizes.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -109,8 +110,9 @@ class PublishedVersion:
     def bundle_ids(self) -> list[str]:
         return self.model.bundle_ids
 
-    @property
+    @functools.cached_property
     def audience(self) -> Audience:
+        """Read once: a loaded version does not change, and every answer asks."""
         return Audience.from_meta(self.meta)
 
     @property
