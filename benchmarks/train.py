@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 FULL_RESIDENTS = 1_000_000
 DEFAULT_RESIDENTS = 100_000  # `make bench`: about a minute; the 1M run is in docs/training.md
 DEFAULT_WEEKS = 52
-#: Extra baselines beyond the two popularity ones (always evaluated, as in ``bouquet train``).
+#: Extra baselines beyond the popularity ones (overall, neighbourhood, segment: always
+#: evaluated, as in ``bouquet train``).
 #: None by default: BPR is never deployed and is the slowest stage of a run (SGD over every
 #: positive, twice), so the scale figures are those of the deployable pipeline; pass
 #: ``--baselines bpr`` to time it too (docs/training.md §8 gives both).
@@ -161,8 +162,9 @@ def register(bench_app: typer.Typer) -> None:
         candidates: str = typer.Option("", help="Deployable candidates (comma-separated; "
                                        "default: all of them)."),
         baselines: str = typer.Option(",".join(DEFAULT_BASELINES),
-                                      help="Extra baselines beyond the two popularity ones, "
-                                      "which are always evaluated ('' for none)."),
+                                      help="Extra baselines beyond the popularity ones "
+                                      "(overall, neighbourhood, segment), which are always "
+                                      "evaluated ('' for none)."),
         refit: bool = typer.Option(True, help="Refit on all data (as bouquet train does)."),
         log_dir: Path = typer.Option(None, help="Reuse this event log instead of simulating."),
         keep: Path = typer.Option(None, help="Keep the state (log, MLflow store) here."),

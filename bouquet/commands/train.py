@@ -66,8 +66,8 @@ def train_command(
     primary_metric: str = typer.Option("bundles.ndcg_at_10",
                                        help="Metric that decides promotion."),
     baselines: str = typer.Option(
-        "bpr", help="Extra baselines evaluated in the same run ('' for none); popularity "
-        "and popularity by neighbourhood always are."),
+        "bpr", help="Extra baselines evaluated in the same run ('' for none); popularity, "
+        "by neighbourhood and by segment always are."),
     refit: bool = typer.Option(True, help="Refit on all data for the artifact."),
     register: bool = typer.Option(True, help="Register a model version."),
     force: bool = typer.Option(False, "--force", help="Make the new version champion "
