@@ -92,13 +92,13 @@ def run_benchmark(*, residents: int = DEFAULT_RESIDENTS, weeks: int = DEFAULT_WE
     """Generate (unless ``log_dir`` holds a log already), then time one training run of
     ``candidates`` (default: every deployable kind) and ``baselines`` (see
     :func:`split_kinds`)."""
-    from bouquet.pipelines.train import TrainOptions, train
+    from bouquet.pipelines.train import ALWAYS_EVALUATED, TrainOptions, train
 
     candidates, baselines = split_kinds(candidates, baselines)
     result = BenchResult("train", params={
         "residents_simulated": residents, "weeks": weeks, "seed": seed,
         "intensity": intensity, "candidates": list(candidates),
-        "baselines": ["popularity", "popularity_neighbourhood", *baselines],
+        "baselines": [*ALWAYS_EVALUATED, *baselines],
         "refit": refit, "threads": os.cpu_count()})
     state = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="bq-bench-train-"))
     state.mkdir(parents=True, exist_ok=True)

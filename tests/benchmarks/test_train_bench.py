@@ -24,9 +24,11 @@ def test_a_small_city_runs_every_stage_of_the_current_pipeline() -> None:
     result = run_benchmark(residents=1000, weeks=10, baselines=FIRST_RELEASE)
     figures = {name: fig["value"] for name, fig in result.figures.items()}
     assert result.params["candidates"] == list(DEPLOYABLE_KINDS)
-    assert result.params["baselines"] == ["popularity", "popularity_neighbourhood", "bpr"]
+    assert result.params["baselines"] == ["popularity", "popularity_neighbourhood",
+                                          "popularity_segment", "bpr"]
     stages = [f"{name}_s" for name in ("read", "split", "refit", "log", "register")] + [
-        f"fit_{kind}_s" for kind in (*DEPLOYABLE_KINDS, "popularity", "bpr")]
+        f"fit_{kind}_s" for kind in (*DEPLOYABLE_KINDS, "popularity", "popularity_segment",
+                                     "bpr")]
     assert all(figures[name] is not None for name in stages)
     assert figures["total_s"] == pytest.approx(sum(
         value for name, value in figures.items()
