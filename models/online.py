@@ -80,7 +80,7 @@ class Audience:
 
     def as_meta(self) -> dict[str, str]:
         return {"personalised": "1" if self.personalised else "0",
-                "segment_lists": "1" if self.personalised or self.segment_lists else "0"}
+                "segment_lists": "1" if self.tailors else "0"}
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, str]) -> Audience:

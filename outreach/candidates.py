@@ -83,9 +83,9 @@ class PublishedLists:
         """Uses a week of every catalog offer (bundles, then services): the published
         rates (:func:`bouquet.models.cadence.use_rate`), so the planner weighs an offer by
         the same measure serving ranks it by. An offer the version does not know gets the
-        median of those it does, and none weighs less than :data:`~bouquet.models.cadence.
-        FLOOR` of the most used (pushed down, never out, as in serving); a version without
-        rates weighs every offer alike."""
+        median of those it does, and none weighs less than ``FLOOR`` times the most used
+        (pushed down, never out, as in serving); a version without rates weighs every
+        offer alike."""
         parts = []
         for kind, ids in (("b", catalog.bundle_ids), ("s", catalog.service_ids)):
             found = self.use_rate.get(kind)
