@@ -23,10 +23,11 @@ Pure logic (no I/O), so every rule is unit-testable and the route stays a few li
    their score (fold-in included) weighed by the bundle's use rate
    (:mod:`bouquet.models.cadence`, ``cadence_power``; 0 ranks by score alone): the goal is
    a weekly cadence of use, and an offer taken but rarely used does not move it.
-6. **Exploration**: for a consenting resident of a personalised version, a share of the
-   bundle slots (``explore_share``; the last slots of the list) is filled by Thompson
-   sampling over the published conversion rates (shown → subscribed) of the resident's
-   segment per bundle, so new bundles and little-known segments are learned. The item says
+6. **Exploration**: for a consenting resident of a version that personalises or serves
+   segment lists (:func:`personalises`), a share of the bundle slots (``explore_share``;
+   the last slots of the list) is filled by Thompson sampling over the published
+   conversion rates (shown → subscribed) of the resident's segment per bundle, so new
+   bundles and little-known segments are learned. The item says
    so (``source`` and ``reason_code`` ``explore``) and carries its own recommendation id
    (variant ``<variant>-explore``), so the funnel counts explored slots as their own arm.
    The draw is seeded by resident, day and model version: the same state gives the same
