@@ -133,14 +133,9 @@ def decide(*, metric: str, candidate_value: float, eval_residents: int, min_resi
     if degenerate:
         return Decision(False, "its scores do not vary across residents (degenerate model)",
                         **common)
-    if eval_residents < min_residents:
-        return Decision(False, f"the hold-out has {eval_residents} residents with test "
-                        f"positives, fewer than the {min_residents} required "
-                        "(BOUQUET_TRAIN_MIN_EVAL_RESIDENTS); evaluate on more residents or "
-                        "weeks", **common)
-    if vs_popularity is None or not vs_popularity.above_zero or math.isnan(vs_popularity.low):
-        return Decision(False, f"{metric} does not beat popularity with confidence: "
-                        f"{vs_popularity}", **common)
+    short = _short_of_evidence(metric, eval_residents, min_residents, vs_popularity)
+    if short is not None:
+        return Decision(False, short, **common)
     if champion_version is None:
         return Decision(True, f"{metric} {candidate_value:.4f} beats popularity by "
                         f"{vs_popularity}; no champion yet", **common)
@@ -176,11 +171,22 @@ class SegmentDecision:
 def decide_segment_lists(*, metric: str, eval_residents: int, min_residents: int,
                          vs_popularity: Interval | None) -> SegmentDecision:
     """The segment lists' rule (pure): the promotion rule's evidence, against popularity."""
-    if eval_residents < min_residents:
-        return SegmentDecision(False, f"the hold-out has {eval_residents} residents with test "
-                               f"positives, fewer than the {min_residents} required")
-    if vs_popularity is None or not vs_popularity.above_zero or math.isnan(vs_popularity.low):
-        return SegmentDecision(False, f"segment lists do not beat popularity on {metric} "
-                               f"with confidence: {vs_popularity}")
+    short = _short_of_evidence(f"the segment lists' {metric}", eval_residents, min_residents,
+                               vs_popularity)
+    if short is not None:
+        return SegmentDecision(False, short)
     return SegmentDecision(True, f"segment lists beat popularity on {metric} by "
                            f"{vs_popularity}")
+
+
+def _short_of_evidence(measure: str, eval_residents: int, min_residents: int,
+                       vs_popularity: Interval | None) -> str | None:
+    """Why the hold-out does not show ``measure`` beating popularity (None: it does): the
+    evidence both the promotion rule and the segment lists' rule require."""
+    if eval_residents < min_residents:
+        return (f"the hold-out has {eval_residents} residents with test positives, fewer "
+                f"than the {min_residents} required (BOUQUET_TRAIN_MIN_EVAL_RESIDENTS); "
+                "evaluate on more residents or weeks")
+    if vs_popularity is None or not vs_popularity.above_zero or math.isnan(vs_popularity.low):
+        return f"{measure} does not beat popularity with confidence: {vs_popularity}"
+    return None

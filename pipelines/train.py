@@ -388,8 +388,8 @@ def _run(client: Any, registry: ModelRegistry, run: Any, settings: Settings,
     eval_residents = len(evaluations[options.candidates[0]].users)
     chosen = _choose(evaluations, options.candidates, notes, options.force, split)
     popularity = _stronger_popularity(evaluations)
-    segment_lists, segment_metrics = _segment_lists(evaluations, eval_residents, settings,
-                                                    options)
+    segment_lists, segment_metrics = _segment_lists(evaluations, popularity, eval_residents,
+                                                    settings, options)
     metrics.update(segment_metrics)
     # Only the chosen candidate and the stronger popularity are used from here on: the
     # other fitted models (factors, copies of the residents' rows) are let go before the
@@ -530,13 +530,13 @@ def select_family(arrays: EventArrays, params: ConfidenceRule, options: TrainOpt
         evaluations[kind], found = fit_and_evaluate(kind, split, options, options.params)
         metrics.update(found)
     chosen = _choose(evaluations, options.candidates, notes, options.force, split)
+    popularity = _stronger_popularity(evaluations)
     segment_lists, segment_metrics = _segment_lists(
-        evaluations, len(evaluations["popularity"].users), settings, options)
+        evaluations, popularity, len(popularity.users), settings, options)
     metrics.update(segment_metrics)
     decision = None
     if chosen is not None:
-        vs_popularity = promotion_interval(chosen, _stronger_popularity(evaluations),
-                                           settings, options)
+        vs_popularity = promotion_interval(chosen, popularity, settings, options)
         decision = decide(metric=options.primary_metric, candidate_value=chosen.primary_mean,
                           eval_residents=len(chosen.users),
                           min_residents=settings.train_min_eval_residents, degenerate=False,
@@ -545,14 +545,14 @@ def select_family(arrays: EventArrays, params: ConfidenceRule, options: TrainOpt
     return Selection(split, evaluations, metrics, chosen, decision, notes, segment_lists)
 
 
-def _segment_lists(evaluations: dict[str, Evaluation], eval_residents: int,
-                   settings: Settings, options: TrainOptions
+def _segment_lists(evaluations: dict[str, Evaluation], popularity: Evaluation,
+                   eval_residents: int, settings: Settings, options: TrainOptions
                    ) -> tuple[SegmentDecision, dict[str, float]]:
     """Whether segment lists earn their place without a champion (the segment baseline
-    against the stronger popularity, by the promotion rule's test), and the interval as
-    metrics."""
-    interval = promotion_interval(evaluations["popularity_segment"],
-                                  _stronger_popularity(evaluations), settings, options)
+    against ``popularity``, the stronger popularity baseline, by the promotion rule's
+    test), and the interval as metrics."""
+    interval = promotion_interval(evaluations["popularity_segment"], popularity, settings,
+                                  options)
     decision = decide_segment_lists(metric=options.primary_metric,
                                     eval_residents=eval_residents,
                                     min_residents=settings.train_min_eval_residents,
