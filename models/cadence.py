@@ -35,6 +35,24 @@ def use_rate(uses: np.ndarray, holders: np.ndarray, weeks: float) -> np.ndarray:
     return np.where(np.isnan(rate), fill, rate)
 
 
+def offer_use_rates(resident: np.ndarray, bundle: np.ndarray, service: np.ndarray,
+                    holders: np.ndarray, n_services: int, weeks: float
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Uses a week of each bundle per holder and of each service per resident who used it,
+    from ``use`` events — each one's resident code, bundle and service index (−1: none) —
+    and each bundle's ``holders``: the one rule training counts by, and the simulator's
+    popularity baseline with it."""
+    resident, bundle, service = (np.asarray(a, dtype=np.int64)
+                                 for a in (resident, bundle, service))
+    holders = np.asarray(holders)
+    bundle_uses = np.bincount(bundle[bundle >= 0], minlength=len(holders))
+    named = service >= 0
+    service_uses = np.bincount(service[named], minlength=n_services)
+    pairs = np.unique(resident[named] * n_services + service[named])
+    users = np.bincount(pairs % n_services, minlength=n_services)
+    return use_rate(bundle_uses, holders, weeks), use_rate(service_uses, users, weeks)
+
+
 def cadence_weights(rate: np.ndarray, power: float) -> np.ndarray:
     """Each bundle's weight in ``[FLOOR, 1]`` (see the module docstring); all 1 when
     ``power`` is 0 or no bundle was used."""

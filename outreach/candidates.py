@@ -31,7 +31,7 @@ import numpy as np
 
 from bouquet.core.catalog import Catalog
 from bouquet.core.profile import all_segments
-from bouquet.models.cadence import FLOOR
+from bouquet.models.cadence import cadence_weights
 from bouquet.models.online import ENTRY, Audience
 
 #: First byte of a packed list (:func:`bouquet.models.online.pack_list`'s format).
@@ -94,10 +94,11 @@ class PublishedLists:
             parts.append(np.array([rate.get(i, np.nan) for i in ids], dtype=np.float64))
         out = np.concatenate(parts)
         known = out[np.isfinite(out)]
-        top = float(known.max()) if len(known) else 0.0
-        if top <= 0:
+        if not len(known) or known.max() <= 0:
             return np.ones(len(out))
-        return np.maximum(np.where(np.isfinite(out), out, float(np.median(known))), FLOOR * top)
+        # serving's weights (relative to the most used, floored) back in uses a week
+        return known.max() * cadence_weights(np.where(np.isfinite(out), out,
+                                                      np.median(known)), 1.0)
 
 
 @dataclass

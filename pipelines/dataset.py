@@ -66,7 +66,7 @@ from bouquet.core.eventlog import (
 from bouquet.core.events import EventType
 from bouquet.core.profile import all_segments
 from bouquet.core.settings import Settings
-from bouquet.models.cadence import use_rate
+from bouquet.models.cadence import offer_use_rates
 from bouquet.models.confidence import ConfidenceRule
 from bouquet.models.reasons import encode_drivers
 
@@ -217,7 +217,7 @@ class Dataset:
     bundle_taken: np.ndarray = field(default_factory=lambda: np.zeros((1, 0)))
     #: Use events per holder per week of each bundle, and per user per week of each
     #: service, among consenting residents before the cut-off
-    #: (:func:`bouquet.models.cadence.use_rate`): serving's cadence weights and the
+    #: (:func:`bouquet.models.cadence.offer_use_rates`): serving's cadence weights and the
     #: outreach planner's usage frequency.
     bundle_use_rate: np.ndarray = field(default_factory=lambda: np.zeros(0))
     service_use_rate: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -719,16 +719,9 @@ def _use_rates(arrays: EventArrays, select: np.ndarray, held_bundles: sp.csr_mat
     bundle's rate with a service's."""
     used = select & (arrays.kind == _CODE["use"])
     weeks = (now - int(arrays.ts[used].min())) / (7 * NS_PER_DAY) if used.any() else 0.0
-    on_bundle = used & (arrays.bundle >= 0)
-    n_b, n_s = len(arrays.bundle_ids), len(arrays.service_ids)
-    bundle_uses = np.bincount(arrays.bundle[on_bundle].astype(np.int64), minlength=n_b)
-    holders = np.asarray(held_bundles.sum(axis=0)).ravel()
-    on_service = used & (arrays.service >= 0)
-    service = arrays.service[on_service].astype(np.int64)
-    service_uses = np.bincount(service, minlength=n_s)
-    pairs = np.unique(arrays.resident[on_service].astype(np.int64) * n_s + service)
-    users = np.bincount(pairs % n_s, minlength=n_s)
-    return use_rate(bundle_uses, holders, weeks), use_rate(service_uses, users, weeks)
+    return offer_use_rates(arrays.resident[used], arrays.bundle[used], arrays.service[used],
+                           np.asarray(held_bundles.sum(axis=0)).ravel(),
+                           len(arrays.service_ids), weeks)
 
 
 def _last_index(keys: np.ndarray) -> np.ndarray:

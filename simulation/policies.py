@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bouquet.core.catalog import AGE_BANDS, HOUSEHOLDS, Catalog
-from bouquet.models.cadence import use_rate
+from bouquet.models.cadence import offer_use_rates
 from bouquet.simulation.offer_lists import OutreachOffers, no_list, popularity_lists
 from bouquet.simulation.residents import ProfileClasses
 
@@ -234,11 +234,8 @@ class PopularPolicy(_EventTracking):
 
     def start(self, city: CityView) -> None:
         super().start(city)
-        n_s = len(city.catalog.service_ids)
         self._service_index = {s: i for i, s in enumerate(city.catalog.service_ids)}
-        self._bundle_uses = np.zeros(len(city.catalog.bundles))
-        self._service_uses = np.zeros(n_s)
-        self._service_users = np.zeros((len(self._row), n_s), bool)
+        self._uses: list[np.ndarray] = []  # (3, events): resident row, bundle, service
         self._use_span = [np.iinfo(np.int64).max, np.iinfo(np.int64).min]  # first use, last
 
     def observe(self, events: pa.Table) -> None:
@@ -252,22 +249,24 @@ class PopularPolicy(_EventTracking):
             return
         self._use_span[0] = min(self._use_span[0],
                                 pc.min(uses["ts"].cast(pa.int64())).as_py())
+        rows = self._rows(uses["resident_id"]).astype(float)
+        known = ~np.isnan(rows)  # the city's residents (the loop knows no others)
         bundle = [self._bundle_index.get(b, -1) for b in uses["bundle_id"].to_pylist()]
-        np.add.at(self._bundle_uses, [b for b in bundle if b >= 0], 1)
-        service = np.array([self._service_index.get(s, -1)
-                            for s in uses["service_id"].to_pylist()], dtype=np.int64)
-        rows = self._rows(uses["resident_id"])
-        named = (service >= 0) & ~np.isnan(rows.astype(float))
-        np.add.at(self._service_uses, service[named], 1)
-        self._service_users[rows[named].astype(np.int64), service[named]] = True
+        service = [self._service_index.get(s, -1) for s in uses["service_id"].to_pylist()]
+        self._uses.append(np.array([rows, bundle, service])[:, known].astype(np.int64))
 
     def use_rates(self) -> dict[str, np.ndarray]:
         """Uses a week of each bundle per holder and of each service per user, by the rule
-        training counts them with (``models.cadence.use_rate``), over every resident."""
+        training counts them with (:func:`~bouquet.models.cadence.offer_use_rates`), over
+        every resident."""
         first, last = self._use_span
         weeks = (last - first) / (7 * 86_400_000_000) if last > first else 0.0
-        return {"b": use_rate(self._bundle_uses, self.holdings.sum(axis=0), weeks),
-                "s": use_rate(self._service_uses, self._service_users.sum(axis=0), weeks)}
+        resident, bundle, service = (np.concatenate(self._uses, axis=1) if self._uses
+                                     else np.zeros((3, 0), np.int64))
+        bundles, services = offer_use_rates(resident, bundle, service,
+                                            self.holdings.sum(axis=0),
+                                            len(self._service_index), weeks)
+        return {"b": bundles, "s": services}
 
     def outreach_offers(self) -> OutreachOffers:
         """The planner's lists: the same ranking, published city-wide, not personalised."""
