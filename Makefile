@@ -8,13 +8,16 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 APT_PACKAGES_TEST := redis-server chromium
 APT_PACKAGES_BENCH := wrk
+# Test processes (pytest-xdist); each starts its own broker and Redis. Tests of one file
+# stay in one process, where they share module fixtures.
+TEST_WORKERS ?= 2
 
 .PHONY: help setup system-deps demo demo-quick test test-unit bench soak lint format clean
 
 help:
 	@echo "make demo        full demo on the embedded local stack (serves until Ctrl-C)"
 	@echo "make demo-quick  small demo that exits when done"
-	@echo "make test        the whole test suite (starts and stops its own services)"
+	@echo "make test        the whole test suite, 2 processes (starts and stops its own services)"
 	@echo "make test-unit   tests that need no services"
 	@echo "make bench       every benchmark; writes results/bench.json"
 	@echo "make soak        5-minute soak + 200k-event SIGKILL replay; writes results/soak*.json"
@@ -55,10 +58,10 @@ demo-quick: setup
 	$(BIN)/bouquet demo --quick
 
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-unit: setup
-	$(BIN)/python -m pytest -m "not integration and not browser"
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not integration and not browser"
 
 bench: setup
 	@$(MAKE) --no-print-directory system-deps APT_PACKAGES="$(APT_PACKAGES_BENCH)"

@@ -1,5 +1,8 @@
 """Shared fixtures: real services started once per session on free ports.
 
+Under ``make test`` (pytest-xdist) every worker process is a session of its own, with its
+own broker and Redis.
+
 ``stack`` starts the Tansu broker and a private ``redis-server`` through the same
 :class:`~bouquet.localstack.LocalStack` the CLI uses; ``settings`` gives each test its
 own topics, Redis database keys prefix, event log folder and MLflow store, so tests do
