@@ -1,16 +1,17 @@
 """``bouquet bench soak`` and ``bouquet bench kill-replay``: proof under time and under crashes.
 
 **soak** — minutes of steady load on a whole deployment of its own (broker, Redis with its
-AOF, a 2-worker ``bouquet serve``, a ``bouquet ingest`` consumer, all as separate
-processes, on free ports): an open-loop generator (its own process) asks for bundles at a
-fixed rate and, at the same time, sends events through ``POST /v1/events`` at a fixed rate.
-Every ``--window`` seconds it reports, per window: requests, errors, p50/p95/p99/max latency
+AOF, a 2-worker ``bouquet serve``, a ``bouquet ingest`` consumer, all as separate processes,
+on free ports): an open-loop generator (its own process) asks for bundles at a fixed rate
+and, at the same time, sends events through ``POST /v1/events`` at a fixed rate. Every
+``--window`` seconds it reports, per window: requests, errors, p50/p95/p99/max latency
 measured from each request's *intended* send time (a stalled server is charged for what it
-delayed), degraded answers; and the resident memory (RSS) of every process — server
-master and workers, consumer, Redis, broker. At the end it waits for the consumer to drain
-and checks that **every event acknowledged with 202 is in the event log** (nothing lost)
-and that nothing was dead-lettered. ``--redis-restart-at S`` SIGKILLs Redis S seconds in
-and restarts it from its AOF (answers degrade, nothing is lost).
+delayed), degraded answers; and the resident memory (RSS) and CPU (cores used) of every
+process — server master and workers, consumer, Redis, broker: on two shared cores a latency
+that creeps up is read against who took the CPU meanwhile. At the end it waits for the
+consumer to drain and checks that **every event acknowledged with 202 is in the event log**
+(nothing lost) and that nothing was dead-lettered. ``--redis-restart-at S`` SIGKILLs Redis S
+seconds in and restarts it from its AOF (answers degrade, nothing is lost).
 
 **kill-replay** — a synthetic stream (default 200,000 events: profiles, consent, contacts,
 re-sends, erasures) is ingested twice from the same topic: once cleanly, once by a
@@ -226,6 +227,26 @@ def _rss_mb(proc: Any) -> float | None:
         return None
 
 
+def _cpu_s(proc: Any) -> float | None:
+    """CPU seconds (user + system) the process has used so far."""
+    try:
+        times = proc.cpu_times()
+    except Exception:  # psutil.NoSuchProcess / AccessDenied: the process is gone
+        return None
+    return float(times.user + times.system)
+
+
+def cores_used(ts: list[float], cpu_s: list[float | None], since: float,
+               until: float) -> float | None:
+    """Mean cores a process used between the samples nearest ``since`` and ``until``
+    (CPU seconds over wall seconds); None when either sample is missing."""
+    i = min(range(len(ts)), key=lambda k: abs(ts[k] - since))
+    j = min(range(len(ts)), key=lambda k: abs(ts[k] - until))
+    if j <= i or cpu_s[i] is None or cpu_s[j] is None:
+        return None
+    return (cpu_s[j] - cpu_s[i]) / (ts[j] - ts[i])
+
+
 def _slope(ts: list[float], values: list[float]) -> float | None:
     """MB per minute, least squares over the samples."""
     pairs = [(t, v) for t, v in zip(ts, values, strict=True) if v is not None]
@@ -294,11 +315,13 @@ def run_soak(settings: Settings, *, minutes: float = 5.0, rate: float = 200.0,
         started = time.monotonic()
         generator.start()
         samples: list[tuple[float, dict[str, float | None]]] = []
+        cpu: list[tuple[float, dict[str, float | None]]] = []
         restarted = False
         outcome = None
         while outcome is None:
             elapsed = time.monotonic() - started
             samples.append((elapsed, {n: _rss_mb(p) for n, p in processes.items()}))
+            cpu.append((elapsed, {n: _cpu_s(p) for n, p in processes.items()}))
             if redis_restart_at is not None and not restarted and elapsed >= redis_restart_at:
                 log.info("SIGKILL Redis at %.0f s, restarting it from its AOF", elapsed)
                 redis_proc = stack.managed_process("redis")
@@ -319,6 +342,7 @@ def run_soak(settings: Settings, *, minutes: float = 5.0, rate: float = 200.0,
         generator.join(timeout=30)
         samples.append((time.monotonic() - started,
                         {n: _rss_mb(p) for n, p in processes.items()}))
+        cpu.append((samples[-1][0], {n: _cpu_s(p) for n, p in processes.items()}))
 
         # nothing lost: every acknowledged event reaches the log (consumer drains)
         acked = set(outcome["acked"])
@@ -367,18 +391,28 @@ def run_soak(settings: Settings, *, minutes: float = 5.0, rate: float = 200.0,
             result.add(f"rss_end_mb_{name}", present[-1], "MB")
             result.add(f"rss_growth_mb_{name}", present[-1] - present[0], "MB")
             result.add(f"rss_slope_mb_per_min_{name}", _slope(times, series), "MB/min")
+            used = [c.get(name) for _, c in cpu]
+            minute = min(60.0, times[-1] / 2)
+            result.add(f"cpu_cores_first_minute_{name}",
+                       cores_used(times, used, 0.0, minute), "cores")
+            result.add(f"cpu_cores_last_minute_{name}",
+                       cores_used(times, used, times[-1] - minute, times[-1]), "cores")
         if timeline_path is not None:
             timeline_path.parent.mkdir(parents=True, exist_ok=True)
             with open(timeline_path, "w", newline="") as handle:
                 writer = csv.writer(handle)
                 writer.writerow([*(windows[0].keys() if windows else ["t_s"]),
-                                 *[f"rss_mb_{n}" for n in names]])
+                                 *[f"rss_mb_{n}" for n in names],
+                                 *[f"cpu_cores_{n}" for n in names]])
                 for w in windows:
                     nearest = min(samples, key=lambda s: abs(s[0] - w["t_s"]))[1]
+                    window_cores = [cores_used(times, [c.get(n) for _, c in cpu],
+                                               w["t_s"] - window_s, w["t_s"]) for n in names]
                     writer.writerow([f"{v:.2f}" if isinstance(v, float) else v
                                      for v in w.values()]
-                                    + [f"{nearest.get(n) or 0:.1f}" for n in names])
-            result.notes.append(f"timeline (per window, with RSS) in {timeline_path}")
+                                    + [f"{nearest.get(n) or 0:.1f}" for n in names]
+                                    + ["" if c is None else f"{c:.2f}" for c in window_cores])
+            result.notes.append(f"timeline (per window, with RSS and CPU) in {timeline_path}")
         result.notes.append("p99 per window: " + ", ".join(
             f"{w['t_s']:.0f}s {w['p99_ms']:.1f}" for w in windows))
     finally:
