@@ -42,7 +42,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import typer
@@ -220,31 +220,38 @@ def _seed_residents(settings: Settings, catalog: Catalog, residents: int) -> Non
     client.close()
 
 
-def _rss_mb(proc: Any) -> float | None:
-    try:
-        return proc.memory_info().rss / 2**20
-    except Exception:  # psutil.NoSuchProcess / AccessDenied: the process is gone
-        return None
+class Reading(NamedTuple):
+    """One process at one instant. The pid tells a restarted service (``--redis-restart-at``)
+    from the process it replaced, whose CPU seconds do not continue its count."""
+
+    pid: int
+    rss_mb: float
+    cpu_s: float  # user + system, since the process started
 
 
-def _cpu_s(proc: Any) -> float | None:
-    """CPU seconds (user + system) the process has used so far."""
-    try:
-        times = proc.cpu_times()
-    except Exception:  # psutil.NoSuchProcess / AccessDenied: the process is gone
-        return None
-    return float(times.user + times.system)
+def _read(processes: dict[str, Any]) -> dict[str, Reading | None]:
+    """Every process's reading now; None for one that is gone."""
+    out: dict[str, Reading | None] = {}
+    for name, proc in processes.items():
+        try:
+            cpu = proc.cpu_times()
+            out[name] = Reading(proc.pid, proc.memory_info().rss / 2**20, cpu.user + cpu.system)
+        except Exception:  # psutil.NoSuchProcess / AccessDenied: the process is gone
+            out[name] = None
+    return out
 
 
-def cores_used(ts: list[float], cpu_s: list[float | None], since: float,
+def cores_used(ts: list[float], readings: list[Reading | None], since: float,
                until: float) -> float | None:
     """Mean cores a process used between the samples nearest ``since`` and ``until``
-    (CPU seconds over wall seconds); None when either sample is missing."""
+    (CPU seconds over wall seconds); None when either sample is missing or they are of
+    two processes (a restart in between)."""
     i = min(range(len(ts)), key=lambda k: abs(ts[k] - since))
     j = min(range(len(ts)), key=lambda k: abs(ts[k] - until))
-    if j <= i or cpu_s[i] is None or cpu_s[j] is None:
+    first, last = readings[i], readings[j]
+    if j <= i or first is None or last is None or first.pid != last.pid:
         return None
-    return (cpu_s[j] - cpu_s[i]) / (ts[j] - ts[i])
+    return (last.cpu_s - first.cpu_s) / (ts[j] - ts[i])
 
 
 def _slope(ts: list[float], values: list[float]) -> float | None:
@@ -314,14 +321,12 @@ def run_soak(settings: Settings, *, minutes: float = 5.0, rate: float = 200.0,
             window_s, 11, queue))
         started = time.monotonic()
         generator.start()
-        samples: list[tuple[float, dict[str, float | None]]] = []
-        cpu: list[tuple[float, dict[str, float | None]]] = []
+        samples: list[tuple[float, dict[str, Reading | None]]] = []
         restarted = False
         outcome = None
         while outcome is None:
             elapsed = time.monotonic() - started
-            samples.append((elapsed, {n: _rss_mb(p) for n, p in processes.items()}))
-            cpu.append((elapsed, {n: _cpu_s(p) for n, p in processes.items()}))
+            samples.append((elapsed, _read(processes)))
             if redis_restart_at is not None and not restarted and elapsed >= redis_restart_at:
                 log.info("SIGKILL Redis at %.0f s, restarting it from its AOF", elapsed)
                 redis_proc = stack.managed_process("redis")
@@ -340,9 +345,7 @@ def run_soak(settings: Settings, *, minutes: float = 5.0, rate: float = 200.0,
                 if not generator.is_alive() and queue.empty():
                     raise RuntimeError("the load generator died") from None
         generator.join(timeout=30)
-        samples.append((time.monotonic() - started,
-                        {n: _rss_mb(p) for n, p in processes.items()}))
-        cpu.append((samples[-1][0], {n: _cpu_s(p) for n, p in processes.items()}))
+        samples.append((time.monotonic() - started, _read(processes)))
 
         # nothing lost: every acknowledged event reaches the log (consumer drains)
         acked = set(outcome["acked"])
@@ -382,8 +385,10 @@ def run_soak(settings: Settings, *, minutes: float = 5.0, rate: float = 200.0,
         result.add("dead_letters", sum(dead.values()), "count")
         names = list(processes)
         times = [t for t, _ in samples]
+        readings = {name: [s.get(name) for _, s in samples] for name in names}
+        minute = min(60.0, times[-1] / 2)
         for name in names:
-            series = [s.get(name) for _, s in samples]
+            series = [r.rss_mb if r else None for r in readings[name]]
             present = [v for v in series if v is not None]
             if not present:
                 continue
@@ -391,12 +396,11 @@ def run_soak(settings: Settings, *, minutes: float = 5.0, rate: float = 200.0,
             result.add(f"rss_end_mb_{name}", present[-1], "MB")
             result.add(f"rss_growth_mb_{name}", present[-1] - present[0], "MB")
             result.add(f"rss_slope_mb_per_min_{name}", _slope(times, series), "MB/min")
-            used = [c.get(name) for _, c in cpu]
-            minute = min(60.0, times[-1] / 2)
             result.add(f"cpu_cores_first_minute_{name}",
-                       cores_used(times, used, 0.0, minute), "cores")
+                       cores_used(times, readings[name], 0.0, minute), "cores")
             result.add(f"cpu_cores_last_minute_{name}",
-                       cores_used(times, used, times[-1] - minute, times[-1]), "cores")
+                       cores_used(times, readings[name], times[-1] - minute, times[-1]),
+                       "cores")
         if timeline_path is not None:
             timeline_path.parent.mkdir(parents=True, exist_ok=True)
             with open(timeline_path, "w", newline="") as handle:
@@ -406,11 +410,12 @@ def run_soak(settings: Settings, *, minutes: float = 5.0, rate: float = 200.0,
                                  *[f"cpu_cores_{n}" for n in names]])
                 for w in windows:
                     nearest = min(samples, key=lambda s: abs(s[0] - w["t_s"]))[1]
-                    window_cores = [cores_used(times, [c.get(n) for _, c in cpu],
-                                               w["t_s"] - window_s, w["t_s"]) for n in names]
+                    window_cores = [cores_used(times, readings[n], w["t_s"] - window_s,
+                                               w["t_s"]) for n in names]
                     writer.writerow([f"{v:.2f}" if isinstance(v, float) else v
                                      for v in w.values()]
-                                    + [f"{nearest.get(n) or 0:.1f}" for n in names]
+                                    + [f"{r.rss_mb if (r := nearest.get(n)) else 0:.1f}"
+                                       for n in names]
                                     + ["" if c is None else f"{c:.2f}" for c in window_cores])
             result.notes.append(f"timeline (per window, with RSS and CPU) in {timeline_path}")
         result.notes.append("p99 per window: " + ", ".join(
