@@ -11,6 +11,7 @@ APT_PACKAGES_BENCH := wrk
 # Test processes (pytest-xdist); each starts its own broker and Redis. Tests of one file
 # stay in one process, where they share module fixtures.
 TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: help setup system-deps demo demo-quick test test-unit bench soak lint format clean
 
@@ -58,10 +59,10 @@ demo-quick: setup
 	$(BIN)/bouquet demo --quick
 
 test: setup
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(PYTEST)
 
 test-unit: setup
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not integration and not browser"
+	$(PYTEST) -m "not integration and not browser"
 
 bench: setup
 	@$(MAKE) --no-print-directory system-deps APT_PACKAGES="$(APT_PACKAGES_BENCH)"
